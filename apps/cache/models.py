@@ -1,0 +1,51 @@
+"""Cached answers, looked up by exact request hash or by embedding similarity."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+
+from django.db import models
+from django.utils import timezone
+from pgvector.django import HnswIndex, VectorField
+
+EMBEDDING_DIMENSIONS = 384
+
+
+class CacheEntry(models.Model):
+    """One answer, owned by one tenant and namespace. Never visible to another tenant."""
+
+    tenant = models.ForeignKey("tenants.Tenant", on_delete=models.CASCADE, related_name="cache_entries")
+    namespace = models.CharField(max_length=200, blank=True, default="")
+    request_hash = models.CharField(max_length=64)
+    prompt_text = models.TextField()
+    embedding = VectorField(dimensions=EMBEDDING_DIMENSIONS, null=True, blank=True)
+    response = models.JSONField()
+    model = models.ForeignKey("catalog.Model", null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    model_name = models.CharField(max_length=200, blank=True, default="")
+    input_tokens = models.PositiveIntegerField(default=0)
+    output_tokens = models.PositiveIntegerField(default=0)
+    cost = models.DecimalField(max_digits=16, decimal_places=10, default=Decimal("0"))
+    created_at = models.DateTimeField(default=timezone.now)
+    expires_at = models.DateTimeField()
+    hit_count = models.PositiveIntegerField(default=0)
+    last_hit_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        verbose_name_plural = "cache entries"
+        constraints = [
+            models.UniqueConstraint(fields=["tenant", "namespace", "request_hash"], name="cache_entry_unique_request")
+        ]
+        indexes = [
+            HnswIndex(
+                name="cache_entry_embedding_hnsw",
+                fields=["embedding"],
+                m=16,
+                ef_construction=64,
+                opclasses=["vector_cosine_ops"],
+            ),
+            models.Index(fields=["tenant", "expires_at"], name="cache_entry_tenant_expiry"),
+            models.Index(fields=["expires_at"], name="cache_entry_expiry"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.tenant_id}/{self.namespace or '-'}/{self.request_hash[:12]}"

@@ -1,0 +1,133 @@
+"""Providers, the models they serve, and the price versions of each model."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+
+from django.core.validators import MinValueValidator
+from django.db import models, transaction
+from django.utils import timezone
+
+from apps.core.fields import EncryptedTextField
+
+_PRICE = {"max_digits": 14, "decimal_places": 6, "validators": [MinValueValidator(Decimal("0"))]}
+
+
+class Provider(models.Model):
+    """An upstream that speaks an API the gateway knows."""
+
+    class Kind(models.TextChoices):
+        OPENAI = "openai", "OpenAI-compatible"
+        SIMULATED = "simulated", "Simulated (built in)"
+
+    name = models.CharField(max_length=100, unique=True)
+    kind = models.CharField(max_length=20, choices=Kind.choices, default=Kind.OPENAI)
+    base_url = models.URLField(max_length=500, help_text="Up to and including /v1")
+    credential = EncryptedTextField(blank=True, default="", help_text="Encrypted at rest.")
+    timeout_seconds = models.FloatField(default=60.0, validators=[MinValueValidator(0.1)])
+    max_concurrency = models.PositiveIntegerField(default=100, help_text="In-flight requests per process.")
+    is_active = models.BooleanField(default=True)
+    created_at = models.DateTimeField(default=timezone.now, editable=False)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class Model(models.Model):
+    """A model exposed under ``name`` and called upstream as ``upstream_id``.
+
+    The prices here are the ones in force; every change is recorded as a new
+    :class:`ModelPrice` version, and a request's cost is frozen on its usage row, so a price
+    change never rewrites past costs.
+    """
+
+    class Tier(models.TextChoices):
+        SIMPLE = "simple", "Simple"
+        MODERATE = "moderate", "Moderate"
+        COMPLEX = "complex", "Complex"
+
+    class Mode(models.TextChoices):
+        CHAT = "chat", "Chat"
+        EMBEDDING = "embedding", "Embedding"
+
+    name = models.CharField(max_length=200, unique=True, help_text="The name clients ask for.")
+    upstream_id = models.CharField(max_length=200, help_text="The model id the provider knows.")
+    provider = models.ForeignKey(Provider, on_delete=models.PROTECT, related_name="models")
+    mode = models.CharField(max_length=20, choices=Mode.choices, default=Mode.CHAT)
+    input_price_per_million = models.DecimalField(**_PRICE, default=Decimal("0"))
+    cached_input_price_per_million = models.DecimalField(**_PRICE, default=Decimal("0"))
+    output_price_per_million = models.DecimalField(**_PRICE, default=Decimal("0"))
+    context_window = models.PositiveIntegerField(default=128000)
+    max_output_tokens = models.PositiveIntegerField(default=16384)
+    tier = models.CharField(max_length=20, choices=Tier.choices, default=Tier.MODERATE)
+    is_active = models.BooleanField(default=True)
+    created_at = models.DateTimeField(default=timezone.now, editable=False)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return self.name
+
+    def save(self, *args, **kwargs) -> None:
+        with transaction.atomic():
+            super().save(*args, **kwargs)
+            self.record_price_version()
+
+    def price_tuple(self) -> tuple[Decimal, Decimal, Decimal]:
+        return (
+            Decimal(self.input_price_per_million),
+            Decimal(self.cached_input_price_per_million),
+            Decimal(self.output_price_per_million),
+        )
+
+    def record_price_version(self) -> ModelPrice:
+        """Add a price version when the current prices differ from the latest one."""
+        latest = self.prices.order_by("-effective_from", "-id").first()
+        if latest is not None and latest.price_tuple() == self.price_tuple():
+            return latest
+        return ModelPrice.objects.create(
+            model=self,
+            input_price_per_million=self.input_price_per_million,
+            cached_input_price_per_million=self.cached_input_price_per_million,
+            output_price_per_million=self.output_price_per_million,
+        )
+
+
+class ModelPrice(models.Model):
+    """One price version of a model, in force from ``effective_from``. Never edited."""
+
+    model = models.ForeignKey(Model, on_delete=models.CASCADE, related_name="prices")
+    input_price_per_million = models.DecimalField(**_PRICE)
+    cached_input_price_per_million = models.DecimalField(**_PRICE)
+    output_price_per_million = models.DecimalField(**_PRICE)
+    effective_from = models.DateTimeField(default=timezone.now, db_index=True)
+
+    class Meta:
+        ordering = ["model", "-effective_from"]
+        get_latest_by = "effective_from"
+
+    def __str__(self) -> str:
+        return f"{self.model} from {self.effective_from:%Y-%m-%d %H:%M}"
+
+    def price_tuple(self) -> tuple[Decimal, Decimal, Decimal]:
+        return (
+            Decimal(self.input_price_per_million),
+            Decimal(self.cached_input_price_per_million),
+            Decimal(self.output_price_per_million),
+        )
+
+    def cost(self, *, input_tokens: int, cached_tokens: int, output_tokens: int) -> Decimal:
+        """Exact cost in USD: uncached input, cached input and output, each at its price."""
+        uncached = max(input_tokens - cached_tokens, 0)
+        total = (
+            uncached * Decimal(self.input_price_per_million)
+            + cached_tokens * Decimal(self.cached_input_price_per_million)
+            + output_tokens * Decimal(self.output_price_per_million)
+        )
+        return total / Decimal(1_000_000)

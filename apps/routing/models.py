@@ -1,0 +1,75 @@
+"""Routing rules, their ordered fallbacks, and the complexity classifier's phrases."""
+
+from __future__ import annotations
+
+from django.db import models
+from django.utils import timezone
+
+from apps.catalog.models import Model
+
+
+class RoutingRule(models.Model):
+    """Send matching requests to ``target``; on failure, try the fallbacks in order.
+
+    A rule is global (no tenant) or belongs to one tenant; tenant rules are tried before
+    global ones, each group by ascending ``priority``. Empty conditions match anything.
+    """
+
+    name = models.CharField(max_length=200)
+    tenant = models.ForeignKey(
+        "tenants.Tenant", null=True, blank=True, on_delete=models.CASCADE, related_name="routing_rules",
+        help_text="Empty: applies to every tenant.",
+    )
+    priority = models.IntegerField(default=100, help_text="Lower runs first.")
+    match_model = models.CharField(
+        max_length=200, blank=True, default="auto", help_text="Requested model or alias, 'auto', or empty for any."
+    )
+    match_tier = models.CharField(max_length=20, choices=Model.Tier.choices, blank=True, default="")
+    min_prompt_tokens = models.PositiveIntegerField(null=True, blank=True)
+    max_prompt_tokens = models.PositiveIntegerField(null=True, blank=True)
+    match_tags = models.JSONField(
+        default=list, blank=True, help_text='Metadata tags that must all be present, e.g. ["batch", "internal"].'
+    )
+    target = models.ForeignKey(Model, on_delete=models.PROTECT, related_name="+")
+    weight = models.PositiveIntegerField(default=100, help_text="Share among rules of equal priority.")
+    is_active = models.BooleanField(default=True)
+    created_at = models.DateTimeField(default=timezone.now, editable=False)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["priority", "id"]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class RoutingFallback(models.Model):
+    """One step of a rule's ordered fallback chain."""
+
+    rule = models.ForeignKey(RoutingRule, on_delete=models.CASCADE, related_name="fallbacks")
+    model = models.ForeignKey(Model, on_delete=models.PROTECT, related_name="+")
+    position = models.PositiveIntegerField(default=0)
+
+    class Meta:
+        ordering = ["rule", "position", "id"]
+        constraints = [models.UniqueConstraint(fields=["rule", "model"], name="routing_fallback_unique_model")]
+
+    def __str__(self) -> str:
+        return f"{self.position}: {self.model}"
+
+
+class ComplexityIndicator(models.Model):
+    """A phrase that marks a prompt as simple or complex for the classifier."""
+
+    phrase = models.CharField(max_length=200)
+    tier = models.CharField(
+        max_length=20, choices=[(Model.Tier.SIMPLE, "Simple"), (Model.Tier.COMPLEX, "Complex")]
+    )
+    is_active = models.BooleanField(default=True)
+
+    class Meta:
+        ordering = ["tier", "phrase"]
+        constraints = [models.UniqueConstraint(fields=["phrase", "tier"], name="complexity_indicator_unique")]
+
+    def __str__(self) -> str:
+        return f"{self.phrase} ({self.tier})"

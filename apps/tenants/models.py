@@ -1,0 +1,63 @@
+"""Tenants and their API keys."""
+
+from __future__ import annotations
+
+from django.db import models
+from django.utils import timezone
+
+
+class Tenant(models.Model):
+    """A customer of the gateway: every usage row, cache entry and key belongs to one."""
+
+    name = models.CharField(max_length=200)
+    slug = models.SlugField(max_length=64, unique=True)
+    is_active = models.BooleanField(default=True)
+    cache_enabled = models.BooleanField(default=True)
+    cache_similarity_threshold = models.FloatField(
+        default=0.92, help_text="Cosine similarity a semantic cache hit must reach (0-1)."
+    )
+    cache_ttl_seconds = models.PositiveIntegerField(default=86400, help_text="How long a cached answer lives.")
+    created_at = models.DateTimeField(default=timezone.now, editable=False)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class ApiKey(models.Model):
+    """A tenant's key. Only a visible prefix and the SHA-256 of the whole key are stored."""
+
+    tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="api_keys")
+    name = models.CharField(max_length=200, default="default")
+    prefix = models.CharField(max_length=32, unique=True, editable=False)
+    key_hash = models.CharField(max_length=64, editable=False)
+    allowed_models = models.ManyToManyField(
+        "catalog.Model", blank=True, related_name="+", help_text="Empty means every active model."
+    )
+    expires_at = models.DateTimeField(null=True, blank=True)
+    revoked_at = models.DateTimeField(null=True, blank=True, editable=False)
+    last_used_at = models.DateTimeField(null=True, blank=True, editable=False)
+    created_at = models.DateTimeField(default=timezone.now, editable=False)
+
+    class Meta:
+        ordering = ["-created_at"]
+        verbose_name = "API key"
+
+    def __str__(self) -> str:
+        return f"{self.prefix}… ({self.name})"
+
+    @property
+    def is_revoked(self) -> bool:
+        return self.revoked_at is not None
+
+    def is_usable(self, now=None) -> bool:
+        """Not revoked, not expired, and its tenant is active."""
+        now = now or timezone.now()
+        if self.revoked_at is not None:
+            return False
+        if self.expires_at is not None and self.expires_at <= now:
+            return False
+        return self.tenant.is_active

@@ -1,0 +1,29 @@
+"""Reads for tenants and keys."""
+
+from __future__ import annotations
+
+import hmac
+
+from django.utils import timezone
+
+from apps.tenants.models import ApiKey
+from apps.tenants.services import KEY_PREFIX, key_hash, key_prefix
+
+
+def key_authenticate(raw_key: str, *, now=None) -> ApiKey | None:
+    """The usable key for ``raw_key``, or None.
+
+    Looks the key up by its visible prefix, then compares hashes in constant time, so the
+    comparison leaks nothing about how much of a guess was right. Revoked and expired keys,
+    and keys of inactive tenants, do not authenticate.
+    """
+    if not raw_key or not raw_key.startswith(KEY_PREFIX) or len(raw_key) > 200:
+        return None
+    candidate = ApiKey.objects.select_related("tenant").filter(prefix=key_prefix(raw_key)).first()
+    if candidate is None:
+        return None
+    if not hmac.compare_digest(candidate.key_hash, key_hash(raw_key)):
+        return None
+    if not candidate.is_usable(now or timezone.now()):
+        return None
+    return candidate

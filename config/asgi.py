@@ -1,0 +1,21 @@
+"""The ASGI entry point.
+
+Django's ASGI app is built first (it sets up the app registry); the gateway's hot endpoints
+are Channels consumers routed here, ahead of Django's handler, so they skip Django's
+middleware and request signals.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+from django.core.asgi import get_asgi_application  # noqa: E402
+
+django_asgi_app = get_asgi_application()
+
+from channels.routing import ProtocolTypeRouter  # noqa: E402
+
+application = ProtocolTypeRouter({"http": django_asgi_app})

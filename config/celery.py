@@ -1,0 +1,13 @@
+"""The Celery app. Broker: Redis when ``REDIS_URL`` is set, else the project's own Postgres."""
+
+from __future__ import annotations
+
+import os
+
+from celery import Celery
+
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
+
+app = Celery("switchyard")
+app.config_from_object("django.conf:settings", namespace="CELERY")
+app.autodiscover_tasks()

