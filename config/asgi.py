@@ -12,9 +12,14 @@ import os
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from django.core.asgi import get_asgi_application  # noqa: E402
+from django.conf import settings
+from django.contrib.staticfiles.handlers import ASGIStaticFilesHandler
+from django.core.asgi import get_asgi_application
 
 django_asgi_app = get_asgi_application()
+if settings.SERVE_STATIC:
+    # The admin's CSS and JS, served by the app itself so one process is the whole web tier.
+    django_asgi_app = ASGIStaticFilesHandler(django_asgi_app)
 
 from channels.routing import ProtocolTypeRouter  # noqa: E402
 

@@ -91,7 +91,7 @@ def _ensure_database(embedded: EmbeddedServer, database: str) -> None:
         if not exists:
             try:
                 conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(database)))
-            except errors.DuplicateDatabase:
+            except (errors.DuplicateDatabase, errors.UniqueViolation):
                 pass  # another process won the race
     marker.touch()
 

@@ -25,7 +25,7 @@ if ENVIRONMENT not in {"development", "production", "test"}:
     raise ImproperlyConfigured(f"SWITCHYARD_ENV={ENVIRONMENT!r}: use development, production or test")
 PRODUCTION = ENVIRONMENT == "production"
 
-_INSECURE_SECRET = "django-insecure-switchyard-development-only"
+_INSECURE_SECRET = "django-insecure-switchyard-development-only"  # noqa: S105 (refused in production)
 SECRET_KEY = env_str("SECRET_KEY") or ("" if PRODUCTION else _INSECURE_SECRET)
 DEBUG = env_bool("DEBUG", default=not PRODUCTION)
 if PRODUCTION:
@@ -138,6 +138,7 @@ USE_TZ = True
 
 STATIC_URL = "static/"
 STATIC_ROOT = BASE_DIR / "staticfiles"
+SERVE_STATIC = env_bool("SERVE_STATIC", True)
 
 # --- Redis, Celery, Channels -------------------------------------------------------------
 REDIS_URL = env_str("REDIS_URL") or ""

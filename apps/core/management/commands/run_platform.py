@@ -1,0 +1,146 @@
+"""``manage.py run_platform`` (what ``make run`` calls): the whole platform in one terminal.
+
+Applies migrations, seeds the demo, then runs together the ASGI server (uvicorn with uvloop
+and httptools), a Celery worker with beat, and the simulated upstream; waits until
+``/readyz`` answers, prints the admin URL, the demo key and a curl example. Ctrl-C (or
+SIGTERM) stops every child cleanly, then the embedded database.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+from django.conf import settings
+from django.core.management import call_command
+from django.core.management.base import BaseCommand, CommandError
+
+from apps.core.demo import demo_seed
+from config import embedded_postgres
+from config.env import env_int, env_str
+
+
+def _interrupt(signum, frame) -> None:
+    """SIGTERM stops the platform the same way Ctrl-C does."""
+    raise KeyboardInterrupt
+
+
+class Command(BaseCommand):
+    help = "Run the ASGI server, a Celery worker with beat and the simulated upstream together."
+
+    def add_arguments(self, parser) -> None:
+        parser.add_argument("--ready-timeout", type=float, default=90.0)
+
+    def handle(self, *args, ready_timeout: float, **options) -> None:
+        host = env_str("HOST", "127.0.0.1")
+        port = env_int("PORT", 8000, minimum=1)
+        upstream_port = env_int("UPSTREAM_PORT", 8001, minimum=1)
+        upstream_url = f"http://127.0.0.1:{upstream_port}/v1"
+
+        call_command("migrate", interactive=False, verbosity=0)
+        credentials = demo_seed(upstream_url=upstream_url)
+
+        python = sys.executable
+        var_dir = Path(settings.VAR_DIR)
+        var_dir.mkdir(parents=True, exist_ok=True)
+        env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1", "UPSTREAM_PORT": str(upstream_port)}
+        commands = {
+            "upstream": [python, "-m", "apps.simulator.server", "--host", "127.0.0.1", "--port", str(upstream_port)],
+            "web": [
+                python, "-m", "uvicorn", "config.asgi:application", "--host", host, "--port", str(port),
+                "--loop", "uvloop", "--http", "httptools", "--no-access-log", "--timeout-graceful-shutdown", "10",
+            ],
+            "worker": [
+                python, "-m", "celery", "-A", "config", "worker", "--beat", "--loglevel", "INFO",
+                "--schedule", str(var_dir / "celerybeat-schedule"), "--concurrency",
+                str(settings.CELERY_WORKER_CONCURRENCY),
+            ],
+        }
+        children: dict[str, subprocess.Popen] = {}
+        stopping = False
+
+        def stop_all(*_args) -> None:
+            nonlocal stopping
+            if stopping:
+                return
+            stopping = True
+            self.stdout.write("\nStopping Switchyard…")
+            for child in children.values():
+                if child.poll() is None:
+                    child.send_signal(signal.SIGTERM)
+            deadline = time.monotonic() + 15
+            for name, child in children.items():
+                try:
+                    child.wait(timeout=max(deadline - time.monotonic(), 0.1))
+                except subprocess.TimeoutExpired:
+                    self.stdout.write(f"{name} did not stop in time; killing it")
+                    child.kill()
+            if settings.EMBEDDED_DATABASE:
+                from django.db import connections
+
+                connections.close_all()
+                embedded_postgres.stop(settings.EMBEDDED_PGDATA)
+            self.stdout.write("Stopped.")
+
+        signal.signal(signal.SIGTERM, _interrupt)
+        try:
+            for name, command in commands.items():
+                children[name] = subprocess.Popen(command, env=env, cwd=settings.BASE_DIR)
+            base = f"http://{host}:{port}"
+            self._wait_ready(f"{base}/readyz", children, ready_timeout)
+            self._banner(base, upstream_url, credentials)
+            while True:
+                for name, child in children.items():
+                    if child.poll() is not None:
+                        raise CommandError(f"{name} exited with status {child.returncode}")
+                time.sleep(0.5)
+        except KeyboardInterrupt:
+            pass
+        finally:
+            stop_all()
+
+    def _wait_ready(self, url: str, children: dict[str, subprocess.Popen], timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        last = "no answer yet"
+        while time.monotonic() < deadline:
+            for name, child in children.items():
+                if child.poll() is not None:
+                    raise CommandError(f"{name} exited with status {child.returncode} while starting")
+            try:
+                with urllib.request.urlopen(url, timeout=5) as response:  # noqa: S310 (our own URL)
+                    if response.status == 200:
+                        return
+            except urllib.error.HTTPError as exc:
+                last = exc.read().decode(errors="replace")[:500]
+            except OSError as exc:
+                last = str(exc)
+            time.sleep(0.5)
+        raise CommandError(f"not ready after {timeout:.0f}s: {last}")
+
+    def _banner(self, base: str, upstream_url: str, credentials) -> None:
+        body = json.dumps({"model": "auto", "messages": [{"role": "user", "content": "What is Python?"}]})
+        lines = [
+            "",
+            "Switchyard is running.",
+            f"  Admin:              {base}/admin/   (user {credentials.admin_username}, "
+            f"password {credentials.admin_password})",
+            f"  Readiness:          {base}/readyz",
+            f"  Simulated upstream: {upstream_url}   (SIMULATED: not a real model provider)",
+            f"  Demo tenant key:    {credentials.api_key}",
+            "",
+            "Try:",
+            f"  curl -s {base}/v1/chat/completions \\",
+            f"    -H 'Authorization: Bearer {credentials.api_key}' -H 'Content-Type: application/json' \\",
+            f"    -d '{body}'",
+            "",
+            "Ctrl-C stops everything.",
+            "",
+        ]
+        self.stdout.write("\n".join(lines))

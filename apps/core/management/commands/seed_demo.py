@@ -1,0 +1,20 @@
+"""``manage.py seed_demo``: create the demo platform (idempotent) and print its credentials."""
+
+from __future__ import annotations
+
+from django.core.management.base import BaseCommand
+
+from apps.core.demo import demo_seed
+
+
+class Command(BaseCommand):
+    help = "Create the demo superuser, tenant, key, simulated provider, models and routing rules."
+
+    def add_arguments(self, parser) -> None:
+        parser.add_argument("--upstream-url", default=None, help="Base URL of the simulated upstream (…/v1).")
+
+    def handle(self, *args, upstream_url: str | None, **options) -> None:
+        credentials = demo_seed(upstream_url=upstream_url)
+        self.stdout.write(f"admin user:     {credentials.admin_username}")
+        self.stdout.write(f"admin password: {credentials.admin_password}")
+        self.stdout.write(f"demo API key:   {credentials.api_key}")

@@ -1,0 +1,63 @@
+"""Shared fixtures: two tenants (one must never see the other's data) and a small catalog."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+
+import pytest
+
+from apps.catalog.models import Model, Provider
+from apps.tenants.services import key_create, tenant_create
+
+
+@pytest.fixture
+def tenant_a(db):
+    return tenant_create(name="Acme", slug="acme")
+
+
+@pytest.fixture
+def tenant_b(db):
+    return tenant_create(name="Globex", slug="globex")
+
+
+@pytest.fixture
+def key_a(tenant_a):
+    return key_create(tenant=tenant_a, name="acme-main")
+
+
+@pytest.fixture
+def key_b(tenant_b):
+    return key_create(tenant=tenant_b, name="globex-main")
+
+
+@pytest.fixture
+def provider(db):
+    return Provider.objects.create(
+        name="sim", kind=Provider.Kind.SIMULATED, base_url="http://127.0.0.1:9/v1", credential="sk-upstream-secret"
+    )
+
+
+@pytest.fixture
+def cheap_model(provider):
+    return Model.objects.create(
+        name="sim-mini",
+        upstream_id="sim-mini",
+        provider=provider,
+        input_price_per_million=Decimal("0.15"),
+        cached_input_price_per_million=Decimal("0.075"),
+        output_price_per_million=Decimal("0.60"),
+        tier=Model.Tier.SIMPLE,
+    )
+
+
+@pytest.fixture
+def premium_model(provider):
+    return Model.objects.create(
+        name="sim-premium",
+        upstream_id="sim-premium",
+        provider=provider,
+        input_price_per_million=Decimal("2.50"),
+        cached_input_price_per_million=Decimal("1.25"),
+        output_price_per_million=Decimal("10.00"),
+        tier=Model.Tier.COMPLEX,
+    )
