@@ -21,6 +21,7 @@ if settings.SERVE_STATIC:
     # The admin's CSS and JS, served by the app itself so one process is the whole web tier.
     django_asgi_app = ASGIStaticFilesHandler(django_asgi_app)
 
-from channels.routing import ProtocolTypeRouter  # noqa: E402
+from apps.gateway.http import GatewayHTTP  # noqa: E402
 
-application = ProtocolTypeRouter({"http": django_asgi_app})
+# The hot endpoints are answered by GatewayHTTP; everything else falls through to Django.
+application = GatewayHTTP(django_asgi_app)

@@ -173,9 +173,14 @@ else:
 SIMULATED_UPSTREAM_URL = env_str("SIMULATED_UPSTREAM_URL") or (
     f"http://127.0.0.1:{env_int('UPSTREAM_PORT', 8001, minimum=1)}/v1"
 )
-# How long an in-process cache of keys, rules and prices may be stale when no invalidation
-# message arrives (seconds).
-GATEWAY_CONFIG_TTL = env_float("GATEWAY_CONFIG_TTL", 1.0)
+# Keys, rules and prices are cached in each process and reloaded when a change is published
+# (Redis pub/sub or Postgres NOTIFY); GATEWAY_CONFIG_REFRESH is the safety-net reload period.
+GATEWAY_CONFIG_REFRESH = env_float("GATEWAY_CONFIG_REFRESH", 30.0)
+GATEWAY_MAX_BODY_BYTES = env_int("GATEWAY_MAX_BODY_BYTES", 4 * 1024 * 1024, minimum=1024)
+GATEWAY_RETRIES = env_int("GATEWAY_RETRIES", 1, minimum=0)
+GATEWAY_RETRY_BACKOFF = env_float("GATEWAY_RETRY_BACKOFF", 0.05)
+USAGE_FLUSH_INTERVAL = env_float("USAGE_FLUSH_INTERVAL", 1.0)
+USAGE_FLUSH_ROWS = env_int("USAGE_FLUSH_ROWS", 500, minimum=1)
 READINESS_BROKER_TIMEOUT = env_float("READINESS_BROKER_TIMEOUT", 2.0)
 
 # --- Security -----------------------------------------------------------------------------

@@ -6,9 +6,11 @@ from django.contrib import admin
 from django.urls import path
 
 from apps.core import health
+from apps.gateway.api.complete import CompleteView
 
 urlpatterns = [
     path("healthz", health.healthz, name="healthz"),
     path("readyz", health.readyz, name="readyz"),
+    path("v1/complete", CompleteView.as_view(), name="complete"),
     path("admin/", admin.site.urls),
 ]

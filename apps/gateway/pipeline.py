@@ -1,0 +1,452 @@
+"""The request pipeline shared by every door (HTTP JSON, SSE, and later WebSocket).
+
+    authenticate -> validate -> route -> call upstream (retries, fallbacks) -> cost -> log
+
+Everything here is ``async`` and in memory on the warm path: the key, the rules and the
+prices come from :mod:`apps.gateway.state`, the upstream call goes through one pooled
+aiohttp session per provider, and the usage row is appended to an in-process buffer.
+Streams are relayed as the bytes arrive; the only per-chunk work is finding SSE event
+boundaries and spotting the usage event with a bytes search.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from decimal import Decimal
+
+import aiohttp
+import orjson
+from django.conf import settings
+
+from apps.gateway import tokens
+from apps.gateway.errors import (
+    BadRequest,
+    GatewayError,
+    ModelNotAllowed,
+    ModelNotFound,
+    UpstreamError,
+    error_body,
+)
+from apps.gateway.snapshot import KeyInfo, ModelInfo
+from apps.gateway.state import GatewayState
+from apps.gateway.upstream import open_stream, post_json, with_fallbacks
+from apps.gateway.validation import chat_body_validate, embeddings_body_validate, model_field, tags_from
+from apps.routing.engine import route_resolve
+
+_USAGE_EVENT = re.compile(rb'"usage"\s*:\s*\{')
+_DONE = b"data: [DONE]"
+_MAX_KEPT_STREAM_BYTES = 4 * 1024 * 1024
+_ZERO = Decimal(0)
+
+
+def request_id_new() -> str:
+    return "req_" + os.urandom(12).hex()
+
+
+def _money(value: Decimal) -> str:
+    return f"{value.quantize(Decimal('0.0000000001')).normalize():f}"
+
+
+@dataclass(slots=True)
+class Call:
+    """One request as it moves through the pipeline, and what its usage row will say."""
+
+    key: KeyInfo
+    endpoint: str
+    started: float
+    request_id: str = field(default_factory=request_id_new)
+    requested_model: str = ""
+    chain: tuple = ()
+    rule_id: int | None = None
+    model: ModelInfo | None = None
+    stream: bool = False
+    input_tokens: int = 0
+    cached_tokens: int = 0
+    output_tokens: int = 0
+    tokens_estimated: bool = False
+    cost: Decimal = _ZERO
+    status: int = 200
+    error_code: str = ""
+    upstream_started: float | None = None
+    upstream_ended: float | None = None
+    first_byte: float | None = None
+    overhead_ms: float = 0.0
+    failures: list = field(default_factory=list)
+
+    def headers(self) -> list[tuple[bytes, bytes]]:
+        """The ``x-switchyard-*`` headers (cost deferred to the stream's end for streams)."""
+        model = self.model
+        return [
+            (b"x-switchyard-request-id", self.request_id.encode()),
+            (b"x-switchyard-model", (model.name if model else "").encode()),
+            (b"x-switchyard-provider", (model.provider.name if model else "").encode()),
+            (b"x-switchyard-cache", b"miss"),
+            (b"x-switchyard-cost", b"deferred" if self.stream and self.status == 200 else _money(self.cost).encode()),
+            (b"x-switchyard-overhead-ms", f"{self.overhead_ms:.2f}".encode()),
+        ]
+
+    def set_usage(self, usage: dict | None, *, fallback_prompt: int, fallback_completion: int) -> None:
+        if isinstance(usage, dict) and isinstance(usage.get("prompt_tokens"), int):
+            self.input_tokens = usage["prompt_tokens"]
+            self.output_tokens = usage.get("completion_tokens") or 0
+            details = usage.get("prompt_tokens_details") or {}
+            self.cached_tokens = details.get("cached_tokens") or 0 if isinstance(details, dict) else 0
+        else:
+            self.input_tokens, self.output_tokens, self.cached_tokens = fallback_prompt, fallback_completion, 0
+            self.tokens_estimated = True
+        if self.model is not None:
+            self.cost = self.model.cost(self.input_tokens, self.cached_tokens, self.output_tokens)
+
+    def log(self, state: GatewayState) -> None:
+        """Append this request's usage row to the buffer (no I/O here)."""
+        now = time.perf_counter()
+        model = self.model
+        state.usage.append({
+            "tenant_id": self.key.tenant_id,
+            "api_key_id": self.key.id,
+            "request_id": self.request_id,
+            "endpoint": self.endpoint,
+            "requested_model": self.requested_model[:200],
+            "model_used": model.name if model else "",
+            "model_id": model.id if model else None,
+            "provider_id": model.provider.id if model else None,
+            "routing_rule_id": self.rule_id,
+            "price_id": model.price_id if model else None,
+            "input_tokens": self.input_tokens,
+            "cached_tokens": self.cached_tokens,
+            "output_tokens": self.output_tokens,
+            "tokens_estimated": self.tokens_estimated,
+            "cost": self.cost,
+            "latency_ms": (now - self.started) * 1000,
+            "ttft_ms": (self.first_byte - self.started) * 1000 if self.first_byte else None,
+            "overhead_ms": self.overhead_ms,
+            "is_stream": self.stream,
+            "status_code": self.status,
+            "error_code": self.error_code[:64],
+            "created_at": datetime.now(UTC),
+        })
+
+
+def _route(state: GatewayState, call: Call, body: dict, tags_header: str | None, *, mode: str) -> None:
+    snapshot = state.snapshot
+    requested = model_field(body)
+    call.requested_model = requested
+    allowed = call.key.allowed_models
+    if allowed is not None and requested != "auto" and requested in snapshot.models and requested not in allowed:
+        raise ModelNotAllowed(f"This API key may not use the model '{requested}'.", param="model")
+    prompt_text = tokens.messages_text(body.get("messages") or []) if mode == "chat" else ""
+    route = route_resolve(
+        snapshot, tenant_id=call.key.tenant_id, requested=requested, prompt_text=prompt_text,
+        prompt_tokens=tokens.prompt_tokens_rough(prompt_text), tags=tags_from(body, tags_header),
+    )
+    if route is None:
+        raise ModelNotFound(f"The model '{requested}' does not exist.", param="model")
+    chain = tuple(m for m in route.chain if m.mode == mode)
+    if not chain:
+        raise ModelNotFound(f"The model '{requested}' cannot serve {mode} requests.", param="model")
+    if allowed is not None:
+        chain = tuple(m for m in chain if m.name in allowed)
+        if not chain:
+            raise ModelNotAllowed(f"This API key may not use the model '{requested}'.", param="model")
+    call.chain = chain
+    call.rule_id = route.rule_id
+    limit = body.get("max_completion_tokens") or body.get("max_tokens")
+    if limit is not None and limit > max(m.max_output_tokens for m in chain):
+        raise BadRequest(
+            f"max_tokens {limit} exceeds the model's limit of {max(m.max_output_tokens for m in chain)}.",
+            param="max_tokens",
+        )
+
+
+def _upstream_body(body: dict, model: ModelInfo, *, stream: bool) -> bytes:
+    out = dict(body)
+    out["model"] = model.upstream_id
+    if stream:
+        options = dict(out.get("stream_options") or {})
+        options["include_usage"] = True  # usage is recorded whether or not the client sees it
+        out["stream_options"] = options
+    return orjson.dumps(out)
+
+
+async def chat_prepare(state: GatewayState, key: KeyInfo, raw: bytes, *, started: float,
+                       tags_header: str | None = None) -> tuple[Call, dict]:
+    """Validate and route a chat request; raises :class:`GatewayError` subclasses."""
+    call = Call(key=key, endpoint="/v1/chat/completions", started=started)
+    body = _body(raw)
+    try:
+        chat_body_validate(body)
+        call.stream = bool(body.get("stream"))
+        _route(state, call, body, tags_header, mode="chat")
+    except GatewayError as exc:
+        call.requested_model = call.requested_model or str(body.get("model") or "")[:200]
+        _fail(state, call, exc)
+        raise
+    return call, body
+
+
+def _body(raw: bytes) -> dict:
+    from apps.gateway.validation import body_parse
+
+    return body_parse(raw)
+
+
+def _fail(state: GatewayState, call: Call, exc: GatewayError) -> None:
+    call.status = exc.status
+    call.error_code = exc.code
+    call.overhead_ms = (time.perf_counter() - call.started) * 1000
+    call.log(state)
+
+
+async def chat_json(state: GatewayState, call: Call, body: dict) -> bytes:
+    """Answer a non-stream chat request: the provider's JSON, byte for byte."""
+    bodies: dict[int, bytes] = {}
+
+    async def attempt(model: ModelInfo):
+        payload = bodies.get(model.id) or bodies.setdefault(model.id, _upstream_body(body, model, stream=False))
+        return await post_json(state.pool, model, "/chat/completions", payload)
+
+    call.upstream_started = time.perf_counter()
+    try:
+        model, (raw, parsed), call.failures = await with_fallbacks(
+            call.chain, attempt, retries=settings.GATEWAY_RETRIES, backoff=settings.GATEWAY_RETRY_BACKOFF)
+    except GatewayError as exc:
+        call.model = call.chain[0]
+        call.upstream_ended = time.perf_counter()
+        call.status, call.error_code = exc.status, exc.code
+        call.overhead_ms = (call.upstream_started - call.started) * 1000
+        call.log(state)
+        raise
+    call.upstream_ended = time.perf_counter()
+    call.model = model
+    call.first_byte = call.upstream_ended
+    usage = parsed.get("usage")
+    if not isinstance(usage, dict):
+        completion = _completion_text(parsed)
+        call.set_usage(None, fallback_prompt=tokens.messages_tokens(body["messages"]),
+                       fallback_completion=tokens.text_tokens(completion))
+    else:
+        call.set_usage(usage, fallback_prompt=0, fallback_completion=0)
+    call.overhead_ms = ((call.upstream_started - call.started) + (time.perf_counter() - call.upstream_ended)) * 1000
+    call.log(state)
+    return raw
+
+
+def _completion_text(parsed: dict) -> str:
+    try:
+        return "".join((choice.get("message") or {}).get("content") or "" for choice in parsed.get("choices") or [])
+    except AttributeError:
+        return ""
+
+
+class ChatStream:
+    """A started stream: iterate it for the bytes to send; it logs itself when it ends."""
+
+    def __init__(self, state: GatewayState, call: Call, body: dict, opened) -> None:
+        self.state = state
+        self.call = call
+        self.body = body
+        self.opened = opened
+        options = body.get("stream_options")
+        self.client_wants_usage = bool(isinstance(options, dict) and options.get("include_usage"))
+        self.kept: list[bytes] = []
+        self.kept_bytes = 0
+        self.usage: dict | None = None
+        self.done = False
+        self.finished = False
+
+    def _keep(self, data: bytes) -> None:
+        if self.kept_bytes < _MAX_KEPT_STREAM_BYTES:
+            self.kept.append(data)
+            self.kept_bytes += len(data)
+
+    def _take_usage(self, out: bytes) -> bytes:
+        """Read the usage event; drop it when the client did not ask for usage."""
+        kept_events = []
+        for event in out.split(b"\n\n"):
+            if not event:
+                continue
+            if _USAGE_EVENT.search(event) and event.startswith(b"data:"):
+                try:
+                    parsed = orjson.loads(event[5:])
+                except orjson.JSONDecodeError:
+                    parsed = None
+                if isinstance(parsed, dict) and isinstance(parsed.get("usage"), dict):
+                    self.usage = parsed["usage"]
+                    if not self.client_wants_usage and not parsed.get("choices"):
+                        continue
+            kept_events.append(event)
+        return b"".join(event + b"\n\n" for event in kept_events)
+
+    def _relay(self, buffer: bytes) -> tuple[bytes, bytes]:
+        cut = buffer.rfind(b"\n\n")
+        if cut < 0:
+            return b"", buffer
+        out, carry = buffer[: cut + 2], buffer[cut + 2:]
+        self._keep(out)
+        if self.usage is None and _USAGE_EVENT.search(out):
+            out = self._take_usage(out)
+        if _DONE in out:
+            self.done = True
+            out = out.replace(_DONE, self._cost_comment() + _DONE, 1)
+        return out, carry
+
+    def _cost_comment(self) -> bytes:
+        self._settle()
+        return b": x-switchyard-cost " + _money(self.call.cost).encode() + b"\n\n"
+
+    def _settle(self) -> None:
+        if self.usage is not None:
+            self.call.set_usage(self.usage, fallback_prompt=0, fallback_completion=0)
+        else:
+            self.call.set_usage(None, fallback_prompt=tokens.messages_tokens(self.body["messages"]),
+                                fallback_completion=tokens.text_tokens(self.streamed_text()))
+
+    def streamed_text(self) -> str:
+        """The content streamed so far, assembled from the kept SSE events."""
+        parts: list[str] = []
+        for event in b"".join(self.kept).split(b"\n\n"):
+            if not event.startswith(b"data:") or event.startswith(_DONE):
+                continue
+            try:
+                chunk = orjson.loads(event[5:])
+            except orjson.JSONDecodeError:
+                continue
+            for choice in chunk.get("choices") or [] if isinstance(chunk, dict) else []:
+                delta = choice.get("delta") or {}
+                if isinstance(delta.get("content"), str):
+                    parts.append(delta["content"])
+        return "".join(parts)
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        call = self.call
+        carry = b""
+        error: GatewayError | None = None
+        try:
+            out, carry = self._relay(self.opened.first)
+            call.first_byte = time.perf_counter()
+            if out:
+                yield out
+            async for piece in self.opened.response.content.iter_any():
+                out, carry = self._relay(carry + piece if carry else piece)
+                if out:
+                    yield out
+            if carry.strip():
+                out, carry = self._relay(carry + b"\n\n")
+                if out:
+                    yield out
+            if not self.done:
+                error = UpstreamError("The upstream stream ended before it finished.", code="upstream_stream_cut")
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            kind = "upstream_timeout" if isinstance(exc, TimeoutError) else "upstream_stream_cut"
+            error = UpstreamError(f"The upstream stream failed mid-way ({type(exc).__name__}).", code=kind)
+        finally:
+            await self.opened.close()
+            if error is None and not self.done:
+                # The consumer stopped early (client gone, cancel): bill what was produced.
+                call.status, call.error_code = 499, "client_closed_request"
+                self._settle()
+                self._log()
+        if error is not None:
+            call.status, call.error_code = error.status, error.code
+            self._settle()
+            self._log()
+            yield b"data: " + error_body(error) + b"\n\n"
+            return
+        self._log()
+
+    def _log(self) -> None:
+        if not self.finished:
+            self.finished = True
+            self.call.log(self.state)
+
+
+async def chat_stream_open(state: GatewayState, call: Call, body: dict) -> ChatStream:
+    """Start the stream, falling back until one upstream sends its first bytes."""
+    bodies: dict[int, bytes] = {}
+
+    async def attempt(model: ModelInfo):
+        payload = bodies.get(model.id) or bodies.setdefault(model.id, _upstream_body(body, model, stream=True))
+        return await open_stream(state.pool, model, "/chat/completions", payload)
+
+    call.upstream_started = time.perf_counter()
+    try:
+        model, opened, call.failures = await with_fallbacks(
+            call.chain, attempt, retries=settings.GATEWAY_RETRIES, backoff=settings.GATEWAY_RETRY_BACKOFF)
+    except GatewayError as exc:
+        call.model = call.chain[0]
+        call.status, call.error_code = exc.status, exc.code
+        call.overhead_ms = (call.upstream_started - call.started) * 1000
+        call.log(state)
+        raise
+    call.model = model
+    call.overhead_ms = (call.upstream_started - call.started) * 1000
+    return ChatStream(state, call, body, opened)
+
+
+async def embeddings(state: GatewayState, key: KeyInfo, raw: bytes, *, started: float) -> tuple[Call, bytes]:
+    call = Call(key=key, endpoint="/v1/embeddings", started=started)
+    body = _body(raw)
+    try:
+        embeddings_body_validate(body)
+        _route(state, call, body, None, mode="embedding")
+    except GatewayError as exc:
+        call.requested_model = call.requested_model or str(body.get("model") or "")[:200]
+        _fail(state, call, exc)
+        raise
+
+    async def attempt(model: ModelInfo):
+        payload = dict(body)
+        payload["model"] = model.upstream_id
+        return await post_json(state.pool, model, "/embeddings", orjson.dumps(payload))
+
+    call.upstream_started = time.perf_counter()
+    try:
+        model, (raw_answer, parsed), call.failures = await with_fallbacks(
+            call.chain, attempt, retries=settings.GATEWAY_RETRIES, backoff=settings.GATEWAY_RETRY_BACKOFF)
+    except GatewayError as exc:
+        call.model = call.chain[0]
+        call.status, call.error_code = exc.status, exc.code
+        call.log(state)
+        raise
+    call.upstream_ended = time.perf_counter()
+    call.model = model
+    usage = parsed.get("usage") if isinstance(parsed.get("usage"), dict) else None
+    if usage and isinstance(usage.get("prompt_tokens"), int):
+        call.set_usage({"prompt_tokens": usage["prompt_tokens"], "completion_tokens": 0},
+                       fallback_prompt=0, fallback_completion=0)
+    else:
+        text = body["input"] if isinstance(body["input"], str) else " ".join(
+            item for item in body["input"] if isinstance(item, str))
+        call.set_usage(None, fallback_prompt=tokens.text_tokens(text), fallback_completion=0)
+    call.overhead_ms = ((call.upstream_started - call.started) + (time.perf_counter() - call.upstream_ended)) * 1000
+    call.log(state)
+    return call, raw_answer
+
+
+def models_list(state: GatewayState, key: KeyInfo) -> bytes:
+    """``GET /v1/models``: the models this key may use, with their prices per 1M tokens."""
+    allowed = key.allowed_models
+    data = [{
+        "id": "auto", "object": "model", "created": 0, "owned_by": "switchyard",
+        "switchyard": {"mode": "chat", "routing": "picks the cheapest model that fits the prompt"},
+    }]
+    for model in sorted(state.snapshot.models.values(), key=lambda m: m.name):
+        if allowed is not None and model.name not in allowed:
+            continue
+        data.append({
+            "id": model.name, "object": "model", "created": 0, "owned_by": model.provider.name,
+            "switchyard": {
+                "mode": model.mode, "tier": model.tier, "context_window": model.context_window,
+                "max_output_tokens": model.max_output_tokens,
+                "pricing_per_million_tokens": {
+                    "input": str(model.input_price), "cached_input": str(model.cached_input_price),
+                    "output": str(model.output_price),
+                },
+            },
+        })
+    return orjson.dumps({"object": "list", "data": data})

@@ -1,0 +1,184 @@
+"""The gateway's in-process view of the catalog, routing rules and keys.
+
+The hot path never queries the database for auth, routing or prices: it reads an immutable
+:class:`Snapshot` of the (small) catalog and rule tables, and a per-prefix cache of keys.
+Both are refreshed when an admin changes something (see ``apps.gateway.bus``) and, as a
+safety net, on a timer. Loading runs off the event loop in a worker thread.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from dataclasses import dataclass, field
+from decimal import Decimal
+
+from django.db.models import Prefetch
+
+
+@dataclass(frozen=True, slots=True)
+class ProviderInfo:
+    id: int
+    name: str
+    kind: str
+    base_url: str
+    credential: str
+    timeout: float
+    max_concurrency: int
+
+
+@dataclass(frozen=True, slots=True)
+class ModelInfo:
+    id: int
+    name: str
+    upstream_id: str
+    provider: ProviderInfo
+    mode: str
+    tier: str
+    price_id: int | None
+    input_price: Decimal
+    cached_input_price: Decimal
+    output_price: Decimal
+    context_window: int
+    max_output_tokens: int
+
+    def cost(self, input_tokens: int, cached_tokens: int, output_tokens: int) -> Decimal:
+        """Exact USD cost at this model's price version (prices are per 1M tokens)."""
+        uncached = max(input_tokens - cached_tokens, 0)
+        return (
+            uncached * self.input_price + cached_tokens * self.cached_input_price + output_tokens * self.output_price
+        ) / 1_000_000
+
+
+@dataclass(frozen=True, slots=True)
+class RuleInfo:
+    id: int
+    tenant_id: int | None
+    priority: int
+    match_model: str
+    match_tier: str
+    min_prompt_tokens: int | None
+    max_prompt_tokens: int | None
+    tags: frozenset[str]
+    weight: int
+    chain: tuple[ModelInfo, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class KeyInfo:
+    id: int
+    prefix: str
+    key_hash: str
+    tenant_id: int
+    tenant_slug: str
+    allowed_models: frozenset[str] | None
+    expires_at: float | None
+    usable: bool
+
+    def is_usable(self, now: float) -> bool:
+        return self.usable and (self.expires_at is None or self.expires_at > now)
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    models: dict[str, ModelInfo]
+    global_rules: tuple[RuleInfo, ...]
+    tenant_rules: dict[int, tuple[RuleInfo, ...]]
+    simple_pattern: re.Pattern | None
+    complex_pattern: re.Pattern | None
+    loaded_at: float = field(default_factory=time.monotonic)
+
+    def rules_for(self, tenant_id: int) -> tuple[RuleInfo, ...]:
+        """Tenant rules first, then global ones; each group already sorted by priority."""
+        own = self.tenant_rules.get(tenant_id, ())
+        return own + self.global_rules if own else self.global_rules
+
+
+def _phrases_pattern(phrases: list[str]) -> re.Pattern | None:
+    if not phrases:
+        return None
+    alternatives = "|".join(re.escape(phrase.lower()) for phrase in sorted(phrases, key=len, reverse=True))
+    return re.compile(rf"\b(?:{alternatives})\b")
+
+
+def snapshot_load() -> Snapshot:
+    """Read the active catalog, rules and classifier phrases (sync; call from a thread)."""
+    from apps.catalog.models import Model, ModelPrice
+    from apps.routing.models import ComplexityIndicator, RoutingFallback, RoutingRule
+
+    models: dict[str, ModelInfo] = {}
+    providers: dict[int, ProviderInfo] = {}
+    latest_prices = Prefetch("prices", queryset=ModelPrice.objects.order_by("-effective_from", "-id"))
+    for model in Model.objects.filter(is_active=True, provider__is_active=True).select_related(
+        "provider"
+    ).prefetch_related(latest_prices):
+        provider = providers.get(model.provider_id)
+        if provider is None:
+            p = model.provider
+            provider = providers[p.pk] = ProviderInfo(
+                id=p.pk, name=p.name, kind=p.kind, base_url=p.base_url.rstrip("/"), credential=p.credential,
+                timeout=p.timeout_seconds, max_concurrency=p.max_concurrency,
+            )
+        versions = list(model.prices.all())
+        price = versions[0] if versions else None
+        models[model.name] = ModelInfo(
+            id=model.pk, name=model.name, upstream_id=model.upstream_id, provider=provider, mode=model.mode,
+            tier=model.tier, price_id=price.pk if price else None,
+            input_price=Decimal(price.input_price_per_million if price else model.input_price_per_million),
+            cached_input_price=Decimal(
+                price.cached_input_price_per_million if price else model.cached_input_price_per_million
+            ),
+            output_price=Decimal(price.output_price_per_million if price else model.output_price_per_million),
+            context_window=model.context_window, max_output_tokens=model.max_output_tokens,
+        )
+    by_id = {info.id: info for info in models.values()}
+
+    global_rules: list[RuleInfo] = []
+    tenant_rules: dict[int, list[RuleInfo]] = {}
+    fallbacks = Prefetch("fallbacks", queryset=RoutingFallback.objects.order_by("position", "id"))
+    for rule in RoutingRule.objects.filter(is_active=True).prefetch_related(fallbacks).order_by("priority", "id"):
+        chain = [by_id.get(rule.target_id)] + [by_id.get(fb.model_id) for fb in rule.fallbacks.all()]
+        seen: set[int] = set()
+        clean = tuple(m for m in chain if m is not None and not (m.id in seen or seen.add(m.id)))
+        if not clean:
+            continue  # every model of the rule is inactive
+        info = RuleInfo(
+            id=rule.pk, tenant_id=rule.tenant_id, priority=rule.priority, match_model=rule.match_model.strip(),
+            match_tier=rule.match_tier, min_prompt_tokens=rule.min_prompt_tokens,
+            max_prompt_tokens=rule.max_prompt_tokens,
+            tags=frozenset(str(tag) for tag in (rule.match_tags or []) if isinstance(tag, str | int)),
+            weight=rule.weight, chain=clean,
+        )
+        if rule.tenant_id is None:
+            global_rules.append(info)
+        else:
+            tenant_rules.setdefault(rule.tenant_id, []).append(info)
+
+    indicators = {"simple": [], "complex": []}
+    for phrase, tier in ComplexityIndicator.objects.filter(is_active=True).values_list("phrase", "tier"):
+        if phrase.strip():
+            indicators[tier].append(phrase.strip())
+
+    return Snapshot(
+        models=models,
+        global_rules=tuple(global_rules),
+        tenant_rules={tenant: tuple(rules) for tenant, rules in tenant_rules.items()},
+        simple_pattern=_phrases_pattern(indicators["simple"]),
+        complex_pattern=_phrases_pattern(indicators["complex"]),
+    )
+
+
+def key_info_load(prefix: str) -> KeyInfo | None:
+    """Read one key by its visible prefix (sync; call from a thread)."""
+    from apps.tenants.models import ApiKey
+
+    key = ApiKey.objects.select_related("tenant").filter(prefix=prefix).first()
+    if key is None:
+        return None
+    allowed = frozenset(key.allowed_models.values_list("name", flat=True))
+    return KeyInfo(
+        id=key.pk, prefix=key.prefix, key_hash=key.key_hash, tenant_id=key.tenant_id, tenant_slug=key.tenant.slug,
+        allowed_models=allowed or None,
+        expires_at=key.expires_at.timestamp() if key.expires_at else None,
+        usable=key.revoked_at is None and key.tenant.is_active,
+    )

@@ -1,0 +1,122 @@
+"""Per-process gateway state: the config snapshot, the key cache, upstream sessions and the
+usage buffer, started by the ASGI lifespan (or lazily by the first request) and closed on
+shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import logging
+import time
+
+from asgiref.sync import sync_to_async
+from django.conf import settings
+
+from apps.gateway.bus import config_changes_listen
+from apps.gateway.errors import AuthenticationFailed
+from apps.gateway.snapshot import KeyInfo, Snapshot, key_info_load, snapshot_load
+from apps.gateway.upstream import UpstreamPool
+from apps.tenants.services import KEY_PREFIX, key_prefix
+from apps.usage.buffer import UsageBuffer
+
+logger = logging.getLogger(__name__)
+
+_MISSING = object()
+_NEGATIVE_CACHE_LIMIT = 10_000
+
+
+class GatewayState:
+    def __init__(self) -> None:
+        self.snapshot: Snapshot | None = None
+        self.keys: dict[str, KeyInfo | None] = {}
+        self.generation = 0
+        self.pool = UpstreamPool()
+        self.usage = UsageBuffer(interval=settings.USAGE_FLUSH_INTERVAL, max_rows=settings.USAGE_FLUSH_ROWS)
+        self._started = False
+        self._start_lock: asyncio.Lock | None = None
+        self._tasks: list[asyncio.Task] = []
+        self._reload_lock: asyncio.Lock | None = None
+
+    async def start(self) -> None:
+        if self._started:
+            return
+        if self._start_lock is None:
+            self._start_lock = asyncio.Lock()
+        async with self._start_lock:
+            if self._started:
+                return
+            self._reload_lock = asyncio.Lock()
+            await self.reload()
+            self.usage.start()
+            loop = asyncio.get_running_loop()
+            self._tasks.append(loop.create_task(config_changes_listen(self.reload), name="config-listener"))
+            self._tasks.append(loop.create_task(self._refresh_periodically(), name="config-refresh"))
+            self._started = True
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks.clear()
+        await self.usage.close()
+        await self.pool.close()
+        self._started = False
+
+    async def reload(self) -> None:
+        """Reload the snapshot and forget cached keys (after a change anywhere)."""
+        assert self._reload_lock is not None
+        async with self._reload_lock:
+            generation = self.generation + 1
+            snapshot = await sync_to_async(_snapshot_load_fresh, thread_sensitive=False)()
+            self.snapshot = snapshot
+            self.keys = {}
+            self.generation = generation
+
+    async def _refresh_periodically(self) -> None:
+        # A safety net for a lost invalidation message; the message is the fast path.
+        while True:
+            await asyncio.sleep(settings.GATEWAY_CONFIG_REFRESH)
+            try:
+                await self.reload()
+            except Exception:
+                logger.exception("timed config refresh failed")
+
+    async def authenticate(self, authorization: str | None) -> KeyInfo:
+        """The key behind an ``Authorization: Bearer`` header, from memory when warm."""
+        if not authorization or not authorization.startswith("Bearer "):
+            raise AuthenticationFailed()
+        raw = authorization[7:].strip()
+        if not raw.startswith(KEY_PREFIX) or len(raw) > 200:
+            raise AuthenticationFailed()
+        prefix = key_prefix(raw)
+        info = self.keys.get(prefix, _MISSING)
+        if info is _MISSING:
+            generation = self.generation
+            info = await sync_to_async(_key_load_fresh, thread_sensitive=False)(prefix)
+            if generation == self.generation:  # not invalidated while loading
+                if info is None and len(self.keys) > _NEGATIVE_CACHE_LIMIT:
+                    self.keys = {}
+                self.keys[prefix] = info
+        if info is None or not hmac.compare_digest(info.key_hash, hashlib.sha256(raw.encode()).hexdigest()):
+            raise AuthenticationFailed()
+        if not info.is_usable(time.time()):
+            raise AuthenticationFailed("This API key is revoked or expired.", code="key_revoked_or_expired")
+        return info
+
+
+def _snapshot_load_fresh() -> Snapshot:
+    from django.db import close_old_connections
+
+    close_old_connections()
+    return snapshot_load()
+
+
+def _key_load_fresh(prefix: str) -> KeyInfo | None:
+    from django.db import close_old_connections
+
+    close_old_connections()
+    return key_info_load(prefix)
+
+
+state = GatewayState()

@@ -1,0 +1,214 @@
+"""Calls to providers: one pooled aiohttp session per provider, a concurrency limit each,
+retries with backoff, then the ordered fallbacks.
+
+    UpstreamFailure            an attempt failed and may be retried or fall through
+    ├── status 429 / 5xx / 408 from the provider
+    ├── connection refused or cut, invalid JSON
+    └── timeout (marked ``timeout=True``)
+    UpstreamClientError        the provider refused the request itself (other 4xx): not retried,
+                               returned to the client as it came
+
+The OpenAI SDK is not used here: plain aiohttp measured several times faster on this path.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+
+import aiohttp
+import orjson
+
+from apps.gateway.errors import UpstreamError, UpstreamTimeout
+
+logger = logging.getLogger(__name__)
+
+RETRYABLE_STATUSES = frozenset({408, 409, 429, 500, 502, 503, 504})
+
+
+class UpstreamFailure(Exception):
+    def __init__(self, reason: str, *, status: int | None = None, timeout: bool = False,
+                 retry_after: float | None = None) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.status = status
+        self.timeout = timeout
+        self.retry_after = retry_after
+
+
+class UpstreamClientError(Exception):
+    """A 4xx the client caused; passed back with the provider's status and body."""
+
+    def __init__(self, status: int, body: bytes, content_type: str) -> None:
+        super().__init__(f"upstream answered {status}")
+        self.status = status
+        self.body = body
+        self.content_type = content_type
+
+
+@dataclass(slots=True)
+class Attempt:
+    model: object  # ModelInfo
+    tries: int
+    failures: list[str]
+
+
+class UpstreamPool:
+    """Sessions and concurrency limits per provider, for one event loop."""
+
+    def __init__(self) -> None:
+        self._sessions: dict[int, aiohttp.ClientSession] = {}
+        self._limits: dict[int, tuple[int, asyncio.Semaphore]] = {}
+
+    def session(self, provider) -> aiohttp.ClientSession:
+        session = self._sessions.get(provider.id)
+        if session is None or session.closed:
+            connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=300, keepalive_timeout=30)
+            session = aiohttp.ClientSession(connector=connector, json_serialize=lambda o: orjson.dumps(o).decode(),
+                                            auto_decompress=True, skip_auto_headers=("User-Agent",))
+            self._sessions[provider.id] = session
+        return session
+
+    def limit(self, provider) -> asyncio.Semaphore:
+        current = self._limits.get(provider.id)
+        if current is None or current[0] != provider.max_concurrency:
+            current = (provider.max_concurrency, asyncio.Semaphore(max(provider.max_concurrency, 1)))
+            self._limits[provider.id] = current
+        return current[1]
+
+    async def close(self) -> None:
+        for session in self._sessions.values():
+            await session.close()
+        self._sessions.clear()
+
+
+def _headers(provider) -> dict[str, str]:
+    headers = {"Content-Type": "application/json"}
+    if provider.credential:
+        headers["Authorization"] = f"Bearer {provider.credential}"
+    return headers
+
+
+def _retry_after(response: aiohttp.ClientResponse) -> float | None:
+    value = response.headers.get("Retry-After")
+    if not value:
+        return None
+    try:
+        return float(value)
+    except ValueError:
+        return None
+
+
+async def _classify_status(response: aiohttp.ClientResponse) -> None:
+    """Raise for a non-200 answer: retryable failure or client error."""
+    body = await response.read()
+    if response.status in RETRYABLE_STATUSES or response.status >= 500:
+        raise UpstreamFailure(f"status {response.status}", status=response.status,
+                              retry_after=_retry_after(response))
+    if response.status in (401, 403):
+        # Our credential for this provider is wrong: the provider's problem, not the client's.
+        raise UpstreamFailure(f"provider refused credentials ({response.status})", status=response.status)
+    raise UpstreamClientError(response.status, body, response.headers.get("Content-Type", "application/json"))
+
+
+def _client_timeout(provider, *, stream: bool) -> aiohttp.ClientTimeout:
+    connect = min(provider.timeout, 10.0)
+    if stream:
+        # A stream may run long; what must not happen is silence longer than the timeout.
+        return aiohttp.ClientTimeout(total=None, sock_connect=connect, sock_read=provider.timeout)
+    return aiohttp.ClientTimeout(total=provider.timeout, sock_connect=connect)
+
+
+async def post_json(pool: UpstreamPool, model, path: str, body: bytes) -> tuple[bytes, dict]:
+    """One non-stream attempt: the raw body and its parsed JSON."""
+    provider = model.provider
+    async with pool.limit(provider):
+        try:
+            async with pool.session(provider).post(
+                provider.base_url + path, data=body, headers=_headers(provider),
+                timeout=_client_timeout(provider, stream=False),
+            ) as response:
+                if response.status != 200:
+                    await _classify_status(response)
+                raw = await response.read()
+        except TimeoutError as exc:
+            raise UpstreamFailure("timeout", timeout=True) from exc
+        except aiohttp.ClientError as exc:
+            raise UpstreamFailure(f"connection: {type(exc).__name__}") from exc
+    try:
+        parsed = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise UpstreamFailure("invalid JSON from upstream") from exc
+    if not isinstance(parsed, dict):
+        raise UpstreamFailure("unexpected JSON from upstream")
+    return raw, parsed
+
+
+@dataclass(slots=True)
+class OpenStream:
+    """A stream whose first bytes have arrived: from here on there is no falling back."""
+
+    model: object
+    response: aiohttp.ClientResponse
+    first: bytes
+    release: object  # the semaphore to release when the stream ends
+
+    async def close(self) -> None:
+        self.response.release()
+        self.release.release()
+
+
+async def open_stream(pool: UpstreamPool, model, path: str, body: bytes) -> OpenStream:
+    """Start a stream and wait for its first bytes (so a failure before them can fall back)."""
+    provider = model.provider
+    limit = pool.limit(provider)
+    await limit.acquire()
+    response = None
+    try:
+        response = await pool.session(provider).post(
+            provider.base_url + path, data=body, headers=_headers(provider),
+            timeout=_client_timeout(provider, stream=True),
+        )
+        if response.status != 200:
+            await _classify_status(response)
+        first = await response.content.readany()
+        if not first:
+            raise UpstreamFailure("stream closed before its first byte")
+        return OpenStream(model=model, response=response, first=first, release=limit)
+    except BaseException as exc:
+        if response is not None:
+            response.release()
+        limit.release()
+        if isinstance(exc, TimeoutError):
+            raise UpstreamFailure("timeout before the first byte", timeout=True) from exc
+        if isinstance(exc, aiohttp.ClientError):
+            raise UpstreamFailure(f"connection: {type(exc).__name__}") from exc
+        raise
+
+
+async def with_fallbacks(chain, call, *, retries: int, backoff: float):
+    """Run ``call(model)`` over the chain: each model ``1 + retries`` times, then the next.
+
+    Returns ``(model, result, failures)``; raises :class:`UpstreamError` (or
+    :class:`UpstreamTimeout` when the last failure was a timeout) when every attempt failed.
+    A client error stops at once.
+    """
+    failures: list[str] = []
+    last: UpstreamFailure | None = None
+    for model in chain:
+        for attempt in range(retries + 1):
+            try:
+                return model, await call(model), failures
+            except UpstreamFailure as exc:
+                last = exc
+                failures.append(f"{model.name}: {exc.reason}")
+                if attempt < retries:
+                    delay = backoff * (2 ** attempt)
+                    if exc.retry_after is not None:
+                        delay = min(max(delay, exc.retry_after), 2.0)
+                    await asyncio.sleep(delay)
+    detail = "; ".join(failures[-4:])
+    if last is not None and last.timeout:
+        raise UpstreamTimeout(f"The upstream did not answer in time ({detail}).")
+    raise UpstreamError(f"Every upstream for this request failed ({detail}).")

@@ -1,0 +1,108 @@
+"""Usage rows leave the hot path through an in-process buffer flushed in bulk.
+
+A request appends a plain dict (no model instance, no I/O). A background task flushes the
+buffer every second, or as soon as it holds ``max_rows``, with one ``bulk_create`` in a worker
+thread. :meth:`UsageBuffer.close` flushes what is left; the ASGI lifespan calls it on
+shutdown, after the server has finished its in-flight requests, so a SIGTERM loses no row.
+A failed flush keeps its rows and retries them on the next round.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from asgiref.sync import sync_to_async
+
+logger = logging.getLogger(__name__)
+
+
+_OPTIONAL_REFERENCES = ("api_key_id", "model_id", "provider_id", "routing_rule_id", "price_id")
+
+
+def _rows_write(rows: list[dict]) -> None:
+    from django.db import IntegrityError, close_old_connections, transaction
+
+    from apps.usage.models import RequestLog
+
+    close_old_connections()
+    try:
+        with transaction.atomic():
+            RequestLog.objects.bulk_create([RequestLog(**row) for row in rows], batch_size=1000)
+        return
+    except IntegrityError:
+        pass
+    # A key, model or rule was deleted between the request and the flush: write the rows one
+    # by one, dropping references that no longer resolve, so one row cannot sink the batch.
+    for row in rows:
+        try:
+            with transaction.atomic():
+                RequestLog.objects.create(**row)
+        except IntegrityError:
+            try:
+                with transaction.atomic():
+                    RequestLog.objects.create(**{**row, **dict.fromkeys(_OPTIONAL_REFERENCES)})
+            except IntegrityError:
+                logger.error("usage row %s dropped: its tenant no longer exists", row.get("request_id"))
+
+
+class UsageBuffer:
+    def __init__(self, *, interval: float = 1.0, max_rows: int = 500) -> None:
+        self.interval = interval
+        self.max_rows = max_rows
+        self._rows: list[dict] = []
+        self._task: asyncio.Task | None = None
+        self._wake = asyncio.Event()
+        self._flush_lock = asyncio.Lock()
+        self.written = 0
+
+    def __len__(self) -> int:
+        return len(self._rows)
+
+    def append(self, row: dict) -> None:
+        self._rows.append(row)
+        if len(self._rows) >= self.max_rows:
+            self._wake.set()
+
+    def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._run(), name="usage-buffer")
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                await asyncio.wait_for(self._wake.wait(), timeout=self.interval)
+            except TimeoutError:
+                pass
+            self._wake.clear()
+            await self.flush()
+
+    async def flush(self) -> int:
+        """Write everything buffered so far; returns the number of rows written."""
+        async with self._flush_lock:
+            if not self._rows:
+                return 0
+            rows, self._rows = self._rows, []
+            try:
+                await sync_to_async(_rows_write, thread_sensitive=False)(rows)
+            except Exception:
+                logger.exception("usage flush failed; %d rows kept for the next round", len(rows))
+                self._rows[:0] = rows
+                return 0
+            self.written += len(rows)
+            return len(rows)
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+            self._task = None
+        for _attempt in range(3):
+            await self.flush()
+            if not self._rows:
+                return
+            await asyncio.sleep(0.5)
+        logger.error("usage buffer closed with %d unwritten rows", len(self._rows))

@@ -1,0 +1,120 @@
+"""Config changes reach every process fast; shutdown and dropped clients lose no usage row."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import subprocess
+import sys
+import time
+
+import aiohttp
+import httpx
+import pytest
+
+from tests.gateway.conftest import (
+    REPO,
+    Simulator,
+    free_port,
+    gateway_start,
+    gateway_stop,
+    request_logs,
+    wait_http,
+    wait_until,
+)
+
+
+def _models_status(base: str, key: str) -> int:
+    return httpx.get(base + "/v1/models", headers={"Authorization": f"Bearer {key}"}, timeout=10).status_code
+
+
+def test_it_refuses_a_revoked_key_in_a_second_process_within_two_seconds(world, tmp_path):
+    from apps.tenants.models import ApiKey
+    from apps.tenants.services import key_revoke
+
+    second = gateway_start(tmp_path)
+    try:
+        for gateway in (world.gateway, second):
+            assert wait_until(lambda g=gateway: _models_status(g.base, world.key_a) == 200, timeout=10)
+        key_revoke(api_key=ApiKey.objects.get(tenant=world.tenant_a))
+        revoked_at = time.monotonic()
+        for gateway in (world.gateway, second):
+            assert wait_until(lambda g=gateway: _models_status(g.base, world.key_a) == 401, timeout=2,
+                              interval=0.02)
+        assert time.monotonic() - revoked_at < 2.0
+        assert _models_status(second.base, world.key_b) == 200
+    finally:
+        gateway_stop(second)
+
+
+@pytest.fixture
+def slow_simulator():
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "apps.simulator.server", "--port", str(port),
+                             "--ttft-ms", "400", "--chunk-delay-ms", "50", "--chunks", "10"], cwd=REPO,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    wait_http(f"http://127.0.0.1:{port}/v1/models", proc=proc)
+    yield Simulator(f"http://127.0.0.1:{port}")
+    proc.terminate()
+    proc.wait(timeout=10)
+
+
+def test_it_logs_one_row_per_answered_request_through_sigterm_and_dropped_clients(world, slow_simulator, tmp_path):
+    from apps.catalog.models import Model, Provider
+    from apps.usage.models import RequestLog
+
+    slow = Provider.objects.create(name="slow", kind=Provider.Kind.SIMULATED, base_url=slow_simulator.v1)
+    Model.objects.create(name="sim-slow", upstream_id="sim-slow", provider=slow)
+    gateway = gateway_start(tmp_path)
+    headers = {"Authorization": f"Bearer {world.key_a}"}
+    assert wait_until(lambda: "sim-slow" in httpx.get(gateway.v1 + "/models", headers=headers).text, timeout=10)
+
+    async def one_json(session, i):
+        async with session.post(gateway.v1 + "/chat/completions", json={
+                "model": "sim-slow", "messages": [{"role": "user", "content": f"json {i}"}]}) as response:
+            await response.read()
+            return response.status
+
+    async def one_stream(session, i):
+        async with session.post(gateway.v1 + "/chat/completions", json={
+                "model": "sim-slow", "stream": True, "messages": [{"role": "user", "content": f"stream {i}"}]}) as r:
+            body = await r.read()
+            return r.status if b"[DONE]" in body else -1
+
+    async def one_dropped(session, i):
+        async with session.post(gateway.v1 + "/chat/completions", json={
+                "model": "sim-slow", "stream": True, "messages": [{"role": "user", "content": f"drop {i}"}]}) as r:
+            await r.content.readany()  # the first bytes arrive, then the client goes away
+            return "dropped"
+
+    async def run():
+        async with aiohttp.ClientSession(headers=headers) as session:
+            tasks = [asyncio.ensure_future(one_json(session, i)) for i in range(12)]
+            tasks += [asyncio.ensure_future(one_stream(session, i)) for i in range(8)]
+            tasks += [asyncio.ensure_future(one_dropped(session, i)) for i in range(5)]
+            await asyncio.sleep(0.25)  # every request is in flight upstream
+            gateway.proc.send_signal(signal.SIGTERM)
+            return await asyncio.gather(*tasks, return_exceptions=True)
+
+    results = asyncio.run(run())
+    assert gateway.proc.wait(timeout=30) == 0
+    answered = sum(1 for r in results if r == 200)
+    assert answered == 20, results
+    rows = RequestLog.objects.filter(tenant=world.tenant_a, model_used="sim-slow")
+    assert rows.filter(status_code=200).count() == answered
+    dropped = rows.filter(status_code=499)
+    assert dropped.count() == 5
+    assert all(row.output_tokens >= 1 for row in dropped)
+    assert rows.count() == 25
+    gateway_stop(gateway)
+
+
+def test_it_flushes_usage_within_about_a_second(world):
+    response = httpx.post(world.gateway.v1 + "/chat/completions",
+                          headers={"Authorization": f"Bearer {world.key_a}"},
+                          json={"model": "sim-mini", "messages": [{"role": "user", "content": "flush me"}]})
+    assert response.status_code == 200
+    started = time.monotonic()
+    (row,) = request_logs(1, tenant=world.tenant_a, request_id=response.headers["x-switchyard-request-id"])
+    assert time.monotonic() - started < 3
+    assert row.status_code == 200

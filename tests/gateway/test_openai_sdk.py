@@ -1,0 +1,174 @@
+"""The official ``openai`` SDK, unchanged, against a live Switchyard."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import urllib.request
+from decimal import Decimal
+
+import openai
+import pytest
+
+from tests.gateway.conftest import request_logs, wait_until
+
+
+def client(world, key: str | None = None, **kwargs) -> openai.OpenAI:
+    return openai.OpenAI(base_url=world.gateway.v1, api_key=key or world.key_a, max_retries=0, **kwargs)
+
+
+def test_it_answers_chat_through_the_sdk(world):
+    raw = client(world).chat.completions.with_raw_response.create(
+        model="sim-mini", messages=[{"role": "user", "content": "Say hello"}])
+    completion = raw.parse()
+    assert completion.choices[0].message.content
+    assert completion.usage.prompt_tokens > 0
+    assert raw.headers["x-switchyard-model"] == "sim-mini"
+    assert raw.headers["x-switchyard-provider"] == "sim"
+    assert raw.headers["x-switchyard-cache"] == "miss"
+    assert raw.headers["x-switchyard-request-id"].startswith("req_")
+    assert float(raw.headers["x-switchyard-overhead-ms"]) >= 0
+    assert Decimal(raw.headers["x-switchyard-cost"]) > 0
+
+
+def test_it_streams_through_the_sdk_with_usage_when_asked(world):
+    sdk = client(world)
+    plain = sdk.chat.completions.create(model="sim-mini", messages=[{"role": "user", "content": "Stream me"}])
+    chunks = list(sdk.chat.completions.create(
+        model="sim-mini", messages=[{"role": "user", "content": "Stream me"}], stream=True,
+        stream_options={"include_usage": True}))
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == plain.choices[0].message.content
+    assert chunks[-1].usage is not None
+    assert chunks[-1].usage.completion_tokens == plain.usage.completion_tokens
+
+
+def test_it_records_usage_of_a_stream_even_when_the_client_did_not_ask(world):
+    sdk = client(world)
+    chunks = list(sdk.chat.completions.create(
+        model="sim-mini", messages=[{"role": "user", "content": "No usage for me"}], stream=True))
+    assert chunks
+    assert all(chunk.usage is None for chunk in chunks)
+    (row,) = request_logs(1, tenant=world.tenant_a, is_stream=True)
+    assert row.output_tokens > 0
+    assert row.input_tokens > 0
+    assert row.tokens_estimated is False
+    assert row.cost == world.models["sim-mini"].prices.get().cost(
+        input_tokens=row.input_tokens, cached_tokens=0, output_tokens=row.output_tokens)
+
+
+def test_it_lists_models_with_prices(world):
+    models = {m.id: m for m in client(world).models.list()}
+    assert {"auto", "sim-mini", "sim-standard", "sim-premium", "sim-embed"} <= set(models)
+    pricing = models["sim-mini"].model_extra["switchyard"]["pricing_per_million_tokens"]
+    assert Decimal(pricing["input"]) == Decimal("0.15")
+    assert Decimal(pricing["output"]) == Decimal("0.60")
+
+
+def test_it_forwards_embeddings(world):
+    result = client(world).embeddings.create(model="sim-embed", input=["one", "two"])
+    assert len(result.data) == 2
+    assert len(result.data[0].embedding) == 384
+    (row,) = request_logs(1, tenant=world.tenant_a, endpoint="/v1/embeddings")
+    assert row.model_used == "sim-embed"
+    assert row.input_tokens > 0
+
+
+def test_it_works_with_the_async_sdk(world):
+    async def run():
+        sdk = openai.AsyncOpenAI(base_url=world.gateway.v1, api_key=world.key_a, max_retries=0)
+        answers = await asyncio.gather(*[
+            sdk.chat.completions.create(model="sim-mini", messages=[{"role": "user", "content": f"Question {i}"}])
+            for i in range(5)
+        ])
+        stream = await sdk.chat.completions.create(
+            model="sim-mini", messages=[{"role": "user", "content": "async stream"}], stream=True)
+        pieces = [chunk.choices[0].delta.content or "" async for chunk in stream if chunk.choices]
+        models = await sdk.models.list()
+        embedding = await sdk.embeddings.create(model="sim-embed", input="hello")
+        await sdk.close()
+        return answers, pieces, models, embedding
+
+    answers, pieces, models, embedding = asyncio.run(run())
+    assert len({a.choices[0].message.content for a in answers}) == 5
+    assert "".join(pieces)
+    assert any(m.id == "sim-mini" for m in models.data)
+    assert len(embedding.data[0].embedding) == 384
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "exception", "status"),
+    [
+        ({"model": "sim-mini", "messages": []}, openai.BadRequestError, 400),
+        ({"model": "sim-mini", "messages": [{"role": "user", "content": "x"}], "temperature": 7},
+         openai.BadRequestError, 400),
+        ({"model": "sim-mini", "messages": [{"role": "user", "content": "x"}], "max_tokens": 10**6},
+         openai.BadRequestError, 400),
+        ({"model": "no-such-model", "messages": [{"role": "user", "content": "x"}]}, openai.NotFoundError, 404),
+    ],
+)
+def test_it_raises_the_sdk_exception_for_bad_requests(world, kwargs, exception, status):
+    with pytest.raises(exception) as caught:
+        client(world).chat.completions.create(**kwargs)
+    assert caught.value.status_code == status
+    assert caught.value.body["message"]
+    assert caught.value.body["type"]
+
+
+def test_it_raises_authentication_error_for_a_bad_or_missing_key(world):
+    with pytest.raises(openai.AuthenticationError):
+        client(world, key="sk-sy-notarealkey0000000000000000000").models.list()
+    request = urllib.request.Request(world.gateway.v1 + "/models")
+    with pytest.raises(urllib.error.HTTPError) as caught:
+        urllib.request.urlopen(request, timeout=10)
+    assert caught.value.code == 401
+    assert json.loads(caught.value.read())["error"]["code"] == "invalid_api_key"
+
+
+def test_it_raises_permission_denied_for_a_model_the_key_may_not_use(world):
+    from apps.tenants.models import ApiKey
+
+    key = ApiKey.objects.get(tenant=world.tenant_b)
+    key.allowed_models.set([world.models["sim-mini"]])
+    sdk = client(world, key=world.key_b)
+
+    def restricted() -> bool:
+        return [m.id for m in sdk.models.list() if m.id != "auto"] == ["sim-mini"]
+
+    assert wait_until(restricted)
+    with pytest.raises(openai.PermissionDeniedError) as caught:
+        sdk.chat.completions.create(model="sim-premium", messages=[{"role": "user", "content": "x"}])
+    assert caught.value.status_code == 403
+    assert sdk.chat.completions.create(model="sim-mini", messages=[{"role": "user", "content": "x"}]).choices
+
+
+def test_it_answers_413_for_an_oversized_body(world):
+    sdk = client(world)
+    with pytest.raises(openai.APIStatusError) as caught:
+        sdk.chat.completions.create(model="sim-mini", messages=[{"role": "user", "content": "x" * (5 * 1024 * 1024)}])
+    assert caught.value.status_code == 413
+
+
+def test_it_answers_502_when_every_upstream_fails(world):
+    world.simulator.fault(model="*", mode="status", status=500, count=-1)
+    with pytest.raises(openai.InternalServerError) as caught:
+        client(world).chat.completions.create(model="sim-mini", messages=[{"role": "user", "content": "x"}])
+    assert caught.value.status_code == 502
+    assert caught.value.body["code"] == "upstream_error"
+    (row,) = request_logs(1, tenant=world.tenant_a, status_code=502)
+    assert row.error_code == "upstream_error"
+
+
+def test_it_answers_504_when_every_upstream_times_out(world):
+    from apps.catalog.models import Model, Provider
+
+    impatient = Provider.objects.create(name="impatient", kind=Provider.Kind.SIMULATED,
+                                        base_url=world.simulator.v1, timeout_seconds=0.3)
+    Model.objects.create(name="sim-slow", upstream_id="sim-slow", provider=impatient)
+    sdk = client(world, timeout=30)
+    assert wait_until(lambda: any(m.id == "sim-slow" for m in sdk.models.list()))
+    world.simulator.fault(model="sim-slow", mode="timeout", count=-1)
+    with pytest.raises(openai.APIStatusError) as caught:
+        sdk.chat.completions.create(model="sim-slow", messages=[{"role": "user", "content": "x"}])
+    assert caught.value.status_code == 504
+    assert caught.value.body["code"] == "upstream_timeout"
