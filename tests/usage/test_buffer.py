@@ -1,0 +1,81 @@
+"""The usage buffer writes every row, in bulk, even when a reference has gone."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime
+from decimal import Decimal
+
+import pytest
+
+from apps.usage.buffer import UsageBuffer
+from apps.usage.models import RequestLog
+
+
+def _row(tenant, n: int, **extra) -> dict:
+    return {"tenant_id": tenant.pk, "request_id": f"req-{n}", "input_tokens": n, "cost": Decimal("0.000001"),
+            "created_at": datetime.now(UTC), **extra}
+
+
+@pytest.mark.django_db(transaction=True)
+def test_it_flushes_buffered_rows_in_bulk(tenant_a):
+    async def run():
+        buffer = UsageBuffer(interval=60, max_rows=10_000)
+        for n in range(250):
+            buffer.append(_row(tenant_a, n))
+        assert len(buffer) == 250
+        written = await buffer.flush()
+        return written, len(buffer)
+
+    written, left = asyncio.run(run())
+    assert (written, left) == (250, 0)
+    assert RequestLog.objects.filter(tenant=tenant_a).count() == 250
+
+
+@pytest.mark.django_db(transaction=True)
+def test_it_flushes_by_size_without_waiting_for_the_timer(tenant_a):
+    async def run():
+        buffer = UsageBuffer(interval=60, max_rows=20)
+        buffer.start()
+        for n in range(20):
+            buffer.append(_row(tenant_a, n))
+        for _ in range(100):
+            if buffer.written == 20:
+                break
+            await asyncio.sleep(0.05)
+        await buffer.close()
+        return buffer.written
+
+    assert asyncio.run(run()) == 20
+
+
+@pytest.mark.django_db(transaction=True)
+def test_it_keeps_rows_whose_model_was_deleted(tenant_a, cheap_model, key_a):
+    model_id = cheap_model.pk
+    price_id = cheap_model.prices.get().pk
+    cheap_model.delete()
+
+    async def run():
+        buffer = UsageBuffer()
+        buffer.append(_row(tenant_a, 1, model_id=model_id, price_id=price_id, api_key_id=key_a.api_key.pk))
+        buffer.append(_row(tenant_a, 2, api_key_id=key_a.api_key.pk))
+        await buffer.close()
+
+    asyncio.run(run())
+    rows = {row.request_id: row for row in RequestLog.objects.filter(tenant=tenant_a)}
+    assert set(rows) == {"req-1", "req-2"}
+    assert rows["req-1"].model_id is None
+    assert rows["req-2"].api_key_id == key_a.api_key.pk
+
+
+@pytest.mark.django_db(transaction=True)
+def test_it_flushes_what_is_left_on_close(tenant_a):
+    async def run():
+        buffer = UsageBuffer(interval=60, max_rows=10_000)
+        buffer.start()
+        for n in range(7):
+            buffer.append(_row(tenant_a, n))
+        await buffer.close()
+
+    asyncio.run(run())
+    assert RequestLog.objects.filter(tenant=tenant_a).count() == 7
