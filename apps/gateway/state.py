@@ -5,12 +5,12 @@ shutdown."""
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import hashlib
 import hmac
 import logging
 import time
 
-from asgiref.sync import sync_to_async
 from django.conf import settings
 
 from apps.gateway.bus import config_changes_listen
@@ -37,6 +37,10 @@ class GatewayState:
         self._start_lock: asyncio.Lock | None = None
         self._tasks: list[asyncio.Task] = []
         self._reload_lock: asyncio.Lock | None = None
+        self._key_loads: dict[str, asyncio.Future] = {}
+        # Config reads run here: two long-lived threads, so their database connections are
+        # reused instead of opened per load.
+        self._db_executor = concurrent.futures.ThreadPoolExecutor(max_workers=2, thread_name_prefix="gateway-db")
 
     async def start(self) -> None:
         if self._started:
@@ -68,7 +72,7 @@ class GatewayState:
         assert self._reload_lock is not None
         async with self._reload_lock:
             generation = self.generation + 1
-            snapshot = await sync_to_async(_snapshot_load_fresh, thread_sensitive=False)()
+            snapshot = await asyncio.get_running_loop().run_in_executor(self._db_executor, _snapshot_load_fresh)
             self.snapshot = snapshot
             self.keys = {}
             self.generation = generation
@@ -92,16 +96,31 @@ class GatewayState:
         prefix = key_prefix(raw)
         info = self.keys.get(prefix, _MISSING)
         if info is _MISSING:
-            generation = self.generation
-            info = await sync_to_async(_key_load_fresh, thread_sensitive=False)(prefix)
-            if generation == self.generation:  # not invalidated while loading
-                if info is None and len(self.keys) > _NEGATIVE_CACHE_LIMIT:
-                    self.keys = {}
-                self.keys[prefix] = info
+            info = await self._key_load(prefix)
         if info is None or not hmac.compare_digest(info.key_hash, hashlib.sha256(raw.encode()).hexdigest()):
             raise AuthenticationFailed()
         if not info.is_usable(time.time()):
             raise AuthenticationFailed("This API key is revoked or expired.", code="key_revoked_or_expired")
+        return info
+
+
+    async def _key_load(self, prefix: str) -> KeyInfo | None:
+        """Load a key once however many requests wait for it (a cold start sees a stampede)."""
+        pending = self._key_loads.get(prefix)
+        if pending is not None:
+            return await asyncio.shield(pending)
+        loop = asyncio.get_running_loop()
+        future = loop.run_in_executor(self._db_executor, _key_load_fresh, prefix)
+        self._key_loads[prefix] = future
+        generation = self.generation
+        try:
+            info = await asyncio.shield(future)
+        finally:
+            self._key_loads.pop(prefix, None)
+        if generation == self.generation:  # not invalidated while loading
+            if info is None and len(self.keys) > _NEGATIVE_CACHE_LIMIT:
+                self.keys = {}
+            self.keys[prefix] = info
         return info
 
 

@@ -54,6 +54,16 @@ def http_json(method: str, url: str, body: dict | None = None, headers: dict | N
         return exc.code, json.loads(raw) if raw else {}
 
 
+def stop_process(proc: subprocess.Popen, timeout: float = 10) -> None:
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=timeout)
+
+
 class Simulator:
     def __init__(self, base: str) -> None:
         self.base = base  # http://127.0.0.1:port
@@ -84,8 +94,7 @@ def simulator_process():
     base = f"http://127.0.0.1:{port}"
     wait_http(base + "/v1/models", proc=proc)
     yield Simulator(base)
-    proc.terminate()
-    proc.wait(timeout=10)
+    stop_process(proc)
 
 
 @pytest.fixture
@@ -141,12 +150,7 @@ def gateway_start(tmp_dir: Path, *, extra_env: dict | None = None) -> GatewayPro
 
 
 def gateway_stop(gateway: GatewayProcess) -> None:
-    if gateway.proc.poll() is None:
-        gateway.proc.terminate()
-        try:
-            gateway.proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            gateway.proc.kill()
+    stop_process(gateway.proc, timeout=20)
 
 
 @pytest.fixture(scope="session")

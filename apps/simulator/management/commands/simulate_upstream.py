@@ -1,0 +1,22 @@
+"""``manage.py simulate_upstream --port 8001``: run the simulated OpenAI-compatible upstream."""
+
+from __future__ import annotations
+
+from django.core.management.base import BaseCommand
+
+from apps.simulator.server import SimulatorConfig, run
+
+
+class Command(BaseCommand):
+    help = "Run the SIMULATED OpenAI-compatible upstream (deterministic answers; not a real provider)."
+
+    def add_arguments(self, parser) -> None:
+        parser.add_argument("--host", default="127.0.0.1")
+        parser.add_argument("--port", type=int, default=8001)
+        parser.add_argument("--ttft-ms", type=float, default=SimulatorConfig.ttft_ms)
+        parser.add_argument("--chunk-delay-ms", type=float, default=SimulatorConfig.chunk_delay_ms)
+        parser.add_argument("--chunks", type=int, default=SimulatorConfig.chunks)
+
+    def handle(self, *args, host: str, port: int, ttft_ms: float, chunk_delay_ms: float, chunks: int,
+               **options) -> None:
+        run(host, port, SimulatorConfig(ttft_ms=ttft_ms, chunk_delay_ms=chunk_delay_ms, chunks=chunks))

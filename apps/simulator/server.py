@@ -1,0 +1,427 @@
+"""A SIMULATED OpenAI-compatible upstream, for the demo, the tests and the benchmarks.
+
+It is not a model. It answers deterministically from the request so that everything runs
+with no internet, and marks every response with ``x-simulated-upstream: true``.
+
+Endpoints
+    POST /v1/chat/completions   JSON, or SSE with ``stream: true``; usage in both (in a stream,
+                                a final ``choices: []`` chunk only with
+                                ``stream_options.include_usage``); ``max_tokens`` /
+                                ``max_completion_tokens`` cap the answer (finish_reason "length")
+    POST /v1/embeddings         unit vectors seeded by the text (``dimensions`` honoured;
+                                ``encoding_format: base64`` as the openai SDK asks by default)
+    GET  /v1/models             sim-mini, sim-standard, sim-premium, sim-embed
+
+Formulas
+    content           ``chunks`` words drawn from a fixed list by a hash of (model, messages);
+                      a sentence ends with ". ", "? " or "! " every few words
+    prompt_tokens     words in every message's text * 4 // 3 + 3 per message
+    completion_tokens one per word produced (one word per stream chunk)
+
+Knobs (command line; per request through headers)
+    --ttft-ms / x-sim-ttft-ms                 delay before the first byte (default 20)
+    --chunk-delay-ms / x-sim-chunk-delay-ms   delay between stream chunks (default 0)
+    --chunks / x-sim-chunks                   words in an answer (default 20)
+
+Faults (control API; the gateway cannot set headers on its upstream calls)
+    POST   /_sim/faults  {"model": "<id>" | "*", "mode": "status" | "timeout" | "cut" |
+                          "garbage" | "invalid_json", "status": 500, "count": 1 (-1 = until
+                          cleared), "retry_after": seconds}
+    DELETE /_sim/faults  clear them
+    GET    /_sim/stats   {"requests", "by_model", "in_flight", "max_in_flight"}
+    POST   /_sim/reset   zero the stats and clear the faults
+    Header ``x-sim-fault: <mode>[:<status>]`` injects a fault into one direct request.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import hashlib
+import random
+import struct
+import sys
+import time
+from dataclasses import dataclass, field
+
+from aiohttp import web
+
+try:
+    import orjson
+
+    def _dumps(value) -> bytes:
+        return orjson.dumps(value)
+
+    def _loads(raw: bytes):
+        return orjson.loads(raw)
+except ImportError:  # pragma: no cover - orjson is a project dependency
+    import json
+
+    def _dumps(value) -> bytes:
+        return json.dumps(value, separators=(",", ":")).encode()
+
+    def _loads(raw: bytes):
+        return json.loads(raw)
+
+
+MODELS = ("sim-mini", "sim-standard", "sim-premium", "sim-embed")
+WORDS = (
+    "switch", "yard", "signal", "train", "track", "route", "cache", "token", "model", "answer", "gateway",
+    "tenant", "budget", "stream", "batch", "vector", "prompt", "latency", "cost", "engine", "freight", "rail",
+    "station", "platform", "junction", "timetable", "carriage", "depot", "semaphore", "coupling", "ledger",
+    "python", "query", "result", "cheap", "fast", "simple", "careful", "exact", "steady",
+)
+ENDINGS = (". ", "? ", "! ", ". ")
+HEADERS = {"x-simulated-upstream": "true"}
+SSE_HEADERS = {"x-simulated-upstream": "true", "Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
+FAULT_MODES = frozenset({"status", "timeout", "cut", "garbage", "invalid_json"})
+
+
+@dataclass
+class SimulatorConfig:
+    ttft_ms: float = 20.0
+    chunk_delay_ms: float = 0.0
+    chunks: int = 20
+    embedding_dims: int = 384
+
+
+@dataclass
+class Fault:
+    model: str
+    mode: str
+    status: int = 500
+    count: int = 1
+    retry_after: float | None = None
+
+
+@dataclass
+class SimulatorState:
+    config: SimulatorConfig
+    faults: list[Fault] = field(default_factory=list)
+    requests: int = 0
+    by_model: dict[str, int] = field(default_factory=dict)
+    in_flight: int = 0
+    max_in_flight: int = 0
+
+    def take_fault(self, model: str) -> Fault | None:
+        for fault in self.faults:
+            if fault.model in ("*", model):
+                if fault.count > 0:
+                    fault.count -= 1
+                    if fault.count == 0:
+                        self.faults.remove(fault)
+                return fault
+        return None
+
+
+def _seed(*parts: str) -> int:
+    return int.from_bytes(hashlib.blake2b("\x1f".join(parts).encode(), digest_size=8).digest(), "big")
+
+
+def _message_text(messages: list) -> str:
+    texts = []
+    for message in messages:
+        content = message.get("content") if isinstance(message, dict) else None
+        if isinstance(content, str):
+            texts.append(content)
+        elif isinstance(content, list):
+            texts.extend(p.get("text", "") for p in content if isinstance(p, dict))
+    return "\n".join(texts)
+
+
+def prompt_tokens(messages: list) -> int:
+    """Words in the messages * 4 // 3, plus 3 per message."""
+    return len(_message_text(messages).split()) * 4 // 3 + 3 * len(messages)
+
+
+def answer_words(model: str, messages: list, count: int) -> list[str]:
+    """The deterministic answer, one element per token/chunk (each carries its own spacing)."""
+    rng = random.Random(_seed(model, repr(messages)))
+    words: list[str] = []
+    sentence = 0
+    for index in range(count):
+        word = rng.choice(WORDS)
+        if sentence == 0:
+            word = word.capitalize()
+        sentence += 1
+        last = index == count - 1
+        if last:
+            word += "."
+        elif sentence >= 4 and rng.random() < 0.35:
+            word += rng.choice(ENDINGS).rstrip(" ") + " "
+            sentence = 0
+            words.append(word)
+            continue
+        words.append(word if last else word + " ")
+    return words
+
+
+def _error(status: int, message: str, *, code: str | None = None, param: str | None = None,
+           headers: dict | None = None) -> web.Response:
+    kind = "invalid_request_error" if status < 500 else "api_error"
+    if status == 429:
+        kind = "rate_limit_error"
+    body = {"error": {"message": f"[simulated] {message}", "type": kind, "param": param, "code": code}}
+    return web.Response(status=status, body=_dumps(body), content_type="application/json",
+                        headers={**HEADERS, **(headers or {})})
+
+
+def _knob(request: web.Request, name: str, default: float) -> float:
+    raw = request.headers.get(name)
+    if raw is None:
+        return default
+    try:
+        return float(raw)
+    except ValueError:
+        return default
+
+
+async def _read_json(request: web.Request):
+    raw = await request.read()
+    try:
+        body = _loads(raw)
+    except ValueError:
+        return None, _error(400, "The request body is not valid JSON.")
+    if not isinstance(body, dict):
+        return None, _error(400, "The request body must be a JSON object.")
+    return body, None
+
+
+def _header_fault(request: web.Request) -> Fault | None:
+    raw = request.headers.get("x-sim-fault")
+    if not raw:
+        return None
+    mode, _, status = raw.partition(":")
+    if mode not in FAULT_MODES:
+        return None
+    return Fault(model="*", mode=mode, status=int(status) if status.isdigit() else 500)
+
+
+async def _sleep_forever() -> None:
+    # Ends when the client disconnects (aiohttp cancels the handler) or the server stops.
+    await asyncio.sleep(3600)
+
+
+class Simulator:
+    def __init__(self, config: SimulatorConfig) -> None:
+        self.state = SimulatorState(config=config)
+
+    # --- control API -------------------------------------------------------------------
+    async def faults_add(self, request: web.Request) -> web.Response:
+        body, error = await _read_json(request)
+        if error:
+            return error
+        mode = body.get("mode", "status")
+        if mode not in FAULT_MODES:
+            return _error(400, f"mode must be one of {sorted(FAULT_MODES)}", param="mode")
+        fault = Fault(model=str(body.get("model", "*")), mode=mode, status=int(body.get("status", 500)),
+                      count=int(body.get("count", 1)), retry_after=body.get("retry_after"))
+        self.state.faults.append(fault)
+        return web.json_response({"queued": len(self.state.faults)}, headers=HEADERS)
+
+    async def faults_clear(self, request: web.Request) -> web.Response:
+        self.state.faults.clear()
+        return web.json_response({"queued": 0}, headers=HEADERS)
+
+    async def stats(self, request: web.Request) -> web.Response:
+        s = self.state
+        return web.json_response({"requests": s.requests, "by_model": s.by_model, "in_flight": s.in_flight,
+                                  "max_in_flight": s.max_in_flight, "faults": len(s.faults)}, headers=HEADERS)
+
+    async def reset(self, request: web.Request) -> web.Response:
+        s = self.state
+        s.faults.clear()
+        s.requests = 0
+        s.by_model = {}
+        s.max_in_flight = s.in_flight
+        return web.json_response({"reset": True}, headers=HEADERS)
+
+    # --- OpenAI API --------------------------------------------------------------------
+    async def models(self, request: web.Request) -> web.Response:
+        data = [{"id": m, "object": "model", "created": 0, "owned_by": "switchyard-simulator"} for m in MODELS]
+        return web.json_response({"object": "list", "data": data}, headers=HEADERS)
+
+    def _enter(self, model: str) -> None:
+        s = self.state
+        s.requests += 1
+        s.by_model[model] = s.by_model.get(model, 0) + 1
+        s.in_flight += 1
+        s.max_in_flight = max(s.max_in_flight, s.in_flight)
+
+    async def chat(self, request: web.Request) -> web.StreamResponse:
+        body, error = await _read_json(request)
+        if error:
+            return error
+        model = body.get("model")
+        messages = body.get("messages")
+        if not isinstance(model, str) or not model:
+            return _error(400, "'model' is required.", param="model")
+        if not isinstance(messages, list) or not messages:
+            return _error(400, "'messages' must be a non-empty array.", param="messages")
+        self._enter(model)
+        try:
+            return await self._chat(request, body, model, messages)
+        finally:
+            self.state.in_flight -= 1
+
+    async def _chat(self, request, body, model, messages) -> web.StreamResponse:
+        config = self.state.config
+        fault = _header_fault(request) or self.state.take_fault(model)
+        ttft = _knob(request, "x-sim-ttft-ms", config.ttft_ms) / 1000
+        delay = _knob(request, "x-sim-chunk-delay-ms", config.chunk_delay_ms) / 1000
+        count = max(int(_knob(request, "x-sim-chunks", config.chunks)), 1)
+        limit = body.get("max_completion_tokens") or body.get("max_tokens")
+        finish = "stop"
+        if isinstance(limit, int) and 0 < limit < count:
+            count, finish = limit, "length"
+        stream = bool(body.get("stream"))
+
+        if fault is not None and fault.mode == "status":
+            headers = {"Retry-After": str(fault.retry_after)} if fault.retry_after is not None else None
+            return _error(fault.status, f"injected fault: status {fault.status}", code="simulated_fault",
+                          headers=headers)
+        if fault is not None and fault.mode == "timeout":
+            await _sleep_forever()
+        if ttft > 0:
+            await asyncio.sleep(ttft)
+        if fault is not None and fault.mode == "invalid_json" and not stream:
+            return web.Response(body=b"{this is not json", content_type="application/json", headers=HEADERS)
+        if fault is not None and fault.mode == "cut" and not stream:
+            request.transport.close()
+            return web.Response(status=500)
+
+        words = answer_words(model, messages, count)
+        p_tokens = prompt_tokens(messages)
+        usage = {"prompt_tokens": p_tokens, "completion_tokens": len(words), "total_tokens": p_tokens + len(words),
+                 "prompt_tokens_details": {"cached_tokens": 0}}
+        ident = f"chatcmpl-sim{_seed(model, repr(messages)) % 10**12:012d}"
+        created = int(time.time())
+        if not stream:
+            answer = {
+                "id": ident, "object": "chat.completion", "created": created, "model": model,
+                "system_fingerprint": "switchyard-simulated",
+                "choices": [{"index": 0, "message": {"role": "assistant", "content": "".join(words)},
+                             "logprobs": None, "finish_reason": finish}],
+                "usage": usage,
+            }
+            return web.Response(body=_dumps(answer), content_type="application/json", headers=HEADERS)
+
+        response = web.StreamResponse(headers=SSE_HEADERS)
+        await response.prepare(request)
+        head = (b'{"id":"' + ident.encode() + b'","object":"chat.completion.chunk","created":'
+                + str(created).encode() + b',"model":' + _dumps(model)
+                + b',"system_fingerprint":"switchyard-simulated","choices":[')
+        if fault is not None and fault.mode == "garbage":
+            await response.write(b"this is not server-sent events\r\n\x00\xff garbage\n\n")
+            return response
+        await response.write(b"data: " + head + b'{"index":0,"delta":{"role":"assistant","content":""},'
+                             b'"finish_reason":null}]}\n\n')
+        for index, word in enumerate(words):
+            if fault is not None and fault.mode == "cut" and index == min(3, len(words) - 1):
+                request.transport.close()  # the connection drops mid-answer: no final chunk, no [DONE]
+                return response
+            if delay > 0 and index:
+                await asyncio.sleep(delay)
+            await response.write(b"data: " + head + b'{"index":0,"delta":{"content":' + _dumps(word)
+                                 + b'},"finish_reason":null}]}\n\n')
+        tail = b"data: " + head + b'{"index":0,"delta":{},"finish_reason":"' + finish.encode() + b'"}]}\n\n'
+        options = body.get("stream_options")
+        if isinstance(options, dict) and options.get("include_usage"):
+            tail += b"data: " + head + b'],"usage":' + _dumps(usage) + b"}\n\n"
+        await response.write(tail + b"data: [DONE]\n\n")
+        return response
+
+    async def embeddings(self, request: web.Request) -> web.Response:
+        body, error = await _read_json(request)
+        if error:
+            return error
+        model = body.get("model")
+        value = body.get("input")
+        if not isinstance(model, str) or not model:
+            return _error(400, "'model' is required.", param="model")
+        if isinstance(value, str):
+            texts = [value]
+        elif isinstance(value, list) and value and all(isinstance(v, str) for v in value):
+            texts = value
+        else:
+            return _error(400, "'input' must be a string or an array of strings.", param="input")
+        self._enter(model)
+        try:
+            fault = _header_fault(request) or self.state.take_fault(model)
+            if fault is not None and fault.mode == "status":
+                return _error(fault.status, f"injected fault: status {fault.status}", code="simulated_fault")
+            if fault is not None and fault.mode == "timeout":
+                await _sleep_forever()
+            dims = body.get("dimensions") or self.state.config.embedding_dims
+            if not isinstance(dims, int) or dims < 1 or dims > 8192:
+                return _error(400, "'dimensions' must be an integer from 1 to 8192.", param="dimensions")
+            as_base64 = body.get("encoding_format") == "base64"
+            data = []
+            tokens = 0
+            for index, text in enumerate(texts):
+                vector = embedding_vector(text, dims)
+                tokens += len(text.split()) * 4 // 3 + 1
+                encoded = base64.b64encode(struct.pack(f"<{dims}f", *vector)).decode() if as_base64 else vector
+                data.append({"object": "embedding", "index": index, "embedding": encoded})
+            answer = {"object": "list", "data": data, "model": model,
+                      "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}
+            return web.Response(body=_dumps(answer), content_type="application/json", headers=HEADERS)
+        finally:
+            self.state.in_flight -= 1
+
+
+def embedding_vector(text: str, dims: int) -> list[float]:
+    """A unit vector seeded by the text: the same text always gives the same vector."""
+    rng = random.Random(_seed("embedding", text))
+    values = [rng.gauss(0.0, 1.0) for _ in range(dims)]
+    norm = sum(v * v for v in values) ** 0.5 or 1.0
+    return [v / norm for v in values]
+
+
+def build_app(config: SimulatorConfig | None = None) -> web.Application:
+    """The aiohttp application (used by ``run`` and by tests that host it themselves)."""
+    simulator = Simulator(config or SimulatorConfig())
+    app = web.Application(client_max_size=64 * 1024 * 1024)
+    app["simulator"] = simulator
+    app.router.add_post("/v1/chat/completions", simulator.chat)
+    app.router.add_post("/v1/embeddings", simulator.embeddings)
+    app.router.add_get("/v1/models", simulator.models)
+    app.router.add_post("/_sim/faults", simulator.faults_add)
+    app.router.add_delete("/_sim/faults", simulator.faults_clear)
+    app.router.add_get("/_sim/stats", simulator.stats)
+    app.router.add_post("/_sim/reset", simulator.reset)
+    return app
+
+
+def run(host: str, port: int, config: SimulatorConfig) -> None:
+    """Serve until interrupted, on uvloop when it is installed."""
+    try:
+        import uvloop
+
+        uvloop.install()
+    except ImportError:  # pragma: no cover
+        pass
+    print(f"SIMULATED upstream (not a real model provider) on http://{host}:{port}/v1", flush=True)
+    web.run_app(build_app(config), host=host, port=port, access_log=None, print=None, backlog=2048,
+                shutdown_timeout=1.0)
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description="Switchyard's simulated OpenAI-compatible upstream.")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8001)
+    p.add_argument("--ttft-ms", type=float, default=SimulatorConfig.ttft_ms)
+    p.add_argument("--chunk-delay-ms", type=float, default=SimulatorConfig.chunk_delay_ms)
+    p.add_argument("--chunks", type=int, default=SimulatorConfig.chunks)
+    return p
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parser().parse_args(argv)
+    run(args.host, args.port, SimulatorConfig(ttft_ms=args.ttft_ms, chunk_delay_ms=args.chunk_delay_ms,
+                                              chunks=args.chunks))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
