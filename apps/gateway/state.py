@@ -13,6 +13,7 @@ import time
 
 from django.conf import settings
 
+from apps.gateway import tokens
 from apps.gateway.bus import config_changes_listen
 from apps.gateway.errors import AuthenticationFailed
 from apps.gateway.snapshot import KeyInfo, Snapshot, key_info_load, snapshot_load
@@ -51,9 +52,11 @@ class GatewayState:
             if self._started:
                 return
             self._reload_lock = asyncio.Lock()
+            loop = asyncio.get_running_loop()
+            # The tokenizer takes about a second to import; never let a request pay that on the loop.
+            await loop.run_in_executor(self._db_executor, tokens.warm_up)
             await self.reload()
             self.usage.start()
-            loop = asyncio.get_running_loop()
             self._tasks.append(loop.create_task(config_changes_listen(self.reload), name="config-listener"))
             self._tasks.append(loop.create_task(self._refresh_periodically(), name="config-refresh"))
             self._started = True

@@ -21,6 +21,11 @@ def _encoding():
     return bpe_openai.get_encoding("o200k_base")
 
 
+def warm_up() -> None:
+    """Import and build the encoding now (about a second), off any event loop."""
+    _encoding().encode("warm up")
+
+
 def text_tokens(text: str) -> int:
     """Tokens in ``text`` under o200k_base."""
     if not text:
