@@ -1,0 +1,44 @@
+"""Admin for cache entries: browse per tenant, see hits and savings, purge."""
+
+from __future__ import annotations
+
+from django.contrib import admin, messages
+from django.db.models import F, Sum
+
+from apps.cache.models import CacheEntry
+
+
+@admin.register(CacheEntry)
+class CacheEntryAdmin(admin.ModelAdmin):
+    list_display = ("short_prompt", "tenant", "namespace", "model_name", "hit_count", "cost", "saved",
+                    "created_at", "expires_at", "last_hit_at")
+    list_filter = ("tenant", "model")
+    list_select_related = ("tenant",)
+    search_fields = ("prompt_text", "request_hash")
+    exclude = ("embedding",)
+    readonly_fields = ("tenant", "namespace", "request_hash", "prompt_text", "response", "model", "model_name",
+                       "input_tokens", "output_tokens", "cost", "created_at", "expires_at", "hit_count",
+                       "last_hit_at")
+    show_full_result_count = False
+    list_per_page = 100
+    actions = ["purge_selected"]
+
+    def get_queryset(self, request):
+        return super().get_queryset(request).defer("embedding", "response")
+
+    def has_add_permission(self, request) -> bool:
+        return False
+
+    @admin.display(description="prompt")
+    def short_prompt(self, entry: CacheEntry) -> str:
+        return entry.prompt_text[:80] + ("…" if len(entry.prompt_text) > 80 else "")
+
+    @admin.display(description="saved")
+    def saved(self, entry: CacheEntry):
+        return entry.cost * entry.hit_count
+
+    @admin.action(description="Purge selected entries")
+    def purge_selected(self, request, queryset) -> None:
+        saved = queryset.aggregate(total=Sum(F("cost") * F("hit_count")))["total"] or 0
+        count, _ = queryset.delete()
+        self.message_user(request, f"Purged {count} entries (they had saved ${saved:.6f}).", messages.SUCCESS)

@@ -1,0 +1,122 @@
+"""Admin for tenants and API keys. A new key's secret is shown once, right after creation."""
+
+from __future__ import annotations
+
+from django import forms
+from django.contrib import admin, messages
+from django.utils import timezone
+from django.utils.html import format_html
+
+from apps.tenants.models import ApiKey, Tenant
+from apps.tenants.services import key_create, key_revoke
+
+admin.site.site_header = "Switchyard"
+admin.site.site_title = "Switchyard admin"
+admin.site.index_title = "Operate the gateway"
+
+
+def _key_status(key: ApiKey) -> str:
+    if key.revoked_at is not None:
+        return "revoked"
+    if key.expires_at is not None and key.expires_at <= timezone.now():
+        return "expired"
+    return "active"
+
+
+class ApiKeyInline(admin.TabularInline):
+    model = ApiKey
+    extra = 0
+    can_delete = False
+    show_change_link = True
+    fields = ("prefix", "name", "status", "created_at", "expires_at", "revoked_at", "last_used_at")
+    readonly_fields = fields
+
+    def has_add_permission(self, request, obj=None) -> bool:
+        return False  # keys are created on the API key page, which shows the secret once
+
+    @admin.display(description="status")
+    def status(self, key: ApiKey) -> str:
+        return _key_status(key)
+
+
+@admin.register(Tenant)
+class TenantAdmin(admin.ModelAdmin):
+    list_display = ("name", "slug", "is_active", "cache_enabled", "cache_similarity_threshold", "created_at")
+    list_filter = ("is_active", "cache_enabled")
+    search_fields = ("name", "slug")
+    prepopulated_fields = {"slug": ("name",)}
+    readonly_fields = ("created_at", "updated_at")
+    fieldsets = (
+        (None, {"fields": ("name", "slug", "is_active")}),
+        ("Semantic cache", {"fields": ("cache_enabled", "cache_similarity_threshold", "cache_ttl_seconds")}),
+        ("Audit", {"fields": ("created_at", "updated_at")}),
+    )
+    inlines = [ApiKeyInline]
+
+
+class ApiKeyAddForm(forms.ModelForm):
+    class Meta:
+        model = ApiKey
+        fields = ("tenant", "name", "expires_at", "allowed_models")
+
+
+@admin.register(ApiKey)
+class ApiKeyAdmin(admin.ModelAdmin):
+    list_display = ("prefix", "name", "tenant", "status", "expires_at", "last_used_at", "created_at")
+    list_filter = ("tenant", ("revoked_at", admin.EmptyFieldListFilter))
+    list_select_related = ("tenant",)
+    search_fields = ("prefix", "name", "tenant__name", "tenant__slug")
+    autocomplete_fields = ("tenant",)
+    filter_horizontal = ("allowed_models",)
+    readonly_fields = ("prefix", "tenant", "created_at", "revoked_at", "last_used_at")
+    fields = ("tenant", "name", "prefix", "expires_at", "allowed_models", "created_at", "revoked_at",
+              "last_used_at")
+    actions = ["revoke_selected"]
+
+    @admin.display(description="status")
+    def status(self, key: ApiKey) -> str:
+        return _key_status(key)
+
+    def get_form(self, request, obj=None, change=False, **kwargs):
+        if obj is None:
+            kwargs["form"] = ApiKeyAddForm
+            kwargs["fields"] = ApiKeyAddForm.Meta.fields
+        return super().get_form(request, obj, change=change, **kwargs)
+
+    def get_readonly_fields(self, request, obj=None):
+        return () if obj is None else self.readonly_fields
+
+    def get_fields(self, request, obj=None):
+        return ApiKeyAddForm.Meta.fields if obj is None else self.fields
+
+    def save_model(self, request, obj, form, change) -> None:
+        if change:
+            super().save_model(request, obj, form, change)
+            return
+        created = key_create(tenant=form.cleaned_data["tenant"], name=form.cleaned_data["name"],
+                             expires_at=form.cleaned_data.get("expires_at"))
+        obj.pk = created.api_key.pk
+        obj._state.adding = False
+        obj.prefix = created.api_key.prefix
+        messages.warning(
+            request,
+            format_html(
+                "New API key for {}: <code>{}</code> Copy it now: it is shown only this once and "
+                "cannot be recovered.", created.api_key.tenant, created.secret,
+            ),
+        )
+
+    def save_related(self, request, form, formsets, change) -> None:
+        if change:
+            super().save_related(request, form, formsets, change)
+            return
+        form.instance = ApiKey.objects.get(pk=form.instance.pk)
+        form.instance.allowed_models.set(form.cleaned_data.get("allowed_models") or [])
+
+    @admin.action(description="Revoke selected keys")
+    def revoke_selected(self, request, queryset) -> None:
+        count = 0
+        for key in queryset.filter(revoked_at__isnull=True):
+            key_revoke(api_key=key)
+            count += 1
+        self.message_user(request, f"Revoked {count} key(s).", messages.SUCCESS)
