@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from decimal import Decimal
 
 import pytest
 
 from apps.catalog.models import Model, Provider
 from apps.tenants.services import key_create, tenant_create
+from tests.live import REPO, Simulator, free_port, stop_process, wait_http
 
 
 @pytest.fixture
@@ -61,3 +64,24 @@ def premium_model(provider):
         output_price_per_million=Decimal("10.00"),
         tier=Model.Tier.COMPLEX,
     )
+
+
+@pytest.fixture(scope="session")
+def simulator_process():
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "apps.simulator.server", "--host", "127.0.0.1", "--port", str(port),
+         "--ttft-ms", "5", "--chunks", "12"],
+        cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    )
+    base = f"http://127.0.0.1:{port}"
+    wait_http(base + "/v1/models", proc=proc)
+    yield Simulator(base)
+    stop_process(proc)
+
+
+@pytest.fixture
+def simulator(simulator_process):
+    simulator_process.reset()
+    yield simulator_process
+    simulator_process.reset()

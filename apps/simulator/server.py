@@ -198,9 +198,13 @@ def _header_fault(request: web.Request) -> Fault | None:
     return Fault(model="*", mode=mode, status=int(status) if status.isdigit() else 500)
 
 
-async def _sleep_forever() -> None:
-    # Ends when the client disconnects (aiohttp cancels the handler) or the server stops.
-    await asyncio.sleep(3600)
+async def _sleep_until_disconnect(request: web.Request) -> None:
+    """Never answer; return once the client has gone (or after an hour)."""
+    for _ in range(36000):
+        transport = request.transport
+        if transport is None or transport.is_closing():
+            return
+        await asyncio.sleep(0.1)
 
 
 class Simulator:
@@ -282,7 +286,8 @@ class Simulator:
             return _error(fault.status, f"injected fault: status {fault.status}", code="simulated_fault",
                           headers=headers)
         if fault is not None and fault.mode == "timeout":
-            await _sleep_forever()
+            await _sleep_until_disconnect(request)
+            return web.Response(status=504, headers=HEADERS)
         if ttft > 0:
             await asyncio.sleep(ttft)
         if fault is not None and fault.mode == "invalid_json" and not stream:
@@ -352,7 +357,8 @@ class Simulator:
             if fault is not None and fault.mode == "status":
                 return _error(fault.status, f"injected fault: status {fault.status}", code="simulated_fault")
             if fault is not None and fault.mode == "timeout":
-                await _sleep_forever()
+                await _sleep_until_disconnect(request)
+                return web.Response(status=504, headers=HEADERS)
             dims = body.get("dimensions") or self.state.config.embedding_dims
             if not isinstance(dims, int) or dims < 1 or dims > 8192:
                 return _error(400, "'dimensions' must be an integer from 1 to 8192.", param="dimensions")

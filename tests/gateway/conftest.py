@@ -3,105 +3,19 @@ process on a real port, with the gateway on the test database."""
 
 from __future__ import annotations
 
-import json
 import os
-import socket
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from decimal import Decimal
 from pathlib import Path
 
 import pytest
 from django.db import connection
 
-REPO = Path(__file__).resolve().parents[2]
+from tests.live import REPO, Simulator, free_port, http_json, stop_process, wait_http
 
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def wait_http(url: str, *, timeout: float = 60.0, proc: subprocess.Popen | None = None) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc is not None and proc.poll() is not None:
-            raise RuntimeError(f"process exited with {proc.returncode} before {url} answered")
-        try:
-            with urllib.request.urlopen(url, timeout=2):
-                return
-        except urllib.error.HTTPError:
-            return
-        except OSError:
-            time.sleep(0.1)
-    raise RuntimeError(f"{url} did not answer within {timeout}s")
-
-
-def http_json(method: str, url: str, body: dict | None = None, headers: dict | None = None) -> tuple[int, dict]:
-    data = json.dumps(body).encode() if body is not None else None
-    request = urllib.request.Request(url, data=data, method=method,
-                                     headers={"Content-Type": "application/json", **(headers or {})})
-    try:
-        with urllib.request.urlopen(request, timeout=30) as response:
-            raw = response.read()
-            return response.status, json.loads(raw) if raw else {}
-    except urllib.error.HTTPError as exc:
-        raw = exc.read()
-        return exc.code, json.loads(raw) if raw else {}
-
-
-def stop_process(proc: subprocess.Popen, timeout: float = 10) -> None:
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=timeout)
-
-
-class Simulator:
-    def __init__(self, base: str) -> None:
-        self.base = base  # http://127.0.0.1:port
-
-    @property
-    def v1(self) -> str:
-        return self.base + "/v1"
-
-    def fault(self, **spec) -> None:
-        status, body = http_json("POST", self.base + "/_sim/faults", spec)
-        assert status == 200, body
-
-    def reset(self) -> None:
-        http_json("POST", self.base + "/_sim/reset", {})
-
-    def stats(self) -> dict:
-        return http_json("GET", self.base + "/_sim/stats")[1]
-
-
-@pytest.fixture(scope="session")
-def simulator_process():
-    port = free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "apps.simulator.server", "--host", "127.0.0.1", "--port", str(port),
-         "--ttft-ms", "5", "--chunks", "12"],
-        cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-    )
-    base = f"http://127.0.0.1:{port}"
-    wait_http(base + "/v1/models", proc=proc)
-    yield Simulator(base)
-    stop_process(proc)
-
-
-@pytest.fixture
-def simulator(simulator_process):
-    simulator_process.reset()
-    yield simulator_process
-    simulator_process.reset()
+__all__ = ["REPO", "Simulator", "free_port", "http_json", "stop_process", "wait_http"]
 
 
 def test_database_url() -> str:
