@@ -71,6 +71,10 @@ class Command(BaseCommand):
             if stopping:
                 return
             stopping = True
+            # A second Ctrl-C (or the terminal's SIGINT reaching us after our own) must not cut
+            # the clean shutdown short.
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)
             self.stdout.write("\nStopping Switchyard…")
             for child in children.values():
                 if child.poll() is None:
