@@ -20,17 +20,38 @@ logger = logging.getLogger(__name__)
 _OPTIONAL_REFERENCES = ("api_key_id", "model_id", "provider_id", "routing_rule_id", "price_id")
 
 
+def _copy_columns():
+    from apps.usage.models import RequestLog
+
+    fields = [f for f in RequestLog._meta.concrete_fields if not f.primary_key]
+    return RequestLog._meta.db_table, fields
+
+
+def _rows_copy(rows: list[dict]) -> None:
+    """One ``COPY ... FROM STDIN``: several times cheaper in CPU than building model instances."""
+    from django.db import connection, transaction
+    from psycopg import sql
+
+    table, fields = _copy_columns()
+    defaults = {f.attname: f.get_default() for f in fields}
+    names = [f.attname for f in fields]
+    statement = sql.SQL("COPY {} ({}) FROM STDIN").format(
+        sql.Identifier(table), sql.SQL(", ").join(sql.Identifier(f.column) for f in fields))
+    with transaction.atomic(), connection.cursor() as cursor, cursor.cursor.copy(statement) as copy:
+        for row in rows:
+            copy.write_row([row[name] if name in row else defaults[name] for name in names])
+
+
 def _rows_write(rows: list[dict]) -> None:
-    from django.db import IntegrityError, close_old_connections, transaction
+    from django.db import DataError, IntegrityError, close_old_connections, transaction
 
     from apps.usage.models import RequestLog
 
     close_old_connections()
     try:
-        with transaction.atomic():
-            RequestLog.objects.bulk_create([RequestLog(**row) for row in rows], batch_size=1000)
+        _rows_copy(rows)
         return
-    except IntegrityError:
+    except (IntegrityError, DataError):
         pass
     # A key, model or rule was deleted between the request and the flush: write the rows one
     # by one, dropping references that no longer resolve, so one row cannot sink the batch.
@@ -38,12 +59,13 @@ def _rows_write(rows: list[dict]) -> None:
         try:
             with transaction.atomic():
                 RequestLog.objects.create(**row)
-        except IntegrityError:
+        except (IntegrityError, DataError):
             try:
                 with transaction.atomic():
                     RequestLog.objects.create(**{**row, **dict.fromkeys(_OPTIONAL_REFERENCES)})
-            except IntegrityError:
-                logger.error("usage row %s dropped: its tenant no longer exists", row.get("request_id"))
+            except (IntegrityError, DataError):
+                logger.error("usage row %s dropped: its tenant no longer exists or it holds bad data",
+                             row.get("request_id"))
 
 
 class UsageBuffer:
