@@ -76,3 +76,16 @@ class Simulator:
         return http_json("GET", self.base + "/_sim/stats")[1]
 
 
+
+
+def database_url_for_tests() -> str:
+    """A libpq URL for the test database pytest-django created (for servers the tests start)."""
+    from django.db import connection
+
+    params = connection.settings_dict
+    user = params["USER"] or "postgres"
+    auth = user + (f":{params['PASSWORD']}" if params["PASSWORD"] else "")
+    host = params["HOST"]
+    if host.startswith("/"):
+        return f"postgresql://{auth}@/{params['NAME']}?host={host}"
+    return f"postgresql://{auth}@{host}:{params['PORT'] or 5432}/{params['NAME']}"

@@ -11,21 +11,10 @@ from decimal import Decimal
 from pathlib import Path
 
 import pytest
-from django.db import connection
 
-from tests.live import REPO, Simulator, free_port, http_json, stop_process, wait_http
+from tests.live import REPO, Simulator, database_url_for_tests, free_port, http_json, stop_process, wait_http
 
-__all__ = ["REPO", "Simulator", "free_port", "http_json", "stop_process", "wait_http"]
-
-
-def test_database_url() -> str:
-    params = connection.settings_dict
-    user = params["USER"] or "postgres"
-    auth = user + (f":{params['PASSWORD']}" if params["PASSWORD"] else "")
-    host = params["HOST"]
-    if host.startswith("/"):
-        return f"postgresql://{auth}@/{params['NAME']}?host={host}"
-    return f"postgresql://{auth}@{host}:{params['PORT'] or 5432}/{params['NAME']}"
+__all__ = ["REPO", "Simulator", "database_url_for_tests", "free_port", "http_json", "stop_process", "wait_http"]
 
 
 class GatewayProcess:
@@ -44,7 +33,7 @@ def gateway_start(tmp_dir: Path, *, extra_env: dict | None = None) -> GatewayPro
     port = free_port()
     env = {
         **os.environ,
-        "DATABASE_URL": test_database_url(),
+        "DATABASE_URL": database_url_for_tests(),
         "USAGE_FLUSH_INTERVAL": "0.2",
         "GATEWAY_RETRY_BACKOFF": "0.01",
         "HF_HUB_OFFLINE": "1",
@@ -141,7 +130,28 @@ def world(transactional_db, simulator, gateway_process):
         return status == 200 and {"sim-mini", "sim-premium", "sim-embed"} <= {m["id"] for m in body["data"]}
 
     assert wait_until(sees_everything, timeout=10), "the gateway never saw the test catalog"
-    return world
+    yield world
+    usage_quiet()
+
+
+def usage_quiet(*, settle: float = 0.5, timeout: float = 10.0) -> None:
+    """Wait until no gateway is still writing usage rows.
+
+    The test database is truncated after each test; a gateway's flush (a COPY that takes locks
+    on the referenced tables) racing that TRUNCATE can deadlock it. Rows stop arriving once
+    every answered request is flushed, a few flush intervals after the last request.
+    """
+    from apps.usage.models import RequestLog
+
+    deadline = time.monotonic() + timeout
+    last, stable_since = -1, time.monotonic()
+    while time.monotonic() < deadline:
+        count = RequestLog.objects.count()
+        if count != last:
+            last, stable_since = count, time.monotonic()
+        elif time.monotonic() - stable_since >= settle:
+            return
+        time.sleep(0.05)
 
 
 def request_logs(expected: int, *, timeout: float = 5.0, **filters):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from datetime import timedelta
@@ -13,6 +14,7 @@ from django.utils import timezone
 from apps.tenants.models import ApiKey
 from apps.tenants.selectors import key_authenticate
 from apps.tenants.services import key_create, key_hash, key_revoke
+from tests.live import database_url_for_tests
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -75,9 +77,10 @@ def test_it_prints_only_the_secret_from_create_api_key(tenant_a, django_db_block
     assert key_authenticate(lines[0]).tenant == tenant_a
 
 
-def test_it_exits_nonzero_for_an_unknown_tenant():
+def test_it_exits_nonzero_for_an_unknown_tenant(db):
+    env = {**os.environ, "DATABASE_URL": database_url_for_tests()}
     done = subprocess.run([sys.executable, "manage.py", "create_api_key", "--tenant", "no-such-tenant"],
-                          cwd=REPO, capture_output=True, text=True, timeout=60)
+                          cwd=REPO, capture_output=True, text=True, timeout=60, env=env)
     assert done.returncode != 0
     assert done.stdout == ""
     assert "no-such-tenant" in done.stderr
