@@ -43,10 +43,13 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-async def wait_http(url: str, timeout: float = 90, headers: dict | None = None) -> None:
+async def wait_http(url: str, timeout: float = 90, headers: dict | None = None,
+                    proc: subprocess.Popen | None = None) -> None:
     deadline = time.monotonic() + timeout
     async with aiohttp.ClientSession() as session:
         while time.monotonic() < deadline:
+            if proc is not None and proc.poll() is not None:
+                raise RuntimeError(f"{url}: the process exited with {proc.returncode}")
             try:
                 async with session.get(url, headers=headers or {}) as response:
                     if response.status < 500:
@@ -268,13 +271,14 @@ async def run(args) -> str:
             ll_port = free_port()
             config = logs / "litellm.yaml"
             litellm_config(upstream_v1, config)
+            master = "sk-bench-" + os.urandom(16).hex()  # LiteLLM refuses to start without a master key
             ll = start([str(litellm_bin), "--config", str(config), "--port", str(ll_port), "--num_workers", "2"],
-                       env={"LITELLM_LOG": "ERROR"}, log=logs / "litellm.log")
+                       env={"LITELLM_LOG": "ERROR", "LITELLM_MASTER_KEY": master}, log=logs / "litellm.log")
             procs.append(ll)
             try:
-                await wait_http(f"http://127.0.0.1:{ll_port}/health/liveliness", timeout=180)
+                await wait_http(f"http://127.0.0.1:{ll_port}/health/liveliness", timeout=180, proc=ll)
                 targets.append(Target("LiteLLM proxy", f"http://127.0.0.1:{ll_port}/v1/chat/completions",
-                                      {"Authorization": "Bearer unused"}, ll))
+                                      {"Authorization": f"Bearer {master}"}, ll))
             except RuntimeError:
                 print(f"LiteLLM did not start; see {logs / 'litellm.log'}", file=sys.stderr)
 

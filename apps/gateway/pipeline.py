@@ -11,6 +11,7 @@ boundaries and spotting the usage event with a bytes search.
 
 from __future__ import annotations
 
+import itertools
 import os
 import re
 import time
@@ -44,8 +45,13 @@ _MAX_KEPT_STREAM_BYTES = 4 * 1024 * 1024
 _ZERO = Decimal(0)
 
 
+_REQUEST_PREFIX = "req_" + os.urandom(8).hex()
+_request_counter = itertools.count(1)
+
+
 def request_id_new() -> str:
-    return "req_" + os.urandom(12).hex()
+    """Unique per request: a random per-process prefix and a counter (no syscall per request)."""
+    return f"{_REQUEST_PREFIX}{next(_request_counter):08x}"
 
 
 def _money(value: Decimal) -> str:

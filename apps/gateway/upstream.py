@@ -8,6 +8,9 @@ retries with backoff, then the ordered fallbacks.
     UpstreamClientError        the provider refused the request itself (other 4xx): not retried,
                                returned to the client as it came
 
+When every attempt failed, the client gets 429 (with Retry-After) if every provider was
+rate-limiting, 504 if the last failure was a timeout, 502 otherwise.
+
 The OpenAI SDK is not used here: plain aiohttp measured several times faster on this path.
 """
 
@@ -20,7 +23,7 @@ from dataclasses import dataclass
 import aiohttp
 import orjson
 
-from apps.gateway.errors import UpstreamError, UpstreamTimeout
+from apps.gateway.errors import RateLimited, UpstreamError, UpstreamTimeout
 
 logger = logging.getLogger(__name__)
 
@@ -196,6 +199,8 @@ async def with_fallbacks(chain, call, *, retries: int, backoff: float):
     """
     failures: list[str] = []
     last: UpstreamFailure | None = None
+    all_rate_limited = True
+    retry_after: float | None = None
     for model in chain:
         for attempt in range(retries + 1):
             try:
@@ -203,12 +208,20 @@ async def with_fallbacks(chain, call, *, retries: int, backoff: float):
             except UpstreamFailure as exc:
                 last = exc
                 failures.append(f"{model.name}: {exc.reason}")
+                if exc.status == 429:
+                    retry_after = max(retry_after or 0.0, exc.retry_after or 1.0)
+                else:
+                    all_rate_limited = False
                 if attempt < retries:
                     delay = backoff * (2 ** attempt)
                     if exc.retry_after is not None:
                         delay = min(max(delay, exc.retry_after), 2.0)
                     await asyncio.sleep(delay)
     detail = "; ".join(failures[-4:])
+    if last is not None and all_rate_limited:
+        seconds = str(max(int(retry_after or 1), 1))
+        raise RateLimited(f"Every upstream for this request is rate-limiting it ({detail}).",
+                          code="upstream_rate_limited", headers={"Retry-After": seconds})
     if last is not None and last.timeout:
         raise UpstreamTimeout(f"The upstream did not answer in time ({detail}).")
     raise UpstreamError(f"Every upstream for this request failed ({detail}).")

@@ -56,7 +56,7 @@ def test_it_renders_every_changelist_add_and_change_page_for_a_superuser(admin_c
 
 @pytest.mark.parametrize("model", REGISTERED, ids=lambda m: m._meta.label)
 def test_it_sends_anonymous_users_to_the_login_page(client, populated, model):
-    for url in (_url(model, "changelist"), _url(model, "change", model.objects.first().pk)):
+    for url in (_url(model, "changelist"), _url(model, "add"), _url(model, "change", model.objects.first().pk)):
         response = client.get(url)
         assert response.status_code == 302
         assert reverse("admin:login") in response["Location"]

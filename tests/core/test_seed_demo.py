@@ -55,3 +55,21 @@ def test_it_seeds_a_working_demo(db, isolated_var):
     assert simple_rule.target == chat[0]
     assert simple_rule.fallbacks.exists()
     assert ComplexityIndicator.objects.filter(phrase="what is", tier="simple").exists()
+
+
+def test_it_creates_a_superuser_with_djangos_own_noinput_command(transactional_db):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from tests.live import database_url_for_tests
+
+    env = {**os.environ, "DATABASE_URL": database_url_for_tests(), "DJANGO_SUPERUSER_USERNAME": "ops",
+           "DJANGO_SUPERUSER_EMAIL": "ops@example.com", "DJANGO_SUPERUSER_PASSWORD": "a-long-passphrase-42"}
+    done = subprocess.run([sys.executable, "manage.py", "createsuperuser", "--noinput"], env=env,
+                          cwd=Path(__file__).resolve().parents[2], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    user = get_user_model().objects.get(username="ops")
+    assert user.is_superuser
+    assert user.check_password("a-long-passphrase-42")

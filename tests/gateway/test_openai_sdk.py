@@ -172,3 +172,35 @@ def test_it_answers_504_when_every_upstream_times_out(world):
         sdk.chat.completions.create(model="sim-slow", messages=[{"role": "user", "content": "x"}])
     assert caught.value.status_code == 504
     assert caught.value.body["code"] == "upstream_timeout"
+
+
+def test_it_answers_429_with_retry_after_when_every_upstream_rate_limits(world):
+    world.simulator.fault(model="*", mode="status", status=429, retry_after=7, count=-1)
+    with pytest.raises(openai.RateLimitError) as caught:
+        client(world).chat.completions.create(model="auto", messages=[{"role": "user", "content": "What is Python?"}])
+    assert caught.value.status_code == 429
+    assert caught.value.body["code"] == "upstream_rate_limited"
+    assert caught.value.response.headers["retry-after"] == "7"
+
+
+def test_it_never_exceeds_a_providers_concurrency_limit(world):
+    from apps.catalog.models import Model, Provider
+
+    narrow = Provider.objects.create(name="narrow", kind=Provider.Kind.SIMULATED, base_url=world.simulator.v1,
+                                     max_concurrency=2)
+    Model.objects.create(name="sim-narrow", upstream_id="sim-narrow", provider=narrow)
+    sdk = client(world)
+    assert wait_until(lambda: any(m.id == "sim-narrow" for m in sdk.models.list()))
+    world.simulator.reset()
+
+    async def run():
+        async_sdk = openai.AsyncOpenAI(base_url=world.gateway.v1, api_key=world.key_a, max_retries=0)
+        answers = await asyncio.gather(*[async_sdk.chat.completions.create(
+            model="sim-narrow", messages=[{"role": "user", "content": f"narrow {i}"}]) for i in range(8)])
+        await async_sdk.close()
+        return answers
+
+    assert len(asyncio.run(run())) == 8
+    stats = world.simulator.stats()
+    assert stats["by_model"]["sim-narrow"] == 8
+    assert stats["max_in_flight"] == 2
