@@ -136,10 +136,18 @@ class GatewayHTTP:
 
     async def stream(self, call, body, receive, send) -> None:
         stream = await pipeline.chat_stream_open(state, call, body)
+        pieces = stream.__aiter__()
         await send({"type": "http.response.start", "status": 200, "headers": _SSE_HEADERS + call.headers()})
+        # The first bytes are already here: send them now, before any task is scheduled.
+        try:
+            first = await pieces.__anext__()
+        except StopAsyncIteration:
+            await send({"type": "http.response.body", "body": b""})
+            return
+        await send({"type": "http.response.body", "body": first, "more_body": True})
 
         async def relay() -> None:
-            async for data in stream:
+            async for data in pieces:
                 await send({"type": "http.response.body", "body": data, "more_body": True})
             await send({"type": "http.response.body", "body": b""})
 
@@ -152,6 +160,7 @@ class GatewayHTTP:
                 relay_task.cancel()  # the client left: stop the upstream and bill what was produced
             disconnect_task.cancel()
             await asyncio.gather(relay_task, disconnect_task, return_exceptions=True)
+            await pieces.aclose()
 
 
 async def _wait_disconnect(receive) -> None:
