@@ -262,7 +262,9 @@ async def run(args) -> str:
                             str(sy_port), "--loop", "uvloop", "--http", "httptools", "--no-access-log"],
                            env={"HF_HUB_OFFLINE": "1", "DEBUG": "0"}, log=logs / "switchyard.log")
         procs.append(switchyard)
-        auth = {"Authorization": f"Bearer {key}"}
+        # The overhead benchmark measures the proxy path: the cache is bypassed (its own figures are in
+        # bench/cache_quality.py and bench/cache_perf.py).
+        auth = {"Authorization": f"Bearer {key}", "Cache-Control": "no-store"}
         await wait_http(f"http://127.0.0.1:{sy_port}/v1/models", headers=auth)
         targets.append(Target("Switchyard", f"http://127.0.0.1:{sy_port}/v1/chat/completions", auth, switchyard))
 

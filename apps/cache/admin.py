@@ -6,6 +6,8 @@ from django.contrib import admin, messages
 from django.db.models import F, Sum
 
 from apps.cache.models import CacheEntry
+from apps.cache.services import cache_purge
+from apps.tenants.models import Tenant
 
 
 @admin.register(CacheEntry)
@@ -16,12 +18,12 @@ class CacheEntryAdmin(admin.ModelAdmin):
     list_select_related = ("tenant",)
     search_fields = ("prompt_text", "request_hash")
     exclude = ("embedding",)
-    readonly_fields = ("tenant", "namespace", "request_hash", "prompt_text", "response", "model", "model_name",
-                       "input_tokens", "output_tokens", "cost", "created_at", "expires_at", "hit_count",
+    readonly_fields = ("tenant", "namespace", "request_hash", "context_hash", "prompt_text", "response", "model",
+                       "model_name", "input_tokens", "output_tokens", "cost", "created_at", "expires_at", "hit_count",
                        "last_hit_at")
     show_full_result_count = False
     list_per_page = 100
-    actions = ["purge_selected"]
+    actions = ["purge_selected", "purge_tenants", "purge_models"]
 
     def get_queryset(self, request):
         return super().get_queryset(request).defer("embedding", "response")
@@ -42,3 +44,16 @@ class CacheEntryAdmin(admin.ModelAdmin):
         saved = queryset.aggregate(total=Sum(F("cost") * F("hit_count")))["total"] or 0
         count, _ = queryset.delete()
         self.message_user(request, f"Purged {count} entries (they had saved ${saved:.6f}).", messages.SUCCESS)
+
+    @admin.action(description="Purge every entry of the selected entries' tenants")
+    def purge_tenants(self, request, queryset) -> None:
+        total = sum(cache_purge(tenant=tenant) for tenant in Tenant.objects.filter(
+            pk__in=queryset.values("tenant_id")))
+        self.message_user(request, f"Purged {total} entries.", messages.SUCCESS)
+
+    @admin.action(description="Purge every entry answered by the selected entries' models")
+    def purge_models(self, request, queryset) -> None:
+        names = set(queryset.values_list("model_name", flat=True))
+        total = sum(cache_purge(model_name=name) for name in names if name)
+        self.message_user(request, f"Purged {total} entries answered by {', '.join(sorted(names))}.",
+                          messages.SUCCESS)

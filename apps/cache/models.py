@@ -17,6 +17,9 @@ class CacheEntry(models.Model):
     tenant = models.ForeignKey("tenants.Tenant", on_delete=models.CASCADE, related_name="cache_entries")
     namespace = models.CharField(max_length=200, blank=True, default="")
     request_hash = models.CharField(max_length=64)
+    context_hash = models.CharField(
+        max_length=64, default="", help_text="Everything but the last user message: semantic hits need it equal."
+    )
     prompt_text = models.TextField()
     embedding = VectorField(dimensions=EMBEDDING_DIMENSIONS, null=True, blank=True)
     response = models.JSONField()
@@ -45,6 +48,7 @@ class CacheEntry(models.Model):
             ),
             models.Index(fields=["tenant", "expires_at"], name="cache_entry_tenant_expiry"),
             models.Index(fields=["expires_at"], name="cache_entry_expiry"),
+            models.Index(fields=["tenant", "namespace", "context_hash"], name="cache_entry_context"),
         ]
 
     def __str__(self) -> str:

@@ -14,9 +14,18 @@ import asyncio
 import logging
 import time
 
+import orjson
 from django.conf import settings
 
 from apps.gateway import pipeline
+from apps.gateway.caching import (
+    cache_hit_log,
+    cache_lookup,
+    cache_plan,
+    cache_settle,
+    completion_from_stream,
+    replay_sse,
+)
 from apps.gateway.errors import GatewayError, MethodNotAllowed, PayloadTooLarge, error_body
 from apps.gateway.state import state
 from apps.gateway.upstream import UpstreamClientError
@@ -29,7 +38,8 @@ _SSE_HEADERS = [
     (b"cache-control", b"no-cache"),
     (b"x-accel-buffering", b"no"),
 ]
-HOT_PATHS = frozenset({"/v1/chat/completions", "/v1/embeddings", "/v1/models"})
+HOT_PATHS = frozenset({"/v1/chat/completions", "/v1/embeddings", "/v1/models", "/v1/cache/stats",
+                       "/v1/cache/clear"})
 
 
 def _header(scope, name: bytes) -> str | None:
@@ -110,8 +120,19 @@ class GatewayHTTP:
                     raise MethodNotAllowed()
                 await _send_json(send, 200, pipeline.models_list(state, key))
                 return
+            if path == "/v1/cache/stats":
+                if method != "GET":
+                    raise MethodNotAllowed()
+                stats = await state.cache.stats(key.tenant_id)
+                stats["semantic_ready"] = state.embedder_ready()
+                await _send_json(send, 200, orjson.dumps(stats))
+                return
             if method != "POST":
                 raise MethodNotAllowed()
+            if path == "/v1/cache/clear":
+                deleted = await state.cache.clear(key.tenant_id)
+                await _send_json(send, 200, orjson.dumps({"object": "cache.cleared", "deleted": deleted}))
+                return
             raw = await _read_body(receive)
             if path == "/v1/embeddings":
                 call, answer = await pipeline.embeddings(state, key, raw, started=started)
@@ -120,11 +141,23 @@ class GatewayHTTP:
             call, body = await pipeline.chat_prepare(state, key, raw, started=started,
                                                      tags_header=_header(scope, b"x-switchyard-tags"))
             call_headers = [(b"x-switchyard-request-id", call.request_id.encode())]
-            if call.stream:
-                await self.stream(call, body, receive, send)
-            else:
-                answer = await pipeline.chat_json(state, call, body)
-                await _send_json(send, 200, answer, call.headers())
+            plan = cache_plan(call, body, cache_control=_header(scope, b"cache-control"),
+                              namespace=_header(scope, b"x-switchyard-cache-namespace"))
+            if plan is not None:
+                hit = await cache_lookup(state, call, plan)
+                if hit is not None:
+                    cache_hit_log(state, call, hit)
+                    await self.replay(call, body, hit, send)
+                    return
+            try:
+                if call.stream:
+                    await self.stream(call, body, receive, send, plan)
+                else:
+                    answer, parsed = await pipeline.chat_json(state, call, body)
+                    cache_settle(state, call, plan, parsed)
+                    await _send_json(send, 200, answer, call.headers())
+            finally:
+                cache_settle(state, call, plan, None)  # no-op when already settled
         except GatewayError as error:
             await _send_error(send, error, call_headers)
         except UpstreamClientError as exc:
@@ -134,8 +167,22 @@ class GatewayHTTP:
         except ConnectionResetError:
             return
 
-    async def stream(self, call, body, receive, send) -> None:
+    async def replay(self, call, body, hit, send) -> None:
+        if not call.stream:
+            await _send_json(send, 200, orjson.dumps(hit.response), call.headers())
+            return
+        options = body.get("stream_options")
+        events = replay_sse(hit, include_usage=isinstance(options, dict) and bool(options.get("include_usage")))
+        await send({"type": "http.response.start", "status": 200, "headers": _SSE_HEADERS + call.headers()})
+        for event in events:
+            await send({"type": "http.response.body", "body": event, "more_body": True})
+        await send({"type": "http.response.body", "body": b""})
+
+    async def stream(self, call, body, receive, send, plan=None) -> None:
         stream = await pipeline.chat_stream_open(state, call, body)
+        if plan is not None:
+            stream.on_complete = lambda done: cache_settle(
+                state, call, plan, completion_from_stream(done) if done is not None else None)
         pieces = stream.__aiter__()
         await send({"type": "http.response.start", "status": 200, "headers": _SSE_HEADERS + call.headers()})
         # The first bytes are already here: send them now, before any task is scheduled.

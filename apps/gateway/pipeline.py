@@ -43,6 +43,7 @@ _USAGE_EVENT = re.compile(rb'"usage"\s*:\s*\{')
 _DONE = b"data: [DONE]"
 _MAX_KEPT_STREAM_BYTES = 4 * 1024 * 1024
 _ZERO = Decimal(0)
+_CACHE_HEADER = {"miss": b"miss", "exact": b"hit-exact", "semantic": b"hit-semantic", "bypass": b"bypass"}
 
 
 _REQUEST_PREFIX = "req_" + os.urandom(8).hex()
@@ -83,18 +84,28 @@ class Call:
     first_byte: float | None = None
     overhead_ms: float = 0.0
     failures: list = field(default_factory=list)
+    cache: str = "miss"  # miss | exact | semantic | bypass
+    cache_similarity: float | None = None
+    saved_cost: Decimal = _ZERO
+    cache_age: int | None = None
 
     def headers(self) -> list[tuple[bytes, bytes]]:
         """The ``x-switchyard-*`` headers (cost deferred to the stream's end for streams)."""
         model = self.model
-        return [
+        deferred = self.stream and self.status == 200 and self.cache in ("miss", "bypass")
+        headers = [
             (b"x-switchyard-request-id", self.request_id.encode()),
             (b"x-switchyard-model", (model.name if model else "").encode()),
             (b"x-switchyard-provider", (model.provider.name if model else "").encode()),
-            (b"x-switchyard-cache", b"miss"),
-            (b"x-switchyard-cost", b"deferred" if self.stream and self.status == 200 else _money(self.cost).encode()),
+            (b"x-switchyard-cache", _CACHE_HEADER[self.cache]),
+            (b"x-switchyard-cost", b"deferred" if deferred else _money(self.cost).encode()),
             (b"x-switchyard-overhead-ms", f"{self.overhead_ms:.2f}".encode()),
         ]
+        if self.cache_similarity is not None:
+            headers.append((b"x-switchyard-cache-similarity", f"{self.cache_similarity:.4f}".encode()))
+        if self.cache_age is not None:
+            headers.append((b"age", str(self.cache_age).encode()))
+        return headers
 
     def set_usage(self, usage: dict | None, *, fallback_prompt: int, fallback_completion: int) -> None:
         if isinstance(usage, dict) and isinstance(usage.get("prompt_tokens"), int):
@@ -132,6 +143,9 @@ class Call:
             "ttft_ms": (self.first_byte - self.started) * 1000 if self.first_byte else None,
             "overhead_ms": self.overhead_ms,
             "is_stream": self.stream,
+            "cache_outcome": self.cache,
+            "cache_similarity": self.cache_similarity,
+            "saved_cost": self.saved_cost,
             "status_code": self.status,
             "error_code": self.error_code[:64],
             "created_at": datetime.now(UTC),
@@ -208,8 +222,8 @@ def _fail(state: GatewayState, call: Call, exc: GatewayError) -> None:
     call.log(state)
 
 
-async def chat_json(state: GatewayState, call: Call, body: dict) -> bytes:
-    """Answer a non-stream chat request: the provider's JSON, byte for byte."""
+async def chat_json(state: GatewayState, call: Call, body: dict) -> tuple[bytes, dict]:
+    """Answer a non-stream chat request: the provider's JSON, byte for byte (and parsed)."""
     bodies: dict[int, bytes] = {}
 
     async def attempt(model: ModelInfo):
@@ -239,7 +253,7 @@ async def chat_json(state: GatewayState, call: Call, body: dict) -> bytes:
         call.set_usage(usage, fallback_prompt=0, fallback_completion=0)
     call.overhead_ms = ((call.upstream_started - call.started) + (time.perf_counter() - call.upstream_ended)) * 1000
     call.log(state)
-    return raw
+    return raw, parsed
 
 
 def _completion_text(parsed: dict) -> str:
@@ -264,6 +278,8 @@ class ChatStream:
         self.usage: dict | None = None
         self.done = False
         self.finished = False
+        self.finish_reason: str | None = None
+        self.on_complete = None  # called with the stream once it ended normally
 
     def _keep(self, data: bytes) -> None:
         if self.kept_bytes < _MAX_KEPT_STREAM_BYTES:
@@ -326,6 +342,8 @@ class ChatStream:
                 delta = choice.get("delta") or {}
                 if isinstance(delta.get("content"), str):
                     parts.append(delta["content"])
+                if choice.get("finish_reason"):
+                    self.finish_reason = choice["finish_reason"]
         return "".join(parts)
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
@@ -357,13 +375,19 @@ class ChatStream:
                 call.status, call.error_code = 499, "client_closed_request"
                 self._settle()
                 self._log()
+                if self.on_complete is not None:
+                    self.on_complete(None)
         if error is not None:
             call.status, call.error_code = error.status, error.code
             self._settle()
             self._log()
+            if self.on_complete is not None:
+                self.on_complete(None)
             yield b"data: " + error_body(error) + b"\n\n"
             return
         self._log()
+        if self.on_complete is not None:
+            self.on_complete(self)
 
     def _log(self) -> None:
         if not self.finished:

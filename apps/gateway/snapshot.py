@@ -74,6 +74,12 @@ class KeyInfo:
     allowed_models: frozenset[str] | None
     expires_at: float | None
     usable: bool
+    cache_enabled: bool = True
+    cache_threshold: float = 0.92
+    cache_ttl: int = 86400
+    cache_max_temperature: float = 0.0
+    cache_tool_calls: bool = False
+    cache_namespace_by_user: bool = False
 
     def is_usable(self, now: float) -> bool:
         return self.usable and (self.expires_at is None or self.expires_at > now)
@@ -181,4 +187,7 @@ def key_info_load(prefix: str) -> KeyInfo | None:
         allowed_models=allowed or None,
         expires_at=key.expires_at.timestamp() if key.expires_at else None,
         usable=key.revoked_at is None and key.tenant.is_active,
+        cache_enabled=key.tenant.cache_enabled, cache_threshold=key.tenant.cache_similarity_threshold,
+        cache_ttl=key.tenant.cache_ttl_seconds, cache_max_temperature=key.tenant.cache_max_temperature,
+        cache_tool_calls=key.tenant.cache_tool_calls, cache_namespace_by_user=key.tenant.cache_namespace_by_user,
     )

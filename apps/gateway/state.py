@@ -39,6 +39,11 @@ class GatewayState:
         self._tasks: list[asyncio.Task] = []
         self._reload_lock: asyncio.Lock | None = None
         self._key_loads: dict[str, asyncio.Future] = {}
+        self.cache = None  # CacheStore, opened at start
+        self.batcher = None  # MicroBatcher over the local embedder
+        self.inflight: dict[tuple, asyncio.Future] = {}
+        self._background: set[asyncio.Task] = set()
+        self._embedder_task: asyncio.Task | None = None
         # Config reads run here: two long-lived threads, so their database connections are
         # reused instead of opened per load.
         self._db_executor = concurrent.futures.ThreadPoolExecutor(max_workers=2, thread_name_prefix="gateway-db")
@@ -57,6 +62,18 @@ class GatewayState:
             await loop.run_in_executor(self._db_executor, tokens.warm_up)
             await self.reload()
             self.usage.start()
+            from apps.cache.embedder import LocalEmbedder, MicroBatcher
+            from apps.cache.store import CacheStore
+            from apps.gateway.database import conninfo
+
+            self.cache = CacheStore(await loop.run_in_executor(self._db_executor, conninfo))
+            await self.cache.open()
+            embedder = LocalEmbedder()
+            self.batcher = MicroBatcher(embedder, max_batch=settings.CACHE_EMBED_BATCH,
+                                        max_wait_ms=settings.CACHE_EMBED_WAIT_MS)
+            # The model takes seconds to load: requests never wait for it (semantic lookups start
+            # once it is there; exact lookups work from the first request).
+            self._embedder_task = loop.run_in_executor(embedder._executor, embedder.load)
             self._tasks.append(loop.create_task(config_changes_listen(self.reload), name="config-listener"))
             self._tasks.append(loop.create_task(self._refresh_periodically(), name="config-refresh"))
             self._started = True
@@ -66,9 +83,32 @@ class GatewayState:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks.clear()
+        if self._background:
+            await asyncio.wait(self._background, timeout=10)
         await self.usage.close()
         await self.pool.close()
+        if self.cache is not None:
+            await self.cache.close()
         self._started = False
+
+    def spawn(self, coroutine) -> None:
+        """Run work off the response path; shutdown waits for it."""
+        task = asyncio.ensure_future(coroutine)
+        self._background.add(task)
+        task.add_done_callback(self._background_done)
+
+    def _background_done(self, task: asyncio.Task) -> None:
+        self._background.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            logger.error("background task failed", exc_info=task.exception())
+
+    def embedder_ready(self) -> bool:
+        return self._embedder_task is not None and self._embedder_task.done() and not (
+            self._embedder_task.exception())
+
+    async def embedder_loaded(self) -> None:
+        if self._embedder_task is not None:
+            await asyncio.shield(self._embedder_task)
 
     async def reload(self) -> None:
         """Reload the snapshot and forget cached keys (after a change anywhere)."""

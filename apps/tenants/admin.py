@@ -48,7 +48,9 @@ class TenantAdmin(admin.ModelAdmin):
     readonly_fields = ("created_at", "updated_at")
     fieldsets = (
         (None, {"fields": ("name", "slug", "is_active")}),
-        ("Semantic cache", {"fields": ("cache_enabled", "cache_similarity_threshold", "cache_ttl_seconds")}),
+        ("Semantic cache", {"fields": ("cache_enabled", "cache_similarity_threshold", "cache_ttl_seconds",
+                                       "cache_max_temperature", "cache_tool_calls", "cache_namespace_by_user",
+                                       "cache_max_entries")}),
         ("Audit", {"fields": ("created_at", "updated_at")}),
     )
     inlines = [ApiKeyInline]

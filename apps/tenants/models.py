@@ -17,6 +17,16 @@ class Tenant(models.Model):
         default=0.92, help_text="Cosine similarity a semantic cache hit must reach (0-1)."
     )
     cache_ttl_seconds = models.PositiveIntegerField(default=86400, help_text="How long a cached answer lives.")
+    cache_max_temperature = models.FloatField(
+        default=0.0, help_text="Requests with a higher temperature are not cached (unset counts as 0)."
+    )
+    cache_tool_calls = models.BooleanField(default=False, help_text="Cache requests that offer tools.")
+    cache_namespace_by_user = models.BooleanField(
+        default=False, help_text="Keep a separate cache per end user (the request's 'user' field)."
+    )
+    cache_max_entries = models.PositiveIntegerField(
+        null=True, blank=True, help_text="Evict least recently hit entries beyond this many (empty: no limit)."
+    )
     created_at = models.DateTimeField(default=timezone.now, editable=False)
     updated_at = models.DateTimeField(auto_now=True)
 

@@ -12,7 +12,9 @@ from tests.gateway.conftest import request_logs, wait_until
 
 
 def sdk(world, key=None) -> openai.OpenAI:
-    return openai.OpenAI(base_url=world.gateway.v1, api_key=key or world.key_a, max_retries=0)
+    # Routing and fallbacks are about the upstream path: keep the cache out of the way.
+    return openai.OpenAI(base_url=world.gateway.v1, api_key=key or world.key_a, max_retries=0,
+                         default_headers={"Cache-Control": "no-store"})
 
 
 def ask(world, prompt: str, model: str = "auto", key=None, **extra):
@@ -90,7 +92,7 @@ def test_it_falls_back_when_the_upstream_times_out(world):
 def test_it_falls_back_when_a_stream_fails_before_its_first_byte(world):
     world.simulator.fault(model="sim-mini", mode="status", status=502, count=-1)
     with httpx.stream("POST", world.gateway.v1 + "/chat/completions",
-                      headers={"Authorization": f"Bearer {world.key_a}"},
+                      headers={"Authorization": f"Bearer {world.key_a}", "Cache-Control": "no-store"},
                       json={"model": "auto", "stream": True,
                             "messages": [{"role": "user", "content": "What is Python?"}]}, timeout=30) as response:
         assert response.status_code == 200
@@ -143,6 +145,7 @@ def test_it_keeps_one_tenants_rules_and_rows_from_another(world):
 
 
 def _status(world, key, model):
-    response = httpx.post(world.gateway.v1 + "/chat/completions", headers={"Authorization": f"Bearer {key}"},
+    response = httpx.post(world.gateway.v1 + "/chat/completions",
+                          headers={"Authorization": f"Bearer {key}", "Cache-Control": "no-store"},
                           json={"model": model, "messages": [{"role": "user", "content": "hi"}]}, timeout=30)
     return response.status_code

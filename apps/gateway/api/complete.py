@@ -87,7 +87,7 @@ async def _complete(authorization: str | None, raw: bytes, started: float):
     key = await state.authenticate(authorization)
     call, body = await pipeline.chat_prepare(state, key, raw, started=started)
     if not call.stream:
-        answer = orjson.loads(await pipeline.chat_json(state, call, body))
+        _raw, answer = await pipeline.chat_json(state, call, body)
         content = "".join((c.get("message") or {}).get("content") or "" for c in answer.get("choices") or [])
         return _json(_summary(call, content), headers=call.headers())
     stream = await pipeline.chat_stream_open(state, call, body)

@@ -1,0 +1,203 @@
+"""The cache stage of the pipeline: plan, look up (exact, in-flight, semantic), replay, save.
+
+    plan     is this request cacheable (tenant on, policy, Cache-Control)? its fingerprint and
+             namespace (``x-switchyard-cache-namespace``, or the ``user`` field when the tenant
+             keeps a cache per end user)
+    lookup   exact hash; then an identical request already upstream (wait for it and share its
+             answer instead of paying twice); then the nearest neighbour of the last user
+             message's embedding, same tenant, namespace and context, at or above the tenant's
+             threshold, accepted only if ``apps.cache.verify`` agrees it is the same question
+    replay   a hit answers in the request's own form: JSON, or a valid SSE stream in several
+             chunks with usage
+    save     after a complete answer, off the response path
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+import orjson
+
+from apps.cache.fingerprint import CacheControl, Fingerprint, cache_control_parse, cacheable, fingerprint
+from apps.cache.store import CachedAnswer
+from apps.cache.verify import candidate_verify
+
+logger = logging.getLogger(__name__)
+
+COALESCE_TIMEOUT = 120.0
+
+
+@dataclass(slots=True)
+class CachePlan:
+    fp: Fingerprint
+    namespace: str
+    control: CacheControl
+    vector: object = None  # np.ndarray once embedded
+    leader: asyncio.Future | None = None
+    key: tuple | None = None
+    settled: bool = False
+
+
+def cache_plan(call, body: dict, *, cache_control: str | None, namespace: str | None) -> CachePlan | None:
+    """None (and ``call.cache = "bypass"``) when this request neither reads nor writes the cache."""
+    key = call.key
+    control = cache_control_parse(cache_control)
+    reason = None if key.cache_enabled else "disabled"
+    reason = reason or cacheable(body, max_temperature=key.cache_max_temperature, tool_calls=key.cache_tool_calls)
+    if reason is None and not (control.lookup or control.store):
+        reason = "no-store"
+    if reason is not None:
+        call.cache = "bypass"
+        return None
+    scope = (namespace or "").strip()[:120]
+    if key.cache_namespace_by_user and isinstance(body.get("user"), str):
+        scope = f"{scope}|user:{body['user'][:64]}"
+    return CachePlan(fp=fingerprint(body), namespace=scope, control=control)
+
+
+def _hit(call, answer: CachedAnswer, kind: str) -> CachedAnswer:
+    call.cache = kind
+    call.cache_similarity = answer.similarity
+    call.saved_cost = answer.cost
+    call.cache_age = max(int((datetime.now(UTC) - answer.created_at).total_seconds()), 0)
+    return answer
+
+
+async def cache_lookup(state, call, plan: CachePlan) -> CachedAnswer | None:
+    """A cached answer for this request, or None (the caller then goes upstream and settles)."""
+    tenant = call.key.tenant_id
+    fp = plan.fp
+    if plan.control.lookup:
+        answer = await state.cache.exact(tenant_id=tenant, namespace=plan.namespace, request_hash=fp.request_hash,
+                                         max_age=plan.control.max_age)
+        if answer is not None:
+            state.spawn(state.cache.hit(answer.id))
+            return _hit(call, answer, "exact")
+        plan.key = (tenant, plan.namespace, fp.request_hash)
+        pending = state.inflight.get(plan.key)
+        if pending is not None:
+            try:
+                shared = await asyncio.wait_for(asyncio.shield(pending), COALESCE_TIMEOUT)
+            except (TimeoutError, asyncio.CancelledError):
+                shared = None
+            if shared is not None:
+                return _hit(call, shared, "exact")
+        _lead(state, plan)
+        if fp.prompt_text and state.embedder_ready():
+            plan.vector = await state.batcher.embed_one(fp.prompt_text)
+            candidates = await state.cache.nearest(
+                tenant_id=tenant, namespace=plan.namespace, context_hash=fp.context_hash, vector=plan.vector,
+                max_age=plan.control.max_age)
+            for candidate in candidates:
+                if candidate.similarity < call.key.cache_threshold:
+                    break
+                verdict = candidate_verify(fp.prompt_text, candidate.prompt_text)
+                if verdict.ok:
+                    state.spawn(state.cache.hit(candidate.id))
+                    _release(state, plan, candidate)  # requests waiting on this one share the hit
+                    return _hit(call, candidate, "semantic")
+                logger.info("semantic candidate rejected", extra={
+                    "request_id": call.request_id, "reason": verdict.reason, "similarity": candidate.similarity,
+                    "entry": candidate.id})
+    else:
+        plan.key = (tenant, plan.namespace, fp.request_hash)
+        _lead(state, plan)
+    return None
+
+
+def _lead(state, plan: CachePlan) -> None:
+    """Become the request identical ones wait for (registered before any further await)."""
+    if plan.key not in state.inflight:
+        plan.leader = asyncio.get_running_loop().create_future()
+        state.inflight[plan.key] = plan.leader
+
+
+def _release(state, plan: CachePlan, answer: CachedAnswer | None) -> None:
+    plan.settled = True
+    if plan.leader is not None:
+        state.inflight.pop(plan.key, None)
+        if not plan.leader.done():
+            plan.leader.set_result(answer)
+
+
+def cache_settle(state, call, plan: CachePlan | None, response: dict | None) -> None:
+    """After the upstream answered (``response``) or failed (None): release followers, and save."""
+    if plan is None or plan.settled:
+        return
+    shared = None
+    if response is not None:
+        shared = CachedAnswer(id=0, response=response, cost=call.cost, model_name=call.model.name if call.model else "",
+                              created_at=datetime.now(UTC), similarity=None, prompt_text=plan.fp.prompt_text)
+    _release(state, plan, shared)
+    if response is None or not plan.control.store:
+        return
+    state.spawn(_save(state, call, plan, response))
+
+
+async def _save(state, call, plan: CachePlan, response: dict) -> None:
+    vector = plan.vector
+    if vector is None and plan.fp.prompt_text and state.embedder_ready():
+        vector = await state.batcher.embed_one(plan.fp.prompt_text)
+    usage = response.get("usage") if isinstance(response.get("usage"), dict) else {}
+    await state.cache.save(
+        tenant_id=call.key.tenant_id, namespace=plan.namespace, request_hash=plan.fp.request_hash,
+        context_hash=plan.fp.context_hash, prompt_text=plan.fp.prompt_text, vector=vector, response=response,
+        model_id=call.model.id if call.model else None, model_name=call.model.name if call.model else "",
+        input_tokens=usage.get("prompt_tokens") or call.input_tokens,
+        output_tokens=usage.get("completion_tokens") or call.output_tokens, cost=call.cost,
+        ttl_seconds=call.key.cache_ttl,
+    )
+    if vector is None and plan.fp.prompt_text:
+        # Saved for exact hits at once; semantic hits once the model (still loading) embeds it.
+        await state.embedder_loaded()
+        await state.cache.embed_later(tenant_id=call.key.tenant_id, namespace=plan.namespace,
+                                      request_hash=plan.fp.request_hash,
+                                      vector=await state.batcher.embed_one(plan.fp.prompt_text))
+
+
+def completion_from_stream(stream) -> dict:
+    """A chat.completion object assembled from a stream that ended normally."""
+    call = stream.call
+    return {
+        "id": f"chatcmpl-{call.request_id}", "object": "chat.completion", "created": int(time.time()),
+        "model": call.model.upstream_id if call.model else "",
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": stream.streamed_text()},
+                     "logprobs": None, "finish_reason": stream.finish_reason or "stop"}],
+        "usage": {"prompt_tokens": call.input_tokens, "completion_tokens": call.output_tokens,
+                  "total_tokens": call.input_tokens + call.output_tokens},
+    }
+
+
+def replay_sse(answer: CachedAnswer, *, include_usage: bool, pieces: int = 8) -> list[bytes]:
+    """A cached answer as SSE events, in several chunks, ending with [DONE] like a live stream."""
+    response = answer.response
+    choice = (response.get("choices") or [{}])[0]
+    content = (choice.get("message") or {}).get("content") or ""
+    head = {"id": response.get("id", "chatcmpl-cached"), "object": "chat.completion.chunk",
+            "created": response.get("created", int(time.time())), "model": response.get("model", "")}
+    words = content.split(" ")
+    size = max(len(words) // pieces, 1)
+    parts = [" ".join(words[i:i + size]) + (" " if i + size < len(words) else "") for i in range(0, len(words), size)]
+    events = [{**head, "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""},
+                                     "finish_reason": None}]}]
+    events += [{**head, "choices": [{"index": 0, "delta": {"content": part}, "finish_reason": None}]}
+               for part in parts if part]
+    events.append({**head, "choices": [{"index": 0, "delta": {}, "finish_reason": choice.get("finish_reason")
+                                        or "stop"}]})
+    if include_usage and isinstance(response.get("usage"), dict):
+        events.append({**head, "choices": [], "usage": response["usage"]})
+    return [b"data: " + orjson.dumps(event) + b"\n\n" for event in events] + [b"data: [DONE]\n\n"]
+
+
+def cache_hit_log(state, call, answer: CachedAnswer) -> None:
+    """Record a hit: nothing billed, the cached answer's cost saved."""
+    call.model = state.snapshot.models.get(answer.model_name)
+    call.cost = call.cost.__class__(0)
+    call.status = 200
+    call.first_byte = time.perf_counter()
+    call.overhead_ms = (call.first_byte - call.started) * 1000
+    call.log(state)

@@ -1,0 +1,72 @@
+"""The verification step and the request fingerprint, on their own."""
+
+from __future__ import annotations
+
+import pytest
+
+from apps.cache.fingerprint import cache_control_parse, cacheable, fingerprint
+from apps.cache.verify import candidate_verify
+
+
+@pytest.mark.parametrize(("query", "cached"), [
+    ("What is the capital of France?", "what is the capital of france"),
+    ("What is the capital of France?", "Hey, can you tell me what the capital of France is?"),
+    ("What is the capitol of Frnace?", "What is the capital of France?"),
+    ("How do I sort a list in Python?", "In Python, how do I sort a list?"),
+    ("what's the boiling point of water", "What is the boiling point of water?"),
+    ("Give me 3 tips for better sleep", "Give me three tips for better sleep"),
+])
+def test_it_accepts_the_same_question_reworded(query, cached):
+    assert candidate_verify(query, cached).ok
+
+
+@pytest.mark.parametrize(("query", "cached", "reason"), [
+    ("Train times from Paris to Rome", "train times from Rome to Paris", "order"),
+    ("train times from paris to rome", "train times from rome to paris", "roles"),
+    ("What is the capital of France?", "What is the capital of Spain?", "entities"),
+    ("Give me 3 tips for sleep", "Give me 5 tips for sleep", "numbers"),
+    ("Is coffee bad for you?", "Is coffee not bad for you?", "negation"),
+    ('Translate "good night" to Spanish', 'Translate "good morning" to Spanish', "quotes"),
+    ("Summarize this article about climate", "Translate this article about climate", "content"),
+    ("Explain recursion", "Explain recursion in python", "content"),
+])
+def test_it_rejects_near_misses_with_a_reason(query, cached, reason):
+    verdict = candidate_verify(query, cached)
+    assert not verdict.ok
+    assert verdict.reason == reason
+
+
+def _body(*messages, **params) -> dict:
+    return {"model": "auto", "messages": [{"role": r, "content": c} for r, c in messages], **params}
+
+
+def test_it_fingerprints_the_whole_conversation_and_the_answer_parameters():
+    base = fingerprint(_body(("user", "hi"), ("assistant", "hello"), ("user", "and then?")))
+    assert base.prompt_text == "and then?"
+    other_history = fingerprint(_body(("user", "bye"), ("assistant", "hello"), ("user", "and then?")))
+    assert other_history.context_hash != base.context_hash
+    assert other_history.request_hash != base.request_hash
+    hotter = fingerprint(_body(("user", "hi"), ("assistant", "hello"), ("user", "and then?"), temperature=0.5))
+    assert hotter.request_hash != base.request_hash
+    streamed = fingerprint(_body(("user", "hi"), ("assistant", "hello"), ("user", "and then?"), stream=True))
+    assert streamed.request_hash == base.request_hash
+    assert fingerprint({**_body(("user", "x")), "model": "sim-mini"}).request_hash != fingerprint(
+        _body(("user", "x"))).request_hash
+
+
+def test_it_applies_the_cacheability_policy():
+    assert cacheable(_body(("user", "x")), max_temperature=0, tool_calls=False) is None
+    assert cacheable(_body(("user", "x"), temperature=0), max_temperature=0, tool_calls=False) is None
+    assert cacheable(_body(("user", "x"), temperature=0.7), max_temperature=0, tool_calls=False) == "temperature"
+    assert cacheable(_body(("user", "x"), temperature=0.7), max_temperature=1, tool_calls=False) is None
+    assert cacheable(_body(("user", "x"), n=3), max_temperature=1, tool_calls=True) == "n>1"
+    assert cacheable(_body(("user", "x"), tools=[{}]), max_temperature=0, tool_calls=False) == "tools"
+
+
+def test_it_parses_cache_control():
+    assert cache_control_parse(None).lookup and cache_control_parse(None).store
+    no_cache = cache_control_parse("no-cache")
+    assert (no_cache.lookup, no_cache.store) == (False, True)
+    no_store = cache_control_parse("No-Store")
+    assert (no_store.lookup, no_store.store) == (False, False)
+    assert cache_control_parse("max-age=30, no-cache").max_age == 30

@@ -1,0 +1,205 @@
+"""The semantic cache inside the gateway, against live servers and the real embedder."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import timedelta
+from decimal import Decimal
+
+import httpx
+import openai
+import pytest
+from django.utils import timezone
+
+from tests.gateway.conftest import request_logs, wait_until
+
+
+def sdk(world, key=None, **headers) -> openai.OpenAI:
+    return openai.OpenAI(base_url=world.gateway.v1, api_key=key or world.key_a, max_retries=0,
+                         default_headers=headers or None)
+
+
+def ask(world, prompt: str, *, key=None, model="sim-mini", headers=None, **extra):
+    raw = sdk(world, key, **(headers or {})).chat.completions.with_raw_response.create(
+        model=model, messages=[{"role": "user", "content": prompt}], **extra)
+    return raw.headers, raw.parse()
+
+
+def stats(world, key) -> dict:
+    return httpx.get(world.gateway.v1 + "/cache/stats", headers={"Authorization": f"Bearer {key}"}).json()
+
+
+def entries(tenant) -> int:
+    from apps.cache.models import CacheEntry
+
+    return CacheEntry.objects.filter(tenant=tenant).count()
+
+
+@pytest.fixture
+def semantic(world):
+    assert wait_until(lambda: stats(world, world.key_a).get("semantic_ready"), timeout=120, interval=0.5), \
+        "the embedding model never loaded"
+    return world
+
+
+def test_it_serves_an_identical_request_from_the_cache_at_no_cost(world):
+    first_headers, first = ask(world, "What is the boiling point of water?")
+    assert first_headers["x-switchyard-cache"] == "miss"
+    assert wait_until(lambda: entries(world.tenant_a) == 1)
+    headers, again = ask(world, "What is the boiling point of water?")
+    assert headers["x-switchyard-cache"] == "hit-exact"
+    assert again.choices[0].message.content == first.choices[0].message.content
+    assert Decimal(headers["x-switchyard-cost"]) == 0
+    assert int(headers["age"]) >= 0
+    miss, hit = request_logs(2, tenant=world.tenant_a)
+    assert (miss.cache_outcome, hit.cache_outcome) == ("miss", "exact")
+    assert hit.cost == 0
+    assert hit.saved_cost == miss.cost > 0
+    assert world.simulator.stats()["requests"] == 1
+
+
+def test_it_never_serves_one_tenants_answer_to_another(semantic):
+    from apps.cache.models import CacheEntry
+
+    world = semantic
+    ask(world, "Explain how a hash map works")
+    assert wait_until(lambda: entries(world.tenant_a) == 1)
+    # B has nothing cached: neither a paraphrase nor the identical prompt may come from A's entry
+    assert ask(world, "explain how a hash map works please", key=world.key_b)[0]["x-switchyard-cache"] == "miss"
+    assert wait_until(lambda: entries(world.tenant_b) == 1)
+    CacheEntry.objects.filter(tenant=world.tenant_b).delete()
+    assert ask(world, "Explain how a hash map works", key=world.key_b)[0]["x-switchyard-cache"] == "miss"
+    assert wait_until(lambda: entries(world.tenant_b) == 1)
+    CacheEntry.objects.filter(tenant=world.tenant_b).delete()
+    body = {"model": "sim-mini", "stream": True,
+            "messages": [{"role": "user", "content": "Explain how a hash map works"}]}
+    with httpx.stream("POST", world.gateway.v1 + "/chat/completions",
+                      headers={"Authorization": f"Bearer {world.key_b}"}, json=body) as response:
+        assert response.headers["x-switchyard-cache"] == "miss"
+        response.read()
+    assert CacheEntry.objects.get(tenant=world.tenant_a).hit_count == 0
+    # and A itself does hit its own entry
+    assert ask(world, "Explain how a hash map works")[0]["x-switchyard-cache"] == "hit-exact"
+
+
+def test_it_serves_a_paraphrase_and_refuses_near_misses(semantic):
+    world = semantic
+    ask(world, "Train times from Paris to Rome tomorrow")
+    assert wait_until(lambda: entries(world.tenant_a) == 1)
+    headers, _ = ask(world, "Hey, train times from Paris to Rome tomorrow?")
+    assert headers["x-switchyard-cache"] == "hit-semantic"
+    assert float(headers["x-switchyard-cache-similarity"]) >= 0.8
+    for near_miss in ("Train times from Rome to Paris tomorrow", "Train times from Paris to Milan tomorrow",
+                      "How do I bake sourdough bread?"):
+        headers, _ = ask(world, near_miss)
+        assert headers["x-switchyard-cache"] == "miss", near_miss
+    (row,) = request_logs(1, tenant=world.tenant_a, cache_outcome="semantic")
+    assert row.cache_similarity >= 0.8
+
+
+def test_it_keys_a_conversation_on_all_its_turns(world):
+    def converse(first_turn: str):
+        return sdk(world).chat.completions.with_raw_response.create(model="sim-mini", messages=[
+            {"role": "user", "content": first_turn}, {"role": "assistant", "content": "Sure."},
+            {"role": "user", "content": "And what about the second one?"}]).headers
+
+    converse("Tell me about the first Star Wars film")
+    assert wait_until(lambda: entries(world.tenant_a) == 1)
+    assert converse("Tell me about the first Star Wars film")["x-switchyard-cache"] == "hit-exact"
+    assert converse("Tell me about the first Harry Potter film")["x-switchyard-cache"] == "miss"
+
+
+def test_it_honours_cache_control(world):
+    prompt = "List three prime numbers"
+    headers, _ = ask(world, prompt, headers={"Cache-Control": "no-store"})
+    assert headers["x-switchyard-cache"] == "bypass"
+    assert entries(world.tenant_a) == 0
+    headers, _ = ask(world, prompt, headers={"Cache-Control": "no-cache"})
+    assert headers["x-switchyard-cache"] == "miss"  # not looked up...
+    assert wait_until(lambda: entries(world.tenant_a) == 1)  # ...but stored
+    assert ask(world, prompt, headers={"Cache-Control": "no-cache"})[0]["x-switchyard-cache"] == "miss"
+    assert ask(world, prompt)[0]["x-switchyard-cache"] == "hit-exact"
+    from apps.cache.models import CacheEntry
+
+    older = "List three even numbers"
+    ask(world, older)
+    assert wait_until(lambda: CacheEntry.objects.filter(prompt_text=older).exists())
+    CacheEntry.objects.filter(prompt_text=older).update(created_at=timezone.now() - timedelta(seconds=120))
+    assert ask(world, older, headers={"Cache-Control": "max-age=600"})[0]["x-switchyard-cache"] == "hit-exact"
+    assert ask(world, older, headers={"Cache-Control": "max-age=60"})[0]["x-switchyard-cache"] == "miss"
+
+
+def test_it_does_not_cache_by_policy(world):
+    assert ask(world, "Roll a die", temperature=0.9)[0]["x-switchyard-cache"] == "bypass"
+    assert ask(world, "Roll a die", n=2)[0]["x-switchyard-cache"] == "bypass"
+    tools = [{"type": "function", "function": {"name": "roll", "parameters": {"type": "object"}}}]
+    assert ask(world, "Roll a die", tools=tools)[0]["x-switchyard-cache"] == "bypass"
+    assert ask(world, "Roll a die", temperature=0)[0]["x-switchyard-cache"] == "miss"
+
+
+def test_it_never_serves_expired_entries(world):
+    from apps.cache.models import CacheEntry
+
+    ask(world, "Name a large ocean")
+    assert wait_until(lambda: entries(world.tenant_a) == 1)
+    CacheEntry.objects.filter(tenant=world.tenant_a).update(expires_at=timezone.now() - timedelta(seconds=1))
+    assert ask(world, "Name a large ocean")[0]["x-switchyard-cache"] == "miss"
+
+
+def test_it_replays_a_cached_stream_as_valid_sse(world):
+    client = sdk(world)
+    messages = [{"role": "user", "content": "Stream a short story"}]
+    live = list(client.chat.completions.create(model="sim-mini", messages=messages, stream=True))
+    live_text = "".join(c.choices[0].delta.content or "" for c in live if c.choices)
+    assert wait_until(lambda: entries(world.tenant_a) == 1)
+    raw = client.chat.completions.with_raw_response.create(model="sim-mini", messages=messages, stream=True,
+                                                           stream_options={"include_usage": True})
+    assert raw.headers["x-switchyard-cache"] == "hit-exact"
+    replayed = list(raw.parse())
+    assert len([c for c in replayed if c.choices and c.choices[0].delta.content]) > 2
+    assert "".join(c.choices[0].delta.content or "" for c in replayed if c.choices) == live_text
+    assert replayed[-1].usage.completion_tokens > 0
+    # the stored stream also answers the same request asked without streaming
+    assert ask(world, "Stream a short story")[1].choices[0].message.content == live_text
+
+
+def test_it_does_not_store_a_truncated_stream(world):
+    world.simulator.fault(model="sim-mini", mode="cut", count=1)
+    with pytest.raises(openai.APIError):
+        list(sdk(world).chat.completions.create(model="sim-mini", stream=True,
+                                                messages=[{"role": "user", "content": "cut short"}]))
+    assert ask(world, "cut short")[0]["x-switchyard-cache"] == "miss"
+
+
+def test_it_sends_ten_identical_concurrent_requests_upstream_once(world):
+    world.simulator.reset()
+
+    async def run():
+        client = openai.AsyncOpenAI(base_url=world.gateway.v1, api_key=world.key_a, max_retries=0)
+        answers = await asyncio.gather(*[client.chat.completions.with_raw_response.create(
+            model="sim-mini", messages=[{"role": "user", "content": "Coalesce me"}]) for _ in range(10)])
+        await client.close()
+        return answers
+
+    answers = asyncio.run(run())
+    assert world.simulator.stats()["by_model"].get("sim-mini") == 1
+    contents = {a.parse().choices[0].message.content for a in answers}
+    assert len(contents) == 1
+    assert sorted(a.headers["x-switchyard-cache"] for a in answers).count("miss") == 1
+
+
+def test_it_reports_and_clears_only_the_callers_cache(world):
+    ask(world, "Stats for tenant A")
+    ask(world, "Stats for tenant A")
+    ask(world, "Stats for tenant B", key=world.key_b)
+    assert wait_until(lambda: entries(world.tenant_a) == 1 and entries(world.tenant_b) == 1)
+    assert wait_until(lambda: stats(world, world.key_a)["hits_exact"] == 1)
+    mine = stats(world, world.key_a)
+    assert (mine["entries"], mine["valid"], mine["misses"], mine["hits"]) == (1, 1, 1, 1)
+    assert Decimal(mine["saved_cost"]) > 0
+    theirs = stats(world, world.key_b)
+    assert (theirs["entries"], theirs["hits"]) == (1, 0)
+    cleared = httpx.post(world.gateway.v1 + "/cache/clear", headers={"Authorization": f"Bearer {world.key_a}"})
+    assert cleared.json()["deleted"] == 1
+    assert entries(world.tenant_a) == 0
+    assert entries(world.tenant_b) == 1
