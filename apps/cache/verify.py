@@ -14,6 +14,9 @@ first failing check is the rejection reason (logged, and counted in the quality 
     roles        the same (direction word, term) pairs: "from paris", "to rome"
     content      no content word of one side is missing from the other, except filler; typos
                  (one or two edits, by length) and word forms (plural, -ing, -ed) still match
+    word order   the content words (and the numbers) come in the same order, except that one
+                 phrase may move to the front or the back ("in Python, how do I sort a list");
+                 swapping words in the middle ("butter with oil" / "oil with butter") fails
 
 The checks are deliberately strict: a missed hit costs one upstream call, a wrong hit serves
 a wrong answer.
@@ -21,6 +24,7 @@ a wrong answer.
 
 from __future__ import annotations
 
+import itertools
 import re
 from collections import Counter
 from dataclasses import dataclass
@@ -75,6 +79,7 @@ class Verdict:
 class _Parsed:
     words: tuple[str, ...]
     numbers: Counter
+    number_order: tuple[str, ...]
     quotes: frozenset[str]
     negations: int
     entities: tuple[str, ...]
@@ -117,6 +122,7 @@ def _parse(text: str) -> _Parsed:
         sentence_start = False
     words = tuple(_WORD.findall(_normalise(text)))
     numbers: Counter = Counter()
+    number_order: list[str] = []
     negations = 0
     roles: set[tuple[str, str]] = set()
     content: list[str] = []
@@ -124,6 +130,7 @@ def _parse(text: str) -> _Parsed:
         number = _NUMBER_WORDS.get(word) or (word.replace(",", "") if _NUMERIC.match(word) else None)
         if number is not None:
             numbers[number] += 1
+            number_order.append(number)
         if word in _NEGATIONS:
             negations += 1
         if word in _ROLE_WORDS:
@@ -132,7 +139,7 @@ def _parse(text: str) -> _Parsed:
                 roles.add((word, _stem(following)))
         if word not in _FILLER and word not in _NEGATIONS and word not in _ROLE_WORDS and number is None:
             content.append(word)
-    return _Parsed(words=words, numbers=numbers, quotes=quotes, negations=negations,
+    return _Parsed(words=words, numbers=numbers, number_order=tuple(number_order), quotes=quotes, negations=negations,
                    entities=tuple(dict.fromkeys(entities)), roles=frozenset(roles), content=tuple(content))
 
 
@@ -198,7 +205,32 @@ def candidate_verify(query: str, cached: str) -> Verdict:
         return Verdict(False, "roles")
     if _missing(a.content, b.content) or _missing(b.content, a.content):
         return Verdict(False, "content")
+    if a.number_order != b.number_order and not _rotation([b.number_order.index(n) for n in a.number_order]):
+        return Verdict(False, "order")
+    if not _rotation(_positions(a.content, b.content)):
+        return Verdict(False, "order")
     return Verdict(True)
+
+
+def _positions(words: tuple[str, ...], others: tuple[str, ...]) -> list[int]:
+    """Where each word of ``words`` sits in ``others`` (each position used once)."""
+    used: set[int] = set()
+    positions: list[int] = []
+    for word in words:
+        for index, other in enumerate(others):
+            if index not in used and _close(word, other):
+                used.add(index)
+                positions.append(index)
+                break
+    return positions
+
+
+def _rotation(sequence: list[int]) -> bool:
+    """Sorted, or sorted after moving one leading or trailing run to the other end."""
+    descents = sum(1 for x, y in itertools.pairwise(sequence) if y < x)
+    if descents == 0:
+        return True
+    return descents == 1 and sequence[-1] < sequence[0]
 
 
 def _roles_close(a: frozenset, b: frozenset) -> bool:

@@ -75,7 +75,7 @@ class KeyInfo:
     expires_at: float | None
     usable: bool
     cache_enabled: bool = True
-    cache_threshold: float = 0.92
+    cache_threshold: float = 0.80
     cache_ttl: int = 86400
     cache_max_temperature: float = 0.0
     cache_tool_calls: bool = False

@@ -14,7 +14,7 @@ class Tenant(models.Model):
     is_active = models.BooleanField(default=True)
     cache_enabled = models.BooleanField(default=True)
     cache_similarity_threshold = models.FloatField(
-        default=0.92, help_text="Cosine similarity a semantic cache hit must reach (0-1)."
+        default=0.80, help_text="Cosine similarity a semantic candidate must reach (0-1) before verification."
     )
     cache_ttl_seconds = models.PositiveIntegerField(default=86400, help_text="How long a cached answer lives.")
     cache_max_temperature = models.FloatField(
