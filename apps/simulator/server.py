@@ -25,8 +25,9 @@ Knobs (command line; per request through headers)
 
 Faults (control API; the gateway cannot set headers on its upstream calls)
     POST   /_sim/faults  {"model": "<id>" | "*", "mode": "status" | "timeout" | "cut" |
-                          "garbage" | "invalid_json", "status": 500, "count": 1 (-1 = until
-                          cleared), "retry_after": seconds}
+                          "garbage" | "invalid_json" | "no_usage", "status": 500, "count": 1
+                          (-1 = until cleared), "retry_after": seconds}; "no_usage" answers
+                          normally but without any usage (JSON or stream), like some providers
     DELETE /_sim/faults  clear them
     GET    /_sim/stats   {"requests", "by_model", "in_flight", "max_in_flight"}
     POST   /_sim/reset   zero the stats and clear the faults
@@ -75,7 +76,7 @@ WORDS = (
 ENDINGS = (". ", "? ", "! ", ". ")
 HEADERS = {"x-simulated-upstream": "true"}
 SSE_HEADERS = {"x-simulated-upstream": "true", "Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
-FAULT_MODES = frozenset({"status", "timeout", "cut", "garbage", "invalid_json"})
+FAULT_MODES = frozenset({"status", "timeout", "cut", "garbage", "invalid_json", "no_usage"})
 
 
 @dataclass
@@ -310,6 +311,8 @@ class Simulator:
                              "logprobs": None, "finish_reason": finish}],
                 "usage": usage,
             }
+            if fault is not None and fault.mode == "no_usage":
+                del answer["usage"]
             return web.Response(body=_dumps(answer), content_type="application/json", headers=HEADERS)
 
         response = web.StreamResponse(headers=SSE_HEADERS)
@@ -332,7 +335,8 @@ class Simulator:
                                  + b'},"finish_reason":null}]}\n\n')
         tail = b"data: " + head + b'{"index":0,"delta":{},"finish_reason":"' + finish.encode() + b'"}]}\n\n'
         options = body.get("stream_options")
-        if isinstance(options, dict) and options.get("include_usage"):
+        if isinstance(options, dict) and options.get("include_usage") and not (
+                fault is not None and fault.mode == "no_usage"):
             tail += b"data: " + head + b'],"usage":' + _dumps(usage) + b"}\n\n"
         await response.write(tail + b"data: [DONE]\n\n")
         return response

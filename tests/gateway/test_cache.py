@@ -203,3 +203,21 @@ def test_it_reports_and_clears_only_the_callers_cache(world):
     assert cleared.json()["deleted"] == 1
     assert entries(world.tenant_a) == 0
     assert entries(world.tenant_b) == 1
+
+
+def test_it_answers_the_simple_complete_endpoint_from_the_cache(world):
+    def complete(**extra):
+        return httpx.post(world.gateway.base + "/v1/complete", headers={"Authorization": f"Bearer {world.key_a}"},
+                          json={"prompt": "What is a closure?", "model": "sim-mini", **extra}, timeout=30).json()
+
+    first = complete()
+    assert first["cached"] is False
+    assert wait_until(lambda: entries(world.tenant_a) == 1)
+    again = complete()
+    assert again["cached"] is True
+    assert again["content"] == first["content"]
+    assert Decimal(again["cost"]) == 0
+    assert complete(use_cache=False)["cached"] is False
+    other = httpx.post(world.gateway.base + "/v1/complete", headers={"Authorization": f"Bearer {world.key_b}"},
+                       json={"prompt": "What is a closure?", "model": "sim-mini"}, timeout=30).json()
+    assert other["cached"] is False

@@ -204,3 +204,24 @@ def test_it_never_exceeds_a_providers_concurrency_limit(world):
     stats = world.simulator.stats()
     assert stats["by_model"]["sim-narrow"] == 8
     assert stats["max_in_flight"] == 2
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_it_counts_tokens_itself_when_the_upstream_omits_usage(world, stream):
+    world.simulator.fault(model="sim-mini", mode="no_usage", count=-1)
+    sdk = client(world)
+    prompt = [{"role": "user", "content": f"Count my tokens please ({stream})"}]
+    if stream:
+        text = "".join(c.choices[0].delta.content or "" for c in sdk.chat.completions.create(
+            model="sim-mini", messages=prompt, stream=True) if c.choices)
+    else:
+        answer = sdk.chat.completions.create(model="sim-mini", messages=prompt)
+        assert answer.usage is None
+        text = answer.choices[0].message.content
+    assert text
+    (row,) = request_logs(1, tenant=world.tenant_a)
+    assert row.tokens_estimated is True
+    assert row.input_tokens > 0
+    assert row.output_tokens > 0
+    assert row.cost == world.models["sim-mini"].prices.get().cost(
+        input_tokens=row.input_tokens, cached_tokens=0, output_tokens=row.output_tokens)

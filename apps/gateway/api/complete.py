@@ -20,6 +20,7 @@ from rest_framework import serializers
 from rest_framework.views import APIView
 
 from apps.gateway import pipeline
+from apps.gateway.caching import cache_hit_log, cache_lookup, cache_plan, cache_settle, completion_from_stream
 from apps.gateway.errors import BadRequest, GatewayError, error_body
 from apps.gateway.state import state
 
@@ -51,7 +52,7 @@ def _summary(call, content: str) -> dict:
     return {
         "content": content,
         "model_used": call.model.name if call.model else None,
-        "cached": False,
+        "cached": call.cache in ("exact", "semantic"),
         "latency_ms": round((time.perf_counter() - call.started) * 1000, 2),
         "tokens": {"input": call.input_tokens, "output": call.output_tokens},
         "cost": str(call.cost),
@@ -77,20 +78,44 @@ class CompleteView(APIView):
         if data.get("max_tokens"):
             body["max_tokens"] = data["max_tokens"]
         try:
-            return async_to_sync(_complete)(request.headers.get("Authorization"), orjson.dumps(body), started)
+            return async_to_sync(_complete)(request.headers.get("Authorization"), orjson.dumps(body), started,
+                                            data["use_cache"])
         except GatewayError as error:
             return _error(error)
 
 
-async def _complete(authorization: str | None, raw: bytes, started: float):
+def _content(answer: dict) -> str:
+    return "".join((c.get("message") or {}).get("content") or "" for c in answer.get("choices") or [])
+
+
+async def _complete(authorization: str | None, raw: bytes, started: float, use_cache: bool):
     await state.start()
     key = await state.authenticate(authorization)
     call, body = await pipeline.chat_prepare(state, key, raw, started=started)
-    if not call.stream:
-        _raw, answer = await pipeline.chat_json(state, call, body)
-        content = "".join((c.get("message") or {}).get("content") or "" for c in answer.get("choices") or [])
-        return _json(_summary(call, content), headers=call.headers())
-    stream = await pipeline.chat_stream_open(state, call, body)
+    plan = cache_plan(call, body, cache_control=None if use_cache else "no-store", namespace=None)
+    if plan is not None:
+        hit = await cache_lookup(state, call, plan)
+        if hit is not None:
+            cache_hit_log(state, call, hit)
+            if not call.stream:
+                return _json(_summary(call, _content(hit.response)), headers=call.headers())
+            response = StreamingHttpResponse(_replayed_events(call, hit), content_type="text/event-stream")
+            for name, value in call.headers():
+                response[name.decode()] = value.decode()
+            return response
+    stream = None
+    try:
+        if not call.stream:
+            _raw, answer = await pipeline.chat_json(state, call, body)
+            cache_settle(state, call, plan, answer)
+            return _json(_summary(call, _content(answer)), headers=call.headers())
+        stream = await pipeline.chat_stream_open(state, call, body)
+    finally:
+        if stream is None:
+            cache_settle(state, call, plan, None)  # failed, or already settled above (a no-op then)
+    if plan is not None:
+        stream.on_complete = lambda done: cache_settle(
+            state, call, plan, completion_from_stream(done) if done is not None else None)
     response = StreamingHttpResponse(_simple_events(stream, call), content_type="text/event-stream")
     response["Cache-Control"] = "no-cache"
     for name, value in call.headers():
@@ -114,3 +139,9 @@ async def _simple_events(stream, call):
                     parts.append(text)
                     yield b"data: " + orjson.dumps({"content": text}) + b"\n\n"
     yield b"data: " + orjson.dumps({"done": True, **_summary(call, "".join(parts))}) + b"\n\n"
+
+
+async def _replayed_events(call, hit):
+    content = _content(hit.response)
+    yield b"data: " + orjson.dumps({"content": content}) + b"\n\n"
+    yield b"data: " + orjson.dumps({"done": True, **_summary(call, content)}) + b"\n\n"
