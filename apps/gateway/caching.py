@@ -87,8 +87,8 @@ async def cache_lookup(state, call, plan: CachePlan) -> CachedAnswer | None:
             if shared is not None:
                 return _hit(call, shared, "exact")
         _lead(state, plan)
-        if fp.prompt_text and state.embedder_ready():
-            plan.vector = await state.batcher.embed_one(fp.prompt_text)
+        if fp.prompt_text and state.semantic_ready(call.key):
+            plan.vector = await state.batcher_for(call.key).embed_one(fp.prompt_text)
             candidates = await state.cache.nearest(
                 tenant_id=tenant, namespace=plan.namespace, context_hash=fp.context_hash, vector=plan.vector,
                 max_age=plan.control.max_age)
@@ -140,8 +140,8 @@ def cache_settle(state, call, plan: CachePlan | None, response: dict | None) -> 
 
 async def _save(state, call, plan: CachePlan, response: dict) -> None:
     vector = plan.vector
-    if vector is None and plan.fp.prompt_text and state.embedder_ready():
-        vector = await state.batcher.embed_one(plan.fp.prompt_text)
+    if vector is None and plan.fp.prompt_text and state.semantic_ready(call.key):
+        vector = await state.batcher_for(call.key).embed_one(plan.fp.prompt_text)
     usage = response.get("usage") if isinstance(response.get("usage"), dict) else {}
     await state.cache.save(
         tenant_id=call.key.tenant_id, namespace=plan.namespace, request_hash=plan.fp.request_hash,
@@ -156,7 +156,7 @@ async def _save(state, call, plan: CachePlan, response: dict) -> None:
         await state.embedder_loaded()
         await state.cache.embed_later(tenant_id=call.key.tenant_id, namespace=plan.namespace,
                                       request_hash=plan.fp.request_hash,
-                                      vector=await state.batcher.embed_one(plan.fp.prompt_text))
+                                      vector=await state.batcher_for(call.key).embed_one(plan.fp.prompt_text))
 
 
 def completion_from_stream(stream) -> dict:

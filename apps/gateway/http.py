@@ -124,7 +124,7 @@ class GatewayHTTP:
                 if method != "GET":
                     raise MethodNotAllowed()
                 stats = await state.cache.stats(key.tenant_id)
-                stats["semantic_ready"] = state.embedder_ready()
+                stats["semantic_ready"] = state.semantic_ready(key)
                 await _send_json(send, 200, orjson.dumps(stats))
                 return
             if method != "POST":

@@ -80,6 +80,7 @@ class KeyInfo:
     cache_max_temperature: float = 0.0
     cache_tool_calls: bool = False
     cache_namespace_by_user: bool = False
+    cache_embedding_model: str | None = None
 
     def is_usable(self, now: float) -> bool:
         return self.usable and (self.expires_at is None or self.expires_at > now)
@@ -178,7 +179,7 @@ def key_info_load(prefix: str) -> KeyInfo | None:
     """Read one key by its visible prefix (sync; call from a thread)."""
     from apps.tenants.models import ApiKey
 
-    key = ApiKey.objects.select_related("tenant").filter(prefix=prefix).first()
+    key = ApiKey.objects.select_related("tenant", "tenant__cache_embedding_model").filter(prefix=prefix).first()
     if key is None:
         return None
     allowed = frozenset(key.allowed_models.values_list("name", flat=True))
@@ -190,4 +191,5 @@ def key_info_load(prefix: str) -> KeyInfo | None:
         cache_enabled=key.tenant.cache_enabled, cache_threshold=key.tenant.cache_similarity_threshold,
         cache_ttl=key.tenant.cache_ttl_seconds, cache_max_temperature=key.tenant.cache_max_temperature,
         cache_tool_calls=key.tenant.cache_tool_calls, cache_namespace_by_user=key.tenant.cache_namespace_by_user,
+        cache_embedding_model=key.tenant.cache_embedding_model.name if key.tenant.cache_embedding_model_id else None,
     )

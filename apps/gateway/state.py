@@ -44,6 +44,7 @@ class GatewayState:
         self.inflight: dict[tuple, asyncio.Future] = {}
         self._background: set[asyncio.Task] = set()
         self._embedder_task: asyncio.Task | None = None
+        self._remote_batchers: dict = {}
         # Config reads run here: two long-lived threads, so their database connections are
         # reused instead of opened per load.
         self._db_executor = concurrent.futures.ThreadPoolExecutor(max_workers=2, thread_name_prefix="gateway-db")
@@ -103,6 +104,23 @@ class GatewayState:
         if not task.cancelled() and task.exception() is not None:
             logger.error("background task failed", exc_info=task.exception())
 
+    def batcher_for(self, key):
+        """The tenant's embeddings model when it chose one (and it is active), else the local model."""
+        name = key.cache_embedding_model
+        model = self.snapshot.models.get(name) if name else None
+        if model is None or model.mode != "embedding":
+            return self.batcher
+        batcher = self._remote_batchers.get(model)
+        if batcher is None:
+            from apps.cache.embedder import MicroBatcher, RemoteEmbedder
+
+            batcher = self._remote_batchers[model] = MicroBatcher(RemoteEmbedder(model, self.pool), max_batch=64,
+                                                                  max_wait_ms=settings.CACHE_EMBED_WAIT_MS)
+        return batcher
+
+    def semantic_ready(self, key) -> bool:
+        return self.batcher_for(key) is not self.batcher or self.embedder_ready()
+
     def embedder_ready(self) -> bool:
         return self._embedder_task is not None and self._embedder_task.done() and not (
             self._embedder_task.exception())
@@ -119,6 +137,7 @@ class GatewayState:
             snapshot = await asyncio.get_running_loop().run_in_executor(self._db_executor, _snapshot_load_fresh)
             self.snapshot = snapshot
             self.keys = {}
+            self._remote_batchers = {}
             self.generation = generation
 
     async def _hits_flush_periodically(self) -> None:

@@ -50,7 +50,7 @@ class TenantAdmin(admin.ModelAdmin):
         (None, {"fields": ("name", "slug", "is_active")}),
         ("Semantic cache", {"fields": ("cache_enabled", "cache_similarity_threshold", "cache_ttl_seconds",
                                        "cache_max_temperature", "cache_tool_calls", "cache_namespace_by_user",
-                                       "cache_max_entries")}),
+                                       "cache_embedding_model", "cache_max_entries")}),
         ("Audit", {"fields": ("created_at", "updated_at")}),
     )
     inlines = [ApiKeyInline]

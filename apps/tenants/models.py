@@ -24,6 +24,12 @@ class Tenant(models.Model):
     cache_namespace_by_user = models.BooleanField(
         default=False, help_text="Keep a separate cache per end user (the request's 'user' field)."
     )
+    cache_embedding_model = models.ForeignKey(
+        "catalog.Model", null=True, blank=True, on_delete=models.SET_NULL, related_name="+",
+        limit_choices_to={"mode": "embedding"},
+        help_text="An OpenAI-compatible embeddings model for semantic lookups (empty: the local model). "
+        "Purge the tenant's cache after changing it: vectors of different models do not compare.",
+    )
     cache_max_entries = models.PositiveIntegerField(
         null=True, blank=True, help_text="Evict least recently hit entries beyond this many (empty: no limit)."
     )

@@ -221,3 +221,19 @@ def test_it_answers_the_simple_complete_endpoint_from_the_cache(world):
     other = httpx.post(world.gateway.base + "/v1/complete", headers={"Authorization": f"Bearer {world.key_b}"},
                        json={"prompt": "What is a closure?", "model": "sim-mini"}, timeout=30).json()
     assert other["cached"] is False
+
+
+def test_it_embeds_with_the_tenants_own_embeddings_model(world):
+    from apps.cache.models import CacheEntry
+
+    world.tenant_a.cache_embedding_model = world.models["sim-embed"]
+    world.tenant_a.save()
+    assert wait_until(lambda: stats(world, world.key_a).get("semantic_ready"))
+    world.simulator.reset()
+    ask(world, "Embed me with the tenant's model")
+    assert wait_until(lambda: CacheEntry.objects.filter(tenant=world.tenant_a, embedding__isnull=False).exists())
+    assert world.simulator.stats()["by_model"].get("sim-embed", 0) >= 1
+    # another tenant still embeds locally
+    ask(world, "Embed me locally", key=world.key_b)
+    assert wait_until(lambda: entries(world.tenant_b) == 1)
+    assert world.simulator.stats()["by_model"].get("sim-embed", 0) == 1
