@@ -69,6 +69,14 @@ class CacheStore:
         return CachedAnswer(id=row[0], response=row[1], cost=row[2], model_name=row[3], created_at=row[4],
                             similarity=None, prompt_text=row[5])
 
+    async def context_has_entries(self, *, tenant_id: int, namespace: str, context_hash: str) -> bool:
+        """Whether any live entry shares this context: without one, embedding the prompt now is wasted."""
+        async with self.pool.connection() as conn:
+            row = await (await conn.execute(
+                "SELECT 1 FROM cache_cacheentry WHERE tenant_id = %s AND namespace = %s AND context_hash = %s "
+                "AND expires_at > now() LIMIT 1", [tenant_id, namespace, context_hash])).fetchone()
+        return row is not None
+
     async def nearest(self, *, tenant_id: int, namespace: str, context_hash: str, vector: np.ndarray,
                       max_age: int | None, limit: int = 5) -> list[CachedAnswer]:
         query = ("SELECT id, response, cost, model_name, created_at, prompt_text, 1 - (embedding <=> %s) AS sim "

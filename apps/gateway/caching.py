@@ -4,9 +4,11 @@
              namespace (``x-switchyard-cache-namespace``, or the ``user`` field when the tenant
              keeps a cache per end user)
     lookup   exact hash; then an identical request already upstream (wait for it and share its
-             answer instead of paying twice); then the nearest neighbour of the last user
-             message's embedding, same tenant, namespace and context, at or above the tenant's
-             threshold, accepted only if ``apps.cache.verify`` agrees it is the same question
+             answer instead of paying twice); then, if any entry shares the conversation's
+             context (otherwise the embedding is computed after the response, for the save),
+             the nearest neighbour of the last user message's embedding, same tenant, namespace
+             and context, at or above the tenant's threshold, accepted only if
+             ``apps.cache.verify`` agrees it is the same question
     replay   a hit answers in the request's own form: JSON, or a valid SSE stream in several
              chunks with usage
     save     after a complete answer, off the response path
@@ -87,7 +89,8 @@ async def cache_lookup(state, call, plan: CachePlan) -> CachedAnswer | None:
             if shared is not None:
                 return _hit(call, shared, "exact")
         _lead(state, plan)
-        if fp.prompt_text and state.semantic_ready(call.key):
+        if fp.prompt_text and state.semantic_ready(call.key) and await state.cache.context_has_entries(
+                tenant_id=tenant, namespace=plan.namespace, context_hash=fp.context_hash):
             plan.vector = await state.batcher_for(call.key).embed_one(fp.prompt_text)
             candidates = await state.cache.nearest(
                 tenant_id=tenant, namespace=plan.namespace, context_hash=fp.context_hash, vector=plan.vector,
