@@ -21,6 +21,8 @@ from psycopg_pool import AsyncConnectionPool
 
 logger = logging.getLogger(__name__)
 
+EXACT_FALLBACK_ROWS = 20_000
+
 
 @dataclass(frozen=True, slots=True)
 class CachedAnswer:
@@ -33,18 +35,27 @@ class CachedAnswer:
     prompt_text: str
 
 
-async def _configure(conn) -> None:
-    from pgvector.psycopg import register_vector_async
+def _configurer(max_scan_tuples: int | None, ef_search: int):
+    async def configure(conn) -> None:
+        from pgvector.psycopg import register_vector_async
 
-    await register_vector_async(conn)
-    await conn.execute("SET hnsw.iterative_scan = 'relaxed_order'")
-    await conn.execute("SET hnsw.ef_search = 64")
+        await register_vector_async(conn)
+        await conn.execute("SET hnsw.iterative_scan = 'relaxed_order'")
+        await conn.execute(f"SET hnsw.ef_search = {int(ef_search)}")
+        if max_scan_tuples is not None:
+            await conn.execute(f"SET hnsw.max_scan_tuples = {int(max_scan_tuples)}")
+
+    return configure
 
 
 class CacheStore:
-    def __init__(self, conninfo: str, *, max_size: int = 8) -> None:
-        self.pool = AsyncConnectionPool(conninfo, min_size=1, max_size=max_size, open=False, configure=_configure,
-                                        kwargs={"autocommit": True})
+    def __init__(self, conninfo: str, *, max_size: int = 8, hnsw_max_scan_tuples: int | None = None,
+                 ef_search: int = 100) -> None:
+        # No server-side prepared statements: the planner then sees each query's tenant and
+        # vector (a generic plan cannot), which decides between the HNSW and the b-tree index.
+        self.pool = AsyncConnectionPool(conninfo, min_size=1, max_size=max_size, open=False,
+                                        configure=_configurer(hnsw_max_scan_tuples, ef_search),
+                                        kwargs={"autocommit": True, "prepare_threshold": None})
         self._hits: dict[int, int] = {}
 
     async def open(self) -> None:
@@ -79,17 +90,29 @@ class CacheStore:
 
     async def nearest(self, *, tenant_id: int, namespace: str, context_hash: str, vector: np.ndarray,
                       max_age: int | None, limit: int = 5) -> list[CachedAnswer]:
-        query = ("SELECT id, response, cost, model_name, created_at, prompt_text, 1 - (embedding <=> %s) AS sim "
-                 "FROM cache_cacheentry WHERE tenant_id = %s AND namespace = %s AND context_hash = %s "
-                 "AND expires_at > now() AND embedding IS NOT NULL")
-        params: list = [vector, tenant_id, namespace, context_hash]
+        """The closest live entries of this tenant, namespace and context, closest first.
+
+        The HNSW index answers first. Its iterative scan gives up after ``hnsw.max_scan_tuples``
+        index tuples, so when another tenant owns most of the table a small tenant's search can
+        come back empty; then an exact search over at most ``EXACT_FALLBACK_ROWS`` of the
+        context's own rows (found through the b-tree index) answers instead.
+        """
+        where = ("tenant_id = %s AND namespace = %s AND context_hash = %s AND expires_at > now() "
+                 "AND embedding IS NOT NULL")
+        params: list = [tenant_id, namespace, context_hash]
         if max_age is not None:
-            query += " AND created_at > now() - make_interval(secs => %s)"
+            where += " AND created_at > now() - make_interval(secs => %s)"
             params.append(max_age)
-        query += " ORDER BY embedding <=> %s LIMIT %s"
-        params += [vector, limit]
+        columns = "id, response, cost, model_name, created_at, prompt_text"
         async with self.pool.connection() as conn:
-            rows = await (await conn.execute(query, params)).fetchall()
+            rows = await (await conn.execute(
+                f"SELECT {columns}, 1 - (embedding <=> %s) FROM cache_cacheentry WHERE {where} "  # noqa: S608
+                "ORDER BY embedding <=> %s LIMIT %s", [vector, *params, vector, limit])).fetchall()
+            if not rows:
+                rows = await (await conn.execute(
+                    f"SELECT {columns}, 1 - (embedding <=> %s) FROM (SELECT {columns}, embedding "  # noqa: S608
+                    f"FROM cache_cacheentry WHERE {where} LIMIT %s) AS own ORDER BY embedding <=> %s LIMIT %s",
+                    [vector, *params, EXACT_FALLBACK_ROWS, vector, limit])).fetchall()
         return [CachedAnswer(id=r[0], response=r[1], cost=r[2], model_name=r[3], created_at=r[4],
                              similarity=float(r[6]), prompt_text=r[5]) for r in rows]
 

@@ -35,7 +35,6 @@ def test_it_finds_a_small_tenants_neighbour_beside_a_big_tenant(tenant_a, tenant
             for index, vector in enumerate(small):
                 copy.write_row([tenant_b.pk, "", f"b{index:063d}", "", f"b {index}", vector, "{}", "", 0, 0, 0,
                                 datetime.now(UTC), expires, 0])
-        conn.execute("ANALYZE cache_cacheentry")
 
     async def run():
         store = CacheStore(conninfo(), max_size=2)
