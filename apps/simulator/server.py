@@ -17,21 +17,39 @@ Formulas
                       a sentence ends with ". ", "? " or "! " every few words
     prompt_tokens     words in every message's text * 4 // 3 + 3 per message
     completion_tokens one per word produced (one word per stream chunk)
+    embeddings        a Gaussian vector seeded by a hash of the text, scaled to unit length;
+                      prompt_tokens = sum over the inputs of (words * 4 // 3 + 1)
 
 Knobs (command line; per request through headers)
     --ttft-ms / x-sim-ttft-ms                 delay before the first byte (default 20)
     --chunk-delay-ms / x-sim-chunk-delay-ms   delay between stream chunks (default 0)
     --chunks / x-sim-chunks                   words in an answer (default 20)
+    --embedding-dims                          embedding length unless ``dimensions`` is sent (384)
+    Embeddings answer without any delay.
 
 Faults (control API; the gateway cannot set headers on its upstream calls)
     POST   /_sim/faults  {"model": "<id>" | "*", "mode": "status" | "timeout" | "cut" |
                           "garbage" | "invalid_json" | "no_usage", "status": 500, "count": 1
-                          (-1 = until cleared), "retry_after": seconds}; "no_usage" answers
-                          normally but without any usage (JSON or stream), like some providers
+                          (-1 = until cleared), "retry_after": seconds}
+                          queues a fault for the next matching chat or embeddings requests
+                          (the oldest matching fault first)
     DELETE /_sim/faults  clear them
-    GET    /_sim/stats   {"requests", "by_model", "in_flight", "max_in_flight"}
+    GET    /_sim/stats   {"requests", "by_model", "in_flight", "max_in_flight", "faults"}
     POST   /_sim/reset   zero the stats and clear the faults
     Header ``x-sim-fault: <mode>[:<status>]`` injects a fault into one direct request.
+
+    Modes
+        status        that HTTP status with an OpenAI error body (and ``Retry-After`` if given)
+        timeout       no answer until the client disconnects or the server shuts down (at most
+                      an hour)
+        cut           a stream sends its role chunk and three words, then the connection is
+                      closed without the final chunk or ``[DONE]``; otherwise the connection is
+                      closed with no response at all
+        garbage       a stream sends junk bytes that are not server-sent events; otherwise a 200
+                      ``text/plain`` body of junk (embeddings: as ``invalid_json``)
+        invalid_json  a 200 whose body is not JSON; a stream sends one event whose data is not
+                      JSON, then ``[DONE]``
+        no_usage      a normal answer without any usage (JSON or stream), like some providers
 """
 
 from __future__ import annotations
@@ -77,18 +95,25 @@ ENDINGS = (". ", "? ", "! ", ". ")
 HEADERS = {"x-simulated-upstream": "true"}
 SSE_HEADERS = {"x-simulated-upstream": "true", "Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
 FAULT_MODES = frozenset({"status", "timeout", "cut", "garbage", "invalid_json", "no_usage"})
+TIMEOUT_FAULT_SECONDS = 3600.0
+NOT_JSON = b"{this is not json"
+GARBAGE = b"this is not server-sent events\r\n\x00\xff garbage\n\n"
 
 
 @dataclass
 class SimulatorConfig:
-    ttft_ms: float = 20.0
-    chunk_delay_ms: float = 0.0
-    chunks: int = 20
-    embedding_dims: int = 384
+    """How the simulated upstream answers when a request sends no ``x-sim-*`` headers."""
+
+    ttft_ms: float = 20.0  # delay before the first byte of a chat answer
+    chunk_delay_ms: float = 0.0  # delay between two content chunks of a stream
+    chunks: int = 20  # words (= completion tokens = content chunks) in a chat answer
+    embedding_dims: int = 384  # length of an embedding unless the request asks for ``dimensions``
 
 
 @dataclass
 class Fault:
+    """A queued fault: ``count`` more matching requests fail (-1: until cleared)."""
+
     model: str
     mode: str
     status: int = 500
@@ -98,14 +123,18 @@ class Fault:
 
 @dataclass
 class SimulatorState:
+    """Mutable state of one server: its config, queued faults and request counters."""
+
     config: SimulatorConfig
     faults: list[Fault] = field(default_factory=list)
     requests: int = 0
     by_model: dict[str, int] = field(default_factory=dict)
     in_flight: int = 0
     max_in_flight: int = 0
+    stopping: bool = False
 
     def take_fault(self, model: str) -> Fault | None:
+        """The oldest fault matching ``model`` (or ``*``), used up by one request."""
         for fault in self.faults:
             if fault.model in ("*", model):
                 if fault.count > 0:
@@ -136,6 +165,11 @@ def prompt_tokens(messages: list) -> int:
     return len(_message_text(messages).split()) * 4 // 3 + 3 * len(messages)
 
 
+def input_tokens(text: str) -> int:
+    """Tokens of one embeddings input: words * 4 // 3 + 1."""
+    return len(text.split()) * 4 // 3 + 1
+
+
 def answer_words(model: str, messages: list, count: int) -> list[str]:
     """The deterministic answer, one element per token/chunk (each carries its own spacing)."""
     rng = random.Random(_seed(model, repr(messages)))
@@ -158,8 +192,16 @@ def answer_words(model: str, messages: list, count: int) -> list[str]:
     return words
 
 
+def embedding_vector(text: str, dims: int) -> list[float]:
+    """A unit vector seeded by the text: the same text always gives the same vector."""
+    rng = random.Random(_seed("embedding", text))
+    values = [rng.gauss(0.0, 1.0) for _ in range(dims)]
+    norm = sum(v * v for v in values) ** 0.5 or 1.0
+    return [v / norm for v in values]
+
+
 def _error(status: int, message: str, *, code: str | None = None, param: str | None = None,
-           headers: dict | None = None) -> web.Response:
+           headers: dict[str, str] | None = None) -> web.Response:
     kind = "invalid_request_error" if status < 500 else "api_error"
     if status == 429:
         kind = "rate_limit_error"
@@ -178,7 +220,7 @@ def _knob(request: web.Request, name: str, default: float) -> float:
         return default
 
 
-async def _read_json(request: web.Request):
+async def _read_json(request: web.Request) -> tuple[dict, None] | tuple[None, web.Response]:
     raw = await request.read()
     try:
         body = _loads(raw)
@@ -199,42 +241,81 @@ def _header_fault(request: web.Request) -> Fault | None:
     return Fault(model="*", mode=mode, status=int(status) if status.isdigit() else 500)
 
 
-async def _sleep_until_disconnect(request: web.Request) -> None:
-    """Never answer; return once the client has gone (or after an hour)."""
-    for _ in range(36000):
-        transport = request.transport
-        if transport is None or transport.is_closing():
-            return
-        await asyncio.sleep(0.1)
+def _fault_from_body(body: dict) -> Fault | str:
+    """A fault from a control request, or what is wrong with it."""
+    mode = body.get("mode", "status")
+    if mode not in FAULT_MODES:
+        return f"'mode' must be one of {sorted(FAULT_MODES)}"
+    model = body.get("model", "*")
+    if not isinstance(model, str) or not model:
+        return "'model' must be a model id or '*'"
+    status, count, retry_after = body.get("status", 500), body.get("count", 1), body.get("retry_after")
+    if not isinstance(status, int) or isinstance(status, bool) or not 100 <= status <= 599:
+        return "'status' must be an HTTP status code"
+    if not isinstance(count, int) or isinstance(count, bool) or count == 0 or count < -1:
+        return "'count' must be a positive number of requests, or -1 for until cleared"
+    if retry_after is not None and (not isinstance(retry_after, (int, float)) or retry_after < 0):
+        return "'retry_after' must be a number of seconds"
+    return Fault(model=model, mode=mode, status=status, count=count, retry_after=retry_after)
+
+
+def _fault_status(fault: Fault) -> web.Response:
+    headers = {"Retry-After": f"{fault.retry_after:g}"} if fault.retry_after is not None else None
+    return _error(fault.status, f"injected fault: status {fault.status}", code="simulated_fault", headers=headers)
+
+
+def _drop_connection(request: web.Request) -> web.Response:
+    """Close the connection with nothing more sent (the returned response goes nowhere)."""
+    if request.transport is not None:
+        request.transport.close()
+    return web.Response(status=500, headers=HEADERS)
 
 
 class Simulator:
+    """The request handlers of one simulated upstream, sharing one ``SimulatorState``."""
+
     def __init__(self, config: SimulatorConfig) -> None:
         self.state = SimulatorState(config=config)
 
+    async def on_shutdown(self, app: web.Application) -> None:
+        """Let requests held by a ``timeout`` fault end so that the server stops at once."""
+        self.state.stopping = True
+
+    async def _hang(self, request: web.Request) -> web.Response:
+        """Answer nothing until the client has gone, the server stops, or an hour has passed."""
+        deadline = time.monotonic() + TIMEOUT_FAULT_SECONDS
+        while time.monotonic() < deadline and not self.state.stopping:
+            transport = request.transport
+            if transport is None or transport.is_closing():
+                break
+            await asyncio.sleep(0.05)
+        return web.Response(status=504, headers=HEADERS)
+
     # --- control API -------------------------------------------------------------------
     async def faults_add(self, request: web.Request) -> web.Response:
+        """``POST /_sim/faults``: queue a fault."""
         body, error = await _read_json(request)
         if error:
             return error
-        mode = body.get("mode", "status")
-        if mode not in FAULT_MODES:
-            return _error(400, f"mode must be one of {sorted(FAULT_MODES)}", param="mode")
-        fault = Fault(model=str(body.get("model", "*")), mode=mode, status=int(body.get("status", 500)),
-                      count=int(body.get("count", 1)), retry_after=body.get("retry_after"))
+        fault = _fault_from_body(body)
+        if isinstance(fault, str):
+            return _error(400, fault)
         self.state.faults.append(fault)
         return web.json_response({"queued": len(self.state.faults)}, headers=HEADERS)
 
     async def faults_clear(self, request: web.Request) -> web.Response:
+        """``DELETE /_sim/faults``: clear every queued fault."""
         self.state.faults.clear()
         return web.json_response({"queued": 0}, headers=HEADERS)
 
     async def stats(self, request: web.Request) -> web.Response:
+        """``GET /_sim/stats``: requests served (in total and by model) and concurrency."""
         s = self.state
         return web.json_response({"requests": s.requests, "by_model": s.by_model, "in_flight": s.in_flight,
                                   "max_in_flight": s.max_in_flight, "faults": len(s.faults)}, headers=HEADERS)
 
     async def reset(self, request: web.Request) -> web.Response:
+        """``POST /_sim/reset``: zero the counters and clear the faults."""
         s = self.state
         s.faults.clear()
         s.requests = 0
@@ -244,6 +325,7 @@ class Simulator:
 
     # --- OpenAI API --------------------------------------------------------------------
     async def models(self, request: web.Request) -> web.Response:
+        """``GET /v1/models``."""
         data = [{"id": m, "object": "model", "created": 0, "owned_by": "switchyard-simulator"} for m in MODELS]
         return web.json_response({"object": "list", "data": data}, headers=HEADERS)
 
@@ -255,6 +337,7 @@ class Simulator:
         s.max_in_flight = max(s.max_in_flight, s.in_flight)
 
     async def chat(self, request: web.Request) -> web.StreamResponse:
+        """``POST /v1/chat/completions``, JSON or SSE."""
         body, error = await _read_json(request)
         if error:
             return error
@@ -270,9 +353,10 @@ class Simulator:
         finally:
             self.state.in_flight -= 1
 
-    async def _chat(self, request, body, model, messages) -> web.StreamResponse:
+    async def _chat(self, request: web.Request, body: dict, model: str, messages: list) -> web.StreamResponse:
         config = self.state.config
         fault = _header_fault(request) or self.state.take_fault(model)
+        mode = fault.mode if fault is not None else None
         ttft = _knob(request, "x-sim-ttft-ms", config.ttft_ms) / 1000
         delay = _knob(request, "x-sim-chunk-delay-ms", config.chunk_delay_ms) / 1000
         count = max(int(_knob(request, "x-sim-chunks", config.chunks)), 1)
@@ -282,20 +366,19 @@ class Simulator:
             count, finish = limit, "length"
         stream = bool(body.get("stream"))
 
-        if fault is not None and fault.mode == "status":
-            headers = {"Retry-After": str(fault.retry_after)} if fault.retry_after is not None else None
-            return _error(fault.status, f"injected fault: status {fault.status}", code="simulated_fault",
-                          headers=headers)
-        if fault is not None and fault.mode == "timeout":
-            await _sleep_until_disconnect(request)
-            return web.Response(status=504, headers=HEADERS)
+        if mode == "status":
+            return _fault_status(fault)
+        if mode == "timeout":
+            return await self._hang(request)
         if ttft > 0:
             await asyncio.sleep(ttft)
-        if fault is not None and fault.mode == "invalid_json" and not stream:
-            return web.Response(body=b"{this is not json", content_type="application/json", headers=HEADERS)
-        if fault is not None and fault.mode == "cut" and not stream:
-            request.transport.close()
-            return web.Response(status=500)
+        if not stream:
+            if mode == "cut":
+                return _drop_connection(request)
+            if mode == "invalid_json":
+                return web.Response(body=NOT_JSON, content_type="application/json", headers=HEADERS)
+            if mode == "garbage":
+                return web.Response(body=GARBAGE, content_type="text/plain", headers=HEADERS)
 
         words = answer_words(model, messages, count)
         p_tokens = prompt_tokens(messages)
@@ -311,23 +394,26 @@ class Simulator:
                              "logprobs": None, "finish_reason": finish}],
                 "usage": usage,
             }
-            if fault is not None and fault.mode == "no_usage":
+            if mode == "no_usage":
                 del answer["usage"]
             return web.Response(body=_dumps(answer), content_type="application/json", headers=HEADERS)
 
         response = web.StreamResponse(headers=SSE_HEADERS)
         await response.prepare(request)
+        if mode == "garbage":
+            await response.write(GARBAGE)
+            return response
+        if mode == "invalid_json":
+            await response.write(b"data: " + NOT_JSON + b"\n\ndata: [DONE]\n\n")
+            return response
         head = (b'{"id":"' + ident.encode() + b'","object":"chat.completion.chunk","created":'
                 + str(created).encode() + b',"model":' + _dumps(model)
                 + b',"system_fingerprint":"switchyard-simulated","choices":[')
-        if fault is not None and fault.mode == "garbage":
-            await response.write(b"this is not server-sent events\r\n\x00\xff garbage\n\n")
-            return response
         await response.write(b"data: " + head + b'{"index":0,"delta":{"role":"assistant","content":""},'
                              b'"finish_reason":null}]}\n\n')
         for index, word in enumerate(words):
-            if fault is not None and fault.mode == "cut" and index == min(3, len(words) - 1):
-                request.transport.close()  # the connection drops mid-answer: no final chunk, no [DONE]
+            if mode == "cut" and index == min(3, len(words) - 1):
+                _drop_connection(request)  # mid-answer: no final chunk, no [DONE]
                 return response
             if delay > 0 and index:
                 await asyncio.sleep(delay)
@@ -335,13 +421,13 @@ class Simulator:
                                  + b'},"finish_reason":null}]}\n\n')
         tail = b"data: " + head + b'{"index":0,"delta":{},"finish_reason":"' + finish.encode() + b'"}]}\n\n'
         options = body.get("stream_options")
-        if isinstance(options, dict) and options.get("include_usage") and not (
-                fault is not None and fault.mode == "no_usage"):
+        if isinstance(options, dict) and options.get("include_usage") and mode != "no_usage":
             tail += b"data: " + head + b'],"usage":' + _dumps(usage) + b"}\n\n"
         await response.write(tail + b"data: [DONE]\n\n")
         return response
 
     async def embeddings(self, request: web.Request) -> web.Response:
+        """``POST /v1/embeddings``, float lists or base64 little-endian float32."""
         body, error = await _read_json(request)
         if error:
             return error
@@ -355,45 +441,51 @@ class Simulator:
             texts = value
         else:
             return _error(400, "'input' must be a string or an array of strings.", param="input")
+        dims = body.get("dimensions")
+        if dims is None:
+            dims = self.state.config.embedding_dims
+        if not isinstance(dims, int) or isinstance(dims, bool) or not 1 <= dims <= 8192:
+            return _error(400, "'dimensions' must be an integer from 1 to 8192.", param="dimensions")
         self._enter(model)
         try:
             fault = _header_fault(request) or self.state.take_fault(model)
-            if fault is not None and fault.mode == "status":
-                return _error(fault.status, f"injected fault: status {fault.status}", code="simulated_fault")
-            if fault is not None and fault.mode == "timeout":
-                await _sleep_until_disconnect(request)
-                return web.Response(status=504, headers=HEADERS)
-            dims = body.get("dimensions") or self.state.config.embedding_dims
-            if not isinstance(dims, int) or dims < 1 or dims > 8192:
-                return _error(400, "'dimensions' must be an integer from 1 to 8192.", param="dimensions")
+            mode = fault.mode if fault is not None else None
+            if mode == "status":
+                return _fault_status(fault)
+            if mode == "timeout":
+                return await self._hang(request)
+            if mode == "cut":
+                return _drop_connection(request)
+            if mode in ("invalid_json", "garbage"):
+                return web.Response(body=NOT_JSON, content_type="application/json", headers=HEADERS)
             as_base64 = body.get("encoding_format") == "base64"
             data = []
             tokens = 0
             for index, text in enumerate(texts):
                 vector = embedding_vector(text, dims)
-                tokens += len(text.split()) * 4 // 3 + 1
+                tokens += input_tokens(text)
                 encoded = base64.b64encode(struct.pack(f"<{dims}f", *vector)).decode() if as_base64 else vector
                 data.append({"object": "embedding", "index": index, "embedding": encoded})
-            answer = {"object": "list", "data": data, "model": model,
-                      "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}
+            answer: dict = {"object": "list", "data": data, "model": model}
+            if mode != "no_usage":
+                answer["usage"] = {"prompt_tokens": tokens, "total_tokens": tokens}
             return web.Response(body=_dumps(answer), content_type="application/json", headers=HEADERS)
         finally:
             self.state.in_flight -= 1
 
 
-def embedding_vector(text: str, dims: int) -> list[float]:
-    """A unit vector seeded by the text: the same text always gives the same vector."""
-    rng = random.Random(_seed("embedding", text))
-    values = [rng.gauss(0.0, 1.0) for _ in range(dims)]
-    norm = sum(v * v for v in values) ** 0.5 or 1.0
-    return [v / norm for v in values]
+SIMULATOR = web.AppKey("simulator", Simulator)
 
 
 def build_app(config: SimulatorConfig | None = None) -> web.Application:
-    """The aiohttp application (used by ``run`` and by tests that host it themselves)."""
+    """The aiohttp application (used by ``run`` and by tests that host it themselves).
+
+    ``app[SIMULATOR].state`` holds the faults and counters of this server.
+    """
     simulator = Simulator(config or SimulatorConfig())
     app = web.Application(client_max_size=64 * 1024 * 1024)
-    app["simulator"] = simulator
+    app[SIMULATOR] = simulator
+    app.on_shutdown.append(simulator.on_shutdown)
     app.router.add_post("/v1/chat/completions", simulator.chat)
     app.router.add_post("/v1/embeddings", simulator.embeddings)
     app.router.add_get("/v1/models", simulator.models)
@@ -405,32 +497,35 @@ def build_app(config: SimulatorConfig | None = None) -> web.Application:
 
 
 def run(host: str, port: int, config: SimulatorConfig) -> None:
-    """Serve until interrupted, on uvloop when it is installed."""
+    """Serve until interrupted (SIGINT/SIGTERM), on uvloop when it is installed."""
     try:
         import uvloop
 
-        uvloop.install()
+        loop = uvloop.new_event_loop()
     except ImportError:  # pragma: no cover
-        pass
+        loop = asyncio.new_event_loop()
     print(f"SIMULATED upstream (not a real model provider) on http://{host}:{port}/v1", flush=True)
     web.run_app(build_app(config), host=host, port=port, access_log=None, print=None, backlog=2048,
-                shutdown_timeout=1.0)
+                shutdown_timeout=1.0, loop=loop)
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description="Switchyard's simulated OpenAI-compatible upstream.")
+    """Command-line options, shared in spirit with ``manage.py simulate_upstream``."""
+    p = argparse.ArgumentParser(description="Switchyard's SIMULATED OpenAI-compatible upstream.")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8001)
     p.add_argument("--ttft-ms", type=float, default=SimulatorConfig.ttft_ms)
     p.add_argument("--chunk-delay-ms", type=float, default=SimulatorConfig.chunk_delay_ms)
     p.add_argument("--chunks", type=int, default=SimulatorConfig.chunks)
+    p.add_argument("--embedding-dims", type=int, default=SimulatorConfig.embedding_dims)
     return p
 
 
 def main(argv: list[str] | None = None) -> None:
+    """``python -m apps.simulator.server --port N [--ttft-ms ...]``."""
     args = parser().parse_args(argv)
     run(args.host, args.port, SimulatorConfig(ttft_ms=args.ttft_ms, chunk_delay_ms=args.chunk_delay_ms,
-                                              chunks=args.chunks))
+                                              chunks=args.chunks, embedding_dims=args.embedding_dims))
 
 
 if __name__ == "__main__":

@@ -13,10 +13,16 @@ class Command(BaseCommand):
     def add_arguments(self, parser) -> None:
         parser.add_argument("--host", default="127.0.0.1")
         parser.add_argument("--port", type=int, default=8001)
-        parser.add_argument("--ttft-ms", type=float, default=SimulatorConfig.ttft_ms)
-        parser.add_argument("--chunk-delay-ms", type=float, default=SimulatorConfig.chunk_delay_ms)
-        parser.add_argument("--chunks", type=int, default=SimulatorConfig.chunks)
+        parser.add_argument("--ttft-ms", type=float, default=SimulatorConfig.ttft_ms,
+                            help="delay before the first byte of a chat answer")
+        parser.add_argument("--chunk-delay-ms", type=float, default=SimulatorConfig.chunk_delay_ms,
+                            help="delay between two content chunks of a stream")
+        parser.add_argument("--chunks", type=int, default=SimulatorConfig.chunks,
+                            help="words (completion tokens) in a chat answer")
+        parser.add_argument("--embedding-dims", type=int, default=SimulatorConfig.embedding_dims,
+                            help="embedding length unless a request sends 'dimensions'")
 
     def handle(self, *args, host: str, port: int, ttft_ms: float, chunk_delay_ms: float, chunks: int,
-               **options) -> None:
-        run(host, port, SimulatorConfig(ttft_ms=ttft_ms, chunk_delay_ms=chunk_delay_ms, chunks=chunks))
+               embedding_dims: int, **options) -> None:
+        run(host, port, SimulatorConfig(ttft_ms=ttft_ms, chunk_delay_ms=chunk_delay_ms, chunks=chunks,
+                                        embedding_dims=embedding_dims))
