@@ -4,11 +4,16 @@ from __future__ import annotations
 
 from django import forms
 from django.contrib import admin
+from django.db.models import Exists, OuterRef
+from django.utils.html import format_html
 
 from apps.catalog.models import Model, ModelPrice, Provider
+from apps.usage.models import RequestLog
 
 
 class ProviderForm(forms.ModelForm):
+    """The credential is write-only: typed in, never rendered back; blank keeps the stored one."""
+
     base_url = forms.URLField(max_length=500, assume_scheme="https", help_text="Up to and including /v1")
     credential = forms.CharField(
         required=False, strip=True, widget=forms.PasswordInput(render_value=False),
@@ -23,18 +28,19 @@ class ProviderForm(forms.ModelForm):
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
-        self.initial["credential"] = ""  # never echo the stored secret into the page
+        # Never hold the stored secret as the field's initial value: nothing can render it, and a
+        # blank submission is "unchanged" rather than a change logged in the history.
+        self.initial["credential"] = ""
 
-    def clean_credential(self) -> str:
-        new = self.cleaned_data.get("credential") or ""
-        if not new and self.instance.pk:
-            return Provider.objects.get(pk=self.instance.pk).credential
-        return new
-
-    def save(self, commit: bool = True):
-        if self.cleaned_data.get("clear_credential"):
-            self.instance.credential = ""
-        return super().save(commit)
+    def clean(self) -> dict:
+        cleaned = super().clean()
+        if cleaned.get("clear_credential"):
+            if cleaned.get("credential"):
+                raise forms.ValidationError("Type a new credential or clear the current one, not both.")
+            cleaned["credential"] = ""
+        elif not cleaned.get("credential"):
+            cleaned.pop("credential", None)  # not in cleaned_data: the instance keeps its value
+        return cleaned
 
 
 class ModelInline(admin.TabularInline):
@@ -52,6 +58,12 @@ class ProviderAdmin(admin.ModelAdmin):
                     "is_active")
     list_filter = ("kind", "is_active")
     search_fields = ("name", "base_url")
+    readonly_fields = ("credential_state", "created_at", "updated_at")
+    fieldsets = (
+        (None, {"fields": ("name", "kind", "base_url", "timeout_seconds", "max_concurrency", "is_active")}),
+        ("Credential", {"fields": ("credential_state", "credential", "clear_credential")}),
+        ("Audit", {"fields": ("created_at", "updated_at")}),
+    )
     inlines = [ModelInline]
 
     @admin.display(description="credential")
@@ -72,6 +84,9 @@ class ModelPriceInline(admin.TabularInline):
     def has_add_permission(self, request, obj=None) -> bool:
         return False
 
+    def has_change_permission(self, request, obj=None) -> bool:
+        return False
+
 
 @admin.register(Model)
 class ModelAdmin(admin.ModelAdmin):
@@ -82,6 +97,20 @@ class ModelAdmin(admin.ModelAdmin):
     search_fields = ("name", "upstream_id")
     readonly_fields = ("created_at", "updated_at")
     inlines = [ModelPriceInline]
+
+    def get_deleted_objects(self, objs, request):
+        """Refuse models whose prices priced requests, before loading those requests.
+
+        Request logs protect the price versions they were charged at; Django would load every
+        such log only to list it as protected. Deactivate the model instead.
+        """
+        priced = Model.objects.filter(pk__in=[model.pk for model in objs]).filter(
+            Exists(RequestLog.objects.filter(price__model=OuterRef("pk"))))
+        protected = [format_html("Request logs charged at prices of {} (deactivate the model instead)", model)
+                     for model in priced]
+        if protected:
+            return [], {}, set(), protected
+        return super().get_deleted_objects(objs, request)
 
 
 @admin.register(ModelPrice)

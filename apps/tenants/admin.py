@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from django import forms
 from django.contrib import admin, messages
+from django.db.models import Exists, OuterRef, Q
 from django.utils import timezone
 from django.utils.html import format_html
 
 from apps.tenants.models import ApiKey, Tenant
 from apps.tenants.services import key_create, key_revoke
+from apps.usage.models import RequestLog
 
 admin.site.site_header = "Switchyard"
 admin.site.site_title = "Switchyard admin"
@@ -21,6 +23,24 @@ def _key_status(key: ApiKey) -> str:
     if key.expires_at is not None and key.expires_at <= timezone.now():
         return "expired"
     return "active"
+
+
+class ApiKeyStatusFilter(admin.SimpleListFilter):
+    title = "status"
+    parameter_name = "status"
+
+    def lookups(self, request, model_admin):
+        return [("active", "Active"), ("revoked", "Revoked"), ("expired", "Expired")]
+
+    def queryset(self, request, queryset):
+        now = timezone.now()
+        if self.value() == "active":
+            return queryset.filter(Q(expires_at__isnull=True) | Q(expires_at__gt=now), revoked_at__isnull=True)
+        if self.value() == "revoked":
+            return queryset.filter(revoked_at__isnull=False)
+        if self.value() == "expired":
+            return queryset.filter(revoked_at__isnull=True, expires_at__lte=now)
+        return queryset
 
 
 class ApiKeyInline(admin.TabularInline):
@@ -55,6 +75,21 @@ class TenantAdmin(admin.ModelAdmin):
     )
     inlines = [ApiKeyInline]
 
+    def get_deleted_objects(self, objs, request):
+        """Refuse tenants with usage history before loading any of it.
+
+        Django's confirmation page loads and lists every row a deletion cascades to: for a busy
+        tenant, millions of request logs (minutes of work), only to end on "cannot delete" since
+        logs are not deletable here. The log is the billing record: such a tenant is deactivated.
+        """
+        with_usage = Tenant.objects.filter(pk__in=[tenant.pk for tenant in objs]).filter(
+            Exists(RequestLog.objects.filter(tenant=OuterRef("pk"))))
+        protected = [format_html("Request logs of {} (the billing record: deactivate the tenant instead)", tenant)
+                     for tenant in with_usage]
+        if protected:
+            return [], {}, set(), protected
+        return super().get_deleted_objects(objs, request)
+
 
 class ApiKeyAddForm(forms.ModelForm):
     class Meta:
@@ -65,7 +100,7 @@ class ApiKeyAddForm(forms.ModelForm):
 @admin.register(ApiKey)
 class ApiKeyAdmin(admin.ModelAdmin):
     list_display = ("prefix", "name", "tenant", "status", "expires_at", "last_used_at", "created_at")
-    list_filter = ("tenant", ("revoked_at", admin.EmptyFieldListFilter))
+    list_filter = (ApiKeyStatusFilter, "tenant")
     list_select_related = ("tenant",)
     search_fields = ("prefix", "name", "tenant__name", "tenant__slug")
     autocomplete_fields = ("tenant",)
@@ -115,7 +150,7 @@ class ApiKeyAdmin(admin.ModelAdmin):
         form.instance = ApiKey.objects.get(pk=form.instance.pk)
         form.instance.allowed_models.set(form.cleaned_data.get("allowed_models") or [])
 
-    @admin.action(description="Revoke selected keys")
+    @admin.action(description="Revoke selected keys", permissions=["change"])
     def revoke_selected(self, request, queryset) -> None:
         count = 0
         for key in queryset.filter(revoked_at__isnull=True):
