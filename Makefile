@@ -11,6 +11,7 @@ STAMP := $(VENV)/.installed
 $(STAMP): requirements.txt requirements-dev.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -r requirements-dev.txt
+	HF_HUB_OFFLINE=1 $(BIN)/python -m apps.cache.embedder
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -1,8 +1,9 @@
 """The ASGI entry point.
 
-Django's ASGI app is built first (it sets up the app registry); the gateway's hot endpoints
-are Channels consumers routed here, ahead of Django's handler, so they skip Django's
-middleware and request signals.
+Django's ASGI app is built first (it sets up the app registry). HTTP goes to the gateway's
+plain ASGI door (``apps/gateway/http.py``), which answers the hot endpoints itself, ahead of
+Django's handler, and hands every other path to Django. WebSockets go to Channels consumers:
+``/ws/v1/chat`` is the gateway's WebSocket door; any other path is refused at the handshake.
 """
 
 from __future__ import annotations
@@ -21,7 +22,20 @@ if settings.SERVE_STATIC:
     # The admin's CSS and JS, served by the app itself so one process is the whole web tier.
     django_asgi_app = ASGIStaticFilesHandler(django_asgi_app)
 
+from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
+from django.urls import path, re_path  # noqa: E402
+
+from apps.gateway.consumers import ChatConsumer, refuse_socket  # noqa: E402
 from apps.gateway.http import GatewayHTTP  # noqa: E402
 
 # The hot endpoints are answered by GatewayHTTP; everything else falls through to Django.
-application = GatewayHTTP(django_asgi_app)
+gateway_http = GatewayHTTP(django_asgi_app)
+
+application = ProtocolTypeRouter({
+    "http": gateway_http,
+    "lifespan": gateway_http,
+    "websocket": URLRouter([
+        path("ws/v1/chat", ChatConsumer.as_asgi()),
+        re_path(r"", refuse_socket),
+    ]),
+})

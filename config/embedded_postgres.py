@@ -17,6 +17,18 @@ from dataclasses import dataclass
 from pathlib import Path
 
 DATABASE_NAME = "switchyard"
+TUNING_FILE = "switchyard.conf"
+# PostgreSQL's defaults (128 MB of shared buffers) suit a laptop running everything; the cache's
+# HNSW index for a million 384-dimension rows is about 2 GB, and a search that reads its pages
+# from the kernel instead of shared buffers costs several times more. SWITCHYARD_PG_SHARED_BUFFERS
+# sizes the buffers; the rest follows from a machine that also runs the gateway.
+TUNING = {
+    "shared_buffers": os.environ.get("SWITCHYARD_PG_SHARED_BUFFERS", "1GB"),
+    "effective_cache_size": "4GB",
+    "maintenance_work_mem": "1GB",
+    "random_page_cost": "1.1",
+    "max_connections": "200",
+}
 
 
 @dataclass(frozen=True)
@@ -72,11 +84,29 @@ def ensure_running(pgdata: Path, *, database: str = DATABASE_NAME) -> EmbeddedSe
     socket_dir = _running_socket_dir(pgdata)
     if socket_dir is None:
         server = _server(pgdata)
+        # Under pgserver's inter-process lock, like its own start: two processes starting at once
+        # must not both run initdb.
+        with server._lock:
+            server.ensure_pgdata_inited()
+            _tune(pgdata)
         server.start()
         socket_dir = str(server.get_postmaster_info().socket_dir)
     embedded = EmbeddedServer(pgdata=pgdata, socket_dir=socket_dir)
     _ensure_database(embedded, database)
     return embedded
+
+
+def _tune(pgdata: Path) -> None:
+    """Write the server settings to ``switchyard.conf`` and include it from ``postgresql.conf``
+    (once); read at the next start."""
+    partial = pgdata / f"{TUNING_FILE}.{os.getpid()}"
+    partial.write_text("".join(f"{name} = '{value}'\n" for name, value in TUNING.items()))
+    partial.replace(pgdata / TUNING_FILE)  # a starting server never reads half a file
+    conf = pgdata / "postgresql.conf"
+    include = f"include_if_exists = '{TUNING_FILE}'\n"
+    if include not in conf.read_text():
+        with conf.open("a") as handle:
+            handle.write("\n# Switchyard's settings for the embedded server\n" + include)
 
 
 def _ensure_database(embedded: EmbeddedServer, database: str) -> None:

@@ -58,6 +58,8 @@ INSTALLED_APPS = [
     "apps.routing",
     "apps.cache",
     "apps.usage",
+    "apps.limits",
+    "apps.reporting",
     "apps.gateway",
     "apps.simulator",
 ]
@@ -163,6 +165,9 @@ CELERY_WORKER_CONCURRENCY = env_int("CELERY_WORKER_CONCURRENCY", 2, minimum=1)
 CELERY_BEAT_SCHEDULE: dict = {
     "cache-evict-expired": {"task": "cache.evict_expired", "schedule": env_float("CACHE_EVICT_EVERY", 60.0)},
     "cache-enforce-limits": {"task": "cache.enforce_limits", "schedule": env_float("CACHE_LIMITS_EVERY", 60.0)},
+    "limits-purge-counters": {"task": "limits.purge_counters", "schedule": env_float("LIMITS_PURGE_EVERY", 600.0)},
+    "usage-rollup": {"task": "reporting.rollup", "schedule": env_float("USAGE_ROLLUP_EVERY", 10.0)},
+    "usage-prune": {"task": "usage.prune", "schedule": env_float("USAGE_PRUNE_EVERY", 3600.0)},
 }
 
 if REDIS_URL:
@@ -183,10 +188,38 @@ GATEWAY_MAX_BODY_BYTES = env_int("GATEWAY_MAX_BODY_BYTES", 4 * 1024 * 1024, mini
 GATEWAY_RETRIES = env_int("GATEWAY_RETRIES", 1, minimum=0)
 GATEWAY_RETRY_BACKOFF = env_float("GATEWAY_RETRY_BACKOFF", 0.05)
 CACHE_EMBED_BATCH = env_int("CACHE_EMBED_BATCH", 64, minimum=1)
+# The local embedder: "onnx" (ONNX Runtime, the default) or "torch" (sentence-transformers);
+# both give the same vectors. CACHE_EMBED_THREADS: intra-op threads for one batch.
+CACHE_EMBED_BACKEND = env_str("CACHE_EMBED_BACKEND", "onnx")
+if CACHE_EMBED_BACKEND not in ("onnx", "torch"):
+    raise ImproperlyConfigured(f"CACHE_EMBED_BACKEND must be onnx or torch, not {CACHE_EMBED_BACKEND!r}")
+CACHE_EMBED_THREADS = env_int("CACHE_EMBED_THREADS", 1, minimum=1)
 CACHE_EMBED_WAIT_MS = env_float("CACHE_EMBED_WAIT_MS", 3.0)
+# Off: the local embedding model (about 540 MB) never loads; semantic lookups then need a
+# tenant's own embeddings model, and exact lookups work as always.
+CACHE_LOCAL_EMBEDDER = env_bool("CACHE_LOCAL_EMBEDDER", True)
 USAGE_FLUSH_INTERVAL = env_float("USAGE_FLUSH_INTERVAL", 1.0)
 USAGE_FLUSH_ROWS = env_int("USAGE_FLUSH_ROWS", 500, minimum=1)
+# Rate limits and budgets: a running request's concurrency slot and budget reservation expire after
+# LIMITS_LEASE_SECONDS (so a crashed process cannot hold them for good); budget alerts go to each
+# tenant's webhook with LIMITS_WEBHOOK_RETRIES retries, the first after LIMITS_WEBHOOK_RETRY_DELAY
+# seconds, then doubling.
+LIMITS_LEASE_SECONDS = env_int("LIMITS_LEASE_SECONDS", 900, minimum=1)
+LIMITS_WEBHOOK_TIMEOUT = env_float("LIMITS_WEBHOOK_TIMEOUT", 10.0)
+LIMITS_WEBHOOK_RETRIES = env_int("LIMITS_WEBHOOK_RETRIES", 6, minimum=0)
+LIMITS_WEBHOOK_RETRY_DELAY = env_float("LIMITS_WEBHOOK_RETRY_DELAY", 30.0)
 READINESS_BROKER_TIMEOUT = env_float("READINESS_BROKER_TIMEOUT", 2.0)
+# GET /metrics (Prometheus): with a token, only 'Authorization: Bearer <token>'; without one,
+# only clients on the loopback interface.
+METRICS_TOKEN = env_str("METRICS_TOKEN", "") or ""
+
+# --- Streaming doors: WebSocket /ws/v1/chat and EventSource /v1/stream ---------------------
+# Browsers on another origin than this host's are refused unless listed ("*" allows any).
+WEBSOCKET_ALLOWED_ORIGINS = env_list("WEBSOCKET_ALLOWED_ORIGINS", [])
+WEBSOCKET_MAX_MESSAGE_BYTES = env_int("WEBSOCKET_MAX_MESSAGE_BYTES", GATEWAY_MAX_BODY_BYTES, minimum=1024)
+WEBSOCKET_MAX_IN_FLIGHT = env_int("WEBSOCKET_MAX_IN_FLIGHT", 32, minimum=1)
+WEBSOCKET_AUTH_TIMEOUT = env_float("WEBSOCKET_AUTH_TIMEOUT", 10.0)
+WEBSOCKET_IDLE_TIMEOUT = env_float("WEBSOCKET_IDLE_TIMEOUT", 300.0)
 
 # --- Security -----------------------------------------------------------------------------
 SESSION_COOKIE_HTTPONLY = True
@@ -208,10 +241,16 @@ REST_FRAMEWORK = {
     "UNAUTHENTICATED_USER": None,
 }
 
+# LOG_FORMAT: "json" (one object per line, with request ids; the default in production) or "text".
+LOG_FORMAT = env_str("LOG_FORMAT", "json" if ENVIRONMENT == "production" else "text")
+if LOG_FORMAT not in ("json", "text"):
+    raise ImproperlyConfigured(f"LOG_FORMAT must be json or text, not {LOG_FORMAT!r}")
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    "handlers": {"console": {"class": "logging.StreamHandler", "stream": sys.stderr}},
+    "formatters": {"json": {"()": "apps.core.logs.JsonFormatter"},
+                   "text": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "stream": sys.stderr, "formatter": LOG_FORMAT}},
     "root": {"handlers": ["console"], "level": env_str("LOG_LEVEL", "INFO")},
     "loggers": {
         "django.db.backends": {"level": "INFO"},

@@ -3,14 +3,28 @@
 from __future__ import annotations
 
 from django.contrib import admin
+from django.contrib.auth import views as auth_views
 from django.urls import path
 
 from apps.core import health
 from apps.gateway.api.complete import CompleteView
+from apps.gateway.api.stream import stream
+from apps.gateway.playground import playground
+from apps.reporting.api.usage import UsageExportView, UsageView
+from apps.reporting.dashboard import dashboard
+from apps.reporting.tenant_page import tenant_usage
 
 urlpatterns = [
     path("healthz", health.healthz, name="healthz"),
     path("readyz", health.readyz, name="readyz"),
     path("v1/complete", CompleteView.as_view(), name="complete"),
+    path("v1/usage", UsageView.as_view(), name="usage"),
+    path("v1/usage/export", UsageExportView.as_view(), name="usage-export"),
+    path("admin/dashboard/", dashboard, name="dashboard"),
+    path("v1/stream", stream, name="stream"),
+    path("playground/", playground, name="playground"),
+    path("account/login/", auth_views.LoginView.as_view(template_name="account/login.html"), name="account-login"),
+    path("account/logout/", auth_views.LogoutView.as_view(next_page="/account/login/"), name="account-logout"),
+    path("account/usage/", tenant_usage, name="account-usage"),
     path("admin/", admin.site.urls),
 ]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from decimal import Decimal
@@ -85,3 +86,36 @@ def simulator(simulator_process):
     simulator_process.reset()
     yield simulator_process
     simulator_process.reset()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def limits_counters_fresh():
+    """Ids restart with each test database: forget the Redis limit counters of earlier runs."""
+    url = os.environ.get("REDIS_URL")
+    if url:
+        import redis
+
+        from apps.limits.counters import REDIS_PREFIX
+
+        client = redis.Redis.from_url(url)
+        for name in client.scan_iter(REDIS_PREFIX + "*", count=1000):
+            client.delete(name)
+        client.close()
+
+
+@pytest.fixture
+def celery_worker(transactional_db, tmp_path):
+    """A real Celery worker (solo pool) on the test database and the configured broker."""
+    import os
+
+    from django.conf import settings
+
+    from tests.live import REPO, database_url_for_tests, stop_process
+
+    env = {**os.environ, "DATABASE_URL": database_url_for_tests(), "CELERY_BROKER_URL": settings.CELERY_BROKER_URL}
+    with open(tmp_path / "worker.log", "wb") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "celery", "-A", "config", "worker", "--pool", "solo",
+                                 "--loglevel", "INFO"], cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
+        yield proc
+        stop_process(proc, timeout=20)
+

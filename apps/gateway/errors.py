@@ -10,7 +10,9 @@
     ├── MethodNotAllowed (405)
     ├── PayloadTooLarge (413, payload_too_large)
     ├── RateLimited (429, rate_limit_exceeded; carries Retry-After)
+    │   └── BudgetExceeded (429, budget_exceeded)
     ├── UpstreamError (502, upstream_error)
+    ├── LimitsUnavailable (503, limits_unavailable)
     └── UpstreamTimeout (504, upstream_timeout)
 
 Views and consumers raise; :func:`error_body` renders ``{"error": {"message", "type",
@@ -59,6 +61,13 @@ class AuthenticationFailed(GatewayError):
     default_message = "Missing or invalid API key. Send 'Authorization: Bearer <key>'."
 
 
+class Forbidden(GatewayError):
+    status = 403
+    type = "permission_error"
+    code = "forbidden"
+    default_message = "This key may not do that."
+
+
 class ModelNotAllowed(GatewayError):
     status = 403
     type = "permission_error"
@@ -97,6 +106,18 @@ class RateLimited(GatewayError):
     type = "rate_limit_error"
     code = "rate_limit_exceeded"
     default_message = "Rate limit exceeded."
+
+
+class BudgetExceeded(RateLimited):
+    type = "insufficient_quota"
+    code = "budget_exceeded"
+    default_message = "The budget for this period is spent."
+
+
+class LimitsUnavailable(GatewayError):
+    status = 503
+    code = "limits_unavailable"
+    default_message = "Limits cannot be checked right now; the request was not sent. Retry shortly."
 
 
 class UpstreamError(GatewayError):

@@ -26,7 +26,8 @@ from apps.gateway.caching import (
     completion_from_stream,
     replay_sse,
 )
-from apps.gateway.errors import GatewayError, MethodNotAllowed, PayloadTooLarge, error_body
+from apps.gateway.errors import Forbidden, GatewayError, MethodNotAllowed, PayloadTooLarge, error_body
+from apps.gateway.limits import limits_settle
 from apps.gateway.state import state
 from apps.gateway.upstream import UpstreamClientError
 
@@ -39,7 +40,7 @@ _SSE_HEADERS = [
     (b"x-accel-buffering", b"no"),
 ]
 HOT_PATHS = frozenset({"/v1/chat/completions", "/v1/embeddings", "/v1/models", "/v1/cache/stats",
-                       "/v1/cache/clear"})
+                       "/v1/cache/clear", "/metrics"})
 
 
 def _header(scope, name: bytes) -> str | None:
@@ -111,8 +112,12 @@ class GatewayHTTP:
         started = time.perf_counter()
         path = scope["path"]
         call_headers = None
+        call = None
         try:
             await state.start()
+            if path == "/metrics":
+                await self.metrics(scope, send)
+                return
             key = await state.authenticate(_header(scope, b"authorization"))
             method = scope["method"]
             if path == "/v1/models":
@@ -166,6 +171,23 @@ class GatewayHTTP:
             await send({"type": "http.response.body", "body": exc.body})
         except ConnectionResetError:
             return
+        finally:
+            if call is not None:
+                limits_settle(state, call)  # a no-op unless the request ended without its usage row
+
+    async def metrics(self, scope, send) -> None:
+        from apps.gateway import metrics
+
+        if scope["method"] != "GET":
+            raise MethodNotAllowed()
+        authorization = _header(scope, b"authorization")
+        if not metrics.allowed(scope, authorization.encode("latin-1") if authorization else None,
+                               settings.METRICS_TOKEN):
+            raise Forbidden("/metrics needs 'Authorization: Bearer <METRICS_TOKEN>' (or, without a token set, "
+                            "a client on the loopback interface).")
+        body, content_type = metrics.exposition(len(state.usage), state.usage.written)
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", content_type)]})
+        await send({"type": "http.response.body", "body": body})
 
     async def replay(self, call, body, hit, send) -> None:
         if not call.stream:

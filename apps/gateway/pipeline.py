@@ -1,6 +1,7 @@
 """The request pipeline shared by every door (HTTP JSON, SSE, and later WebSocket).
 
-    authenticate -> validate -> route -> call upstream (retries, fallbacks) -> cost -> log
+    authenticate -> validate -> route -> reserve limits -> call upstream (retries, fallbacks)
+    -> cost -> log (which settles the limits reservation)
 
 Everything here is ``async`` and in memory on the warm path: the key, the rules and the
 prices come from :mod:`apps.gateway.state`, the upstream call goes through one pooled
@@ -33,6 +34,7 @@ from apps.gateway.errors import (
     UpstreamError,
     error_body,
 )
+from apps.gateway.limits import limits_refusal_raise, limits_reserve, limits_settle
 from apps.gateway.snapshot import KeyInfo, ModelInfo
 from apps.gateway.state import GatewayState
 from apps.gateway.upstream import open_stream, post_json, with_fallbacks
@@ -88,6 +90,9 @@ class Call:
     cache_similarity: float | None = None
     saved_cost: Decimal = _ZERO
     cache_age: int | None = None
+    baseline: ModelInfo | None = None  # what routing is compared with: the model asked for, or the dearest
+    reservation: object = None  # apps.limits.enforce.Reservation when the key or tenant has limits
+    refusal: GatewayError | None = None  # a token or budget refusal, raised unless the cache answers
 
     def headers(self) -> list[tuple[bytes, bytes]]:
         """The ``x-switchyard-*`` headers (cost deferred to the stream's end for streams)."""
@@ -105,6 +110,8 @@ class Call:
             headers.append((b"x-switchyard-cache-similarity", f"{self.cache_similarity:.4f}".encode()))
         if self.cache_age is not None:
             headers.append((b"age", str(self.cache_age).encode()))
+        if self.reservation is not None:
+            headers += self.reservation.headers()
         return headers
 
     def set_usage(self, usage: dict | None, *, fallback_prompt: int, fallback_completion: int) -> None:
@@ -118,6 +125,14 @@ class Call:
             self.tokens_estimated = True
         if self.model is not None:
             self.cost = self.model.cost(self.input_tokens, self.cached_tokens, self.output_tokens)
+
+    def _routing_saved(self) -> Decimal:
+        """What the answer would have cost on the baseline model, less what it cost (never
+        negative; nothing for cache hits, whose saving is counted as the cache's)."""
+        model, baseline = self.model, self.baseline
+        if model is None or baseline is None or baseline is model or self.cache in ("exact", "semantic"):
+            return _ZERO
+        return max(baseline.cost(self.input_tokens, self.cached_tokens, self.output_tokens) - self.cost, _ZERO)
 
     def log(self, state: GatewayState) -> None:
         """Append this request's usage row to the buffer (no I/O here)."""
@@ -146,10 +161,13 @@ class Call:
             "cache_outcome": self.cache,
             "cache_similarity": self.cache_similarity,
             "saved_cost": self.saved_cost,
+            "routing_saved_cost": self._routing_saved(),
             "status_code": self.status,
             "error_code": self.error_code[:64],
             "created_at": datetime.now(UTC),
         })
+        if self.reservation is not None:
+            limits_settle(state, self)
 
 
 def _route(state: GatewayState, call: Call, body: dict, tags_header: str | None, *, mode: str) -> None:
@@ -175,6 +193,8 @@ def _route(state: GatewayState, call: Call, body: dict, tags_header: str | None,
             raise ModelNotAllowed(f"This API key may not use the model '{requested}'.", param="model")
     call.chain = chain
     call.rule_id = route.rule_id
+    named = snapshot.models.get(requested)
+    call.baseline = named if named is not None and named.mode == mode else snapshot.reference_models.get(mode)
     limit = body.get("max_completion_tokens") or body.get("max_tokens")
     if limit is not None and limit > max(m.max_output_tokens for m in chain):
         raise BadRequest(
@@ -202,6 +222,7 @@ async def chat_prepare(state: GatewayState, key: KeyInfo, raw: bytes, *, started
         chat_body_validate(body)
         call.stream = bool(body.get("stream"))
         _route(state, call, body, tags_header, mode="chat")
+        await limits_reserve(state, call, body)
     except GatewayError as exc:
         call.requested_model = call.requested_model or str(body.get("model") or "")[:200]
         _fail(state, call, exc)
@@ -224,6 +245,7 @@ def _fail(state: GatewayState, call: Call, exc: GatewayError) -> None:
 
 async def chat_json(state: GatewayState, call: Call, body: dict) -> tuple[bytes, dict]:
     """Answer a non-stream chat request: the provider's JSON, byte for byte (and parsed)."""
+    _going_upstream(state, call)
     bodies: dict[int, bytes] = {}
 
     async def attempt(model: ModelInfo):
@@ -241,6 +263,9 @@ async def chat_json(state: GatewayState, call: Call, body: dict) -> tuple[bytes,
         call.overhead_ms = (call.upstream_started - call.started) * 1000
         call.log(state)
         raise
+    except BaseException:
+        limits_settle(state, call)  # an upstream client error or a cancel: free the reservation
+        raise
     call.upstream_ended = time.perf_counter()
     call.model = model
     call.first_byte = call.upstream_ended
@@ -254,6 +279,14 @@ async def chat_json(state: GatewayState, call: Call, body: dict) -> tuple[bytes,
     call.overhead_ms = ((call.upstream_started - call.started) + (time.perf_counter() - call.upstream_ended)) * 1000
     call.log(state)
     return raw, parsed
+
+
+def _going_upstream(state: GatewayState, call: Call) -> None:
+    try:
+        limits_refusal_raise(call)
+    except GatewayError as exc:
+        _fail(state, call, exc)
+        raise
 
 
 def _completion_text(parsed: dict) -> str:
@@ -397,6 +430,7 @@ class ChatStream:
 
 async def chat_stream_open(state: GatewayState, call: Call, body: dict) -> ChatStream:
     """Start the stream, falling back until one upstream sends its first bytes."""
+    _going_upstream(state, call)
     bodies: dict[int, bytes] = {}
 
     async def attempt(model: ModelInfo):
@@ -413,6 +447,9 @@ async def chat_stream_open(state: GatewayState, call: Call, body: dict) -> ChatS
         call.overhead_ms = (call.upstream_started - call.started) * 1000
         call.log(state)
         raise
+    except BaseException:
+        limits_settle(state, call)
+        raise
     call.model = model
     call.overhead_ms = (call.upstream_started - call.started) * 1000
     return ChatStream(state, call, body, opened)
@@ -424,6 +461,7 @@ async def embeddings(state: GatewayState, key: KeyInfo, raw: bytes, *, started: 
     try:
         embeddings_body_validate(body)
         _route(state, call, body, None, mode="embedding")
+        await limits_reserve(state, call, body, mode="embedding")
     except GatewayError as exc:
         call.requested_model = call.requested_model or str(body.get("model") or "")[:200]
         _fail(state, call, exc)
@@ -442,6 +480,9 @@ async def embeddings(state: GatewayState, key: KeyInfo, raw: bytes, *, started: 
         call.model = call.chain[0]
         call.status, call.error_code = exc.status, exc.code
         call.log(state)
+        raise
+    except BaseException:
+        limits_settle(state, call)
         raise
     call.upstream_ended = time.perf_counter()
     call.model = model

@@ -12,6 +12,7 @@ import re
 import time
 from dataclasses import dataclass, field
 from decimal import Decimal
+from functools import cached_property
 
 from django.db.models import Prefetch
 
@@ -81,6 +82,7 @@ class KeyInfo:
     cache_tool_calls: bool = False
     cache_namespace_by_user: bool = False
     cache_embedding_model: str | None = None
+    limits: tuple = ()  # ScopeLimits of the key and of its tenant that set any (apps.limits.spec)
 
     def is_usable(self, now: float) -> bool:
         return self.usable and (self.expires_at is None or self.expires_at > now)
@@ -94,6 +96,17 @@ class Snapshot:
     simple_pattern: re.Pattern | None
     complex_pattern: re.Pattern | None
     loaded_at: float = field(default_factory=time.monotonic)
+
+    @cached_property
+    def reference_models(self) -> dict[str, ModelInfo]:
+        """Per mode, the dearest active model (by output, then input price): what a request
+        sent to ``auto`` or an alias is compared with to count what routing saved."""
+        dearest: dict[str, ModelInfo] = {}
+        for model in self.models.values():
+            best = dearest.get(model.mode)
+            if best is None or (model.output_price, model.input_price) > (best.output_price, best.input_price):
+                dearest[model.mode] = model
+        return dearest
 
     def rules_for(self, tenant_id: int) -> tuple[RuleInfo, ...]:
         """Tenant rules first, then global ones; each group already sorted by priority."""
@@ -177,12 +190,15 @@ def snapshot_load() -> Snapshot:
 
 def key_info_load(prefix: str) -> KeyInfo | None:
     """Read one key by its visible prefix (sync; call from a thread)."""
+    from apps.limits.spec import scope_limits
     from apps.tenants.models import ApiKey
 
     key = ApiKey.objects.select_related("tenant", "tenant__cache_embedding_model").filter(prefix=prefix).first()
     if key is None:
         return None
     allowed = frozenset(key.allowed_models.values_list("name", flat=True))
+    limits = tuple(lim for lim in (scope_limits(key, tenant_id=key.tenant_id, api_key_id=key.pk),
+                                   scope_limits(key.tenant, tenant_id=key.tenant_id, api_key_id=None)) if lim)
     return KeyInfo(
         id=key.pk, prefix=key.prefix, key_hash=key.key_hash, tenant_id=key.tenant_id, tenant_slug=key.tenant.slug,
         allowed_models=allowed or None,
@@ -192,4 +208,5 @@ def key_info_load(prefix: str) -> KeyInfo | None:
         cache_ttl=key.tenant.cache_ttl_seconds, cache_max_temperature=key.tenant.cache_max_temperature,
         cache_tool_calls=key.tenant.cache_tool_calls, cache_namespace_by_user=key.tenant.cache_namespace_by_user,
         cache_embedding_model=key.tenant.cache_embedding_model.name if key.tenant.cache_embedding_model_id else None,
+        limits=limits,
     )

@@ -31,15 +31,18 @@ class GatewayState:
     def __init__(self) -> None:
         self.snapshot: Snapshot | None = None
         self.keys: dict[str, KeyInfo | None] = {}
+        self.tenant_slugs: dict[int, str] = {}  # for metric labels; survives key-cache reloads
         self.generation = 0
         self.pool = UpstreamPool()
         self.usage = UsageBuffer(interval=settings.USAGE_FLUSH_INTERVAL, max_rows=settings.USAGE_FLUSH_ROWS)
+        self.usage.observer = self._rows_observe
         self._started = False
         self._start_lock: asyncio.Lock | None = None
         self._tasks: list[asyncio.Task] = []
         self._reload_lock: asyncio.Lock | None = None
         self._key_loads: dict[str, asyncio.Future] = {}
         self.cache = None  # CacheStore, opened at start
+        self.limiter = None  # apps.limits.enforce.Limiter, opened at start
         self.batcher = None  # MicroBatcher over the local embedder
         self.inflight: dict[tuple, asyncio.Future] = {}
         self._background: set[asyncio.Task] = set()
@@ -66,15 +69,22 @@ class GatewayState:
             from apps.cache.embedder import LocalEmbedder, MicroBatcher
             from apps.cache.store import CacheStore
             from apps.gateway.database import conninfo
+            from apps.limits.enforce import limiter_open
 
-            self.cache = CacheStore(await loop.run_in_executor(self._db_executor, conninfo))
+            database = await loop.run_in_executor(self._db_executor, conninfo)
+            self.limiter = limiter_open(redis_url=settings.REDIS_URL, conninfo=database,
+                                        lease_seconds=settings.LIMITS_LEASE_SECONDS)
+            self.cache = CacheStore(database)
             await self.cache.open()
-            embedder = LocalEmbedder()
+            embedder = _local_embedder(lambda: LocalEmbedder(
+                backend=settings.CACHE_EMBED_BACKEND, threads=settings.CACHE_EMBED_THREADS,
+                models_dir=settings.VAR_DIR / "models"))
             self.batcher = MicroBatcher(embedder, max_batch=settings.CACHE_EMBED_BATCH,
                                         max_wait_ms=settings.CACHE_EMBED_WAIT_MS)
             # The model takes seconds to load: requests never wait for it (semantic lookups start
             # once it is there; exact lookups work from the first request).
-            self._embedder_task = loop.run_in_executor(embedder._executor, embedder.load)
+            if settings.CACHE_LOCAL_EMBEDDER:
+                self._embedder_task = loop.run_in_executor(embedder._executor, embedder.load)
             self._tasks.append(loop.create_task(config_changes_listen(self.reload), name="config-listener"))
             self._tasks.append(loop.create_task(self._refresh_periodically(), name="config-refresh"))
             self._tasks.append(loop.create_task(self._hits_flush_periodically(), name="cache-hits"))
@@ -83,7 +93,9 @@ class GatewayState:
     async def stop(self) -> None:
         for task in self._tasks:
             task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._tasks:
+            # Bounded: a listener stuck closing its connection must not hold up the shutdown.
+            await asyncio.wait(self._tasks, timeout=2)
         self._tasks.clear()
         if self._background:
             await asyncio.wait(self._background, timeout=10)
@@ -91,6 +103,8 @@ class GatewayState:
         await self.pool.close()
         if self.cache is not None:
             await self.cache.close()
+        if self.limiter is not None:
+            await self.limiter.close()
         self._started = False
 
     def spawn(self, coroutine) -> None:
@@ -157,6 +171,14 @@ class GatewayState:
             except Exception:
                 logger.exception("timed config refresh failed")
 
+    def _rows_observe(self, rows: list[dict]) -> None:
+        from apps.gateway import metrics
+
+        # A row being observed is flushed again if a write fails: counted once here regardless.
+        tenants = self.tenant_slugs
+        models = self.snapshot.models if self.snapshot is not None else {}
+        metrics.rows_observe(rows, tenants, {name: model.provider.name for name, model in models.items()})
+
     async def authenticate(self, authorization: str | None) -> KeyInfo:
         """The key behind an ``Authorization: Bearer`` header, from memory when warm."""
         if not authorization or not authorization.startswith("Bearer "):
@@ -174,6 +196,17 @@ class GatewayState:
             raise AuthenticationFailed("This API key is revoked or expired.", code="key_revoked_or_expired")
         return info
 
+    async def key_for_prefix(self, prefix: str) -> KeyInfo:
+        """A key by its visible prefix, for a caller authorised another way (a staff user of the
+        playground picks a key instead of pasting its secret); unusable keys still fail."""
+        info = self.keys.get(prefix, _MISSING)
+        if info is _MISSING:
+            info = await self._key_load(prefix)
+        if info is None:
+            raise AuthenticationFailed("No such API key.")
+        if not info.is_usable(time.time()):
+            raise AuthenticationFailed("This API key is revoked or expired.", code="key_revoked_or_expired")
+        return info
 
     async def _key_load(self, prefix: str) -> KeyInfo | None:
         """Load a key once however many requests wait for it (a cold start sees a stampede)."""
@@ -192,7 +225,20 @@ class GatewayState:
             if info is None and len(self.keys) > _NEGATIVE_CACHE_LIMIT:
                 self.keys = {}
             self.keys[prefix] = info
+        if info is not None:
+            self.tenant_slugs[info.tenant_id] = info.tenant_slug
         return info
+
+
+_LOCAL_EMBEDDER = None
+
+
+def _local_embedder(factory):
+    """One local model per process, kept across restarts of the state (it takes seconds to load)."""
+    global _LOCAL_EMBEDDER
+    if _LOCAL_EMBEDDER is None:
+        _LOCAL_EMBEDDER = factory()
+    return _LOCAL_EMBEDDER
 
 
 def _snapshot_load_fresh() -> Snapshot:

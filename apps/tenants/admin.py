@@ -8,6 +8,7 @@ from django.db.models import Exists, OuterRef, Q
 from django.utils import timezone
 from django.utils.html import format_html
 
+from apps.limits.selectors import spend_current
 from apps.tenants.models import ApiKey, Tenant
 from apps.tenants.services import key_create, key_revoke
 from apps.usage.models import RequestLog
@@ -15,6 +16,33 @@ from apps.usage.models import RequestLog
 admin.site.site_header = "Switchyard"
 admin.site.site_title = "Switchyard admin"
 admin.site.index_title = "Operate the gateway"
+
+
+_LIMIT_FIELDS = ("rpm_limit", "tpm_limit", "concurrency_limit", "budget_usd", "budget_period", "budget_timezone",
+                 "budget_alert_percent", "spend_this_period")
+
+
+def _usd(value) -> str:
+    return f"{value.normalize():f}"
+
+
+def _spend(obj) -> str:
+    """This period's spend against the budget, and the alert state, as enforcement counts it."""
+    if obj is None or obj.pk is None:
+        return "-"
+    try:
+        spend = spend_current(obj)
+    except Exception:  # the counter store is down: the page still renders
+        return "unavailable (the counter store did not answer)"
+    if spend is None:
+        return "no budget"
+    text = f"${_usd(spend.spent)} of ${_usd(spend.budget)} ({spend.percent:.1f}%)"
+    if spend.reserved:
+        text += f", ${_usd(spend.reserved)} reserved by running requests"
+    state = spend.alert_state
+    if spend.alerted_at is not None:
+        state = f"alerted at {spend.alert_percent}% on {spend.alerted_at:%Y-%m-%d %H:%M} UTC"
+    return f"{text}; period from {spend.period_start:%Y-%m-%d %H:%M} UTC; {state}"
 
 
 def _key_status(key: ApiKey) -> str:
@@ -61,19 +89,32 @@ class ApiKeyInline(admin.TabularInline):
 
 @admin.register(Tenant)
 class TenantAdmin(admin.ModelAdmin):
-    list_display = ("name", "slug", "is_active", "cache_enabled", "cache_similarity_threshold", "created_at")
+    list_display = ("name", "slug", "is_active", "cache_enabled", "cache_similarity_threshold", "budget",
+                    "created_at")
     list_filter = ("is_active", "cache_enabled")
     search_fields = ("name", "slug")
     prepopulated_fields = {"slug": ("name",)}
-    readonly_fields = ("created_at", "updated_at")
+    readonly_fields = ("created_at", "updated_at", "spend_this_period")
     fieldsets = (
         (None, {"fields": ("name", "slug", "is_active")}),
+        ("Limits and budget", {"fields": _LIMIT_FIELDS, "description":
+                               "Apply to all the tenant's keys together; a key's own limits apply on top."}),
+        ("Budget alerts", {"fields": ("alert_webhook_url", "alert_webhook_secret")}),
+        ("Request log", {"fields": ("log_retention_days",)}),
         ("Semantic cache", {"fields": ("cache_enabled", "cache_similarity_threshold", "cache_ttl_seconds",
                                        "cache_max_temperature", "cache_tool_calls", "cache_namespace_by_user",
                                        "cache_embedding_model", "cache_max_entries")}),
         ("Audit", {"fields": ("created_at", "updated_at")}),
     )
     inlines = [ApiKeyInline]
+
+    @admin.display(description="spend this period")
+    def spend_this_period(self, tenant: Tenant) -> str:
+        return _spend(tenant)
+
+    @admin.display(description="budget")
+    def budget(self, tenant: Tenant) -> str:
+        return "-" if tenant.budget_usd is None else _spend(tenant).split(";")[0]
 
     def get_deleted_objects(self, objs, request):
         """Refuse tenants with usage history before loading any of it.
@@ -94,7 +135,19 @@ class TenantAdmin(admin.ModelAdmin):
 class ApiKeyAddForm(forms.ModelForm):
     class Meta:
         model = ApiKey
-        fields = ("tenant", "name", "expires_at", "allowed_models")
+        fields = ("tenant", "name", "expires_at", "allowed_models", *_LIMIT_FIELDS[:-1])
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        for name in ("budget_period", "budget_timezone"):  # left out: the model's default
+            self.fields[name].required = False
+
+    def clean(self):
+        data = super().clean()
+        for name in ("budget_period", "budget_timezone"):
+            if not data.get(name):
+                data[name] = ApiKey._meta.get_field(name).get_default()
+        return data
 
 
 @admin.register(ApiKey)
@@ -105,10 +158,14 @@ class ApiKeyAdmin(admin.ModelAdmin):
     search_fields = ("prefix", "name", "tenant__name", "tenant__slug")
     autocomplete_fields = ("tenant",)
     filter_horizontal = ("allowed_models",)
-    readonly_fields = ("prefix", "tenant", "created_at", "revoked_at", "last_used_at")
-    fields = ("tenant", "name", "prefix", "expires_at", "allowed_models", "created_at", "revoked_at",
-              "last_used_at")
+    readonly_fields = ("prefix", "tenant", "created_at", "revoked_at", "last_used_at", "spend_this_period")
+    fields = ("tenant", "name", "prefix", "expires_at", "allowed_models", *_LIMIT_FIELDS, "created_at",
+              "revoked_at", "last_used_at")
     actions = ["revoke_selected"]
+
+    @admin.display(description="spend this period")
+    def spend_this_period(self, key: ApiKey) -> str:
+        return _spend(key)
 
     @admin.display(description="status")
     def status(self, key: ApiKey) -> str:
@@ -130,8 +187,9 @@ class ApiKeyAdmin(admin.ModelAdmin):
         if change:
             super().save_model(request, obj, form, change)
             return
+        limits = {name: form.cleaned_data[name] for name in _LIMIT_FIELDS[:-1] if name in form.cleaned_data}
         created = key_create(tenant=form.cleaned_data["tenant"], name=form.cleaned_data["name"],
-                             expires_at=form.cleaned_data.get("expires_at"))
+                             expires_at=form.cleaned_data.get("expires_at"), **limits)
         obj.pk = created.api_key.pk
         obj._state.adding = False
         obj.prefix = created.api_key.prefix

@@ -2,11 +2,20 @@
 
 from __future__ import annotations
 
+import secrets
+
+from django.core.validators import MinValueValidator
 from django.db import models
 from django.utils import timezone
 
+from apps.limits.models import LimitSettings
 
-class Tenant(models.Model):
+
+def webhook_secret_new() -> str:
+    return "whsec_" + secrets.token_urlsafe(32)
+
+
+class Tenant(LimitSettings):
     """A customer of the gateway: every usage row, cache entry and key belongs to one."""
 
     name = models.CharField(max_length=200)
@@ -33,6 +42,14 @@ class Tenant(models.Model):
     cache_max_entries = models.PositiveIntegerField(
         null=True, blank=True, help_text="Evict least recently hit entries beyond this many (empty: no limit)."
     )
+    log_retention_days = models.PositiveIntegerField(
+        null=True, blank=True, verbose_name="keep request log (days)", validators=[MinValueValidator(1)],
+        help_text="Request log rows older than this are deleted in batches (empty: kept). The usage rollups, "
+        "and so the dashboard's history, are kept.")
+    alert_webhook_url = models.URLField(
+        max_length=500, blank=True, default="",
+        help_text="Budget alerts are POSTed here as JSON, signed with the secret below (HMAC-SHA256).")
+    alert_webhook_secret = models.CharField(max_length=100, default=webhook_secret_new)
     created_at = models.DateTimeField(default=timezone.now, editable=False)
     updated_at = models.DateTimeField(auto_now=True)
 
@@ -43,8 +60,10 @@ class Tenant(models.Model):
         return self.name
 
 
-class ApiKey(models.Model):
-    """A tenant's key. Only a visible prefix and the SHA-256 of the whole key are stored."""
+class ApiKey(LimitSettings):
+    """A tenant's key. Only a visible prefix and the SHA-256 of the whole key are stored.
+
+    Its limits apply on top of its tenant's: a request must pass both."""
 
     tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="api_keys")
     name = models.CharField(max_length=200, default="default")

@@ -34,8 +34,10 @@ class CreatedKey:
 
 
 @transaction.atomic
-def key_create(*, tenant: Tenant, name: str = "default", expires_at=None) -> CreatedKey:
-    """Create a key for ``tenant``; the returned secret is shown once and then gone."""
+def key_create(*, tenant: Tenant, name: str = "default", expires_at=None, **limits) -> CreatedKey:
+    """Create a key for ``tenant``; the returned secret is shown once and then gone.
+
+    ``limits`` are the key's own limit fields (``rpm_limit``, ``budget_usd``, ...)."""
     while True:
         raw = KEY_PREFIX + secrets.token_urlsafe(6)[:_PREFIX_CHARS] + secrets.token_urlsafe(32)
         if "-" in raw[len(KEY_PREFIX):len(KEY_PREFIX) + _PREFIX_CHARS]:
@@ -43,7 +45,7 @@ def key_create(*, tenant: Tenant, name: str = "default", expires_at=None) -> Cre
         if not ApiKey.objects.filter(prefix=key_prefix(raw)).exists():
             break
     api_key = ApiKey.objects.create(
-        tenant=tenant, name=name, prefix=key_prefix(raw), key_hash=key_hash(raw), expires_at=expires_at
+        tenant=tenant, name=name, prefix=key_prefix(raw), key_hash=key_hash(raw), expires_at=expires_at, **limits
     )
     return CreatedKey(api_key=api_key, secret=raw)
 

@@ -77,6 +77,8 @@ class UsageBuffer:
         self._wake = asyncio.Event()
         self._flush_lock = asyncio.Lock()
         self.written = 0
+        # Called with each batch before it is written (metrics); must be quick and never raise.
+        self.observer = None
 
     def __len__(self) -> int:
         return len(self._rows)
@@ -105,6 +107,11 @@ class UsageBuffer:
             if not self._rows:
                 return 0
             rows, self._rows = self._rows, []
+            if self.observer is not None:
+                try:
+                    self.observer(rows)
+                except Exception:
+                    logger.exception("usage observer failed")
             try:
                 await sync_to_async(_rows_write, thread_sensitive=False)(rows)
             except Exception:

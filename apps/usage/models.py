@@ -45,6 +45,9 @@ class RequestLog(models.Model):
     tokens_estimated = models.BooleanField(default=False)
     cost = models.DecimalField(**_MONEY)
     saved_cost = models.DecimalField(**_MONEY)
+    # What the answer would have cost on the model asked for (or, for "auto", the dearest model),
+    # less what it cost on the model routing chose.
+    routing_saved_cost = models.DecimalField(**_MONEY)
     latency_ms = models.FloatField(default=0)
     ttft_ms = models.FloatField(null=True, blank=True)
     overhead_ms = models.FloatField(default=0)

@@ -18,6 +18,7 @@ from django.utils import timezone
 
 from apps.cache.models import CacheEntry
 from apps.catalog.models import Model, ModelPrice, Provider
+from apps.limits.models import BudgetAlert
 from apps.routing.models import ComplexityIndicator, RoutingFallback, RoutingRule
 from apps.tenants.models import ApiKey, Tenant
 from apps.tenants.selectors import key_authenticate
@@ -40,6 +41,8 @@ def populated(tenant_a, key_a, provider, cheap_model, premium_model, admin_user)
                               embedding=[EMBEDDING_VALUE] * 384, model=cheap_model, model_name="sim-mini")
     RequestLog.objects.create(tenant=tenant_a, api_key=key_a.api_key, request_id="req-1", model=cheap_model,
                               model_used="sim-mini", price=cheap_model.prices.get())
+    BudgetAlert.objects.create(tenant=tenant_a, scope=f"t:{tenant_a.pk}", period_start=timezone.now(),
+                               threshold_percent=80, spent_usd=Decimal("8"), budget_usd=Decimal("10"))
 
 
 @pytest.fixture

@@ -2,20 +2,14 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 import time
 from datetime import timedelta
 
-import pytest
-from django.conf import settings
 from django.utils import timezone
 
 from apps.cache.models import CacheEntry
 from apps.cache.services import cache_enforce_limits
 from apps.cache.tasks import evict_expired
-from tests.live import REPO, database_url_for_tests, stop_process
 
 
 def _entry(tenant, n: int, *, expires_in: float, last_hit_minutes_ago: float | None = None) -> CacheEntry:
@@ -27,25 +21,14 @@ def _entry(tenant, n: int, *, expires_in: float, last_hit_minutes_ago: float | N
     )
 
 
-@pytest.fixture
-def worker(transactional_db, tmp_path):
-    env = {**os.environ, "DATABASE_URL": database_url_for_tests(), "CELERY_BROKER_URL": settings.CELERY_BROKER_URL}
-    log = open(tmp_path / "worker.log", "wb")
-    proc = subprocess.Popen([sys.executable, "-m", "celery", "-A", "config", "worker", "--pool", "solo",
-                             "--loglevel", "INFO"], cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
-    yield proc
-    stop_process(proc, timeout=20)
-    log.close()
-
-
-def test_it_evicts_expired_entries_with_a_real_worker(worker, tenant_a, tenant_b):
+def test_it_evicts_expired_entries_with_a_real_worker(celery_worker, tenant_a, tenant_b):
     for n in range(30):
         _entry(tenant_a if n % 2 else tenant_b, n, expires_in=-60)
     alive = _entry(tenant_a, 999, expires_in=3600)
     evict_expired.delay(batch_size=7)
     deadline = time.monotonic() + 90
     while time.monotonic() < deadline and CacheEntry.objects.count() > 1:
-        assert worker.poll() is None, "the worker died"
+        assert celery_worker.poll() is None, "the worker died"
         time.sleep(0.2)
     assert list(CacheEntry.objects.all()) == [alive]
 

@@ -32,6 +32,18 @@ def test_it_routes_a_simple_question_to_the_cheap_model(world):
     assert row.routing_rule is not None and row.routing_rule.match_tier == "simple"
 
 
+def test_it_records_what_routing_saved_against_the_dearest_model_or_the_one_asked_for(world):
+    ask(world, "What is Python?")  # auto: served by sim-mini, compared with sim-premium
+    ask(world, "What is Python?", model="sim-mini")  # asked for by name: nothing saved by routing
+    routed, named = request_logs(2, tenant=world.tenant_a)
+    assert routed.requested_model == "auto" and routed.model_used == "sim-mini"
+    premium = world.models["sim-premium"]
+    at_premium = (routed.input_tokens * premium.input_price_per_million
+                  + routed.output_tokens * premium.output_price_per_million) / 1_000_000
+    assert routed.routing_saved_cost == at_premium - routed.cost > 0
+    assert named.model_used == "sim-mini" and named.routing_saved_cost == 0
+
+
 def test_it_routes_an_analysis_prompt_to_the_complex_model(world):
     headers, _ = ask(world, "Analyze the trade-offs between event sourcing and CRUD for a billing system, "
                             "and compare their failure modes step by step.")

@@ -1,0 +1,328 @@
+"""The WebSocket door: ``/ws/v1/chat``, a thin Channels consumer over the same pipeline as
+``POST /v1/chat/completions`` (see :mod:`apps.gateway.events` for the events it sends).
+
+Authentication, in the order tried (the key never goes in the URL, which access logs keep):
+
+1. ``Authorization: Bearer <key>`` on the handshake, for clients that can set headers;
+2. ``Sec-WebSocket-Protocol: switchyard.v1, switchyard.key.<key>`` for browsers (the server
+   answers ``switchyard.v1`` and never echoes the key);
+3. a first message ``{"type": "auth", "api_key": "<key>"}``, or ``{"type": "auth", "key_id": N}``
+   from a staff user logged in to Django on the same origin (the playground).
+
+Client messages: ``chat.request`` (``id``, ``body``, optional ``sentences``, ``cache_control``,
+``cache_namespace``, ``tags``), ``cancel`` (``id``), ``subscribe`` (``topic: "usage"``: live
+events of the key's tenant through the channel layer), ``ping``. Several requests run at once;
+each event carries its request's ``id``.
+
+Guards: the ``Origin`` of a browser must be this host or listed in ``WEBSOCKET_ALLOWED_ORIGINS``
+(the handshake is refused with 403 otherwise); a message over ``WEBSOCKET_MAX_MESSAGE_BYTES`` is
+answered with a 413 error event; at most ``WEBSOCKET_MAX_IN_FLIGHT`` requests per socket; no
+authentication within ``WEBSOCKET_AUTH_TIMEOUT`` seconds closes with 4401; no message and no
+request in flight for ``WEBSOCKET_IDLE_TIMEOUT`` seconds closes with 4408. Back-pressure: each
+event is sent with an ``await`` that waits while the socket's write buffer is full, so a slow
+reader pauses its requests' upstream reads instead of growing a buffer in the server.
+
+Close codes: 4401 unauthenticated, 4408 idle, 1011 server error.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from urllib.parse import urlsplit
+
+import orjson
+from channels.generic.websocket import AsyncWebsocketConsumer
+from django.conf import settings
+
+from apps.gateway.errors import AuthenticationFailed, BadRequest, GatewayError, NotFound, PayloadTooLarge, RateLimited
+from apps.gateway.events import ChatRun, error_event
+from apps.gateway.live import live_group, live_publish, live_usage_event
+from apps.gateway.playground_auth import playground_key_prefix, staff_user_from_cookies
+from apps.gateway.state import state
+
+logger = logging.getLogger(__name__)
+
+PROTOCOL = "switchyard.v1"
+KEY_PROTOCOL_PREFIX = "switchyard.key."
+CLOSE_UNAUTHENTICATED = 4401
+CLOSE_IDLE = 4408
+_MAX_ID_LENGTH = 128
+
+
+def _header(scope, name: bytes) -> str | None:
+    for key, value in scope.get("headers") or ():
+        if key == name:
+            return value.decode("latin-1")
+    return None
+
+
+def origin_allowed(scope) -> bool:
+    """No Origin (not a browser), this host, or a listed origin."""
+    origin = _header(scope, b"origin")
+    if origin is None:
+        return True
+    allowed = settings.WEBSOCKET_ALLOWED_ORIGINS
+    if "*" in allowed or origin in allowed:
+        return True
+    host = _header(scope, b"host")
+    return bool(host) and urlsplit(origin).netloc.lower() == host.lower()
+
+
+def _dumps(event: dict) -> str:
+    return orjson.dumps(event).decode()
+
+
+class ChatConsumer(AsyncWebsocketConsumer):
+    def __init__(self, *args, gateway_state=None, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.gateway_state = gateway_state or state  # tests run their own: as_asgi(gateway_state=...)
+
+    async def dispatch(self, message):
+        # Channels closes stale database connections before every message (a thread hop each);
+        # this consumer touches the database only inside database_sync_to_async calls.
+        handler = getattr(self, message["type"].replace(".", "_"), None)
+        if handler is None:
+            raise ValueError(f"No handler for message type {message['type']}")
+        await handler(message)
+
+    async def connect(self) -> None:
+        self.key = None
+        self.runs: dict[str, tuple[asyncio.Task, ChatRun]] = {}
+        self.cancelled: set[str] = set()
+        self.closing = False
+        self.last_activity = time.monotonic()
+        self.timer: asyncio.TimerHandle | None = None
+        self.closer: asyncio.Future | None = None
+        if not origin_allowed(self.scope):
+            await self.close()  # before accept: the handshake is refused with 403
+            return
+        await self.gateway_state.start()
+        offered = self.scope.get("subprotocols") or []
+        await self.accept(subprotocol=PROTOCOL if PROTOCOL in offered else None)
+        try:
+            token = _header(self.scope, b"authorization")
+            if token is not None:
+                self.key = await self.gateway_state.authenticate(token)
+            else:
+                for protocol in offered:
+                    if protocol.startswith(KEY_PROTOCOL_PREFIX):
+                        self.key = await self.gateway_state.authenticate(
+                            "Bearer " + protocol[len(KEY_PROTOCOL_PREFIX):])
+                        break
+        except GatewayError as error:
+            await self._refuse(error)
+            return
+        if self.key is not None:
+            await self._ready()
+        self._arm(settings.WEBSOCKET_AUTH_TIMEOUT if self.key is None else settings.WEBSOCKET_IDLE_TIMEOUT)
+
+    # --- timers -------------------------------------------------------------------------------
+
+    def _arm(self, delay: float) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+        self.timer = asyncio.get_running_loop().call_later(delay, self._on_timer)
+
+    def _on_timer(self) -> None:
+        self.timer = None
+        if self.closing:
+            return
+        if self.key is None:
+            self.closing = True
+            self.closer = asyncio.ensure_future(self._close_with(error_event(None, AuthenticationFailed(
+                "No authentication within the time allowed.")), CLOSE_UNAUTHENTICATED))
+            return
+        idle_for = time.monotonic() - self.last_activity
+        limit = settings.WEBSOCKET_IDLE_TIMEOUT
+        if self.runs or idle_for < limit:
+            self._arm(max(limit - idle_for, 0.05) if not self.runs else limit)
+            return
+        self.closing = True
+        self.closer = asyncio.ensure_future(self._close_with(
+            {"type": "error", "id": None, "status": 408, "error": {
+                "message": f"No message for {limit:g} seconds; closing.", "type": "invalid_request_error",
+                "param": None, "code": "idle_timeout"}}, CLOSE_IDLE))
+
+    async def _close_with(self, event: dict, code: int) -> None:
+        with contextlib.suppress(Exception):
+            await self.send(text_data=_dumps(event))
+            await self.close(code=code)
+
+    async def _refuse(self, error: GatewayError) -> None:
+        self.closing = True
+        await self._close_with(error_event(None, error), CLOSE_UNAUTHENTICATED)
+
+    async def _ready(self) -> None:
+        await self.send(text_data=_dumps({"type": "ready", "tenant": self.key.tenant_slug, "key": self.key.prefix,
+                                          "protocol": PROTOCOL}))
+
+    # --- messages -----------------------------------------------------------------------------
+
+    async def receive(self, text_data=None, bytes_data=None) -> None:
+        if self.closing:
+            return
+        self.last_activity = time.monotonic()
+        raw = text_data if text_data is not None else bytes_data
+        limit = settings.WEBSOCKET_MAX_MESSAGE_BYTES
+        if len(raw) > limit or (text_data is not None and len(raw) * 4 > limit and len(raw.encode()) > limit):
+            await self._error(None, PayloadTooLarge(f"A message may not exceed {limit} bytes."))
+            return
+        try:
+            message = orjson.loads(raw)
+        except orjson.JSONDecodeError as exc:
+            await self._error(None, BadRequest(f"The message is not valid JSON: {exc}"))
+            return
+        if not isinstance(message, dict):
+            await self._error(None, BadRequest("A message must be a JSON object with a 'type'."))
+            return
+        kind = message.get("type")
+        if kind == "auth":
+            await self._auth(message)
+        elif self.key is None:
+            await self._refuse(AuthenticationFailed(
+                "Authenticate first: send {\"type\": \"auth\", \"api_key\": \"...\"}."))
+        elif kind == "chat.request":
+            await self._request(message)
+        elif kind == "cancel":
+            await self._cancel(message)
+        elif kind == "subscribe":
+            await self._subscribe(message)
+        elif kind == "ping":
+            await self.send(text_data=_dumps({"type": "pong", "id": message.get("id")}))
+        else:
+            await self._error(message.get("id"), BadRequest(
+                "'type' must be one of auth, chat.request, cancel, subscribe, ping.", param="type"))
+
+    async def _error(self, request_id, error: GatewayError) -> None:
+        await self.send(text_data=_dumps(error_event(request_id, error)))
+
+    async def _auth(self, message: dict) -> None:
+        if self.key is not None:
+            await self._error(None, BadRequest("This socket is already authenticated."))
+            return
+        try:
+            if isinstance(message.get("api_key"), str):
+                self.key = await self.gateway_state.authenticate("Bearer " + message["api_key"])
+            elif message.get("key_id") is not None:
+                self.key = await self._staff_key(message["key_id"])
+            else:
+                raise AuthenticationFailed("Send 'api_key' (or 'key_id' when logged in to the playground).")
+        except GatewayError as error:
+            await self._refuse(error)
+            return
+        await self._ready()
+        self._arm(settings.WEBSOCKET_IDLE_TIMEOUT)
+
+    async def _staff_key(self, key_id):
+        if _header(self.scope, b"origin") is None or not origin_allowed(self.scope):
+            raise AuthenticationFailed("Logged-in use needs a browser on this site.")
+        user = await staff_user_from_cookies(_header(self.scope, b"cookie"))
+        if user is None:
+            raise AuthenticationFailed("Log in as a staff user to use a key by its id.")
+        prefix = await playground_key_prefix(key_id)
+        if prefix is None:
+            raise AuthenticationFailed("No such API key.")
+        return await self.gateway_state.key_for_prefix(prefix)
+
+    async def _request(self, message: dict) -> None:
+        request_id = message.get("id")
+        if isinstance(request_id, int) and not isinstance(request_id, bool):
+            request_id = str(request_id)
+        if not isinstance(request_id, str) or not request_id or len(request_id) > _MAX_ID_LENGTH:
+            await self._error(None, BadRequest(
+                f"'id' must be a non-empty string of at most {_MAX_ID_LENGTH} characters.", param="id"))
+            return
+        if request_id in self.runs:
+            await self._error(request_id, BadRequest(f"A request with id '{request_id}' is in flight.", param="id"))
+            return
+        if len(self.runs) >= settings.WEBSOCKET_MAX_IN_FLIGHT:
+            await self._error(request_id, RateLimited(
+                f"At most {settings.WEBSOCKET_MAX_IN_FLIGHT} requests may be in flight on one socket."))
+            return
+        body = message.get("body")
+        if not isinstance(body, dict):
+            await self._error(request_id, BadRequest("'body' must be a chat completion request object.",
+                                                     param="body"))
+            return
+        options = {}
+        for name in ("cache_control", "cache_namespace", "tags"):
+            value = message.get(name)
+            if value is not None and not isinstance(value, str):
+                await self._error(request_id, BadRequest(f"'{name}' must be a string.", param=name))
+                return
+            options[name] = value
+        run = ChatRun(self.gateway_state, self.key, body, request_id=request_id,
+                      sentences=bool(message.get("sentences")), cache_control=options["cache_control"],
+                      namespace=options["cache_namespace"], tags=options["tags"])
+        task = asyncio.ensure_future(self._run(run))
+        self.runs[request_id] = (task, run)
+
+    async def _run(self, run: ChatRun) -> None:
+        events = run.events()
+        try:
+            async with contextlib.aclosing(events):
+                async for event in events:
+                    await self.send(text_data=_dumps(event))
+                    if event["type"] == "done":
+                        live_publish(self.gateway_state, run.key.tenant_id, live_usage_event(event))
+        except asyncio.CancelledError:
+            if run.id in self.cancelled and not self.closing:
+                # Cancelled by the client: say what was produced and billed (after the usage
+                # row has its figures, which closing the event iterator settled).
+                with contextlib.suppress(Exception):
+                    await self.send(text_data=_dumps(run.cancelled_event()))
+        except Exception:
+            if not self.closing:
+                logger.exception("websocket request failed", extra={"id": run.id})
+        finally:
+            self.runs.pop(run.id, None)
+            self.cancelled.discard(run.id)
+            self.last_activity = time.monotonic()
+
+    async def _cancel(self, message: dict) -> None:
+        request_id = message.get("id")
+        if isinstance(request_id, int) and not isinstance(request_id, bool):
+            request_id = str(request_id)
+        entry = self.runs.get(request_id) if isinstance(request_id, str) else None
+        if entry is None:
+            await self._error(request_id, NotFound(f"No request with id '{request_id}' is in flight.",
+                                                   param="id", code="request_not_found"))
+            return
+        self.cancelled.add(request_id)
+        entry[0].cancel()
+
+    async def _subscribe(self, message: dict) -> None:
+        topic = message.get("topic")
+        if topic != "usage":
+            await self._error(None, BadRequest("'topic' must be 'usage'.", param="topic"))
+            return
+        group = live_group(self.key.tenant_id)
+        if group not in self.groups:
+            await self.channel_layer.group_add(group, self.channel_name)
+            self.groups.append(group)
+        await self.send(text_data=_dumps({"type": "subscribed", "topic": topic}))
+
+    async def live_event(self, message: dict) -> None:
+        """A live event pushed through the channel layer to this tenant's subscribers."""
+        if not self.closing:
+            await self.send(text_data=_dumps({"type": "live", "topic": message["topic"], "event": message["event"]}))
+
+    async def disconnect(self, code) -> None:
+        self.closing = True
+        if self.timer is not None:
+            self.timer.cancel()
+        runs = [task for task, _ in self.runs.values()]
+        for task in runs:
+            task.cancel()  # the client left: stop the upstream calls, bill what was produced
+        if runs:
+            await asyncio.gather(*runs, return_exceptions=True)
+
+
+async def refuse_socket(scope, receive, send) -> None:
+    """Any other WebSocket path: refuse the handshake (403)."""
+    message = await receive()
+    if message["type"] == "websocket.connect":
+        await send({"type": "websocket.close", "code": 1008})

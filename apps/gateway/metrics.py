@@ -1,0 +1,83 @@
+"""Prometheus metrics of one gateway process, served at ``GET /metrics``.
+
+Nothing is counted on the request path: every request already leaves a usage row in the
+buffer, and the buffer hands each flushed batch to :func:`rows_observe` (once a second, off the
+path), which updates the counters and histograms from the rows. Embedding batch sizes are
+observed when a batch closes; the buffer's depth is read at scrape time.
+
+``/metrics`` is not public: with ``METRICS_TOKEN`` set it needs ``Authorization: Bearer
+<token>``; without it, only clients on the loopback interface are answered.
+"""
+
+from __future__ import annotations
+
+import hmac
+import ipaddress
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+REGISTRY = CollectorRegistry(auto_describe=True)
+_SECONDS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
+_OVERHEAD = (0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1)
+
+REQUESTS = Counter("switchyard_requests", "Requests answered, by endpoint, status, cache outcome and model.",
+                   ["endpoint", "status", "cache", "model"], registry=REGISTRY)
+UPSTREAM_ERRORS = Counter("switchyard_upstream_errors", "Requests that ended in an upstream error, by provider "
+                          "and error code.", ["provider", "code"], registry=REGISTRY)
+CACHE_HITS = Counter("switchyard_cache_hits", "Cache hits by kind.", ["kind"], registry=REGISTRY)
+SPEND = Counter("switchyard_spend_usd", "Cost billed to tenants, in USD.", ["tenant"], registry=REGISTRY)
+SAVED = Counter("switchyard_saved_usd", "Cost saved by cache hits, in USD.", ["tenant"], registry=REGISTRY)
+TOKENS = Counter("switchyard_tokens", "Tokens by direction.", ["direction"], registry=REGISTRY)
+LATENCY = Histogram("switchyard_request_duration_seconds", "Whole request time.", ["endpoint"], buckets=_SECONDS,
+                    registry=REGISTRY)
+TTFT = Histogram("switchyard_time_to_first_token_seconds", "Time to the first byte of the answer.", ["endpoint"],
+                 buckets=_SECONDS, registry=REGISTRY)
+OVERHEAD = Histogram("switchyard_overhead_seconds", "Time the gateway itself added before the upstream call.",
+                     buckets=_OVERHEAD, registry=REGISTRY)
+EMBED_BATCH = Histogram("switchyard_embedding_batch_size", "Prompts per embedding batch.",
+                        buckets=(1, 2, 4, 8, 16, 32, 64, 128), registry=REGISTRY)
+BUFFER_DEPTH = Gauge("switchyard_usage_buffer_rows", "Usage rows waiting to be written.", registry=REGISTRY)
+ROWS_WRITTEN = Gauge("switchyard_usage_rows_written", "Usage rows written by this process.", registry=REGISTRY)
+
+
+def rows_observe(rows: list[dict], tenant_names: dict[int, str], providers: dict[str, str]) -> None:
+    """Count a flushed batch of usage rows (``providers``: model name to provider name)."""
+    for row in rows:
+        endpoint, status = row["endpoint"], row["status_code"]
+        model = row["model_used"] or "none"
+        REQUESTS.labels(endpoint, str(status), row["cache_outcome"], model).inc()
+        LATENCY.labels(endpoint).observe(row["latency_ms"] / 1000)
+        if row["ttft_ms"] is not None:
+            TTFT.labels(endpoint).observe(row["ttft_ms"] / 1000)
+        if row["cache_outcome"] in ("exact", "semantic"):
+            CACHE_HITS.labels(row["cache_outcome"]).inc()
+        else:
+            OVERHEAD.observe(row["overhead_ms"] / 1000)
+        if status >= 500 or row["error_code"].startswith("upstream"):
+            UPSTREAM_ERRORS.labels(providers.get(row["model_used"], "none"), row["error_code"] or str(status)).inc()
+        tenant = tenant_names.get(row["tenant_id"], str(row["tenant_id"]))
+        if row["cost"]:
+            SPEND.labels(tenant).inc(float(row["cost"]))
+        if row["saved_cost"]:
+            SAVED.labels(tenant).inc(float(row["saved_cost"]))
+        TOKENS.labels("input").inc(row["input_tokens"])
+        TOKENS.labels("cached").inc(row["cached_tokens"])
+        TOKENS.labels("output").inc(row["output_tokens"])
+
+
+def allowed(scope, authorization: bytes | None, token: str) -> bool:
+    if token:
+        expected = f"Bearer {token}".encode()
+        return authorization is not None and hmac.compare_digest(authorization, expected)
+    client = scope.get("client") or ("", 0)
+    try:
+        return ipaddress.ip_address(client[0]).is_loopback
+    except ValueError:  # a Unix socket or no address at all
+        return False
+
+
+def exposition(buffer_depth: int, rows_written: int) -> tuple[bytes, bytes]:
+    BUFFER_DEPTH.set(buffer_depth)
+    ROWS_WRITTEN.set(rows_written)
+    return generate_latest(REGISTRY), CONTENT_TYPE_LATEST.encode()

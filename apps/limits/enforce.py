@@ -1,0 +1,203 @@
+"""Reserve before the upstream call, settle when the answer ends.
+
+A request reserves, in every scope that limits it (its key and its tenant), one request, its
+estimated tokens (prompt plus ``max_tokens``) and its estimated cost (those tokens at the
+dearest model it may fall back to), and takes a concurrency slot. When it ends (answered,
+failed, cancelled, or served from the cache) it settles: the reservation is replaced by what
+it really used, and the slot is freed. Settlements that carry a scope's spend over its alert
+threshold are returned, for the caller to record.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import dataclass
+
+from apps.gateway.errors import BudgetExceeded, LimitsUnavailable, RateLimited
+from apps.limits.counters import BUDGET, CONCURRENCY, KIND_NAMES, REQUESTS, Check, Counters, Usage
+from apps.limits.periods import NEVER_ENDS, minute_window, period_bounds
+from apps.limits.spec import ScopeLimits, usd
+
+logger = logging.getLogger(__name__)
+
+
+def _now() -> float:
+    """Epoch seconds; tests replace this to cross minute and period boundaries without sleeping."""
+    return time.time()
+
+
+def duration(seconds: float) -> str:
+    """A reset time as OpenAI writes it: ``20ms``, ``12s``, ``6m0s``, ``3h2m1s``."""
+    if seconds < 1:
+        return f"{max(int(seconds * 1000), 0)}ms"
+    whole = math.ceil(seconds)
+    hours, rest = divmod(whole, 3600)
+    minutes, secs = divmod(rest, 60)
+    if hours:
+        return f"{hours}h{minutes}m{secs}s"
+    return f"{minutes}m{secs}s" if minutes else f"{secs}s"
+
+
+@dataclass(slots=True)
+class Crossing:
+    """A settlement that took a scope's spend over its alert threshold."""
+
+    limits: ScopeLimits
+    period_start: int
+    spent: int
+
+
+@dataclass(slots=True)
+class Reservation:
+    request_id: str
+    checks: list[Check]
+    usages: list[Usage]
+    now: float
+    window: int
+    window_end: float
+    tokens: int
+    cost: int
+    settled: bool = False
+
+    def headers(self) -> list[tuple[bytes, bytes]]:
+        return limit_headers(self.checks, self.usages, now=self.now, window_end=self.window_end)
+
+
+def _money(value: int) -> bytes:
+    return f"{usd(value).normalize():f}".encode()
+
+
+def _tightest(checks: list[Check], usages: list[Usage], limit_of, used_of) -> tuple[Check, int, int] | None:
+    best = None
+    for check, usage in zip(checks, usages, strict=True):
+        limit = limit_of(check.limits)
+        if limit is None:
+            continue
+        remaining = max(limit - used_of(usage), 0)
+        if best is None or remaining < best[2]:
+            best = (check, limit, remaining)
+    return best
+
+
+def limit_headers(checks: list[Check], usages: list[Usage], *, now: float,
+                  window_end: float) -> list[tuple[bytes, bytes]]:
+    """OpenAI's ``x-ratelimit-*`` headers plus Switchyard's budget and concurrency ones, each
+    from the scope with the least left."""
+    headers: list[tuple[bytes, bytes]] = []
+    reset = duration(window_end - now).encode()
+    for name, limit_of, used_of in (
+        (b"requests", lambda lim: lim.rpm, lambda u: u.requests),
+        (b"tokens", lambda lim: lim.tpm, lambda u: u.tokens),
+    ):
+        tight = _tightest(checks, usages, limit_of, used_of)
+        if tight is not None:
+            headers += [(b"x-ratelimit-limit-" + name, str(tight[1]).encode()),
+                        (b"x-ratelimit-remaining-" + name, str(tight[2]).encode()),
+                        (b"x-ratelimit-reset-" + name, reset)]
+    tight = _tightest(checks, usages, lambda lim: lim.budget, lambda u: u.spent + u.reserved)
+    if tight is not None:
+        check, limit, remaining = tight
+        headers += [(b"x-switchyard-budget-limit", _money(limit)),
+                    (b"x-switchyard-budget-remaining", _money(remaining))]
+        if check.period_end != NEVER_ENDS:
+            headers.append((b"x-switchyard-budget-reset", duration(check.period_end - now).encode()))
+    tight = _tightest(checks, usages, lambda lim: lim.concurrency, lambda u: u.inflight)
+    if tight is not None:
+        headers += [(b"x-switchyard-concurrency-limit", str(tight[1]).encode()),
+                    (b"x-switchyard-concurrency-remaining", str(tight[2]).encode())]
+    return headers
+
+
+def _who(limits: ScopeLimits) -> str:
+    return "this API key" if limits.api_key_id is not None else "this tenant"
+
+
+def _refusal(kind: int, check: Check, usage: Usage, headers: list[tuple[bytes, bytes]], *, now: float,
+             window_end: float) -> RateLimited:
+    error = _refusal_error(kind, check, usage, headers, now=now, window_end=window_end)
+    error.limit_kind = KIND_NAMES[kind]
+    return error
+
+
+def _refusal_error(kind: int, check: Check, usage: Usage, headers: list[tuple[bytes, bytes]], *, now: float,
+                   window_end: float) -> RateLimited:
+    lim = check.limits
+    as_dict = {name.decode(): value.decode() for name, value in headers}
+    if kind == BUDGET:
+        wait = check.period_end - now
+        if wait != NEVER_ENDS:
+            as_dict["Retry-After"] = str(max(math.ceil(wait), 1))
+        when = f" It resets in {duration(wait)}." if wait != NEVER_ENDS else ""
+        return BudgetExceeded(
+            f"The {lim.period if lim.period != 'never' else 'lifetime'} budget of ${usd(lim.budget)} for "
+            f"{_who(lim)} is spent (${usd(usage.spent)} settled, ${usd(usage.reserved)} in flight).{when}",
+            headers=as_dict)
+    if kind == CONCURRENCY:
+        as_dict["Retry-After"] = "1"
+        return RateLimited(f"Concurrent request limit reached for {_who(lim)}: {lim.concurrency} already running.",
+                           code="concurrency_limit_exceeded", headers=as_dict)
+    wait = window_end - now
+    as_dict["Retry-After"] = str(max(math.ceil(wait), 1))
+    if kind == REQUESTS:
+        what = f"requests per minute: limit {lim.rpm}, used {usage.requests}"
+    else:
+        what = f"tokens per minute: limit {lim.tpm}, used {usage.tokens}"
+    return RateLimited(f"Rate limit reached for {_who(lim)} on {what}. Try again in {duration(wait)}.",
+                       headers=as_dict)
+
+
+class Limiter:
+    def __init__(self, counters: Counters, *, lease_seconds: float = 900.0) -> None:
+        self.counters = counters
+        self.lease_ms = int(lease_seconds * 1000)
+
+    async def reserve(self, limits: tuple[ScopeLimits, ...], *, request_id: str, tokens: int,
+                      cost: int) -> Reservation:
+        """Reserve in every scope at once, or raise :class:`RateLimited` / :class:`BudgetExceeded`."""
+        now = _now()
+        window, window_end = minute_window(now)
+        checks = []
+        for lim in sorted(limits, key=lambda s: s.scope):  # one lock order everywhere
+            period, period_end = period_bounds(lim.period, lim.tz, now) if lim.budget is not None else (0, 0.0)
+            checks.append(Check(limits=lim, period=period, period_end=period_end))
+        try:
+            denied, kind, usages = await self.counters.reserve(
+                request_id=request_id, now_ms=int(now * 1000), window=window, lease_ms=self.lease_ms,
+                checks=checks, tokens=tokens, cost=cost)
+        except Exception as exc:
+            logger.exception("limits store failed; refusing the request")
+            raise LimitsUnavailable() from exc
+        if denied >= 0:
+            headers = limit_headers(checks, usages, now=now, window_end=window_end)
+            raise _refusal(kind, checks[denied], usages[denied], headers, now=now, window_end=window_end)
+        return Reservation(request_id=request_id, checks=checks, usages=usages, now=now, window=window,
+                           window_end=window_end, tokens=tokens, cost=cost)
+
+    async def settle(self, reservation: Reservation, *, tokens: int, cost: int) -> list[Crossing]:
+        """Replace the reservation by what was used; the alert crossings it caused."""
+        reservation.settled = True
+        if all(c.limits.tpm is None and c.limits.budget is None and c.limits.concurrency is None
+               for c in reservation.checks):
+            return []  # requests per minute only: nothing to give back
+        spends = await self.counters.settle(
+            request_id=reservation.request_id, window=reservation.window, checks=reservation.checks,
+            tokens_delta=tokens - reservation.tokens, reserved=reservation.cost, actual=cost)
+        crossings = []
+        for check, (before, after) in zip(reservation.checks, spends, strict=True):
+            alert_at = check.limits.alert_at
+            if alert_at is not None and before >= 0 and before < alert_at <= after:
+                crossings.append(Crossing(limits=check.limits, period_start=check.period, spent=after))
+        return crossings
+
+    async def close(self) -> None:
+        await self.counters.close()
+
+
+def limiter_open(*, redis_url: str, conninfo: str, lease_seconds: float) -> Limiter:
+    """Redis counters when ``redis_url`` is set, else Postgres ones."""
+    from apps.limits.counters import PostgresCounters, RedisCounters
+
+    counters = RedisCounters(redis_url) if redis_url else PostgresCounters(conninfo)
+    return Limiter(counters, lease_seconds=lease_seconds)

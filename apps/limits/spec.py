@@ -1,0 +1,53 @@
+"""The limits one scope (a tenant or a key) enforces, as the gateway keeps them in memory."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from decimal import ROUND_CEILING, Decimal
+from zoneinfo import ZoneInfo
+
+NANOS = Decimal(1_000_000_000)
+
+
+def nanos(usd: Decimal) -> int:
+    """Whole nano-dollars, rounded up: counters are integers, and a spend is never under-counted."""
+    return int((usd * NANOS).to_integral_value(rounding=ROUND_CEILING))
+
+
+def usd(value: int) -> Decimal:
+    return (Decimal(value) / NANOS).quantize(Decimal("0.000000001"))
+
+
+@dataclass(frozen=True, slots=True)
+class ScopeLimits:
+    scope: str  # "t:<tenant id>" or "k:<key id>"
+    tenant_id: int
+    api_key_id: int | None
+    rpm: int | None
+    tpm: int | None
+    concurrency: int | None
+    budget: int | None  # nano-dollars per period
+    period: str
+    tz: ZoneInfo
+    alert_at: int | None  # nano-dollars
+
+    @property
+    def needs_estimate(self) -> bool:
+        return self.tpm is not None or self.budget is not None
+
+
+def scope_limits(obj, *, tenant_id: int, api_key_id: int | None) -> ScopeLimits | None:
+    """The limits of a Tenant or ApiKey row, or None when it sets none."""
+    if not obj.has_limits():
+        return None
+    budget = nanos(Decimal(obj.budget_usd)) if obj.budget_usd is not None else None
+    alert_at = None
+    if budget is not None and obj.budget_alert_percent:
+        alert_at = max(math.ceil(budget * obj.budget_alert_percent / 100), 1)
+    return ScopeLimits(
+        scope=f"k:{api_key_id}" if api_key_id is not None else f"t:{tenant_id}",
+        tenant_id=tenant_id, api_key_id=api_key_id, rpm=obj.rpm_limit, tpm=obj.tpm_limit,
+        concurrency=obj.concurrency_limit, budget=budget, period=obj.budget_period,
+        tz=ZoneInfo(obj.budget_timezone or "UTC"), alert_at=alert_at,
+    )

@@ -1,0 +1,153 @@
+"""The calling tenant's own usage, from the rollups, and its request log as a streamed CSV.
+
+    GET /v1/usage?start=2026-11-01&end=2026-11-23&group_by=model|key|day|outcome
+        -> {"object": "usage", "start", "end", "totals": {...}, "group_by", "data": [...]}
+    GET /v1/usage/export?start=...&end=...      -> text/csv, one line per request, streamed
+
+``start`` is inclusive, ``end`` exclusive; dates (UTC midnight) or ISO 8601 times. Without
+them: the last 30 days. Both endpoints authenticate with the tenant's API key and read nothing
+but that tenant's rows. Rollups lag the log by up to two rollup periods (20 s by default).
+"""
+
+from __future__ import annotations
+
+import csv
+from datetime import UTC, datetime, timedelta
+
+import orjson
+from django.http import HttpResponse, StreamingHttpResponse
+from django.utils.dateparse import parse_date, parse_datetime
+from rest_framework.views import APIView
+
+from apps.gateway.errors import AuthenticationFailed, BadRequest, GatewayError, error_body
+from apps.reporting.selectors import GROUPS, usage_grouped, usage_totals
+from apps.tenants.selectors import key_authenticate
+from apps.usage.models import RequestLog
+
+MAX_RANGE = timedelta(days=400)
+EXPORT_COLUMNS = ["created_at", "request_id", "api_key_prefix", "endpoint", "requested_model", "model_used",
+                  "cache_outcome", "input_tokens", "cached_tokens", "output_tokens", "cost", "saved_cost",
+                  "routing_saved_cost",
+                  "latency_ms", "ttft_ms", "status_code", "error_code"]
+# The log's fields behind the columns (api_key_id becomes the key's visible prefix).
+_FIELDS = ["created_at", "request_id", "api_key_id", "endpoint", "requested_model", "model_used", "cache_outcome",
+           "input_tokens", "cached_tokens", "output_tokens", "cost", "saved_cost", "routing_saved_cost", "latency_ms",
+           "ttft_ms", "status_code", "error_code"]
+
+
+def _error(error: GatewayError) -> HttpResponse:
+    response = HttpResponse(error_body(error), status=error.status, content_type="application/json")
+    for name, value in error.headers.items():
+        response[name] = value
+    return response
+
+
+def _when(value: str | None, name: str) -> datetime | None:
+    if not value:
+        return None
+    try:
+        moment = parse_datetime(value)
+        if moment is None and (day := parse_date(value)) is not None:
+            moment = datetime(day.year, day.month, day.day, tzinfo=UTC)
+    except ValueError:
+        moment = None
+    if moment is None:
+        raise BadRequest(f"'{name}' must be a date (2026-11-01) or an ISO 8601 time", param=name)
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+def _midnight(moment: datetime) -> datetime:
+    return moment.astimezone(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+
+
+def _range(params) -> tuple[datetime, datetime]:
+    end = _when(params.get("end"), "end") or datetime.now(UTC)
+    start = _when(params.get("start"), "start") or end - timedelta(days=30)
+    if start >= end:
+        raise BadRequest("'start' must be before 'end'", param="start")
+    if end - start > MAX_RANGE:
+        raise BadRequest(f"the range may span at most {MAX_RANGE.days} days", param="start")
+    return start, end
+
+
+def _tenant_key(request):
+    header = request.headers.get("Authorization", "")
+    key = key_authenticate(header[7:].strip() if header[:7].lower() == "bearer " else "")
+    if key is None:
+        raise AuthenticationFailed()
+    return key
+
+
+class UsageView(APIView):
+    authentication_classes: list = []
+    permission_classes: list = []
+
+    def get(self, request):
+        try:
+            key = _tenant_key(request)
+            start, end = _range(request.query_params)
+            group_by = request.query_params.get("group_by") or "day"
+            if group_by not in GROUPS:
+                raise BadRequest(f"'group_by' must be one of {', '.join(GROUPS)}", param="group_by")
+        except GatewayError as error:
+            return _error(error)
+        tenant_id = key.tenant_id
+        # Whole days are read from the daily rollups (24 times fewer rows), anything else hourly.
+        period = "day" if start == _midnight(start) and end == _midnight(end) else "hour"
+        data = usage_grouped(tenant_id=tenant_id, start=start, end=end, group_by=group_by, period=period)
+        for row in data:
+            for money in ("cost", "saved_cost", "routing_saved_cost"):
+                row[money] = str(row[money])
+            if isinstance(row["group"], datetime):
+                row["group"] = row["group"].date().isoformat()
+        body = {"object": "usage", "start": start.isoformat(), "end": end.isoformat(),
+                "totals": usage_totals(tenant_id=tenant_id, start=start, end=end, period=period).as_dict(),
+                "group_by": group_by, "data": data}
+        return HttpResponse(orjson.dumps(body), content_type="application/json")
+
+
+class _Lines:
+    """A file-like object collecting what csv.writer writes, taken out chunk by chunk."""
+
+    def __init__(self) -> None:
+        self.parts: list[str] = []
+
+    def write(self, value: str) -> None:
+        self.parts.append(value)
+
+    def take(self) -> bytes:
+        chunk, self.parts = "".join(self.parts).encode(), []
+        return chunk
+
+
+def csv_chunks(rows, prefixes: dict[int, str], *, lines_per_chunk: int = 1000):
+    """The header, then the rows as CSV, ``lines_per_chunk`` lines a chunk (an iterator over a
+    server-side cursor: memory stays constant whatever the range)."""
+    out = _Lines()
+    writer = csv.writer(out)
+    writer.writerow(EXPORT_COLUMNS)
+    for count, (created_at, request_id, key_id, *middle, latency, ttft, status, error) in enumerate(rows, 1):
+        writer.writerow([created_at.isoformat(), request_id, prefixes.get(key_id, ""), *middle, f"{latency:.2f}",
+                         "" if ttft is None else f"{ttft:.2f}", status, error])
+        if count % lines_per_chunk == 0:
+            yield out.take()
+    yield out.take()
+
+
+class UsageExportView(APIView):
+    authentication_classes: list = []
+    permission_classes: list = []
+
+    def get(self, request):
+        try:
+            key = _tenant_key(request)
+            start, end = _range(request.query_params)
+        except GatewayError as error:
+            return _error(error)
+        prefixes = dict(key.tenant.api_keys.values_list("pk", "prefix"))
+        rows = (RequestLog.objects.filter(tenant_id=key.tenant_id, created_at__gte=start, created_at__lt=end)
+                .order_by("created_at", "id").values_list(*_FIELDS).iterator(chunk_size=2000))  # server-side cursor
+        response = StreamingHttpResponse(csv_chunks(rows, prefixes), content_type="text/csv")
+        response["Content-Disposition"] = (f'attachment; filename="usage-{key.tenant.slug}-{start:%Y%m%d}-'
+                                           f'{end:%Y%m%d}.csv"')
+        return response

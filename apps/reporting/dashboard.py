@@ -1,0 +1,98 @@
+"""The operators' dashboard at ``/admin/dashboard/``: spend, savings and cache hit rate for all
+tenants or one, over today, 7 days, 30 days or a chosen range. Staff only (the admin's login).
+
+It reads only the rollups (never the request log), daily buckets for ranges of more than two
+days and hourly ones otherwise. Charts are SVG drawn here on the server: no script, nothing
+fetched from elsewhere.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+
+from django.contrib import admin
+from django.shortcuts import render
+from django.utils.dateparse import parse_date
+from django.utils.html import format_html, format_html_join
+from django.utils.safestring import mark_safe
+
+from apps.limits.selectors import spend_current
+from apps.reporting.selectors import usage_grouped, usage_series, usage_totals
+from apps.tenants.models import ApiKey, Tenant
+
+RANGES = {"today": "Today", "7d": "7 days", "30d": "30 days", "custom": "Custom"}
+
+
+def _range(params, now: datetime) -> tuple[str, datetime, datetime]:
+    choice = params.get("range") if params.get("range") in RANGES else "7d"
+    midnight = now.replace(hour=0, minute=0, second=0, microsecond=0)
+    if choice == "custom":
+        start, end = parse_date(params.get("start") or ""), parse_date(params.get("end") or "")
+        if start and end and start <= end:
+            return choice, datetime(start.year, start.month, start.day, tzinfo=UTC), datetime(
+                end.year, end.month, end.day, tzinfo=UTC) + timedelta(days=1)
+        choice = "7d"
+    days = {"today": 1, "7d": 7, "30d": 30}[choice]
+    return choice, midnight - timedelta(days=days - 1), midnight + timedelta(days=1)
+
+
+def _bars(points: list[tuple[str, float]], *, width: int = 720, height: int = 160, money: bool = True):
+    """A bar chart as inline SVG."""
+    if not points:
+        return mark_safe('<p class="help">No requests in this range.</p>')
+    top = max(value for _, value in points) or 1.0
+    step = width / len(points)
+    bars = format_html_join("", '<rect x="{}" y="{}" width="{}" height="{}" fill="#417690">'
+                            "<title>{}: {}</title></rect>",
+                            ((f"{i * step + 1:.1f}", f"{height - value / top * (height - 20):.1f}",
+                              f"{max(step - 2, 1):.1f}", f"{value / top * (height - 20):.1f}", label,
+                              f"${value:,.4f}" if money else f"{value:.1%}")
+                             for i, (label, value) in enumerate(points)))
+    peak = f"${top:,.4f}" if money else f"{top:.0%}"
+    return format_html('<svg class="sy-chart" viewBox="0 0 {} {}" width="100%" height="{}" role="img">'
+                       '<text x="4" y="12" font-size="11" fill="#666">max {}</text>{}</svg>', width, height, height,
+                       peak, bars)
+
+
+@admin.site.admin_view
+def dashboard(request):
+    now = datetime.now(UTC)
+    choice, start, end = _range(request.GET, now)
+    tenants = list(Tenant.objects.order_by("name").values_list("pk", "name"))
+    try:
+        tenant_id = int(request.GET.get("tenant") or 0) or None
+    except ValueError:
+        tenant_id = None
+    if tenant_id not in {pk for pk, _ in tenants}:
+        tenant_id = None
+    period = "hour" if end - start <= timedelta(days=2) else "day"
+    totals = usage_totals(tenant_id=tenant_id, start=start, end=end, period=period)
+    series = usage_series(tenant_id=tenant_id, start=start, end=end, period=period)
+    label = "%H:00" if period == "hour" else "%m-%d"
+    by_model = usage_grouped(tenant_id=tenant_id, start=start, end=end, group_by="model", period=period)[:10]
+    top_keys = usage_grouped(tenant_id=tenant_id, start=start, end=end, group_by="key", period=period)[:10]
+    names = {pk: f"{prefix}… ({name}, {tenant})" for pk, prefix, name, tenant in ApiKey.objects.filter(
+        pk__in=[row["group"] for row in top_keys]).values_list("pk", "prefix", "name", "tenant__name")}
+    for row in top_keys:
+        row["name"] = names.get(row["group"], "no key" if not row["group"] else f"deleted key {row['group']}")
+    budgets = []
+    with_budget = Tenant.objects.filter(budget_usd__isnull=False).order_by("name")
+    for tenant in with_budget.filter(pk=tenant_id) if tenant_id else with_budget[:20]:
+        spend = spend_current(tenant)
+        if spend is not None:
+            budgets.append({"tenant": tenant.name, "spend": spend})
+    context = {
+        **admin.site.each_context(request),
+        "title": "Dashboard",
+        "ranges": RANGES, "choice": choice, "start": start.date(), "end": (end - timedelta(days=1)).date(),
+        "tenants": tenants, "tenant_id": tenant_id, "totals": totals, "hit_rate": totals.hit_rate,
+        "exact_rate": totals.hits_exact / max(totals.hits_exact + totals.hits_semantic + totals.misses, 1),
+        "semantic_rate": totals.hits_semantic / max(totals.hits_exact + totals.hits_semantic + totals.misses, 1),
+        "spend_chart": _bars([(row["bucket"].strftime(label), float(row["cost"])) for row in series]),
+        "hit_chart": _bars([(row["bucket"].strftime(label), row["hit_rate"]) for row in series], money=False),
+        "by_model": by_model, "top_keys": top_keys, "period": period, "budgets": budgets,
+        "savings_share": (totals.saved_cost / (totals.cost + totals.saved_cost)
+                          if totals.cost + totals.saved_cost else Decimal(0)),
+    }
+    return render(request, "admin/dashboard.html", context)

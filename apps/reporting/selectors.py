@@ -1,0 +1,142 @@
+"""Reads of the rollups, always scoped to one tenant or explicitly to all (staff views)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from decimal import Decimal
+
+from django.db import connection
+from django.db.models import F, Sum
+
+from apps.reporting.models import HISTOGRAM_SIZE, LATENCY_BOUNDS_MS, UsageRollup
+
+GROUPS = {"model": "model_name", "key": "api_key_id", "day": "bucket", "outcome": "cache_outcome"}
+
+
+def histogram_percentile(histogram: list[int], q: float) -> float | None:
+    """The upper bound of the bucket holding the q-th percentile (None for no rows)."""
+    total = sum(histogram)
+    if not total:
+        return None
+    rank, seen = q / 100 * total, 0
+    for index, count in enumerate(histogram):
+        seen += count
+        if seen >= rank and count:
+            return float(LATENCY_BOUNDS_MS[index]) if index < len(LATENCY_BOUNDS_MS) else float(LATENCY_BOUNDS_MS[-1])
+    return float(LATENCY_BOUNDS_MS[-1])
+
+
+@dataclass(frozen=True)
+class UsageTotals:
+    requests: int
+    errors: int
+    input_tokens: int
+    cached_tokens: int
+    output_tokens: int
+    cost: Decimal
+    saved_cost: Decimal
+    routing_saved_cost: Decimal
+    hits_exact: int
+    hits_semantic: int
+    misses: int
+    latency_p50: float | None
+    latency_p95: float | None
+    ttft_p50: float | None
+    ttft_p95: float | None
+
+    @property
+    def hit_rate(self) -> float:
+        looked_up = self.hits_exact + self.hits_semantic + self.misses
+        return (self.hits_exact + self.hits_semantic) / looked_up if looked_up else 0.0
+
+    def as_dict(self) -> dict:
+        return {
+            "requests": self.requests, "errors": self.errors, "input_tokens": self.input_tokens,
+            "cached_tokens": self.cached_tokens, "output_tokens": self.output_tokens, "cost": str(self.cost),
+            "saved_cost": str(self.saved_cost), "routing_saved_cost": str(self.routing_saved_cost),
+            "cache_hits_exact": self.hits_exact,
+            "cache_hits_semantic": self.hits_semantic, "cache_misses": self.misses,
+            "cache_hit_rate": round(self.hit_rate, 4), "latency_ms_p50": self.latency_p50,
+            "latency_ms_p95": self.latency_p95, "ttft_ms_p50": self.ttft_p50, "ttft_ms_p95": self.ttft_p95,
+        }
+
+
+def _rollups(*, tenant_id: int | None, start: datetime, end: datetime, period: str):
+    rows = UsageRollup.objects.filter(period=period, bucket__gte=start, bucket__lt=end)
+    return rows if tenant_id is None else rows.filter(tenant_id=tenant_id)
+
+
+def _where(tenant_id: int | None, start: datetime, end: datetime, period: str) -> tuple[str, list]:
+    where, params = "period = %s AND bucket >= %s AND bucket < %s", [period, start, end]
+    if tenant_id is not None:
+        where += " AND tenant_id = %s"
+        params.append(tenant_id)
+    return where, params
+
+
+def _histogram_sums(column: str) -> str:
+    """SQL summing a histogram column element by element (one pass, no unnest)."""
+    return ", ".join(f"coalesce(sum({column}[{i}]), 0)" for i in range(1, HISTOGRAM_SIZE + 1))
+
+
+def _totals_period(period: str) -> str:
+    # Totals and series need no key or model: whole days come from the per-tenant daily rows.
+    return "tday" if period == "day" else period
+
+
+def usage_totals(*, tenant_id: int | None, start: datetime, end: datetime, period: str = "hour") -> UsageTotals:
+    """Totals over [start, end) for one tenant (or all when ``tenant_id`` is None), summed in
+    the database in one scan of the rollups."""
+    where, params = _where(tenant_id, start, end, _totals_period(period))
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT coalesce(sum(requests), 0), coalesce(sum(errors), 0), coalesce(sum(input_tokens), 0), "  # noqa: S608
+            "coalesce(sum(cached_tokens), 0), coalesce(sum(output_tokens), 0), coalesce(sum(cost), 0), "
+            "coalesce(sum(saved_cost), 0), coalesce(sum(routing_saved_cost), 0), "
+            "coalesce(sum(requests) FILTER (WHERE cache_outcome = 'exact'), 0), "
+            "coalesce(sum(requests) FILTER (WHERE cache_outcome = 'semantic'), 0), "
+            "coalesce(sum(requests) FILTER (WHERE cache_outcome = 'miss'), 0), "
+            f"{_histogram_sums('latency_histogram')}, {_histogram_sums('ttft_histogram')} "
+            f"FROM reporting_usagerollup WHERE {where}", params)
+        row = cursor.fetchone()
+    (requests, errors, input_tokens, cached_tokens, output_tokens, cost, saved, routing_saved, exact, semantic,
+     misses) = row[:11]
+    latency = [int(n) for n in row[11:11 + HISTOGRAM_SIZE]]
+    ttft = [int(n) for n in row[11 + HISTOGRAM_SIZE:]]
+    return UsageTotals(
+        requests=int(requests), errors=int(errors), input_tokens=int(input_tokens), cached_tokens=int(cached_tokens),
+        output_tokens=int(output_tokens), cost=Decimal(cost), saved_cost=Decimal(saved),
+        routing_saved_cost=Decimal(routing_saved), hits_exact=int(exact),
+        hits_semantic=int(semantic), misses=int(misses),
+        latency_p50=histogram_percentile(latency, 50), latency_p95=histogram_percentile(latency, 95),
+        ttft_p50=histogram_percentile(ttft, 50), ttft_p95=histogram_percentile(ttft, 95),
+    )
+
+
+def usage_series(*, tenant_id: int | None, start: datetime, end: datetime, period: str) -> list[dict]:
+    """Per bucket: requests, cost, saved cost and cache hit rate, oldest first."""
+    where, params = _where(tenant_id, start, end, _totals_period(period))
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT bucket, sum(requests), sum(cost), sum(saved_cost), "  # noqa: S608
+            "coalesce(sum(requests) FILTER (WHERE cache_outcome IN ('exact', 'semantic')), 0), "
+            "coalesce(sum(requests) FILTER (WHERE cache_outcome IN ('exact', 'semantic', 'miss')), 0) "
+            f"FROM reporting_usagerollup WHERE {where} GROUP BY bucket ORDER BY bucket", params)
+        rows = cursor.fetchall()
+    return [{"bucket": bucket, "requests": int(requests), "cost": Decimal(cost), "saved_cost": Decimal(saved),
+             "hit_rate": hits / looked_up if looked_up else 0.0}
+            for bucket, requests, cost, saved, hits, looked_up in rows]
+
+
+def usage_grouped(*, tenant_id: int | None, start: datetime, end: datetime, group_by: str,
+                  period: str = "hour") -> list[dict]:
+    """Requests, tokens, cost and savings per model, key, day or cache outcome, largest cost first
+    (days in order)."""
+    # Days are read from the daily rollups; everything else from whichever period was asked.
+    rows = _rollups(tenant_id=tenant_id, start=start, end=end, period="day" if group_by == "day" else period)
+    grouped = rows.annotate(group=F(GROUPS[group_by])).values("group").annotate(
+        requests=Sum("requests"), errors=Sum("errors"), input_tokens=Sum("input_tokens"),
+        cached_tokens=Sum("cached_tokens"), output_tokens=Sum("output_tokens"), cost=Sum("cost"),
+        saved_cost=Sum("saved_cost"), routing_saved_cost=Sum("routing_saved_cost"))
+    return list(grouped.order_by("group") if group_by == "day" else grouped.order_by("-cost", "group"))

@@ -1,0 +1,39 @@
+"""The tenant's own usage page at ``/account/usage/``: a read-only view for a login linked to
+one tenant (a *tenant member*, added in the admin), showing that tenant's figures only.
+
+Log in at ``/account/login/``. Staff users are sent to the operators' dashboard instead.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+from django.contrib.auth.decorators import login_required
+from django.shortcuts import redirect, render
+
+from apps.reporting.dashboard import _bars, _range
+from apps.reporting.models import TenantMember
+from apps.reporting.selectors import usage_grouped, usage_series, usage_totals
+
+
+@login_required(login_url="/account/login/")
+def tenant_usage(request):
+    membership = TenantMember.objects.select_related("tenant").filter(user=request.user).first()
+    if membership is None:
+        if request.user.is_staff:
+            return redirect("dashboard")
+        return render(request, "account/no_tenant.html", status=403)
+    tenant = membership.tenant
+    choice, start, end = _range(request.GET, datetime.now(UTC))
+    period = "hour" if end - start <= timedelta(days=2) else "day"
+    totals = usage_totals(tenant_id=tenant.pk, start=start, end=end, period=period)
+    series = usage_series(tenant_id=tenant.pk, start=start, end=end, period=period)
+    label = "%H:00" if period == "hour" else "%m-%d"
+    return render(request, "account/usage.html", {
+        "tenant": tenant, "choice": choice, "start": start.date(), "end": (end - timedelta(days=1)).date(),
+        "totals": totals, "period": period,
+        "spend_chart": _bars([(row["bucket"].strftime(label), float(row["cost"])) for row in series]),
+        "by_model": usage_grouped(tenant_id=tenant.pk, start=start, end=end, group_by="model", period=period),
+        "by_key": usage_grouped(tenant_id=tenant.pk, start=start, end=end, group_by="key", period=period),
+        "keys": dict(tenant.api_keys.values_list("pk", "name")),
+    })

@@ -1,0 +1,71 @@
+"""The dashboard in a real headless Chromium against a live Switchyard with seeded usage: the
+figures and charts render, nothing loads from elsewhere, and a screenshot lands in
+tests/artifacts/ (ignored by git)."""
+
+from __future__ import annotations
+
+import os
+import random
+from datetime import UTC, datetime, timedelta
+from decimal import ROUND_HALF_UP, Decimal
+
+import pytest
+
+from apps.reporting.services import usage_rollup
+from apps.usage.models import RequestLog
+from tests.gateway.conftest import REPO
+from tests.gateway.test_eventsource import session_cookie
+
+CHROMIUM = "/usr/bin/chromium"
+ARTIFACTS = REPO / "tests" / "artifacts"
+
+pytestmark = pytest.mark.skipif(not os.path.exists(CHROMIUM),
+                                reason=f"no system Chromium at {CHROMIUM} (apt-get install chromium)")
+
+
+def test_it_renders_the_dashboard_with_seeded_usage(world):
+    from apps.tenants.models import ApiKey
+
+    rng = random.Random(5)
+    now = datetime.now(UTC)
+    keys = {tenant: ApiKey.objects.get(tenant=tenant) for tenant in (world.tenant_a, world.tenant_b)}
+    RequestLog.objects.bulk_create([
+        RequestLog(tenant=tenant, api_key=keys[tenant], request_id=f"seed-{n}", model_used=rng.choice(
+            ["sim-mini", "sim-standard", "sim-premium"]), cache_outcome=rng.choice(["miss", "exact", "semantic"]),
+            input_tokens=rng.randrange(50, 900), output_tokens=rng.randrange(10, 300),
+            cost=Decimal(rng.randrange(1, 5000)) / Decimal(10**6), latency_ms=rng.uniform(5, 900),
+            ttft_ms=rng.uniform(3, 400), created_at=now - timedelta(hours=rng.uniform(0, 24 * 6)))
+        for n, tenant in enumerate(rng.choice([world.tenant_a, world.tenant_b]) for _ in range(400))])
+    usage_rollup()
+    usage_rollup()
+    spend = sum((row.cost for row in RequestLog.objects.all()), Decimal(0))
+    spend = spend.quantize(Decimal("0.0001"), rounding=ROUND_HALF_UP)  # as the page's floatformat rounds
+    own = RequestLog.objects.filter(tenant=world.tenant_a).count()
+    cookie = session_cookie()  # the ORM before Playwright: its sync API runs an event loop here
+    ARTIFACTS.mkdir(exist_ok=True)
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM,
+                                             args=["--no-sandbox", "--disable-background-networking"])
+        try:
+            context = browser.new_context(viewport={"width": 1280, "height": 1000})
+            context.add_cookies([{"name": "sessionid", "value": cookie, "url": world.gateway.base}])
+            page = context.new_page()
+            elsewhere: list[str] = []
+            page.on("request", lambda request: None if request.url.startswith(world.gateway.base)
+                    else elsewhere.append(request.url))
+            page.goto(world.gateway.base + "/admin/dashboard/?range=7d")
+            assert page.locator("#sy-spend .sy-value").inner_text() == f"${spend}"
+            assert page.locator("#sy-requests .sy-value").inner_text() == "400"
+            assert page.locator("svg.sy-chart rect").count() >= 2
+            assert page.locator("#sy-models tbody tr").count() == 3
+            page.select_option("select[name=tenant]", str(world.tenant_a.pk))
+            page.click("input[type=submit]")
+            page.wait_for_url("**tenant=*")
+            assert page.locator("#sy-requests .sy-value").inner_text() == str(own)
+            page.screenshot(path=str(ARTIFACTS / "dashboard.png"), full_page=True)
+            assert elsewhere == []
+        finally:
+            browser.close()
+    assert (ARTIFACTS / "dashboard.png").stat().st_size > 10_000
