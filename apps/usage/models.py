@@ -47,7 +47,7 @@ class RequestLog(models.Model):
     saved_cost = models.DecimalField(**_MONEY)
     # What the answer would have cost on the model asked for (or, for "auto", the dearest model),
     # less what it cost on the model routing chose.
-    routing_saved_cost = models.DecimalField(**_MONEY)
+    routing_saved_cost = models.DecimalField(**_MONEY, db_default=Decimal("0"))
     latency_ms = models.FloatField(default=0)
     ttft_ms = models.FloatField(null=True, blank=True)
     overhead_ms = models.FloatField(default=0)

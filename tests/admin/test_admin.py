@@ -19,6 +19,7 @@ from django.utils import timezone
 from apps.cache.models import CacheEntry
 from apps.catalog.models import Model, ModelPrice, Provider
 from apps.limits.models import BudgetAlert
+from apps.reporting.models import TenantMember
 from apps.routing.models import ComplexityIndicator, RoutingFallback, RoutingRule
 from apps.tenants.models import ApiKey, Tenant
 from apps.tenants.selectors import key_authenticate
@@ -31,8 +32,10 @@ EMBEDDING_VALUE = 0.0123456789
 
 
 @pytest.fixture
-def populated(tenant_a, key_a, provider, cheap_model, premium_model, admin_user):
+def populated(tenant_a, key_a, provider, cheap_model, premium_model, admin_user, django_user_model):
     Group.objects.create(name="operators")
+    member = django_user_model.objects.create_user("reader", password="unused-password")
+    TenantMember.objects.create(user=member, tenant=tenant_a)
     rule = RoutingRule.objects.create(name="simple", match_tier="simple", target=cheap_model)
     RoutingFallback.objects.create(rule=rule, model=premium_model)
     ComplexityIndicator.objects.create(phrase="what is", tier="simple")

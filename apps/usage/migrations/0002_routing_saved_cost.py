@@ -14,6 +14,6 @@ class Migration(migrations.Migration):
         migrations.AddField(
             model_name='requestlog',
             name='routing_saved_cost',
-            field=models.DecimalField(decimal_places=10, default=Decimal('0'), max_digits=16),
+            field=models.DecimalField(db_default=Decimal('0'), decimal_places=10, default=Decimal('0'), max_digits=16),
         ),
     ]
