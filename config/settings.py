@@ -8,6 +8,8 @@ checks that refuse an insecure ``SECRET_KEY``, ``DEBUG`` or a missing encryption
 
 from __future__ import annotations
 
+import os
+import socket
 import sys
 from pathlib import Path
 from urllib.parse import parse_qs, unquote, urlparse
@@ -209,6 +211,8 @@ LIMITS_WEBHOOK_TIMEOUT = env_float("LIMITS_WEBHOOK_TIMEOUT", 10.0)
 LIMITS_WEBHOOK_RETRIES = env_int("LIMITS_WEBHOOK_RETRIES", 6, minimum=0)
 LIMITS_WEBHOOK_RETRY_DELAY = env_float("LIMITS_WEBHOOK_RETRY_DELAY", 30.0)
 READINESS_BROKER_TIMEOUT = env_float("READINESS_BROKER_TIMEOUT", 2.0)
+# Which process answered, shown by /healthz (replicas behind a balancer).
+REPLICA_NAME = env_str("REPLICA_NAME") or f"{socket.gethostname()}:{os.getpid()}"
 # GET /metrics (Prometheus): with a token, only 'Authorization: Bearer <token>'; without one,
 # only clients on the loopback interface.
 METRICS_TOKEN = env_str("METRICS_TOKEN", "") or ""

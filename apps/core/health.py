@@ -18,8 +18,8 @@ from django.views.decorators.http import require_GET
 
 @require_GET
 def healthz(request) -> JsonResponse:
-    """The process is up."""
-    return JsonResponse({"status": "ok"})
+    """The process is up (and which one it is, for a look behind a balancer)."""
+    return JsonResponse({"status": "ok", "replica": settings.REPLICA_NAME})
 
 
 def _check_database() -> dict:
