@@ -17,8 +17,22 @@ _FALSE = {"0", "false", "no", "off", ""}
 
 
 def env_str(name: str, default: str | None = None) -> str | None:
-    """Return the raw value, or ``default`` when the variable is unset."""
-    return os.environ.get(name, default)
+    """Return the raw value, or ``default`` when the variable is unset.
+
+    ``<NAME>_FILE`` names a file that holds the value instead (Docker and Kubernetes secrets);
+    the variable itself wins when both are set, and a named file that cannot be read stops
+    the process.
+    """
+    if name in os.environ:
+        return os.environ[name]
+    path = os.environ.get(f"{name}_FILE")
+    if not path:
+        return default
+    try:
+        with open(path, encoding="utf-8") as secret:
+            return secret.read().strip()
+    except OSError as exc:
+        raise ImproperlyConfigured(f"{name}_FILE={path!r} cannot be read: {exc.strerror}") from exc
 
 
 def env_bool(name: str, default: bool = False) -> bool:

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from django.core.exceptions import ImproperlyConfigured
 
-from config.env import env_bool, env_int
+from config.env import env_bool, env_int, env_str
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -54,3 +54,35 @@ def test_it_fails_loudly_on_a_bad_boolean_or_integer(monkeypatch):
     monkeypatch.setenv("SOME_COUNT", "-3")
     with pytest.raises(ImproperlyConfigured, match="minimum"):
         env_int("SOME_COUNT", 1, minimum=0)
+
+
+def test_it_reads_a_secret_from_the_file_a_name_file_variable_names(monkeypatch, tmp_path):
+    secret = tmp_path / "secret_key"
+    secret.write_text("from-the-file\n")
+    monkeypatch.delenv("SOME_SECRET", raising=False)
+    monkeypatch.setenv("SOME_SECRET_FILE", str(secret))
+    assert env_str("SOME_SECRET") == "from-the-file"
+    monkeypatch.setenv("SOME_SECRET", "from-the-environment")
+    assert env_str("SOME_SECRET") == "from-the-environment"
+    monkeypatch.delenv("SOME_SECRET")
+    monkeypatch.setenv("SOME_SECRET_FILE", str(tmp_path / "missing"))
+    with pytest.raises(ImproperlyConfigured, match="SOME_SECRET_FILE"):
+        env_str("SOME_SECRET")
+
+
+def test_it_starts_production_with_secrets_from_files(tmp_path):
+    (tmp_path / "secret_key").write_text("s" * 60)
+    (tmp_path / "fernet").write_text("x" * 44)
+    done = _load_settings(SWITCHYARD_ENV="production", SECRET_KEY="", DEBUG="0",
+                          SECRET_KEY_FILE=str(tmp_path / "secret_key"),
+                          SWITCHYARD_ENCRYPTION_KEY_FILE=str(tmp_path / "fernet"))
+    assert done.returncode != 0  # an empty SECRET_KEY in the environment wins over the file
+    env = {k: v for k, v in os.environ.items() if k not in ("SECRET_KEY", "SWITCHYARD_ENCRYPTION_KEY")}
+    done = subprocess.run(
+        [sys.executable, "-c", "import os; os.environ['DJANGO_SETTINGS_MODULE']='config.settings'; "
+         "from django.conf import settings; print(len(settings.SECRET_KEY), settings.DEBUG)"],
+        cwd=REPO, capture_output=True, text=True, timeout=60,
+        env={**env, "SWITCHYARD_ENV": "production", "DEBUG": "0", "SECRET_KEY_FILE": str(tmp_path / "secret_key"),
+             "SWITCHYARD_ENCRYPTION_KEY_FILE": str(tmp_path / "fernet")})
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["60", "False"]

@@ -1,0 +1,207 @@
+"""The cluster ``make cluster`` starts, proven with real processes: two web replicas behind the
+balancer, two Celery workers and one beat on Redis, one Postgres."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import time
+from datetime import timedelta
+from decimal import Decimal
+
+import aiohttp
+import httpx
+import pytest
+from websockets.asyncio.client import connect
+
+from tests.cluster.conftest import EVICT_EVERY
+from tests.gateway.conftest import request_logs, wait_until
+
+pytestmark = pytest.mark.cluster
+
+
+def _chat(base: str, key: str, content: str, **extra) -> httpx.Response:
+    return httpx.post(base + "/v1/chat/completions", headers={"Authorization": f"Bearer {key}"}, timeout=30,
+                      json={"model": "sim-mini", "messages": [{"role": "user", "content": content}], **extra})
+
+
+def _fire(bases: list[str], key: str, count: int, body_for) -> list[tuple[int, bytes]]:
+    """``count`` concurrent requests, spread over ``bases`` in turn."""
+    async def one(session, n):
+        async with session.post(bases[n % len(bases)] + "/v1/chat/completions", json=body_for(n)) as response:
+            return response.status, await response.read()
+
+    async def run():
+        async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {key}"},
+                                         connector=aiohttp.TCPConnector(limit=0)) as session:
+            return await asyncio.gather(*[one(session, n) for n in range(count)])
+
+    return asyncio.run(run())
+
+
+def _same_minute(seconds: float = 5.0) -> None:
+    left = 60 - time.time() % 60
+    if left < seconds:
+        time.sleep(left + 0.05)
+
+
+def test_it_spreads_connections_over_both_replicas_behind_the_balancer(cluster_world):
+    cluster = cluster_world.cluster
+    seen = {httpx.get(cluster.base + "/healthz", timeout=10).json()["replica"] for _ in range(8)}
+    assert seen == {"web1", "web2"}
+    answer = _chat(cluster.base, cluster_world.key_a, "What is Python?")
+    assert answer.status_code == 200 and answer.json()["choices"][0]["message"]["content"]
+    streamed = httpx.post(cluster.base + "/v1/chat/completions", timeout=30,
+                          headers={"Authorization": f"Bearer {cluster_world.key_a}"},
+                          json={"model": "sim-mini", "stream": True,
+                                "messages": [{"role": "user", "content": "Stream through the balancer"}]})
+    assert streamed.status_code == 200 and streamed.text.rstrip().endswith("data: [DONE]")
+
+
+def test_it_refuses_a_key_revoked_through_one_replica_on_the_other_within_2s(cluster_world, django_user_model):
+    from apps.tenants.models import ApiKey
+    from apps.tenants.services import key_create
+
+    web1, web2 = cluster_world.cluster.replicas
+    created = key_create(tenant=cluster_world.tenant_a, name="to revoke")
+    for base in (web1, web2):
+        assert wait_until(lambda base=base: _chat(base, created.secret, "hello", max_tokens=1).status_code == 200,
+                          timeout=10)
+    django_user_model.objects.create_superuser("ops", password="ops-password-1")
+    with httpx.Client(base_url=web1, timeout=30) as admin:
+        admin.get("/admin/login/")
+        login = admin.post("/admin/login/?next=/admin/", data={
+            "username": "ops", "password": "ops-password-1", "csrfmiddlewaretoken": admin.cookies["csrftoken"],
+            "next": "/admin/"})
+        assert login.status_code == 302, login.text[:500]
+        revoke = admin.post("/admin/tenants/apikey/", data={
+            "action": "revoke_selected", "_selected_action": str(created.api_key.pk), "index": "0",
+            "csrfmiddlewaretoken": admin.cookies["csrftoken"]})
+        assert revoke.status_code == 302, revoke.text[:500]
+    revoked_at = time.monotonic()
+    assert ApiKey.objects.get(pk=created.api_key.pk).revoked_at is not None
+    refused = wait_until(lambda: _chat(web2, created.secret, "hello", max_tokens=1).status_code == 401,
+                         timeout=5, interval=0.02)
+    elapsed = time.monotonic() - revoked_at
+    assert refused and elapsed < 2.0, f"web2 still accepted the revoked key after {elapsed:.2f}s"
+    assert _chat(web1, created.secret, "hello", max_tokens=1).status_code == 401
+
+
+def test_it_holds_a_rate_limit_and_a_budget_across_both_replicas(cluster_world):
+    from apps.catalog.models import Model
+    from apps.tenants.services import key_create
+    from apps.usage.models import RequestLog
+
+    world = cluster_world
+    replicas = world.cluster.replicas
+    Model.objects.create(name="sim-dear", upstream_id="sim-dear", provider=world.provider, max_output_tokens=4096,
+                         input_price_per_million=Decimal("500"), output_price_per_million=Decimal("1000"))
+    world.tenant_a.budget_usd, world.tenant_a.budget_period = Decimal("0.50"), "month"
+    world.tenant_a.budget_alert_percent = None
+    world.tenant_a.cache_enabled = False
+    world.tenant_a.save()
+    world.tenant_b.cache_enabled = False
+    world.tenant_b.save()
+    _same_minute(20)  # the warm-ups and the burst share one clock minute
+    rpm_key = key_create(tenant=world.tenant_b, name="rpm", rpm_limit=10).secret
+    for base in replicas:  # both replicas have the new limits
+        assert wait_until(lambda base=base: "x-ratelimit-limit-requests" in _chat(
+            base, rpm_key, "warm", max_tokens=1).headers, timeout=10)
+    # Two warm-up requests used two of the ten; 30 more through both replicas admit eight.
+    by_rpm = [status for status, _ in _fire(replicas, rpm_key, 30, lambda n: {
+        "model": "sim-mini", "messages": [{"role": "user", "content": f"rpm {n}"}]})]
+    assert by_rpm.count(200) == 8 and by_rpm.count(429) == 22, by_rpm
+
+    by_budget = _fire(replicas, world.key_a, 100, lambda n: {
+        "model": "sim-dear", "max_tokens": 20, "stream": n % 2 == 0,
+        "messages": [{"role": "user", "content": f"race for the last cent {n}"}]})
+    statuses = [status for status, _ in by_budget]
+    assert statuses.count(200) + statuses.count(429) == 100, statuses
+    assert all(b'"budget_exceeded"' in body for status, body in by_budget if status == 429)
+    rows = request_logs(statuses.count(200), tenant=world.tenant_a, model_used="sim-dear", status_code=200)
+    assert len(rows) == statuses.count(200)
+    costs = [row.cost for row in rows]
+    assert Decimal("0.25") < sum(costs) <= Decimal("0.50") + max(costs), (sum(costs), max(costs))
+    assert RequestLog.objects.filter(tenant=world.tenant_a, model_used="sim-dear", status_code=200).count() == len(rows)
+
+
+def test_it_runs_eviction_once_per_interval_from_the_one_beat(cluster_world):
+    from django.utils import timezone
+
+    from apps.cache.models import CacheEntry
+
+    cluster = cluster_world.cluster
+    expired = CacheEntry.objects.create(
+        tenant=cluster_world.tenant_a, request_hash="e" * 64, prompt_text="old question", response={"choices": []},
+        expires_at=timezone.now() - timedelta(minutes=1), embedding=[0.01] * 384, model_name="sim-mini")
+    assert wait_until(lambda: not CacheEntry.objects.filter(pk=expired.pk).exists(), timeout=15)
+
+    window = 6.0
+    start = time.time()
+    time.sleep(window)
+    end = time.time()
+
+    def stamps(name: str, pattern: str) -> list[str]:
+        text = cluster.group.log_path(name).read_text(errors="replace")
+        found = []
+        for line in text.splitlines():
+            if re.search(pattern, line):
+                moment = re.match(r"\[(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d),(\d{3})", line)
+                if moment:
+                    found.append(moment.group(1) + "." + moment.group(2))
+        return found
+
+    def within(found: list[str]) -> int:
+        # Celery logs local time; the test and the cluster share the machine's clock and zone.
+        lo = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(start + 0.5))
+        hi = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(end - 0.5))
+        return sum(1 for stamp in found if lo <= stamp[:19] <= hi)
+
+    sent = within(stamps("beat", r"Sending due task cache-evict-expired"))
+    received = [within(stamps(worker, r"Task cache\.evict_expired\[[-0-9a-f]+\] received"))
+                for worker in ("worker1", "worker2")]
+    # One beat: about one eviction per interval across the whole cluster, not one per process.
+    assert window / EVICT_EVERY - 2 <= sent <= window / EVICT_EVERY + 1, sent
+    assert sum(received) in (sent - 1, sent, sent + 1), (sent, received)
+
+
+def test_it_delivers_websocket_events_published_on_one_replica_to_a_socket_on_the_other(cluster_world):
+    web1, web2 = (base.replace("http://", "ws://") + "/ws/v1/chat" for base in cluster_world.cluster.replicas)
+    headers = {"Authorization": f"Bearer {cluster_world.key_a}"}
+
+    async def next_event(ws, kind: str, timeout: float = 10.0) -> dict:
+        while True:
+            event = json.loads(await asyncio.wait_for(ws.recv(), timeout))
+            if event["type"] == kind:
+                return event
+
+    async def run():
+        async with connect(web2, additional_headers=headers) as watcher, \
+                connect(web1, additional_headers=headers) as caller:
+            await next_event(watcher, "ready")
+            await next_event(caller, "ready")
+            await watcher.send(json.dumps({"type": "subscribe", "topic": "usage"}))
+            await next_event(watcher, "subscribed")
+            await caller.send(json.dumps({"type": "chat.request", "id": "1", "body": {
+                "model": "sim-mini", "messages": [{"role": "user", "content": "Across replicas"}]}}))
+            done = await next_event(caller, "done")
+            live = await next_event(watcher, "live", timeout=5)
+            return done, live
+
+    done, live = asyncio.run(run())
+    assert live["event"]["request_id"] == done["request_id"]
+    assert live["event"]["cost"] == done["cost"]
+
+
+def test_it_keeps_serving_through_the_balancer_when_a_replica_stops(cluster_world):
+    cluster = cluster_world.cluster
+    cluster.group.stop("web2")
+    try:
+        answers = [_chat(cluster.base, cluster_world.key_a, f"still here {n}", max_tokens=2) for n in range(10)]
+        assert [a.status_code for a in answers] == [200] * 10
+        assert {httpx.get(cluster.base + "/healthz", timeout=10).json()["replica"] for _ in range(4)} == {"web1"}
+    finally:
+        cluster.restart("web2")
+    assert wait_until(lambda: {httpx.get(cluster.base + "/healthz", timeout=10).json()["replica"]
+                               for _ in range(4)} == {"web1", "web2"}, timeout=60, interval=0.5)
