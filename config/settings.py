@@ -197,6 +197,9 @@ if CACHE_EMBED_BACKEND not in ("onnx", "torch"):
     raise ImproperlyConfigured(f"CACHE_EMBED_BACKEND must be onnx or torch, not {CACHE_EMBED_BACKEND!r}")
 CACHE_EMBED_THREADS = env_int("CACHE_EMBED_THREADS", 1, minimum=1)
 CACHE_EMBED_WAIT_MS = env_float("CACHE_EMBED_WAIT_MS", 3.0)
+# HNSW candidates examined per nearest-neighbour query (pgvector's hnsw.ef_search): higher
+# finds the true nearest more often and costs more per lookup (docs/operations.md).
+CACHE_EF_SEARCH = env_int("CACHE_EF_SEARCH", 100, minimum=1)
 # Off: the local embedding model (about 540 MB) never loads; semantic lookups then need a
 # tenant's own embeddings model, and exact lookups work as always.
 CACHE_LOCAL_EMBEDDER = env_bool("CACHE_LOCAL_EMBEDDER", True)
