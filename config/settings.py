@@ -196,7 +196,7 @@ CACHE_EMBED_BACKEND = env_str("CACHE_EMBED_BACKEND", "onnx")
 if CACHE_EMBED_BACKEND not in ("onnx", "torch"):
     raise ImproperlyConfigured(f"CACHE_EMBED_BACKEND must be onnx or torch, not {CACHE_EMBED_BACKEND!r}")
 CACHE_EMBED_THREADS = env_int("CACHE_EMBED_THREADS", 1, minimum=1)
-CACHE_EMBED_WAIT_MS = env_float("CACHE_EMBED_WAIT_MS", 3.0)
+CACHE_EMBED_WAIT_MS = env_float("CACHE_EMBED_WAIT_MS", 0.0)
 # HNSW candidates examined per nearest-neighbour query (pgvector's hnsw.ef_search): higher
 # finds the true nearest more often and costs more per lookup (docs/operations.md).
 CACHE_EF_SEARCH = env_int("CACHE_EF_SEARCH", 100, minimum=1)

@@ -227,14 +227,24 @@ class RemoteEmbedder:
 
 
 class MicroBatcher:
-    """Gather concurrent ``embed_one`` calls into batched ``embed`` calls."""
+    """Gather concurrent ``embed_one`` calls into batched ``embed`` calls.
 
-    def __init__(self, embedder: Embedder, *, max_batch: int = 64, max_wait_ms: float = 3.0) -> None:
+    Batches form while the embedder is busy: with fewer than ``max_inflight`` batches running
+    a caller's text goes at once (after ``max_wait_ms`` if that is set, so a burst arriving
+    together shares one call), and every caller that arrives while the batches run is sent as
+    the next batch as soon as one ends. One prompt alone waits for nothing; under load the
+    batches grow by themselves to what arrived during one batch's run (at most ``max_batch``).
+    """
+
+    def __init__(self, embedder: Embedder, *, max_batch: int = 64, max_wait_ms: float = 0.0,
+                 max_inflight: int = 1) -> None:
         self.embedder = embedder
         self.max_batch = max_batch
         self.max_wait = max_wait_ms / 1000
+        self.max_inflight = max_inflight
         self._pending: list[tuple[str, asyncio.Future]] = []
-        self._timer: asyncio.TimerHandle | None = None
+        self._scheduled: asyncio.Handle | None = None
+        self._inflight = 0
         self.batch_sizes: list[int] = []  # recent batch sizes, for metrics and tests
         self._running: set[asyncio.Task] = set()
 
@@ -242,18 +252,19 @@ class MicroBatcher:
         loop = asyncio.get_running_loop()
         future = loop.create_future()
         self._pending.append((text, future))
-        if len(self._pending) >= self.max_batch:
-            self._close_batch()
-        elif self._timer is None:
-            self._timer = loop.call_later(self.max_wait, self._close_batch)
+        if self._inflight < self.max_inflight and self._scheduled is None:
+            # Callers arriving in this same turn of the loop (or within max_wait) join this batch.
+            if self.max_wait > 0:
+                self._scheduled = loop.call_later(self.max_wait, self._dispatch)
+            else:
+                self._scheduled = loop.call_soon(self._dispatch)
         return await future
 
-    def _close_batch(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-        batch, self._pending = self._pending, []
-        if batch:
+    def _dispatch(self) -> None:
+        self._scheduled = None
+        while self._pending and self._inflight < self.max_inflight:
+            batch, self._pending = self._pending[:self.max_batch], self._pending[self.max_batch:]
+            self._inflight += 1
             task = asyncio.ensure_future(self._run(batch))
             self._running.add(task)  # keep a reference until it ends
             task.add_done_callback(self._running.discard)
@@ -271,9 +282,14 @@ class MicroBatcher:
                 if not future.done():
                     future.set_exception(exc)
             return
-        for (_, future), vector in zip(batch, vectors, strict=True):
-            if not future.done():
-                future.set_result(vector)
+        else:
+            for (_, future), vector in zip(batch, vectors, strict=True):
+                if not future.done():
+                    future.set_result(vector)
+        finally:
+            self._inflight -= 1
+            if self._pending and self._scheduled is None:
+                self._dispatch()  # what arrived meanwhile goes now, as one batch
 
 
 if __name__ == "__main__":  # python -m apps.cache.embedder: export the ONNX graph ahead of the first start

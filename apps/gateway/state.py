@@ -129,6 +129,7 @@ class GatewayState:
             from apps.cache.embedder import MicroBatcher, RemoteEmbedder
 
             batcher = self._remote_batchers[model] = MicroBatcher(RemoteEmbedder(model, self.pool), max_batch=64,
+                                                                  max_inflight=4,
                                                                   max_wait_ms=settings.CACHE_EMBED_WAIT_MS)
         return batcher
 

@@ -58,3 +58,19 @@ def test_it_batches_concurrent_callers(onnx_embedder):
     alone = onnx_embedder.embed_sync(TEXTS)
     for index, vector in enumerate(vectors):
         assert float(vector @ alone[index % 4]) > 0.9999
+
+
+def test_it_sends_a_lone_prompt_at_once_and_batches_what_arrives_while_the_model_runs(onnx_embedder):
+    async def run():
+        batcher = MicroBatcher(onnx_embedder, max_batch=64)
+        lone = await batcher.embed_one(TEXTS[0])
+        first = asyncio.ensure_future(batcher.embed_one(TEXTS[1]))
+        await asyncio.sleep(0)  # the first goes alone, to an idle model
+        rest = [asyncio.ensure_future(batcher.embed_one(text)) for text in TEXTS * 5]
+        await asyncio.gather(first, *rest)
+        return lone, batcher.batch_sizes
+
+    lone, sizes = asyncio.run(run())
+    assert float(lone @ onnx_embedder.embed_sync([TEXTS[0]])[0]) > 0.9999
+    # One alone, one alone again (the model was idle), then the twenty that queued behind it.
+    assert sizes == [1, 1, 20]
