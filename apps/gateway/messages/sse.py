@@ -59,8 +59,8 @@ class AnthropicFromOpenAI:
     stream itself carried none the translator saw.
     """
 
-    __slots__ = ("_block", "_next", "_text_prefix", "_tools", "finish_reason", "message_id", "model", "started",
-                 "stop_sequence", "usage", "usage_of")
+    __slots__ = ("_block", "_next", "_text_prefix", "finish_reason", "message_id", "model", "started",
+                 "stop_sequence", "tools", "usage", "usage_of")
 
     def __init__(self, *, message_id: str, model: str, usage_of=None) -> None:
         self.message_id = message_id
@@ -73,7 +73,7 @@ class AnthropicFromOpenAI:
         self._block: int | None = None  # the open block's index
         self._next = 0
         self._text_prefix: bytes | None = None  # set while the open block is text
-        self._tools: dict[int, int] = {}  # OpenAI tool call index -> block index
+        self.tools: dict[int, int] = {}  # OpenAI tool call index -> block index
 
     def translate(self, data: bytes) -> bytes:
         """Whole OpenAI SSE events in, Anthropic SSE events out."""
@@ -140,10 +140,10 @@ class AnthropicFromOpenAI:
     def _tool_delta(self, call: dict, out: list[bytes]) -> None:
         position = call.get("index", 0)
         function = call.get("function") or {}
-        index = self._tools.get(position)
+        index = self.tools.get(position)
         if index is None:
             self._close(out)
-            index = self._block = self._tools[position] = self._next
+            index = self._block = self.tools[position] = self._next
             self._next += 1
             out.append(_block_start(index, {"type": "tool_use", "id": call.get("id") or f"toolu_{index}",
                                             "name": function.get("name") or "", "input": {}}))
@@ -155,7 +155,7 @@ class AnthropicFromOpenAI:
         self._close(out)
         usage = self.usage or (self.usage_of() if self.usage_of is not None else None) or {"output_tokens": 0}
         stop = FINISH_TO_STOP.get(self.finish_reason or "stop", "end_turn")
-        if self._tools and stop == "end_turn":
+        if self.tools and stop == "end_turn":
             stop = "tool_use"
         out.append(b"event: message_delta\ndata: " + orjson.dumps(
             {"type": "message_delta", "delta": {"stop_reason": stop, "stop_sequence": None}, "usage": usage})
