@@ -90,13 +90,14 @@ class Model(models.Model):
             super().save(*args, **kwargs)
             self.record_price_version()
 
-    def price_tuple(self) -> tuple[Decimal, Decimal, Decimal, Decimal | None]:
-        return _price_tuple(self)
+    def price_tuple(self) -> tuple[Decimal, Decimal, Decimal]:
+        """Input, cached input and output prices per 1M tokens."""
+        return _price_tuple(self)[:3]
 
     def record_price_version(self) -> ModelPrice:
         """Add a price version when the current prices differ from the latest one."""
         latest = self.prices.order_by("-effective_from", "-id").first()
-        if latest is not None and latest.price_tuple() == self.price_tuple():
+        if latest is not None and _price_tuple(latest) == _price_tuple(self):
             return latest
         return ModelPrice.objects.create(
             model=self,
@@ -124,8 +125,9 @@ class ModelPrice(models.Model):
     def __str__(self) -> str:
         return f"{self.model} from {self.effective_from:%Y-%m-%d %H:%M}"
 
-    def price_tuple(self) -> tuple[Decimal, Decimal, Decimal, Decimal | None]:
-        return _price_tuple(self)
+    def price_tuple(self) -> tuple[Decimal, Decimal, Decimal]:
+        """Input, cached input and output prices per 1M tokens."""
+        return _price_tuple(self)[:3]
 
     def cost(self, *, input_tokens: int, cached_tokens: int, output_tokens: int,
              cache_write_tokens: int = 0) -> Decimal:
@@ -146,6 +148,7 @@ class ModelPrice(models.Model):
 
 
 def _price_tuple(row) -> tuple[Decimal, Decimal, Decimal, Decimal | None]:
+    """Every price of a model or price version, the cache-write one included (None: the input price)."""
     write = row.cache_write_price_per_million
     return (
         Decimal(row.input_price_per_million),
