@@ -8,6 +8,8 @@ with ``Cache-Control: no-store`` so every request goes upstream), then runs a cl
 streaming Anthropic Messages requests against:
 
     simulator direct            the simulator's own ``/v1/messages`` (Anthropic SSE)
+    thinnest proxy              bench/thin_proxy.py: aiohttp relaying the bytes, nothing else (the
+                                cost of one more HTTP hop on the same cores)
     Switchyard, native          ``/v1/messages`` to a model on an Anthropic-kind provider (the
                                 simulator's ``/v1/messages``): bytes relayed
     Switchyard, translated      ``/v1/messages`` to a model on an OpenAI-compatible provider (the
@@ -145,6 +147,12 @@ async def run(args) -> tuple[str, list[str]]:
         upstream_v1 = f"http://127.0.0.1:{up_port}/v1"
         await wait_http(upstream_v1 + "/models")
         targets = [Target("simulator direct", upstream_v1 + "/messages", "sim-mini")]
+        thin_port = free_port()
+        procs.append(start([PY, "bench/thin_proxy.py", "--port", str(thin_port), "--upstream",
+                            f"http://127.0.0.1:{up_port}"], log=logs / "thin.log"))
+        await wait_http(f"http://127.0.0.1:{thin_port}/")
+        targets.append(Target("thinnest proxy (aiohttp passthrough)", f"http://127.0.0.1:{thin_port}/v1/messages",
+                              "sim-mini"))
 
         subprocess.run([PY, "manage.py", "migrate", "--noinput"], cwd=REPO, capture_output=True, check=True)
         seeded = subprocess.run([PY, "manage.py", "seed_demo", "--upstream-url", upstream_v1], cwd=REPO,
