@@ -238,8 +238,9 @@ def write(path: Path, body: str, notes: list[str], args) -> None:
         f"{marker_start}\n## Anthropic Messages streaming (`bench/messages.py`)\n\n"
         f"Command: `python bench/messages.py --duration {args.duration:g} --rounds {args.rounds} "
         f"--concurrency {args.concurrency} --write {path}`.\n\n"
-        f"Run {datetime.now(UTC):%Y-%m-%d %H:%M} UTC on {os.cpu_count()} cores ({cpu}), Python "
-        f"{platform.python_version()}. Simulated upstream: 20 ms to first token, {DELTAS} text deltas. Closed loop "
+        f"Run {datetime.now(UTC):%Y-%m-%d %H:%M} UTC on {os.cpu_count()} cores ({cpu}), load average "
+        f"{args.load:.1f} at the start, Python {platform.python_version()}. Simulated upstream: 20 ms to "
+        f"first token, {DELTAS} text deltas. Closed loop "
         f"from a Python aiohttp client, targets interleaved, {args.rounds} rounds of {args.duration:g} s each; the "
         "load generator, the simulator and Switchyard share the same two cores. Switchyard runs with usage logging "
         "and cost on and its cache bypassed (`Cache-Control: no-store`).\n"
@@ -267,6 +268,7 @@ def main() -> None:
         uvloop.install()
     except ImportError:
         pass
+    args.load = os.getloadavg()[0]
     body, notes = asyncio.run(run(args))
     print("".join(f"\n{note}\n" for note in notes) + body)
     if args.write:
