@@ -20,8 +20,10 @@ def build(upstream: str) -> web.Application:
 
     async def forward(request: web.Request) -> web.StreamResponse:
         body = await request.read()
-        async with app["session"].post(upstream + request.path, data=body,
-                                       headers={"Content-Type": "application/json"}) as upstream_response:
+        headers = {"Content-Type": "application/json"}
+        if "anthropic-version" in request.headers:
+            headers["anthropic-version"] = request.headers["anthropic-version"]
+        async with app["session"].post(upstream + request.path, data=body, headers=headers) as upstream_response:
             response = web.StreamResponse(status=upstream_response.status, headers={
                 "Content-Type": upstream_response.headers.get("Content-Type", "application/json")})
             await response.prepare(request)
@@ -33,6 +35,7 @@ def build(upstream: str) -> web.Application:
     app.on_startup.append(start)
     app.on_cleanup.append(stop)
     app.router.add_post("/v1/chat/completions", forward)
+    app.router.add_post("/v1/messages", forward)
     return app
 
 

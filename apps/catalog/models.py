@@ -11,13 +11,23 @@ from django.utils import timezone
 from apps.core.fields import EncryptedTextField
 
 _PRICE = {"max_digits": 14, "decimal_places": 6, "validators": [MinValueValidator(Decimal("0"))]}
+_CACHE_READ_HELP = ("USD per 1M input tokens read from the provider's prompt cache (OpenAI's cached_tokens, "
+                    "Anthropic's cache_read_input_tokens).")
+_CACHE_WRITE_HELP = ("USD per 1M input tokens written to the provider's prompt cache (Anthropic's "
+                     "cache_creation_input_tokens). Empty: the input price.")
 
 
 class Provider(models.Model):
-    """An upstream that speaks an API the gateway knows."""
+    """An upstream that speaks an API the gateway knows.
+
+    ``openai`` and ``simulated`` providers take ``/chat/completions``; ``anthropic`` ones take
+    ``/messages`` (Anthropic's Messages API, with ``x-api-key``), and serve only
+    ``/v1/messages`` requests, which reach them byte for byte.
+    """
 
     class Kind(models.TextChoices):
         OPENAI = "openai", "OpenAI-compatible"
+        ANTHROPIC = "anthropic", "Anthropic Messages API"
         SIMULATED = "simulated", "Simulated (built in)"
 
     name = models.CharField(max_length=100, unique=True)
@@ -59,8 +69,9 @@ class Model(models.Model):
     provider = models.ForeignKey(Provider, on_delete=models.PROTECT, related_name="models")
     mode = models.CharField(max_length=20, choices=Mode.choices, default=Mode.CHAT)
     input_price_per_million = models.DecimalField(**_PRICE, default=Decimal("0"))
-    cached_input_price_per_million = models.DecimalField(**_PRICE, default=Decimal("0"))
+    cached_input_price_per_million = models.DecimalField(**_PRICE, default=Decimal("0"), help_text=_CACHE_READ_HELP)
     output_price_per_million = models.DecimalField(**_PRICE, default=Decimal("0"))
+    cache_write_price_per_million = models.DecimalField(**_PRICE, null=True, blank=True, help_text=_CACHE_WRITE_HELP)
     context_window = models.PositiveIntegerField(default=128000)
     max_output_tokens = models.PositiveIntegerField(default=16384)
     tier = models.CharField(max_length=20, choices=Tier.choices, default=Tier.MODERATE)
@@ -80,22 +91,20 @@ class Model(models.Model):
             self.record_price_version()
 
     def price_tuple(self) -> tuple[Decimal, Decimal, Decimal]:
-        return (
-            Decimal(self.input_price_per_million),
-            Decimal(self.cached_input_price_per_million),
-            Decimal(self.output_price_per_million),
-        )
+        """Input, cached input and output prices per 1M tokens."""
+        return _price_tuple(self)[:3]
 
     def record_price_version(self) -> ModelPrice:
         """Add a price version when the current prices differ from the latest one."""
         latest = self.prices.order_by("-effective_from", "-id").first()
-        if latest is not None and latest.price_tuple() == self.price_tuple():
+        if latest is not None and _price_tuple(latest) == _price_tuple(self):
             return latest
         return ModelPrice.objects.create(
             model=self,
             input_price_per_million=self.input_price_per_million,
             cached_input_price_per_million=self.cached_input_price_per_million,
             output_price_per_million=self.output_price_per_million,
+            cache_write_price_per_million=self.cache_write_price_per_million,
         )
 
 
@@ -104,8 +113,9 @@ class ModelPrice(models.Model):
 
     model = models.ForeignKey(Model, on_delete=models.CASCADE, related_name="prices")
     input_price_per_million = models.DecimalField(**_PRICE)
-    cached_input_price_per_million = models.DecimalField(**_PRICE)
+    cached_input_price_per_million = models.DecimalField(**_PRICE, help_text=_CACHE_READ_HELP)
     output_price_per_million = models.DecimalField(**_PRICE)
+    cache_write_price_per_million = models.DecimalField(**_PRICE, null=True, blank=True, help_text=_CACHE_WRITE_HELP)
     effective_from = models.DateTimeField(default=timezone.now, db_index=True)
 
     class Meta:
@@ -116,18 +126,33 @@ class ModelPrice(models.Model):
         return f"{self.model} from {self.effective_from:%Y-%m-%d %H:%M}"
 
     def price_tuple(self) -> tuple[Decimal, Decimal, Decimal]:
-        return (
-            Decimal(self.input_price_per_million),
-            Decimal(self.cached_input_price_per_million),
-            Decimal(self.output_price_per_million),
-        )
+        """Input, cached input and output prices per 1M tokens."""
+        return _price_tuple(self)[:3]
 
-    def cost(self, *, input_tokens: int, cached_tokens: int, output_tokens: int) -> Decimal:
-        """Exact cost in USD: uncached input, cached input and output, each at its price."""
-        uncached = max(input_tokens - cached_tokens, 0)
+    def cost(self, *, input_tokens: int, cached_tokens: int, output_tokens: int,
+             cache_write_tokens: int = 0) -> Decimal:
+        """Exact cost in USD: input read from the prompt cache (``cached_tokens``), input written to
+        it (``cache_write_tokens``), the rest of the input, and output, each at its price.
+        ``input_tokens`` counts every input token, cached or not."""
+        input_price = Decimal(self.input_price_per_million)
+        write_price = input_price if self.cache_write_price_per_million is None else Decimal(
+            self.cache_write_price_per_million)
+        uncached = max(input_tokens - cached_tokens - cache_write_tokens, 0)
         total = (
-            uncached * Decimal(self.input_price_per_million)
+            uncached * input_price
             + cached_tokens * Decimal(self.cached_input_price_per_million)
+            + cache_write_tokens * write_price
             + output_tokens * Decimal(self.output_price_per_million)
         )
         return total / Decimal(1_000_000)
+
+
+def _price_tuple(row) -> tuple[Decimal, Decimal, Decimal, Decimal | None]:
+    """Every price of a model or price version, the cache-write one included (None: the input price)."""
+    write = row.cache_write_price_per_million
+    return (
+        Decimal(row.input_price_per_million),
+        Decimal(row.cached_input_price_per_million),
+        Decimal(row.output_price_per_million),
+        None if write is None else Decimal(write),
+    )

@@ -1,16 +1,16 @@
 """The HTTP door: a plain ASGI app for the hot endpoints, ahead of Django.
 
-``/v1/chat/completions`` (JSON and SSE), ``/v1/embeddings`` and ``/v1/models`` are answered
-here, with no Django middleware, request signals or thread hop; every other path goes to
-Django (admin, probes, DRF). Measured on this hardware a raw ASGI callable serves about 1.5x
-a Channels consumer and 4.5x a Django async view. The app also owns the ASGI lifespan: start
-up loads the config and starts the usage flusher; shut down (after the server has drained
+``/v1/chat/completions`` (JSON and SSE), ``/v1/messages`` (Anthropic's Messages API, in
+:mod:`apps.gateway.messages.door`), ``/v1/embeddings`` and ``/v1/models`` are answered here,
+with no Django middleware, request signals or thread hop; every other path goes to Django
+(admin, probes, DRF). Measured on this hardware a raw ASGI callable serves about 1.5x a
+Channels consumer and 4.5x a Django async view. The app also owns the ASGI lifespan: start up
+loads the config and starts the usage flusher; shut down (after the server has drained
 in-flight requests) flushes the usage buffer.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 
@@ -26,57 +26,23 @@ from apps.gateway.caching import (
     completion_from_stream,
     replay_sse,
 )
-from apps.gateway.errors import Forbidden, GatewayError, MethodNotAllowed, PayloadTooLarge, error_body
+from apps.gateway.errors import Forbidden, GatewayError, MethodNotAllowed, error_body
 from apps.gateway.limits import limits_settle
+from apps.gateway.messages.door import messages_handle
 from apps.gateway.state import state
 from apps.gateway.upstream import UpstreamClientError
+from apps.gateway.wire import body_read, chunks_send, header, json_send, stream_relay
 
 logger = logging.getLogger(__name__)
 
-_JSON = (b"content-type", b"application/json")
-_SSE_HEADERS = [
-    (b"content-type", b"text/event-stream; charset=utf-8"),
-    (b"cache-control", b"no-cache"),
-    (b"x-accel-buffering", b"no"),
-]
 HOT_PATHS = frozenset({"/v1/chat/completions", "/v1/embeddings", "/v1/models", "/v1/cache/stats",
-                       "/v1/cache/clear", "/metrics"})
-
-
-def _header(scope, name: bytes) -> str | None:
-    for key, value in scope["headers"]:
-        if key == name:
-            return value.decode("latin-1")
-    return None
-
-
-async def _read_body(receive) -> bytes:
-    limit = settings.GATEWAY_MAX_BODY_BYTES
-    chunks: list[bytes] = []
-    size = 0
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            raise ConnectionResetError("client disconnected while sending")
-        chunk = message.get("body", b"")
-        size += len(chunk)
-        if size > limit:
-            raise PayloadTooLarge(f"The request body exceeds {limit} bytes.")
-        chunks.append(chunk)
-        if not message.get("more_body"):
-            return b"".join(chunks)
-
-
-async def _send_json(send, status: int, body: bytes, headers: list | None = None) -> None:
-    await send({"type": "http.response.start", "status": status,
-                "headers": [_JSON, *(headers or [])]})
-    await send({"type": "http.response.body", "body": body})
+                       "/v1/cache/clear", "/metrics", "/v1/messages", "/v1/messages/count_tokens"})
 
 
 async def _send_error(send, error: GatewayError, call_headers: list | None = None) -> None:
     headers = list(call_headers or [])
     headers.extend((k.lower().encode(), v.encode()) for k, v in error.headers.items())
-    await _send_json(send, error.status, error_body(error), headers)
+    await json_send(send, error.status, error_body(error), headers)
 
 
 class GatewayHTTP:
@@ -118,36 +84,39 @@ class GatewayHTTP:
             if path == "/metrics":
                 await self.metrics(scope, send)
                 return
-            key = await state.authenticate(_header(scope, b"authorization"))
+            if path.startswith("/v1/messages"):
+                await messages_handle(state, scope, receive, send, started)
+                return
+            key = await state.authenticate(header(scope, b"authorization"))
             method = scope["method"]
             if path == "/v1/models":
                 if method != "GET":
                     raise MethodNotAllowed()
-                await _send_json(send, 200, pipeline.models_list(state, key))
+                await json_send(send, 200, pipeline.models_list(state, key))
                 return
             if path == "/v1/cache/stats":
                 if method != "GET":
                     raise MethodNotAllowed()
                 stats = await state.cache.stats(key.tenant_id)
                 stats["semantic_ready"] = state.semantic_ready(key)
-                await _send_json(send, 200, orjson.dumps(stats))
+                await json_send(send, 200, orjson.dumps(stats))
                 return
             if method != "POST":
                 raise MethodNotAllowed()
             if path == "/v1/cache/clear":
                 deleted = await state.cache.clear(key.tenant_id)
-                await _send_json(send, 200, orjson.dumps({"object": "cache.cleared", "deleted": deleted}))
+                await json_send(send, 200, orjson.dumps({"object": "cache.cleared", "deleted": deleted}))
                 return
-            raw = await _read_body(receive)
+            raw = await body_read(receive)
             if path == "/v1/embeddings":
                 call, answer = await pipeline.embeddings(state, key, raw, started=started)
-                await _send_json(send, 200, answer, call.headers())
+                await json_send(send, 200, answer, call.headers())
                 return
             call, body = await pipeline.chat_prepare(state, key, raw, started=started,
-                                                     tags_header=_header(scope, b"x-switchyard-tags"))
+                                                     tags_header=header(scope, b"x-switchyard-tags"))
             call_headers = [(b"x-switchyard-request-id", call.request_id.encode())]
-            plan = cache_plan(call, body, cache_control=_header(scope, b"cache-control"),
-                              namespace=_header(scope, b"x-switchyard-cache-namespace"))
+            plan = cache_plan(call, body, cache_control=header(scope, b"cache-control"),
+                              namespace=header(scope, b"x-switchyard-cache-namespace"))
             if plan is not None:
                 hit = await cache_lookup(state, call, plan)
                 if hit is not None:
@@ -160,7 +129,7 @@ class GatewayHTTP:
                 else:
                     answer, parsed = await pipeline.chat_json(state, call, body)
                     cache_settle(state, call, plan, parsed)
-                    await _send_json(send, 200, answer, call.headers())
+                    await json_send(send, 200, answer, call.headers())
             finally:
                 cache_settle(state, call, plan, None)  # no-op when already settled
         except GatewayError as error:
@@ -180,7 +149,7 @@ class GatewayHTTP:
 
         if scope["method"] != "GET":
             raise MethodNotAllowed()
-        authorization = _header(scope, b"authorization")
+        authorization = header(scope, b"authorization")
         if not metrics.allowed(scope, authorization.encode("latin-1") if authorization else None,
                                settings.METRICS_TOKEN):
             raise Forbidden("/metrics needs 'Authorization: Bearer <METRICS_TOKEN>' (or, without a token set, "
@@ -191,47 +160,15 @@ class GatewayHTTP:
 
     async def replay(self, call, body, hit, send) -> None:
         if not call.stream:
-            await _send_json(send, 200, orjson.dumps(hit.response), call.headers())
+            await json_send(send, 200, orjson.dumps(hit.response), call.headers())
             return
         options = body.get("stream_options")
         events = replay_sse(hit, include_usage=isinstance(options, dict) and bool(options.get("include_usage")))
-        await send({"type": "http.response.start", "status": 200, "headers": _SSE_HEADERS + call.headers()})
-        for event in events:
-            await send({"type": "http.response.body", "body": event, "more_body": True})
-        await send({"type": "http.response.body", "body": b""})
+        await chunks_send(send, call.headers(), events)
 
     async def stream(self, call, body, receive, send, plan=None) -> None:
         stream = await pipeline.chat_stream_open(state, call, body)
         if plan is not None:
             stream.on_complete = lambda done: cache_settle(
                 state, call, plan, completion_from_stream(done) if done is not None else None)
-        pieces = stream.__aiter__()
-        await send({"type": "http.response.start", "status": 200, "headers": _SSE_HEADERS + call.headers()})
-        # The first bytes are already here: send them now, before any task is scheduled.
-        try:
-            first = await pieces.__anext__()
-        except StopAsyncIteration:
-            await send({"type": "http.response.body", "body": b""})
-            return
-        await send({"type": "http.response.body", "body": first, "more_body": True})
-
-        async def relay() -> None:
-            async for data in pieces:
-                await send({"type": "http.response.body", "body": data, "more_body": True})
-            await send({"type": "http.response.body", "body": b""})
-
-        relay_task = asyncio.ensure_future(relay())
-        disconnect_task = asyncio.ensure_future(_wait_disconnect(receive))
-        try:
-            await asyncio.wait({relay_task, disconnect_task}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            if not relay_task.done():
-                relay_task.cancel()  # the client left: stop the upstream and bill what was produced
-            disconnect_task.cancel()
-            await asyncio.gather(relay_task, disconnect_task, return_exceptions=True)
-            await pieces.aclose()
-
-
-async def _wait_disconnect(receive) -> None:
-    while (await receive())["type"] != "http.disconnect":
-        pass
+        await stream_relay(stream, receive, send, call.headers())

@@ -37,7 +37,7 @@ from apps.gateway.errors import (
 from apps.gateway.limits import limits_refusal_raise, limits_reserve, limits_settle
 from apps.gateway.snapshot import KeyInfo, ModelInfo
 from apps.gateway.state import GatewayState
-from apps.gateway.upstream import open_stream, post_json, with_fallbacks
+from apps.gateway.upstream import ANTHROPIC_KIND, OpenStream, open_stream, post_json, with_fallbacks
 from apps.gateway.validation import chat_body_validate, embeddings_body_validate, model_field, tags_from
 from apps.routing.engine import route_resolve
 
@@ -76,6 +76,7 @@ class Call:
     stream: bool = False
     input_tokens: int = 0
     cached_tokens: int = 0
+    cache_write_tokens: int = 0
     output_tokens: int = 0
     tokens_estimated: bool = False
     cost: Decimal = _ZERO
@@ -123,8 +124,27 @@ class Call:
         else:
             self.input_tokens, self.output_tokens, self.cached_tokens = fallback_prompt, fallback_completion, 0
             self.tokens_estimated = True
+        self.cache_write_tokens = 0
+        self._price()
+
+    def set_usage_anthropic(self, usage: dict | None, *, fallback_prompt: int, fallback_completion: int) -> None:
+        """Usage in Anthropic's shape: ``input_tokens`` there excludes the prompt-cache reads
+        and writes, which are counted (and priced) apart."""
+        if isinstance(usage, dict) and isinstance(usage.get("input_tokens"), int):
+            read = usage.get("cache_read_input_tokens") or 0
+            written = usage.get("cache_creation_input_tokens") or 0
+            self.input_tokens = usage["input_tokens"] + read + written
+            self.cached_tokens, self.cache_write_tokens = read, written
+            self.output_tokens = usage.get("output_tokens") or 0
+        else:
+            self.set_usage(None, fallback_prompt=fallback_prompt, fallback_completion=fallback_completion)
+            return
+        self._price()
+
+    def _price(self) -> None:
         if self.model is not None:
-            self.cost = self.model.cost(self.input_tokens, self.cached_tokens, self.output_tokens)
+            self.cost = self.model.cost(self.input_tokens, self.cached_tokens, self.output_tokens,
+                                        self.cache_write_tokens)
 
     def _routing_saved(self) -> Decimal:
         """What the answer would have cost on the baseline model, less what it cost (never
@@ -132,7 +152,8 @@ class Call:
         model, baseline = self.model, self.baseline
         if model is None or baseline is None or baseline is model or self.cache in ("exact", "semantic"):
             return _ZERO
-        return max(baseline.cost(self.input_tokens, self.cached_tokens, self.output_tokens) - self.cost, _ZERO)
+        return max(baseline.cost(self.input_tokens, self.cached_tokens, self.output_tokens, self.cache_write_tokens)
+                   - self.cost, _ZERO)
 
     def log(self, state: GatewayState) -> None:
         """Append this request's usage row to the buffer (no I/O here)."""
@@ -151,6 +172,7 @@ class Call:
             "price_id": model.price_id if model else None,
             "input_tokens": self.input_tokens,
             "cached_tokens": self.cached_tokens,
+            "cache_write_tokens": self.cache_write_tokens,
             "output_tokens": self.output_tokens,
             "tokens_estimated": self.tokens_estimated,
             "cost": self.cost,
@@ -170,7 +192,14 @@ class Call:
             limits_settle(state, self)
 
 
-def _route(state: GatewayState, call: Call, body: dict, tags_header: str | None, *, mode: str) -> None:
+def call_route(state: GatewayState, call: Call, body: dict, tags_header: str | None, *, mode: str,
+               dialect: str = "openai", native_only: str | None = None) -> None:
+    """Resolve the requested model to the chain of models to try, for a validated body.
+
+    ``dialect`` is the door's API: OpenAI's doors never reach a provider that speaks only
+    Anthropic's Messages API; the Messages door reaches any chat model, and only native
+    Anthropic ones when the request uses ``native_only`` features (a description for the error).
+    """
     snapshot = state.snapshot
     requested = model_field(body)
     call.requested_model = requested
@@ -187,6 +216,16 @@ def _route(state: GatewayState, call: Call, body: dict, tags_header: str | None,
     chain = tuple(m for m in route.chain if m.mode == mode)
     if not chain:
         raise ModelNotFound(f"The model '{requested}' cannot serve {mode} requests.", param="model")
+    if dialect == "openai" and mode == "chat":
+        chain = tuple(m for m in chain if m.provider.kind != ANTHROPIC_KIND)
+        if not chain:
+            raise ModelNotFound(f"The model '{requested}' is served by an Anthropic Messages API provider: "
+                                "call POST /v1/messages.", param="model")
+    elif native_only:
+        chain = tuple(m for m in chain if m.provider.kind == ANTHROPIC_KIND)
+        if not chain:
+            raise BadRequest(f"This request uses {native_only}, which only a native Anthropic provider takes; "
+                             f"the model '{requested}' is served through an OpenAI-compatible one.", param="model")
     if allowed is not None:
         chain = tuple(m for m in chain if m.name in allowed)
         if not chain:
@@ -221,7 +260,7 @@ async def chat_prepare(state: GatewayState, key: KeyInfo, raw: bytes, *, started
     try:
         chat_body_validate(body)
         call.stream = bool(body.get("stream"))
-        _route(state, call, body, tags_header, mode="chat")
+        call_route(state, call, body, tags_header, mode="chat")
         await limits_reserve(state, call, body)
     except GatewayError as exc:
         call.requested_model = call.requested_model or str(body.get("model") or "")[:200]
@@ -243,15 +282,11 @@ def _fail(state: GatewayState, call: Call, exc: GatewayError) -> None:
     call.log(state)
 
 
-async def chat_json(state: GatewayState, call: Call, body: dict) -> tuple[bytes, dict]:
-    """Answer a non-stream chat request: the provider's JSON, byte for byte (and parsed)."""
+async def upstream_json(state: GatewayState, call: Call, attempt) -> tuple[ModelInfo, bytes, dict]:
+    """Go upstream for a JSON answer, ``attempt(model)`` over the chain with retries and
+    fallbacks. A failure is logged here; on success the caller sets the usage, then calls
+    :func:`call_done`."""
     _going_upstream(state, call)
-    bodies: dict[int, bytes] = {}
-
-    async def attempt(model: ModelInfo):
-        payload = bodies.get(model.id) or bodies.setdefault(model.id, _upstream_body(body, model, stream=False))
-        return await post_json(state.pool, model, "/chat/completions", payload)
-
     call.upstream_started = time.perf_counter()
     try:
         model, (raw, parsed), call.failures = await with_fallbacks(
@@ -269,6 +304,24 @@ async def chat_json(state: GatewayState, call: Call, body: dict) -> tuple[bytes,
     call.upstream_ended = time.perf_counter()
     call.model = model
     call.first_byte = call.upstream_ended
+    return model, raw, parsed
+
+
+def call_done(state: GatewayState, call: Call) -> None:
+    """A JSON answer is ready: count the time spent here and log the request."""
+    call.overhead_ms = ((call.upstream_started - call.started) + (time.perf_counter() - call.upstream_ended)) * 1000
+    call.log(state)
+
+
+async def chat_json(state: GatewayState, call: Call, body: dict) -> tuple[bytes, dict]:
+    """Answer a non-stream chat request: the provider's JSON, byte for byte (and parsed)."""
+    bodies: dict[int, bytes] = {}
+
+    async def attempt(model: ModelInfo):
+        payload = bodies.get(model.id) or bodies.setdefault(model.id, _upstream_body(body, model, stream=False))
+        return await post_json(state.pool, model, "/chat/completions", payload)
+
+    _model, raw, parsed = await upstream_json(state, call, attempt)
     usage = parsed.get("usage")
     if not isinstance(usage, dict):
         completion = _completion_text(parsed)
@@ -276,8 +329,7 @@ async def chat_json(state: GatewayState, call: Call, body: dict) -> tuple[bytes,
                        fallback_completion=tokens.text_tokens(completion))
     else:
         call.set_usage(usage, fallback_prompt=0, fallback_completion=0)
-    call.overhead_ms = ((call.upstream_started - call.started) + (time.perf_counter() - call.upstream_ended)) * 1000
-    call.log(state)
+    call_done(state, call)
     return raw, parsed
 
 
@@ -313,6 +365,9 @@ class ChatStream:
         self.finished = False
         self.finish_reason: str | None = None
         self.on_complete = None  # called with the stream once it ended normally
+        self.upstream_failed = False  # the provider sent an error event of its own (nothing to cache)
+        self.transform = None  # bytes -> bytes applied to what is relayed (another API's events)
+        self.error_event = _error_event  # renders the event that ends a stream failing mid-way
 
     def _keep(self, data: bytes) -> None:
         if self.kept_bytes < _MAX_KEPT_STREAM_BYTES:
@@ -383,17 +438,24 @@ class ChatStream:
         call = self.call
         carry = b""
         error: GatewayError | None = None
+        transform = self.transform
         try:
             out, carry = self._relay(self.opened.first)
             call.first_byte = time.perf_counter()
+            if out and transform is not None:
+                out = transform(out)
             if out:
                 yield out
             async for piece in self.opened.response.content.iter_any():
                 out, carry = self._relay(carry + piece if carry else piece)
+                if out and transform is not None:
+                    out = transform(out)
                 if out:
                     yield out
             if carry.strip():
                 out, carry = self._relay(carry + b"\n\n")
+                if out and transform is not None:
+                    out = transform(out)
                 if out:
                     yield out
             if not self.done:
@@ -416,11 +478,11 @@ class ChatStream:
             self._log()
             if self.on_complete is not None:
                 self.on_complete(None)
-            yield b"data: " + error_body(error) + b"\n\n"
+            yield self.error_event(error)
             return
         self._log()
         if self.on_complete is not None:
-            self.on_complete(self)
+            self.on_complete(None if self.upstream_failed else self)
 
     def _log(self) -> None:
         if not self.finished:
@@ -428,15 +490,25 @@ class ChatStream:
             self.call.log(self.state)
 
 
+def _error_event(error: GatewayError) -> bytes:
+    return b"data: " + error_body(error) + b"\n\n"
+
+
 async def chat_stream_open(state: GatewayState, call: Call, body: dict) -> ChatStream:
     """Start the stream, falling back until one upstream sends its first bytes."""
-    _going_upstream(state, call)
     bodies: dict[int, bytes] = {}
 
     async def attempt(model: ModelInfo):
         payload = bodies.get(model.id) or bodies.setdefault(model.id, _upstream_body(body, model, stream=True))
         return await open_stream(state.pool, model, "/chat/completions", payload)
 
+    return ChatStream(state, call, body, await upstream_stream_open(state, call, attempt))
+
+
+async def upstream_stream_open(state: GatewayState, call: Call, attempt) -> OpenStream:
+    """Open a stream with ``attempt(model)`` over the chain, with retries and fallbacks, until
+    one upstream sends its first bytes; a failure is logged here."""
+    _going_upstream(state, call)
     call.upstream_started = time.perf_counter()
     try:
         model, opened, call.failures = await with_fallbacks(
@@ -452,7 +524,7 @@ async def chat_stream_open(state: GatewayState, call: Call, body: dict) -> ChatS
         raise
     call.model = model
     call.overhead_ms = (call.upstream_started - call.started) * 1000
-    return ChatStream(state, call, body, opened)
+    return opened
 
 
 async def embeddings(state: GatewayState, key: KeyInfo, raw: bytes, *, started: float) -> tuple[Call, bytes]:
@@ -460,7 +532,7 @@ async def embeddings(state: GatewayState, key: KeyInfo, raw: bytes, *, started: 
     body = _body(raw)
     try:
         embeddings_body_validate(body)
-        _route(state, call, body, None, mode="embedding")
+        call_route(state, call, body, None, mode="embedding")
         await limits_reserve(state, call, body, mode="embedding")
     except GatewayError as exc:
         call.requested_model = call.requested_model or str(body.get("model") or "")[:200]

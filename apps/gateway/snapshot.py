@@ -42,13 +42,21 @@ class ModelInfo:
     output_price: Decimal
     context_window: int
     max_output_tokens: int
+    cache_write_price: Decimal | None = None  # None: the input price
 
-    def cost(self, input_tokens: int, cached_tokens: int, output_tokens: int) -> Decimal:
-        """Exact USD cost at this model's price version (prices are per 1M tokens)."""
-        uncached = max(input_tokens - cached_tokens, 0)
-        return (
-            uncached * self.input_price + cached_tokens * self.cached_input_price + output_tokens * self.output_price
-        ) / 1_000_000
+    def cost(self, input_tokens: int, cached_tokens: int, output_tokens: int, cache_write_tokens: int = 0) -> Decimal:
+        """Exact USD cost at this model's price version (prices are per 1M tokens).
+
+        ``input_tokens`` counts every input token; ``cached_tokens`` of them were read from the
+        provider's prompt cache and ``cache_write_tokens`` written to it, each at its own price.
+        """
+        uncached = max(input_tokens - cached_tokens - cache_write_tokens, 0)
+        total = (uncached * self.input_price + cached_tokens * self.cached_input_price
+                 + output_tokens * self.output_price)
+        if cache_write_tokens:
+            price = self.input_price if self.cache_write_price is None else self.cache_write_price
+            total += cache_write_tokens * price
+        return total / 1_000_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,6 +122,10 @@ class Snapshot:
         return own + self.global_rules if own else self.global_rules
 
 
+def _optional_decimal(value) -> Decimal | None:
+    return None if value is None else Decimal(value)
+
+
 def _phrases_pattern(phrases: list[str]) -> re.Pattern | None:
     if not phrases:
         return None
@@ -150,6 +162,8 @@ def snapshot_load() -> Snapshot:
             ),
             output_price=Decimal(price.output_price_per_million if price else model.output_price_per_million),
             context_window=model.context_window, max_output_tokens=model.max_output_tokens,
+            cache_write_price=_optional_decimal(
+                price.cache_write_price_per_million if price else model.cache_write_price_per_million),
         )
     by_id = {info.id: info for info in models.values()}
 

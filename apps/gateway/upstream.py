@@ -86,10 +86,20 @@ class UpstreamPool:
         self._sessions.clear()
 
 
-def _headers(provider) -> dict[str, str]:
+ANTHROPIC_KIND = "anthropic"
+ANTHROPIC_VERSION = "2023-06-01"
+
+
+def _headers(provider, extra: dict[str, str] | None = None) -> dict[str, str]:
     headers = {"Content-Type": "application/json"}
-    if provider.credential:
+    if provider.kind == ANTHROPIC_KIND:
+        headers["anthropic-version"] = ANTHROPIC_VERSION
+        if provider.credential:
+            headers["x-api-key"] = provider.credential
+    elif provider.credential:
         headers["Authorization"] = f"Bearer {provider.credential}"
+    if extra:
+        headers.update(extra)
     return headers
 
 
@@ -123,13 +133,15 @@ def _client_timeout(provider, *, stream: bool) -> aiohttp.ClientTimeout:
     return aiohttp.ClientTimeout(total=provider.timeout, sock_connect=connect)
 
 
-async def post_json(pool: UpstreamPool, model, path: str, body: bytes) -> tuple[bytes, dict]:
-    """One non-stream attempt: the raw body and its parsed JSON."""
+async def post_json(pool: UpstreamPool, model, path: str, body: bytes,
+                    headers: dict[str, str] | None = None) -> tuple[bytes, dict]:
+    """One non-stream attempt: the raw body and its parsed JSON (``headers`` add to the
+    provider's own, e.g. the client's ``anthropic-beta``)."""
     provider = model.provider
     async with pool.limit(provider):
         try:
             async with pool.session(provider).post(
-                provider.base_url + path, data=body, headers=_headers(provider),
+                provider.base_url + path, data=body, headers=_headers(provider, headers),
                 timeout=_client_timeout(provider, stream=False),
             ) as response:
                 if response.status != 200:
@@ -162,7 +174,8 @@ class OpenStream:
         self.release.release()
 
 
-async def open_stream(pool: UpstreamPool, model, path: str, body: bytes) -> OpenStream:
+async def open_stream(pool: UpstreamPool, model, path: str, body: bytes,
+                      headers: dict[str, str] | None = None) -> OpenStream:
     """Start a stream and wait for its first bytes (so a failure before them can fall back)."""
     provider = model.provider
     limit = pool.limit(provider)
@@ -170,7 +183,7 @@ async def open_stream(pool: UpstreamPool, model, path: str, body: bytes) -> Open
     response = None
     try:
         response = await pool.session(provider).post(
-            provider.base_url + path, data=body, headers=_headers(provider),
+            provider.base_url + path, data=body, headers=_headers(provider, headers),
             timeout=_client_timeout(provider, stream=True),
         )
         if response.status != 200:

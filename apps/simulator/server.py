@@ -11,6 +11,11 @@ Endpoints
     POST /v1/embeddings         unit vectors seeded by the text (``dimensions`` honoured;
                                 ``encoding_format: base64`` as the openai SDK asks by default)
     GET  /v1/models             sim-mini, sim-standard, sim-premium, sim-embed
+    POST /v1/messages           Anthropic's Messages API, JSON or SSE (``apps.simulator.messages``)
+
+    A ``tool_choice`` that forces a tool (``"required"`` or ``{"type": "function", ...}``)
+    answers with one call of it (finish_reason "tool_calls"), its arguments built from the
+    tool's schema as ``apps.simulator.messages.tool_input`` does.
 
 Formulas
     content           ``chunks`` words drawn from a fixed list by a hash of (model, messages);
@@ -132,6 +137,7 @@ class SimulatorState:
     in_flight: int = 0
     max_in_flight: int = 0
     stopping: bool = False
+    prompt_cache: set[str] = field(default_factory=set)  # prefixes the Messages API has cached
 
     def take_fault(self, model: str) -> Fault | None:
         """The oldest fault matching ``model`` (or ``*``), used up by one request."""
@@ -264,6 +270,20 @@ def _fault_status(fault: Fault) -> web.Response:
     return _error(fault.status, f"injected fault: status {fault.status}", code="simulated_fault", headers=headers)
 
 
+def _forced_function(body: dict) -> dict | None:
+    """The function a ``tool_choice`` forces, if any."""
+    choice = body.get("tool_choice")
+    functions = [t.get("function") for t in body.get("tools") or [] if isinstance(t, dict)]
+    functions = [f for f in functions if isinstance(f, dict) and isinstance(f.get("name"), str)]
+    if not functions:
+        return None
+    if choice == "required":
+        return functions[0]
+    if isinstance(choice, dict) and isinstance(choice.get("function"), dict):
+        return next((f for f in functions if f["name"] == choice["function"].get("name")), None)
+    return None
+
+
 def _drop_connection(request: web.Request) -> web.Response:
     """Close the connection with nothing more sent (the returned response goes nowhere)."""
     if request.transport is not None:
@@ -318,6 +338,7 @@ class Simulator:
         """``POST /_sim/reset``: zero the counters and clear the faults."""
         s = self.state
         s.faults.clear()
+        s.prompt_cache.clear()
         s.requests = 0
         s.by_model = {}
         s.max_in_flight = s.in_flight
@@ -386,6 +407,9 @@ class Simulator:
                  "prompt_tokens_details": {"cached_tokens": 0}}
         ident = f"chatcmpl-sim{_seed(model, repr(messages)) % 10**12:012d}"
         created = int(time.time())
+        tool = _forced_function(body)
+        if tool is not None:
+            return await self._tool_call(request, body, tool, words, ident, created, model, usage, stream)
         if not stream:
             answer = {
                 "id": ident, "object": "chat.completion", "created": created, "model": model,
@@ -424,6 +448,40 @@ class Simulator:
         if isinstance(options, dict) and options.get("include_usage") and mode != "no_usage":
             tail += b"data: " + head + b'],"usage":' + _dumps(usage) + b"}\n\n"
         await response.write(tail + b"data: [DONE]\n\n")
+        return response
+
+    async def _tool_call(self, request, body, tool: dict, words, ident, created, model, usage, stream):
+        """A forced tool call instead of text (JSON, or a stream of argument fragments)."""
+        from apps.simulator.messages import tool_input
+
+        arguments = _dumps(tool_input(tool.get("parameters"), words)).decode()
+        call_id = f"call_sim{_seed(ident, tool['name']) % 10**10:010d}"
+        usage = {**usage, "completion_tokens": len(arguments) // 4 + 1}
+        usage["total_tokens"] = usage["prompt_tokens"] + usage["completion_tokens"]
+        if not stream:
+            answer = {"id": ident, "object": "chat.completion", "created": created, "model": model,
+                      "choices": [{"index": 0, "message": {"role": "assistant", "content": None, "tool_calls": [
+                          {"id": call_id, "type": "function",
+                           "function": {"name": tool["name"], "arguments": arguments}}]},
+                          "logprobs": None, "finish_reason": "tool_calls"}], "usage": usage}
+            return web.Response(body=_dumps(answer), content_type="application/json", headers=HEADERS)
+        response = web.StreamResponse(headers=SSE_HEADERS)
+        await response.prepare(request)
+        head = {"id": ident, "object": "chat.completion.chunk", "created": created, "model": model}
+        half = len(arguments) // 2
+        deltas = [{"role": "assistant", "content": None, "tool_calls": [
+                      {"index": 0, "id": call_id, "type": "function", "function": {"name": tool["name"],
+                                                                                   "arguments": ""}}]},
+                  {"tool_calls": [{"index": 0, "function": {"arguments": arguments[:half]}}]},
+                  {"tool_calls": [{"index": 0, "function": {"arguments": arguments[half:]}}]}]
+        out = b"".join(b"data: " + _dumps({**head, "choices": [{"index": 0, "delta": d, "finish_reason": None}]})
+                       + b"\n\n" for d in deltas)
+        out += b"data: " + _dumps({**head, "choices": [{"index": 0, "delta": {}, "finish_reason": "tool_calls"}]})
+        out += b"\n\n"
+        options = body.get("stream_options")
+        if isinstance(options, dict) and options.get("include_usage"):
+            out += b"data: " + _dumps({**head, "choices": [], "usage": usage}) + b"\n\n"
+        await response.write(out + b"data: [DONE]\n\n")
         return response
 
     async def embeddings(self, request: web.Request) -> web.Response:
@@ -489,6 +547,9 @@ def build_app(config: SimulatorConfig | None = None) -> web.Application:
     app.router.add_post("/v1/chat/completions", simulator.chat)
     app.router.add_post("/v1/embeddings", simulator.embeddings)
     app.router.add_get("/v1/models", simulator.models)
+    from apps.simulator.messages import messages_routes
+
+    messages_routes(app, simulator)
     app.router.add_post("/_sim/faults", simulator.faults_add)
     app.router.add_delete("/_sim/faults", simulator.faults_clear)
     app.router.add_get("/_sim/stats", simulator.stats)

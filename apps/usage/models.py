@@ -41,6 +41,9 @@ class RequestLog(models.Model):
     cache_similarity = models.FloatField(null=True, blank=True)
     input_tokens = models.PositiveIntegerField(default=0)
     cached_tokens = models.PositiveIntegerField(default=0)
+    # Input tokens written to the provider's prompt cache (Anthropic's cache_creation_input_tokens),
+    # part of input_tokens and priced at the model's cache-write price.
+    cache_write_tokens = models.PositiveIntegerField(default=0, db_default=0)
     output_tokens = models.PositiveIntegerField(default=0)
     tokens_estimated = models.BooleanField(default=False)
     cost = models.DecimalField(**_MONEY)

@@ -49,3 +49,18 @@ def test_it_encrypts_provider_credentials_at_rest(provider):
     assert "sk-upstream-secret" not in stored
     assert stored.startswith("fernet:")
     assert Provider.objects.get(pk=provider.pk).credential == "sk-upstream-secret"
+
+
+def test_it_prices_prompt_cache_writes_and_versions_a_cache_write_price_change(cheap_model):
+    version = cheap_model.prices.get()
+    # No cache-write price: writes cost the input price. 600 x 0.15 + 200 x 0.075 + 200 x 0.15 + 100 x 0.60
+    assert version.cost(input_tokens=1000, cached_tokens=200, cache_write_tokens=200, output_tokens=100) == \
+        Decimal("0.000195")
+    cheap_model.cache_write_price_per_million = Decimal("0.1875")
+    cheap_model.save()
+    assert ModelPrice.objects.filter(model=cheap_model).count() == 2
+    latest = cheap_model.prices.order_by("-effective_from", "-id").first()
+    # 600 x 0.15 + 200 x 0.075 + 200 x 0.1875 + 100 x 0.60
+    assert latest.cost(input_tokens=1000, cached_tokens=200, cache_write_tokens=200, output_tokens=100) == \
+        Decimal("0.0002025")
+    assert version.cache_write_price_per_million is None  # the old version keeps its prices

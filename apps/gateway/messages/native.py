@@ -1,0 +1,102 @@
+"""A stream from a native Anthropic provider, relayed byte for byte.
+
+The per-chunk work is what :class:`~apps.gateway.pipeline.ChatStream` does for OpenAI streams:
+find event boundaries, and three bytes searches for the only events worth parsing:
+``message_start`` (input usage, prompt-cache reads and writes), ``message_delta`` (output
+usage, stop reason) and ``message_stop`` (the end, before which the ``x-switchyard-cost``
+comment goes). A provider's own ``event: error`` is relayed and ends the stream as failed.
+"""
+
+from __future__ import annotations
+
+import orjson
+
+from apps.gateway import tokens
+from apps.gateway.messages.errors import error_event
+from apps.gateway.messages.translate import STOP_TO_FINISH
+from apps.gateway.pipeline import ChatStream
+
+_START = b"event: message_start"
+_DELTA = b"event: message_delta"
+_STOP = b"event: message_stop"
+_ERROR = b"event: error"
+
+
+def _data(event: bytes) -> dict | None:
+    start = event.find(b"\ndata:")
+    if start < 0:
+        return None
+    try:
+        parsed = orjson.loads(event[start + 6:])
+    except orjson.JSONDecodeError:
+        return None
+    return parsed if isinstance(parsed, dict) else None
+
+
+class NativeMessagesStream(ChatStream):
+    """Anthropic SSE in, the same bytes out; usage and cost read on the way."""
+
+    def __init__(self, state, call, body: dict, opened) -> None:
+        super().__init__(state, call, body, opened)
+        self.error_event = lambda error: error_event(error, call.request_id)
+        self.replayable = True  # only text and tool_use blocks: the cache can keep it
+
+    def _relay(self, buffer: bytes) -> tuple[bytes, bytes]:
+        cut = buffer.rfind(b"\n\n")
+        if cut < 0:
+            return b"", buffer
+        out, carry = buffer[: cut + 2], buffer[cut + 2:]
+        self._keep(out)
+        if _START in out or _DELTA in out or _ERROR in out:
+            self._read_events(out)
+        if _STOP in out:
+            self.done = True
+            out = out.replace(_STOP, self._cost_comment() + _STOP, 1)
+        return out, carry
+
+    def _read_events(self, out: bytes) -> None:
+        for event in out.split(b"\n\n"):
+            if event.startswith(_START):
+                data = _data(event)
+                message = data.get("message") if data else None
+                if isinstance(message, dict) and isinstance(message.get("usage"), dict):
+                    self.usage = dict(message["usage"])
+            elif event.startswith(_DELTA):
+                data = _data(event) or {}
+                usage = data.get("usage")
+                if isinstance(usage, dict):
+                    merged = dict(self.usage or {})
+                    merged.update((name, value) for name, value in usage.items() if value is not None)
+                    self.usage = merged
+                delta = data.get("delta")
+                if isinstance(delta, dict) and delta.get("stop_reason"):
+                    self.finish_reason = STOP_TO_FINISH.get(delta["stop_reason"], "stop")
+            elif event.startswith(_ERROR):
+                self.upstream_failed = True
+                self.done = True  # the provider ended it; nothing more will come
+                self.call.status, self.call.error_code = 502, "upstream_stream_error"
+                self._settle()
+
+    def _settle(self) -> None:
+        usage = self.usage
+        if isinstance(usage, dict) and isinstance(usage.get("input_tokens"), int):
+            self.call.set_usage_anthropic(usage, fallback_prompt=0, fallback_completion=0)
+        else:
+            self.call.set_usage_anthropic(None, fallback_prompt=tokens.messages_tokens(self.body["messages"]),
+                                          fallback_completion=tokens.text_tokens(self.streamed_text()))
+
+    def streamed_text(self) -> str:
+        """The text streamed so far, from the kept events."""
+        parts: list[str] = []
+        for event in b"".join(self.kept).split(b"\n\n"):
+            if event.startswith(b"event: content_block_delta"):
+                delta = (_data(event) or {}).get("delta") or {}
+                if delta.get("type") == "text_delta" and isinstance(delta.get("text"), str):
+                    parts.append(delta["text"])
+                elif delta.get("type") != "input_json_delta":
+                    self.replayable = False
+            elif event.startswith(b"event: content_block_start"):
+                block = (_data(event) or {}).get("content_block") or {}
+                if block.get("type") != "text":
+                    self.replayable = False
+        return "".join(parts)

@@ -1,0 +1,292 @@
+"""The SIMULATED upstream's Anthropic Messages API, so a native Anthropic provider can be tested
+and benchmarked over real HTTP.
+
+    POST /v1/messages               JSON, or Anthropic's SSE events with ``stream: true``
+                                    (message_start, content_block_start, ping,
+                                    content_block_delta per word, content_block_stop,
+                                    message_delta with usage, message_stop)
+    POST /v1/messages/count_tokens  {"input_tokens": N}
+
+Both need an ``anthropic-version`` header, as Anthropic's API does. The answer is the chat
+endpoint's for the same conversation (the system prompt counts as a first message): the same
+words, the same token formulas, the same knobs (``x-sim-ttft-ms``, ``x-sim-chunk-delay-ms``,
+``x-sim-chunks``) and faults; a ``status`` fault answers in Anthropic's error shape (529 for
+overloaded).
+
+Prompt caching, deterministic: the content up to the last block marked ``cache_control``
+(system, tools, then messages, in that order) is a cache prefix of ``words * 4 // 3`` tokens.
+The first request with a prefix reports them as ``cache_creation_input_tokens``, later ones as
+``cache_read_input_tokens`` (until ``/_sim/reset``); ``input_tokens`` is the rest.
+
+Tools: with ``tool_choice`` ``{"type": "any"}`` or ``{"type": "tool", "name": ...}`` the answer
+is one ``tool_use`` block for that tool (the first for ``any``), its input built from the
+tool's schema (strings are words of the answer, numbers 42, booleans true), stop reason
+``tool_use``; streamed as ``input_json_delta`` fragments.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+
+from aiohttp import web
+
+from apps.simulator.server import (
+    GARBAGE,
+    HEADERS,
+    NOT_JSON,
+    SSE_HEADERS,
+    Simulator,
+    _drop_connection,
+    _dumps,
+    _header_fault,
+    _knob,
+    _loads,
+    _seed,
+    answer_words,
+    prompt_tokens,
+)
+
+_ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
+                404: "not_found_error", 413: "request_too_large", 429: "rate_limit_error", 500: "api_error",
+                504: "timeout_error", 529: "overloaded_error"}
+
+
+def error_response(status: int, message: str, headers: dict[str, str] | None = None) -> web.Response:
+    kind = _ERROR_TYPES.get(status, "invalid_request_error" if status < 500 else "api_error")
+    body = {"type": "error", "error": {"type": kind, "message": f"[simulated] {message}"}}
+    return web.Response(status=status, body=_dumps(body), content_type="application/json",
+                        headers={**HEADERS, **(headers or {})})
+
+
+def conversation(body: dict) -> list:
+    """The system prompt (as a first message) and the messages."""
+    system = body.get("system")
+    if isinstance(system, list):
+        system = "\n".join(b.get("text", "") for b in system if isinstance(b, dict))
+    head = [{"role": "system", "content": system}] if isinstance(system, str) and system else []
+    return head + list(body.get("messages") or [])
+
+
+def _words_of(value) -> int:
+    if isinstance(value, str):
+        return len(value.split())
+    if isinstance(value, list):
+        return sum(_words_of(item) for item in value)
+    if isinstance(value, dict):
+        return sum(_words_of(item) for key, item in value.items() if key in ("text", "content", "description"))
+    return 0
+
+
+def cache_prefix(body: dict) -> tuple[str, int] | None:
+    """The cacheable prefix (its hash and tokens), or None when nothing is marked."""
+    sequence: list = []
+    for name in ("system", "tools"):
+        value = body.get(name)
+        if isinstance(value, list):
+            sequence += [(name, block) for block in value]
+        elif value is not None:
+            sequence.append((name, value))
+    for message in body.get("messages") or []:
+        content = message.get("content") if isinstance(message, dict) else None
+        sequence += [("message", block) for block in (content if isinstance(content, list) else [content])]
+    marked = [i for i, (_, item) in enumerate(sequence) if isinstance(item, dict) and item.get("cache_control")]
+    if not marked:
+        return None
+    prefix = sequence[: marked[-1] + 1]
+    digest = hashlib.blake2b(_dumps([item for _, item in prefix]), digest_size=12).hexdigest()
+    return digest, _words_of([item for _, item in prefix]) * 4 // 3
+
+
+def forced_tool(body: dict) -> dict | None:
+    """The tool a ``tool_choice`` of ``any`` or ``tool`` forces, if any."""
+    choice = body.get("tool_choice")
+    tools = [t for t in body.get("tools") or [] if isinstance(t, dict) and isinstance(t.get("name"), str)]
+    if not isinstance(choice, dict) or not tools:
+        return None
+    if choice.get("type") == "any":
+        return tools[0]
+    if choice.get("type") == "tool":
+        return next((t for t in tools if t["name"] == choice.get("name")), None)
+    return None
+
+
+def tool_input(schema, words: list[str]) -> dict:
+    """Arguments for a tool from its JSON schema: words for strings, 42, true."""
+    properties = schema.get("properties") if isinstance(schema, dict) else None
+    values: dict = {}
+    for index, (name, spec) in enumerate((properties or {}).items()):
+        kind = spec.get("type") if isinstance(spec, dict) else None
+        if kind in ("integer", "number"):
+            values[name] = 42
+        elif kind == "boolean":
+            values[name] = True
+        else:
+            values[name] = words[index % len(words)].strip(" .?!").lower() if words else name
+    return values
+
+
+class MessagesAPI:
+    """The handlers, sharing the chat endpoint's :class:`Simulator` (state, knobs, faults)."""
+
+    def __init__(self, simulator: Simulator) -> None:
+        self.simulator = simulator
+
+    async def _body(self, request: web.Request) -> tuple[dict | None, web.Response | None]:
+        if not request.headers.get("anthropic-version"):
+            return None, error_response(400, "anthropic-version: header is required")
+        try:
+            body = _loads(await request.read())
+        except ValueError:
+            return None, error_response(400, "The request body is not valid JSON.")
+        if not isinstance(body, dict):
+            return None, error_response(400, "The request body must be a JSON object.")
+        if not isinstance(body.get("model"), str) or not body["model"]:
+            return None, error_response(400, "model: Field required")
+        if not isinstance(body.get("messages"), list) or not body["messages"]:
+            return None, error_response(400, "messages: Field required")
+        return body, None
+
+    async def count_tokens(self, request: web.Request) -> web.Response:
+        """``POST /v1/messages/count_tokens``."""
+        body, error = await self._body(request)
+        if error:
+            return error
+        return web.Response(body=_dumps({"input_tokens": prompt_tokens(conversation(body))}),
+                            content_type="application/json", headers=HEADERS)
+
+    async def create(self, request: web.Request) -> web.StreamResponse:
+        """``POST /v1/messages``, JSON or SSE."""
+        body, error = await self._body(request)
+        if error:
+            return error
+        max_tokens = body.get("max_tokens")
+        if not isinstance(max_tokens, int) or isinstance(max_tokens, bool) or max_tokens < 1:
+            return error_response(400, "max_tokens: Field required")
+        model = body["model"]
+        simulator = self.simulator
+        simulator._enter(model)
+        try:
+            return await self._create(request, body, model, max_tokens)
+        finally:
+            simulator.state.in_flight -= 1
+
+    def _usage(self, body: dict, turns: list, output: int) -> dict:
+        total = prompt_tokens(turns)
+        read = written = 0
+        prefix = cache_prefix(body)
+        if prefix is not None:
+            digest, size = prefix
+            size = min(size, total)
+            cache = self.simulator.state.prompt_cache
+            if digest in cache:
+                read = size
+            else:
+                written = size
+                cache.add(digest)
+        return {"input_tokens": total - read - written, "cache_creation_input_tokens": written,
+                "cache_read_input_tokens": read, "output_tokens": output}
+
+    async def _create(self, request: web.Request, body: dict, model: str, max_tokens: int) -> web.StreamResponse:
+        state = self.simulator.state
+        config = state.config
+        fault = _header_fault(request) or state.take_fault(model)
+        mode = fault.mode if fault is not None else None
+        ttft = _knob(request, "x-sim-ttft-ms", config.ttft_ms) / 1000
+        delay = _knob(request, "x-sim-chunk-delay-ms", config.chunk_delay_ms) / 1000
+        count = max(int(_knob(request, "x-sim-chunks", config.chunks)), 1)
+        stop = "end_turn"
+        if max_tokens < count:
+            count, stop = max_tokens, "max_tokens"
+        stream = bool(body.get("stream"))
+        if mode == "status":
+            headers = {"Retry-After": f"{fault.retry_after:g}"} if fault.retry_after is not None else None
+            return error_response(fault.status, f"injected fault: status {fault.status}", headers)
+        if mode == "timeout":
+            return await self.simulator._hang(request)
+        if ttft > 0:
+            await asyncio.sleep(ttft)
+        if not stream:
+            if mode == "cut":
+                return _drop_connection(request)
+            if mode == "invalid_json":
+                return web.Response(body=NOT_JSON, content_type="application/json", headers=HEADERS)
+            if mode == "garbage":
+                return web.Response(body=GARBAGE, content_type="text/plain", headers=HEADERS)
+
+        turns = conversation(body)
+        words = answer_words(model, turns, count)
+        tool = forced_tool(body)
+        ident = f"msg_sim{_seed(model, repr(turns)) % 10**12:012d}"
+        if tool is not None:
+            arguments = tool_input(tool.get("input_schema"), words)
+            blocks = [{"type": "tool_use", "id": f"toolu_sim{_seed(ident, tool['name']) % 10**10:010d}",
+                       "name": tool["name"], "input": arguments}]
+            output, stop = len(_dumps(arguments)) // 4 + 1, "tool_use"
+        else:
+            blocks = [{"type": "text", "text": "".join(words)}]
+            output = len(words)
+        usage = self._usage(body, turns, output)
+        if not stream:
+            answer = {"id": ident, "type": "message", "role": "assistant", "model": model, "content": blocks,
+                      "stop_reason": stop, "stop_sequence": None, "usage": usage}
+            if mode == "no_usage":
+                del answer["usage"]
+            return web.Response(body=_dumps(answer), content_type="application/json", headers=HEADERS)
+
+        response = web.StreamResponse(headers=SSE_HEADERS)
+        await response.prepare(request)
+        if mode == "garbage":
+            await response.write(GARBAGE)
+            return response
+        if mode == "invalid_json":
+            await response.write(b"event: message_start\ndata: " + NOT_JSON + b"\n\n")
+            return response
+        start_usage = {**usage, "output_tokens": 1}
+        start = {"type": "message_start", "message": {
+            "id": ident, "type": "message", "role": "assistant", "model": model, "content": [],
+            "stop_reason": None, "stop_sequence": None, "usage": start_usage}}
+        if mode == "no_usage":
+            del start["message"]["usage"]
+        head = b"event: message_start\ndata: " + _dumps(start) + b"\n\n"
+        if tool is not None:
+            first = {**blocks[0], "input": {}}
+            pieces = _split(_dumps(blocks[0]["input"]).decode(), 3)
+            delta_head = b'event: content_block_delta\ndata: {"type":"content_block_delta","index":0,"delta":' \
+                         b'{"type":"input_json_delta","partial_json":'
+        else:
+            first = {"type": "text", "text": ""}
+            pieces = words
+            delta_head = b'event: content_block_delta\ndata: {"type":"content_block_delta","index":0,"delta":' \
+                         b'{"type":"text_delta","text":'
+        head += (b"event: content_block_start\ndata: " + _dumps(
+            {"type": "content_block_start", "index": 0, "content_block": first}) + b"\n\n"
+            + b'event: ping\ndata: {"type": "ping"}\n\n')
+        await response.write(head)
+        for index, piece in enumerate(pieces):
+            if mode == "cut" and index == min(3, len(pieces) - 1):
+                _drop_connection(request)  # mid-answer: no message_delta, no message_stop
+                return response
+            if delay > 0 and index:
+                await asyncio.sleep(delay)
+            await response.write(delta_head + _dumps(piece) + b"}}\n\n")
+        end_usage = {"output_tokens": output}
+        tail = (b'event: content_block_stop\ndata: {"type":"content_block_stop","index":0}\n\n'
+                + b"event: message_delta\ndata: " + _dumps(
+                    {"type": "message_delta", "delta": {"stop_reason": stop, "stop_sequence": None},
+                     **({} if mode == "no_usage" else {"usage": end_usage})}) + b"\n\n"
+                + b'event: message_stop\ndata: {"type":"message_stop"}\n\n')
+        await response.write(tail)
+        return response
+
+
+def _split(text: str, parts: int) -> list[str]:
+    size = max(len(text) // parts, 1)
+    return [text[i:i + size] for i in range(0, len(text), size)]
+
+
+def messages_routes(app: web.Application, simulator: Simulator) -> None:
+    """Add the Messages API to a simulator's application."""
+    api = MessagesAPI(simulator)
+    app.router.add_post("/v1/messages", api.create)
+    app.router.add_post("/v1/messages/count_tokens", api.count_tokens)

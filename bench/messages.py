@@ -1,0 +1,279 @@
+"""Streaming ``/v1/messages``, side by side in one run.
+
+    python bench/messages.py [--duration 8] [--rounds 3] [--concurrency 20] [--write docs/benchmarks.md]
+
+Starts the simulated upstream (20 ms to first token, 64 text deltas per answer) and Switchyard
+(uvicorn + uvloop + httptools, the demo tenant's key, usage logging on, the cache bypassed
+with ``Cache-Control: no-store`` so every request goes upstream), then runs a closed loop of
+streaming Anthropic Messages requests against:
+
+    simulator direct            the simulator's own ``/v1/messages`` (Anthropic SSE)
+    thinnest proxy              bench/thin_proxy.py: aiohttp relaying the bytes, nothing else (the
+                                cost of one more HTTP hop on the same cores)
+    Switchyard, native          ``/v1/messages`` to a model on an Anthropic-kind provider (the
+                                simulator's ``/v1/messages``): bytes relayed
+    Switchyard, translated      ``/v1/messages`` to a model on an OpenAI-compatible provider (the
+                                simulator's ``/v1/chat/completions``): OpenAI chunks rewritten as
+                                Anthropic events
+    LiteLLM /v1/messages        when ``bench/gateway.py --install-litellm`` has put LiteLLM in
+                                var/litellm-venv
+
+Rounds are interleaved so machine noise hits every target alike. Reported: time to first
+``content_block_delta`` p50/p95/p99, full response p50/p95, requests/s and output tokens/s
+(text deltas received per second).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import platform
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+import aiohttp
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from gateway import LITELLM_VENV, PY, REPO, free_port, pct, start, stop, wait_http
+
+DELTAS = 64
+NATIVE_SETUP = """
+from decimal import Decimal
+from apps.catalog.models import Model, Provider
+provider, _ = Provider.objects.update_or_create(
+    name="simulated-anthropic", defaults={"kind": Provider.Kind.ANTHROPIC, "base_url": "%(upstream)s"})
+Model.objects.update_or_create(name="sim-claude", defaults={
+    "upstream_id": "sim-mini", "provider": provider, "tier": Model.Tier.SIMPLE,
+    "input_price_per_million": Decimal("3"), "cached_input_price_per_million": Decimal("0.30"),
+    "cache_write_price_per_million": Decimal("3.75"), "output_price_per_million": Decimal("15")})
+"""
+
+
+@dataclass
+class Target:
+    name: str
+    url: str
+    model: str
+    headers: dict = field(default_factory=dict)
+
+
+@dataclass
+class Sample:
+    ok: int = 0
+    errors: int = 0
+    elapsed: float = 0.0
+    deltas: int = 0
+    first: list[float] = field(default_factory=list)
+    full: list[float] = field(default_factory=list)
+
+    def add(self, other: Sample) -> None:
+        self.ok += other.ok
+        self.errors += other.errors
+        self.elapsed += other.elapsed
+        self.deltas += other.deltas
+        self.first += other.first
+        self.full += other.full
+
+
+async def closed_loop(target: Target, *, concurrency: int, duration: float, warmup: float) -> Sample:
+    sample = Sample()
+    headers = {"anthropic-version": "2023-06-01", "content-type": "application/json", **target.headers}
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0), headers=headers) as session:
+        start_measure = time.perf_counter() + warmup
+        stop_at = start_measure + duration
+
+        async def worker(worker_id: int) -> None:
+            n = 0
+            while time.perf_counter() < stop_at:
+                n += 1
+                body = {"model": target.model, "max_tokens": 1024, "stream": True,
+                        "messages": [{"role": "user", "content": f"Benchmark prompt {worker_id}-{n}"}]}
+                t0 = time.perf_counter()
+                first = None
+                deltas = 0
+                good = False
+                try:
+                    async with session.post(target.url, json=body) as response:
+                        async for chunk in response.content.iter_any():
+                            found = chunk.count(b"event: content_block_delta")
+                            if found and first is None:
+                                first = time.perf_counter() - t0
+                            deltas += found
+                        good = response.status == 200 and deltas == DELTAS
+                except aiohttp.ClientError:
+                    good = False
+                t1 = time.perf_counter()
+                if t0 < start_measure:
+                    continue
+                if good:
+                    sample.ok += 1
+                    sample.deltas += deltas
+                    sample.first.append(first)
+                    sample.full.append(t1 - t0)
+                else:
+                    sample.errors += 1
+
+        await asyncio.gather(*(worker(i) for i in range(concurrency)))
+        sample.elapsed = duration
+    return sample
+
+
+def litellm_config(upstream_v1: str, path: Path) -> None:
+    path.write_text(
+        "model_list:\n"
+        "  - model_name: sim-claude\n"
+        "    litellm_params:\n"
+        "      model: anthropic/sim-mini\n"
+        f"      api_base: {upstream_v1.removesuffix('/v1')}\n"
+        "      api_key: unused\n"
+    )
+
+
+async def run(args) -> tuple[str, list[str]]:
+    logs = Path(tempfile.mkdtemp(prefix="sy-bench-messages-"))
+    procs: list[subprocess.Popen] = []
+    notes: list[str] = []
+    try:
+        up_port = free_port()
+        procs.append(start([PY, "-m", "apps.simulator.server", "--port", str(up_port), "--ttft-ms", "20",
+                            "--chunks", str(DELTAS)], log=logs / "upstream.log"))
+        upstream_v1 = f"http://127.0.0.1:{up_port}/v1"
+        await wait_http(upstream_v1 + "/models")
+        targets = [Target("simulator direct", upstream_v1 + "/messages", "sim-mini")]
+        thin_port = free_port()
+        procs.append(start([PY, "bench/thin_proxy.py", "--port", str(thin_port), "--upstream",
+                            f"http://127.0.0.1:{up_port}"], log=logs / "thin.log"))
+        await wait_http(f"http://127.0.0.1:{thin_port}/")
+        targets.append(Target("thinnest proxy (aiohttp passthrough)", f"http://127.0.0.1:{thin_port}/v1/messages",
+                              "sim-mini"))
+
+        subprocess.run([PY, "manage.py", "migrate", "--noinput"], cwd=REPO, capture_output=True, check=True)
+        seeded = subprocess.run([PY, "manage.py", "seed_demo", "--upstream-url", upstream_v1], cwd=REPO,
+                                capture_output=True, text=True, check=True)
+        key = re.search(r"demo API key:\s+(\S+)", seeded.stdout).group(1)
+        subprocess.run([PY, "manage.py", "shell", "-c", NATIVE_SETUP % {"upstream": upstream_v1}], cwd=REPO,
+                       capture_output=True, check=True)
+        sy_port = free_port()
+        procs.append(start([PY, "-m", "uvicorn", "config.asgi:application", "--host", "127.0.0.1", "--port",
+                            str(sy_port), "--loop", "uvloop", "--http", "httptools", "--no-access-log"],
+                           env={"HF_HUB_OFFLINE": "1", "DEBUG": "0"}, log=logs / "switchyard.log"))
+        auth = {"x-api-key": key, "cache-control": "no-store"}
+        await wait_http(f"http://127.0.0.1:{sy_port}/v1/models", headers={"Authorization": f"Bearer {key}"})
+        sy = f"http://127.0.0.1:{sy_port}/v1/messages"
+        targets += [Target("Switchyard, native provider", sy, "sim-claude", auth),
+                    Target("Switchyard, translated (OpenAI-compatible provider)", sy, "sim-mini", auth)]
+
+        litellm_bin = LITELLM_VENV / "bin" / "litellm"
+        if litellm_bin.exists():
+            ll_port = free_port()
+            config = logs / "litellm.yaml"
+            litellm_config(upstream_v1, config)
+            master = "sk-bench-" + os.urandom(16).hex()
+            ll = start([str(litellm_bin), "--config", str(config), "--port", str(ll_port), "--num_workers", "2"],
+                       env={"LITELLM_LOG": "ERROR", "LITELLM_MASTER_KEY": master}, log=logs / "litellm.log")
+            procs.append(ll)
+            await wait_http(f"http://127.0.0.1:{ll_port}/health/liveliness", timeout=180, proc=ll)
+            targets.append(Target("LiteLLM /v1/messages", f"http://127.0.0.1:{ll_port}/v1/messages", "sim-claude",
+                                  {"x-api-key": master}))
+        else:
+            notes.append(f"LiteLLM is not installed here ({litellm_bin} is missing; `python bench/gateway.py "
+                         "--install-litellm` installs it), so it is not in this run.")
+
+        results = {t.name: Sample() for t in targets}
+        for target in targets:  # warm connections, the key cache, the tokenizer
+            await closed_loop(target, concurrency=5, duration=1.0, warmup=0.5)
+        for round_index in range(args.rounds):
+            order = targets[round_index % len(targets):] + targets[: round_index % len(targets)]
+            for target in order:
+                sample = await closed_loop(target, concurrency=args.concurrency, duration=args.duration, warmup=1.0)
+                results[target.name].add(sample)
+                print(f"round {round_index + 1} {target.name}: {sample.ok / sample.elapsed:.0f} req/s, first delta "
+                      f"p50 {pct(sample.first, 50):.1f} ms, errors {sample.errors}", file=sys.stderr)
+        return report(targets, results, args), notes
+    finally:
+        for proc in reversed(procs):
+            stop(proc)
+
+
+def report(targets, results, args) -> str:
+    direct = results["simulator direct"]
+    lines = [f"\n**Streaming `/v1/messages`, {DELTAS} text deltas per answer, concurrency {args.concurrency}**\n",
+             "| target | req/s | output tokens/s | x direct tokens/s | first delta p50 ms | p95 ms | p99 ms | "
+             "added first delta p50 ms | full p50 ms | full p95 ms | errors |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for target in targets:
+        s = results[target.name]
+        rps = s.ok / s.elapsed if s.elapsed else 0.0
+        tps = s.deltas / s.elapsed if s.elapsed else 0.0
+        direct_tps = direct.deltas / direct.elapsed
+        lines.append(f"| {target.name} | {rps:.0f} | {tps:,.0f} | {tps / direct_tps:.2f} | {pct(s.first, 50):.1f} | "
+                     f"{pct(s.first, 95):.1f} | {pct(s.first, 99):.1f} | "
+                     f"{pct(s.first, 50) - pct(direct.first, 50):+.1f} | {pct(s.full, 50):.1f} | "
+                     f"{pct(s.full, 95):.1f} | {s.errors} |")
+    lines.append("\n| check | result | measured |\n|---|---|---|")
+    for target in targets[1:]:
+        if not target.name.startswith("Switchyard"):
+            continue
+        s = results[target.name]
+        added = pct(s.first, 50) - pct(direct.first, 50)
+        ratio = (s.deltas / s.elapsed) / (direct.deltas / direct.elapsed)
+        lines.append(f"| {target.name}: first delta p50 within 3 ms of direct | {'PASS' if added <= 3 else 'FAIL'} "
+                     f"| {added:+.1f} ms |")
+        lines.append(f"| {target.name}: tokens/s >= 0.8x direct | {'PASS' if ratio >= 0.8 else 'FAIL'} "
+                     f"| {ratio:.2f}x |")
+    return "\n".join(lines) + "\n"
+
+
+def write(path: Path, body: str, notes: list[str], args) -> None:
+    marker_start, marker_end = "<!-- bench/messages.py:start -->", "<!-- bench/messages.py:end -->"
+    cpu = platform.processor() or platform.machine()
+    section = (
+        f"{marker_start}\n## Anthropic Messages streaming (`bench/messages.py`)\n\n"
+        f"Command: `python bench/messages.py --duration {args.duration:g} --rounds {args.rounds} "
+        f"--concurrency {args.concurrency} --write {path}`.\n\n"
+        f"Run {datetime.now(UTC):%Y-%m-%d %H:%M} UTC on {os.cpu_count()} cores ({cpu}), load average "
+        f"{args.load:.1f} at the start, Python {platform.python_version()}. Simulated upstream: 20 ms to "
+        f"first token, {DELTAS} text deltas. Closed loop "
+        f"from a Python aiohttp client, targets interleaved, {args.rounds} rounds of {args.duration:g} s each; the "
+        "load generator, the simulator and Switchyard share the same two cores. Switchyard runs with usage logging "
+        "and cost on and its cache bypassed (`Cache-Control: no-store`).\n"
+        + "".join(f"\n{note}\n" for note in notes)
+        + f"{body}\n{marker_end}\n"
+    )
+    text = path.read_text() if path.exists() else "# Benchmarks\n"
+    if marker_start in text:
+        text = re.sub(re.escape(marker_start) + r".*?" + re.escape(marker_end) + r"\n?", section, text, flags=re.S)
+    else:
+        text = text.rstrip() + "\n\n" + section
+    path.write_text(text)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--duration", type=float, default=8.0, help="seconds per target and round")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--concurrency", type=int, default=20)
+    parser.add_argument("--write", type=Path, default=None)
+    args = parser.parse_args()
+    try:
+        import uvloop
+
+        uvloop.install()
+    except ImportError:
+        pass
+    args.load = os.getloadavg()[0]
+    body, notes = asyncio.run(run(args))
+    print("".join(f"\n{note}\n" for note in notes) + body)
+    if args.write:
+        write(args.write, body, notes, args)
+
+
+if __name__ == "__main__":
+    main()
