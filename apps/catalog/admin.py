@@ -77,7 +77,7 @@ class ModelPriceInline(admin.TabularInline):
     can_delete = False
     ordering = ("-effective_from", "-id")
     fields = ("effective_from", "input_price_per_million", "cached_input_price_per_million",
-              "output_price_per_million")
+              "output_price_per_million", "batch_discount_percent")
     readonly_fields = fields
     verbose_name_plural = "price history (newest first)"
 
@@ -91,7 +91,8 @@ class ModelPriceInline(admin.TabularInline):
 @admin.register(Model)
 class ModelAdmin(admin.ModelAdmin):
     list_display = ("name", "upstream_id", "provider", "mode", "tier", "input_price_per_million",
-                    "cached_input_price_per_million", "output_price_per_million", "is_active")
+                    "cached_input_price_per_million", "output_price_per_million", "batch_discount_percent",
+                    "is_active")
     list_filter = ("provider", "tier", "mode", "is_active")
     list_select_related = ("provider",)
     search_fields = ("name", "upstream_id")
@@ -116,7 +117,7 @@ class ModelAdmin(admin.ModelAdmin):
 @admin.register(ModelPrice)
 class ModelPriceAdmin(admin.ModelAdmin):
     list_display = ("model", "effective_from", "input_price_per_million", "cached_input_price_per_million",
-                    "output_price_per_million")
+                    "output_price_per_million", "batch_discount_percent")
     list_filter = ("model",)
     list_select_related = ("model",)
 

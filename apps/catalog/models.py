@@ -4,13 +4,18 @@ from __future__ import annotations
 
 from decimal import Decimal
 
-from django.core.validators import MinValueValidator
+from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models, transaction
 from django.utils import timezone
 
 from apps.core.fields import EncryptedTextField
 
 _PRICE = {"max_digits": 14, "decimal_places": 6, "validators": [MinValueValidator(Decimal("0"))]}
+_DISCOUNT = {
+    "max_digits": 5, "decimal_places": 2, "default": Decimal("0"),
+    "validators": [MinValueValidator(Decimal("0")), MaxValueValidator(Decimal("100"))],
+}
+_DISCOUNT_HELP = "Percent taken off every price for lines of batch jobs (OpenAI's Batch API gives 50)."
 
 
 class Provider(models.Model):
@@ -61,6 +66,7 @@ class Model(models.Model):
     input_price_per_million = models.DecimalField(**_PRICE, default=Decimal("0"))
     cached_input_price_per_million = models.DecimalField(**_PRICE, default=Decimal("0"))
     output_price_per_million = models.DecimalField(**_PRICE, default=Decimal("0"))
+    batch_discount_percent = models.DecimalField(**_DISCOUNT, help_text=_DISCOUNT_HELP)
     context_window = models.PositiveIntegerField(default=128000)
     max_output_tokens = models.PositiveIntegerField(default=16384)
     tier = models.CharField(max_length=20, choices=Tier.choices, default=Tier.MODERATE)
@@ -89,13 +95,15 @@ class Model(models.Model):
     def record_price_version(self) -> ModelPrice:
         """Add a price version when the current prices differ from the latest one."""
         latest = self.prices.order_by("-effective_from", "-id").first()
-        if latest is not None and latest.price_tuple() == self.price_tuple():
+        if latest is not None and latest.price_tuple() == self.price_tuple() and (
+                Decimal(latest.batch_discount_percent) == Decimal(self.batch_discount_percent)):
             return latest
         return ModelPrice.objects.create(
             model=self,
             input_price_per_million=self.input_price_per_million,
             cached_input_price_per_million=self.cached_input_price_per_million,
             output_price_per_million=self.output_price_per_million,
+            batch_discount_percent=self.batch_discount_percent,
         )
 
 
@@ -106,6 +114,7 @@ class ModelPrice(models.Model):
     input_price_per_million = models.DecimalField(**_PRICE)
     cached_input_price_per_million = models.DecimalField(**_PRICE)
     output_price_per_million = models.DecimalField(**_PRICE)
+    batch_discount_percent = models.DecimalField(**_DISCOUNT, help_text=_DISCOUNT_HELP)
     effective_from = models.DateTimeField(default=timezone.now, db_index=True)
 
     class Meta:
@@ -122,12 +131,15 @@ class ModelPrice(models.Model):
             Decimal(self.output_price_per_million),
         )
 
-    def cost(self, *, input_tokens: int, cached_tokens: int, output_tokens: int) -> Decimal:
-        """Exact cost in USD: uncached input, cached input and output, each at its price."""
+    def cost(self, *, input_tokens: int, cached_tokens: int, output_tokens: int, batch: bool = False) -> Decimal:
+        """Exact cost in USD: uncached input, cached input and output, each at its price (less
+        the batch discount for a line of a batch job)."""
         uncached = max(input_tokens - cached_tokens, 0)
         total = (
             uncached * Decimal(self.input_price_per_million)
             + cached_tokens * Decimal(self.cached_input_price_per_million)
             + output_tokens * Decimal(self.output_price_per_million)
         )
+        if batch and self.batch_discount_percent:
+            total = total * (100 - Decimal(self.batch_discount_percent)) / 100
         return total / Decimal(1_000_000)

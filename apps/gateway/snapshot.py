@@ -42,13 +42,16 @@ class ModelInfo:
     output_price: Decimal
     context_window: int
     max_output_tokens: int
+    batch_discount: Decimal = Decimal(0)  # percent off for lines of batch jobs
 
-    def cost(self, input_tokens: int, cached_tokens: int, output_tokens: int) -> Decimal:
-        """Exact USD cost at this model's price version (prices are per 1M tokens)."""
+    def cost(self, input_tokens: int, cached_tokens: int, output_tokens: int, *, batch: bool = False) -> Decimal:
+        """Exact USD cost at this model's price version (prices are per 1M tokens), less the
+        batch discount for a line of a batch job."""
         uncached = max(input_tokens - cached_tokens, 0)
-        return (
-            uncached * self.input_price + cached_tokens * self.cached_input_price + output_tokens * self.output_price
-        ) / 1_000_000
+        total = uncached * self.input_price + cached_tokens * self.cached_input_price + output_tokens * self.output_price
+        if batch and self.batch_discount:
+            total = total * (100 - self.batch_discount) / 100
+        return total / 1_000_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -150,6 +153,7 @@ def snapshot_load() -> Snapshot:
             ),
             output_price=Decimal(price.output_price_per_million if price else model.output_price_per_million),
             context_window=model.context_window, max_output_tokens=model.max_output_tokens,
+            batch_discount=Decimal(price.batch_discount_percent if price else model.batch_discount_percent),
         )
     by_id = {info.id: info for info in models.values()}
 
