@@ -67,6 +67,13 @@ async def _read_body(receive) -> bytes:
             return b"".join(chunks)
 
 
+def _too_large(scope) -> bool:
+    """An upload whose declared size is over the file limit (plus room for the multipart framing)
+    is refused before a byte of it is read."""
+    length = _header(scope, b"content-length")
+    return length is not None and length.isdigit() and int(length) > settings.BATCH_FILE_MAX_BYTES + 65536
+
+
 async def _send_json(send, status: int, body: bytes, headers: list | None = None) -> None:
     await send({"type": "http.response.start", "status": status,
                 "headers": [_JSON, *(headers or [])]})
@@ -87,6 +94,9 @@ class GatewayHTTP:
         kind = scope["type"]
         if kind == "http" and scope["path"] in HOT_PATHS:
             await self.handle(scope, receive, send)
+        elif kind == "http" and scope["path"] == "/v1/files" and scope["method"] == "POST" and _too_large(scope):
+            await _send_error(send, PayloadTooLarge(
+                f"The file exceeds {settings.BATCH_FILE_MAX_BYTES} bytes.", param="file"))
         elif kind == "lifespan":
             await self.lifespan(receive, send)
         else:

@@ -48,7 +48,8 @@ class ModelInfo:
         """Exact USD cost at this model's price version (prices are per 1M tokens), less the
         batch discount for a line of a batch job."""
         uncached = max(input_tokens - cached_tokens, 0)
-        total = uncached * self.input_price + cached_tokens * self.cached_input_price + output_tokens * self.output_price
+        total = (uncached * self.input_price + cached_tokens * self.cached_input_price
+                 + output_tokens * self.output_price)
         if batch and self.batch_discount:
             total = total * (100 - self.batch_discount) / 100
         return total / 1_000_000
