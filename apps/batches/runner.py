@@ -61,6 +61,14 @@ def _in_thread(fn, *args, **kwargs):
     return fn(*args, **kwargs)
 
 
+def _once(fn, *args, **kwargs):
+    """``fn`` on a short-lived thread, whose database connection is closed before it ends."""
+    try:
+        return _in_thread(fn, *args, **kwargs)
+    finally:
+        _close_connections()
+
+
 def _close_connections() -> None:
     from django.db import connections
 
@@ -418,11 +426,11 @@ def _expired_lines(job: BatchJob):
 async def job_run(job_id: str) -> str:
     """Run (or resume) a job on this worker: the outcome, or why it did not run here."""
     token = secrets.token_hex(16)
-    job, why = await asyncio.to_thread(_in_thread, job_claim, job_id=job_id, token=token)
+    job, why = await asyncio.to_thread(_once, job_claim, job_id=job_id, token=token)
     if job is None:
         return why
     runner = JobRunner(job, token)
     try:
         return await runner.run()
     finally:
-        await asyncio.to_thread(_in_thread, job_release, job_id=job_id, token=token)
+        await asyncio.to_thread(_once, job_release, job_id=job_id, token=token)
