@@ -79,8 +79,8 @@ def workers(transactional_db, tmp_path):
         group.stop_all()
 
 
-def sdk(world, key: str | None = None) -> openai.OpenAI:
-    return openai.OpenAI(base_url=world.gateway.v1, api_key=key or world.key_a, max_retries=0)
+def sdk(live_world, key: str | None = None) -> openai.OpenAI:
+    return openai.OpenAI(base_url=live_world.gateway.v1, api_key=key or live_world.key_a, max_retries=0)
 
 
 def jsonl(lines: list) -> io.BytesIO:
