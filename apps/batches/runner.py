@@ -225,15 +225,8 @@ class JobRunner:
         elif job.status == Status.VALIDATING and not await self.validate():
             return "failed"
         if self.stop_reason is None and self.status == Status.IN_PROGRESS:
-            self.key = await self.db(_key_load, job.api_key_id)
-            if self.key is None or not self.key.is_usable(time.time()):
-                await self.fail("api_key_unusable", "The API key that created this job is deleted, revoked or "
-                                "expired; its lines cannot run.")
+            if not await self.pipeline_open():
                 return "failed"
-            from apps.gateway.state import GatewayState
-
-            self.state = GatewayState()
-            await self.state.start()
             await self.process()
         reason = self.stop_reason
         if reason == "lost":
@@ -247,11 +240,27 @@ class JobRunner:
         await self.set_status(Status.FINALIZING)
         result = None
         if job.kind == BatchJob.Kind.MAP_REDUCE:
+            if self.state is None and not await self.pipeline_open():  # resumed while finalizing
+                return "failed"
             result = await self.reduce()
             if result is None:
                 return self.stop_reason or "failed"
         await self.finish(Status.COMPLETED, result=result)
         return "completed"
+
+    async def pipeline_open(self) -> bool:
+        """The job's key and a gateway state of this worker's own (snapshot, upstream sessions,
+        limits, cache, usage buffer), as a web process has."""
+        self.key = await self.db(_key_load, self.job.api_key_id)
+        if self.key is None or not self.key.is_usable(time.time()):
+            await self.fail("api_key_unusable", "The API key that created this job is deleted, revoked or "
+                            "expired; its lines cannot run.")
+            return False
+        from apps.gateway.state import GatewayState
+
+        self.state = GatewayState()
+        await self.state.start()
+        return True
 
     async def fail(self, code: str, message: str, *, line: int | None = None) -> None:
         errors = {"object": "list", "data": [{"code": code, "message": message, "param": None, "line": line}]}
