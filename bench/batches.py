@@ -165,7 +165,7 @@ def _section(results: list[dict]) -> str:
         f"speed) | {r['finalizing_s']:.1f} s | {r['wall_s']:.1f} s | {r['max_in_flight']} | "
         f"{r['idle_rss_mb']:.0f} MB | {r['peak_rss_mb']:.0f} MB |" for r in results)
     return ("<!-- bench/batches.py:start -->\n## Batch jobs (`bench/batches.py`)\n\n"
-            f"Command: `python bench/batches.py --write docs/benchmarks.md` (and `--no-cache`). Run "
+            f"Command: `python bench/batches.py --both --write docs/benchmarks.md`. Run "
             f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC on {os.cpu_count()} cores, one Celery worker (solo pool), "
             f"broker {'Redis' if os.environ.get('REDIS_URL') else 'Postgres'}.\n\n"
             "Ideal: lines x upstream latency / concurrency limit (every slot busy all the time). "
