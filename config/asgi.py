@@ -3,7 +3,8 @@
 Django's ASGI app is built first (it sets up the app registry). HTTP goes to the gateway's
 plain ASGI door (``apps/gateway/http.py``), which answers the hot endpoints itself, ahead of
 Django's handler, and hands every other path to Django. WebSockets go to Channels consumers:
-``/ws/v1/chat`` is the gateway's WebSocket door; any other path is refused at the handshake.
+``/ws/v1/chat`` is the gateway's WebSocket door, ``/ws/admin/batches`` the admin's live batch
+progress (staff session); any other path is refused at the handshake.
 """
 
 from __future__ import annotations
@@ -22,9 +23,12 @@ if settings.SERVE_STATIC:
     # The admin's CSS and JS, served by the app itself so one process is the whole web tier.
     django_asgi_app = ASGIStaticFilesHandler(django_asgi_app)
 
+from channels.auth import AuthMiddlewareStack  # noqa: E402
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
+from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E402
 from django.urls import path, re_path  # noqa: E402
 
+from apps.batches.consumers import BatchProgressConsumer  # noqa: E402
 from apps.gateway.consumers import ChatConsumer, refuse_socket  # noqa: E402
 from apps.gateway.http import GatewayHTTP  # noqa: E402
 
@@ -36,6 +40,7 @@ application = ProtocolTypeRouter({
     "lifespan": gateway_http,
     "websocket": URLRouter([
         path("ws/v1/chat", ChatConsumer.as_asgi()),
+        path("ws/admin/batches", AllowedHostsOriginValidator(AuthMiddlewareStack(BatchProgressConsumer.as_asgi()))),
         re_path(r"", refuse_socket),
     ]),
 })

@@ -63,6 +63,7 @@ INSTALLED_APPS = [
     "apps.limits",
     "apps.reporting",
     "apps.gateway",
+    "apps.batches",
     "apps.simulator",
 ]
 
@@ -141,6 +142,44 @@ USE_I18N = True
 USE_TZ = True
 
 STATIC_URL = "static/"
+
+# --- Files and batch jobs -----------------------------------------------------------------
+# Batch files live in Django's storage "batch_files": a local folder by default, or any
+# S3-compatible store with BATCH_FILES_STORAGE=s3 (needs `pip install django-storages[s3]`).
+BATCH_FILES_STORAGE = env_str("BATCH_FILES_STORAGE", "local")
+if BATCH_FILES_STORAGE == "local":
+    _BATCH_STORAGE = {"BACKEND": "django.core.files.storage.FileSystemStorage",
+                      "OPTIONS": {"location": env_str("BATCH_FILES_DIR") or str(VAR_DIR / "files")}}
+elif BATCH_FILES_STORAGE == "s3":
+    _BATCH_STORAGE = {"BACKEND": "storages.backends.s3.S3Storage", "OPTIONS": {
+        "bucket_name": env_str("BATCH_FILES_S3_BUCKET") or "",
+        "endpoint_url": env_str("BATCH_FILES_S3_ENDPOINT_URL") or None,
+        "region_name": env_str("BATCH_FILES_S3_REGION") or None,
+        "access_key": env_str("BATCH_FILES_S3_ACCESS_KEY_ID") or None,
+        "secret_key": env_str("BATCH_FILES_S3_SECRET_ACCESS_KEY") or None,
+        "location": env_str("BATCH_FILES_S3_PREFIX", "switchyard-files"),
+        "file_overwrite": False,
+    }}
+    if not _BATCH_STORAGE["OPTIONS"]["bucket_name"]:
+        raise ImproperlyConfigured("BATCH_FILES_STORAGE=s3 needs BATCH_FILES_S3_BUCKET")
+else:
+    raise ImproperlyConfigured(f"BATCH_FILES_STORAGE must be local or s3, not {BATCH_FILES_STORAGE!r}")
+STORAGES = {
+    "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+    "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
+    "batch_files": _BATCH_STORAGE,
+}
+BATCH_FILE_MAX_BYTES = env_int("BATCH_FILE_MAX_BYTES", 200 * 1024 * 1024, minimum=1024)
+BATCH_MAX_LINES = env_int("BATCH_MAX_LINES", 100_000, minimum=1)
+# In-flight lines per tenant (a tenant's jobs run one at a time, so this holds across workers);
+# each provider's own concurrency limit applies on top, per worker process.
+BATCH_TENANT_CONCURRENCY = env_int("BATCH_TENANT_CONCURRENCY", 32, minimum=1)
+BATCH_CHUNK_LINES = env_int("BATCH_CHUNK_LINES", 500, minimum=1)
+# A running job's worker renews its lease every second; a job whose lease ran out (its worker
+# died) is picked up again by beat's resumer every BATCH_RESUME_EVERY seconds.
+BATCH_LEASE_SECONDS = env_float("BATCH_LEASE_SECONDS", 30.0)
+BATCH_RESUME_EVERY = env_float("BATCH_RESUME_EVERY", 10.0)
+BATCH_MAP_REDUCE_MAX_ITEMS = env_int("BATCH_MAP_REDUCE_MAX_ITEMS", 10_000, minimum=1)
 STATIC_ROOT = BASE_DIR / "staticfiles"
 SERVE_STATIC = env_bool("SERVE_STATIC", True)
 
@@ -170,6 +209,7 @@ CELERY_BEAT_SCHEDULE: dict = {
     "limits-purge-counters": {"task": "limits.purge_counters", "schedule": env_float("LIMITS_PURGE_EVERY", 600.0)},
     "usage-rollup": {"task": "reporting.rollup", "schedule": env_float("USAGE_ROLLUP_EVERY", 10.0)},
     "usage-prune": {"task": "usage.prune", "schedule": env_float("USAGE_PRUNE_EVERY", 3600.0)},
+    "batches-resume": {"task": "batches.resume", "schedule": BATCH_RESUME_EVERY},
 }
 
 if REDIS_URL:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from django.contrib import admin
 from django.contrib.auth import views as auth_views
-from django.urls import path
+from django.urls import include, path
 
 from apps.core import health
 from apps.gateway.api.complete import CompleteView
@@ -20,6 +20,7 @@ urlpatterns = [
     path("v1/complete", CompleteView.as_view(), name="complete"),
     path("v1/usage", UsageView.as_view(), name="usage"),
     path("v1/usage/export", UsageExportView.as_view(), name="usage-export"),
+    path("v1/", include("apps.batches.api.urls")),
     path("admin/dashboard/", dashboard, name="dashboard"),
     path("v1/stream", stream, name="stream"),
     path("playground/", playground, name="playground"),

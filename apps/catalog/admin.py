@@ -77,7 +77,7 @@ class ModelPriceInline(admin.TabularInline):
     can_delete = False
     ordering = ("-effective_from", "-id")
     fields = ("effective_from", "input_price_per_million", "cached_input_price_per_million",
-              "output_price_per_million", "cache_write_price_per_million")
+              "output_price_per_million", "cache_write_price_per_million", "batch_discount_percent")
     readonly_fields = fields
     verbose_name_plural = "price history (newest first)"
 
@@ -92,6 +92,7 @@ class ModelPriceInline(admin.TabularInline):
 class ModelAdmin(admin.ModelAdmin):
     list_display = ("name", "upstream_id", "provider", "mode", "tier", "input_price_per_million",
                     "cached_input_price_per_million", "output_price_per_million", "cache_write_price_per_million",
+                    "batch_discount_percent",
                     "is_active")
     list_filter = ("provider", "tier", "mode", "is_active")
     list_select_related = ("provider",)
@@ -117,7 +118,7 @@ class ModelAdmin(admin.ModelAdmin):
 @admin.register(ModelPrice)
 class ModelPriceAdmin(admin.ModelAdmin):
     list_display = ("model", "effective_from", "input_price_per_million", "cached_input_price_per_million",
-                    "output_price_per_million", "cache_write_price_per_million")
+                    "output_price_per_million", "cache_write_price_per_million", "batch_discount_percent")
     list_filter = ("model",)
     list_select_related = ("model",)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from decimal import Decimal
 
-from django.core.validators import MinValueValidator
+from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models, transaction
 from django.utils import timezone
 
@@ -15,6 +15,11 @@ _CACHE_READ_HELP = ("USD per 1M input tokens read from the provider's prompt cac
                     "Anthropic's cache_read_input_tokens).")
 _CACHE_WRITE_HELP = ("USD per 1M input tokens written to the provider's prompt cache (Anthropic's "
                      "cache_creation_input_tokens). Empty: the input price.")
+_DISCOUNT = {
+    "max_digits": 5, "decimal_places": 2, "default": Decimal("0"),
+    "validators": [MinValueValidator(Decimal("0")), MaxValueValidator(Decimal("100"))],
+}
+_DISCOUNT_HELP = "Percent taken off every price for lines of batch jobs (OpenAI's Batch API gives 50)."
 
 
 class Provider(models.Model):
@@ -72,6 +77,7 @@ class Model(models.Model):
     cached_input_price_per_million = models.DecimalField(**_PRICE, default=Decimal("0"), help_text=_CACHE_READ_HELP)
     output_price_per_million = models.DecimalField(**_PRICE, default=Decimal("0"))
     cache_write_price_per_million = models.DecimalField(**_PRICE, null=True, blank=True, help_text=_CACHE_WRITE_HELP)
+    batch_discount_percent = models.DecimalField(**_DISCOUNT, help_text=_DISCOUNT_HELP)
     context_window = models.PositiveIntegerField(default=128000)
     max_output_tokens = models.PositiveIntegerField(default=16384)
     tier = models.CharField(max_length=20, choices=Tier.choices, default=Tier.MODERATE)
@@ -97,7 +103,8 @@ class Model(models.Model):
     def record_price_version(self) -> ModelPrice:
         """Add a price version when the current prices differ from the latest one."""
         latest = self.prices.order_by("-effective_from", "-id").first()
-        if latest is not None and _price_tuple(latest) == _price_tuple(self):
+        if latest is not None and _price_tuple(latest) == _price_tuple(self) and (
+                Decimal(latest.batch_discount_percent) == Decimal(self.batch_discount_percent)):
             return latest
         return ModelPrice.objects.create(
             model=self,
@@ -105,6 +112,7 @@ class Model(models.Model):
             cached_input_price_per_million=self.cached_input_price_per_million,
             output_price_per_million=self.output_price_per_million,
             cache_write_price_per_million=self.cache_write_price_per_million,
+            batch_discount_percent=self.batch_discount_percent,
         )
 
 
@@ -116,6 +124,7 @@ class ModelPrice(models.Model):
     cached_input_price_per_million = models.DecimalField(**_PRICE, help_text=_CACHE_READ_HELP)
     output_price_per_million = models.DecimalField(**_PRICE)
     cache_write_price_per_million = models.DecimalField(**_PRICE, null=True, blank=True, help_text=_CACHE_WRITE_HELP)
+    batch_discount_percent = models.DecimalField(**_DISCOUNT, help_text=_DISCOUNT_HELP)
     effective_from = models.DateTimeField(default=timezone.now, db_index=True)
 
     class Meta:
@@ -130,10 +139,10 @@ class ModelPrice(models.Model):
         return _price_tuple(self)[:3]
 
     def cost(self, *, input_tokens: int, cached_tokens: int, output_tokens: int,
-             cache_write_tokens: int = 0) -> Decimal:
+             cache_write_tokens: int = 0, batch: bool = False) -> Decimal:
         """Exact cost in USD: input read from the prompt cache (``cached_tokens``), input written to
-        it (``cache_write_tokens``), the rest of the input, and output, each at its price.
-        ``input_tokens`` counts every input token, cached or not."""
+        it (``cache_write_tokens``), the rest of the input, and output, each at its price, less the
+        batch discount for a line of a batch job. ``input_tokens`` counts every input token."""
         input_price = Decimal(self.input_price_per_million)
         write_price = input_price if self.cache_write_price_per_million is None else Decimal(
             self.cache_write_price_per_million)
@@ -144,6 +153,8 @@ class ModelPrice(models.Model):
             + cache_write_tokens * write_price
             + output_tokens * Decimal(self.output_price_per_million)
         )
+        if batch and self.batch_discount_percent:
+            total = total * (100 - Decimal(self.batch_discount_percent)) / 100
         return total / Decimal(1_000_000)
 
 

@@ -296,10 +296,10 @@ class ChatConsumer(AsyncWebsocketConsumer):
 
     async def _subscribe(self, message: dict) -> None:
         topic = message.get("topic")
-        if topic != "usage":
-            await self._error(None, BadRequest("'topic' must be 'usage'.", param="topic"))
+        if topic not in ("usage", "batch"):
+            await self._error(None, BadRequest("'topic' must be 'usage' or 'batch'.", param="topic"))
             return
-        group = live_group(self.key.tenant_id)
+        group = live_group(self.key.tenant_id, topic)
         if group not in self.groups:
             await self.channel_layer.group_add(group, self.channel_name)
             self.groups.append(group)

@@ -8,6 +8,7 @@
     ├── NotFound (404, not_found)
     │   └── ModelNotFound (404, model_not_found)
     ├── MethodNotAllowed (405)
+    ├── Conflict (409, conflict)
     ├── PayloadTooLarge (413, payload_too_large)
     ├── RateLimited (429, rate_limit_exceeded; carries Retry-After)
     │   └── BudgetExceeded (429, budget_exceeded)
@@ -92,6 +93,13 @@ class MethodNotAllowed(GatewayError):
     type = "invalid_request_error"
     code = "method_not_allowed"
     default_message = "Method not allowed on this endpoint."
+
+
+class Conflict(GatewayError):
+    status = 409
+    type = "invalid_request_error"
+    code = "conflict"
+    default_message = "The resource is not in a state that allows this."
 
 
 class PayloadTooLarge(GatewayError):

@@ -3,7 +3,8 @@ set, in memory otherwise): every web process's subscribers of a tenant's group g
 
 A socket subscribes with ``{"type": "subscribe", "topic": "usage"}`` and then receives
 ``{"type": "live", "topic": "usage", "event": {...}}`` after each request its tenant makes over
-a streaming door (the WebSocket and the EventSource endpoint). Publishing happens off the
+a streaming door (the WebSocket and the EventSource endpoint); with ``"topic": "batch"``, the
+progress of its batch jobs (``apps.batches.live``). Publishing happens off the
 response path; a channel layer that is down costs a log line, never a request.
 """
 
@@ -18,9 +19,9 @@ logger = logging.getLogger(__name__)
 _USAGE_FIELDS = ("request_id", "model", "cache", "cost", "usage", "latency_ms", "ttft_ms", "finish_reason")
 
 
-def live_group(tenant_id: int) -> str:
-    """The channel-layer group of one tenant's live usage events."""
-    return f"tenant.{tenant_id}.usage"
+def live_group(tenant_id: int, topic: str = "usage") -> str:
+    """The channel-layer group of one tenant's live events of a topic (``usage`` or ``batch``)."""
+    return f"tenant.{tenant_id}.{topic}"
 
 
 def live_usage_event(done: dict) -> dict:
@@ -30,7 +31,7 @@ def live_usage_event(done: dict) -> dict:
 
 def live_publish(state, tenant_id: int, event: dict, *, topic: str = "usage") -> None:
     """Send ``event`` to the tenant's subscribers, in the background."""
-    state.spawn(_publish(live_group(tenant_id), topic, event))
+    state.spawn(_publish(live_group(tenant_id, topic), topic, event))
 
 
 async def _publish(group: str, topic: str, event: dict) -> None:

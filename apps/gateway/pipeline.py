@@ -94,6 +94,7 @@ class Call:
     baseline: ModelInfo | None = None  # what routing is compared with: the model asked for, or the dearest
     reservation: object = None  # apps.limits.enforce.Reservation when the key or tenant has limits
     refusal: GatewayError | None = None  # a token or budget refusal, raised unless the cache answers
+    batch: bool = False  # a line of a batch job: priced with the model's batch discount
 
     def headers(self) -> list[tuple[bytes, bytes]]:
         """The ``x-switchyard-*`` headers (cost deferred to the stream's end for streams)."""
@@ -144,7 +145,7 @@ class Call:
     def _price(self) -> None:
         if self.model is not None:
             self.cost = self.model.cost(self.input_tokens, self.cached_tokens, self.output_tokens,
-                                        self.cache_write_tokens)
+                                        self.cache_write_tokens, batch=self.batch)
 
     def _routing_saved(self) -> Decimal:
         """What the answer would have cost on the baseline model, less what it cost (never
@@ -152,8 +153,9 @@ class Call:
         model, baseline = self.model, self.baseline
         if model is None or baseline is None or baseline is model or self.cache in ("exact", "semantic"):
             return _ZERO
-        return max(baseline.cost(self.input_tokens, self.cached_tokens, self.output_tokens, self.cache_write_tokens)
-                   - self.cost, _ZERO)
+        baseline_cost = baseline.cost(self.input_tokens, self.cached_tokens, self.output_tokens,
+                                      self.cache_write_tokens, batch=self.batch)
+        return max(baseline_cost - self.cost, _ZERO)
 
     def log(self, state: GatewayState) -> None:
         """Append this request's usage row to the buffer (no I/O here)."""
@@ -252,11 +254,20 @@ def _upstream_body(body: dict, model: ModelInfo, *, stream: bool) -> bytes:
     return orjson.dumps(out)
 
 
-async def chat_prepare(state: GatewayState, key: KeyInfo, raw: bytes, *, started: float,
-                       tags_header: str | None = None) -> tuple[Call, dict]:
+def _call_new(key: KeyInfo, endpoint: str, started: float, batch_line: tuple[str, str] | None) -> Call:
+    """A call; for a line of a batch job, ``batch_line`` is ``(request_id, endpoint)`` to log it under."""
+    if batch_line is None:
+        return Call(key=key, endpoint=endpoint, started=started)
+    request_id, logged_endpoint = batch_line
+    return Call(key=key, endpoint=logged_endpoint, started=started, request_id=request_id, batch=True)
+
+
+async def chat_prepare(state: GatewayState, key: KeyInfo, raw: bytes | dict, *, started: float,
+                       tags_header: str | None = None,
+                       batch_line: tuple[str, str] | None = None) -> tuple[Call, dict]:
     """Validate and route a chat request; raises :class:`GatewayError` subclasses."""
-    call = Call(key=key, endpoint="/v1/chat/completions", started=started)
-    body = _body(raw)
+    call = _call_new(key, "/v1/chat/completions", started, batch_line)
+    body = raw if isinstance(raw, dict) else _body(raw)
     try:
         chat_body_validate(body)
         call.stream = bool(body.get("stream"))
@@ -527,9 +538,10 @@ async def upstream_stream_open(state: GatewayState, call: Call, attempt) -> Open
     return opened
 
 
-async def embeddings(state: GatewayState, key: KeyInfo, raw: bytes, *, started: float) -> tuple[Call, bytes]:
-    call = Call(key=key, endpoint="/v1/embeddings", started=started)
-    body = _body(raw)
+async def embeddings(state: GatewayState, key: KeyInfo, raw: bytes | dict, *, started: float,
+                     batch_line: tuple[str, str] | None = None) -> tuple[Call, bytes]:
+    call = _call_new(key, "/v1/embeddings", started, batch_line)
+    body = raw if isinstance(raw, dict) else _body(raw)
     try:
         embeddings_body_validate(body)
         call_route(state, call, body, None, mode="embedding")

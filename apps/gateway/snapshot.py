@@ -43,12 +43,15 @@ class ModelInfo:
     context_window: int
     max_output_tokens: int
     cache_write_price: Decimal | None = None  # None: the input price
+    batch_discount: Decimal = Decimal(0)  # percent off for lines of batch jobs
 
-    def cost(self, input_tokens: int, cached_tokens: int, output_tokens: int, cache_write_tokens: int = 0) -> Decimal:
+    def cost(self, input_tokens: int, cached_tokens: int, output_tokens: int, cache_write_tokens: int = 0, *,
+             batch: bool = False) -> Decimal:
         """Exact USD cost at this model's price version (prices are per 1M tokens).
 
         ``input_tokens`` counts every input token; ``cached_tokens`` of them were read from the
         provider's prompt cache and ``cache_write_tokens`` written to it, each at its own price.
+        A line of a batch job pays the batch discount off the total.
         """
         uncached = max(input_tokens - cached_tokens - cache_write_tokens, 0)
         total = (uncached * self.input_price + cached_tokens * self.cached_input_price
@@ -56,6 +59,8 @@ class ModelInfo:
         if cache_write_tokens:
             price = self.input_price if self.cache_write_price is None else self.cache_write_price
             total += cache_write_tokens * price
+        if batch and self.batch_discount:
+            total = total * (100 - self.batch_discount) / 100
         return total / 1_000_000
 
 
@@ -164,6 +169,7 @@ def snapshot_load() -> Snapshot:
             context_window=model.context_window, max_output_tokens=model.max_output_tokens,
             cache_write_price=_optional_decimal(
                 price.cache_write_price_per_million if price else model.cache_write_price_per_million),
+            batch_discount=Decimal(price.batch_discount_percent if price else model.batch_discount_percent),
         )
     by_id = {info.id: info for info in models.values()}
 

@@ -10,12 +10,14 @@ from decimal import Decimal
 import pytest
 from django.contrib import admin
 from django.contrib.admin.models import LogEntry
+from django.contrib.admin.utils import quote
 from django.contrib.auth.models import Group, Permission
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 from django.utils import timezone
 
+from apps.batches.models import BatchJob, File
 from apps.cache.models import CacheEntry
 from apps.catalog.models import Model, ModelPrice, Provider
 from apps.limits.models import BudgetAlert
@@ -46,6 +48,10 @@ def populated(tenant_a, key_a, provider, cheap_model, premium_model, admin_user,
                               model_used="sim-mini", price=cheap_model.prices.get())
     BudgetAlert.objects.create(tenant=tenant_a, scope=f"t:{tenant_a.pk}", period_start=timezone.now(),
                                threshold_percent=80, spent_usd=Decimal("8"), budget_usd=Decimal("10"))
+    upload = File.objects.create(tenant=tenant_a, purpose="batch", filename="in.jsonl", bytes=10,
+                                 storage_name="x/in.jsonl")
+    BatchJob.objects.create(tenant=tenant_a, endpoint="/v1/chat/completions", input_file=upload, total=10,
+                            completed=3)
 
 
 @pytest.fixture
@@ -75,12 +81,12 @@ def test_it_renders_every_changelist_add_and_change_page_for_a_superuser(admin_c
         assert admin_client.get(_url(model, "add")).status_code == 200
     obj = model.objects.first()
     assert obj is not None, f"no {model.__name__} seeded"
-    assert admin_client.get(_url(model, "change", obj.pk)).status_code == 200
+    assert admin_client.get(_url(model, "change", quote(obj.pk))).status_code == 200
 
 
 @pytest.mark.parametrize("model", REGISTERED, ids=lambda m: m._meta.label)
 def test_it_sends_anonymous_users_to_the_login_page(client, populated, model):
-    for url in (_url(model, "changelist"), _url(model, "add"), _url(model, "change", model.objects.first().pk)):
+    for url in (_url(model, "changelist"), _url(model, "add"), _url(model, "change", quote(model.objects.first().pk))):
         response = client.get(url)
         assert response.status_code == 302
         assert reverse("admin:login") in response["Location"]
@@ -372,7 +378,8 @@ def _model_post(model, **changes) -> dict:
     data = {"name": model.name, "upstream_id": model.upstream_id, "provider": model.provider_id, "mode": model.mode,
             "input_price_per_million": model.input_price_per_million,
             "cached_input_price_per_million": model.cached_input_price_per_million,
-            "output_price_per_million": model.output_price_per_million, "context_window": model.context_window,
+            "output_price_per_million": model.output_price_per_million,
+            "batch_discount_percent": model.batch_discount_percent, "context_window": model.context_window,
             "max_output_tokens": model.max_output_tokens, "tier": model.tier, "is_active": "on",
             "prices-TOTAL_FORMS": str(model.prices.count()), "prices-INITIAL_FORMS": str(model.prices.count()),
             "prices-MIN_NUM_FORMS": "0", "prices-MAX_NUM_FORMS": "1000"}
@@ -389,6 +396,20 @@ def test_it_records_a_price_change_and_shows_the_history_newest_first(admin_clie
     html = admin_client.get(url).content.decode()
     history = html[html.index("Price history (newest first)"):]
     assert history.index("0.300000") < history.index("0.150000")
+
+
+def test_it_versions_a_batch_discount_set_in_the_admin(admin_client, cheap_model):
+    response = admin_client.post(_url(Model, "change", cheap_model.pk),
+                                 _model_post(cheap_model, batch_discount_percent="50"))
+    assert response.status_code == 302
+    latest = cheap_model.prices.order_by("-effective_from", "-id").first()
+    assert latest.batch_discount_percent == Decimal("50") and cheap_model.prices.count() == 2
+    assert latest.cost(input_tokens=1000, cached_tokens=0, output_tokens=500, batch=True) * 2 == latest.cost(
+        input_tokens=1000, cached_tokens=0, output_tokens=500)
+    response = admin_client.post(_url(Model, "change", cheap_model.pk),
+                                 _model_post(cheap_model, batch_discount_percent="150"))
+    assert response.status_code == 200  # a form error: at most 100
+    assert cheap_model.prices.count() == 2
 
 
 def test_it_never_adds_edits_or_deletes_a_price_version(admin_client, cheap_model):

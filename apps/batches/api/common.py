@@ -1,0 +1,96 @@
+"""What every management endpoint of files and jobs shares: the tenant key, OpenAI's error
+shape (the gateway's error tree, rendered in one place), list pages and timestamps."""
+
+from __future__ import annotations
+
+import functools
+
+import orjson
+from django.core.exceptions import RequestDataTooBig, SuspiciousOperation, TooManyFieldsSent
+from django.http import HttpResponse
+from django.http.multipartparser import MultiPartParserError
+from django.views.decorators.csrf import csrf_exempt
+
+from apps.gateway.errors import AuthenticationFailed, BadRequest, GatewayError, MethodNotAllowed, PayloadTooLarge
+from apps.gateway.errors import error_body as _error_body
+from apps.tenants.selectors import key_authenticate
+
+MAX_LIMIT = 100
+
+
+def json_response(payload: dict, status: int = 200) -> HttpResponse:
+    return HttpResponse(orjson.dumps(payload), status=status, content_type="application/json")
+
+
+def error_response(error: GatewayError) -> HttpResponse:
+    response = HttpResponse(_error_body(error), status=error.status, content_type="application/json")
+    for name, value in error.headers.items():
+        response[name] = value
+    return response
+
+
+def _key(request):
+    header = request.headers.get("Authorization", "")
+    key = key_authenticate(header[7:].strip() if header[:7].lower() == "bearer " else "")
+    if key is None:
+        raise AuthenticationFailed()
+    return key
+
+
+def tenant_endpoint(methods: tuple[str, ...]):
+    """A view for a tenant's API key: ``view(request, key, **kwargs)``; errors rendered in OpenAI's shape."""
+
+    def decorate(view):
+        @csrf_exempt
+        @functools.wraps(view)
+        def wrapper(request, **kwargs):
+            try:
+                key = _key(request)
+                if request.method not in methods:
+                    raise MethodNotAllowed()
+                return view(request, key, **kwargs)
+            except GatewayError as error:
+                return error_response(error)
+            except RequestDataTooBig:
+                return error_response(PayloadTooLarge("The request body is too large."))
+            except (MultiPartParserError, TooManyFieldsSent, SuspiciousOperation) as exc:
+                return error_response(BadRequest(f"The request body could not be read: {exc}"))
+
+        return wrapper
+
+    return decorate
+
+
+def json_body(request) -> dict:
+    try:
+        body = orjson.loads(request.body or b"")
+    except orjson.JSONDecodeError as exc:
+        raise BadRequest(f"The request body is not valid JSON: {exc}") from exc
+    if not isinstance(body, dict):
+        raise BadRequest("The request body must be a JSON object.")
+    return body
+
+
+def limit_param(request, default: int = 20, maximum: int = MAX_LIMIT) -> int:
+    raw = request.GET.get("limit")
+    if raw is None:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        value = 0
+    if not 1 <= value <= maximum:
+        raise BadRequest(f"'limit' must be an integer from 1 to {maximum}.", param="limit")
+    return value
+
+
+def list_page(rows: list, limit: int, render) -> dict:
+    """OpenAI's cursor page: ``rows`` holds up to ``limit + 1`` rows, newest first."""
+    shown = rows[:limit]
+    data = [render(row) for row in shown]
+    return {"object": "list", "data": data, "first_id": data[0]["id"] if data else None,
+            "last_id": data[-1]["id"] if data else None, "has_more": len(rows) > limit}
+
+
+def unix(moment) -> int | None:
+    return int(moment.timestamp()) if moment is not None else None

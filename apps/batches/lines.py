@@ -1,0 +1,170 @@
+"""One line of a batch through the gateway's pipeline, into the JSON line of the output or error
+file (OpenAI's format, keyed by ``custom_id``).
+
+A line runs exactly as a live request with the job's key: validation, routing and fallbacks,
+limits and budgets, the cache, cost (at the model's batch discount) and a usage row whose
+``request_id`` is ``<job id>-<line index>`` and whose ``endpoint`` is ``batch:<endpoint>``.
+
+    {"id": "batch_req_...", "custom_id": "...", "response": {"status_code": 200, "request_id", "body"},
+     "error": null}                                               -> output file
+    {"id": ..., "custom_id": ..., "response": {"status_code": 4xx/5xx, "request_id", "body": {"error"}},
+     "error": null}                                               -> error file (the request failed)
+    {"id": ..., "custom_id": ... or null, "response": null,
+     "error": {"code", "message"}}                                -> error file (the line is malformed)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass
+
+import orjson
+
+from apps.gateway import pipeline
+from apps.gateway.caching import cache_hit_log, cache_lookup, cache_plan, cache_settle
+from apps.gateway.errors import BudgetExceeded, GatewayError, RateLimited
+from apps.gateway.limits import limits_settle
+from apps.gateway.upstream import UpstreamClientError
+
+RATE_LIMIT_RETRIES = 8
+_MAX_RETRY_WAIT = 30.0
+
+
+@dataclass(slots=True)
+class LineResult:
+    index: int
+    custom_id: str | None
+    is_error: bool
+    line: bytes
+    content: str | None = None  # a chat answer's text (map-reduce keeps it)
+
+
+class LineInvalid(Exception):
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+def request_id_for(job_id: str, index: int) -> str:
+    return f"{job_id}-{index}"
+
+
+def _line_id(job_id: str, index: int) -> str:
+    return f"batch_req_{job_id.split('_', 1)[-1]}_{index}"
+
+
+def _parse(raw: bytes, endpoint: str) -> tuple[str, dict]:
+    try:
+        item = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise LineInvalid("invalid_json", f"The line is not valid JSON: {exc}.") from exc
+    if not isinstance(item, dict):
+        raise LineInvalid("invalid_request", "The line must be a JSON object.")
+    custom_id = item.get("custom_id")
+    if not isinstance(custom_id, str) or not custom_id or len(custom_id) > 512:
+        raise LineInvalid("invalid_custom_id", "'custom_id' must be a string of 1 to 512 characters.")
+    if item.get("method", "POST") != "POST":
+        raise LineInvalid("invalid_method", "'method' must be POST.")
+    if item.get("url") != endpoint:
+        raise LineInvalid("invalid_url", f"'url' must be the batch's endpoint, {endpoint}.")
+    body = item.get("body")
+    if not isinstance(body, dict):
+        raise LineInvalid("invalid_body", "'body' must be a JSON object.")
+    if body.get("stream"):
+        raise LineInvalid("invalid_body", "'stream' is not available in a batch.")
+    return custom_id, body
+
+
+def _custom_id_of(raw: bytes) -> str | None:
+    try:
+        value = orjson.loads(raw).get("custom_id")
+    except (orjson.JSONDecodeError, AttributeError):
+        return None
+    return value if isinstance(value, str) and 0 < len(value) <= 512 else None
+
+
+def _content(answer: dict) -> str:
+    try:
+        return "".join((c.get("message") or {}).get("content") or "" for c in answer.get("choices") or [])
+    except AttributeError:
+        return ""
+
+
+async def _chat(state, key, body: dict, batch_line: tuple[str, str]) -> tuple[str, dict]:
+    call, body = await pipeline.chat_prepare(state, key, body, started=time.perf_counter(), batch_line=batch_line)
+    plan = None
+    try:
+        plan = cache_plan(call, body, cache_control=None, namespace=None)
+        if plan is not None:
+            hit = await cache_lookup(state, call, plan)
+            if hit is not None:
+                cache_hit_log(state, call, hit)
+                return call.request_id, hit.response
+        _raw, parsed = await pipeline.chat_json(state, call, body)
+        cache_settle(state, call, plan, parsed)
+        return call.request_id, parsed
+    finally:
+        cache_settle(state, call, plan, None)  # a no-op once settled
+        limits_settle(state, call)
+
+
+async def _embeddings(state, key, body: dict, batch_line: tuple[str, str]) -> tuple[str, dict]:
+    call, raw = await pipeline.embeddings(state, key, body, started=time.perf_counter(), batch_line=batch_line)
+    try:
+        return call.request_id, orjson.loads(raw)
+    finally:
+        limits_settle(state, call)
+
+
+async def line_answer(state, key, *, job_id: str, endpoint: str, index: int, raw: bytes) -> LineResult:
+    """Answer one input line; never raises for anything the line or the upstream did."""
+    line_id = _line_id(job_id, index)
+    request_id = request_id_for(job_id, index)
+    try:
+        custom_id, body = _parse(raw, endpoint)
+    except LineInvalid as invalid:
+        return LineResult(index, _custom_id_of(raw), True, orjson.dumps({
+            "id": line_id, "custom_id": _custom_id_of(raw), "response": None,
+            "error": {"code": invalid.code, "message": invalid.message}}))
+    run = _chat if endpoint == "/v1/chat/completions" else _embeddings
+    status, answer = 200, None
+    for attempt in range(RATE_LIMIT_RETRIES + 1):
+        try:
+            request_id, answer = await run(state, key, body, (request_id, f"batch:{endpoint}"))
+            status = 200
+            break
+        except BudgetExceeded as error:
+            status, answer = error.status, error.body()
+            break
+        except RateLimited as error:
+            # A rate limit is a reason to wait, not to fail a batch line (a budget is).
+            status, answer = error.status, error.body()
+            if attempt < RATE_LIMIT_RETRIES:
+                wait = float(error.headers.get("Retry-After") or 1)
+                await asyncio.sleep(min(max(wait, 0.5), _MAX_RETRY_WAIT))
+        except GatewayError as error:
+            status, answer = error.status, error.body()
+            break
+        except UpstreamClientError as error:
+            try:
+                answer = orjson.loads(error.body)
+            except orjson.JSONDecodeError:
+                answer = {"error": {"message": error.body.decode(errors="replace")[:2000], "type": "upstream_error",
+                                    "param": None, "code": None}}
+            status = error.status
+            break
+    ok = status == 200
+    line = orjson.dumps({"id": line_id, "custom_id": custom_id,
+                         "response": {"status_code": status, "request_id": request_id, "body": answer},
+                         "error": None})
+    content = _content(answer) if ok and endpoint == "/v1/chat/completions" else None
+    return LineResult(index, custom_id, not ok, line, content)
+
+
+def line_expired(job_id: str, index: int, raw: bytes) -> bytes:
+    """The error-file line of a line left unanswered when the job's completion window ended."""
+    return orjson.dumps({"id": _line_id(job_id, index), "custom_id": _custom_id_of(raw), "response": None,
+                         "error": {"code": "batch_expired",
+                                   "message": "This line was not answered within the completion window."}})

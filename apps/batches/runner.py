@@ -1,0 +1,445 @@
+"""Runs one job on a Celery worker, in an event loop, through the gateway's pipeline.
+
+    claim the lease  -> validating: count the input's lines (streamed)
+                     -> in_progress: read the input in chunks from the cursor, skip lines already
+                        answered, run up to BATCH_TENANT_CONCURRENCY lines at once; answered lines
+                        are committed every half second with the job's counts and cursor
+                     -> finalizing: (map-reduce) reduce; write the output and error files
+                     -> completed | cancelled | expired | failed
+
+A heartbeat renews the lease every second and reads the job's status: a cancel stops the lines
+in flight within about a second, the end of the completion window expires the job. Memory stays
+bounded whatever the job's size: one chunk of input lines, the lines in flight and at most a
+half second of answers. A worker killed at any point loses only its uncommitted answers: the
+lease runs out, beat's resumer queues the job again, and the next worker resumes at the cursor,
+skipping lines already committed, so every line is answered exactly once in the output.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import functools
+import logging
+import secrets
+import time
+from collections import deque
+from dataclasses import dataclass
+
+import orjson
+from django.conf import settings
+from django.db.models import F
+from django.utils import timezone
+
+from apps.batches.lines import LineResult, line_answer, line_expired
+from apps.batches.live import progress_publish
+from apps.batches.models import BatchJob, BatchLine
+from apps.batches.services import (
+    LeaseLost,
+    job_claim,
+    job_files_write,
+    job_heartbeat,
+    job_release,
+    job_status_set,
+    lines_record,
+)
+from apps.batches.storage import lines_read
+
+logger = logging.getLogger(__name__)
+
+FLUSH_EVERY = 0.5
+FLUSH_ROWS = 200
+HEARTBEAT_EVERY = 1.0
+PUBLISH_EVERY = 0.5
+Status = BatchJob.Status
+
+
+def _in_thread(fn, *args, **kwargs):
+    from django.db import close_old_connections
+
+    close_old_connections()
+    return fn(*args, **kwargs)
+
+
+def _once(fn, *args, **kwargs):
+    """``fn`` on a short-lived thread, whose database connection is closed before it ends."""
+    try:
+        return _in_thread(fn, *args, **kwargs)
+    finally:
+        _close_connections()
+
+
+def _close_connections() -> None:
+    from django.db import connections
+
+    connections.close_all()
+
+
+def _take(reader, count: int) -> list[tuple[int, int, bytes]]:
+    taken = []
+    for item in reader:
+        taken.append(item)
+        if len(taken) >= count:
+            break
+    return taken
+
+
+def _answered(job_id: str, first: int, last: int) -> set[int]:
+    return set(BatchLine.objects.filter(job_id=job_id, index__gte=first, index__lte=last)
+               .values_list("index", flat=True))
+
+
+def _lines_count(storage_name: str) -> int:
+    count = 0
+    for _item in lines_read(storage_name):
+        count += 1
+    return count
+
+
+def _key_load(api_key_id: int | None):
+    from apps.gateway.snapshot import key_info_load
+    from apps.tenants.models import ApiKey
+
+    prefix = ApiKey.objects.filter(pk=api_key_id).values_list("prefix", flat=True).first() if api_key_id else None
+    return key_info_load(prefix) if prefix else None
+
+
+def _map_answers(job_id: str) -> list[str]:
+    answers = []
+    for line in BatchLine.objects.filter(job_id=job_id, is_error=False).order_by("index").values_list(
+            "line", flat=True).iterator(chunk_size=2000):
+        body = orjson.loads(line)["response"]["body"]
+        answers.append("".join((c.get("message") or {}).get("content") or "" for c in body.get("choices") or []))
+    return answers
+
+
+@dataclass(slots=True)
+class Chunk:
+    start: tuple[int, int]  # (line index, byte offset) of its first line
+    remaining: int
+
+
+class JobRunner:
+    def __init__(self, job: BatchJob, token: str) -> None:
+        self.job = job
+        self.token = token
+        # Quick writes (heartbeats, answered lines) and slow reads and writes of whole files run
+        # on separate threads, so a long file write never holds up the lease's renewal.
+        self.db_executor = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="batch-db")
+        self.io_executor = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="batch-io")
+        self.state = None
+        self.key = None
+        self.stop_reason: str | None = None  # cancel | expire | lost
+        self.in_flight: set[asyncio.Task] = set()
+        self.results: list[tuple[LineResult, Chunk]] = []
+        self.chunks: deque[Chunk] = deque()
+        self.end = (job.cursor_line, job.cursor_offset)
+        self.flush_lock = asyncio.Lock()
+        self.flush_wake = asyncio.Event()
+        self.completed, self.failed, self.total = job.completed, job.failed, job.total
+        self.status = job.status
+        self.published = 0.0
+        self.reduce_task: asyncio.Task | None = None
+
+    async def db(self, fn, *args, **kwargs):
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self.db_executor, functools.partial(_in_thread, fn, *args, **kwargs))
+
+    async def io(self, fn, *args, **kwargs):
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self.io_executor, functools.partial(_in_thread, fn, *args, **kwargs))
+
+    # --- control -------------------------------------------------------------------------
+
+    def stop(self, reason: str) -> None:
+        if self.stop_reason is not None:
+            return
+        self.stop_reason = reason
+        logger.info("batch job stopping", extra={"job": self.job.pk, "reason": reason})
+        for task in list(self.in_flight):
+            task.cancel()
+        if self.reduce_task is not None and reason != "expire":
+            self.reduce_task.cancel()
+
+    async def heartbeat(self) -> None:
+        while True:
+            await asyncio.sleep(HEARTBEAT_EVERY)
+            try:
+                status, expires_at = await self.db(job_heartbeat, job_id=self.job.pk, token=self.token)
+            except LeaseLost:
+                self.stop("lost")
+                return
+            except Exception:
+                logger.exception("batch heartbeat failed; retrying")
+                continue
+            if status == Status.CANCELLING:
+                self.stop("cancel")
+            elif expires_at is not None and timezone.now() >= expires_at and status in (
+                    Status.VALIDATING, Status.IN_PROGRESS):
+                self.stop("expire")
+
+    async def publish(self, *, force: bool = False) -> None:
+        now = time.monotonic()
+        if not force and now - self.published < PUBLISH_EVERY:
+            return
+        self.published = now
+        total = self.total
+        done = self.completed + self.failed
+        await progress_publish(self.job.tenant_id, {
+            "id": self.job.pk, "kind": self.job.kind, "status": self.status, "total": total,
+            "completed": self.completed, "failed": self.failed,
+            "percent": round(100.0 * done / total, 1) if total else 0.0})
+
+    async def set_status(self, status: str, **fields) -> None:
+        await self.db(job_status_set, job_id=self.job.pk, token=self.token, status=status, **fields)
+        self.status = status
+        await self.publish(force=True)
+
+    # --- stages --------------------------------------------------------------------------
+
+    async def run(self) -> str:
+        beat = asyncio.ensure_future(self.heartbeat())
+        try:
+            return await self._run()
+        except LeaseLost:
+            self.stop("lost")
+            return "lease_lost"
+        finally:
+            beat.cancel()
+            await asyncio.gather(beat, return_exceptions=True)
+            if self.state is not None:
+                await self.state.stop()
+                self.state._db_executor.shutdown(wait=False)
+            for executor in (self.db_executor, self.io_executor):
+                executor.submit(_close_connections)
+                executor.shutdown(wait=True)
+
+    async def _run(self) -> str:
+        job = self.job
+        if job.status == Status.CANCELLING:
+            await self.finish(Status.CANCELLED)
+            return "cancelled"
+        if job.expires_at is not None and timezone.now() >= job.expires_at and job.status in (
+                Status.VALIDATING, Status.IN_PROGRESS):
+            self.stop_reason = "expire"
+        elif job.status == Status.VALIDATING and not await self.validate():
+            return "failed"
+        if self.stop_reason is None and self.status == Status.IN_PROGRESS:
+            if not await self.pipeline_open():
+                return "failed"
+            await self.process()
+        reason = self.stop_reason
+        if reason == "lost":
+            return "lease_lost"
+        if reason == "cancel":
+            await self.finish(Status.CANCELLED)
+            return "cancelled"
+        if reason == "expire":
+            await self.finish(Status.EXPIRED, expire=True)
+            return "expired"
+        await self.set_status(Status.FINALIZING)
+        result = None
+        if job.kind == BatchJob.Kind.MAP_REDUCE:
+            if self.state is None and not await self.pipeline_open():  # resumed while finalizing
+                return "failed"
+            result = await self.reduce()
+            if result is None:
+                return self.stop_reason or "failed"
+        await self.finish(Status.COMPLETED, result=result)
+        return "completed"
+
+    async def pipeline_open(self) -> bool:
+        """The job's key and a gateway state of this worker's own (snapshot, upstream sessions,
+        limits, cache, usage buffer), as a web process has."""
+        self.key = await self.db(_key_load, self.job.api_key_id)
+        if self.key is None or not self.key.is_usable(time.time()):
+            await self.fail("api_key_unusable", "The API key that created this job is deleted, revoked or "
+                            "expired; its lines cannot run.")
+            return False
+        from apps.gateway.state import GatewayState
+
+        self.state = GatewayState()
+        await self.state.start()
+        return True
+
+    async def fail(self, code: str, message: str, *, line: int | None = None) -> None:
+        errors = {"object": "list", "data": [{"code": code, "message": message, "param": None, "line": line}]}
+        await self.set_status(Status.FAILED, errors=errors)
+
+    async def validate(self) -> bool:
+        name = await self.db(lambda: self.job.input_file.storage_name if _file_exists(self.job) else None)
+        try:
+            total = await self.io(_lines_count, name) if name else None
+        except FileNotFoundError:
+            total = None
+        if total is None:
+            await self.fail("input_file_not_found", "The input file is gone.")
+            return False
+        if total == 0:
+            await self.fail("empty_file", "The input file has no lines.")
+            return False
+        if total > settings.BATCH_MAX_LINES:
+            await self.fail("too_many_lines", f"The input file has {total} lines; the limit is "
+                            f"{settings.BATCH_MAX_LINES}.")
+            return False
+        self.total = total
+        await self.set_status(Status.IN_PROGRESS, total=total)
+        return True
+
+    async def process(self) -> None:
+        job = self.job
+        limit = asyncio.Semaphore(settings.BATCH_TENANT_CONCURRENCY)
+        window = settings.BATCH_TENANT_CONCURRENCY * 2
+        name = await self.db(lambda: job.input_file.storage_name)
+        reader = lines_read(name, offset=job.cursor_offset, first_index=job.cursor_line)
+        flusher = asyncio.ensure_future(self.flush_periodically())
+        try:
+            while self.stop_reason is None:
+                taken = await self.io(_take, reader, settings.BATCH_CHUNK_LINES)
+                if not taken:
+                    break
+                first, last = taken[0][0], taken[-1][0]
+                answered = await self.db(_answered, job.pk, first, last)
+                chunk = Chunk(start=(first, taken[0][1]), remaining=len(taken) - len(answered))
+                self.chunks.append(chunk)
+                self.end = (last + 1, taken[-1][1] + len(taken[-1][2]))
+                for index, _offset, raw in taken:
+                    if index in answered:
+                        continue
+                    while len(self.in_flight) >= window and self.stop_reason is None:
+                        await asyncio.wait(self.in_flight, return_when=asyncio.FIRST_COMPLETED)
+                    if self.stop_reason is not None:
+                        break
+                    task = asyncio.ensure_future(self.line(limit, chunk, index, raw))
+                    self.in_flight.add(task)
+                    task.add_done_callback(self.in_flight.discard)
+                del taken
+            if self.in_flight:
+                await asyncio.gather(*self.in_flight, return_exceptions=True)
+        finally:
+            flusher.cancel()
+            await asyncio.gather(flusher, return_exceptions=True)
+            await self.io(reader.close)
+        if self.stop_reason != "lost":
+            await self.flush()
+
+    async def line(self, limit: asyncio.Semaphore, chunk: Chunk, index: int, raw: bytes) -> None:
+        async with limit:
+            if self.stop_reason is not None:
+                return
+            result = await line_answer(self.state, self.key, job_id=self.job.pk, endpoint=self.job.endpoint,
+                                       index=index, raw=raw)
+        self.results.append((result, chunk))
+        if len(self.results) >= FLUSH_ROWS:
+            self.flush_wake.set()
+
+    async def flush_periodically(self) -> None:
+        while True:
+            try:
+                await asyncio.wait_for(self.flush_wake.wait(), timeout=FLUSH_EVERY)
+            except TimeoutError:
+                pass
+            self.flush_wake.clear()
+            try:
+                await self.flush()
+            except LeaseLost:
+                self.stop("lost")
+                return
+
+    async def flush(self) -> None:
+        async with self.flush_lock:
+            taken, self.results = self.results, []
+            for _result, chunk in taken:
+                chunk.remaining -= 1
+            moved = False
+            while self.chunks and self.chunks[0].remaining <= 0:
+                self.chunks.popleft()
+                moved = True
+            if not taken and not moved:
+                return
+            cursor = (self.chunks[0].start if self.chunks else self.end) if moved else None
+            lines = [(r.index, r.custom_id, r.is_error, r.line) for r, _chunk in taken]
+            await self.db(lines_record, job_id=self.job.pk, token=self.token, lines=lines, cursor=cursor)
+            failed = sum(1 for line in lines if line[2])
+            self.completed += len(lines) - failed
+            self.failed += failed
+        await self.publish()
+
+    async def reduce(self) -> dict | None:
+        from apps.batches.reduce import reduce_run
+        from apps.gateway.errors import GatewayError
+
+        answers = await self.db(_map_answers, self.job.pk)
+        if not answers:
+            await self.fail("no_map_answers", "Every map call failed; there is nothing to reduce (see the error file).")
+            return None
+        self.reduce_task = asyncio.ensure_future(reduce_run(
+            self.state, self.key, job_id=self.job.pk, params=self.job.params, texts=answers,
+            concurrency=settings.BATCH_TENANT_CONCURRENCY))
+        try:
+            return await self.reduce_task
+        except asyncio.CancelledError:
+            if self.stop_reason == "cancel":
+                await self.finish(Status.CANCELLED)
+                return None
+            raise
+        except GatewayError as error:
+            await self.fail(error.code, f"The reduce step failed: {error.message}")
+            return None
+
+    async def finish(self, status: str, *, result: dict | None = None, expire: bool = False) -> None:
+        job = self.job
+        expired = [0]
+
+        def counted(lines):
+            for line in lines:
+                expired[0] += 1
+                yield line
+
+        extra = counted(_expired_lines(job)) if expire else ()
+        output, error = await self.io(job_files_write, job, extra_errors=extra)
+        fields = {"output_file_id": output.pk if output else None, "error_file_id": error.pk if error else None}
+        if result is not None:
+            fields["result"] = result
+        if expired[0]:
+            # Lines left unanswered count as failed: each has its line in the error file.
+            self.failed += expired[0]
+            fields["failed"] = F("failed") + expired[0]
+        await self.set_status(status, **fields)
+
+
+def _file_exists(job: BatchJob) -> bool:
+    from apps.batches.models import File
+
+    return File.objects.filter(pk=job.input_file_id).exists()
+
+
+def _expired_lines(job: BatchJob):
+    """Error lines for every line not answered when the job expired (read from the cursor on)."""
+    job.refresh_from_db(fields=["cursor_line", "cursor_offset"])
+    name = job.input_file.storage_name
+    reader = lines_read(name, offset=job.cursor_offset, first_index=job.cursor_line)
+    try:
+        while True:
+            taken = _take(reader, 2000)
+            if not taken:
+                return
+            answered = _answered(job.pk, taken[0][0], taken[-1][0])
+            for index, _offset, raw in taken:
+                if index not in answered:
+                    yield line_expired(job.pk, index, raw)
+    finally:
+        reader.close()
+
+
+async def job_run(job_id: str) -> str:
+    """Run (or resume) a job on this worker: the outcome, or why it did not run here."""
+    token = secrets.token_hex(16)
+    job, why = await asyncio.to_thread(_once, job_claim, job_id=job_id, token=token)
+    if job is None:
+        return why
+    runner = JobRunner(job, token)
+    try:
+        return await runner.run()
+    finally:
+        await asyncio.to_thread(_once, job_release, job_id=job_id, token=token)

@@ -1,0 +1,63 @@
+"""Reads of files and jobs, always inside one tenant: another tenant's ids are simply not found."""
+
+from __future__ import annotations
+
+from django.db.models import QuerySet
+
+from apps.batches.models import BatchJob, BatchLine, File
+from apps.gateway.errors import BadRequest, NotFound
+
+MAX_PAGE = 10_000
+
+
+def file_get(*, tenant_id: int, file_id: str) -> File:
+    file = File.objects.filter(tenant_id=tenant_id, pk=file_id).first()
+    if file is None:
+        raise NotFound(f"No such file: '{file_id}'.", param="file_id", code="file_not_found")
+    return file
+
+
+def files_list(*, tenant_id: int, purpose: str | None = None, after: str | None = None,
+               limit: int = MAX_PAGE) -> list[File]:
+    """Newest first; ``after`` is the id of the last file of the previous page."""
+    files = File.objects.filter(tenant_id=tenant_id)
+    if purpose:
+        files = files.filter(purpose=purpose)
+    return list(_page(files, File, tenant_id, after, limit))
+
+
+def job_get(*, tenant_id: int, job_id: str, kind: str = BatchJob.Kind.BATCH) -> BatchJob:
+    job = BatchJob.objects.filter(tenant_id=tenant_id, pk=job_id, kind=kind).first()
+    if job is None:
+        noun = "batch" if kind == BatchJob.Kind.BATCH else "job"
+        raise NotFound(f"No such {noun}: '{job_id}'.", param=f"{noun}_id", code=f"{noun}_not_found")
+    return job
+
+
+def jobs_list(*, tenant_id: int, kind: str = BatchJob.Kind.BATCH, after: str | None = None,
+              limit: int = 20) -> list[BatchJob]:
+    jobs = BatchJob.objects.filter(tenant_id=tenant_id, kind=kind)
+    return list(_page(jobs, BatchJob, tenant_id, after, limit))
+
+
+def _page(rows: QuerySet, model, tenant_id: int, after: str | None, limit: int) -> QuerySet:
+    rows = rows.order_by("-created_at", "-pk")
+    if after:
+        anchor = model.objects.filter(tenant_id=tenant_id, pk=after).values("created_at", "pk").first()
+        if anchor is None:
+            raise BadRequest(f"'after' names no object of yours: '{after}'.", param="after")
+        rows = rows.filter(created_at__lte=anchor["created_at"]).exclude(
+            created_at=anchor["created_at"], pk__gte=anchor["pk"])
+    return rows[:limit]
+
+
+def job_lines(job: BatchJob, *, errors: bool | None = None) -> QuerySet:
+    """A job's answered lines in input order, as values (iterate with ``.iterator()``)."""
+    lines = BatchLine.objects.filter(job=job)
+    if errors is not None:
+        lines = lines.filter(is_error=errors)
+    return lines.order_by("index").values_list("index", "custom_id", "is_error", "line")
+
+
+def jobs_active_for_tenant(*, tenant_id: int) -> QuerySet:
+    return BatchJob.objects.filter(tenant_id=tenant_id, status__in=BatchJob.ACTIVE)

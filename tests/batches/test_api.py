@@ -1,0 +1,107 @@
+"""The files, batches and jobs API: tenant isolation on every endpoint, and clear 4xx answers."""
+
+from __future__ import annotations
+
+import http.client
+import json
+from urllib.parse import urlparse
+
+import openai
+import pytest
+
+from apps.batches.models import BatchJob, File
+from tests.batches.conftest import chat_line, jsonl, sdk
+from tests.live import http_json
+
+
+def _a_batch(client) -> tuple[str, str]:
+    file_id = client.files.create(file=jsonl([chat_line("one", "hi")]), purpose="batch").id
+    return file_id, client.batches.create(input_file_id=file_id, endpoint="/v1/chat/completions",
+                                          completion_window="24h").id
+
+
+def test_it_keeps_each_tenants_files_batches_and_jobs_to_itself(world):
+    a, b = sdk(world), sdk(world, world.key_b)
+    file_id, batch_id = _a_batch(a)
+    status, job = http_json("POST", world.gateway.v1 + "/jobs/map-reduce", {
+        "items": ["x"], "map_prompt": "Say {item}", "reduce_prompt": "Join {results}", "model": "sim-mini"},
+        headers={"Authorization": f"Bearer {world.key_a}"})
+    assert status == 200, job
+    job_id = job["id"]
+    assert job_id.startswith("job_") and job["object"] == "map_reduce_job"
+
+    for call in (lambda: b.files.retrieve(file_id), lambda: b.files.content(file_id),
+                 lambda: b.files.delete(file_id), lambda: b.batches.retrieve(batch_id),
+                 lambda: b.batches.cancel(batch_id),
+                 lambda: b.batches.create(input_file_id=file_id, endpoint="/v1/chat/completions",
+                                          completion_window="24h")):
+        with pytest.raises(openai.NotFoundError):
+            call()
+    for method, path in (("GET", f"/jobs/{job_id}"), ("POST", f"/jobs/{job_id}/cancel"),
+                         ("GET", f"/batches/{job_id}"), ("GET", f"/jobs/{batch_id}")):
+        key = world.key_b if "jobs" in path and job_id in path else world.key_a
+        status, body = http_json(method, world.gateway.v1 + path, {} if method == "POST" else None,
+                                 headers={"Authorization": f"Bearer {key}"})
+        assert status == 404, (path, body)
+        assert set(body["error"]) == {"message", "type", "param", "code"}
+    assert [f.id for f in b.files.list()] == []
+    assert [x.id for x in b.batches.list()] == []
+    assert http_json("GET", world.gateway.v1 + "/jobs", headers={"Authorization": f"Bearer {world.key_b}"})[1][
+        "data"] == []
+    assert file_id in {f.id for f in a.files.list()}
+    assert [x.id for x in a.batches.list()] == [batch_id]
+    assert File.objects.filter(pk=file_id).exists()
+    assert BatchJob.objects.get(pk=batch_id).status == "validating"
+
+
+def test_it_answers_bad_requests_with_openai_errors(world):
+    client = sdk(world)
+    file_id = client.files.create(file=jsonl([chat_line("one", "hi")]), purpose="batch").id
+    cases = [
+        ({"input_file_id": file_id, "endpoint": "/v1/completions", "completion_window": "24h"}, "endpoint"),
+        ({"input_file_id": file_id, "endpoint": "/v1/chat/completions", "completion_window": "forever"},
+         "completion_window"),
+        ({"input_file_id": file_id, "endpoint": "/v1/chat/completions", "completion_window": "24h",
+          "metadata": {"k": 1}}, "metadata"),
+        ({"endpoint": "/v1/chat/completions", "completion_window": "24h"}, "input_file_id"),
+    ]
+    for body, param in cases:
+        status, answer = http_json("POST", world.gateway.v1 + "/batches", body,
+                                   headers={"Authorization": f"Bearer {world.key_a}"})
+        assert status == 400, answer
+        assert answer["error"]["param"] == param
+        assert answer["error"]["type"] == "invalid_request_error"
+    with pytest.raises(openai.BadRequestError):
+        client.files.create(file=jsonl([chat_line("one", "hi")]), purpose="fine-tune")
+    with pytest.raises(openai.AuthenticationError):
+        sdk(world, "sk-sy-nope").files.list()
+    status, answer = http_json("POST", world.gateway.v1 + "/jobs/map-reduce", {"items": [], "map_prompt": "x",
+                                                                              "reduce_prompt": "y"},
+                               headers={"Authorization": f"Bearer {world.key_a}"})
+    assert status == 400 and answer["error"]["param"] == "items"
+    status, answer = http_json("DELETE", world.gateway.v1 + "/batches",
+                               headers={"Authorization": f"Bearer {world.key_a}"})
+    assert status == 405
+    # A running batch's input cannot be deleted; a finished one's can, and the batch keeps its id.
+    batch = client.batches.create(input_file_id=file_id, endpoint="/v1/chat/completions", completion_window="24h")
+    with pytest.raises(openai.ConflictError):
+        client.files.delete(file_id)
+    BatchJob.objects.filter(pk=batch.id).update(status="completed")
+    assert client.files.delete(file_id).deleted is True
+    assert client.batches.retrieve(batch.id).input_file_id == file_id
+    with pytest.raises(openai.ConflictError):
+        client.batches.cancel(batch.id)
+
+
+def test_it_refuses_an_upload_over_the_size_limit_before_reading_it(world):
+    url = urlparse(world.gateway.v1)
+    connection = http.client.HTTPConnection(url.hostname, url.port, timeout=10)
+    connection.putrequest("POST", "/v1/files")
+    connection.putheader("Authorization", f"Bearer {world.key_a}")
+    connection.putheader("Content-Type", "multipart/form-data; boundary=x")
+    connection.putheader("Content-Length", str(10 * 1024 ** 3))  # 10 GiB announced, never sent
+    connection.endheaders()
+    response = connection.getresponse()
+    assert response.status == 413
+    assert json.loads(response.read())["error"]["code"] == "payload_too_large"
+    connection.close()
