@@ -11,6 +11,7 @@ import time
 import pytest
 
 from apps.core.cluster import ClusterPlan, ProcessGroup
+from tests.batches.conftest import slow_simulator  # noqa: F401 (a fixture for the batch test)
 from tests.gateway.conftest import World, usage_quiet, wait_until
 from tests.live import REPO, database_url_for_tests, free_port, http_json, wait_http
 
@@ -61,6 +62,11 @@ def cluster(django_db_setup, django_db_blocker, simulator_process, tmp_path_fact
         "LIMITS_PURGE_EVERY": "3600",
         "USAGE_ROLLUP_EVERY": "3600",
         "USAGE_PRUNE_EVERY": "3600",
+        # Batches: a dead worker's job is picked up by the other within a few seconds.
+        "BATCH_LEASE_SECONDS": "2",
+        "BATCH_RESUME_EVERY": "1",
+        "BATCH_CHUNK_LINES": "25",
+        "BATCH_TENANT_CONCURRENCY": "4",
     }
     env.pop("CELERY_BROKER_URL", None)
     group = ProcessGroup(log_dir=state_dir)

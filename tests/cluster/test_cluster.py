@@ -194,6 +194,54 @@ def test_it_delivers_websocket_events_published_on_one_replica_to_a_socket_on_th
     assert live["event"]["cost"] == done["cost"]
 
 
+def test_it_answers_every_line_of_a_batch_once_across_two_workers_when_one_is_killed(cluster_world,
+                                                                                     slow_simulator):
+    import signal
+
+    import openai
+
+    from apps.batches.models import BatchLine
+    from tests.batches.conftest import batch_wait, chat_line, file_lines, jsonl
+
+    world, cluster = cluster_world, cluster_world.cluster
+    world.provider.base_url = slow_simulator.v1  # 150 ms a line: the job outlives the kill
+    world.provider.save()
+
+    def uses_slow(base: str) -> bool:
+        before = slow_simulator.stats()["requests"]
+        _chat(base, world.key_a, f"warm {time.monotonic()}", max_tokens=1)
+        return slow_simulator.stats()["requests"] > before
+
+    for base in cluster.replicas:
+        assert wait_until(lambda base=base: uses_slow(base), timeout=10)
+    client = openai.OpenAI(base_url=cluster.base + "/v1", api_key=world.key_a, max_retries=0)
+    lines = [chat_line(f"line-{n}", f"Question number {n} for the cluster") for n in range(160)]
+    file_id = client.files.create(file=jsonl(lines), purpose="batch").id
+    batch_id = client.batches.create(input_file_id=file_id, endpoint="/v1/chat/completions",
+                                     completion_window="24h").id
+    assert wait_until(lambda: BatchLine.objects.filter(job_id=batch_id).count() >= 30, timeout=60)
+
+    def running(name: str) -> bool:
+        return f"batch job {batch_id}" not in cluster.group.log_path(name).read_text(errors="replace") and (
+            "Task batches.run[" in cluster.group.log_path(name).read_text(errors="replace"))
+
+    holder = next(name for name in ("worker1", "worker2") if running(name))
+    other = "worker2" if holder == "worker1" else "worker1"
+    cluster.group.stop(holder, sig=signal.SIGKILL)  # mid-job: its lines in flight and unflushed answers are lost
+    try:
+        answered_before = BatchLine.objects.filter(job_id=batch_id).count()
+        assert answered_before < 160
+        batch = batch_wait(client, batch_id, timeout=120)
+        assert batch.status == "completed" and batch.request_counts.completed == 160
+        output = file_lines(client, batch.output_file_id)
+        assert sorted(line["custom_id"] for line in output) == sorted(f"line-{n}" for n in range(160))
+        assert BatchLine.objects.filter(job_id=batch_id).count() == 160
+        finished = cluster.group.log_path(other).read_text(errors="replace")
+        assert f"batch job {batch_id}: completed" in finished  # the other worker finished it
+    finally:
+        cluster.restart(holder)
+
+
 def test_it_keeps_serving_through_the_balancer_when_a_replica_stops(cluster_world):
     cluster = cluster_world.cluster
     cluster.group.stop("web2")

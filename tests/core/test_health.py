@@ -10,6 +10,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+from django.conf import settings
+
 from config import embedded_postgres
 
 REPO = Path(__file__).resolve().parents[2]
@@ -18,7 +20,7 @@ REPO = Path(__file__).resolve().parents[2]
 def test_it_answers_healthz_without_touching_anything(client):
     response = client.get("/healthz")
     assert response.status_code == 200
-    assert response.json() == {"status": "ok"}
+    assert response.json() == {"status": "ok", "replica": settings.REPLICA_NAME}
 
 
 def test_it_reports_ready_when_database_migrations_extension_and_broker_are_there(client, db):
