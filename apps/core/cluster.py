@@ -14,6 +14,7 @@ starts ``redis-server`` when it is installed.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -84,8 +85,10 @@ class ProcessGroup:
         self.log_dir.mkdir(parents=True, exist_ok=True)
         log = open(self.log_dir / f"{name}.log", "ab")  # closed by stop_all()
         self._logs.append(log)
+        # Each child leads its own process group: Ctrl-C reaches only this runner, which stops
+        # the children in order, and a SIGKILL takes a worker's pool processes with it.
         child = subprocess.Popen(command, env={**env, "REPLICA_NAME": name}, cwd=cwd, stdout=log,
-                                 stderr=subprocess.STDOUT)
+                                 stderr=subprocess.STDOUT, start_new_session=True)
         self.children[name] = child
         return child
 
@@ -101,9 +104,13 @@ class ProcessGroup:
         return self.log_dir / f"{name}.log"
 
     def stop(self, name: str, *, sig: int = signal.SIGTERM, timeout: float = 20.0) -> int | None:
+        """Stop one child: SIGTERM lets it shut down cleanly; SIGKILL kills its whole group."""
         child = self.children[name]
         if child.poll() is None:
-            child.send_signal(sig)
+            if sig == signal.SIGKILL:
+                os.killpg(child.pid, signal.SIGKILL)
+            else:
+                child.send_signal(sig)
             try:
                 child.wait(timeout=timeout)
             except subprocess.TimeoutExpired:
@@ -130,6 +137,9 @@ class ProcessGroup:
                     child.kill()
                     child.wait(timeout=5)
                 statuses[name] = child.returncode
+        for child in self.children.values():  # pool processes a killed parent left behind
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(child.pid, signal.SIGKILL)
         for log in self._logs:
             log.close()
         return statuses

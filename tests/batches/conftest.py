@@ -3,6 +3,7 @@ slow simulated upstream for timing-sensitive tests."""
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
@@ -49,17 +50,22 @@ class Workers:
         if beat:
             args += ["--beat", "--schedule", str(self.tmp_path / f"beat-{len(self.procs)}")]
         log = open(self.tmp_path / f"worker-{len(self.procs)}.log", "wb")
-        proc = subprocess.Popen(args, cwd=REPO, env=self.env, stdout=log, stderr=subprocess.STDOUT)
+        # Its own process group: a worker started with --beat runs beat as a child process, which
+        # must die with it (an orphaned beat would go on sending tasks to later tests' workers).
+        proc = subprocess.Popen(args, cwd=REPO, env=self.env, stdout=log, stderr=subprocess.STDOUT,
+                                start_new_session=True)
         self.procs.append(proc)
         return proc
 
     def kill(self, proc: subprocess.Popen) -> None:
-        proc.send_signal(signal.SIGKILL)
+        os.killpg(proc.pid, signal.SIGKILL)
         proc.wait(timeout=10)
 
     def stop_all(self) -> None:
         for proc in self.procs:
             stop_process(proc, timeout=20)
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)  # whatever it left behind
 
     def logs(self) -> str:
         return "\n".join((self.tmp_path / f"worker-{n}.log").read_text(errors="replace")

@@ -15,7 +15,10 @@ def test_it_submits_and_watches_a_batch_from_the_terminal(world, workers, tmp_pa
     workers().start()
     path = tmp_path / "requests.jsonl"
     path.write_text("".join(json.dumps(chat_line(f"c{n}", f"Prompt {n}")) + "\n" for n in range(8)))
-    env = {**os.environ, "DATABASE_URL": database_url_for_tests(), "SWITCHYARD_API_KEY": world.key_a}
+    from django.conf import settings
+
+    env = {**os.environ, "DATABASE_URL": database_url_for_tests(), "SWITCHYARD_API_KEY": world.key_a,
+           "CELERY_BROKER_URL": settings.CELERY_BROKER_URL}  # where the tests' worker listens
     submitted = subprocess.run([sys.executable, "manage.py", "batch", "submit", str(path), "--watch"], cwd=REPO,
                                env=env, capture_output=True, text=True, timeout=120)
     assert submitted.returncode == 0, submitted.stderr

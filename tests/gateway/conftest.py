@@ -29,11 +29,15 @@ class GatewayProcess:
 
 
 def gateway_start(tmp_dir: Path, *, extra_env: dict | None = None) -> GatewayProcess:
-    """Start ``uvicorn config.asgi:application`` on the test database."""
+    """Start ``uvicorn config.asgi:application`` on the test database, sending Celery tasks to
+    the broker the tests' workers listen on."""
+    from django.conf import settings
+
     port = free_port()
     env = {
         **os.environ,
         "DATABASE_URL": database_url_for_tests(),
+        "CELERY_BROKER_URL": settings.CELERY_BROKER_URL,
         "USAGE_FLUSH_INTERVAL": "0.2",
         "GATEWAY_RETRY_BACKOFF": "0.01",
         "HF_HUB_OFFLINE": "1",
