@@ -60,7 +60,10 @@ class Command(BaseCommand):
                "UPSTREAM_PORT": str(upstream_port)}
         env.pop("CELERY_BROKER_URL", None)  # the broker follows REDIS_URL
         group = ProcessGroup(log_dir=state_dir)
+        # Ctrl-C and SIGTERM stop everything the same way, even when this process was started
+        # with SIGINT ignored (as a background job of a script).
         signal.signal(signal.SIGTERM, _interrupt)
+        signal.signal(signal.SIGINT, _interrupt)
         try:
             if redis_command:
                 group.start("redis", redis_command, env=env, cwd=settings.BASE_DIR)

@@ -93,7 +93,10 @@ class Command(BaseCommand):
                 embedded_postgres.stop(settings.EMBEDDED_PGDATA)
             self.stdout.write("Stopped.")
 
+        # Ctrl-C and SIGTERM stop everything the same way, even when this process was started
+        # with SIGINT ignored (as a background job of a script).
         signal.signal(signal.SIGTERM, _interrupt)
+        signal.signal(signal.SIGINT, _interrupt)
         try:
             for name, command in commands.items():
                 children[name] = subprocess.Popen(command, env=env, cwd=settings.BASE_DIR)
