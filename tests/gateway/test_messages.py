@@ -92,6 +92,14 @@ def test_it_streams_text_deltas_and_final_usage(native, model):
     assert len(deltas) == CHUNKS
     assert "".join(deltas) == final.content[0].text == expected_text("sim-mini", prompt)
     assert events[0].type == "message_start"
+    # The prompt's tokens are there from the start: the provider's count from a native provider;
+    # from an OpenAI-compatible one (which counts only at the end) an estimate with the chat
+    # format's per-message overhead, corrected by the final usage.
+    start = events[0].message.usage.input_tokens
+    if model == NATIVE:
+        assert start == prompt_tokens(prompt)
+    else:
+        assert prompt_tokens(prompt) <= start <= prompt_tokens(prompt) + 8
     assert events[-1].type == "message_stop"
     assert final.stop_reason == "end_turn"
     assert final.usage.output_tokens == CHUNKS

@@ -23,6 +23,7 @@ from apps.gateway.messages.errors import error_event, upstream_error_translate
 from apps.gateway.messages.native import NativeMessagesStream
 from apps.gateway.messages.sse import AnthropicFromOpenAI
 from apps.gateway.messages.translate import (
+    anthropic_usage,
     chat_payload,
     completion_from_message,
     message_from_completion,
@@ -154,8 +155,10 @@ async def messages_stream_open(state, request: MessagesRequest) -> ChatStream:
     if _native(opened.model):
         return NativeMessagesStream(state, call, request.body, opened)
     stream = ChatStream(state, call, request.body, opened)
+    # The provider counts the prompt only at the end; message_start carries this count of it.
+    estimate = {"input_tokens": tokens.messages_tokens(request.body["messages"]), "output_tokens": 0}
     translator = AnthropicFromOpenAI(message_id=f"msg_{call.request_id}", model=opened.model.upstream_id,
-                                     usage_of=lambda: anthropic_usage_of(call))
+                                     usage_of=lambda: anthropic_usage_of(call), start_usage=estimate)
     stream.transform = translator.translate
     stream.translator = translator
     stream.error_event = lambda error: error_event(error, call.request_id)
@@ -179,7 +182,10 @@ def replay_chunks(request_id: str, completion: dict, *, pieces: int = 8) -> list
     events.append({"choices": [{"index": 0, "delta": {}, "finish_reason": choice.get("finish_reason") or "stop"}]})
     if isinstance(completion.get("usage"), dict):
         events.append({"choices": [], "usage": completion["usage"]})
-    translator = AnthropicFromOpenAI(message_id=f"msg_{request_id}", model=completion.get("model") or "")
+    usage = completion.get("usage")
+    start_usage = {**anthropic_usage(usage), "output_tokens": 0} if isinstance(usage, dict) else None
+    translator = AnthropicFromOpenAI(message_id=f"msg_{request_id}", model=completion.get("model") or "",
+                                     start_usage=start_usage)
     chunks = [translator.translate(b"data: " + orjson.dumps(event) + b"\n\n") for event in events]
     chunks.append(translator.translate(b"data: [DONE]\n\n"))
     return [chunk for chunk in chunks if chunk]

@@ -10,9 +10,10 @@ The hot case, a chunk whose delta is only ``{"content": "..."}``, is found with 
 search and rewritten with no parsing at all: the provider's JSON string (escapes included) is
 copied between a prefix precomputed for the open block and a constant suffix. Any other event
 (role, finish reason, tool calls, usage, an error) is parsed with orjson; there are a few per
-stream. Anthropic's ``message_start`` carries ``input_tokens: 0``: an OpenAI-compatible
-provider reports usage only at the end, so the real counts are in ``message_delta``, whose
-usage the ``anthropic`` SDK merges over the start's.
+stream. An OpenAI-compatible provider reports usage only at the end, so ``message_start``
+carries the prompt's tokens as counted here (``start_usage``: an estimate for a live stream,
+the stored counts for a cache replay) and ``message_delta`` the provider's own, which the
+``anthropic`` SDK merges over the start's.
 """
 
 from __future__ import annotations
@@ -59,13 +60,14 @@ class AnthropicFromOpenAI:
     stream itself carried none the translator saw.
     """
 
-    __slots__ = ("_block", "_next", "_text_prefix", "finish_reason", "message_id", "model", "started",
-                 "stop_sequence", "tools", "usage", "usage_of")
+    __slots__ = ("_block", "_next", "_text_prefix", "finish_reason", "message_id", "model", "start_usage",
+                 "started", "stop_sequence", "tools", "usage", "usage_of")
 
-    def __init__(self, *, message_id: str, model: str, usage_of=None) -> None:
+    def __init__(self, *, message_id: str, model: str, usage_of=None, start_usage: dict | None = None) -> None:
         self.message_id = message_id
         self.model = model
         self.usage_of = usage_of
+        self.start_usage = start_usage
         self.started = False
         self.finish_reason: str | None = None
         self.stop_sequence = None
@@ -80,7 +82,7 @@ class AnthropicFromOpenAI:
         out: list[bytes] = []
         if not self.started:
             self.started = True
-            out.append(message_start(self.message_id, self.model))
+            out.append(message_start(self.message_id, self.model, self.start_usage))
         for event in data.split(b"\n\n"):
             if not event:
                 continue
