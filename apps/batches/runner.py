@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import functools
+import hashlib
 import logging
 import secrets
 import time
@@ -89,11 +90,26 @@ def _answered(job_id: str, first: int, last: int) -> set[int]:
                .values_list("index", flat=True))
 
 
-def _lines_count(storage_name: str) -> int:
+def _lines_check(storage_name: str) -> tuple[int, tuple[str, int] | None]:
+    """The input's line count, and the first ``custom_id`` met twice (with its line), if any.
+
+    Lines that are not JSON are counted and left for the run, which answers them in the error
+    file; only a repeated ``custom_id`` fails the whole batch, as output lines are keyed by it.
+    """
     count = 0
-    for _item in lines_read(storage_name):
+    seen: set[bytes] = set()
+    for index, _offset, raw in lines_read(storage_name):
         count += 1
-    return count
+        try:
+            custom_id = orjson.loads(raw).get("custom_id")
+        except (orjson.JSONDecodeError, AttributeError):
+            continue
+        if isinstance(custom_id, str):
+            digest = hashlib.blake2b(custom_id.encode(), digest_size=16).digest()  # bounded memory per id
+            if digest in seen:
+                return count, (custom_id, index)
+            seen.add(digest)
+    return count, None
 
 
 def _key_load(api_key_id: int | None):
@@ -268,8 +284,9 @@ class JobRunner:
 
     async def validate(self) -> bool:
         name = await self.db(lambda: self.job.input_file.storage_name if _file_exists(self.job) else None)
+        duplicate = None
         try:
-            total = await self.io(_lines_count, name) if name else None
+            total, duplicate = await self.io(_lines_check, name) if name else (None, None)
         except FileNotFoundError:
             total = None
         if total is None:
@@ -281,6 +298,11 @@ class JobRunner:
         if total > settings.BATCH_MAX_LINES:
             await self.fail("too_many_lines", f"The input file has {total} lines; the limit is "
                             f"{settings.BATCH_MAX_LINES}.")
+            return False
+        if duplicate is not None:
+            custom_id, index = duplicate
+            await self.fail("duplicate_custom_id", f"The custom_id {custom_id!r} appears more than once; each "
+                            "line needs its own.", line=index + 1)
             return False
         self.total = total
         await self.set_status(Status.IN_PROGRESS, total=total)

@@ -101,3 +101,19 @@ def test_it_expires_a_job_whose_window_ended_with_unanswered_lines_in_the_error_
     errors = file_lines(client, batch.error_file_id)
     assert [(e["custom_id"], e["error"]["code"]) for e in errors] == [(f"line-{n}", "batch_expired")
                                                                        for n in range(5)]
+
+
+def test_it_fails_a_batch_whose_custom_ids_repeat_before_sending_any_line(world):
+    client = sdk(world)
+    lines = [chat_line("a", "First"), chat_line("b", "Second"), b"not json", chat_line("a", "Again")]
+    file_id = client.files.create(file=jsonl(lines), purpose="batch").id
+    batch_id = client.batches.create(input_file_id=file_id, endpoint="/v1/chat/completions",
+                                     completion_window="24h").id
+    requests_before = world.simulator.stats()["requests"]
+    assert asyncio.run(job_run(batch_id)) == "failed"
+    batch = client.batches.retrieve(batch_id)
+    assert batch.status == "failed" and batch.failed_at
+    (error,) = batch.errors.data
+    assert (error.code, error.line) == ("duplicate_custom_id", 4) and "'a'" in error.message
+    assert world.simulator.stats()["requests"] == requests_before  # nothing went upstream
+    assert not BatchLine.objects.filter(job_id=batch_id).exists()
