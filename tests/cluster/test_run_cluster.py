@@ -25,15 +25,19 @@ def test_it_starts_serves_and_stops_the_whole_cluster(transactional_db, tmp_path
         pytest.skip("the cluster needs Redis (REDIS_URL)")
     port, upstream_port = free_port(), free_port()
     env = {**os.environ, "DATABASE_URL": database_url_for_tests(), "REDIS_URL": REDIS_URL, "PORT": str(port),
-           "UPSTREAM_PORT": str(upstream_port), "CLUSTER_WEB_PORT": str(free_port()),
+           "UPSTREAM_PORT": str(upstream_port),
            "SWITCHYARD_VAR_DIR": str(tmp_path), "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
     env.pop("CELERY_BROKER_URL", None)
     models = REPO / "var" / "models"  # the exported embedder, not exported again in the test's own var folder
     if models.exists():
         (tmp_path / "models").symlink_to(models)
+    web_ports = {free_port()}
+    while len(web_ports) < 2:
+        web_ports.add(free_port())
     log = tmp_path / "run_cluster.log"
     with open(log, "wb") as out:
-        runner = subprocess.Popen([sys.executable, "manage.py", "run_cluster"], cwd=REPO, env=env, stdout=out,
+        runner = subprocess.Popen([sys.executable, "manage.py", "run_cluster", "--web-ports",
+                                   ",".join(map(str, web_ports))], cwd=REPO, env=env, stdout=out,
                                   stderr=subprocess.STDOUT)
     try:
         deadline = time.monotonic() + 150

@@ -37,11 +37,17 @@ class Command(BaseCommand):
 
     def add_arguments(self, parser) -> None:
         parser.add_argument("--web", type=int, default=2, help="web replicas")
+        parser.add_argument("--web-ports", default="", help="the replicas' ports, comma-separated (overrides "
+                            "--web; default: from CLUSTER_WEB_PORT, PORT + 101, on)")
         parser.add_argument("--workers", type=int, default=2, help="Celery workers")
         parser.add_argument("--ready-timeout", type=float, default=120.0)
 
-    def handle(self, *args, web: int, workers: int, ready_timeout: float, **options) -> None:
-        if web < 1 or workers < 1:
+    def handle(self, *args, web: int, web_ports: str, workers: int, ready_timeout: float, **options) -> None:
+        try:
+            ports = tuple(int(port) for port in web_ports.split(",") if port.strip())
+        except ValueError as exc:
+            raise CommandError(f"--web-ports must be port numbers separated by commas, not {web_ports!r}") from exc
+        if (web < 1 and not ports) or workers < 1:
             raise CommandError("--web and --workers must be at least 1")
         port = env_int("PORT", 8000, minimum=1)
         upstream_port = env_int("UPSTREAM_PORT", 8001, minimum=1)
@@ -54,7 +60,7 @@ class Command(BaseCommand):
             raise CommandError(str(exc)) from exc
 
         plan = ClusterPlan(python=sys.executable, state_dir=state_dir, host=env_str("HOST", "127.0.0.1"),
-                           port=port, web_ports=tuple(first_web + n for n in range(web)), workers=workers,
+                           port=port, web_ports=ports or tuple(first_web + n for n in range(web)), workers=workers,
                            worker_concurrency=settings.CELERY_WORKER_CONCURRENCY, upstream_port=upstream_port)
         env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1", "REDIS_URL": redis_url,
                "UPSTREAM_PORT": str(upstream_port)}
