@@ -23,11 +23,11 @@ def body_parse(raw: bytes) -> dict:
     return body
 
 
-def _is_int(value) -> bool:
+def is_int(value) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def _is_number(value) -> bool:
+def is_number(value) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool)
 
 
@@ -35,7 +35,7 @@ def _check_number(body: dict, name: str, low: float, high: float) -> None:
     value = body.get(name)
     if value is None:
         return
-    if not _is_number(value) or not low <= value <= high:
+    if not is_number(value) or not low <= value <= high:
         raise BadRequest(f"'{name}' must be a number between {low:g} and {high:g}.", param=name)
 
 
@@ -43,7 +43,7 @@ def _check_int(body: dict, name: str, low: int, high: int) -> None:
     value = body.get(name)
     if value is None:
         return
-    if not _is_int(value) or not low <= value <= high:
+    if not is_int(value) or not low <= value <= high:
         raise BadRequest(f"'{name}' must be an integer between {low} and {high}.", param=name)
 
 
@@ -97,8 +97,8 @@ def embeddings_body_validate(body: dict) -> None:
     value = body.get("input")
     ok = (isinstance(value, str) and value != "") or (
         isinstance(value, list) and value and all(
-            (isinstance(item, str) and item != "") or _is_int(item)
-            or (isinstance(item, list) and item and all(_is_int(t) for t in item))
+            (isinstance(item, str) and item != "") or is_int(item)
+            or (isinstance(item, list) and item and all(is_int(t) for t in item))
             for item in value
         )
     )

@@ -21,6 +21,7 @@ from __future__ import annotations
 import orjson
 
 from apps.gateway.errors import BadRequest
+from apps.gateway.validation import is_int, is_number
 
 ROLES = frozenset({"user", "assistant"})
 # Top-level parameters translated to the chat form (or harmless to drop).
@@ -34,17 +35,9 @@ STOP_TO_FINISH = {"end_turn": "stop", "stop_sequence": "stop", "max_tokens": "le
                   "refusal": "content_filter", "pause_turn": "stop"}
 
 
-def _is_int(value) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _is_number(value) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)
-
-
 def _number(body: dict, name: str, low: float, high: float) -> None:
     value = body.get(name)
-    if value is not None and (not _is_number(value) or not low <= value <= high):
+    if value is not None and (not is_number(value) or not low <= value <= high):
         raise BadRequest(f"{name}: must be a number between {low:g} and {high:g}.", param=name)
 
 
@@ -194,7 +187,7 @@ def messages_body_translate(body: dict, *, count_only: bool = False) -> tuple[di
     if not isinstance(model, str) or not model.strip():
         raise BadRequest("model: a model name, an alias or 'auto' is required.", param="model")
     max_tokens = body.get("max_tokens")
-    if not count_only and (not _is_int(max_tokens) or not 1 <= max_tokens <= 10_000_000):
+    if not count_only and (not is_int(max_tokens) or not 1 <= max_tokens <= 10_000_000):
         raise BadRequest("max_tokens: a positive integer is required.", param="max_tokens")
     messages = body.get("messages")
     if not isinstance(messages, list) or not messages:
@@ -202,7 +195,7 @@ def messages_body_translate(body: dict, *, count_only: bool = False) -> tuple[di
     for name, low, high in (("temperature", 0, 1), ("top_p", 0, 1)):
         _number(body, name, low, high)
     top_k = body.get("top_k")
-    if top_k is not None and (not _is_int(top_k) or top_k < 0):
+    if top_k is not None and (not is_int(top_k) or top_k < 0):
         raise BadRequest("top_k: must be a non-negative integer.", param="top_k")
     stop = body.get("stop_sequences")
     if stop is not None and (not isinstance(stop, list) or not all(isinstance(s, str) for s in stop)):
