@@ -82,6 +82,8 @@ async def cache_lookup(state, call, plan: CachePlan) -> CachedAnswer | None:
         plan.key = (tenant, plan.namespace, fp.request_hash)
         pending = state.inflight.get(plan.key)
         if pending is not None:
+            # Still upstream, or answered and not yet saved (the exact lookup above ran before
+            # the save committed): either way this request shares that answer.
             try:
                 shared = await asyncio.wait_for(asyncio.shield(pending), COALESCE_TIMEOUT)
             except (TimeoutError, asyncio.CancelledError):
@@ -114,17 +116,27 @@ async def cache_lookup(state, call, plan: CachePlan) -> CachedAnswer | None:
 
 def _lead(state, plan: CachePlan) -> None:
     """Become the request identical ones wait for (registered before any further await)."""
-    if plan.key not in state.inflight:
+    pending = state.inflight.get(plan.key)
+    if pending is None or pending.done():
         plan.leader = asyncio.get_running_loop().create_future()
         state.inflight[plan.key] = plan.leader
 
 
-def _release(state, plan: CachePlan, answer: CachedAnswer | None) -> None:
+def _release(state, plan: CachePlan, answer: CachedAnswer | None, *, until_saved: bool = False) -> None:
+    """Hand ``answer`` to the requests waiting on this one. With ``until_saved`` the answer stays
+    in the in-flight table until ``_forget`` (after the save commits), so an identical request
+    whose exact lookup missed the not yet saved row still shares it."""
     plan.settled = True
     if plan.leader is not None:
-        state.inflight.pop(plan.key, None)
+        if not until_saved:
+            _forget(state, plan)
         if not plan.leader.done():
             plan.leader.set_result(answer)
+
+
+def _forget(state, plan: CachePlan) -> None:
+    if plan.leader is not None and state.inflight.get(plan.key) is plan.leader:
+        del state.inflight[plan.key]
 
 
 def cache_settle(state, call, plan: CachePlan | None, response: dict | None) -> None:
@@ -135,13 +147,20 @@ def cache_settle(state, call, plan: CachePlan | None, response: dict | None) -> 
     if response is not None:
         shared = CachedAnswer(id=0, response=response, cost=call.cost, model_name=call.model.name if call.model else "",
                               created_at=datetime.now(UTC), similarity=None, prompt_text=plan.fp.prompt_text)
-    _release(state, plan, shared)
-    if response is None or not plan.control.store:
-        return
-    state.spawn(_save(state, call, plan, response))
+    saving = response is not None and plan.control.store
+    _release(state, plan, shared, until_saved=saving)
+    if saving:
+        state.spawn(_save(state, call, plan, response))
 
 
 async def _save(state, call, plan: CachePlan, response: dict) -> None:
+    try:
+        await _store(state, call, plan, response)
+    finally:
+        _forget(state, plan)
+
+
+async def _store(state, call, plan: CachePlan, response: dict) -> None:
     vector = plan.vector
     if vector is None and plan.fp.prompt_text and state.semantic_ready(call.key):
         vector = await state.batcher_for(call.key).embed_one(plan.fp.prompt_text)
@@ -154,6 +173,7 @@ async def _save(state, call, plan: CachePlan, response: dict) -> None:
         output_tokens=usage.get("completion_tokens") or call.output_tokens, cost=call.cost,
         ttl_seconds=call.key.cache_ttl,
     )
+    _forget(state, plan)  # committed: an exact lookup finds it from now on
     if vector is None and plan.fp.prompt_text:
         # Saved for exact hits at once; semantic hits once the model (still loading) embeds it.
         await state.embedder_loaded()

@@ -188,6 +188,30 @@ def test_it_sends_ten_identical_concurrent_requests_upstream_once(world):
     assert sorted(a.headers["x-switchyard-cache"] for a in answers).count("miss") == 1
 
 
+def test_it_shares_an_answer_whose_save_has_not_committed_yet(world):
+    """A request that arrives after the first one answered but before its cache row committed
+    finds no row and no request upstream: it must still share the answer, not pay again."""
+    import psycopg
+
+    from apps.gateway.database import conninfo
+
+    world.simulator.reset()
+    with psycopg.connect(conninfo()) as blocker:
+        # Writes to the cache table wait for this transaction; reads go on.
+        blocker.execute("LOCK TABLE cache_cacheentry IN EXCLUSIVE MODE")
+        first_headers, first = ask(world, "Share me before the save")
+        second_headers, second = ask(world, "Share me before the save")
+        assert entries(world.tenant_a) == 0  # the first answer's row is still waiting to be written
+        blocker.rollback()
+    assert (first_headers["x-switchyard-cache"], second_headers["x-switchyard-cache"]) == ("miss", "hit-exact")
+    assert second.choices[0].message.content == first.choices[0].message.content
+    assert world.simulator.stats()["by_model"].get("sim-mini") == 1
+    assert wait_until(lambda: entries(world.tenant_a) == 1)
+    third_headers, _ = ask(world, "Share me before the save")
+    assert third_headers["x-switchyard-cache"] == "hit-exact"
+    assert world.simulator.stats()["by_model"].get("sim-mini") == 1
+
+
 def test_it_reports_and_clears_only_the_callers_cache(world):
     ask(world, "Stats for tenant A")
     # The answer is saved after the response, off its path: wait for it before asking again.
