@@ -63,6 +63,7 @@ def rows_observe(rows: list[dict], tenant_names: dict[int, str], providers: dict
             SAVED.labels(tenant).inc(float(row["saved_cost"]))
         TOKENS.labels("input").inc(row["input_tokens"])
         TOKENS.labels("cached").inc(row["cached_tokens"])
+        TOKENS.labels("cache_write").inc(row.get("cache_write_tokens", 0))
         TOKENS.labels("output").inc(row["output_tokens"])
 
 

@@ -45,6 +45,7 @@ class UsageRollup(models.Model):
     errors = models.BigIntegerField(default=0)
     input_tokens = models.BigIntegerField(default=0)
     cached_tokens = models.BigIntegerField(default=0)
+    cache_write_tokens = models.BigIntegerField(default=0, db_default=0)
     output_tokens = models.BigIntegerField(default=0)
     cost = models.DecimalField(**_MONEY)
     saved_cost = models.DecimalField(**_MONEY)

@@ -33,6 +33,7 @@ class UsageTotals:
     errors: int
     input_tokens: int
     cached_tokens: int
+    cache_write_tokens: int
     output_tokens: int
     cost: Decimal
     saved_cost: Decimal
@@ -53,7 +54,8 @@ class UsageTotals:
     def as_dict(self) -> dict:
         return {
             "requests": self.requests, "errors": self.errors, "input_tokens": self.input_tokens,
-            "cached_tokens": self.cached_tokens, "output_tokens": self.output_tokens, "cost": str(self.cost),
+            "cached_tokens": self.cached_tokens,
+            "cache_write_tokens": self.cache_write_tokens, "output_tokens": self.output_tokens, "cost": str(self.cost),
             "saved_cost": str(self.saved_cost), "routing_saved_cost": str(self.routing_saved_cost),
             "cache_hits_exact": self.hits_exact,
             "cache_hits_semantic": self.hits_semantic, "cache_misses": self.misses,
@@ -92,7 +94,8 @@ def usage_totals(*, tenant_id: int | None, start: datetime, end: datetime, perio
     with connection.cursor() as cursor:
         cursor.execute(
             "SELECT coalesce(sum(requests), 0), coalesce(sum(errors), 0), coalesce(sum(input_tokens), 0), "  # noqa: S608
-            "coalesce(sum(cached_tokens), 0), coalesce(sum(output_tokens), 0), coalesce(sum(cost), 0), "
+            "coalesce(sum(cached_tokens), 0), coalesce(sum(cache_write_tokens), 0), coalesce(sum(output_tokens), 0), "
+            "coalesce(sum(cost), 0), "
             "coalesce(sum(saved_cost), 0), coalesce(sum(routing_saved_cost), 0), "
             "coalesce(sum(requests) FILTER (WHERE cache_outcome = 'exact'), 0), "
             "coalesce(sum(requests) FILTER (WHERE cache_outcome = 'semantic'), 0), "
@@ -100,13 +103,14 @@ def usage_totals(*, tenant_id: int | None, start: datetime, end: datetime, perio
             f"{_histogram_sums('latency_histogram')}, {_histogram_sums('ttft_histogram')} "
             f"FROM reporting_usagerollup WHERE {where}", params)
         row = cursor.fetchone()
-    (requests, errors, input_tokens, cached_tokens, output_tokens, cost, saved, routing_saved, exact, semantic,
-     misses) = row[:11]
-    latency = [int(n) for n in row[11:11 + HISTOGRAM_SIZE]]
-    ttft = [int(n) for n in row[11 + HISTOGRAM_SIZE:]]
+    (requests, errors, input_tokens, cached_tokens, cache_write_tokens, output_tokens, cost, saved, routing_saved,
+     exact, semantic, misses) = row[:12]
+    latency = [int(n) for n in row[12:12 + HISTOGRAM_SIZE]]
+    ttft = [int(n) for n in row[12 + HISTOGRAM_SIZE:]]
     return UsageTotals(
         requests=int(requests), errors=int(errors), input_tokens=int(input_tokens), cached_tokens=int(cached_tokens),
-        output_tokens=int(output_tokens), cost=Decimal(cost), saved_cost=Decimal(saved),
+        cache_write_tokens=int(cache_write_tokens), output_tokens=int(output_tokens), cost=Decimal(cost),
+        saved_cost=Decimal(saved),
         routing_saved_cost=Decimal(routing_saved), hits_exact=int(exact),
         hits_semantic=int(semantic), misses=int(misses),
         latency_p50=histogram_percentile(latency, 50), latency_p95=histogram_percentile(latency, 95),
@@ -137,6 +141,7 @@ def usage_grouped(*, tenant_id: int | None, start: datetime, end: datetime, grou
     rows = _rollups(tenant_id=tenant_id, start=start, end=end, period="day" if group_by == "day" else period)
     grouped = rows.annotate(group=F(GROUPS[group_by])).values("group").annotate(
         requests=Sum("requests"), errors=Sum("errors"), input_tokens=Sum("input_tokens"),
-        cached_tokens=Sum("cached_tokens"), output_tokens=Sum("output_tokens"), cost=Sum("cost"),
+        cached_tokens=Sum("cached_tokens"), cache_write_tokens=Sum("cache_write_tokens"),
+        output_tokens=Sum("output_tokens"), cost=Sum("cost"),
         saved_cost=Sum("saved_cost"), routing_saved_cost=Sum("routing_saved_cost"))
     return list(grouped.order_by("group") if group_by == "day" else grouped.order_by("-cost", "group"))

@@ -24,10 +24,11 @@ def _histogram_sql(slot: str) -> str:
 _INSERT = f"""
 INSERT INTO reporting_usagerollup AS r (
     period, bucket, tenant_id, api_key_id, model_name, cache_outcome, requests, errors, input_tokens,
-    cached_tokens, output_tokens, cost, saved_cost, routing_saved_cost, latency_ms_sum, ttft_ms_sum, ttft_count,
-    overhead_ms_sum, latency_histogram, ttft_histogram)
+    cached_tokens, cache_write_tokens, output_tokens, cost, saved_cost, routing_saved_cost, latency_ms_sum,
+    ttft_ms_sum, ttft_count, overhead_ms_sum, latency_histogram, ttft_histogram)
 SELECT %(period)s, bucket, tenant_id, api_key_id, model_name, cache_outcome, count(*),
-       count(*) FILTER (WHERE status_code >= 400), sum(input_tokens), sum(cached_tokens), sum(output_tokens),
+       count(*) FILTER (WHERE status_code >= 400), sum(input_tokens), sum(cached_tokens),
+       sum(cache_write_tokens), sum(output_tokens),
        sum(cost), sum(saved_cost), sum(routing_saved_cost), sum(latency_ms), coalesce(sum(ttft_ms), 0),
        count(ttft_ms), sum(overhead_ms),
        {_histogram_sql("latency_slot")}, {_histogram_sql("ttft_slot")}
@@ -35,8 +36,8 @@ FROM (
     SELECT date_trunc(%(trunc)s, created_at, 'UTC') AS bucket, tenant_id,
            CASE WHEN %(per_key)s THEN coalesce(api_key_id, 0) ELSE 0 END AS api_key_id,
            CASE WHEN %(per_key)s THEN model_used ELSE '' END AS model_name, cache_outcome, status_code,
-           input_tokens, cached_tokens, output_tokens, cost, saved_cost, routing_saved_cost, latency_ms, ttft_ms,
-           overhead_ms,
+           input_tokens, cached_tokens, cache_write_tokens, output_tokens, cost, saved_cost, routing_saved_cost,
+           latency_ms, ttft_ms, overhead_ms,
            width_bucket(latency_ms, {_BOUNDS}) AS latency_slot,
            width_bucket(ttft_ms, {_BOUNDS}) AS ttft_slot
     FROM usage_requestlog WHERE id > %(low)s AND id <= %(high)s
@@ -45,6 +46,7 @@ GROUP BY bucket, tenant_id, api_key_id, model_name, cache_outcome
 ON CONFLICT (period, bucket, tenant_id, api_key_id, model_name, cache_outcome) DO UPDATE SET
     requests = r.requests + EXCLUDED.requests, errors = r.errors + EXCLUDED.errors,
     input_tokens = r.input_tokens + EXCLUDED.input_tokens, cached_tokens = r.cached_tokens + EXCLUDED.cached_tokens,
+    cache_write_tokens = r.cache_write_tokens + EXCLUDED.cache_write_tokens,
     output_tokens = r.output_tokens + EXCLUDED.output_tokens, cost = r.cost + EXCLUDED.cost,
     saved_cost = r.saved_cost + EXCLUDED.saved_cost,
     routing_saved_cost = r.routing_saved_cost + EXCLUDED.routing_saved_cost,

@@ -26,7 +26,8 @@ def _logs(rng, tenants, keys, count, *, hours):
             tenant=tenants[index], api_key=rng.choice([keys[index], None]), request_id=f"r{rng.random()}",
             model_used=rng.choice(["sim-mini", "sim-pro", ""]), cache_outcome=rng.choice(["miss", "exact", "semantic",
                                                                                           "bypass"]),
-            input_tokens=rng.randrange(0, 5000), cached_tokens=rng.randrange(0, 100), output_tokens=rng.randrange(500),
+            input_tokens=rng.randrange(0, 5000), cached_tokens=rng.randrange(0, 100),
+            cache_write_tokens=rng.choice([0, rng.randrange(0, 300)]), output_tokens=rng.randrange(500),
             cost=Decimal(rng.randrange(0, 10**7)) / Decimal(10**9), saved_cost=Decimal(rng.randrange(0, 10**6)) / 10**9,
             routing_saved_cost=Decimal(rng.randrange(0, 10**6)) / 10**9,
             latency_ms=rng.choice([0.3, 1.0, rng.uniform(0, 3000), 200000.0]), ttft_ms=ttft,
@@ -40,15 +41,16 @@ def _direct(period: str) -> dict:
         cursor.execute(
             "SELECT date_trunc(%s, created_at, 'UTC'), tenant_id, coalesce(api_key_id, 0), model_used, cache_outcome, "
             "count(*), count(*) FILTER (WHERE status_code >= 400), sum(input_tokens), sum(cached_tokens), "
-            "sum(output_tokens), sum(cost), sum(saved_cost), sum(routing_saved_cost), count(ttft_ms) "
+            "sum(cache_write_tokens), sum(output_tokens), sum(cost), sum(saved_cost), sum(routing_saved_cost), "
+            "count(ttft_ms) "
             "FROM usage_requestlog GROUP BY 1, 2, 3, 4, 5", [period])
         return {tuple(row[:5]): tuple(row[5:]) for row in cursor.fetchall()}
 
 
 def _rolled(period: str) -> dict:
     return {(r.bucket, r.tenant_id, r.api_key_id, r.model_name, r.cache_outcome):
-            (r.requests, r.errors, r.input_tokens, r.cached_tokens, r.output_tokens, r.cost, r.saved_cost,
-             r.routing_saved_cost, r.ttft_count)
+            (r.requests, r.errors, r.input_tokens, r.cached_tokens, r.cache_write_tokens, r.output_tokens, r.cost,
+             r.saved_cost, r.routing_saved_cost, r.ttft_count)
             for r in UsageRollup.objects.filter(period=period)}
 
 

@@ -40,6 +40,8 @@ def test_it_gives_a_tenant_its_own_usage_only(client, logged, tenant_a, tenant_b
         own = RequestLog.objects.filter(tenant=tenant)
         assert body["totals"]["requests"] == own.count()
         assert Decimal(body["totals"]["cost"]) == sum((r.cost for r in own), Decimal(0))
+        assert body["totals"]["cache_write_tokens"] == sum(r.cache_write_tokens for r in own) > 0
+        assert sum(row["cache_write_tokens"] for row in body["data"]) == body["totals"]["cache_write_tokens"]
         assert sum(row["requests"] for row in body["data"]) == own.count()
         if group_by == "key":
             assert other.api_key.pk not in {row["group"] for row in body["data"]}
@@ -76,6 +78,7 @@ def test_it_exports_a_tenants_own_rows_as_csv(client, logged, tenant_a, key_a, k
     assert sorted(r["request_id"] for r in rows) == sorted(own.values_list("request_id", flat=True))
     assert {r["api_key_prefix"] for r in rows} <= {"", key_a.api_key.prefix}
     assert sum(Decimal(r["cost"]) for r in rows) == sum((r.cost for r in own), Decimal(0))
+    assert sum(int(r["cache_write_tokens"]) for r in rows) == sum(r.cache_write_tokens for r in own) > 0
 
 
 @pytest.mark.django_db(transaction=True)

@@ -26,12 +26,13 @@ from apps.usage.models import RequestLog
 
 MAX_RANGE = timedelta(days=400)
 EXPORT_COLUMNS = ["created_at", "request_id", "api_key_prefix", "endpoint", "requested_model", "model_used",
-                  "cache_outcome", "input_tokens", "cached_tokens", "output_tokens", "cost", "saved_cost",
-                  "routing_saved_cost",
+                  "cache_outcome", "input_tokens", "cached_tokens", "cache_write_tokens", "output_tokens", "cost",
+                  "saved_cost", "routing_saved_cost",
                   "latency_ms", "ttft_ms", "status_code", "error_code"]
 # The log's fields behind the columns (api_key_id becomes the key's visible prefix).
 _FIELDS = ["created_at", "request_id", "api_key_id", "endpoint", "requested_model", "model_used", "cache_outcome",
-           "input_tokens", "cached_tokens", "output_tokens", "cost", "saved_cost", "routing_saved_cost", "latency_ms",
+           "input_tokens", "cached_tokens", "cache_write_tokens", "output_tokens", "cost", "saved_cost",
+           "routing_saved_cost", "latency_ms",
            "ttft_ms", "status_code", "error_code"]
 
 
