@@ -1,6 +1,6 @@
 """Semantic cache speed, measured side by side.
 
-    python bench/cache_perf.py [--write docs/benchmarks.md] [--rows 1000000] [--shape embeddings|isotropic]
+    python bench/cache_perf.py [--write docs/benchmarks.md] [--rows 1000000] [--shape prompts|embeddings|isotropic]
     python bench/cache_perf.py --parts nn --rows 1000000      # one part: hits, embedding or nn
 
 1. Hit latency through Switchyard with a slow upstream (500 ms to first token): an exact hit
@@ -208,21 +208,72 @@ def _vectors_copy(conn, rows: list[tuple[int, str, np.ndarray]], *, label: str =
 DATA = Path(os.environ.get("SWITCHYARD_SHARED_DATA", REPO.parent / "shared" / "data"))
 
 
-def _real_embeddings() -> np.ndarray:
-    """The local model's vectors for every distinct sentence of the public paraphrase files
-    (13,547), computed once and kept under var/bench/."""
-    cached = REPO / "var" / "bench" / "paraphrase-sentences.npy"
+def _paraphrase_pairs() -> list:
+    from bench.cache_quality import mrpc_pairs, paws_pairs
+
+    return mrpc_pairs(DATA) + paws_pairs(DATA)
+
+
+def _real_sentences() -> list[str]:
+    return sorted({text for pair in _paraphrase_pairs() for text in (pair.a, pair.b)})
+
+
+def _embedded(name: str, texts: list[str]) -> np.ndarray:
+    """The local model's vectors for ``texts``, computed once and kept under var/bench/."""
+    cached = REPO / "var" / "bench" / f"{name}.npy"
     if cached.exists():
         return np.load(cached)
     from apps.cache.embedder import LocalEmbedder
-    from bench.cache_quality import mrpc_pairs, paws_pairs
 
-    sentences = sorted({text for pair in mrpc_pairs(DATA) + paws_pairs(DATA) for text in (pair.a, pair.b)})
     embedder = LocalEmbedder()
-    vectors = np.vstack([np.array(embedder.embed_sync(sentences[i:i + 64])) for i in range(0, len(sentences), 64)])
+    vectors = np.vstack([np.array(embedder.embed_sync(texts[i:i + 64])) for i in range(0, len(texts), 64)])
     cached.parent.mkdir(parents=True, exist_ok=True)
     np.save(cached, vectors)
     return vectors
+
+
+def _real_embeddings() -> np.ndarray:
+    """The local model's vectors for every distinct sentence of the public paraphrase files (13,547)."""
+    return _embedded("paraphrase-sentences", _real_sentences())
+
+
+# What a prompt asks of a text: the "prompts" shape pairs each with each sentence.
+INSTRUCTIONS = [
+    "Summarise this:", "Summarize in one line:", "Translate into French:", "Translate into German:",
+    "Translate into Spanish:", "Translate into Japanese:", "Is the following true?", "Fact-check this claim:",
+    "Rewrite this more formally:", "Rewrite this for a child:", "Make this shorter:", "Expand on this:",
+    "What is the sentiment of this?", "Classify the topic of this sentence:", "Extract the names in this:",
+    "Extract the numbers in this:", "Write a headline for this:", "Write a tweet about this:",
+    "Explain this to a beginner:", "What does this mean?", "Give three questions about this:",
+    "Correct the grammar:", "Paraphrase this:", "Turn this into a bullet list:", "Write an email about this:",
+    "What happened here?", "Who is involved in this?", "When did this happen?", "Where did this happen?",
+    "Why might this matter?", "Give a counterargument to this:", "Write a poem about this:",
+    "Summarise for an executive:", "Draft a press release based on this:", "Rate how surprising this is:",
+    "Identify the main claim:", "List the key facts:", "Find any contradictions in this:",
+    "Write a follow-up question:", "Make this sound more exciting:", "Simplify the wording:",
+    "Convert this to passive voice:", "Convert this to active voice:", "What is the tone of this?",
+    "Continue this story:", "Write a title for this:", "Describe this in five words:",
+    "Translate into Italian:", "Translate into Portuguese:", "Translate into Chinese:", "Translate into Korean:",
+    "Is this sentence ambiguous?", "Detect the language:", "Answer briefly: what is this about?",
+    "Generate keywords for this:", "Give a one-word summary:", "Which industry is this about?",
+    "Is this news or opinion?", "Rewrite as a question:", "Explain the background of this:",
+    "What would an expert say about this?", "Summarise the legal implications:", "Explain the economics here:",
+    "Write a children's story based on this:", "Turn this into a quiz question:", "Critique this sentence:",
+    "Make this polite:", "Make this persuasive:", "Write a caption for this:", "Describe the people in this:",
+    "Predict what happens next:", "Find the cause and effect:", "Explain any jargon in this:",
+    "Give an example related to this:", "Compare this with a similar event:", "State the obvious question:",
+    "Write a limerick about this:", "Estimate the date of this:", "Outline an essay on this:",
+]
+
+
+def _instruction_offsets(sentences: list[str], vectors: np.ndarray) -> np.ndarray:
+    """Per instruction, the mean move of a sentence's vector when the instruction is put before it
+    (measured with the model on 48 sentences each)."""
+    rng = np.random.default_rng(7)
+    sample = rng.choice(len(sentences), 48, replace=False)
+    texts = [f"{instruction} {sentences[i]}" for instruction in INSTRUCTIONS for i in sample]
+    prefixed = _embedded("instruction-prefixed", texts).reshape(len(INSTRUCTIONS), len(sample), -1)
+    return (prefixed - vectors[sample][None, :, :]).mean(axis=1)
 
 
 class VectorShape:
@@ -234,7 +285,15 @@ class VectorShape:
     of the same shape (a reworded prompt moves along the same directions), about 0.9 cosine
     from it. "isotropic": 2,000 random centres in all 384 directions, a row is a centre plus
     noise (cosine about 0.74 within a topic); a query is a row plus noise in every direction.
-    The second is far harder for any graph index than prompts are.
+    The second is far harder for any graph index than prompts are. Both have no structure
+    beyond their covariance: real prompts cluster by topic and by task, which a graph index
+    navigates far better.
+    "prompts": the model's own vectors for 13,547 real sentences, each combined with each of 79
+    instructions ("Summarise this:", "Translate into French:", ...): the sentence's vector plus
+    the instruction's mean offset (measured with the model on 48 sentences each), so one tenant
+    holds a million prompts made of real text and real tasks. 700 sentences whose paraphrase is
+    stored are held out; a query is a held-out sentence under a random instruction, the way a
+    reworded prompt arrives.
     """
 
     def __init__(self, kind: str, rng) -> None:
@@ -244,10 +303,48 @@ class VectorShape:
             self.mean = real.mean(axis=0)
             values, vectors = np.linalg.eigh(np.cov(real, rowvar=False))
             self.transform = (vectors * np.sqrt(np.clip(values, 0, None))).T  # z @ transform ~ N(0, cov)
+        elif kind == "prompts":
+            sentences = _real_sentences()
+            self.sentence_vectors = _real_embeddings()
+            self.offsets = _instruction_offsets(sentences, self.sentence_vectors)
+            index = {text: i for i, text in enumerate(sentences)}
+            pairs = [(index[p.a], index[p.b]) for p in _paraphrase_pairs() if p.duplicate and p.a != p.b]
+            held: set[int] = set()
+            for kept, out in (pairs[i] for i in np.random.default_rng(11).permutation(len(pairs))):
+                if len(held) == 700:
+                    break
+                if kept not in held:
+                    held.add(out)
+            self.held_out = np.array(sorted(held))
+            stored = np.setdiff1d(np.arange(len(sentences)), self.held_out)
+            combos = len(stored) * len(INSTRUCTIONS)
+            order = np.random.default_rng(5).permutation(combos)
+            self.combos = np.stack([stored[order // len(INSTRUCTIONS)], order % len(INSTRUCTIONS)], axis=1)
+            self.next_combo = 0
         else:
             self.centres = rng.standard_normal((2000, self.dims)).astype(np.float32)
 
+    @property
+    def capacity(self) -> int:
+        return len(self.combos) if self.kind == "prompts" else 1 << 62
+
+    def _prompt(self, sentences: np.ndarray, instructions: np.ndarray) -> np.ndarray:
+        vectors = self.sentence_vectors[sentences] + self.offsets[instructions]
+        return (vectors / np.linalg.norm(vectors, axis=1, keepdims=True)).astype(np.float32)
+
+    def queries(self, count: int, stored_sample: list[np.ndarray]) -> list[np.ndarray]:
+        """``count`` query vectors: held-out prompts for "prompts", stored rows moved otherwise."""
+        if self.kind == "prompts":
+            rng = np.random.default_rng(13)
+            sentences = rng.choice(self.held_out, count, replace=count > len(self.held_out))
+            return list(self._prompt(sentences, rng.integers(0, len(INSTRUCTIONS), count)))
+        return [self.moved(vector) for vector in stored_sample[:count]]
+
     def rows(self, count: int) -> np.ndarray:
+        if self.kind == "prompts":
+            combos = self.combos[self.next_combo:self.next_combo + count]
+            self.next_combo += count
+            return self._prompt(combos[:, 0], combos[:, 1])
         if self.kind == "embeddings":
             vectors = self.mean + self.rng.standard_normal((count, self.dims)) @ self.transform
         else:
@@ -330,6 +427,8 @@ def nearest_neighbour(rows: int, shape_kind: str = "embeddings", queries: int = 
     big, _ = Tenant.objects.get_or_create(slug="bench-big", defaults={"name": "Bench (big)"})
     small, _ = Tenant.objects.get_or_create(slug="bench-small", defaults={"name": "Bench (small)"})
     shape = VectorShape(shape_kind, np.random.default_rng(42))
+    if rows > shape.capacity:
+        raise SystemExit(f"the {shape_kind} shape holds at most {shape.capacity:,} rows")
     with psycopg.connect(conninfo(), autocommit=True) as conn:
         register_vector(conn)
         have = conn.execute("SELECT count(*), count(*) FILTER (WHERE prompt_text = %s) FROM cache_cacheentry "
@@ -340,7 +439,7 @@ def nearest_neighbour(rows: int, shape_kind: str = "embeddings", queries: int = 
         # stored one); warm-up queries are separate from the measured ones.
         sample = conn.execute("SELECT embedding FROM cache_cacheentry WHERE tenant_id = %s ORDER BY random() LIMIT %s",
                               [big.pk, queries + 200]).fetchall()
-        moved = [shape.moved(vector.to_numpy()) for (vector,) in sample]
+        moved = shape.queries(queries + 200, [vector.to_numpy() for (vector,) in sample])
         warmup, queries_big = moved[:200], moved[200:]
         truth = _exact_nearest(conn, big.pk, np.array(queries_big))
         small_queries = [v.to_numpy() for (v,) in conn.execute(
@@ -422,7 +521,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rows", type=int, default=1_000_000)
     parser.add_argument("--parts", default="hits,embedding,nn")
-    parser.add_argument("--shape", choices=("embeddings", "isotropic"), default="embeddings",
+    parser.add_argument("--shape", choices=("prompts", "embeddings", "isotropic"), default="prompts",
                         help="where the nearest-neighbour rows come from (see VectorShape)")
     parser.add_argument("--write", type=Path, default=None)
     args = parser.parse_args()

@@ -87,24 +87,27 @@ async def messages_prepare(state, key, raw: bytes, *, started: float, tags_heade
     return MessagesRequest(call=call, original=original, body=body, forwarded=forwarded)
 
 
-def _translated_client_error(exc: UpstreamClientError) -> UpstreamClientError:
-    return UpstreamClientError(exc.status, upstream_error_translate(exc.status, exc.body), "application/json")
+def _attempt(state, request: MessagesRequest, send, *, stream: bool):
+    """One upstream attempt per model, by ``send`` (``post_json`` or ``open_stream``): the client's
+    body to a native provider, its chat form to any other (whose 4xx is rewritten in Anthropic's
+    shape)."""
+    async def attempt(model):
+        if _native(model):
+            return await send(state.pool, model, "/messages", request.payload(model, stream=stream),
+                              request.forwarded)
+        try:
+            return await send(state.pool, model, "/chat/completions", request.payload(model, stream=stream))
+        except UpstreamClientError as exc:
+            raise UpstreamClientError(exc.status, upstream_error_translate(exc.status, exc.body),
+                                      "application/json") from None
+
+    return attempt
 
 
 async def messages_json(state, request: MessagesRequest) -> tuple[bytes, dict | None]:
     """The answer's bytes, and its chat.completion form for the cache (None: not cacheable)."""
     call = request.call
-
-    async def attempt(model):
-        if _native(model):
-            return await post_json(state.pool, model, "/messages", request.payload(model, stream=False),
-                                   request.forwarded)
-        try:
-            return await post_json(state.pool, model, "/chat/completions", request.payload(model, stream=False))
-        except UpstreamClientError as exc:
-            raise _translated_client_error(exc) from None
-
-    model, raw, parsed = await pipeline.upstream_json(state, call, attempt)
+    model, raw, parsed = await pipeline.upstream_json(state, call, _attempt(state, request, post_json, stream=False))
     if _native(model):
         usage = parsed.get("usage")
         if isinstance(usage, dict) and isinstance(usage.get("input_tokens"), int):
@@ -141,17 +144,7 @@ def anthropic_usage_of(call: Call) -> dict:
 async def messages_stream_open(state, request: MessagesRequest) -> ChatStream:
     """Open the stream (falling back until one upstream sends its first bytes)."""
     call = request.call
-
-    async def attempt(model):
-        if _native(model):
-            return await open_stream(state.pool, model, "/messages", request.payload(model, stream=True),
-                                     request.forwarded)
-        try:
-            return await open_stream(state.pool, model, "/chat/completions", request.payload(model, stream=True))
-        except UpstreamClientError as exc:
-            raise _translated_client_error(exc) from None
-
-    opened = await pipeline.upstream_stream_open(state, call, attempt)
+    opened = await pipeline.upstream_stream_open(state, call, _attempt(state, request, open_stream, stream=True))
     if _native(opened.model):
         return NativeMessagesStream(state, call, request.body, opened)
     stream = ChatStream(state, call, request.body, opened)
