@@ -18,7 +18,6 @@ import argparse
 import io
 import json
 import os
-import re
 import subprocess
 import sys
 import time
@@ -30,6 +29,8 @@ import psutil
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+from bench.report import section_write  # noqa: E402
+
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -178,13 +179,7 @@ def _section(results: list[dict]) -> str:
 
 
 def _write(path: Path, section: str) -> None:
-    text = path.read_text() if path.exists() else "# Benchmarks\n"
-    start, end = "<!-- bench/batches.py:start -->", "<!-- bench/batches.py:end -->"
-    if start in text:
-        text = re.sub(re.escape(start) + r".*?" + re.escape(end) + r"\n?", lambda _: section, text, flags=re.S)
-    else:
-        text = text.rstrip() + "\n\n" + section
-    path.write_text(text)
+    section_write(path, "bench/batches.py", section)
 
 
 def main() -> None:

@@ -31,6 +31,8 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+from bench.report import section_write  # noqa: E402
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
 
@@ -508,13 +510,7 @@ def _section(part: str, command: str, text: str, checks: list) -> str:
 
 
 def _write(path: Path, part: str, section: str) -> None:
-    text = path.read_text() if path.exists() else "# Benchmarks\n"
-    start, end = f"<!-- bench/cache_perf.py:{part}:start -->", f"<!-- bench/cache_perf.py:{part}:end -->"
-    if start in text:
-        text = re.sub(re.escape(start) + r".*?" + re.escape(end) + r"\n?", lambda _: section, text, flags=re.S)
-    else:
-        text = text.rstrip() + "\n\n" + section
-    path.write_text(text)
+    section_write(path, f"bench/cache_perf.py:{part}", section)
 
 
 def main() -> None:

@@ -23,7 +23,6 @@ import argparse
 import csv
 import os
 import random
-import re
 import sys
 import time
 from collections import Counter
@@ -35,6 +34,8 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+from bench.report import section_write  # noqa: E402
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from apps.cache.embedder import LocalEmbedder  # noqa: E402
@@ -185,14 +186,7 @@ def main() -> None:
                    f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC. Embedder: all-MiniLM-L6-v2 (local). A pair is a "
                    "served hit when its cosine similarity reaches the threshold and, in the verified columns, "
                    "`apps.cache.verify.candidate_verify` accepts it.\n" + body + f"\n{marker_end}\n")
-        path = args.write
-        text = path.read_text() if path.exists() else "# Benchmarks\n"
-        if marker_start in text:
-            text = re.sub(re.escape(marker_start) + r".*?" + re.escape(marker_end) + r"\n?", section, text,
-                          flags=re.S)
-        else:
-            text = text.rstrip() + "\n\n" + section
-        path.write_text(text)
+        section_write(args.write, "bench/cache_quality.py", section)
 
 
 if __name__ == "__main__":

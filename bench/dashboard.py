@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
 import statistics
 import sys
 import time
@@ -24,6 +23,8 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+from bench.report import section_write  # noqa: E402
+
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
 os.environ.setdefault("ALLOWED_HOSTS", "testserver,127.0.0.1,localhost")
 
@@ -151,13 +152,7 @@ def main() -> None:
         section = (f"{MARK_START}\n## Dashboard on a big log (`bench/dashboard.py`)\n\nCommand: `python "
                    f"bench/dashboard.py --rows {args.rows} --tenants {args.tenants} --write {args.write}`. Run "
                    f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC on {os.cpu_count()} cores.\n\n{body}\n{MARK_END}\n")
-        text = args.write.read_text()
-        if MARK_START in text:
-            text = re.sub(re.escape(MARK_START) + r".*?" + re.escape(MARK_END) + r"\n?", lambda _: section, text,
-                          flags=re.S)
-        else:
-            text = text.rstrip() + "\n\n" + section
-        args.write.write_text(text)
+        section_write(args.write, "bench/dashboard.py", section)
 
 
 if __name__ == "__main__":

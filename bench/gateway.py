@@ -33,6 +33,9 @@ import aiohttp
 import psutil
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+from bench.report import section_write, uvloop_install  # noqa: E402
+
 LITELLM_VENV = REPO / "var" / "litellm-venv"
 PY = sys.executable
 
@@ -421,13 +424,7 @@ def write(path: Path, body: str, args) -> None:
         "the load generator runs on the same two cores.\n"
         f"{body}\n{marker_end}\n"
     )
-    text = path.read_text() if path.exists() else "# Benchmarks\n\nFigures measured on this project's machines.\n\n"
-    if marker_start in text:
-        text = re.sub(re.escape(marker_start) + r".*?" + re.escape(marker_end) + r"\n?", section, text, flags=re.S)
-    else:
-        text = text.rstrip() + "\n\n" + section
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text)
+    section_write(path, "bench/gateway.py", section)
 
 
 def install_litellm() -> None:
@@ -452,12 +449,7 @@ def main() -> None:
         return
     if args.quick:
         args.duration, args.rounds, args.memory_requests = 2.0, 1, 0
-    try:
-        import uvloop
-
-        uvloop.install()
-    except ImportError:
-        pass
+    uvloop_install()
     body = asyncio.run(run(args))
     print(body)
     if args.write:

@@ -32,6 +32,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.gateway import PY, REPO, Sample, Target, closed_loop, free_port, pct, start, stop, wait_http
+from bench.report import section_write, uvloop_install
 
 SETUP = """
 from decimal import Decimal
@@ -132,12 +133,7 @@ def write(path: Path, body: str, args) -> None:
         f"{args.rounds} rounds of {args.duration:g} s per target and load; the load generator shares the cores.\n\n"
         f"{body}\n{end_marker}\n"
     )
-    text = path.read_text()
-    if start_marker in text:
-        text = re.sub(re.escape(start_marker) + r".*?" + re.escape(end_marker) + r"\n?", section, text, flags=re.S)
-    else:
-        text = text.rstrip() + "\n\n" + section
-    path.write_text(text)
+    section_write(path, "bench/limits.py", section)
 
 
 def main() -> None:
@@ -147,12 +143,7 @@ def main() -> None:
     parser.add_argument("--redis-url", default=os.environ.get("REDIS_URL") or "redis://127.0.0.1:6379/0")
     parser.add_argument("--write", type=Path)
     args = parser.parse_args()
-    try:
-        import uvloop
-
-        uvloop.install()
-    except ImportError:
-        pass
+    uvloop_install()
     body = asyncio.run(run(args))
     print(body)
     if args.write:

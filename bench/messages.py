@@ -42,6 +42,7 @@ import aiohttp
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from gateway import LITELLM_VENV, PY, REPO, free_port, pct, start, stop, wait_http
+from report import section_write, uvloop_install
 
 DELTAS = 64
 NATIVE_SETUP = """
@@ -247,12 +248,7 @@ def write(path: Path, body: str, notes: list[str], args) -> None:
         + "".join(f"\n{note}\n" for note in notes)
         + f"{body}\n{marker_end}\n"
     )
-    text = path.read_text() if path.exists() else "# Benchmarks\n"
-    if marker_start in text:
-        text = re.sub(re.escape(marker_start) + r".*?" + re.escape(marker_end) + r"\n?", section, text, flags=re.S)
-    else:
-        text = text.rstrip() + "\n\n" + section
-    path.write_text(text)
+    section_write(path, "bench/messages.py", section)
 
 
 def main() -> None:
@@ -262,12 +258,7 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=20)
     parser.add_argument("--write", type=Path, default=None)
     args = parser.parse_args()
-    try:
-        import uvloop
-
-        uvloop.install()
-    except ImportError:
-        pass
+    uvloop_install()
     args.load = os.getloadavg()[0]
     body, notes = asyncio.run(run(args))
     print("".join(f"\n{note}\n" for note in notes) + body)

@@ -41,6 +41,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from bench.gateway import free_port, pct, rss_mb, start, stop, wait_http  # noqa: E402  (pct answers in ms)
+from bench.report import section_write, uvloop_install  # noqa: E402
 
 PY = sys.executable
 
@@ -293,12 +294,7 @@ def write(path: Path, body: str, args) -> None:
         "the upstream and Switchyard share those cores.\n"
         f"{body}\n{marker_end}\n"
     )
-    text = path.read_text() if path.exists() else "# Benchmarks\n"
-    if marker_start in text:
-        text = re.sub(re.escape(marker_start) + r".*?" + re.escape(marker_end) + r"\n?", section, text, flags=re.S)
-    else:
-        text = text.rstrip() + "\n\n" + section
-    path.write_text(text)
+    section_write(path, "bench/websocket.py", section)
 
 
 def main() -> None:
@@ -313,12 +309,7 @@ def main() -> None:
     args = parser.parse_args()
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (min(max(soft, 8192), hard), hard))  # the children inherit it
-    try:
-        import uvloop
-
-        uvloop.install()
-    except ImportError:
-        pass
+    uvloop_install()
     body = asyncio.run(run(args))
     print(body)
     if args.write:
