@@ -116,8 +116,12 @@ class CacheStore:
                     f"SELECT {columns}, 1 - (embedding <=> %s) FROM (SELECT {columns}, embedding "  # noqa: S608
                     f"FROM cache_cacheentry WHERE {where} LIMIT %s) AS own ORDER BY embedding <=> %s LIMIT %s",
                     [vector, *params, EXACT_FALLBACK_ROWS, vector, limit])).fetchall()
-        return [CachedAnswer(id=r[0], response=r[1], cost=r[2], model_name=r[3], created_at=r[4],
-                             similarity=float(r[6]), prompt_text=r[5]) for r in rows]
+        answers = [CachedAnswer(id=r[0], response=r[1], cost=r[2], model_name=r[3], created_at=r[4],
+                                similarity=float(r[6]), prompt_text=r[5]) for r in rows]
+        # The iterative scan's relaxed order may bring a row a little out of place; callers stop at
+        # the first candidate under the threshold, so they must see the closest first.
+        answers.sort(key=lambda answer: answer.similarity, reverse=True)
+        return answers
 
     async def save(self, *, tenant_id: int, namespace: str, request_hash: str, context_hash: str,
                    prompt_text: str, vector: np.ndarray | None, response: dict, model_id: int | None,
