@@ -437,9 +437,9 @@ def nearest_neighbour(rows: int, shape_kind: str = "embeddings", queries: int = 
 
     django.setup()
     import psycopg
+    from django.conf import settings
     from pgvector.psycopg import register_vector
 
-    from apps.cache.store import DEFAULT_EF_SEARCH
     from apps.gateway.database import conninfo
     from apps.tenants.models import Tenant
 
@@ -461,6 +461,7 @@ def nearest_neighbour(rows: int, shape_kind: str = "embeddings", queries: int = 
         build_seconds = None
         if _index_params(conn) != index:
             build_seconds = _index_build(conn, *index)
+        shared_buffers = conn.execute("SHOW shared_buffers").fetchone()[0]
         # Queries are rows of the table moved by noise (a reworded prompt lands near, not on, the
         # stored one); warm-up queries are separate from the measured ones.
         sample = conn.execute("SELECT embedding FROM cache_cacheentry WHERE tenant_id = %s ORDER BY random() LIMIT %s",
@@ -499,9 +500,10 @@ def nearest_neighbour(rows: int, shape_kind: str = "embeddings", queries: int = 
             await store.close()
 
     lines = [f"| index | HNSW m {index[0]}, ef_construction {index[1]}"
-             + (f", built in {build_seconds:,.0f} s" if build_seconds is not None else "") + " |"]
+             + (f", built in {build_seconds:,.0f} s" if build_seconds is not None else "")
+             + f"; Postgres shared_buffers {shared_buffers} |"]
     checks = []
-    for ef_search in sorted(set(ef_values) | {DEFAULT_EF_SEARCH}):
+    for ef_search in sorted(set(ef_values) | {settings.CACHE_EF_SEARCH}):
         timings, found, small_times, small_found = asyncio.run(timed(ef_search))
         # Right when it is the exact answer's row, or a row exactly as close (a tie).
         right = sum(got_id == true_id or got_distance <= true_distance + 1e-5
@@ -510,7 +512,7 @@ def nearest_neighbour(rows: int, shape_kind: str = "embeddings", queries: int = 
         # A miss whose row is within 0.01 cosine of the exact answer's: as good a candidate for the cache.
         close = sum(got_distance <= true_distance + 0.01
                     for (_, got_distance), (_, true_distance) in zip(found, truth, strict=True)) / len(truth)
-        default = " (the default)" if ef_search == DEFAULT_EF_SEARCH else ""
+        default = " (the default)" if ef_search == settings.CACHE_EF_SEARCH else ""
         lines.append(f"| nearest neighbour, {rows:,} rows in one tenant, ef_search {ef_search}{default} | p50 "
                      f"{pct(timings, 50):.2f} ms, p99 {pct(timings, 99):.2f} ms, recall@1 {recall:.3f}, "
                      f"within 0.01 cosine of the best {close:.3f} ({len(truth)} queries) |")
@@ -548,6 +550,9 @@ def main() -> None:
     parser.add_argument("--parts", default="hits,embedding,nn")
     parser.add_argument("--shape", choices=("prompts", "embeddings", "isotropic"), default="prompts",
                         help="where the nearest-neighbour rows come from (see VectorShape)")
+    parser.add_argument("--ef-search", default="40,100,200,400", help="values of hnsw.ef_search to measure, "
+                        "besides the default (CACHE_EF_SEARCH)")
+    parser.add_argument("--queries", type=int, default=500, help="nearest-neighbour queries per ef_search value")
     parser.add_argument("--index", default=None, metavar="M,EF_CONSTRUCTION",
                         help="build the HNSW index with these parameters instead of the migration's")
     parser.add_argument("--write", type=Path, default=None)
@@ -562,9 +567,12 @@ def main() -> None:
             text = "| measure | result |\n|---|---|\n" + text
         else:
             index = tuple(int(n) for n in args.index.split(",")) if args.index else None
-            text, checks = nearest_neighbour(args.rows, args.shape, index=index)
+            ef_values = tuple(int(n) for n in args.ef_search.split(","))
+            text, checks = nearest_neighbour(args.rows, args.shape, index=index, ef_values=ef_values,
+                                             queries=args.queries)
             text = "| measure | result |\n|---|---|\n" + text
-            command += f" --rows {args.rows} --shape {args.shape}" + (f" --index {args.index}" if args.index else "")
+            command += (f" --rows {args.rows} --shape {args.shape} --queries {args.queries}"
+                        + (f" --index {args.index}" if args.index else ""))
         section = _section(part, command + (f" --write {args.write}" if args.write else ""), text, checks)
         print(section)
         if args.write:

@@ -238,8 +238,9 @@ if CACHE_EMBED_BACKEND not in ("onnx", "torch"):
 CACHE_EMBED_THREADS = env_int("CACHE_EMBED_THREADS", 1, minimum=1)
 CACHE_EMBED_WAIT_MS = env_float("CACHE_EMBED_WAIT_MS", 0.0)
 # HNSW candidates examined per nearest-neighbour query (pgvector's hnsw.ef_search): higher
-# finds the true nearest more often and costs more per lookup (docs/operations.md).
-CACHE_EF_SEARCH = env_int("CACHE_EF_SEARCH", 100, minimum=1)
+# finds the true nearest more often and costs more per lookup (docs/operations.md); at a million
+# entries in one tenant 200 gave recall@1 0.987 with p99 7.3 ms (docs/benchmarks.md).
+CACHE_EF_SEARCH = env_int("CACHE_EF_SEARCH", 200, minimum=1, maximum=1000)
 # Off: the local embedding model (about 540 MB) never loads; semantic lookups then need a
 # tenant's own embeddings model, and exact lookups work as always.
 CACHE_LOCAL_EMBEDDER = env_bool("CACHE_LOCAL_EMBEDDER", True)

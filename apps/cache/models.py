@@ -42,8 +42,9 @@ class CacheEntry(models.Model):
             HnswIndex(
                 name="cache_entry_embedding_hnsw",
                 fields=["embedding"],
-                m=16,
-                ef_construction=64,
+                # Denser than pgvector's defaults (16, 64): see migration 0004.
+                m=24,
+                ef_construction=100,
                 opclasses=["vector_cosine_ops"],
             ),
             models.Index(fields=["tenant", "expires_at"], name="cache_entry_tenant_expiry"),

@@ -22,7 +22,7 @@ from psycopg_pool import AsyncConnectionPool
 logger = logging.getLogger(__name__)
 
 EXACT_FALLBACK_ROWS = 20_000
-DEFAULT_EF_SEARCH = 100
+DEFAULT_EF_SEARCH = 200  # CACHE_EF_SEARCH's default
 
 
 @dataclass(frozen=True, slots=True)

@@ -54,6 +54,9 @@ def test_it_fails_loudly_on_a_bad_boolean_or_integer(monkeypatch):
     monkeypatch.setenv("SOME_COUNT", "-3")
     with pytest.raises(ImproperlyConfigured, match="minimum"):
         env_int("SOME_COUNT", 1, minimum=0)
+    monkeypatch.setenv("SOME_COUNT", "1001")
+    with pytest.raises(ImproperlyConfigured, match="maximum"):
+        env_int("SOME_COUNT", 1, maximum=1000)
 
 
 def test_it_reads_a_secret_from_the_file_a_name_file_variable_names(monkeypatch, tmp_path):
