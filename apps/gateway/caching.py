@@ -155,25 +155,20 @@ def cache_settle(state, call, plan: CachePlan | None, response: dict | None) -> 
 
 async def _save(state, call, plan: CachePlan, response: dict) -> None:
     try:
-        await _store(state, call, plan, response)
+        vector = plan.vector
+        if vector is None and plan.fp.prompt_text and state.semantic_ready(call.key):
+            vector = await state.batcher_for(call.key).embed_one(plan.fp.prompt_text)
+        usage = response.get("usage") if isinstance(response.get("usage"), dict) else {}
+        await state.cache.save(
+            tenant_id=call.key.tenant_id, namespace=plan.namespace, request_hash=plan.fp.request_hash,
+            context_hash=plan.fp.context_hash, prompt_text=plan.fp.prompt_text, vector=vector, response=response,
+            model_id=call.model.id if call.model else None, model_name=call.model.name if call.model else "",
+            input_tokens=usage.get("prompt_tokens") or call.input_tokens,
+            output_tokens=usage.get("completion_tokens") or call.output_tokens, cost=call.cost,
+            ttl_seconds=call.key.cache_ttl,
+        )
     finally:
-        _forget(state, plan)
-
-
-async def _store(state, call, plan: CachePlan, response: dict) -> None:
-    vector = plan.vector
-    if vector is None and plan.fp.prompt_text and state.semantic_ready(call.key):
-        vector = await state.batcher_for(call.key).embed_one(plan.fp.prompt_text)
-    usage = response.get("usage") if isinstance(response.get("usage"), dict) else {}
-    await state.cache.save(
-        tenant_id=call.key.tenant_id, namespace=plan.namespace, request_hash=plan.fp.request_hash,
-        context_hash=plan.fp.context_hash, prompt_text=plan.fp.prompt_text, vector=vector, response=response,
-        model_id=call.model.id if call.model else None, model_name=call.model.name if call.model else "",
-        input_tokens=usage.get("prompt_tokens") or call.input_tokens,
-        output_tokens=usage.get("completion_tokens") or call.output_tokens, cost=call.cost,
-        ttl_seconds=call.key.cache_ttl,
-    )
-    _forget(state, plan)  # committed: an exact lookup finds it from now on
+        _forget(state, plan)  # committed (an exact lookup finds it from now on) or failed
     if vector is None and plan.fp.prompt_text:
         # Saved for exact hits at once; semantic hits once the model (still loading) embeds it.
         await state.embedder_loaded()
