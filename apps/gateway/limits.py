@@ -40,7 +40,7 @@ async def limits_reserve(state, call, body: dict, *, mode: str = "chat") -> None
         # An upper bound: the prompt as the tokenizer counts it, the most it may produce, at the
         # dearest model it may fall back to.
         if mode == "chat":
-            prompt, output = tokens.messages_tokens(body["messages"]), _output_cap(body, call.chain)
+            prompt, output = call.prompt_tokens_count(body["messages"]), _output_cap(body, call.chain)
         else:
             text = body["input"] if isinstance(body["input"], str) else " ".join(
                 item for item in body["input"] if isinstance(item, str))

@@ -95,6 +95,14 @@ class Call:
     reservation: object = None  # apps.limits.enforce.Reservation when the key or tenant has limits
     refusal: GatewayError | None = None  # a token or budget refusal, raised unless the cache answers
     batch: bool = False  # a line of a batch job: priced with the model's batch discount
+    prompt_counted: int | None = field(default=None, init=False, repr=False)
+
+    def prompt_tokens_count(self, messages: list) -> int:
+        """The request's prompt as the tokenizer counts it, counted once however many stages ask
+        (limits' reservation, a translated stream's ``message_start``, usage an upstream omitted)."""
+        if self.prompt_counted is None:
+            self.prompt_counted = tokens.messages_tokens(messages)
+        return self.prompt_counted
 
     def headers(self) -> list[tuple[bytes, bytes]]:
         """The ``x-switchyard-*`` headers (cost deferred to the stream's end for streams)."""
@@ -336,7 +344,7 @@ async def chat_json(state: GatewayState, call: Call, body: dict) -> tuple[bytes,
     usage = parsed.get("usage")
     if not isinstance(usage, dict):
         completion = _completion_text(parsed)
-        call.set_usage(None, fallback_prompt=tokens.messages_tokens(body["messages"]),
+        call.set_usage(None, fallback_prompt=call.prompt_tokens_count(body["messages"]),
                        fallback_completion=tokens.text_tokens(completion))
     else:
         call.set_usage(usage, fallback_prompt=0, fallback_completion=0)
@@ -424,7 +432,7 @@ class ChatStream:
         if self.usage is not None:
             self.call.set_usage(self.usage, fallback_prompt=0, fallback_completion=0)
         else:
-            self.call.set_usage(None, fallback_prompt=tokens.messages_tokens(self.body["messages"]),
+            self.call.set_usage(None, fallback_prompt=self.call.prompt_tokens_count(self.body["messages"]),
                                 fallback_completion=tokens.text_tokens(self.streamed_text()))
 
     def streamed_text(self) -> str:

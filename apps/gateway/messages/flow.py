@@ -114,7 +114,7 @@ async def messages_json(state, request: MessagesRequest) -> tuple[bytes, dict | 
             call.set_usage_anthropic(usage, fallback_prompt=0, fallback_completion=0)
         else:
             text = "".join(b.get("text") or "" for b in parsed.get("content") or [] if isinstance(b, dict))
-            call.set_usage_anthropic(None, fallback_prompt=tokens.messages_tokens(request.body["messages"]),
+            call.set_usage_anthropic(None, fallback_prompt=call.prompt_tokens_count(request.body["messages"]),
                                      fallback_completion=tokens.text_tokens(text))
         pipeline.call_done(state, call)
         cacheable = parsed.get("type") == "message" and replayable(parsed)
@@ -125,7 +125,7 @@ async def messages_json(state, request: MessagesRequest) -> tuple[bytes, dict | 
     else:
         text = "".join((c.get("message") or {}).get("content") or "" for c in parsed.get("choices") or []
                        if isinstance(c, dict))
-        call.set_usage(None, fallback_prompt=tokens.messages_tokens(request.body["messages"]),
+        call.set_usage(None, fallback_prompt=call.prompt_tokens_count(request.body["messages"]),
                        fallback_completion=tokens.text_tokens(text))
         parsed["usage"] = {"prompt_tokens": call.input_tokens, "completion_tokens": call.output_tokens,
                            "total_tokens": call.input_tokens + call.output_tokens}
@@ -149,7 +149,7 @@ async def messages_stream_open(state, request: MessagesRequest) -> ChatStream:
         return NativeMessagesStream(state, call, request.body, opened)
     stream = ChatStream(state, call, request.body, opened)
     # The provider counts the prompt only at the end; message_start carries this count of it.
-    estimate = {"input_tokens": tokens.messages_tokens(request.body["messages"]), "output_tokens": 0}
+    estimate = {"input_tokens": call.prompt_tokens_count(request.body["messages"]), "output_tokens": 0}
     translator = AnthropicFromOpenAI(message_id=f"msg_{call.request_id}", model=opened.model.upstream_id,
                                      usage_of=lambda: anthropic_usage_of(call), start_usage=estimate)
     stream.transform = translator.translate

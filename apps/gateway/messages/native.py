@@ -82,7 +82,7 @@ class NativeMessagesStream(ChatStream):
         if isinstance(usage, dict) and isinstance(usage.get("input_tokens"), int):
             self.call.set_usage_anthropic(usage, fallback_prompt=0, fallback_completion=0)
         else:
-            self.call.set_usage_anthropic(None, fallback_prompt=tokens.messages_tokens(self.body["messages"]),
+            self.call.set_usage_anthropic(None, fallback_prompt=self.call.prompt_tokens_count(self.body["messages"]),
                                           fallback_completion=tokens.text_tokens(self.streamed_text()))
 
     def streamed_text(self) -> str:
