@@ -462,10 +462,11 @@ def nearest_neighbour(rows: int, shape_kind: str = "embeddings", queries: int = 
         if _index_params(conn) != index:
             build_seconds = _index_build(conn, *index)
         shared_buffers = conn.execute("SHOW shared_buffers").fetchone()[0]
-        # Queries are rows of the table moved by noise (a reworded prompt lands near, not on, the
-        # stored one); warm-up queries are separate from the measured ones.
-        sample = conn.execute("SELECT embedding FROM cache_cacheentry WHERE tenant_id = %s ORDER BY random() LIMIT %s",
-                              [big.pk, queries + 200]).fetchall()
+        # Queries are held-out prompts, or rows of the table moved by noise (a reworded prompt
+        # lands near, not on, the stored one); warm-up queries are separate from the measured ones.
+        sample = [] if shape.kind == "prompts" else conn.execute(
+            "SELECT embedding FROM cache_cacheentry WHERE tenant_id = %s ORDER BY random() LIMIT %s",
+            [big.pk, queries + 200]).fetchall()
         moved = shape.queries(queries + 200, [vector.to_numpy() for (vector,) in sample])
         warmup, queries_big = moved[:200], moved[200:]
         truth = _exact_nearest(conn, big.pk, np.array(queries_big))

@@ -16,13 +16,13 @@ from decimal import Decimal
 
 import numpy as np
 import orjson
+from django.conf import settings
 from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool
 
 logger = logging.getLogger(__name__)
 
 EXACT_FALLBACK_ROWS = 20_000
-DEFAULT_EF_SEARCH = 200  # CACHE_EF_SEARCH's default
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,7 +51,9 @@ def _configurer(max_scan_tuples: int | None, ef_search: int):
 
 class CacheStore:
     def __init__(self, conninfo: str, *, max_size: int = 8, hnsw_max_scan_tuples: int | None = None,
-                 ef_search: int = DEFAULT_EF_SEARCH) -> None:
+                 ef_search: int | None = None) -> None:
+        """``ef_search`` defaults to the ``CACHE_EF_SEARCH`` setting."""
+        ef_search = settings.CACHE_EF_SEARCH if ef_search is None else ef_search
         # No server-side prepared statements: the planner then sees each query's tenant and
         # vector (a generic plan cannot), which decides between the HNSW and the b-tree index.
         self.pool = AsyncConnectionPool(conninfo, min_size=1, max_size=max_size, open=False,

@@ -74,7 +74,7 @@ class GatewayState:
             database = await loop.run_in_executor(self._db_executor, conninfo)
             self.limiter = limiter_open(redis_url=settings.REDIS_URL, conninfo=database,
                                         lease_seconds=settings.LIMITS_LEASE_SECONDS)
-            self.cache = CacheStore(database, ef_search=settings.CACHE_EF_SEARCH)
+            self.cache = CacheStore(database)
             await self.cache.open()
             embedder = _local_embedder(lambda: LocalEmbedder(
                 backend=settings.CACHE_EMBED_BACKEND, threads=settings.CACHE_EMBED_THREADS,
