@@ -30,13 +30,15 @@ from django.urls import path, re_path  # noqa: E402
 
 from apps.batches.consumers import BatchProgressConsumer  # noqa: E402
 from apps.gateway.consumers import ChatConsumer, refuse_socket  # noqa: E402
+from apps.gateway.cors import cors_wrap  # noqa: E402
 from apps.gateway.http import GatewayHTTP  # noqa: E402
 
 # The hot endpoints are answered by GatewayHTTP; everything else falls through to Django.
 gateway_http = GatewayHTTP(django_asgi_app)
 
 application = ProtocolTypeRouter({
-    "http": gateway_http,
+    # Unwrapped unless CORS_ALLOWED_ORIGINS lists origins: cross-origin access is closed by default.
+    "http": cors_wrap(gateway_http, settings.CORS_ALLOWED_ORIGINS),
     "lifespan": gateway_http,
     "websocket": URLRouter([
         path("ws/v1/chat", ChatConsumer.as_asgi()),

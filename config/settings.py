@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import socket
 import sys
+from datetime import timedelta
 from pathlib import Path
 from urllib.parse import parse_qs, unquote, urlparse
 
@@ -27,7 +28,7 @@ if ENVIRONMENT not in {"development", "production", "test"}:
     raise ImproperlyConfigured(f"SWITCHYARD_ENV={ENVIRONMENT!r}: use development, production or test")
 PRODUCTION = ENVIRONMENT == "production"
 
-_INSECURE_SECRET = "django-insecure-switchyard-development-only"  # noqa: S105 (refused in production)
+_INSECURE_SECRET = "django-insecure-switchyard-development-only"  # noqa: S105  # nosec B105  # refused in production
 SECRET_KEY = env_str("SECRET_KEY") or ("" if PRODUCTION else _INSECURE_SECRET)
 DEBUG = env_bool("DEBUG", default=not PRODUCTION)
 if PRODUCTION:
@@ -54,6 +55,7 @@ INSTALLED_APPS = [
     "django.contrib.staticfiles",
     "rest_framework",
     "channels",
+    "axes",
     "apps.core",
     "apps.tenants",
     "apps.catalog",
@@ -75,6 +77,8 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    # Last, as django-axes asks: it turns a lockout noted during authentication into a 429 page.
+    "axes.middleware.AxesMiddleware",
 ]
 
 ROOT_URLCONF = "config.urls"
@@ -128,6 +132,23 @@ DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
 DATABASES["default"]["TEST"] = {"NAME": env_str("DATABASE_TEST_NAME", "test_switchyard")}
 
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+# django-axes counts failed logins (the admin's and the tenant members' /account/login/, both
+# through this backend) and refuses a username from an address after LOGIN_FAILURE_LIMIT
+# failures, the right password included, until LOGIN_LOCKOUT_MINUTES pass without another try.
+AUTHENTICATION_BACKENDS = [
+    "apps.core.lockout.LockoutBackend",  # django-axes's, for logins that come with a request
+    "django.contrib.auth.backends.ModelBackend",
+]
+AXES_FAILURE_LIMIT = env_int("LOGIN_FAILURE_LIMIT", 5, minimum=1)
+AXES_COOLOFF_TIME = timedelta(minutes=env_int("LOGIN_LOCKOUT_MINUTES", 15, minimum=1))
+# Username and address together: a lockout holds for that username from that address only, so
+# someone guessing a password cannot lock its owner out from everywhere else.
+AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
+AXES_RESET_ON_SUCCESS = True  # a right password before the limit forgets earlier typos
+# A plain 429 with Retry-After, and without the "Access-Control-Allow-Origin: *" that axes puts on
+# lockouts of scripted logins.
+AXES_LOCKOUT_CALLABLE = "apps.core.lockout.lockout_response"
 
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
@@ -229,6 +250,10 @@ GATEWAY_CONFIG_REFRESH = env_float("GATEWAY_CONFIG_REFRESH", 30.0)
 GATEWAY_MAX_BODY_BYTES = env_int("GATEWAY_MAX_BODY_BYTES", 4 * 1024 * 1024, minimum=1024)
 GATEWAY_RETRIES = env_int("GATEWAY_RETRIES", 1, minimum=0)
 GATEWAY_RETRY_BACKOFF = env_float("GATEWAY_RETRY_BACKOFF", 0.05)
+# A provider's circuit opens after this many failures in a row, and lets a probe through after
+# the cooldown (apps/gateway/breaker.py).
+CIRCUIT_FAILURES = env_int("CIRCUIT_FAILURES", 5, minimum=1)
+CIRCUIT_COOLDOWN = env_float("CIRCUIT_COOLDOWN", 30.0)
 CACHE_EMBED_BATCH = env_int("CACHE_EMBED_BATCH", 64, minimum=1)
 # The local embedder: "onnx" (ONNX Runtime, the default) or "torch" (sentence-transformers);
 # both give the same vectors. CACHE_EMBED_THREADS: intra-op threads for one batch.
@@ -261,9 +286,27 @@ REPLICA_NAME = env_str("REPLICA_NAME") or f"{socket.gethostname()}:{os.getpid()}
 # only clients on the loopback interface.
 METRICS_TOKEN = env_str("METRICS_TOKEN", "") or ""
 
+
+
+def _origins(name: str) -> list[str]:
+    """A comma-separated list of exact origins (``https://app.example.com``, no path, no ``*``)."""
+    origins = env_list(name, [])
+    for origin in origins:
+        parts = urlparse(origin)
+        if parts.scheme not in ("http", "https") or not parts.netloc or parts.path or parts.query or "*" in origin:
+            raise ImproperlyConfigured(f"{name}: {origin!r} is not an origin like https://app.example.com")
+    return origins
+
+
+# Browser pages on these origins may call the tenant API (/v1/...) with a key; empty: no
+# cross-origin access at all (apps/gateway/cors.py).
+CORS_ALLOWED_ORIGINS = _origins("CORS_ALLOWED_ORIGINS")
+
 # --- Streaming doors: WebSocket /ws/v1/chat and EventSource /v1/stream ---------------------
 # Browsers on another origin than this host's are refused unless listed ("*" allows any).
 WEBSOCKET_ALLOWED_ORIGINS = env_list("WEBSOCKET_ALLOWED_ORIGINS", [])
+# After SIGTERM, WebSocket requests in flight get this long to finish before sockets close.
+WEBSOCKET_DRAIN_SECONDS = env_float("WEBSOCKET_DRAIN_SECONDS", 10.0)
 WEBSOCKET_MAX_MESSAGE_BYTES = env_int("WEBSOCKET_MAX_MESSAGE_BYTES", GATEWAY_MAX_BODY_BYTES, minimum=1024)
 WEBSOCKET_MAX_IN_FLIGHT = env_int("WEBSOCKET_MAX_IN_FLIGHT", 32, minimum=1)
 WEBSOCKET_AUTH_TIMEOUT = env_float("WEBSOCKET_AUTH_TIMEOUT", 10.0)
@@ -274,19 +317,42 @@ SESSION_COOKIE_HTTPONLY = True
 CSRF_COOKIE_HTTPONLY = False
 X_FRAME_OPTIONS = "DENY"
 SECURE_CONTENT_TYPE_NOSNIFF = True
-if PRODUCTION:
-    SECURE_SSL_REDIRECT = env_bool("SECURE_SSL_REDIRECT", True)
-    SESSION_COOKIE_SECURE = True
-    CSRF_COOKIE_SECURE = True
-    SECURE_HSTS_SECONDS = env_int("SECURE_HSTS_SECONDS", 31536000, minimum=0)
-    SECURE_HSTS_INCLUDE_SUBDOMAINS = True
-    SECURE_HSTS_PRELOAD = True
-    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+# TLS ends at the proxy in front (nginx, an ingress). The defaults in production are what
+# `manage.py check --deploy` asks for; each can be turned off for a deployment that knows better.
+SECURE_SSL_REDIRECT = env_bool("SECURE_SSL_REDIRECT", PRODUCTION)
+# Probes reach the process itself over plain HTTP (Docker HEALTHCHECK, Kubernetes): a redirect to
+# https:// on the same port would fail them.
+SECURE_REDIRECT_EXEMPT = [r"^healthz$", r"^readyz$"]
+SECURE_HSTS_SECONDS = env_int("SECURE_HSTS_SECONDS", 31_536_000 if PRODUCTION else 0, minimum=0)
+SECURE_HSTS_INCLUDE_SUBDOMAINS = env_bool("SECURE_HSTS_INCLUDE_SUBDOMAINS", PRODUCTION)
+SECURE_HSTS_PRELOAD = env_bool("SECURE_HSTS_PRELOAD", PRODUCTION)
+SESSION_COOKIE_SECURE = env_bool("SESSION_COOKIE_SECURE", PRODUCTION)
+CSRF_COOKIE_SECURE = env_bool("CSRF_COOKIE_SECURE", PRODUCTION)
+
+
+def _proxy_ssl_header(name: str) -> tuple[str, str] | None:
+    """``X-Forwarded-Proto`` -> Django's ``("HTTP_X_FORWARDED_PROTO", "https")``; empty: not trusted.
+
+    Only a proxy that sets (and so overwrites) this header may be trusted with it: a client
+    could otherwise claim HTTPS over plain HTTP."""
+    name = name.strip()
+    if not name:
+        return None
+    if not all(ch.isalnum() or ch == "-" for ch in name):
+        raise ImproperlyConfigured(f"SECURE_PROXY_SSL_HEADER={name!r} is not a header name")
+    return "HTTP_" + name.upper().replace("-", "_"), "https"
+
+
+SECURE_PROXY_SSL_HEADER = _proxy_ssl_header(env_str("SECURE_PROXY_SSL_HEADER",
+                                                    "X-Forwarded-Proto" if PRODUCTION else "") or "")
 
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [],
     "DEFAULT_PERMISSION_CLASSES": [],
     "UNAUTHENTICATED_USER": None,
+    # Every error of the API in OpenAI's shape, DRF's own included; JSON whatever the Accept.
+    "EXCEPTION_HANDLER": "apps.gateway.api.errors.exception_handler",
+    "DEFAULT_CONTENT_NEGOTIATION_CLASS": "apps.gateway.api.errors.JSONOnly",
 }
 
 # LOG_FORMAT: "json" (one object per line, with request ids; the default in production) or "text".

@@ -8,6 +8,7 @@ from django.urls import include, path
 
 from apps.core import health
 from apps.gateway.api.complete import CompleteView
+from apps.gateway.api.openapi import openapi_json
 from apps.gateway.api.stream import stream
 from apps.gateway.playground import playground
 from apps.reporting.api.usage import UsageExportView, UsageView
@@ -17,6 +18,7 @@ from apps.reporting.tenant_page import tenant_usage
 urlpatterns = [
     path("healthz", health.healthz, name="healthz"),
     path("readyz", health.readyz, name="readyz"),
+    path("v1/openapi.json", openapi_json, name="openapi"),
     path("v1/complete", CompleteView.as_view(), name="complete"),
     path("v1/usage", UsageView.as_view(), name="usage"),
     path("v1/usage/export", UsageExportView.as_view(), name="usage-export"),

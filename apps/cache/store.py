@@ -109,13 +109,14 @@ class CacheStore:
             where += " AND created_at > now() - make_interval(secs => %s)"
             params.append(max_age)
         columns = "id, response, cost, model_name, created_at, prompt_text"
+        # Only these constant clauses are formatted into the SQL; every value is a parameter.
         async with self.pool.connection() as conn:
             rows = await (await conn.execute(
-                f"SELECT {columns}, 1 - (embedding <=> %s) FROM cache_cacheentry WHERE {where} "  # noqa: S608
+                f"SELECT {columns}, 1 - (embedding <=> %s) FROM cache_cacheentry WHERE {where} "  # noqa: S608  # nosec B608
                 "ORDER BY embedding <=> %s LIMIT %s", [vector, *params, vector, limit])).fetchall()
             if len(rows) < limit:
                 rows = await (await conn.execute(
-                    f"SELECT {columns}, 1 - (embedding <=> %s) FROM (SELECT {columns}, embedding "  # noqa: S608
+                    f"SELECT {columns}, 1 - (embedding <=> %s) FROM (SELECT {columns}, embedding "  # noqa: S608  # nosec B608
                     f"FROM cache_cacheentry WHERE {where} LIMIT %s) AS own ORDER BY embedding <=> %s LIMIT %s",
                     [vector, *params, EXACT_FALLBACK_ROWS, vector, limit])).fetchall()
         answers = [CachedAnswer(id=r[0], response=r[1], cost=r[2], model_name=r[3], created_at=r[4],

@@ -5,9 +5,9 @@ from __future__ import annotations
 from django import forms
 from django.contrib import admin
 from django.db.models import Exists, OuterRef
-from django.utils.html import format_html
+from django.utils.html import format_html, format_html_join
 
-from apps.catalog.models import Model, ModelPrice, Provider
+from apps.catalog.models import Model, ModelPrice, Provider, ProviderCircuit
 from apps.usage.models import RequestLog
 
 
@@ -54,17 +54,45 @@ class ModelInline(admin.TabularInline):
 @admin.register(Provider)
 class ProviderAdmin(admin.ModelAdmin):
     form = ProviderForm
-    list_display = ("name", "kind", "base_url", "credential_state", "timeout_seconds", "max_concurrency",
+    list_display = ("name", "kind", "base_url", "credential_state", "circuit", "timeout_seconds", "max_concurrency",
                     "is_active")
     list_filter = ("kind", "is_active")
     search_fields = ("name", "base_url")
-    readonly_fields = ("credential_state", "created_at", "updated_at")
+    readonly_fields = ("credential_state", "circuits_table", "created_at", "updated_at")
     fieldsets = (
         (None, {"fields": ("name", "kind", "base_url", "timeout_seconds", "max_concurrency", "is_active")}),
         ("Credential", {"fields": ("credential_state", "credential", "clear_credential")}),
+        ("Circuit breakers", {"fields": ("circuits_table",)}),
         ("Audit", {"fields": ("created_at", "updated_at")}),
     )
     inlines = [ModelInline]
+
+    def get_queryset(self, request):
+        return super().get_queryset(request).prefetch_related("circuits")
+
+    @admin.display(description="circuit")
+    def circuit(self, provider: Provider) -> str:
+        """Closed unless some process has opened it: "open in 1 of 2 processes"."""
+        circuits = list(provider.circuits.all())
+        tripped = [c for c in circuits if c.state != ProviderCircuit.State.CLOSED]
+        if not tripped:
+            return "closed"
+        states = sorted({c.get_state_display() for c in tripped})
+        return f"{' / '.join(states)} in {len(tripped)} of {len(circuits)} processes"
+
+    @admin.display(description="by process")
+    def circuits_table(self, provider: Provider) -> str:
+        """Each gateway process's breaker for this provider, as it last reported it."""
+        circuits = list(provider.circuits.all()) if provider.pk else []
+        if not circuits:
+            return "closed in every process (no transition reported)"
+        rows = format_html_join(
+            "", "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            ((c.process, c.get_state_display(), c.consecutive_failures, c.last_failure or "-",
+              c.retry_at or "-", c.changed_at) for c in circuits))
+        return format_html(
+            "<table><thead><tr><th>process</th><th>state</th><th>failures in a row</th><th>last failure</th>"
+            "<th>probe from</th><th>changed</th></tr></thead><tbody>{}</tbody></table>", rows)
 
     @admin.display(description="credential")
     def credential_state(self, provider: Provider) -> str:

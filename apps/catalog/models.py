@@ -52,6 +52,35 @@ class Provider(models.Model):
         return self.name
 
 
+class ProviderCircuit(models.Model):
+    """A gateway process's circuit breaker for a provider, as that process last reported it.
+
+    Each process keeps its own breakers in memory (``apps.gateway.breaker``) and writes a row here
+    on every transition, so the admin shows which processes have stopped sending to a provider.
+    A process removes its rows when it shuts down.
+    """
+
+    class State(models.TextChoices):
+        CLOSED = "closed", "closed"
+        OPEN = "open", "open"
+        HALF_OPEN = "half_open", "half-open (probing)"
+
+    provider = models.ForeignKey(Provider, on_delete=models.CASCADE, related_name="circuits")
+    process = models.CharField(max_length=100, help_text="host:pid of the gateway process")
+    state = models.CharField(max_length=10, choices=State.choices)
+    consecutive_failures = models.PositiveIntegerField(default=0)
+    last_failure = models.TextField(blank=True, default="")
+    retry_at = models.DateTimeField(null=True, blank=True, help_text="When an open circuit lets a probe through")
+    changed_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["provider", "process"]
+        constraints = [models.UniqueConstraint(fields=["provider", "process"], name="provider_circuit_per_process")]
+
+    def __str__(self) -> str:
+        return f"{self.provider_id} @ {self.process}: {self.state}"
+
+
 class Model(models.Model):
     """A model exposed under ``name`` and called upstream as ``upstream_id``.
 

@@ -169,7 +169,7 @@ async def _save(state, call, plan: CachePlan, response: dict) -> None:
         )
     finally:
         _forget(state, plan)  # committed (an exact lookup finds it from now on) or failed
-    if vector is None and plan.fp.prompt_text:
+    if vector is None and plan.fp.prompt_text and state.semantic_possible(call.key):
         # Saved for exact hits at once; semantic hits once the model (still loading) embeds it.
         await state.embedder_loaded()
         await state.cache.embed_later(tenant_id=call.key.tenant_id, namespace=plan.namespace,

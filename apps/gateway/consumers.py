@@ -37,7 +37,15 @@ import orjson
 from channels.generic.websocket import AsyncWebsocketConsumer
 from django.conf import settings
 
-from apps.gateway.errors import AuthenticationFailed, BadRequest, GatewayError, NotFound, PayloadTooLarge, RateLimited
+from apps.gateway.errors import (
+    AuthenticationFailed,
+    BadRequest,
+    GatewayError,
+    NotFound,
+    PayloadTooLarge,
+    RateLimited,
+    ServerShuttingDown,
+)
 from apps.gateway.events import ChatRun, error_event
 from apps.gateway.live import live_group, live_publish, live_usage_event
 from apps.gateway.playground_auth import playground_key_prefix, staff_user_from_cookies
@@ -238,6 +246,9 @@ class ChatConsumer(AsyncWebsocketConsumer):
         if request_id in self.runs:
             await self._error(request_id, BadRequest(f"A request with id '{request_id}' is in flight.", param="id"))
             return
+        if self.gateway_state.draining:
+            await self._error(request_id, ServerShuttingDown())
+            return
         if len(self.runs) >= settings.WEBSOCKET_MAX_IN_FLIGHT:
             await self._error(request_id, RateLimited(
                 f"At most {settings.WEBSOCKET_MAX_IN_FLIGHT} requests may be in flight on one socket."))
@@ -259,6 +270,12 @@ class ChatConsumer(AsyncWebsocketConsumer):
                       namespace=options["cache_namespace"], tags=options["tags"])
         task = asyncio.ensure_future(self._run(run))
         self.runs[request_id] = (task, run)
+        # Counted until the task is done, even one cancelled before it ever ran.
+        self.gateway_state.socket_runs += 1
+        task.add_done_callback(self._run_counted_out)
+
+    def _run_counted_out(self, task: asyncio.Task) -> None:
+        self.gateway_state.socket_runs -= 1
 
     async def _run(self, run: ChatRun) -> None:
         events = run.events()
@@ -277,6 +294,9 @@ class ChatConsumer(AsyncWebsocketConsumer):
         except Exception:
             if not self.closing:
                 logger.exception("websocket request failed", extra={"id": run.id})
+                # Every request ends with a done or an error event, even one the gateway failed.
+                with contextlib.suppress(Exception):
+                    await self.send(text_data=_dumps(error_event(run.id, GatewayError())))
         finally:
             self.runs.pop(run.id, None)
             self.cancelled.discard(run.id)

@@ -14,6 +14,8 @@
     │   └── BudgetExceeded (429, budget_exceeded)
     ├── UpstreamError (502, upstream_error)
     ├── LimitsUnavailable (503, limits_unavailable)
+    ├── UpstreamUnavailable (503, upstream_unavailable; carries Retry-After)
+    ├── ServerShuttingDown (503, server_shutdown)
     └── UpstreamTimeout (504, upstream_timeout)
 
 Views and consumers raise; :func:`error_body` renders ``{"error": {"message", "type",
@@ -89,10 +91,19 @@ class ModelNotFound(NotFound):
 
 
 class MethodNotAllowed(GatewayError):
+    """Carries the ``Allow`` header RFC 9110 requires on a 405: the methods the path takes."""
+
     status = 405
     type = "invalid_request_error"
     code = "method_not_allowed"
     default_message = "Method not allowed on this endpoint."
+
+    def __init__(self, message: str | None = None, *, allowed: tuple[str, ...] = (), **kwargs) -> None:
+        if message is None and allowed:
+            message = f"Method not allowed on this endpoint; it takes {', '.join(allowed)}."
+        super().__init__(message, **kwargs)
+        if allowed:
+            self.headers["Allow"] = ", ".join(allowed)
 
 
 class Conflict(GatewayError):
@@ -139,6 +150,19 @@ class UpstreamTimeout(UpstreamError):
     status = 504
     code = "upstream_timeout"
     default_message = "The upstream did not answer in time."
+
+
+class UpstreamUnavailable(GatewayError):
+    status = 503
+    type = "api_error"
+    code = "upstream_unavailable"
+    default_message = "Every upstream for this request is failing; retry after the cooldown."
+
+
+class ServerShuttingDown(GatewayError):
+    status = 503
+    code = "server_shutdown"
+    default_message = "This server is shutting down; send the request again on a new connection."
 
 
 def error_body(error: GatewayError) -> bytes:

@@ -90,7 +90,9 @@ class ChatRun:
         try:
             body = dict(self.body)
             body["stream"] = True
-            self.call, body = await pipeline.chat_prepare(state, self.key, orjson.dumps(body), started=self.started,
+            # The parsed body goes in as it is: the validator refuses what no JSON writer takes
+            # (a body nested past orjson's limit), which serializing it first would crash on.
+            self.call, body = await pipeline.chat_prepare(state, self.key, body, started=self.started,
                                                           tags_header=self.tags)
         except GatewayError as error:
             yield error_event(self.id, error)
@@ -117,7 +119,7 @@ class ChatRun:
             if call.upstream_started is None or call.model is None:
                 # Cancelled while waiting for the cache or the upstream's first byte: nothing
                 # was produced, nothing is billed, but the request is on record.
-                call.status, call.error_code = 499, "client_closed_request"
+                call.status, call.error_code = pipeline.cut_short_status(state)
                 call.log(state)
             raise
         finally:

@@ -11,6 +11,7 @@ in-flight requests) flushes the usage buffer.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 
@@ -74,6 +75,7 @@ class GatewayHTTP:
             if message["type"] == "lifespan.startup":
                 try:
                     await state.start()
+                    state.drain_on_sigterm()
                 except Exception as exc:
                     logger.exception("gateway start-up failed")
                     await send({"type": "lifespan.startup.failed", "message": str(exc)})
@@ -101,18 +103,18 @@ class GatewayHTTP:
             method = scope["method"]
             if path == "/v1/models":
                 if method != "GET":
-                    raise MethodNotAllowed()
+                    raise MethodNotAllowed(allowed=("GET",))
                 await json_send(send, 200, pipeline.models_list(state, key))
                 return
             if path == "/v1/cache/stats":
                 if method != "GET":
-                    raise MethodNotAllowed()
+                    raise MethodNotAllowed(allowed=("GET",))
                 stats = await state.cache.stats(key.tenant_id)
                 stats["semantic_ready"] = state.semantic_ready(key)
                 await json_send(send, 200, orjson.dumps(stats))
                 return
             if method != "POST":
-                raise MethodNotAllowed()
+                raise MethodNotAllowed(allowed=("POST",))
             if path == "/v1/cache/clear":
                 deleted = await state.cache.clear(key.tenant_id)
                 await json_send(send, 200, orjson.dumps({"object": "cache.cleared", "deleted": deleted}))
@@ -158,13 +160,15 @@ class GatewayHTTP:
         from apps.gateway import metrics
 
         if scope["method"] != "GET":
-            raise MethodNotAllowed()
+            raise MethodNotAllowed(allowed=("GET",))
         authorization = header(scope, b"authorization")
         if not metrics.allowed(scope, authorization.encode("latin-1") if authorization else None,
                                settings.METRICS_TOKEN):
             raise Forbidden("/metrics needs 'Authorization: Bearer <METRICS_TOKEN>' (or, without a token set, "
                             "a client on the loopback interface).")
-        body, content_type = metrics.exposition(len(state.usage), state.usage.written)
+        body, content_type = metrics.exposition(
+            len(state.usage), state.usage.written, upstream_in_flight=state.pool.in_flight,
+            loop_tasks=len(asyncio.all_tasks()), circuits=state.breakers.tripped(state.snapshot))
         await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", content_type)]})
         await send({"type": "http.response.body", "body": body})
 

@@ -39,6 +39,11 @@ EMBED_BATCH = Histogram("switchyard_embedding_batch_size", "Prompts per embeddin
                         buckets=(1, 2, 4, 8, 16, 32, 64, 128), registry=REGISTRY)
 BUFFER_DEPTH = Gauge("switchyard_usage_buffer_rows", "Usage rows waiting to be written.", registry=REGISTRY)
 ROWS_WRITTEN = Gauge("switchyard_usage_rows_written", "Usage rows written by this process.", registry=REGISTRY)
+UPSTREAM_IN_FLIGHT = Gauge("switchyard_upstream_in_flight", "Upstream calls holding a connection (JSON answers "
+                           "being read and open streams).", registry=REGISTRY)
+LOOP_TASKS = Gauge("switchyard_event_loop_tasks", "Tasks alive on this process's event loop.", registry=REGISTRY)
+CIRCUIT_OPEN = Gauge("switchyard_circuit_open", "1 while this process's circuit breaker for the provider is open "
+                     "or probing.", ["provider"], registry=REGISTRY)
 
 
 def rows_observe(rows: list[dict], tenant_names: dict[int, str], providers: dict[str, str]) -> None:
@@ -78,7 +83,12 @@ def allowed(scope, authorization: bytes | None, token: str) -> bool:
         return False
 
 
-def exposition(buffer_depth: int, rows_written: int) -> tuple[bytes, bytes]:
+def exposition(buffer_depth: int, rows_written: int, *, upstream_in_flight: int = 0, loop_tasks: int = 0,
+               circuits: dict[str, bool] | None = None) -> tuple[bytes, bytes]:
     BUFFER_DEPTH.set(buffer_depth)
     ROWS_WRITTEN.set(rows_written)
+    UPSTREAM_IN_FLIGHT.set(upstream_in_flight)
+    LOOP_TASKS.set(loop_tasks)
+    for provider, tripped in (circuits or {}).items():
+        CIRCUIT_OPEN.labels(provider).set(1 if tripped else 0)
     return generate_latest(REGISTRY), CONTENT_TYPE_LATEST.encode()

@@ -32,6 +32,7 @@ from apps.gateway.errors import (
     ModelNotAllowed,
     ModelNotFound,
     UpstreamError,
+    UpstreamTimeout,
     error_body,
 )
 from apps.gateway.limits import limits_refusal_raise, limits_reserve, limits_settle
@@ -196,6 +197,7 @@ class Call:
             "routing_saved_cost": self._routing_saved(),
             "status_code": self.status,
             "error_code": self.error_code[:64],
+            "upstream_failures": "; ".join(self.failures)[:2000] if self.failures else "",
             "created_at": datetime.now(UTC),
         })
         if self.reservation is not None:
@@ -309,7 +311,8 @@ async def upstream_json(state: GatewayState, call: Call, attempt) -> tuple[Model
     call.upstream_started = time.perf_counter()
     try:
         model, (raw, parsed), call.failures = await with_fallbacks(
-            call.chain, attempt, retries=settings.GATEWAY_RETRIES, backoff=settings.GATEWAY_RETRY_BACKOFF)
+            call.chain, attempt, retries=settings.GATEWAY_RETRIES, backoff=settings.GATEWAY_RETRY_BACKOFF,
+            breakers=state.breakers, failures=call.failures)
     except GatewayError as exc:
         call.model = call.chain[0]
         call.upstream_ended = time.perf_counter()
@@ -387,6 +390,9 @@ class ChatStream:
         self.upstream_failed = False  # the provider sent an error event of its own (nothing to cache)
         self.transform = None  # bytes -> bytes applied to what is relayed (another API's events)
         self.error_event = _error_event  # renders the event that ends a stream failing mid-way
+        # Who cut the stream short, when a door knows (the HTTP relay does); None: guess from
+        # whether the server is draining (a WebSocket closed under it).
+        self.ended_by_server: bool | None = None
 
     def _keep(self, data: bytes) -> None:
         if self.kept_bytes < _MAX_KEPT_STREAM_BYTES:
@@ -480,19 +486,23 @@ class ChatStream:
             if not self.done:
                 error = UpstreamError("The upstream stream ended before it finished.", code="upstream_stream_cut")
         except (aiohttp.ClientError, TimeoutError) as exc:
-            kind = "upstream_timeout" if isinstance(exc, TimeoutError) else "upstream_stream_cut"
-            error = UpstreamError(f"The upstream stream failed mid-way ({type(exc).__name__}).", code=kind)
+            message = f"The upstream stream failed mid-way ({type(exc).__name__})."
+            error = UpstreamTimeout(message) if isinstance(exc, TimeoutError) else UpstreamError(
+                message, code="upstream_stream_cut")
         finally:
             await self.opened.close()
             if error is None and not self.done:
-                # The consumer stopped early (client gone, cancel): bill what was produced.
-                call.status, call.error_code = 499, "client_closed_request"
+                # The consumer stopped early (client gone, or the server's shutdown deadline
+                # passed): bill what was produced.
+                call.status, call.error_code = cut_short_status(self.state, server=self.ended_by_server)
                 self._settle()
                 self._log()
                 if self.on_complete is not None:
                     self.on_complete(None)
         if error is not None:
             call.status, call.error_code = error.status, error.code
+            call.failures.append(f"{call.model.name}: {error.message}")
+            self.state.breakers.failed(call.model.provider, error.message)
             self._settle()
             self._log()
             if self.on_complete is not None:
@@ -507,6 +517,14 @@ class ChatStream:
         if not self.finished:
             self.finished = True
             self.call.log(self.state)
+
+
+def cut_short_status(state: GatewayState, *, server: bool | None = None) -> tuple[int, str]:
+    """Status and code of a request stopped before its end: by the server's shutdown, or by the
+    client leaving. ``server`` says which when the door knows; else a draining server is blamed."""
+    if server or (server is None and state.draining):
+        return 503, "server_shutdown"
+    return 499, "client_closed_request"
 
 
 def _error_event(error: GatewayError) -> bytes:
@@ -531,7 +549,8 @@ async def upstream_stream_open(state: GatewayState, call: Call, attempt) -> Open
     call.upstream_started = time.perf_counter()
     try:
         model, opened, call.failures = await with_fallbacks(
-            call.chain, attempt, retries=settings.GATEWAY_RETRIES, backoff=settings.GATEWAY_RETRY_BACKOFF)
+            call.chain, attempt, retries=settings.GATEWAY_RETRIES, backoff=settings.GATEWAY_RETRY_BACKOFF,
+            breakers=state.breakers, failures=call.failures)
     except GatewayError as exc:
         call.model = call.chain[0]
         call.status, call.error_code = exc.status, exc.code
@@ -567,7 +586,8 @@ async def embeddings(state: GatewayState, key: KeyInfo, raw: bytes | dict, *, st
     call.upstream_started = time.perf_counter()
     try:
         model, (raw_answer, parsed), call.failures = await with_fallbacks(
-            call.chain, attempt, retries=settings.GATEWAY_RETRIES, backoff=settings.GATEWAY_RETRY_BACKOFF)
+            call.chain, attempt, retries=settings.GATEWAY_RETRIES, backoff=settings.GATEWAY_RETRY_BACKOFF,
+            breakers=state.breakers, failures=call.failures)
     except GatewayError as exc:
         call.model = call.chain[0]
         call.status, call.error_code = exc.status, exc.code

@@ -23,7 +23,7 @@ class ProviderInfo:
     name: str
     kind: str
     base_url: str
-    credential: str
+    credential: str = field(repr=False)  # a secret: never in a repr, and so never in a log or traceback
     timeout: float
     max_concurrency: int
 

@@ -9,11 +9,18 @@ import concurrent.futures
 import hashlib
 import hmac
 import logging
+import os
+import signal
+import socket
 import time
+from datetime import UTC, datetime, timedelta
+from functools import partial
 
 from django.conf import settings
 
+from apps.catalog.services import circuit_report, circuits_forget
 from apps.gateway import tokens
+from apps.gateway.breaker import OPEN, Breakers
 from apps.gateway.bus import config_changes_listen
 from apps.gateway.errors import AuthenticationFailed
 from apps.gateway.snapshot import KeyInfo, Snapshot, key_info_load, snapshot_load
@@ -34,6 +41,12 @@ class GatewayState:
         self.tenant_slugs: dict[int, str] = {}  # for metric labels; survives key-cache reloads
         self.generation = 0
         self.pool = UpstreamPool()
+        self.breakers = Breakers(threshold=settings.CIRCUIT_FAILURES, cooldown=settings.CIRCUIT_COOLDOWN,
+                                 on_change=self._circuit_changed)
+        self.process_name = f"{socket.gethostname()}:{os.getpid()}"
+        self._circuit_lock: asyncio.Lock | None = None
+        self.draining = False  # SIGTERM received: requests cut from here on are the server's doing
+        self.socket_runs = 0  # requests in flight on WebSockets
         self.usage = UsageBuffer(interval=settings.USAGE_FLUSH_INTERVAL, max_rows=settings.USAGE_FLUSH_ROWS)
         self.usage.observer = self._rows_observe
         self._started = False
@@ -101,11 +114,64 @@ class GatewayState:
             await asyncio.wait(self._background, timeout=10)
         await self.usage.close()
         await self.pool.close()
+        if self.breakers.reported:
+            await asyncio.get_running_loop().run_in_executor(
+                self._db_executor, partial(circuits_forget, process=self.process_name))
         if self.cache is not None:
             await self.cache.close()
         if self.limiter is not None:
             await self.limiter.close()
         self._started = False
+
+    def drain_on_sigterm(self) -> None:
+        """On SIGTERM, let WebSocket requests finish before the server's own handler runs.
+
+        The server (uvicorn) stops accepting and waits for HTTP requests, but closes WebSockets
+        at once (1012). So the first SIGTERM is noted here: sockets take no new request (an error
+        event says to reconnect) and, once those in flight have finished or
+        ``WEBSOCKET_DRAIN_SECONDS`` have passed, the server's handler takes over. A second SIGTERM
+        goes straight to it. Requests cut short after SIGTERM are logged as the server's doing.
+        """
+        previous = signal.getsignal(signal.SIGTERM)
+        if not callable(previous):
+            return
+        loop = asyncio.get_running_loop()
+
+        def on_sigterm(signum, frame) -> None:
+            if self.draining:
+                previous(signum, frame)
+                return
+            self.draining = True
+            loop.call_soon_threadsafe(lambda: self.spawn(self._sockets_drain(previous, signum, frame)))
+
+        try:
+            signal.signal(signal.SIGTERM, on_sigterm)
+        except ValueError:
+            pass  # not the main thread (an embedded server): the server's handler alone
+
+    async def _sockets_drain(self, then, signum, frame) -> None:
+        deadline = time.monotonic() + settings.WEBSOCKET_DRAIN_SECONDS
+        # Polled: runs start and end in many consumers, and this runs once per process lifetime.
+        while self.socket_runs > 0 and time.monotonic() < deadline:  # noqa: ASYNC110
+            await asyncio.sleep(0.02)
+        then(signum, frame)
+
+    def _circuit_changed(self, provider, circuit) -> None:
+        """Report a breaker's transition to the database, off the request path and in order."""
+        retry_at = None
+        if circuit.state == OPEN:
+            retry_at = datetime.now(UTC) + timedelta(seconds=max(circuit.retry_at - time.monotonic(), 0.0))
+        report = partial(circuit_report, provider_id=provider.id, process=self.process_name, state=circuit.state,
+                         consecutive_failures=circuit.failures, last_failure=circuit.last_failure,
+                         retry_at=retry_at, changed_at=datetime.now(UTC))
+        logger.warning("circuit for provider %s is now %s (%s)", provider.name, circuit.state, circuit.last_failure)
+        self.spawn(self._circuit_write(report))
+
+    async def _circuit_write(self, report) -> None:
+        if self._circuit_lock is None:
+            self._circuit_lock = asyncio.Lock()
+        async with self._circuit_lock:  # FIFO: the last transition is the one left in the table
+            await asyncio.get_running_loop().run_in_executor(self._db_executor, report)
 
     def spawn(self, coroutine) -> None:
         """Run work off the response path; shutdown waits for it."""
@@ -135,6 +201,11 @@ class GatewayState:
 
     def semantic_ready(self, key) -> bool:
         return self.batcher_for(key) is not self.batcher or self.embedder_ready()
+
+    def semantic_possible(self, key) -> bool:
+        """Can this key's prompts ever be embedded here: its tenant's own embeddings model, or the
+        local model unless ``CACHE_LOCAL_EMBEDDER`` is off (then the cache is exact-only)."""
+        return self.batcher_for(key) is not self.batcher or settings.CACHE_LOCAL_EMBEDDER
 
     def embedder_ready(self) -> bool:
         return self._embedder_task is not None and self._embedder_task.done() and not (

@@ -9,7 +9,8 @@ retries with backoff, then the ordered fallbacks.
                                returned to the client as it came
 
 When every attempt failed, the client gets 429 (with Retry-After) if every provider was
-rate-limiting, 504 if the last failure was a timeout, 502 otherwise.
+rate-limiting, 504 if the last failure was a timeout, 502 otherwise; 503 (with Retry-After) when
+every provider's circuit breaker was open (:mod:`apps.gateway.breaker`) so none was tried.
 
 The OpenAI SDK is not used here: plain aiohttp measured several times faster on this path.
 """
@@ -18,12 +19,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 from dataclasses import dataclass
 
 import aiohttp
 import orjson
 
-from apps.gateway.errors import RateLimited, UpstreamError, UpstreamTimeout
+from apps.gateway.breaker import Breakers
+from apps.gateway.errors import RateLimited, UpstreamError, UpstreamTimeout, UpstreamUnavailable
 
 logger = logging.getLogger(__name__)
 
@@ -63,6 +66,7 @@ class UpstreamPool:
     def __init__(self) -> None:
         self._sessions: dict[int, aiohttp.ClientSession] = {}
         self._limits: dict[int, tuple[int, asyncio.Semaphore]] = {}
+        self.in_flight = 0  # upstream calls holding a concurrency slot (JSON or open streams)
 
     def session(self, provider) -> aiohttp.ClientSession:
         session = self._sessions.get(provider.id)
@@ -113,9 +117,12 @@ def _retry_after(response: aiohttp.ClientResponse) -> float | None:
         return None
 
 
-async def _classify_status(response: aiohttp.ClientResponse) -> None:
-    """Raise for a non-200 answer: retryable failure or client error."""
+async def _classify_status(response: aiohttp.ClientResponse, provider) -> None:
+    """Raise for a non-200 answer: retryable failure or client error (whose body, passed back to
+    the client, never carries our credential even when the provider echoes it)."""
     body = await response.read()
+    if provider.credential and provider.credential.encode() in body:
+        body = body.replace(provider.credential.encode(), b"[redacted]")
     if response.status in RETRYABLE_STATUSES or response.status >= 500:
         raise UpstreamFailure(f"status {response.status}", status=response.status,
                               retry_after=_retry_after(response))
@@ -139,18 +146,21 @@ async def post_json(pool: UpstreamPool, model, path: str, body: bytes,
     provider's own, e.g. the client's ``anthropic-beta``)."""
     provider = model.provider
     async with pool.limit(provider):
+        pool.in_flight += 1
         try:
             async with pool.session(provider).post(
                 provider.base_url + path, data=body, headers=_headers(provider, headers),
                 timeout=_client_timeout(provider, stream=False),
             ) as response:
                 if response.status != 200:
-                    await _classify_status(response)
+                    await _classify_status(response, provider)
                 raw = await response.read()
         except TimeoutError as exc:
             raise UpstreamFailure("timeout", timeout=True) from exc
         except aiohttp.ClientError as exc:
             raise UpstreamFailure(f"connection: {type(exc).__name__}") from exc
+        finally:
+            pool.in_flight -= 1
     try:
         parsed = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
@@ -168,10 +178,35 @@ class OpenStream:
     response: aiohttp.ClientResponse
     first: bytes
     release: object  # the semaphore to release when the stream ends
+    pool: UpstreamPool
 
     async def close(self) -> None:
         self.response.release()
         self.release.release()
+        self.pool.in_flight -= 1
+
+
+_SSE_FIELDS = (b"data:", b"event:", b":", b"id:", b"retry:")
+
+
+def _stream_start_check(first: bytes) -> None:
+    """Refuse a stream whose first bytes are not server-sent events, or whose first event's data
+    is not JSON, while falling back is still possible (one parse per stream, not per chunk)."""
+    head = first.lstrip(b"\r\n")
+    if not head.startswith(_SSE_FIELDS):
+        raise UpstreamFailure("stream is not server-sent events")
+    end = head.find(b"\n\n")
+    if end < 0:
+        return
+    for line in head[:end].split(b"\n"):
+        if line.startswith(b"data:"):
+            data = line[5:].strip()
+            if data and data != b"[DONE]":
+                try:
+                    orjson.loads(data)
+                except orjson.JSONDecodeError as exc:
+                    raise UpstreamFailure("invalid JSON in the stream") from exc
+            return
 
 
 async def open_stream(pool: UpstreamPool, model, path: str, body: bytes,
@@ -180,6 +215,7 @@ async def open_stream(pool: UpstreamPool, model, path: str, body: bytes,
     provider = model.provider
     limit = pool.limit(provider)
     await limit.acquire()
+    pool.in_flight += 1
     response = None
     try:
         response = await pool.session(provider).post(
@@ -187,15 +223,17 @@ async def open_stream(pool: UpstreamPool, model, path: str, body: bytes,
             timeout=_client_timeout(provider, stream=True),
         )
         if response.status != 200:
-            await _classify_status(response)
+            await _classify_status(response, provider)
         first = await response.content.readany()
         if not first:
             raise UpstreamFailure("stream closed before its first byte")
-        return OpenStream(model=model, response=response, first=first, release=limit)
+        _stream_start_check(first)
+        return OpenStream(model=model, response=response, first=first, release=limit, pool=pool)
     except BaseException as exc:
         if response is not None:
             response.release()
         limit.release()
+        pool.in_flight -= 1
         if isinstance(exc, TimeoutError):
             raise UpstreamFailure("timeout before the first byte", timeout=True) from exc
         if isinstance(exc, aiohttp.ClientError):
@@ -203,34 +241,66 @@ async def open_stream(pool: UpstreamPool, model, path: str, body: bytes,
         raise
 
 
-async def with_fallbacks(chain, call, *, retries: int, backoff: float):
+async def with_fallbacks(chain, call, *, retries: int, backoff: float, breakers: Breakers | None = None,
+                         failures: list[str] | None = None):
     """Run ``call(model)`` over the chain: each model ``1 + retries`` times, then the next.
 
     Returns ``(model, result, failures)``; raises :class:`UpstreamError` (or
-    :class:`UpstreamTimeout` when the last failure was a timeout) when every attempt failed.
-    A client error stops at once.
+    :class:`UpstreamTimeout` when the last failure was a timeout) when every attempt failed, and
+    :class:`UpstreamUnavailable` when every provider's circuit was open so nothing was tried.
+    A client error stops at once. With ``breakers``, a provider whose circuit is open is skipped
+    and every outcome is reported to its circuit. Each failure is appended to ``failures`` (when
+    given) as it happens, so the caller has them whether or not an attempt succeeded.
     """
-    failures: list[str] = []
+    failures = [] if failures is None else failures
     last: UpstreamFailure | None = None
     all_rate_limited = True
     retry_after: float | None = None
+    skipped = []
     for model in chain:
+        provider = model.provider
+        if breakers is not None and not breakers.admit(provider):
+            failures.append(f"{model.name}: circuit open")
+            skipped.append(provider)
+            continue
         for attempt in range(retries + 1):
             try:
-                return model, await call(model), failures
+                result = await call(model)
             except UpstreamFailure as exc:
                 last = exc
                 failures.append(f"{model.name}: {exc.reason}")
                 if exc.status == 429:
                     retry_after = max(retry_after or 0.0, exc.retry_after or 1.0)
+                    if breakers is not None:
+                        breakers.released(provider)
                 else:
                     all_rate_limited = False
+                    if breakers is not None:
+                        breakers.failed(provider, exc.reason)
+                        if breakers.is_open(provider):
+                            break  # no more tries on a provider just found down
                 if attempt < retries:
                     delay = backoff * (2 ** attempt)
                     if exc.retry_after is not None:
                         delay = min(max(delay, exc.retry_after), 2.0)
                     await asyncio.sleep(delay)
+                continue
+            except UpstreamClientError:
+                if breakers is not None:
+                    breakers.succeeded(provider)  # it answered: the provider is up
+                raise
+            except BaseException:
+                if breakers is not None:
+                    breakers.released(provider)
+                raise
+            if breakers is not None:
+                breakers.succeeded(provider)
+            return model, result, failures
     detail = "; ".join(failures[-4:])
+    if last is None and skipped:
+        seconds = str(max(math.ceil(breakers.retry_in(skipped)), 1))
+        raise UpstreamUnavailable(f"Every upstream for this request is failing and paused for a cooldown "
+                                  f"({detail}).", headers={"Retry-After": seconds})
     if last is not None and all_rate_limited:
         seconds = str(max(int(retry_after or 1), 1))
         raise RateLimited(f"Every upstream for this request is rate-limiting it ({detail}).",

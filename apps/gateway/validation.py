@@ -1,5 +1,22 @@
-"""Checks of OpenAI-shaped request bodies. Each failure is a :class:`BadRequest` naming the
-offending parameter; unknown fields pass through to the provider untouched."""
+"""Checks of OpenAI-shaped request bodies, refused as OpenAI refuses them.
+
+Each failure is a :class:`BadRequest` naming the offending parameter (``param``) with one of
+OpenAI's codes:
+
+    invalid_json                 not JSON, not UTF-8, or not an object
+    nesting_too_deep             arrays and objects nested more than MAX_NESTING levels
+    unknown_parameter            a top-level field OpenAI's API does not define
+    missing_required_parameter   no ``model``, ``messages`` or ``input``
+    invalid_type                 a field of the wrong JSON type
+    invalid_value / empty_array  a value the field cannot take
+    integer_below_min_value, integer_above_max_value, decimal_below_min_value,
+    decimal_above_max_value      a number out of the field's range
+
+Unknown fields are refused rather than passed on, as OpenAI does, so a typo (``max_token``)
+is an error instead of a silently ignored setting; the allow-lists below hold every field the
+API takes, and the fields Switchyard reads itself are among them (``metadata.tags`` for
+routing, ``user`` for per-user cache namespaces).
+"""
 
 from __future__ import annotations
 
@@ -9,103 +26,263 @@ from apps.gateway.errors import BadRequest
 
 ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
 
+# orjson refuses to write values nested 255 levels deep, and the cache and the Messages
+# translation wrap parts of a body a few levels deeper, so bodies are held well below that.
+MAX_NESTING = 64
+
+# Every top-level field of OpenAI's chat completion request, with the JSON types it may have
+# (None: checked below with its range, or any JSON value). ``null`` is accepted for each, as
+# "not set".
+CHAT_FIELDS: dict[str, tuple[type, ...] | None] = {
+    "messages": None, "model": None,
+    "audio": (dict,), "frequency_penalty": None, "function_call": (str, dict), "functions": (list,),
+    "logit_bias": (dict,), "logprobs": (bool,), "max_completion_tokens": None, "max_tokens": None,
+    "metadata": (dict,), "modalities": (list,), "moderation": (dict,), "n": None, "parallel_tool_calls": (bool,),
+    "prediction": (dict,), "presence_penalty": None, "prompt_cache_key": (str,), "prompt_cache_options": (dict,),
+    "prompt_cache_retention": (str,), "reasoning_effort": (str,), "response_format": (dict,),
+    "safety_identifier": (str,), "seed": None, "service_tier": (str,), "stop": (str, list), "store": (bool,),
+    "stream": (bool,), "stream_options": (dict,), "temperature": None, "tool_choice": (str, dict), "tools": (list,),
+    "top_logprobs": None, "top_p": None, "user": (str,), "verbosity": (str,), "web_search_options": (dict,),
+}
+EMBEDDINGS_FIELDS: dict[str, tuple[type, ...] | None] = {
+    "input": None, "model": None, "dimensions": None, "encoding_format": (str,), "user": (str,),
+}
+# The largest value a 64-bit provider-side integer field takes; anything above is refused here.
+_INT_MAX = 2**63 - 1
+
+_TYPE_NAMES = {str: "a string", bool: "a boolean", dict: "an object", list: "an array"}
+
+
+def json_type(value) -> str:
+    """The JSON type of a parsed value, as error messages name it."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int):
+        return "an integer"
+    if isinstance(value, float):
+        return "a number"
+    return _TYPE_NAMES.get(type(value), "a value")
+
+
+def invalid_type(param: str, expected: str, value) -> BadRequest:
+    """The refusal of a field of the wrong JSON type, worded as OpenAI words it."""
+    return BadRequest(f"Invalid type for '{param}': expected {expected}, but got {json_type(value)} instead.",
+                      param=param, code="invalid_type")
+
+
+def missing(param: str) -> BadRequest:
+    """The refusal of a request without a field it needs."""
+    return BadRequest(f"Missing required parameter: '{param}'.", param=param, code="missing_required_parameter")
+
 
 def body_parse(raw: bytes) -> dict:
     """Decode a JSON object body."""
     if not raw:
-        raise BadRequest("The request body is empty; send a JSON object.")
+        raise BadRequest("The request body is empty; send a JSON object.", code="invalid_json")
     try:
         body = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
-        raise BadRequest(f"The request body is not valid JSON: {exc}") from exc
+        reason = str(exc)
+        if "depth limit" in reason:
+            raise _too_deep() from None
+        if "UTF-8" in reason:
+            raise BadRequest("The request body is not valid UTF-8.", code="invalid_json") from None
+        raise BadRequest(f"The request body is not valid JSON: {reason}", code="invalid_json") from None
     if not isinstance(body, dict):
-        raise BadRequest("The request body must be a JSON object.")
+        raise BadRequest(f"The request body must be a JSON object, not {json_type(body)}.", code="invalid_json")
     return body
 
 
+def _too_deep() -> BadRequest:
+    return BadRequest(f"The request body nests arrays and objects more than {MAX_NESTING} levels deep.",
+                      code="nesting_too_deep")
+
+
+def nesting_check(body: dict) -> None:
+    """Refuse a body nested more than :data:`MAX_NESTING` levels (the body itself is level 1).
+
+    One pass over the containers, strings and numbers untouched: a few microseconds for a
+    usual request, about one per message of a long conversation."""
+    stack = [(body, 1)]
+    pop, push = stack.pop, stack.append
+    while stack:
+        node, depth = pop()
+        if depth > MAX_NESTING:
+            raise _too_deep()
+        for child in node.values() if isinstance(node, dict) else node:
+            if isinstance(child, dict | list):
+                push((child, depth + 1))
+
+
+def nul_check(value, param: str | None) -> None:
+    """Refuse a NUL character in any string of ``value`` (object keys too): Postgres text and
+    jsonb cannot hold one, so what is stored must not carry it."""
+    stack = [value]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, str):
+            if "\x00" in node:
+                raise BadRequest(f"'{param}' may not contain NUL characters (\\u0000)." if param else
+                                 "The request may not contain NUL characters (\\u0000).", param=param,
+                                 code="invalid_value")
+        elif isinstance(node, dict):
+            stack.extend(node)
+            stack.extend(node.values())
+        elif isinstance(node, list):
+            stack.extend(node)
+
+
+def fields_check(body: dict, fields: dict[str, tuple[type, ...] | None]) -> None:
+    """Refuse unknown top-level fields, and known ones of the wrong JSON type."""
+    for name, value in body.items():
+        if name not in fields:
+            name = name[:200]  # echoed in the answer: a megabyte-long key is cut short
+            raise BadRequest(f"Unrecognized request argument supplied: {name}", param=name, code="unknown_parameter")
+        types = fields[name]
+        if types is not None and value is not None and not isinstance(value, types):
+            raise invalid_type(name, " or ".join(_TYPE_NAMES[t] for t in types), value)
+
+
 def is_int(value) -> bool:
+    """A JSON integer (``true`` is not one, though Python's bool is an int)."""
     return isinstance(value, int) and not isinstance(value, bool)
 
 
 def is_number(value) -> bool:
+    """A JSON number, integer or not (booleans excluded)."""
     return isinstance(value, int | float) and not isinstance(value, bool)
 
 
-def _check_number(body: dict, name: str, low: float, high: float) -> None:
+def _range_error(name: str, kind: str, value, low, high) -> BadRequest:
+    if value < low:
+        return BadRequest(f"Invalid '{name}': {kind} below minimum value. Expected a value >= {low}, "
+                          f"but got {value} instead.", param=name, code=f"{kind}_below_min_value")
+    return BadRequest(f"Invalid '{name}': {kind} above maximum value. Expected a value <= {high}, "
+                      f"but got {value} instead.", param=name, code=f"{kind}_above_max_value")
+
+
+def number_check(body: dict, name: str, low: float, high: float) -> None:
+    """``body[name]``, when set, is a number from ``low`` to ``high``."""
     value = body.get(name)
     if value is None:
         return
-    if not is_number(value) or not low <= value <= high:
-        raise BadRequest(f"'{name}' must be a number between {low:g} and {high:g}.", param=name)
+    if not is_number(value):
+        raise invalid_type(name, "a number", value)
+    if not low <= value <= high:
+        raise _range_error(name, "decimal", value, low, high)
 
 
-def _check_int(body: dict, name: str, low: int, high: int) -> None:
+def int_check(body: dict, name: str, low: int, high: int) -> None:
+    """``body[name]``, when set, is an integer from ``low`` to ``high``."""
     value = body.get(name)
     if value is None:
         return
-    if not is_int(value) or not low <= value <= high:
-        raise BadRequest(f"'{name}' must be an integer between {low} and {high}.", param=name)
+    if not is_int(value):
+        # JSON has one number type: an integer too large for 64 bits reaches here as a float
+        # (1e30), and is out of range rather than of the wrong type.
+        if isinstance(value, float) and value.is_integer() and not low <= value <= high:
+            raise _range_error(name, "integer", value, low, high)
+        raise invalid_type(name, "an integer", value)
+    if not low <= value <= high:
+        raise _range_error(name, "integer", value, low, high)
 
 
 def model_field(body: dict) -> str:
+    """The requested model's name, stripped."""
     model = body.get("model")
-    if not isinstance(model, str) or not model.strip():
-        raise BadRequest("'model' is required: a model name or 'auto'.", param="model")
+    if model is None:
+        raise missing("model")
+    if not isinstance(model, str):
+        raise invalid_type("model", "a string", model)
+    if not model.strip():
+        raise BadRequest("'model' must be a model name or 'auto'.", param="model", code="invalid_value")
     return model.strip()
+
+
+def _content_check(content, param: str) -> None:
+    if isinstance(content, str):
+        return
+    if not isinstance(content, list):
+        raise invalid_type(param, "a string or an array of content parts", content)
+    for index, part in enumerate(content):
+        where = f"{param}[{index}]"
+        if not isinstance(part, dict):
+            raise invalid_type(where, "an object", part)
+        kind = part.get("type")
+        if not isinstance(kind, str):
+            raise (missing(f"{where}.type") if kind is None else invalid_type(f"{where}.type", "a string", kind))
+        if kind == "text" and not isinstance(part.get("text"), str):
+            raise invalid_type(f"{where}.text", "a string", part.get("text"))
+
+
+def _messages_check(messages) -> None:
+    if messages is None:
+        raise missing("messages")
+    if not isinstance(messages, list):
+        raise invalid_type("messages", "an array of objects", messages)
+    if not messages:
+        raise BadRequest("Invalid 'messages': empty array. Expected an array with minimum length 1.",
+                         param="messages", code="empty_array")
+    for index, message in enumerate(messages):
+        param = f"messages[{index}]"
+        if not isinstance(message, dict):
+            raise invalid_type(param, "an object", message)
+        role = message.get("role")
+        if not isinstance(role, str) or role not in ROLES:  # an object or array is not hashable
+            raise BadRequest(f"Invalid value for '{param}.role': expected one of {', '.join(sorted(ROLES))}.",
+                             param=f"{param}.role", code="invalid_value")
+        content = message.get("content")
+        if content is None:
+            if role not in ("assistant", "function") and not message.get("tool_calls"):
+                raise missing(f"{param}.content")
+        else:
+            _content_check(content, f"{param}.content")
 
 
 def chat_body_validate(body: dict) -> None:
     """Raise :class:`BadRequest` unless ``body`` is a well-formed chat completion request."""
+    nesting_check(body)
+    fields_check(body, CHAT_FIELDS)
     model_field(body)
-    messages = body.get("messages")
-    if not isinstance(messages, list) or not messages:
-        raise BadRequest("'messages' must be a non-empty array.", param="messages")
-    for index, message in enumerate(messages):
-        param = f"messages[{index}]"
-        if not isinstance(message, dict):
-            raise BadRequest(f"{param} must be an object.", param=param)
-        role = message.get("role")
-        if role not in ROLES:
-            raise BadRequest(f"{param}.role must be one of {', '.join(sorted(ROLES))}.", param=f"{param}.role")
-        content = message.get("content")
-        if content is None:
-            if role not in ("assistant", "function") and not message.get("tool_calls"):
-                raise BadRequest(f"{param}.content is required.", param=f"{param}.content")
-        elif not isinstance(content, str | list):
-            raise BadRequest(f"{param}.content must be a string or an array of parts.",
-                             param=f"{param}.content")
-    stream = body.get("stream")
-    if stream is not None and not isinstance(stream, bool):
-        raise BadRequest("'stream' must be a boolean.", param="stream")
-    options = body.get("stream_options")
-    if options is not None and not isinstance(options, dict):
-        raise BadRequest("'stream_options' must be an object.", param="stream_options")
-    _check_int(body, "max_tokens", 1, 10_000_000)
-    _check_int(body, "max_completion_tokens", 1, 10_000_000)
-    _check_int(body, "n", 1, 128)
-    _check_number(body, "temperature", 0, 2)
-    _check_number(body, "top_p", 0, 1)
-    _check_number(body, "presence_penalty", -2, 2)
-    _check_number(body, "frequency_penalty", -2, 2)
-    metadata = body.get("metadata")
-    if metadata is not None and not isinstance(metadata, dict):
-        raise BadRequest("'metadata' must be an object.", param="metadata")
+    _messages_check(body.get("messages"))
+    stop = body.get("stop")
+    if isinstance(stop, list) and not all(isinstance(item, str) for item in stop):
+        raise invalid_type("stop", "a string or an array of strings", stop)
+    int_check(body, "max_tokens", 1, 10_000_000)
+    int_check(body, "max_completion_tokens", 1, 10_000_000)
+    int_check(body, "n", 1, 128)
+    int_check(body, "seed", -_INT_MAX - 1, _INT_MAX)
+    int_check(body, "top_logprobs", 0, 20)
+    number_check(body, "temperature", 0, 2)
+    number_check(body, "top_p", 0, 1)
+    number_check(body, "presence_penalty", -2, 2)
+    number_check(body, "frequency_penalty", -2, 2)
+
+
+def _input_ok(value) -> bool:
+    if isinstance(value, str):
+        return value != ""
+    return isinstance(value, list) and bool(value) and all(
+        (isinstance(item, str) and item != "") or is_int(item)
+        or (isinstance(item, list) and item and all(is_int(t) for t in item))
+        for item in value
+    )
 
 
 def embeddings_body_validate(body: dict) -> None:
+    """Raise :class:`BadRequest` unless ``body`` is a well-formed embeddings request."""
+    nesting_check(body)
+    fields_check(body, EMBEDDINGS_FIELDS)
     model_field(body)
     value = body.get("input")
-    ok = (isinstance(value, str) and value != "") or (
-        isinstance(value, list) and value and all(
-            (isinstance(item, str) and item != "") or is_int(item)
-            or (isinstance(item, list) and item and all(is_int(t) for t in item))
-            for item in value
-        )
-    )
-    if not ok:
+    if value is None:
+        raise missing("input")
+    if not _input_ok(value):
         raise BadRequest("'input' must be a non-empty string, array of strings, or array of token arrays.",
-                         param="input")
-    _check_int(body, "dimensions", 1, 65536)
+                         param="input", code="invalid_type" if not isinstance(value, str | list) else "invalid_value")
+    int_check(body, "dimensions", 1, 65536)
 
 
 def tags_from(body: dict, header: str | None) -> frozenset[str]:

@@ -59,6 +59,7 @@ async def stream_relay(stream, receive, send, headers: list) -> None:
     """Send a pipeline stream's bytes as an SSE body; a client that leaves stops it (and the
     upstream call, billed for what was produced)."""
     pieces = stream.__aiter__()
+    stream.ended_by_server = False  # unless the relay below is cancelled by the server
     await send({"type": "http.response.start", "status": 200, "headers": SSE_HEADERS + headers})
     # The first bytes are already here: send them now, before any task is scheduled.
     try:
@@ -77,6 +78,10 @@ async def stream_relay(stream, receive, send, headers: list) -> None:
     disconnect_task = asyncio.ensure_future(_disconnect_wait(receive))
     try:
         await asyncio.wait({relay_task, disconnect_task}, return_when=asyncio.FIRST_COMPLETED)
+    except asyncio.CancelledError:
+        # Not the client: the server is ending the request (its graceful shutdown ran out).
+        stream.ended_by_server = True
+        raise
     finally:
         if not relay_task.done():
             relay_task.cancel()  # the client left: stop the upstream and bill what was produced

@@ -71,6 +71,17 @@ def alert_payload(alert: BudgetAlert) -> dict:
     }
 
 
+class _NoRedirects(urllib.request.HTTPRedirectHandler):
+    """A webhook's 3xx is its answer, not an address to follow: a receiver, whoever runs it,
+    must not be able to send the worker on to another host (an internal service, say)."""
+
+    def redirect_request(self, req, fp, code, msg, headers, newurl):
+        return None  # urllib then raises HTTPError with the 3xx
+
+
+_WEBHOOK_OPENER = urllib.request.build_opener(_NoRedirects)
+
+
 def alert_webhook_send(*, alert_id: int) -> str:
     """POST the alert to its tenant's webhook. Raises :class:`WebhookFailed` to be retried."""
     alert = BudgetAlert.objects.select_related("tenant", "api_key").filter(pk=alert_id).first()
@@ -91,7 +102,8 @@ def alert_webhook_send(*, alert_id: int) -> str:
         "X-Switchyard-Signature": webhook_signature(alert.tenant.alert_webhook_secret, stamp, body)})
     BudgetAlert.objects.filter(pk=alert.pk).update(webhook_attempts=F("webhook_attempts") + 1)
     try:
-        with urllib.request.urlopen(request, timeout=settings.LIMITS_WEBHOOK_TIMEOUT) as response:  # noqa: S310 (scheme checked above)
+        # Scheme checked above; redirects are not followed.
+        with _WEBHOOK_OPENER.open(request, timeout=settings.LIMITS_WEBHOOK_TIMEOUT) as response:
             status = response.status
     except urllib.error.HTTPError as exc:
         error = f"HTTP {exc.code}"

@@ -40,7 +40,7 @@ def _range(params, now: datetime) -> tuple[str, datetime, datetime]:
 def _bars(points: list[tuple[str, float]], *, width: int = 720, height: int = 160, money: bool = True):
     """A bar chart as inline SVG."""
     if not points:
-        return mark_safe('<p class="help">No requests in this range.</p>')
+        return mark_safe('<p class="help">No requests in this range.</p>')  # nosec B308  # a constant
     top = max(value for _, value in points) or 1.0
     step = width / len(points)
     bars = format_html_join("", '<rect x="{}" y="{}" width="{}" height="{}" fill="#417690">'

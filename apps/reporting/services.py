@@ -55,7 +55,7 @@ ON CONFLICT (period, bucket, tenant_id, api_key_id, model_name, cache_outcome) D
     overhead_ms_sum = r.overhead_ms_sum + EXCLUDED.overhead_ms_sum,
     latency_histogram = ARRAY(SELECT a + b FROM unnest(r.latency_histogram, EXCLUDED.latency_histogram) AS h(a, b)),
     ttft_histogram = ARRAY(SELECT a + b FROM unnest(r.ttft_histogram, EXCLUDED.ttft_histogram) AS h(a, b))
-"""  # noqa: S608 (only constants are formatted in; values are parameters)
+"""  # noqa: S608  # nosec B608  # only constants are formatted in; values are parameters
 
 
 @transaction.atomic

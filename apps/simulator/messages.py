@@ -204,11 +204,15 @@ class MessagesAPI:
             return error_response(fault.status, f"injected fault: status {fault.status}", headers)
         if mode == "timeout":
             return await self.simulator._hang(request)
+        if mode == "slow":
+            ttft = fault.delay
         if ttft > 0:
             await asyncio.sleep(ttft)
         if not stream:
             if mode == "cut":
                 return _drop_connection(request)
+            if mode == "stall":
+                return await self.simulator.stall_json(request)
             if mode == "invalid_json":
                 return web.Response(body=NOT_JSON, content_type="application/json", headers=HEADERS)
             if mode == "garbage":
@@ -266,6 +270,9 @@ class MessagesAPI:
         for index, piece in enumerate(pieces):
             if mode == "cut" and index == min(3, len(pieces) - 1):
                 _drop_connection(request)  # mid-answer: no message_delta, no message_stop
+                return response
+            if mode == "stall" and index == min(3, len(pieces) - 1):
+                await self.simulator._hang(request)
                 return response
             if delay > 0 and index:
                 await asyncio.sleep(delay)

@@ -35,7 +35,8 @@ Knobs (command line; per request through headers)
 Faults (control API; the gateway cannot set headers on its upstream calls)
     POST   /_sim/faults  {"model": "<id>" | "*", "mode": "status" | "timeout" | "cut" |
                           "garbage" | "invalid_json" | "no_usage", "status": 500, "count": 1
-                          (-1 = until cleared), "retry_after": seconds}
+                          (-1 = until cleared), "retry_after": seconds,
+                          "delay": seconds (for "slow")}
                           queues a fault for the next matching chat or embeddings requests
                           (the oldest matching fault first)
     DELETE /_sim/faults  clear them
@@ -47,6 +48,10 @@ Faults (control API; the gateway cannot set headers on its upstream calls)
         status        that HTTP status with an OpenAI error body (and ``Retry-After`` if given)
         timeout       no answer until the client disconnects or the server shuts down (at most
                       an hour)
+        slow          the answer as usual, but its first byte after ``delay`` seconds (default 5)
+        stall         a stream sends its role chunk and three words, then nothing more with the
+                      connection open (as ``timeout`` does); otherwise the headers and the start
+                      of a JSON body, then nothing more
         cut           a stream sends its role chunk and three words, then the connection is
                       closed without the final chunk or ``[DONE]``; otherwise the connection is
                       closed with no response at all
@@ -99,7 +104,7 @@ WORDS = (
 ENDINGS = (". ", "? ", "! ", ". ")
 HEADERS = {"x-simulated-upstream": "true"}
 SSE_HEADERS = {"x-simulated-upstream": "true", "Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
-FAULT_MODES = frozenset({"status", "timeout", "cut", "garbage", "invalid_json", "no_usage"})
+FAULT_MODES = frozenset({"status", "timeout", "slow", "stall", "cut", "garbage", "invalid_json", "no_usage"})
 TIMEOUT_FAULT_SECONDS = 3600.0
 NOT_JSON = b"{this is not json"
 GARBAGE = b"this is not server-sent events\r\n\x00\xff garbage\n\n"
@@ -124,6 +129,7 @@ class Fault:
     status: int = 500
     count: int = 1
     retry_after: float | None = None
+    delay: float = 5.0  # seconds before the first byte, for ``slow``
 
 
 @dataclass
@@ -156,13 +162,15 @@ def _seed(*parts: str) -> int:
 
 
 def _message_text(messages: list) -> str:
+    """The text of string contents and of text parts (or blocks); other parts have none to count."""
     texts = []
     for message in messages:
         content = message.get("content") if isinstance(message, dict) else None
         if isinstance(content, str):
             texts.append(content)
         elif isinstance(content, list):
-            texts.extend(p.get("text", "") for p in content if isinstance(p, dict))
+            texts.extend(p["text"] for p in content
+                         if isinstance(p, dict) and p.get("type") == "text" and isinstance(p.get("text"), str))
     return "\n".join(texts)
 
 
@@ -262,7 +270,10 @@ def _fault_from_body(body: dict) -> Fault | str:
         return "'count' must be a positive number of requests, or -1 for until cleared"
     if retry_after is not None and (not isinstance(retry_after, (int, float)) or retry_after < 0):
         return "'retry_after' must be a number of seconds"
-    return Fault(model=model, mode=mode, status=status, count=count, retry_after=retry_after)
+    delay = body.get("delay", 5.0)
+    if not isinstance(delay, (int, float)) or isinstance(delay, bool) or not 0 <= delay <= TIMEOUT_FAULT_SECONDS:
+        return "'delay' must be a number of seconds"
+    return Fault(model=model, mode=mode, status=status, count=count, retry_after=retry_after, delay=float(delay))
 
 
 def _fault_status(fault: Fault) -> web.Response:
@@ -310,6 +321,16 @@ class Simulator:
                 break
             await asyncio.sleep(0.05)
         return web.Response(status=504, headers=HEADERS)
+
+    async def stall_json(self, request: web.Request) -> web.StreamResponse:
+        """Headers and the start of a JSON body, then silence with the connection left open."""
+        response = web.StreamResponse(headers=HEADERS)
+        response.content_type = "application/json"
+        response.content_length = 4096
+        await response.prepare(request)
+        await response.write(b'{"id": "chatcmpl-stalled", "object": "chat.completion", "choices": [')
+        await self._hang(request)
+        return response
 
     # --- control API -------------------------------------------------------------------
     async def faults_add(self, request: web.Request) -> web.Response:
@@ -391,11 +412,15 @@ class Simulator:
             return _fault_status(fault)
         if mode == "timeout":
             return await self._hang(request)
+        if mode == "slow":
+            ttft = fault.delay
         if ttft > 0:
             await asyncio.sleep(ttft)
         if not stream:
             if mode == "cut":
                 return _drop_connection(request)
+            if mode == "stall":
+                return await self.stall_json(request)
             if mode == "invalid_json":
                 return web.Response(body=NOT_JSON, content_type="application/json", headers=HEADERS)
             if mode == "garbage":
@@ -438,6 +463,9 @@ class Simulator:
         for index, word in enumerate(words):
             if mode == "cut" and index == min(3, len(words) - 1):
                 _drop_connection(request)  # mid-answer: no final chunk, no [DONE]
+                return response
+            if mode == "stall" and index == min(3, len(words) - 1):
+                await self._hang(request)  # mid-answer: silence, the connection left open
                 return response
             if delay > 0 and index:
                 await asyncio.sleep(delay)

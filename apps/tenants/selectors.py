@@ -27,3 +27,8 @@ def key_authenticate(raw_key: str, *, now=None) -> ApiKey | None:
     if not candidate.is_usable(now or timezone.now()):
         return None
     return candidate
+
+
+def key_prefixes(*, tenant_id: int) -> dict[int, str]:
+    """The visible prefix of each of the tenant's keys, revoked ones included, by key id."""
+    return dict(ApiKey.objects.filter(tenant_id=tenant_id).values_list("pk", "prefix"))

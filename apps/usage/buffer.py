@@ -42,7 +42,12 @@ def _rows_copy(rows: list[dict]) -> None:
             copy.write_row([row[name] if name in row else defaults[name] for name in names])
 
 
+def _without_nul(row: dict) -> dict:
+    return {name: value.replace("\x00", "") if isinstance(value, str) else value for name, value in row.items()}
+
+
 def _rows_write(rows: list[dict]) -> None:
+    import psycopg
     from django.db import DataError, IntegrityError, close_old_connections, transaction
 
     from apps.usage.models import RequestLog
@@ -51,11 +56,13 @@ def _rows_write(rows: list[dict]) -> None:
     try:
         _rows_copy(rows)
         return
-    except (IntegrityError, DataError):
-        pass
-    # A key, model or rule was deleted between the request and the flush: write the rows one
-    # by one, dropping references that no longer resolve, so one row cannot sink the batch.
-    for row in rows:
+    except (IntegrityError, DataError, psycopg.DataError, psycopg.IntegrityError):
+        pass  # COPY's own refusals come from psycopg, unwrapped by Django
+    # A key, model or rule was deleted between the request and the flush, or a string the
+    # client sent (the model it asked for) holds a NUL, which Postgres text cannot: write the
+    # rows one by one, without NULs, dropping references that no longer resolve, so one row
+    # cannot sink the batch (a batch kept for the next round would fail again, forever).
+    for row in map(_without_nul, rows):
         try:
             with transaction.atomic():
                 RequestLog.objects.create(**row)

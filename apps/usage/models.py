@@ -57,6 +57,9 @@ class RequestLog(models.Model):
     is_stream = models.BooleanField(default=False)
     status_code = models.PositiveSmallIntegerField(default=200)
     error_code = models.CharField(max_length=64, blank=True, default="")
+    # What went wrong upstream on the way to this answer (or error): each failed attempt, a
+    # skipped open circuit, a stream broken mid-way, as "model: reason; ...".
+    upstream_failures = models.TextField(blank=True, default="", db_default="")
     created_at = models.DateTimeField(default=timezone.now)
 
     class Meta:

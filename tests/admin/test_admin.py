@@ -8,6 +8,7 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
 import pytest
+from axes.models import AccessAttempt, AccessFailureLog, AccessLog
 from django.contrib import admin
 from django.contrib.admin.models import LogEntry
 from django.contrib.admin.utils import quote
@@ -52,6 +53,11 @@ def populated(tenant_a, key_a, provider, cheap_model, premium_model, admin_user,
                                  storage_name="x/in.jsonl")
     BatchJob.objects.create(tenant=tenant_a, endpoint="/v1/chat/completions", input_file=upload, total=10,
                             completed=3)
+    login = {"username": "operator", "ip_address": "192.0.2.1", "user_agent": "test", "http_accept": "*/*",
+             "path_info": "/admin/login/"}
+    AccessAttempt.objects.create(**login, get_data="", post_data="username=operator", failures_since_start=2)
+    AccessFailureLog.objects.create(**login, locked_out=False)
+    AccessLog.objects.create(**login)
 
 
 @pytest.fixture

@@ -105,3 +105,24 @@ def test_it_refuses_an_upload_over_the_size_limit_before_reading_it(world):
     assert response.status == 413
     assert json.loads(response.read())["error"]["code"] == "payload_too_large"
     connection.close()
+
+
+def test_it_refuses_nul_characters_and_deep_nesting_with_400_not_500(world):
+    # Postgres text and jsonb cannot hold a NUL, and orjson cannot write 255 levels of nesting.
+    auth = {"Authorization": f"Bearer {world.key_a}"}
+    job = {"items": ["x"], "map_prompt": "Say {item}", "reduce_prompt": "Join {results}"}
+    deep = json.loads("[" * 300 + "]" * 300)
+    for method, path, body, param, code in (
+        ("GET", "/files/file-\x00", None, "file_id", "invalid_value"),
+        ("GET", "/batches/batch_\x00", None, "batch_id", "invalid_value"),
+        ("POST", "/jobs/job_\x00/cancel", {}, "job_id", "invalid_value"),
+        ("GET", "/files?after=\x00", None, "after", "invalid_value"),
+        ("POST", "/batches", {"input_file_id": "file-\x00", "endpoint": "/v1/chat/completions"}, "input_file_id",
+         "invalid_value"),
+        ("POST", "/jobs/map-reduce", {**job, "map_prompt": "Say \x00 {item}"}, "map_prompt", "invalid_value"),
+        ("POST", "/jobs/map-reduce", {**job, "metadata": {"k\x00": "v"}}, "metadata", "invalid_value"),
+        ("POST", "/jobs/map-reduce", {**job, "items": [deep]}, None, "nesting_too_deep"),
+    ):
+        status, answer = http_json(method, world.gateway.v1 + path.replace("\x00", "%00"), body, headers=auth)
+        assert (status, answer["error"]["param"], answer["error"]["code"]) == (400, param, code), (path, answer)
+    assert http_json("POST", world.gateway.v1 + "/jobs/map-reduce", job, headers=auth)[0] == 200

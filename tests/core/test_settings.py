@@ -89,3 +89,57 @@ def test_it_starts_production_with_secrets_from_files(tmp_path):
              "SWITCHYARD_ENCRYPTION_KEY_FILE": str(tmp_path / "fernet")})
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == ["60", "False"]
+
+
+# --- manage.py check --deploy ----------------------------------------------------------------
+
+def _deploy_check(**env: str) -> subprocess.CompletedProcess:
+    """``manage.py check --deploy --fail-level WARNING`` with production settings (a real
+    secret, a Fernet key, a host name) plus ``env``; no database is needed for it."""
+    from cryptography.fernet import Fernet
+
+    full = {**os.environ, "SWITCHYARD_ENV": "production", "DEBUG": "0",
+            "SECRET_KEY": "k3Y-" + "x7Qp9Lm2Zr5Vt8Wc1Bn4Hd6Jf0Gs3Ka" * 2,
+            "SWITCHYARD_ENCRYPTION_KEY": Fernet.generate_key().decode(),
+            "ALLOWED_HOSTS": "gateway.example.com",
+            # check --deploy never connects; an address nothing listens on keeps it that way.
+            "DATABASE_URL": "postgresql://switchyard@127.0.0.1:9/switchyard", **env}
+    for name in ("SECURE_SSL_REDIRECT", "SECURE_HSTS_SECONDS", "SECURE_HSTS_INCLUDE_SUBDOMAINS",
+                 "SECURE_HSTS_PRELOAD", "SESSION_COOKIE_SECURE", "CSRF_COOKIE_SECURE", "SECURE_PROXY_SSL_HEADER"):
+        if name not in env:
+            full.pop(name, None)  # the production defaults, not whatever the caller's shell has
+    return subprocess.run([sys.executable, "manage.py", "check", "--deploy", "--fail-level", "WARNING"],
+                          cwd=REPO, env=full, capture_output=True, text=True, timeout=120)
+
+
+def test_it_passes_the_deploy_check_with_production_defaults():
+    done = _deploy_check()
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "System check identified no issues (0 silenced)." in done.stdout
+    assert "WARNING" not in done.stdout + done.stderr
+
+
+def test_it_fails_the_deploy_check_when_production_turns_the_https_settings_off():
+    done = _deploy_check(SECURE_HSTS_SECONDS="0", SECURE_SSL_REDIRECT="0", SESSION_COOKIE_SECURE="0")
+    assert done.returncode != 0
+    for check in ("security.W004", "security.W008", "security.W012"):
+        assert check in done.stderr
+
+
+def test_it_reads_the_https_settings_from_the_environment():
+    done = subprocess.run(
+        [sys.executable, "-c", "import os; os.environ['DJANGO_SETTINGS_MODULE']='config.settings'; "
+         "from django.conf import settings as s; print(s.SECURE_HSTS_SECONDS, s.SECURE_SSL_REDIRECT, "
+         "s.CSRF_COOKIE_SECURE, s.SECURE_PROXY_SSL_HEADER)"],
+        cwd=REPO, capture_output=True, text=True, timeout=60,
+        env={**os.environ, "SWITCHYARD_ENV": "development", "SECURE_HSTS_SECONDS": "600", "SECURE_SSL_REDIRECT": "1",
+             "CSRF_COOKIE_SECURE": "yes", "SECURE_PROXY_SSL_HEADER": "X-Forwarded-Scheme",
+             "DATABASE_URL": "postgresql://switchyard@127.0.0.1:9/switchyard"})
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip().split(maxsplit=3) == ["600", "True", "True", "('HTTP_X_FORWARDED_SCHEME', 'https')"]
+
+
+def test_it_does_not_redirect_the_probes_to_https(client, settings, db):
+    settings.SECURE_SSL_REDIRECT = True
+    assert client.get("/account/login/").status_code == 301
+    assert client.get("/healthz").status_code == 200

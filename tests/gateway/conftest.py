@@ -28,9 +28,9 @@ class GatewayProcess:
         return self.base + "/v1"
 
 
-def gateway_start(tmp_dir: Path, *, extra_env: dict | None = None) -> GatewayProcess:
+def gateway_start(tmp_dir: Path, *, extra_env: dict | None = None, grace: int = 10) -> GatewayProcess:
     """Start ``uvicorn config.asgi:application`` on the test database, sending Celery tasks to
-    the broker the tests' workers listen on."""
+    the broker the tests' workers listen on; ``grace``: seconds in-flight requests get after SIGTERM."""
     from django.conf import settings
 
     port = free_port()
@@ -40,6 +40,10 @@ def gateway_start(tmp_dir: Path, *, extra_env: dict | None = None) -> GatewayPro
         "CELERY_BROKER_URL": settings.CELERY_BROKER_URL,
         "USAGE_FLUSH_INTERVAL": "0.2",
         "GATEWAY_RETRY_BACKOFF": "0.01",
+        # One gateway serves many tests, some of which make every upstream fail on purpose: its
+        # breakers must not carry one test's outage into the next (tests/gateway/test_faults.py
+        # starts its own gateway with a low threshold).
+        "CIRCUIT_FAILURES": "1000",
         "HF_HUB_OFFLINE": "1",
         "PYTHONUNBUFFERED": "1",
         **(extra_env or {}),
@@ -48,7 +52,7 @@ def gateway_start(tmp_dir: Path, *, extra_env: dict | None = None) -> GatewayPro
     log = open(log_path, "wb")
     proc = subprocess.Popen(
         [sys.executable, "-m", "uvicorn", "config.asgi:application", "--host", "127.0.0.1", "--port", str(port),
-         "--loop", "uvloop", "--http", "httptools", "--no-access-log", "--timeout-graceful-shutdown", "10"],
+         "--loop", "uvloop", "--http", "httptools", "--no-access-log", "--timeout-graceful-shutdown", str(grace)],
         cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT,
     )
     base = f"http://127.0.0.1:{port}"

@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import time
+from decimal import Decimal
 
 import aiohttp
 import httpx
@@ -110,6 +111,77 @@ def test_it_logs_one_row_per_answered_request_through_sigterm_and_dropped_client
     assert all(row.output_tokens >= 1 for row in dropped)
     assert rows.count() == 25
     gateway_stop(gateway)
+
+
+def test_it_stops_accepting_on_sigterm_ends_streams_at_the_deadline_and_writes_everything(world, tmp_path):
+    """SIGTERM: no new connection; streams still running at the deadline end, billed and logged
+    as cut by the server; the process waits for a cache write stuck behind a lock before exiting."""
+    import psycopg
+
+    from apps.cache.models import CacheEntry
+    from apps.catalog.models import Model, Provider
+    from apps.gateway.database import conninfo
+    from apps.usage.models import RequestLog
+
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "apps.simulator.server", "--port", str(port),
+                             "--ttft-ms", "50", "--chunk-delay-ms", "100", "--chunks", "60"], cwd=REPO,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_http(f"http://127.0.0.1:{port}/v1/models", proc=proc)
+        long = Provider.objects.create(name="long", kind=Provider.Kind.SIMULATED, base_url=f"http://127.0.0.1:{port}/v1")
+        Model.objects.create(name="sim-long", upstream_id="sim-long", provider=long,
+                             input_price_per_million=Decimal("1"), output_price_per_million=Decimal("2"))
+        gateway = gateway_start(tmp_path, grace=2)
+        headers = {"Authorization": f"Bearer {world.key_a}"}
+        assert wait_until(lambda: "sim-long" in httpx.get(gateway.v1 + "/models", headers=headers).text, timeout=10)
+
+        async def one_stream(session, i):
+            async with session.post(gateway.v1 + "/chat/completions", json={
+                    "model": "sim-long", "stream": True,
+                    "messages": [{"role": "user", "content": f"long stream {i}"}]}) as response:
+                body = b""
+                try:
+                    async for piece in response.content.iter_any():
+                        body += piece
+                except aiohttp.ClientError:
+                    pass  # the server closed the connection at its deadline
+                return body
+
+        async def run(blocker):
+            async with aiohttp.ClientSession(headers=headers) as session:
+                streams = [asyncio.ensure_future(one_stream(session, i)) for i in range(3)]
+                # Answered and to be cached, but the cache table is locked: its row waits.
+                cached = {"model": "sim-long", "messages": [{"role": "user", "content": "cache me on the way out"}]}
+                async with session.post(gateway.v1 + "/chat/completions", json=cached) as r:
+                    assert r.status == 200 and r.headers["x-switchyard-cache"] == "miss"
+                await asyncio.sleep(0.3)
+                gateway.proc.send_signal(signal.SIGTERM)
+                await asyncio.sleep(0.3)
+                with pytest.raises(aiohttp.ClientConnectorError):
+                    async with aiohttp.ClientSession() as fresh:
+                        await fresh.get(gateway.base + "/healthz")
+                bodies = await asyncio.gather(*streams)
+                await asyncio.sleep(1.0)  # past the deadline: the server now waits for the cache write
+                assert gateway.proc.poll() is None, "the process left with a cache write pending"
+                blocker.rollback()
+                return bodies
+
+        with psycopg.connect(conninfo()) as blocker:
+            blocker.execute("LOCK TABLE cache_cacheentry IN EXCLUSIVE MODE")
+            bodies = asyncio.run(run(blocker))
+        assert gateway.proc.wait(timeout=30) in (0, -signal.SIGTERM)
+        for body in bodies:
+            assert body.startswith(b"data: ") and b"[DONE]" not in body
+        rows = RequestLog.objects.filter(tenant=world.tenant_a, model_used="sim-long")
+        streamed = rows.filter(is_stream=True)
+        assert sorted(streamed.values_list("status_code", "error_code")) == [(503, "server_shutdown")] * 3
+        assert all(row.output_tokens >= 1 and row.cost > 0 for row in streamed)
+        assert rows.filter(is_stream=False, status_code=200).count() == 1
+        assert CacheEntry.objects.filter(tenant=world.tenant_a).count() == 1
+        gateway_stop(gateway)
+    finally:
+        stop_process(proc)
 
 
 def test_it_flushes_usage_within_about_a_second(world):

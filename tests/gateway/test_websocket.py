@@ -5,6 +5,8 @@ HTTP that streams slowly enough for requests to overlap."""
 from __future__ import annotations
 
 import asyncio
+import json
+import signal
 import subprocess
 import sys
 
@@ -231,6 +233,42 @@ async def test_it_sends_error_events_and_keeps_the_socket_open(gateway, world, s
     await ws.disconnect()
 
 
+async def test_it_refuses_a_body_nested_too_deep_or_with_unknown_fields_and_keeps_the_socket_open(gateway, world):
+    ws = await connected(gateway, world.key_a)
+    deep = chat("1", "Hi")
+    deep["body"]["metadata"] = {"note": json.loads("[" * 300 + "]" * 300)}  # past what orjson writes
+    await ws.send_json_to(deep)
+    event = await ws.receive_json_from()
+    assert (event["type"], event["id"], event["status"], event["error"]["code"]) == (
+        "error", "1", 400, "nesting_too_deep")
+    unknown = chat("2", "Hi")
+    unknown["body"]["max_token"] = 5
+    await ws.send_json_to(unknown)
+    event = await ws.receive_json_from()
+    assert (event["id"], event["status"], event["error"]["code"], event["error"]["param"]) == (
+        "2", 400, "unknown_parameter", "max_token")
+    await ws.send_json_to(chat("3", "Hi"))
+    assert (await until_done(ws, {"3"}))[-1]["type"] == "done"
+    await ws.disconnect()
+
+
+async def test_it_ends_a_request_the_gateway_failed_with_a_500_error_event(gateway, world, monkeypatch):
+    from apps.gateway import pipeline
+
+    async def broken(*args, **kwargs):
+        raise RuntimeError("a defect")
+
+    monkeypatch.setattr(pipeline, "chat_prepare", broken)
+    ws = await connected(gateway, world.key_a)
+    await ws.send_json_to(chat("1", "Hi"))
+    event = await ws.receive_json_from()
+    assert (event["type"], event["id"], event["status"], event["error"]["type"], event["error"]["code"]) == (
+        "error", "1", 500, "api_error", "internal_error")
+    await ws.send_json_to({"type": "ping", "id": "p"})
+    assert await ws.receive_json_from() == {"type": "pong", "id": "p"}
+    await ws.disconnect()
+
+
 async def test_it_refuses_a_duplicate_id_and_too_many_requests_in_flight(gateway, world, settings):
     settings.WEBSOCKET_MAX_IN_FLIGHT = 1
     ws = await connected(gateway, world.key_a)
@@ -356,3 +394,55 @@ async def test_it_lets_a_logged_in_staff_user_pick_a_key_by_id(gateway, world):
     assert (await auth(plain_cookie, same_origin))["status"] == 401
     assert (await auth(None, same_origin))["status"] == 401
     assert (await auth(staff_cookie, []))["status"] == 401  # not from a browser on this site
+
+
+async def test_it_never_loads_the_local_model_when_it_is_off_and_the_tenant_has_none(gateway, world):
+    from apps.cache.models import CacheEntry
+    from apps.tenants.models import Tenant
+
+    await sync_to_async(Tenant.objects.update)(cache_embedding_model=None)
+    await gateway.reload()
+    ws = await connected(gateway, world.key_a)
+    await ws.send_json_to(chat("1", "Exact only, please"))
+    first = next(e for e in await until_done(ws, {"1"}) if e["type"] == "done")
+    entry = await sync_to_async(lambda: list(CacheEntry.objects.filter(tenant=world.tenant_a)))()
+    for _ in range(50):
+        if entry:
+            break
+        await asyncio.sleep(0.05)
+        entry = await sync_to_async(lambda: list(CacheEntry.objects.filter(tenant=world.tenant_a)))()
+    await ws.send_json_to(chat("2", "Exact only, please"))
+    second = next(e for e in await until_done(ws, {"2"}) if e["type"] == "done")
+    await ws.disconnect()
+    await gateway.stop()
+    assert (first["cache"], second["cache"]) == ("miss", "hit-exact")
+    assert len(entry) == 1 and entry[0].embedding is None
+    assert gateway.batcher.embedder._model is None, "the local model was loaded"
+
+
+async def test_it_finishes_socket_requests_after_sigterm_and_refuses_new_ones(gateway, world, settings):
+    settings.WEBSOCKET_DRAIN_SECONDS = 10
+    handed_over = asyncio.Event()
+    previous = signal.getsignal(signal.SIGTERM)
+    signal.signal(signal.SIGTERM, lambda signum, frame: handed_over.set())
+    try:
+        gateway.drain_on_sigterm()
+        ws = await connected(gateway, world.key_a)
+        await ws.send_json_to(chat("long", "Tell me about the sea"))
+        first = await ws.receive_json_from(timeout=10)
+        assert first["id"] == "long"
+        signal.raise_signal(signal.SIGTERM)
+        await asyncio.sleep(0.05)
+        assert gateway.draining and not handed_over.is_set(), "a socket request is still in flight"
+        await ws.send_json_to(chat("late", "Too late"))
+        events = await until_done(ws, {"long", "late"})
+        refused = next(e for e in events if e["id"] == "late")
+        assert refused["type"] == "error" and refused["error"]["code"] == "server_shutdown"
+        assert any(e["type"] == "done" and e["id"] == "long" for e in events)
+        await asyncio.wait_for(handed_over.wait(), timeout=5)
+        await ws.disconnect()
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    await gateway.stop()
+    rows = await logs(tenant=world.tenant_a)
+    assert [(r.status_code, r.is_stream) for r in rows] == [(200, True)]

@@ -99,3 +99,42 @@ def test_it_records_one_alert_per_scope_and_period(db, tenant_a, tenant_b, key_a
     assert key_alert.api_key_id == key.pk and key_alert.threshold_percent == 90
     assert BudgetAlert.objects.filter(tenant=tenant_a).count() == 2
     assert BudgetAlert.objects.filter(tenant=tenant_b).count() == 1
+
+
+def test_it_does_not_follow_a_webhook_redirect(db, tenant_a):
+    from apps.limits.services import WebhookFailed, alert_webhook_send
+
+    followed: list[str] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self):
+            self.rfile.read(int(self.headers["Content-Length"]))
+            if self.path != "/hooks/budget":
+                self.do_GET()
+                return
+            self.send_response(302)  # urllib would follow it with a GET
+            self.send_header("Location", "/internal/admin-action")
+            self.end_headers()
+
+        def do_GET(self):
+            followed.append(self.path)
+            self.send_response(204)
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        tenant_a.budget_usd, tenant_a.budget_alert_percent = Decimal("10"), 80
+        tenant_a.alert_webhook_url = f"http://127.0.0.1:{server.server_address[1]}/hooks/budget"
+        tenant_a.save()
+        alert = _crossing(tenant_a, "8.5")
+        with pytest.raises(WebhookFailed, match="HTTP 302"):
+            alert_webhook_send(alert_id=alert.pk)
+    finally:
+        server.shutdown()
+    assert followed == []
+    alert.refresh_from_db()
+    assert alert.delivered_at is None and alert.last_error == "HTTP 302"

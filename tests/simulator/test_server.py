@@ -337,3 +337,15 @@ def test_it_resets_its_counters_and_faults(sim):
     sim.reset()
     assert sim.stats() == {"requests": 0, "by_model": {}, "in_flight": 0, "max_in_flight": 0, "faults": 0}
     assert ask(sim, "works").choices
+
+
+def test_it_counts_only_text_parts_and_answers_whatever_other_parts_hold(sim):
+    parts = [{"type": "text", "text": "three small words"}, {"type": "", "text": {}}, {"type": "image_url", "text": 5,
+             "image_url": {"url": "data:image/png;base64,AA=="}}]
+    response = post_chat(sim, {"model": "sim-mini", "messages": [{"role": "user", "content": parts}]})
+    assert response.status_code == 200, response.text
+    assert response.json()["usage"]["prompt_tokens"] == 3 * 4 // 3 + 3
+    native = httpx.post(sim.v1 + "/messages", headers={"anthropic-version": "2023-06-01"}, timeout=10, json={
+        "model": "sim-mini", "max_tokens": 5, "messages": [{"role": "user", "content": parts}]})
+    assert native.status_code == 200, native.text
+    assert native.json()["usage"]["input_tokens"] == 3 * 4 // 3 + 3

@@ -8,6 +8,7 @@ import sys
 from datetime import timedelta
 from pathlib import Path
 
+import pytest
 from django.db import connection
 from django.utils import timezone
 
@@ -84,3 +85,45 @@ def test_it_exits_nonzero_for_an_unknown_tenant(db):
     assert done.returncode != 0
     assert done.stdout == ""
     assert "no-such-tenant" in done.stderr
+
+
+def _spy_compare_digest(monkeypatch, module) -> list[tuple]:
+    import hmac
+
+    calls: list[tuple] = []
+    original = hmac.compare_digest
+
+    def spy(a, b):
+        calls.append((a, b))
+        return original(a, b)
+
+    monkeypatch.setattr(module.hmac, "compare_digest", spy)
+    return calls
+
+
+def test_it_compares_the_management_apis_keys_in_constant_time(key_a, monkeypatch):
+    from apps.tenants import selectors
+
+    calls = _spy_compare_digest(monkeypatch, selectors)
+    assert key_authenticate(key_a.secret[:-4] + "zzzz") is None
+    assert key_authenticate(key_a.secret) is not None
+    assert [b for _, b in calls] == [key_hash(key_a.secret[:-4] + "zzzz"), key_hash(key_a.secret)]
+
+
+def test_it_compares_the_gateways_keys_in_constant_time(key_a, monkeypatch):
+    """Every door of the gateway (chat, Messages' x-api-key, WebSocket, /v1/complete) goes
+    through GatewayState.authenticate."""
+    import asyncio
+
+    from apps.gateway import state as state_module
+    from apps.gateway.errors import AuthenticationFailed
+    from apps.gateway.snapshot import key_info_load
+
+    gateway = state_module.GatewayState()
+    gateway.keys[key_a.api_key.prefix] = key_info_load(key_a.api_key.prefix)  # warm: no database read below
+    calls = _spy_compare_digest(monkeypatch, state_module)
+    forged = key_a.secret[:-4] + "zzzz"
+    with pytest.raises(AuthenticationFailed):
+        asyncio.run(gateway.authenticate("Bearer " + forged))
+    assert asyncio.run(gateway.authenticate("Bearer " + key_a.secret)).id == key_a.api_key.pk
+    assert [b for _, b in calls] == [key_hash(forged), key_hash(key_a.secret)]

@@ -79,3 +79,18 @@ def test_it_flushes_what_is_left_on_close(tenant_a):
 
     asyncio.run(run())
     assert RequestLog.objects.filter(tenant=tenant_a).count() == 7
+
+
+@pytest.mark.django_db(transaction=True)
+def test_it_writes_a_row_holding_a_nul_character_without_it_and_the_rest_of_the_batch(tenant_a):
+    # A client can put NUL in the model it asks for; Postgres text cannot hold it.
+    async def run():
+        buffer = UsageBuffer()
+        buffer.append(_row(tenant_a, 1, requested_model="sim\x00mini"))
+        buffer.append(_row(tenant_a, 2, requested_model="sim-mini"))
+        written = await buffer.flush()
+        return written, len(buffer)
+
+    assert asyncio.run(run()) == (2, 0)
+    rows = {row.request_id: row.requested_model for row in RequestLog.objects.filter(tenant=tenant_a)}
+    assert rows == {"req-1": "simmini", "req-2": "sim-mini"}

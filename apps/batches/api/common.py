@@ -13,6 +13,7 @@ from django.views.decorators.csrf import csrf_exempt
 
 from apps.gateway.errors import AuthenticationFailed, BadRequest, GatewayError, MethodNotAllowed, PayloadTooLarge
 from apps.gateway.errors import error_body as _error_body
+from apps.gateway.validation import nesting_check, nul_check
 from apps.tenants.selectors import key_authenticate
 
 MAX_LIMIT = 100
@@ -47,7 +48,10 @@ def tenant_endpoint(methods: tuple[str, ...]):
             try:
                 key = _key(request)
                 if request.method not in methods:
-                    raise MethodNotAllowed()
+                    raise MethodNotAllowed(allowed=methods)
+                # Ids and query values are looked up in Postgres, whose text cannot hold a NUL.
+                for name, value in [*kwargs.items(), *request.GET.lists()]:
+                    nul_check(value, name)
                 return view(request, key, **kwargs)
             except GatewayError as error:
                 return error_response(error)
@@ -56,6 +60,7 @@ def tenant_endpoint(methods: tuple[str, ...]):
             except (MultiPartParserError, TooManyFieldsSent, SuspiciousOperation) as exc:
                 return error_response(BadRequest(f"The request body could not be read: {exc}"))
 
+        wrapper.methods = methods  # what the endpoint answers, for the tenant isolation walk
         return wrapper
 
     return decorate
@@ -65,9 +70,12 @@ def json_body(request) -> dict:
     try:
         body = orjson.loads(request.body or b"")
     except orjson.JSONDecodeError as exc:
-        raise BadRequest(f"The request body is not valid JSON: {exc}") from exc
+        raise BadRequest(f"The request body is not valid JSON: {exc}", code="invalid_json") from exc
     if not isinstance(body, dict):
-        raise BadRequest("The request body must be a JSON object.")
+        raise BadRequest("The request body must be a JSON object.", code="invalid_json")
+    nesting_check(body)  # what is stored as JSON must be writable again
+    for name, value in body.items():
+        nul_check(value, name)
     return body
 
 

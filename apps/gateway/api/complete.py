@@ -3,7 +3,7 @@
     {"prompt": "...", "model": "auto" (default), "use_cache": true, "stream": false}
     -> {"content", "model_used", "cached", "latency_ms", "tokens": {"input", "output"}, "cost"}
 
-A DRF view for validation and documentation; the work runs through the same async pipeline
+A DRF view (its serializer validates the JSON body); the work runs through the same async pipeline
 as ``/v1/chat/completions`` (same auth cache, routing, fallbacks, cost and usage row). With
 ``stream: true`` the answer is Server-Sent Events: ``{"content": "..."}`` per delta, then one
 ``{"done": true, ...}`` event with the same fields as the JSON answer.
@@ -15,14 +15,18 @@ import time
 
 import orjson
 from asgiref.sync import async_to_sync
+from django.conf import settings
+from django.core.exceptions import RequestDataTooBig
 from django.http import HttpResponse, StreamingHttpResponse
 from rest_framework import serializers
 from rest_framework.views import APIView
 
 from apps.gateway import pipeline
 from apps.gateway.caching import cache_hit_log, cache_lookup, cache_plan, cache_settle, completion_from_stream
-from apps.gateway.errors import BadRequest, GatewayError, error_body
+from apps.gateway.errors import BadRequest, GatewayError, PayloadTooLarge, error_body
 from apps.gateway.state import state
+from apps.gateway.upstream import UpstreamClientError
+from apps.gateway.validation import body_parse
 
 
 class CompleteRequest(serializers.Serializer):
@@ -66,7 +70,15 @@ class CompleteView(APIView):
 
     def post(self, request):
         started = time.perf_counter()
-        form = CompleteRequest(data=request.data if isinstance(request.data, dict) else {})
+        try:
+            # The body is read as the chat door reads it (orjson, with its depth limit), not by
+            # DRF's parsers: Python's json recurses, and a deeply nested body would crash it.
+            payload = body_parse(request.body)
+        except RequestDataTooBig:
+            return _error(PayloadTooLarge(f"The request body exceeds {settings.DATA_UPLOAD_MAX_MEMORY_SIZE} bytes."))
+        except GatewayError as error:
+            return _error(error)
+        form = CompleteRequest(data=payload)
         if not form.is_valid():
             field, problems = next(iter(form.errors.items()))
             return _error(BadRequest(f"'{field}': {' '.join(str(p) for p in problems)}", param=field))
@@ -82,6 +94,9 @@ class CompleteView(APIView):
                                             data["use_cache"])
         except GatewayError as error:
             return _error(error)
+        except UpstreamClientError as exc:
+            # The provider refused the request itself: its answer is the client's, as on the chat door.
+            return HttpResponse(exc.body, status=exc.status, content_type=exc.content_type)
 
 
 def _content(answer: dict) -> str:

@@ -50,7 +50,7 @@ async def messages_handle(state, scope, receive, send, started: float) -> None:
                 error.message = _NO_KEY
             raise
         if scope["method"] != "POST":
-            raise MethodNotAllowed()
+            raise MethodNotAllowed(allowed=("POST",))
         raw = await body_read(receive)
         if scope["path"].endswith("/count_tokens"):
             await json_send(send, 200, await count_tokens(state, key, raw, forwarded=forwarded_headers(scope)))

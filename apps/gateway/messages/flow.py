@@ -199,7 +199,8 @@ async def count_tokens(state, key, raw: bytes, *, forwarded: dict[str, str]) -> 
                                    native_payload(original, model.upstream_id), forwarded)
 
         _model, (answer, _parsed), _failures = await with_fallbacks(
-            native, attempt, retries=settings.GATEWAY_RETRIES, backoff=settings.GATEWAY_RETRY_BACKOFF)
+            native, attempt, retries=settings.GATEWAY_RETRIES, backoff=settings.GATEWAY_RETRY_BACKOFF,
+            breakers=state.breakers)
         return answer
     counted = tokens.messages_tokens(body["messages"])
     if body.get("tools"):

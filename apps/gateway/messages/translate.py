@@ -21,9 +21,23 @@ from __future__ import annotations
 import orjson
 
 from apps.gateway.errors import BadRequest
-from apps.gateway.validation import is_int, is_number
+from apps.gateway.validation import is_int, is_number, nesting_check
 
 ROLES = frozenset({"user", "assistant"})
+# Every top-level field of Anthropic's Messages request (its beta fields included: they reach
+# a native provider with the client's ``anthropic-beta`` header). Anything else is refused, as
+# Anthropic refuses it, rather than sent on to fail there or be ignored.
+MESSAGES_FIELDS = frozenset({
+    "model", "messages", "max_tokens", "system", "metadata", "stop_sequences", "stream", "temperature", "top_p",
+    "top_k", "tools", "tool_choice", "thinking", "service_tier", "container", "mcp_servers", "context_management",
+    "cache_control", "inference_geo", "output_config", "output_format", "speed", "diagnostics", "billing_policy",
+    "compaction", "fallback_credit_token", "fallbacks", "thread",
+})
+# Those of ``/v1/messages/count_tokens``: no max_tokens, sampling, stream or metadata.
+COUNT_TOKENS_FIELDS = frozenset({
+    "model", "messages", "system", "tools", "tool_choice", "thinking", "cache_control", "output_config",
+    "output_format", "speed", "mcp_servers", "context_management", "compaction", "billing_policy",
+})
 # Top-level parameters translated to the chat form (or harmless to drop).
 _TRANSLATED = frozenset({
     "model", "messages", "system", "max_tokens", "temperature", "top_p", "top_k", "stop_sequences", "stream",
@@ -35,10 +49,27 @@ STOP_TO_FINISH = {"end_turn": "stop", "stop_sequence": "stop", "max_tokens": "le
                   "refusal": "content_filter", "pause_turn": "stop"}
 
 
-def _number(body: dict, name: str, low: float, high: float) -> None:
+def _refuse(name: str, message: str, code: str) -> BadRequest:
+    return BadRequest(f"{name}: {message}", param=name, code=code)
+
+
+def _number(body: dict, name: str, low: float, high: float, *, kind: str = "decimal") -> None:
+    """``body[name]``, when set, is a number (an integer for ``kind="integer"``) in the range; the
+    codes are those of :mod:`apps.gateway.validation`."""
     value = body.get(name)
-    if value is not None and (not is_number(value) or not low <= value <= high):
-        raise BadRequest(f"{name}: must be a number between {low:g} and {high:g}.", param=name)
+    if value is None:
+        return
+    if kind == "integer":
+        # An integer too large for 64 bits is parsed as a float (1e30): out of range, not mistyped.
+        typed = is_int(value) or (isinstance(value, float) and value.is_integer() and not low <= value <= high)
+    else:
+        typed = is_number(value)
+    if not typed:
+        raise _refuse(name, f"must be {'an integer' if kind == 'integer' else 'a number'}.", "invalid_type")
+    if value < low:
+        raise _refuse(name, f"must be greater than or equal to {low}.", f"{kind}_below_min_value")
+    if value > high:
+        raise _refuse(name, f"must be less than or equal to {high}.", f"{kind}_above_max_value")
 
 
 def _text_of(blocks, where: str) -> str:
@@ -92,8 +123,9 @@ class _Translation:
         if not isinstance(message, dict):
             raise BadRequest(f"{where}: must be an object.", param=where)
         role = message.get("role")
-        if role not in ROLES:
-            raise BadRequest(f"{where}.role: must be 'user' or 'assistant'.", param=f"{where}.role")
+        if not isinstance(role, str) or role not in ROLES:  # an object or array is not hashable
+            raise BadRequest(f"{where}.role: must be 'user' or 'assistant'.", param=f"{where}.role",
+                             code="invalid_value")
         content = message.get("content")
         if isinstance(content, str):
             return [{"role": role, "content": content}]
@@ -183,29 +215,43 @@ class _Translation:
 def messages_body_translate(body: dict, *, count_only: bool = False) -> tuple[dict, list[str]]:
     """Validate an Anthropic Messages request; return its chat form and what only a native
     Anthropic provider can take. Raises :class:`BadRequest` for a malformed body."""
+    nesting_check(body)
+    allowed = COUNT_TOKENS_FIELDS if count_only else MESSAGES_FIELDS
+    for name in body:
+        if name not in allowed:
+            name = name[:200]  # echoed in the answer: a megabyte-long key is cut short
+            raise BadRequest(f"{name}: Extra inputs are not permitted", param=name, code="unknown_parameter")
     model = body.get("model")
-    if not isinstance(model, str) or not model.strip():
-        raise BadRequest("model: a model name, an alias or 'auto' is required.", param="model")
+    if model is None:
+        raise _refuse("model", "Field required (a model name, an alias or 'auto').", "missing_required_parameter")
+    if not isinstance(model, str):
+        raise _refuse("model", "must be a string.", "invalid_type")
+    if not model.strip():
+        raise _refuse("model", "a model name, an alias or 'auto' is required.", "invalid_value")
     max_tokens = body.get("max_tokens")
-    if not count_only and (not is_int(max_tokens) or not 1 <= max_tokens <= 10_000_000):
-        raise BadRequest("max_tokens: a positive integer is required.", param="max_tokens")
+    if not count_only:
+        if max_tokens is None:
+            raise _refuse("max_tokens", "Field required.", "missing_required_parameter")
+        _number(body, "max_tokens", 1, 10_000_000, kind="integer")
     messages = body.get("messages")
-    if not isinstance(messages, list) or not messages:
-        raise BadRequest("messages: must be a non-empty array.", param="messages")
+    if messages is None:
+        raise _refuse("messages", "Field required.", "missing_required_parameter")
+    if not isinstance(messages, list):
+        raise _refuse("messages", "must be an array.", "invalid_type")
+    if not messages:
+        raise _refuse("messages", "must be a non-empty array.", "empty_array")
     for name, low, high in (("temperature", 0, 1), ("top_p", 0, 1)):
         _number(body, name, low, high)
-    top_k = body.get("top_k")
-    if top_k is not None and (not is_int(top_k) or top_k < 0):
-        raise BadRequest("top_k: must be a non-negative integer.", param="top_k")
+    _number(body, "top_k", 0, 2**31 - 1, kind="integer")
     stop = body.get("stop_sequences")
     if stop is not None and (not isinstance(stop, list) or not all(isinstance(s, str) for s in stop)):
-        raise BadRequest("stop_sequences: must be an array of strings.", param="stop_sequences")
+        raise _refuse("stop_sequences", "must be an array of strings.", "invalid_type")
     stream = body.get("stream")
     if stream is not None and not isinstance(stream, bool):
-        raise BadRequest("stream: must be a boolean.", param="stream")
+        raise _refuse("stream", "must be a boolean.", "invalid_type")
     metadata = body.get("metadata")
     if metadata is not None and not isinstance(metadata, dict):
-        raise BadRequest("metadata: must be an object.", param="metadata")
+        raise _refuse("metadata", "must be an object.", "invalid_type")
 
     translation = _Translation()
     chat_messages: list[dict] = []

@@ -21,8 +21,8 @@ from rest_framework.views import APIView
 
 from apps.gateway.errors import AuthenticationFailed, BadRequest, GatewayError, error_body
 from apps.reporting.selectors import GROUPS, usage_grouped, usage_totals
-from apps.tenants.selectors import key_authenticate
-from apps.usage.models import RequestLog
+from apps.tenants.selectors import key_authenticate, key_prefixes
+from apps.usage.selectors import request_log_rows
 
 MAX_RANGE = timedelta(days=400)
 EXPORT_COLUMNS = ["created_at", "request_id", "api_key_prefix", "endpoint", "requested_model", "model_used",
@@ -145,10 +145,9 @@ class UsageExportView(APIView):
             start, end = _range(request.query_params)
         except GatewayError as error:
             return _error(error)
-        prefixes = dict(key.tenant.api_keys.values_list("pk", "prefix"))
-        rows = (RequestLog.objects.filter(tenant_id=key.tenant_id, created_at__gte=start, created_at__lt=end)
-                .order_by("created_at", "id").values_list(*_FIELDS).iterator(chunk_size=2000))  # server-side cursor
-        response = StreamingHttpResponse(csv_chunks(rows, prefixes), content_type="text/csv")
+        rows = request_log_rows(tenant_id=key.tenant_id, start=start, end=end, fields=_FIELDS)
+        response = StreamingHttpResponse(csv_chunks(rows, key_prefixes(tenant_id=key.tenant_id)),
+                                         content_type="text/csv")
         response["Content-Disposition"] = (f'attachment; filename="usage-{key.tenant.slug}-{start:%Y%m%d}-'
                                            f'{end:%Y%m%d}.csv"')
         return response

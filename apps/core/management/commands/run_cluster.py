@@ -106,7 +106,7 @@ class Command(BaseCommand):
                 name, status = next(iter(exited.items()))
                 raise CommandError(f"{name} exited with status {status} while starting; see {group.log_path(name)}")
             try:
-                with urllib.request.urlopen(waiting[0] + "/readyz", timeout=5) as response:  # noqa: S310
+                with urllib.request.urlopen(waiting[0] + "/readyz", timeout=5) as response:  # noqa: S310  # nosec B310  # our own URL
                     if response.status == 200:
                         waiting.pop(0)
                         continue
