@@ -15,7 +15,8 @@ ALLOWED = "https://app.example.com"
 # Django's /v1 views, beside the hot paths (ids need not exist: nothing may leak either way).
 DJANGO_V1 = ["/v1/complete", "/v1/usage", "/v1/usage/export", "/v1/files", "/v1/files/file-x",
              "/v1/files/file-x/content", "/v1/batches", "/v1/batches/batch_x", "/v1/batches/batch_x/cancel",
-             "/v1/jobs", "/v1/jobs/map-reduce", "/v1/jobs/job_x", "/v1/jobs/job_x/cancel", "/v1/stream", "/v1/openapi.json"]
+             "/v1/jobs", "/v1/jobs/map-reduce", "/v1/jobs/job_x", "/v1/jobs/job_x/cancel", "/v1/stream",
+             "/v1/openapi.json"]
 V1_PATHS = sorted(path for path in HOT_PATHS if path.startswith("/v1/")) + DJANGO_V1
 
 
