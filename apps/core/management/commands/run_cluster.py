@@ -10,6 +10,7 @@ simulator and a Redis this command started, and last the embedded database.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import sys
@@ -115,6 +116,19 @@ class Command(BaseCommand):
             time.sleep(0.5)
         if waiting:
             raise CommandError(f"not ready after {timeout:.0f}s: {waiting[0]}")
+        # The balancer checks its replicas on its own clock: the cluster is running once every
+        # replica answers through it, not merely the first.
+        names = {name for name in plan.commands() if name.startswith("web")}
+        seen: set[str] = set()
+        while seen != names and time.monotonic() < deadline:
+            try:
+                with urllib.request.urlopen(plan.base + "/healthz", timeout=5) as response:  # noqa: S310  # nosec B310  # our own URL
+                    seen.add(json.loads(response.read())["replica"])
+            except (urllib.error.URLError, OSError, ValueError, KeyError):
+                pass
+            time.sleep(0.1)
+        if seen != names:
+            raise CommandError(f"the balancer did not reach {', '.join(sorted(names - seen))} within {timeout:.0f}s")
 
     def _banner(self, plan: ClusterPlan, redis_url: str, credentials, state_dir: Path) -> None:
         workers = [name for name in plan.commands() if name.startswith("worker")]
