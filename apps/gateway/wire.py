@@ -4,10 +4,13 @@ watching for the client leaving."""
 from __future__ import annotations
 
 import asyncio
+import logging
 
 from django.conf import settings
 
 from apps.gateway.errors import PayloadTooLarge
+
+logger = logging.getLogger(__name__)
 
 JSON_HEADER = (b"content-type", b"application/json")
 SSE_HEADERS = [
@@ -86,8 +89,10 @@ async def stream_relay(stream, receive, send, headers: list) -> None:
         if not relay_task.done():
             relay_task.cancel()  # the client left: stop the upstream and bill what was produced
         disconnect_task.cancel()
-        await asyncio.gather(relay_task, disconnect_task, return_exceptions=True)
+        outcomes = await asyncio.gather(relay_task, disconnect_task, return_exceptions=True)
         await pieces.aclose()
+        if isinstance(outcomes[0], Exception):
+            logger.error("stream relay failed", exc_info=outcomes[0])
 
 
 async def _disconnect_wait(receive) -> None:
