@@ -1,5 +1,6 @@
-"""Calls to providers: one pooled aiohttp session per provider, a concurrency limit each,
-retries with backoff, then the ordered fallbacks.
+"""Calls to providers: streams through the lean client of :mod:`apps.gateway.h1`, JSON calls
+through one pooled aiohttp session per provider; a concurrency limit per provider, retries with
+backoff, then the ordered fallbacks.
 
     UpstreamFailure            an attempt failed and may be retried or fall through
     ├── status 429 / 5xx / 408 from the provider
