@@ -400,22 +400,26 @@ class ChatStream:
             self.kept_bytes += len(data)
 
     def _take_usage(self, out: bytes) -> bytes:
-        """Read the usage event; drop it when the client did not ask for usage."""
-        kept_events = []
-        for event in out.split(b"\n\n"):
-            if not event:
+        """Read the usage event; drop it when the client did not ask for usage. Only the event
+        holding the match is cut out and parsed, however many events ``out`` holds."""
+        for match in _USAGE_EVENT.finditer(out):
+            start = out.rfind(b"\n\n", 0, match.start())
+            start = 0 if start < 0 else start + 2
+            end = out.find(b"\n\n", match.end())
+            end = len(out) if end < 0 else end + 2
+            event = out[start:end]
+            if not event.startswith(b"data:"):
                 continue
-            if _USAGE_EVENT.search(event) and event.startswith(b"data:"):
-                try:
-                    parsed = orjson.loads(event[5:])
-                except orjson.JSONDecodeError:
-                    parsed = None
-                if isinstance(parsed, dict) and isinstance(parsed.get("usage"), dict):
-                    self.usage = parsed["usage"]
-                    if not self.client_wants_usage and not parsed.get("choices"):
-                        continue
-            kept_events.append(event)
-        return b"".join(event + b"\n\n" for event in kept_events)
+            try:
+                parsed = orjson.loads(event[5:])
+            except orjson.JSONDecodeError:
+                continue
+            if isinstance(parsed, dict) and isinstance(parsed.get("usage"), dict):
+                self.usage = parsed["usage"]
+                if not self.client_wants_usage and not parsed.get("choices"):
+                    return out[:start] + out[end:]
+                return out
+        return out
 
     def _relay(self, buffer: bytes) -> tuple[bytes, bytes]:
         cut = buffer.rfind(b"\n\n")
