@@ -9,7 +9,8 @@
 The hot case, a chunk whose delta is only ``{"content": "..."}``, is rewritten with no parsing
 at all: the provider's JSON string (escapes included) is copied between a prefix precomputed for
 the open block and a constant suffix. A read holding a run of such chunks is cut by one regex
-split and put back together by one join; other chunks are found one regex search each. Any other event
+split on their tails, checked to share one head, and put back together by one join; other
+chunks are found one regex search each. Any other event
 (role, finish reason, tool calls, usage, an error) is parsed with orjson; there are a few per
 stream. An OpenAI-compatible provider reports usage only at the end, so ``message_start``
 carries the prompt's tokens as counted here (``start_usage``: an estimate for a live stream,
@@ -27,10 +28,12 @@ from apps.gateway.messages.translate import FINISH_TO_STOP, anthropic_usage
 
 _TEXT_DELTA = re.compile(rb'"delta":\s*\{\s*"content"\s*:\s*("(?:[^"\\]|\\.)*")\s*\}')
 _FINISH_NULL = re.compile(rb'"finish_reason":\s*null')
-# A whole event that is only a text delta, in the compact form providers send: its choice not
-# finished, no usage (OpenAI's ``logprobs`` and ``usage`` may stand there as null).
-_TEXT_EVENT = re.compile(rb'(?<![^\n])data: ?\{"[^\n]*"choices":\[\{"index":0,"delta":\{"content":'
-                         rb'("(?:[^"\\\n]|\\.)*")\},(?:"logprobs":null,)?"finish_reason":null\}\](?:,"usage":null)?\}\n\n')
+# The end of an event that is only a text delta, in the compact form providers send: its choice
+# not finished, no usage (OpenAI's ``logprobs`` and ``usage`` may stand there as null). The head
+# before it (``data: {"id":...,"choices":[{"index":0,``) is the same on every chunk of a stream.
+_TEXT_TAIL = re.compile(rb'"delta":\{"content":("(?:[^"\\\n]|\\.)*")\},(?:"logprobs":null,)?"finish_reason":null\}\]'
+                        rb'(?:,"usage":null)?\}\n\n')
+_HEAD_END = b'"choices":[{"index":0,'
 _DONE = b"data: [DONE]"
 _PING = b'event: ping\ndata: {"type":"ping"}\n\n'
 _DELTA_HEAD = b'event: content_block_delta\ndata: {"type":"content_block_delta","index":'
@@ -88,16 +91,23 @@ class AnthropicFromOpenAI:
         if not self.started:
             self.started = True
             out.append(message_start(self.message_id, self.model, self.start_usage))
-        parts = _TEXT_EVENT.split(data)
-        if len(parts) > 1 and not any(parts[2:-1:2]):
-            # A run of plain text deltas, with at most other events before and after it: the
-            # run is rewritten by one split and one join, without a step per event in Python.
-            self._events(parts[0], out)
-            prefix = self._text_prefix or self._open_text(out)
-            out.append(prefix + (_DELTA_TAIL + prefix).join(parts[1::2]) + _DELTA_TAIL)
-            self._events(parts[-1], out)
-        else:
-            self._events(data, out)
+        parts = _TEXT_TAIL.split(data)
+        if len(parts) > 1:
+            # parts: [events and the first head, text, head, text, ..., head, text, the rest]
+            first = parts[0]
+            cut = first.rfind(b"\n\n") + 2 if b"\n\n" in first else 0
+            head = first[cut:]
+            heads = parts[2:-1:2]
+            if (head.startswith(b"data: {") and head.endswith(_HEAD_END) and b"\n" not in head
+                    and b'"usage":{' not in head and heads.count(head) == len(heads)):
+                # A run of plain text deltas, with other events before and after it: the run is
+                # rewritten by one split and one join, without a step per event in Python.
+                self._events(first[:cut], out)
+                prefix = self._text_prefix or self._open_text(out)
+                out.append(prefix + (_DELTA_TAIL + prefix).join(parts[1::2]) + _DELTA_TAIL)
+                self._events(parts[-1], out)
+                return b"".join(out)
+        self._events(data, out)
         return b"".join(out)
 
     def _events(self, data: bytes, out: list[bytes]) -> None:
