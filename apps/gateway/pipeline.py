@@ -490,9 +490,10 @@ class ChatStream:
             if not self.done:
                 error = UpstreamError("The upstream stream ended before it finished.", code="upstream_stream_cut")
         except (aiohttp.ClientError, TimeoutError) as exc:
-            message = f"The upstream stream failed mid-way ({type(exc).__name__})."
-            error = UpstreamTimeout(message) if isinstance(exc, TimeoutError) else UpstreamError(
-                message, code="upstream_stream_cut")
+            if not self.done:  # after the stream's own end, a connection that fails has lost nothing
+                message = f"The upstream stream failed mid-way ({type(exc).__name__})."
+                error = UpstreamTimeout(message) if isinstance(exc, TimeoutError) else UpstreamError(
+                    message, code="upstream_stream_cut")
         finally:
             await self.opened.close()
             if error is None and not self.done:
