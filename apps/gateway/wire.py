@@ -70,27 +70,17 @@ async def stream_relay(stream, receive, send, headers: list) -> None:
     except StopAsyncIteration:
         await send({"type": "http.response.body", "body": b""})
         return
-    # The piece holding the stream's end closes the body in the same write; the stream is then
-    # read to its own end (its usage row), and anything after its end is not sent.
-    await send({"type": "http.response.body", "body": first, "more_body": not stream.done})
+    await send({"type": "http.response.body", "body": first, "more_body": True})
 
     async def relay() -> None:
-        ended = stream.done
         async for data in pieces:
-            if not ended:
-                ended = stream.done
-                await send({"type": "http.response.body", "body": data, "more_body": not ended})
-        if not ended:
-            await send({"type": "http.response.body", "body": b""})
+            await send({"type": "http.response.body", "body": data, "more_body": True})
+        await send({"type": "http.response.body", "body": b""})
 
     relay_task = asyncio.ensure_future(relay())
     disconnect_task = asyncio.ensure_future(_disconnect_wait(receive))
     try:
         await asyncio.wait({relay_task, disconnect_task}, return_when=asyncio.FIRST_COMPLETED)
-        if not relay_task.done() and stream.done:
-            # The body is complete (which the server reports as a disconnect): the stream is only
-            # reading to its end for its usage row.
-            await relay_task
     except asyncio.CancelledError:
         # Not the client: the server is ending the request (its graceful shutdown ran out).
         stream.ended_by_server = True
