@@ -30,7 +30,7 @@ def text_tokens(text: str) -> int:
     """Tokens in ``text`` under o200k_base."""
     if not text:
         return 0
-    return len(_encoding().encode(text))
+    return len(_encoding().encode_ordinary(text))  # special-token text counts as text, never raises
 
 
 def messages_text(messages: list) -> str:

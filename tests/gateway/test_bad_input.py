@@ -305,3 +305,13 @@ def test_it_cuts_a_long_unknown_field_name_short_in_the_refusal():
             validate({"model": "m", "messages": PROMPT, "x" * 100_000: 1})
         assert (caught.value.code, caught.value.param) == ("unknown_parameter", "x" * 200)
         assert len(caught.value.message) < 300
+
+
+@pytest.mark.parametrize("door", ["chat", "messages"])
+def test_it_answers_a_prompt_that_spells_a_special_token_as_text(world, door):
+    # A prompt may hold "<|endoftext|>" as text: the counts that estimate its tokens (a translated
+    # stream's message_start, limits) take it as text, never as a reason to fail.
+    prompt = [{"role": "user", "content": "What does <|endoftext|> mean in <|im_start|> a prompt?"}]
+    response = send(world, door, with_fields(door, messages=prompt, stream=True))
+    assert response.status_code == 200, response.text
+    assert response.text.rstrip().endswith("data: [DONE]" if door == "chat" else 'data: {"type":"message_stop"}')
