@@ -389,6 +389,9 @@ class ChatStream:
         self.on_complete = None  # called with the stream once it ended normally
         self.upstream_failed = False  # the provider sent an error event of its own (nothing to cache)
         self.transform = None  # bytes -> bytes applied to what is relayed (another API's events)
+        # With a transform: whether what it has produced so far holds any content. Until it does,
+        # its output is held and goes out with the first content, in the same write.
+        self.content_started = None
         self.error_event = _error_event  # renders the event that ends a stream failing mid-way
         # Who cut the stream short, when a door knows (the HTTP relay does); None: guess from
         # whether the server is draining (a WebSocket closed under it).
@@ -468,25 +471,36 @@ class ChatStream:
         carry = b""
         error: GatewayError | None = None
         transform = self.transform
+        held = b""
+        content_started = self.content_started
         try:
             out, carry = self._relay(self.opened.first)
             call.first_byte = time.perf_counter()
             if out and transform is not None:
                 out = transform(out)
+                if content_started is not None and not content_started():
+                    held, out = out, b""  # only the message's start: it leaves with the first content
             if out:
                 yield out
             async for piece in self.opened.response.content.iter_any():
                 out, carry = self._relay(carry + piece if carry else piece)
                 if out and transform is not None:
                     out = transform(out)
+                if held and out:
+                    held, out = b"", held + out
                 if out:
                     yield out
             if carry.strip():
                 out, carry = self._relay(carry + b"\n\n")
                 if out and transform is not None:
                     out = transform(out)
+                if held:
+                    held, out = b"", held + out
                 if out:
                     yield out
+            if held:
+                held, out = b"", held
+                yield out
             if not self.done:
                 error = UpstreamError("The upstream stream ended before it finished.", code="upstream_stream_cut")
         except (aiohttp.ClientError, TimeoutError) as exc:
@@ -512,7 +526,7 @@ class ChatStream:
             self._log()
             if self.on_complete is not None:
                 self.on_complete(None)
-            yield self.error_event(error)
+            yield held + self.error_event(error)
             return
         self._log()
         if self.on_complete is not None:

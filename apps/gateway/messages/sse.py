@@ -85,6 +85,10 @@ class AnthropicFromOpenAI:
         self._text_prefix: bytes | None = None  # set while the open block is text
         self.tools: dict[int, int] = {}  # OpenAI tool call index -> block index
 
+    def content_started(self) -> bool:
+        """Whether a content block was opened (or the message ended) in what was translated."""
+        return self._next > 0 or self.finish_reason is not None
+
     def translate(self, data: bytes) -> bytes:
         """Whole OpenAI SSE events in, Anthropic SSE events out."""
         out: list[bytes] = []
