@@ -26,13 +26,13 @@ import orjson
 
 from apps.gateway.messages.translate import FINISH_TO_STOP, anthropic_usage
 
-_TEXT_DELTA = re.compile(rb'"delta":\s*\{\s*"content"\s*:\s*("(?:[^"\\]|\\.)*")\s*\}')
+_TEXT_DELTA = re.compile(rb'"delta":\s*\{\s*"content"\s*:\s*("[^"\\]*(?:\\.[^"\\]*)*")\s*\}')
 _FINISH_NULL = re.compile(rb'"finish_reason":\s*null')
 # The end of an event that is only a text delta, in the compact form providers send: its choice
 # not finished, no usage (OpenAI's ``logprobs`` and ``usage`` may stand there as null). The head
 # before it (``data: {"id":...,"choices":[{"index":0,``) is the same on every chunk of a stream.
-_TEXT_TAIL = re.compile(rb'"delta":\{"content":("(?:[^"\\\n]|\\.)*")\},(?:"logprobs":null,)?"finish_reason":null\}\]'
-                        rb'(?:,"usage":null)?\}\n\n')
+_TEXT_TAIL = re.compile(rb'"delta":\{"content":("[^"\\\n]*(?:\\.[^"\\\n]*)*")\},'
+                        rb'(?:"logprobs":null,)?"finish_reason":null\}\](?:,"usage":null)?\}\n\n')
 _HEAD_END = b'"choices":[{"index":0,'
 _DONE = b"data: [DONE]"
 _PING = b'event: ping\ndata: {"type":"ping"}\n\n'
