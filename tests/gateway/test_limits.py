@@ -192,6 +192,22 @@ def _fire(bases: list[str], key: str, count: int, body_for) -> list[tuple[int, d
     return asyncio.run(run())
 
 
+def _rows_missing(answers: list, gateways: list, tenant) -> str:
+    """Which gateway answered requests that have no usage row, with the end of its log."""
+    from apps.usage.models import RequestLog
+
+    logged = set(RequestLog.objects.filter(tenant=tenant).values_list("request_id", flat=True))
+    report = []
+    for index, gateway in enumerate(gateways):
+        mine = [(status, headers.get("x-switchyard-request-id")) for n, (status, headers, _b) in enumerate(answers)
+                if n % len(gateways) == index]
+        missing = [(status, rid) for status, rid in mine if rid not in logged]
+        report.append(f"{gateway.base}: {len(mine)} answers, {len(missing)} without a row {missing[:5]}")
+        if missing:
+            report.append(gateway.log_path.read_text(errors="replace")[-3000:])
+    return "\n".join(report)
+
+
 @pytest.fixture
 def fleet_world(transactional_db, simulator):
     world = World(simulator)
@@ -240,7 +256,7 @@ def test_it_holds_budget_rpm_and_tpm_across_processes(fleet_world, tmp_path, sto
     assert statuses.count(200) + len(refused) == 200, statuses
     assert refused and all(b'"budget_exceeded"' in body for body in refused)
     rows = RequestLog.objects.filter(tenant=world.tenant_a, model_used="sim-dear", status_code=200)
-    assert rows.count() == statuses.count(200)
+    assert rows.count() == statuses.count(200), _rows_missing(by_budget, gateways, world.tenant_a)
     costs = [row.cost for row in rows]
     total = sum(costs)
     assert total <= Decimal("1.00") + max(costs), (total, max(costs))
