@@ -19,8 +19,8 @@ streaming Anthropic Messages requests against:
                                 var/litellm-venv
 
 Rounds are interleaved so machine noise hits every target alike. Reported: time to first
-``content_block_delta`` p50/p95/p99, full response p50/p95, requests/s and output tokens/s
-(text deltas received per second).
+``content_block_delta`` p50/p95/p99, full response p50/p95, requests/s, output tokens/s
+(text deltas received per second) and each proxy's CPU time per answer.
 """
 
 from __future__ import annotations
@@ -39,6 +39,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import aiohttp
+import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from gateway import LITELLM_VENV, PY, REPO, free_port, pct, start, stop, wait_http
@@ -63,6 +64,7 @@ class Target:
     url: str
     model: str
     headers: dict = field(default_factory=dict)
+    proc: subprocess.Popen | None = None  # the proxy whose CPU per request is reported
 
 
 @dataclass
@@ -73,8 +75,12 @@ class Sample:
     deltas: int = 0
     first: list[float] = field(default_factory=list)
     full: list[float] = field(default_factory=list)
+    answered: int = 0  # warm-up included: what the proxy's CPU time is divided by
+    cpu: float = 0.0  # the proxy process's CPU seconds over the whole loop
 
     def add(self, other: Sample) -> None:
+        self.answered += other.answered
+        self.cpu += other.cpu
         self.ok += other.ok
         self.errors += other.errors
         self.elapsed += other.elapsed
@@ -85,6 +91,7 @@ class Sample:
 
 async def closed_loop(target: Target, *, concurrency: int, duration: float, warmup: float) -> Sample:
     sample = Sample()
+    cpu_before = _cpu(target.proc)
     headers = {"anthropic-version": "2023-06-01", "content-type": "application/json", **target.headers}
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0), headers=headers) as session:
         start_measure = time.perf_counter() + warmup
@@ -111,6 +118,7 @@ async def closed_loop(target: Target, *, concurrency: int, duration: float, warm
                 except aiohttp.ClientError:
                     good = False
                 t1 = time.perf_counter()
+                sample.answered += good
                 if t0 < start_measure:
                     continue
                 if good:
@@ -123,7 +131,19 @@ async def closed_loop(target: Target, *, concurrency: int, duration: float, warm
 
         await asyncio.gather(*(worker(i) for i in range(concurrency)))
         sample.elapsed = duration
+    sample.cpu = _cpu(target.proc) - cpu_before
     return sample
+
+
+def _cpu(proc: subprocess.Popen | None) -> float:
+    if proc is None:
+        return 0.0
+    process = psutil.Process(proc.pid)
+    total = 0.0
+    for each in (process, *process.children(recursive=True)):  # LiteLLM's workers too
+        times = each.cpu_times()
+        total += times.user + times.system
+    return total
 
 
 def litellm_config(upstream_v1: str, path: Path) -> None:
@@ -149,11 +169,12 @@ async def run(args) -> tuple[str, list[str]]:
         await wait_http(upstream_v1 + "/models")
         targets = [Target("simulator direct", upstream_v1 + "/messages", "sim-mini")]
         thin_port = free_port()
-        procs.append(start([PY, "bench/thin_proxy.py", "--port", str(thin_port), "--upstream",
-                            f"http://127.0.0.1:{up_port}"], log=logs / "thin.log"))
+        thin = start([PY, "bench/thin_proxy.py", "--port", str(thin_port), "--upstream",
+                      f"http://127.0.0.1:{up_port}"], log=logs / "thin.log")
+        procs.append(thin)
         await wait_http(f"http://127.0.0.1:{thin_port}/")
         targets.append(Target("thinnest proxy (aiohttp passthrough)", f"http://127.0.0.1:{thin_port}/v1/messages",
-                              "sim-mini"))
+                              "sim-mini", proc=thin))
 
         subprocess.run([PY, "manage.py", "migrate", "--noinput"], cwd=REPO, capture_output=True, check=True)
         seeded = subprocess.run([PY, "manage.py", "seed_demo", "--upstream-url", upstream_v1], cwd=REPO,
@@ -162,14 +183,16 @@ async def run(args) -> tuple[str, list[str]]:
         subprocess.run([PY, "manage.py", "shell", "-c", NATIVE_SETUP % {"upstream": upstream_v1}], cwd=REPO,
                        capture_output=True, check=True)
         sy_port = free_port()
-        procs.append(start([PY, "-m", "uvicorn", "config.asgi:application", "--host", "127.0.0.1", "--port",
+        switchyard = start([PY, "-m", "uvicorn", "config.asgi:application", "--host", "127.0.0.1", "--port",
                             str(sy_port), "--loop", "uvloop", "--http", "httptools", "--no-access-log"],
-                           env={"HF_HUB_OFFLINE": "1", "DEBUG": "0"}, log=logs / "switchyard.log"))
+                           env={"HF_HUB_OFFLINE": "1", "DEBUG": "0"}, log=logs / "switchyard.log")
+        procs.append(switchyard)
         auth = {"x-api-key": key, "cache-control": "no-store"}
         await wait_http(f"http://127.0.0.1:{sy_port}/v1/models", headers={"Authorization": f"Bearer {key}"})
         sy = f"http://127.0.0.1:{sy_port}/v1/messages"
-        targets += [Target("Switchyard, native provider", sy, "sim-claude", auth),
-                    Target("Switchyard, translated (OpenAI-compatible provider)", sy, "sim-mini", auth)]
+        targets += [Target("Switchyard, native provider", sy, "sim-claude", auth, proc=switchyard),
+                    Target("Switchyard, translated (OpenAI-compatible provider)", sy, "sim-mini", auth,
+                           proc=switchyard)]
 
         litellm_bin = LITELLM_VENV / "bin" / "litellm"
         if litellm_bin.exists():
@@ -182,7 +205,7 @@ async def run(args) -> tuple[str, list[str]]:
             procs.append(ll)
             await wait_http(f"http://127.0.0.1:{ll_port}/health/liveliness", timeout=180, proc=ll)
             targets.append(Target("LiteLLM /v1/messages", f"http://127.0.0.1:{ll_port}/v1/messages", "sim-claude",
-                                  {"x-api-key": master}))
+                                  {"x-api-key": master}, proc=ll))
         else:
             notes.append(f"LiteLLM is not installed here ({litellm_bin} is missing; `python bench/gateway.py "
                          "--install-litellm` installs it), so it is not in this run.")
@@ -207,8 +230,8 @@ def report(targets, results, args) -> str:
     direct = results["simulator direct"]
     lines = [f"\n**Streaming `/v1/messages`, {DELTAS} text deltas per answer, concurrency {args.concurrency}**\n",
              "| target | req/s | output tokens/s | x direct tokens/s | first delta p50 ms | p95 ms | p99 ms | "
-             "added first delta p50 ms | full p50 ms | full p95 ms | errors |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "added first delta p50 ms | full p50 ms | full p95 ms | proxy CPU ms/request | errors |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for target in targets:
         s = results[target.name]
         rps = s.ok / s.elapsed if s.elapsed else 0.0
@@ -217,7 +240,7 @@ def report(targets, results, args) -> str:
         lines.append(f"| {target.name} | {rps:.0f} | {tps:,.0f} | {tps / direct_tps:.2f} | {pct(s.first, 50):.1f} | "
                      f"{pct(s.first, 95):.1f} | {pct(s.first, 99):.1f} | "
                      f"{pct(s.first, 50) - pct(direct.first, 50):+.1f} | {pct(s.full, 50):.1f} | "
-                     f"{pct(s.full, 95):.1f} | {s.errors} |")
+                     f"{pct(s.full, 95):.1f} | {_cpu_cell(target, s)} | {s.errors} |")
     lines.append("\n| check | result | measured |\n|---|---|---|")
     for target in targets[1:]:
         if not target.name.startswith("Switchyard"):
@@ -232,6 +255,12 @@ def report(targets, results, args) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _cpu_cell(target: Target, s: Sample) -> str:
+    if target.proc is None or not s.answered:
+        return "-"
+    return f"{1000 * s.cpu / s.answered:.2f}"
+
+
 def write(path: Path, body: str, notes: list[str], args) -> None:
     marker_start, marker_end = "<!-- bench/messages.py:start -->", "<!-- bench/messages.py:end -->"
     cpu = platform.processor() or platform.machine()
@@ -244,7 +273,9 @@ def write(path: Path, body: str, notes: list[str], args) -> None:
         f"first token, {DELTAS} text deltas. Closed loop "
         f"from a Python aiohttp client, targets interleaved, {args.rounds} rounds of {args.duration:g} s each; the "
         "load generator, the simulator and Switchyard share the same two cores. Switchyard runs with usage logging "
-        "and cost on and its cache bypassed (`Cache-Control: no-store`).\n"
+        "and cost on and its cache bypassed (`Cache-Control: no-store`). \"Proxy CPU\" is the proxy process's own "
+        "CPU time (user and system, its threads included, Postgres's not) over its loops, divided by the answers "
+        "it gave: the figure the shared cores make least noisy.\n"
         + "".join(f"\n{note}\n" for note in notes)
         + f"{body}\n{marker_end}\n"
     )

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hmac
 import ipaddress
+from collections import Counter as Tally
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
@@ -47,29 +48,51 @@ CIRCUIT_OPEN = Gauge("switchyard_circuit_open", "1 while this process's circuit 
 
 
 def rows_observe(rows: list[dict], tenant_names: dict[int, str], providers: dict[str, str]) -> None:
-    """Count a flushed batch of usage rows (``providers``: model name to provider name)."""
+    """Count a flushed batch of usage rows (``providers``: model name to provider name): counters
+    summed per label set first, one increment each; histograms observe every row."""
+    requests: Tally = Tally()
+    hits: Tally = Tally()
+    errors: Tally = Tally()
+    spend: Tally = Tally()
+    saved: Tally = Tally()
+    tokens = dict.fromkeys(("input", "cached", "cache_write", "output"), 0)
+    latency: dict = {}
+    ttft: dict = {}
     for row in rows:
-        endpoint, status = row["endpoint"], row["status_code"]
-        model = row["model_used"] or "none"
-        REQUESTS.labels(endpoint, str(status), row["cache_outcome"], model).inc()
-        LATENCY.labels(endpoint).observe(row["latency_ms"] / 1000)
+        endpoint, status, outcome = row["endpoint"], row["status_code"], row["cache_outcome"]
+        requests[(endpoint, status, outcome, row["model_used"] or "none")] += 1
+        child = latency.get(endpoint) or latency.setdefault(endpoint, LATENCY.labels(endpoint))
+        child.observe(row["latency_ms"] / 1000)
         if row["ttft_ms"] is not None:
-            TTFT.labels(endpoint).observe(row["ttft_ms"] / 1000)
-        if row["cache_outcome"] in ("exact", "semantic"):
-            CACHE_HITS.labels(row["cache_outcome"]).inc()
+            child = ttft.get(endpoint) or ttft.setdefault(endpoint, TTFT.labels(endpoint))
+            child.observe(row["ttft_ms"] / 1000)
+        if outcome in ("exact", "semantic"):
+            hits[outcome] += 1
         else:
             OVERHEAD.observe(row["overhead_ms"] / 1000)
         if status >= 500 or row["error_code"].startswith("upstream"):
-            UPSTREAM_ERRORS.labels(providers.get(row["model_used"], "none"), row["error_code"] or str(status)).inc()
-        tenant = tenant_names.get(row["tenant_id"], str(row["tenant_id"]))
+            errors[(providers.get(row["model_used"], "none"), row["error_code"] or str(status))] += 1
         if row["cost"]:
-            SPEND.labels(tenant).inc(float(row["cost"]))
+            spend[row["tenant_id"]] += row["cost"]
         if row["saved_cost"]:
-            SAVED.labels(tenant).inc(float(row["saved_cost"]))
-        TOKENS.labels("input").inc(row["input_tokens"])
-        TOKENS.labels("cached").inc(row["cached_tokens"])
-        TOKENS.labels("cache_write").inc(row.get("cache_write_tokens", 0))
-        TOKENS.labels("output").inc(row["output_tokens"])
+            saved[row["tenant_id"]] += row["saved_cost"]
+        tokens["input"] += row["input_tokens"]
+        tokens["cached"] += row["cached_tokens"]
+        tokens["cache_write"] += row.get("cache_write_tokens", 0)
+        tokens["output"] += row["output_tokens"]
+    for (endpoint, status, outcome, model), count in requests.items():
+        REQUESTS.labels(endpoint, str(status), outcome, model).inc(count)
+    for outcome, count in hits.items():
+        CACHE_HITS.labels(outcome).inc(count)
+    for labels, count in errors.items():
+        UPSTREAM_ERRORS.labels(*labels).inc(count)
+    for tenant_id, amount in spend.items():
+        SPEND.labels(tenant_names.get(tenant_id, str(tenant_id))).inc(float(amount))
+    for tenant_id, amount in saved.items():
+        SAVED.labels(tenant_names.get(tenant_id, str(tenant_id))).inc(float(amount))
+    for kind, count in tokens.items():
+        if count:
+            TOKENS.labels(kind).inc(count)
 
 
 def allowed(scope, authorization: bytes | None, token: str) -> bool:

@@ -389,6 +389,9 @@ class ChatStream:
         self.on_complete = None  # called with the stream once it ended normally
         self.upstream_failed = False  # the provider sent an error event of its own (nothing to cache)
         self.transform = None  # bytes -> bytes applied to what is relayed (another API's events)
+        # With a transform: whether what it has produced so far holds any content. Until it does,
+        # its output is held and goes out with the first content, in the same write.
+        self.content_started = None
         self.error_event = _error_event  # renders the event that ends a stream failing mid-way
         # Who cut the stream short, when a door knows (the HTTP relay does); None: guess from
         # whether the server is draining (a WebSocket closed under it).
@@ -400,22 +403,26 @@ class ChatStream:
             self.kept_bytes += len(data)
 
     def _take_usage(self, out: bytes) -> bytes:
-        """Read the usage event; drop it when the client did not ask for usage."""
-        kept_events = []
-        for event in out.split(b"\n\n"):
-            if not event:
+        """Read the usage event; drop it when the client did not ask for usage. Only the event
+        holding the match is cut out and parsed, however many events ``out`` holds."""
+        for match in _USAGE_EVENT.finditer(out):
+            start = out.rfind(b"\n\n", 0, match.start())
+            start = 0 if start < 0 else start + 2
+            end = out.find(b"\n\n", match.end())
+            end = len(out) if end < 0 else end + 2
+            event = out[start:end]
+            if not event.startswith(b"data:"):
                 continue
-            if _USAGE_EVENT.search(event) and event.startswith(b"data:"):
-                try:
-                    parsed = orjson.loads(event[5:])
-                except orjson.JSONDecodeError:
-                    parsed = None
-                if isinstance(parsed, dict) and isinstance(parsed.get("usage"), dict):
-                    self.usage = parsed["usage"]
-                    if not self.client_wants_usage and not parsed.get("choices"):
-                        continue
-            kept_events.append(event)
-        return b"".join(event + b"\n\n" for event in kept_events)
+            try:
+                parsed = orjson.loads(event[5:])
+            except orjson.JSONDecodeError:
+                continue
+            if isinstance(parsed, dict) and isinstance(parsed.get("usage"), dict):
+                self.usage = parsed["usage"]
+                if not self.client_wants_usage and not parsed.get("choices"):
+                    return out[:start] + out[end:]
+                return out
+        return out
 
     def _relay(self, buffer: bytes) -> tuple[bytes, bytes]:
         cut = buffer.rfind(b"\n\n")
@@ -464,31 +471,43 @@ class ChatStream:
         carry = b""
         error: GatewayError | None = None
         transform = self.transform
+        held = b""
+        content_started = self.content_started
         try:
             out, carry = self._relay(self.opened.first)
             call.first_byte = time.perf_counter()
             if out and transform is not None:
                 out = transform(out)
+                if content_started is not None and not content_started():
+                    held, out = out, b""  # only the message's start: it leaves with the first content
             if out:
                 yield out
             async for piece in self.opened.response.content.iter_any():
                 out, carry = self._relay(carry + piece if carry else piece)
                 if out and transform is not None:
                     out = transform(out)
+                if held and out:
+                    held, out = b"", held + out
                 if out:
                     yield out
             if carry.strip():
                 out, carry = self._relay(carry + b"\n\n")
                 if out and transform is not None:
                     out = transform(out)
+                if held:
+                    held, out = b"", held + out
                 if out:
                     yield out
+            if held:
+                held, out = b"", held
+                yield out
             if not self.done:
                 error = UpstreamError("The upstream stream ended before it finished.", code="upstream_stream_cut")
         except (aiohttp.ClientError, TimeoutError) as exc:
-            message = f"The upstream stream failed mid-way ({type(exc).__name__})."
-            error = UpstreamTimeout(message) if isinstance(exc, TimeoutError) else UpstreamError(
-                message, code="upstream_stream_cut")
+            if not self.done:  # after the stream's own end, a connection that fails has lost nothing
+                message = f"The upstream stream failed mid-way ({type(exc).__name__})."
+                error = UpstreamTimeout(message) if isinstance(exc, TimeoutError) else UpstreamError(
+                    message, code="upstream_stream_cut")
         finally:
             await self.opened.close()
             if error is None and not self.done:
@@ -507,7 +526,7 @@ class ChatStream:
             self._log()
             if self.on_complete is not None:
                 self.on_complete(None)
-            yield self.error_event(error)
+            yield held + self.error_event(error)
             return
         self._log()
         if self.on_complete is not None:

@@ -1,5 +1,6 @@
-"""Calls to providers: one pooled aiohttp session per provider, a concurrency limit each,
-retries with backoff, then the ordered fallbacks.
+"""Calls to providers: streams through the lean client of :mod:`apps.gateway.h1`, JSON calls
+through one pooled aiohttp session per provider; a concurrency limit per provider, retries with
+backoff, then the ordered fallbacks.
 
     UpstreamFailure            an attempt failed and may be retried or fall through
     ├── status 429 / 5xx / 408 from the provider
@@ -27,6 +28,7 @@ import orjson
 
 from apps.gateway.breaker import Breakers
 from apps.gateway.errors import RateLimited, UpstreamError, UpstreamTimeout, UpstreamUnavailable
+from apps.gateway.h1 import H1Pool, H1Response
 
 logger = logging.getLogger(__name__)
 
@@ -65,6 +67,7 @@ class UpstreamPool:
 
     def __init__(self) -> None:
         self._sessions: dict[int, aiohttp.ClientSession] = {}
+        self._h1: dict[int, H1Pool] = {}
         self._limits: dict[int, tuple[int, asyncio.Semaphore]] = {}
         self.in_flight = 0  # upstream calls holding a concurrency slot (JSON or open streams)
 
@@ -77,6 +80,15 @@ class UpstreamPool:
             self._sessions[provider.id] = session
         return session
 
+    def h1(self, provider) -> H1Pool:
+        """The lean client's connections to this provider (streams go through it)."""
+        pool = self._h1.get(provider.id)
+        if pool is None or pool.base_url != provider.base_url:
+            if pool is not None:
+                pool.close()
+            pool = self._h1[provider.id] = H1Pool(provider.base_url)
+        return pool
+
     def limit(self, provider) -> asyncio.Semaphore:
         current = self._limits.get(provider.id)
         if current is None or current[0] != provider.max_concurrency:
@@ -88,6 +100,9 @@ class UpstreamPool:
         for session in self._sessions.values():
             await session.close()
         self._sessions.clear()
+        for h1 in self._h1.values():
+            h1.close()
+        self._h1.clear()
 
 
 ANTHROPIC_KIND = "anthropic"
@@ -107,7 +122,7 @@ def _headers(provider, extra: dict[str, str] | None = None) -> dict[str, str]:
     return headers
 
 
-def _retry_after(response: aiohttp.ClientResponse) -> float | None:
+def _retry_after(response) -> float | None:
     value = response.headers.get("Retry-After")
     if not value:
         return None
@@ -117,7 +132,7 @@ def _retry_after(response: aiohttp.ClientResponse) -> float | None:
         return None
 
 
-async def _classify_status(response: aiohttp.ClientResponse, provider) -> None:
+async def _classify_status(response, provider) -> None:
     """Raise for a non-200 answer: retryable failure or client error (whose body, passed back to
     the client, never carries our credential even when the provider echoes it)."""
     body = await response.read()
@@ -132,12 +147,8 @@ async def _classify_status(response: aiohttp.ClientResponse, provider) -> None:
     raise UpstreamClientError(response.status, body, response.headers.get("Content-Type", "application/json"))
 
 
-def _client_timeout(provider, *, stream: bool) -> aiohttp.ClientTimeout:
-    connect = min(provider.timeout, 10.0)
-    if stream:
-        # A stream may run long; what must not happen is silence longer than the timeout.
-        return aiohttp.ClientTimeout(total=None, sock_connect=connect, sock_read=provider.timeout)
-    return aiohttp.ClientTimeout(total=provider.timeout, sock_connect=connect)
+def _client_timeout(provider) -> aiohttp.ClientTimeout:
+    return aiohttp.ClientTimeout(total=provider.timeout, sock_connect=min(provider.timeout, 10.0))
 
 
 async def post_json(pool: UpstreamPool, model, path: str, body: bytes,
@@ -150,7 +161,7 @@ async def post_json(pool: UpstreamPool, model, path: str, body: bytes,
         try:
             async with pool.session(provider).post(
                 provider.base_url + path, data=body, headers=_headers(provider, headers),
-                timeout=_client_timeout(provider, stream=False),
+                timeout=_client_timeout(provider),
             ) as response:
                 if response.status != 200:
                     await _classify_status(response, provider)
@@ -175,7 +186,7 @@ class OpenStream:
     """A stream whose first bytes have arrived: from here on there is no falling back."""
 
     model: object
-    response: aiohttp.ClientResponse
+    response: H1Response
     first: bytes
     release: object  # the semaphore to release when the stream ends
     pool: UpstreamPool
@@ -218,10 +229,10 @@ async def open_stream(pool: UpstreamPool, model, path: str, body: bytes,
     pool.in_flight += 1
     response = None
     try:
-        response = await pool.session(provider).post(
-            provider.base_url + path, data=body, headers=_headers(provider, headers),
-            timeout=_client_timeout(provider, stream=True),
-        )
+        # A stream may run long; what must not happen is silence longer than the timeout.
+        response = await pool.h1(provider).post(
+            path, body, _headers(provider, headers), connect_timeout=min(provider.timeout, 10.0),
+            first_byte_timeout=provider.timeout, read_timeout=provider.timeout)
         if response.status != 200:
             await _classify_status(response, provider)
         first = await response.content.readany()

@@ -4,10 +4,13 @@ watching for the client leaving."""
 from __future__ import annotations
 
 import asyncio
+import logging
 
 from django.conf import settings
 
 from apps.gateway.errors import PayloadTooLarge
+
+logger = logging.getLogger(__name__)
 
 JSON_HEADER = (b"content-type", b"application/json")
 SSE_HEADERS = [
@@ -57,9 +60,13 @@ async def chunks_send(send, headers: list, chunks: list[bytes]) -> None:
 
 async def stream_relay(stream, receive, send, headers: list) -> None:
     """Send a pipeline stream's bytes as an SSE body; a client that leaves stops it (and the
-    upstream call, billed for what was produced)."""
+    upstream call, billed for what was produced).
+
+    The relay runs in the request's own task, so a piece that has arrived goes out without
+    waiting for another task's turn on a busy loop; a small task watches for the client leaving
+    and, when it does, cancels the relay. A cancellation from anywhere else is the server ending
+    the request (its graceful shutdown ran out), which the stream tells from a draining server."""
     pieces = stream.__aiter__()
-    stream.ended_by_server = False  # unless the relay below is cancelled by the server
     await send({"type": "http.response.start", "status": 200, "headers": SSE_HEADERS + headers})
     # The first bytes are already here: send them now, before any task is scheduled.
     try:
@@ -69,24 +76,34 @@ async def stream_relay(stream, receive, send, headers: list) -> None:
         return
     await send({"type": "http.response.body", "body": first, "more_body": True})
 
-    async def relay() -> None:
+    task = asyncio.current_task()
+    watching = True  # false once the body is complete (the server then reports a disconnect)
+    left = False
+
+    def client_left(watcher: asyncio.Future) -> None:
+        nonlocal left
+        if watching and not watcher.cancelled() and watcher.exception() is None:
+            left = True
+            stream.ended_by_server = False
+            task.cancel()
+
+    watcher = asyncio.ensure_future(_disconnect_wait(receive))
+    watcher.add_done_callback(client_left)
+    try:
         async for data in pieces:
             await send({"type": "http.response.body", "body": data, "more_body": True})
+        watching = False
         await send({"type": "http.response.body", "body": b""})
-
-    relay_task = asyncio.ensure_future(relay())
-    disconnect_task = asyncio.ensure_future(_disconnect_wait(receive))
-    try:
-        await asyncio.wait({relay_task, disconnect_task}, return_when=asyncio.FIRST_COMPLETED)
     except asyncio.CancelledError:
-        # Not the client: the server is ending the request (its graceful shutdown ran out).
-        stream.ended_by_server = True
-        raise
+        if not left:
+            raise
+        task.uncancel()  # the client left: this request ends here, normally
+    except Exception:
+        logger.exception("stream relay failed")
     finally:
-        if not relay_task.done():
-            relay_task.cancel()  # the client left: stop the upstream and bill what was produced
-        disconnect_task.cancel()
-        await asyncio.gather(relay_task, disconnect_task, return_exceptions=True)
+        watching = False
+        watcher.remove_done_callback(client_left)
+        watcher.cancel()
         await pieces.aclose()
 
 

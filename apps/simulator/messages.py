@@ -284,6 +284,8 @@ class MessagesAPI:
                      **({} if mode == "no_usage" else {"usage": end_usage})}) + b"\n\n"
                 + b'event: message_stop\ndata: {"type":"message_stop"}\n\n')
         await response.write(tail)
+        if mode == "linger":
+            await self.simulator._hang(request)  # the stream is whole, but its response never ends
         return response
 
 

@@ -34,7 +34,7 @@ Knobs (command line; per request through headers)
 
 Faults (control API; the gateway cannot set headers on its upstream calls)
     POST   /_sim/faults  {"model": "<id>" | "*", "mode": "status" | "timeout" | "cut" |
-                          "garbage" | "invalid_json" | "no_usage", "status": 500, "count": 1
+                          "garbage" | "invalid_json" | "no_usage" | "linger", "status": 500, "count": 1
                           (-1 = until cleared), "retry_after": seconds,
                           "delay": seconds (for "slow")}
                           queues a fault for the next matching chat or embeddings requests
@@ -60,6 +60,9 @@ Faults (control API; the gateway cannot set headers on its upstream calls)
         invalid_json  a 200 whose body is not JSON; a stream sends one event whose data is not
                       JSON, then ``[DONE]``
         no_usage      a normal answer without any usage (JSON or stream), like some providers
+        linger        a stream sends its whole answer (through ``[DONE]`` or ``message_stop``)
+                      but never ends the response, leaving the connection open (as ``timeout``
+                      does); a JSON answer is as usual
 """
 
 from __future__ import annotations
@@ -104,7 +107,8 @@ WORDS = (
 ENDINGS = (". ", "? ", "! ", ". ")
 HEADERS = {"x-simulated-upstream": "true"}
 SSE_HEADERS = {"x-simulated-upstream": "true", "Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
-FAULT_MODES = frozenset({"status", "timeout", "slow", "stall", "cut", "garbage", "invalid_json", "no_usage"})
+FAULT_MODES = frozenset({"status", "timeout", "slow", "stall", "cut", "garbage", "invalid_json", "no_usage",
+                         "linger"})
 TIMEOUT_FAULT_SECONDS = 3600.0
 NOT_JSON = b"{this is not json"
 GARBAGE = b"this is not server-sent events\r\n\x00\xff garbage\n\n"
@@ -476,6 +480,8 @@ class Simulator:
         if isinstance(options, dict) and options.get("include_usage") and mode != "no_usage":
             tail += b"data: " + head + b'],"usage":' + _dumps(usage) + b"}\n\n"
         await response.write(tail + b"data: [DONE]\n\n")
+        if mode == "linger":
+            await self._hang(request)  # the stream is whole, but its response never ends
         return response
 
     async def _tool_call(self, request, body, tool: dict, words, ident, created, model, usage, stream):

@@ -28,9 +28,9 @@ FAULTS = {
 REASONS = {
     "status_500": ("status 500", "status 500"),
     "status_429": ("status 429", "status 429"),
-    "refused": ("connection: ClientConnectorError", "connection: ClientConnectorError"),
+    "refused": ("connection: ClientConnectorError", "connection: UpstreamConnectError"),
     "slow_first_byte": ("timeout", "timeout before the first byte"),
-    "stall": ("timeout", "The upstream stream failed mid-way (SocketTimeoutError)"),
+    "stall": ("timeout", "The upstream stream failed mid-way (ReadTimeout)"),
     "cut": ("connection: ServerDisconnectedError", "The upstream stream"),
     "invalid_json": ("invalid JSON from upstream", "invalid JSON in the stream"),
     "garbage": ("invalid JSON from upstream", "stream is not server-sent events"),
@@ -279,3 +279,31 @@ def test_it_has_no_more_tasks_on_its_loop_after_the_faults_than_before(faults):
     gateway = faults.world.gateway
     assert wait_until(lambda: _metric(gateway, "switchyard_event_loop_tasks") <= gateway.idle_tasks + 1, timeout=10), \
         (_metric(gateway, "switchyard_event_loop_tasks"), gateway.idle_tasks)
+
+
+def test_it_bills_a_whole_stream_whole_when_the_provider_lingers_after_its_end(faults):
+    # The provider sends everything through its end marker, then neither ends the response nor
+    # closes the connection until our read timeout: nothing was lost, so nothing failed.
+    faults.world.simulator.fault(model="sim-standard", mode="linger", count=-1)
+    chat = _post(faults, "lonely", stream=True, prompt="linger after done")
+    assert chat.status_code == 200
+    assert chat.text.rstrip().endswith("data: [DONE]"), chat.text[-300:]
+    assert '"error"' not in chat.text
+    row = _row(faults)
+    assert (row.status_code, row.error_code, row.model_used) == (200, "", "lonely")
+    assert row.output_tokens > 0 and row.cost > 0
+    from apps.usage.models import RequestLog
+
+    RequestLog.objects.all().delete()
+    headers = {"x-api-key": faults.world.key_a, "anthropic-version": "2023-06-01", "Cache-Control": "no-store"}
+    with httpx.Client(timeout=30) as client:
+        message = client.post(faults.world.gateway.v1 + "/messages", headers=headers, json={
+            "model": "lonely", "max_tokens": 64, "stream": True,
+            "messages": [{"role": "user", "content": "linger after the translated end"}]})
+    assert message.status_code == 200
+    assert message.text.rstrip().endswith('data: {"type":"message_stop"}'), message.text[-300:]
+    assert "event: error" not in message.text
+    row = _row(faults)
+    assert (row.status_code, row.error_code) == (200, "")
+    assert row.output_tokens > 0
+    _nothing_left_behind(faults)

@@ -76,6 +76,48 @@ def test_it_takes_the_streams_own_usage_and_translates_tool_calls():
                               "output_tokens": 9}
 
 
+@pytest.mark.parametrize("shape", ["compact", "openai", "spaced"])
+def test_it_translates_runs_of_text_deltas_alike_however_the_reads_cut_them(shape):
+    # Runs of plain text deltas are rewritten in one pass; whatever the reads hold (one event,
+    # a run, a run with a tool call or the end inside it), the client sees the same events.
+    random = __import__("random").Random(7)
+    texts = [random.choice([" word", 'q"uote', "back\\", "\n", "caf\u00e9", "", 'x\\"},"finish_reason":null}]}'])
+             for _ in range(40)]
+    stream = [chunk({"role": "assistant", "content": ""})]
+    for n, text in enumerate(texts):
+        if n == 20:
+            stream.append(chunk({"tool_calls": [{"index": 0, "id": "call_1", "function": {"name": "f",
+                                                                                          "arguments": "{}"}}]}))
+        extra = {"usage": None} if shape == "openai" else {}
+        event = chunk({"content": text}, **extra)
+        if shape == "openai":
+            event = event.replace(b'},"finish_reason"', b'},"logprobs":null,"finish_reason"')
+        elif shape == "spaced":
+            event = event.replace(b'"delta":{"content":', b'"delta": {"content": ')
+        stream.append(event)
+    stream += [chunk({}, "stop"), b'data: {"choices":[],"usage":{"prompt_tokens":3,"completion_tokens":40}}\n\n',
+               b"data: [DONE]\n\n"]
+
+    def translated(reads: list[bytes]) -> bytes:
+        translator = AnthropicFromOpenAI(message_id="msg_3", model="m")
+        return b"".join(translator.translate(read) for read in reads)
+
+    one_by_one = translated(stream)
+    parsed = events(one_by_one)
+    text = [d["delta"]["text"] for name, d in parsed if name == "content_block_delta" and d["index"] in (0, 2)]
+    assert "".join(text) == "".join(texts)
+    assert [d["content_block"]["type"] for name, d in parsed if name == "content_block_start"] == [
+        "text", "tool_use", "text"]
+    assert translated([b"".join(stream)]) == one_by_one
+    for _ in range(50):
+        reads, at = [], 0
+        while at < len(stream):
+            size = random.randint(1, 15)
+            reads.append(b"".join(stream[at:at + size]))
+            at += size
+        assert translated(reads) == one_by_one
+
+
 def test_it_lists_what_only_a_native_provider_takes_and_refuses_malformed_bodies():
     chat, unsupported = messages_body_translate({
         "model": "m", "max_tokens": 10, "container": "x",

@@ -153,6 +153,7 @@ async def messages_stream_open(state, request: MessagesRequest) -> ChatStream:
     translator = AnthropicFromOpenAI(message_id=f"msg_{call.request_id}", model=opened.model.upstream_id,
                                      usage_of=lambda: anthropic_usage_of(call), start_usage=estimate)
     stream.transform = translator.translate
+    stream.content_started = translator.content_started
     stream.translator = translator
     stream.error_event = lambda error: error_event(error, call.request_id)
     return stream
