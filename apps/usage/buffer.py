@@ -3,7 +3,8 @@
 A request appends a plain dict (no model instance, no I/O). A background task flushes the
 buffer every second, or as soon as it holds ``max_rows``, with one ``bulk_create`` in a worker
 thread. :meth:`UsageBuffer.close` flushes what is left; the ASGI lifespan calls it on
-shutdown, after the server has finished its in-flight requests, so a SIGTERM loses no row.
+shutdown, after the server has finished its in-flight requests, so a SIGTERM loses no row
+(a flush under way when the server stops is finished first, never cut off).
 A failed flush keeps its rows and retries them on the next round.
 """
 
@@ -130,7 +131,10 @@ class UsageBuffer:
 
     async def close(self) -> None:
         if self._task is not None:
-            self._task.cancel()
+            # Stop the timer's task only between flushes: cancelled half-way, a flush would drop
+            # the batch it has taken (its write, still queued for a thread, is cancelled with it).
+            async with self._flush_lock:
+                self._task.cancel()
             try:
                 await self._task
             except asyncio.CancelledError:

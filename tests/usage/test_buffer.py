@@ -94,3 +94,35 @@ def test_it_writes_a_row_holding_a_nul_character_without_it_and_the_rest_of_the_
     assert asyncio.run(run()) == (2, 0)
     rows = {row.request_id: row.requested_model for row in RequestLog.objects.filter(tenant=tenant_a)}
     assert rows == {"req-1": "simmini", "req-2": "sim-mini"}
+
+
+@pytest.mark.django_db(transaction=True)
+def test_it_loses_no_row_when_closed_while_a_flush_waits_for_a_thread(tenant_a):
+    """A server stopping right after the timer's flush began: that batch is written, not dropped
+    with the flush task (its write may still be queued for a worker thread)."""
+    import concurrent.futures
+    import threading
+
+    async def run():
+        loop = asyncio.get_running_loop()
+        threads = concurrent.futures.ThreadPoolExecutor(max_workers=1)
+        loop.set_default_executor(threads)  # the flush's write runs here
+        busy = threading.Event()
+        loop.run_in_executor(None, busy.wait, 10)  # the only thread is taken: the write queues
+        buffer = UsageBuffer(interval=60, max_rows=5)
+        buffer.start()
+        for n in range(5):
+            buffer.append(_row(tenant_a, n))  # the fifth wakes the flush task
+        for _ in range(100):
+            if not len(buffer):
+                break  # the flush has taken the rows and waits for the thread
+            await asyncio.sleep(0.01)
+        assert len(buffer) == 0
+        closing = asyncio.ensure_future(buffer.close())
+        await asyncio.sleep(0.2)
+        busy.set()
+        await asyncio.wait_for(closing, 10)
+        return buffer.written
+
+    assert asyncio.run(run()) == 5
+    assert RequestLog.objects.filter(tenant=tenant_a).count() == 5
