@@ -10,6 +10,7 @@ cost and usage row as ``/v1/chat/completions``; only the bodies differ.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from dataclasses import dataclass, field
 
@@ -78,6 +79,10 @@ async def messages_prepare(state, key, raw: bytes, *, started: float, tags_heade
         pipeline.call_route(state, call, body, tags_header, mode="chat", dialect="anthropic",
                             native_only=", ".join(unsupported) if unsupported else None)
         await limits_reserve(state, call, body)
+        if call.stream and call.chain and not _native(call.chain[0]):
+            # A translated stream's message_start carries this count: made while the provider
+            # thinks (the callback runs once this request waits on it), not after its first bytes.
+            asyncio.get_running_loop().call_soon(call.prompt_tokens_count, body["messages"])
     except GatewayError as exc:
         call.requested_model = call.requested_model or str(original.get("model") or "")[:200]
         call.status, call.error_code = exc.status, exc.code
