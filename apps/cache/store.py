@@ -9,6 +9,8 @@ with ten rows still finds its neighbour when another tenant owns a million.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -60,11 +62,32 @@ class CacheStore:
                                         configure=_configurer(hnsw_max_scan_tuples, ef_search),
                                         kwargs={"autocommit": True, "prepare_threshold": None})
         self._hits: dict[int, int] = {}
+        self._hits_lock = asyncio.Lock()
+        self._hits_task: asyncio.Task | None = None
 
     async def open(self) -> None:
         await self.pool.open(wait=True, timeout=30)
 
+    def hits_flush_start(self, interval: float = 1.0) -> None:
+        """Write the hit counts every ``interval`` seconds until :meth:`close`."""
+        self._hits_task = asyncio.get_running_loop().create_task(self._hits_flush_every(interval), name="cache-hits")
+
+    async def _hits_flush_every(self, interval: float) -> None:
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await self.hits_flush()
+            except Exception:
+                logger.exception("cache hit counts not written; they are dropped")
+
     async def close(self) -> None:
+        if self._hits_task is not None:
+            # Stopped only between flushes: cancelled half-way, a flush drops the counts it took.
+            async with self._hits_lock:
+                self._hits_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._hits_task
+            self._hits_task = None
         await self.hits_flush()
         await self.pool.close()
 
@@ -158,15 +181,16 @@ class CacheStore:
         self._hits[entry_id] = self._hits.get(entry_id, 0) + 1
 
     async def hits_flush(self) -> int:
-        if not self._hits:
-            return 0
-        counts, self._hits = self._hits, {}
-        ids, increments = list(counts), list(counts.values())
-        async with self.pool.connection() as conn:
-            await conn.execute(
-                "UPDATE cache_cacheentry AS e SET hit_count = e.hit_count + h.n, last_hit_at = now() "
-                "FROM unnest(%s::bigint[], %s::int[]) AS h(id, n) WHERE e.id = h.id", [ids, increments])
-        return len(ids)
+        async with self._hits_lock:
+            if not self._hits:
+                return 0
+            counts, self._hits = self._hits, {}
+            ids, increments = list(counts), list(counts.values())
+            async with self.pool.connection() as conn:
+                await conn.execute(
+                    "UPDATE cache_cacheentry AS e SET hit_count = e.hit_count + h.n, last_hit_at = now() "
+                    "FROM unnest(%s::bigint[], %s::int[]) AS h(id, n) WHERE e.id = h.id", [ids, increments])
+            return len(ids)
 
     async def stats(self, tenant_id: int) -> dict:
         async with self.pool.connection() as conn:

@@ -100,7 +100,7 @@ class GatewayState:
                 self._embedder_task = loop.run_in_executor(embedder._executor, embedder.load)
             self._tasks.append(loop.create_task(config_changes_listen(self.reload), name="config-listener"))
             self._tasks.append(loop.create_task(self._refresh_periodically(), name="config-refresh"))
-            self._tasks.append(loop.create_task(self._hits_flush_periodically(), name="cache-hits"))
+            self.cache.hits_flush_start(1.0)
             self._started = True
 
     async def stop(self) -> None:
@@ -225,14 +225,6 @@ class GatewayState:
             self.keys = {}
             self._remote_batchers = {}
             self.generation = generation
-
-    async def _hits_flush_periodically(self) -> None:
-        while True:
-            await asyncio.sleep(1.0)
-            try:
-                await self.cache.hits_flush()
-            except Exception:
-                logger.exception("cache hit counts not written; they are dropped")
 
     async def _refresh_periodically(self) -> None:
         # A safety net for a lost invalidation message; the message is the fast path.
