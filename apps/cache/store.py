@@ -10,7 +10,6 @@ with ten rows still finds its neighbour when another tenant owns a million.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -21,6 +20,8 @@ import orjson
 from django.conf import settings
 from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool
+
+from apps.core.flushing import flush_timer_stop
 
 logger = logging.getLogger(__name__)
 
@@ -82,11 +83,7 @@ class CacheStore:
 
     async def close(self) -> None:
         if self._hits_task is not None:
-            # Stopped only between flushes: cancelled half-way, a flush drops the counts it took.
-            async with self._hits_lock:
-                self._hits_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._hits_task
+            await flush_timer_stop(self._hits_task, self._hits_lock)
             self._hits_task = None
         await self.hits_flush()
         await self.pool.close()

@@ -1,7 +1,7 @@
 """Usage rows leave the hot path through an in-process buffer flushed in bulk.
 
 A request appends a plain dict (no model instance, no I/O). A background task flushes the
-buffer every second, or as soon as it holds ``max_rows``, with one ``bulk_create`` in a worker
+buffer every second, or as soon as it holds ``max_rows``, with one ``COPY`` in a worker
 thread. :meth:`UsageBuffer.close` flushes what is left; the ASGI lifespan calls it on
 shutdown, after the server has finished its in-flight requests, so a SIGTERM loses no row
 (a flush under way when the server stops is finished first, never cut off).
@@ -14,6 +14,8 @@ import asyncio
 import logging
 
 from asgiref.sync import sync_to_async
+
+from apps.core.flushing import flush_timer_stop
 
 logger = logging.getLogger(__name__)
 
@@ -131,14 +133,7 @@ class UsageBuffer:
 
     async def close(self) -> None:
         if self._task is not None:
-            # Stop the timer's task only between flushes: cancelled half-way, a flush would drop
-            # the batch it has taken (its write, still queued for a thread, is cancelled with it).
-            async with self._flush_lock:
-                self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
+            await flush_timer_stop(self._task, self._flush_lock)
             self._task = None
         for _attempt in range(3):
             await self.flush()
