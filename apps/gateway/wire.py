@@ -44,16 +44,93 @@ async def body_read(receive) -> bytes:
             return b"".join(chunks)
 
 
+class _HeadHeld:
+    """Stands in for the server's transport while it writes a response's status line and
+    headers, and keeps those bytes instead of sending them."""
+
+    __slots__ = ("head", "transport")
+
+    def __init__(self, transport) -> None:
+        self.transport = transport
+        self.head = b""
+
+    def write(self, data: bytes) -> None:
+        self.head += data
+
+    def __getattr__(self, name: str):
+        return getattr(self.transport, name)
+
+
+class _HeadFirst:
+    """Stands in for the server's transport for the first body write: the kept head goes out
+    in front of it, in the same write."""
+
+    __slots__ = ("head", "transport")
+
+    def __init__(self, transport, head: bytes) -> None:
+        self.transport = transport
+        self.head = head
+
+    def write(self, data: bytes) -> None:
+        head, self.head = self.head, b""
+        self.transport.write(head + data)
+
+    def __getattr__(self, name: str):
+        return getattr(self.transport, name)
+
+
+def _server_cycle(send):
+    """uvicorn's request cycle behind ``send``, when it is one (it writes through ``transport``)."""
+    cycle = getattr(send, "__self__", None)
+    if cycle is None or not type(cycle).__module__.startswith("uvicorn.protocols.http."):
+        return None
+    return cycle if hasattr(getattr(cycle, "transport", None), "write") else None
+
+
+async def response_begin(send, status: int, headers: list, body: bytes, *, more: bool) -> None:
+    """Send a response's start and its first body piece in one socket write.
+
+    uvicorn writes the status line and headers as soon as it is given them, and the body in a
+    write of its own: one more system call per answer, and one more read for the client. Under
+    uvicorn the head is kept for the first body write; under any other server, two messages."""
+    start = {"type": "http.response.start", "status": status, "headers": headers}
+    piece = {"type": "http.response.body", "body": body, "more_body": more}
+    cycle = _server_cycle(send)
+    if cycle is None:
+        await send(start)
+        await send(piece)
+        return
+    transport = cycle.transport
+    held = cycle.transport = _HeadHeld(transport)
+    try:
+        await send(start)
+    finally:
+        cycle.transport = transport
+    if not held.head:  # nothing was written (the client had left)
+        await send(piece)
+        return
+    first = cycle.transport = _HeadFirst(transport, held.head)
+    try:
+        await send(piece)
+    finally:
+        cycle.transport = transport
+        if first.head and not transport.is_closing():  # the body write did not happen
+            transport.write(first.head)
+
+
 async def json_send(send, status: int, body: bytes, headers: list | None = None) -> None:
-    await send({"type": "http.response.start", "status": status,
-                "headers": [JSON_HEADER, *(headers or [])]})
-    await send({"type": "http.response.body", "body": body})
+    """A whole JSON answer: with its length (not chunked), head and body in one write."""
+    await response_begin(send, status, [JSON_HEADER, (b"content-length", str(len(body)).encode()), *(headers or [])],
+                         body, more=False)
 
 
 async def chunks_send(send, headers: list, chunks: list[bytes]) -> None:
     """A short stream already in memory (a cache replay), one body message per chunk."""
-    await send({"type": "http.response.start", "status": 200, "headers": SSE_HEADERS + headers})
-    for chunk in chunks:
+    if not chunks:
+        await response_begin(send, 200, SSE_HEADERS + headers, b"", more=False)
+        return
+    await response_begin(send, 200, SSE_HEADERS + headers, chunks[0], more=True)
+    for chunk in chunks[1:]:
         await send({"type": "http.response.body", "body": chunk, "more_body": True})
     await send({"type": "http.response.body", "body": b""})
 
@@ -67,14 +144,14 @@ async def stream_relay(stream, receive, send, headers: list) -> None:
     and, when it does, cancels the relay. A cancellation from anywhere else is the server ending
     the request (its graceful shutdown ran out), which the stream tells from a draining server."""
     pieces = stream.__aiter__()
-    await send({"type": "http.response.start", "status": 200, "headers": SSE_HEADERS + headers})
-    # The first bytes are already here: send them now, before any task is scheduled.
+    # The first bytes are already here: send them now, with the headers, before any task is
+    # scheduled.
     try:
         first = await pieces.__anext__()
     except StopAsyncIteration:
-        await send({"type": "http.response.body", "body": b""})
+        await response_begin(send, 200, SSE_HEADERS + headers, b"", more=False)
         return
-    await send({"type": "http.response.body", "body": first, "more_body": True})
+    await response_begin(send, 200, SSE_HEADERS + headers, first, more=True)
 
     task = asyncio.current_task()
     watching = True  # false once the body is complete (the server then reports a disconnect)
