@@ -28,10 +28,10 @@ FAULTS = {
 REASONS = {
     "status_500": ("status 500", "status 500"),
     "status_429": ("status 429", "status 429"),
-    "refused": ("connection: ClientConnectorError", "connection: UpstreamConnectError"),
+    "refused": ("connection: UpstreamConnectError", "connection: UpstreamConnectError"),
     "slow_first_byte": ("timeout", "timeout before the first byte"),
     "stall": ("timeout", "The upstream stream failed mid-way (ReadTimeout)"),
-    "cut": ("connection: ServerDisconnectedError", "The upstream stream"),
+    "cut": ("connection: UpstreamDisconnected", "The upstream stream"),
     "invalid_json": ("invalid JSON from upstream", "invalid JSON in the stream"),
     "garbage": ("invalid JSON from upstream", "stream is not server-sent events"),
 }
