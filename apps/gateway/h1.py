@@ -1,6 +1,6 @@
-"""A lean HTTP/1.1 client for upstream calls, JSON and streams: keep-alive connections per provider, requests
-written in one piece, responses parsed by httptools (the C parser uvicorn uses) straight from
-the protocol's ``data_received``.
+"""A lean HTTP/1.1 client for upstream calls, JSON and streams: keep-alive connections per
+provider, requests written in one piece, responses parsed by httptools (the C parser uvicorn
+uses) straight from the protocol's ``data_received``.
 
 aiohttp's client builds a request object, a timer context, a header multidict, a stream reader
 and a payload writer per request; under load that was the largest share of the gateway's own

@@ -5,7 +5,8 @@
 
 Everything here is ``async`` and in memory on the warm path: the key, the rules and the
 prices come from :mod:`apps.gateway.state`, the upstream call goes through the keep-alive
-connections of :mod:`apps.gateway.h1` per provider, and the usage row is appended to an in-process buffer.
+connections of :mod:`apps.gateway.h1` per provider, and the usage row is appended to an
+in-process buffer.
 Streams are relayed as the bytes arrive; the only per-chunk work is finding SSE event
 boundaries and spotting the usage event with a bytes search.
 """

@@ -44,34 +44,22 @@ async def body_read(receive) -> bytes:
             return b"".join(chunks)
 
 
-class _HeadHeld:
-    """Stands in for the server's transport while it writes a response's status line and
-    headers, and keeps those bytes instead of sending them."""
+class _HeadKept:
+    """Stands in for the server's transport while a response begins: what the server writes
+    while ``holding`` (its status line and headers) is kept, and goes out in front of the next
+    write (the first body piece), in the same write."""
 
-    __slots__ = ("head", "transport")
+    __slots__ = ("head", "holding", "transport")
 
     def __init__(self, transport) -> None:
         self.transport = transport
         self.head = b""
+        self.holding = True
 
     def write(self, data: bytes) -> None:
-        self.head += data
-
-    def __getattr__(self, name: str):
-        return getattr(self.transport, name)
-
-
-class _HeadFirst:
-    """Stands in for the server's transport for the first body write: the kept head goes out
-    in front of it, in the same write."""
-
-    __slots__ = ("head", "transport")
-
-    def __init__(self, transport, head: bytes) -> None:
-        self.transport = transport
-        self.head = head
-
-    def write(self, data: bytes) -> None:
+        if self.holding:
+            self.head += data
+            return
         head, self.head = self.head, b""
         self.transport.write(head + data)
 
@@ -101,21 +89,15 @@ async def response_begin(send, status: int, headers: list, body: bytes, *, more:
         await send(piece)
         return
     transport = cycle.transport
-    held = cycle.transport = _HeadHeld(transport)
+    kept = cycle.transport = _HeadKept(transport)
     try:
         await send(start)
-    finally:
-        cycle.transport = transport
-    if not held.head:  # nothing was written (the client had left)
-        await send(piece)
-        return
-    first = cycle.transport = _HeadFirst(transport, held.head)
-    try:
+        kept.holding = False
         await send(piece)
     finally:
         cycle.transport = transport
-        if first.head and not transport.is_closing():  # the body write did not happen
-            transport.write(first.head)
+        if kept.head and not transport.is_closing():  # the body write did not happen
+            transport.write(kept.head)
 
 
 async def json_send(send, status: int, body: bytes, headers: list | None = None) -> None:
