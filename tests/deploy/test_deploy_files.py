@@ -122,3 +122,11 @@ def test_it_believes_forwarded_addresses_from_the_proxy_alone_and_needs_a_metric
     for name, text in units.items():
         assert "METRICS_TOKEN_FILE=%d/metrics_token" in text, name
     assert "FORWARDED_ALLOW_IPS=127.0.0.1" in (DEPLOY / "switchyard.env.example").read_text()
+
+
+def test_it_ignores_forwarded_headers_behind_the_local_clusters_tcp_balancer(tmp_path):
+    from apps.core.cluster import ClusterPlan
+
+    commands = ClusterPlan(python="python", state_dir=tmp_path).commands()
+    webs = [argv for name, argv in commands.items() if name.startswith("web")]
+    assert webs and all("--no-proxy-headers" in argv for argv in webs)

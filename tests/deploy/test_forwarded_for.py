@@ -19,6 +19,7 @@ import shlex
 import shutil
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -73,18 +74,22 @@ class Server:
         return self.log_path.read_text(errors="replace")[-4000:]
 
 
-def gateway_start(tmp_dir: Path, **env: str) -> Server:
-    """The image's web command on a free port of 127.0.0.1, with the image's environment
-    (``SWITCHYARD_ENV=production`` and the rest) plus what a deployment adds (``env``)."""
+def gateway_start(tmp_dir: Path, *, argv: list[str] | None = None, port: int | None = None, **env: str) -> Server:
+    """The image's web command on a free port of 127.0.0.1 (or ``argv``, serving on ``port``),
+    with the image's environment (``SWITCHYARD_ENV=production`` and the rest) plus what a
+    deployment adds (``env``)."""
     from cryptography.fernet import Fernet
     from django.conf import settings
 
-    command = image_command()
-    assert command[:2] == ["uvicorn", "config.asgi:application"], command
-    port = free_port()
-    args = list(command[2:])
-    args[args.index("--host") + 1] = "127.0.0.1"
-    args[args.index("--port") + 1] = str(port)
+    if argv is None:
+        command = image_command()
+        assert command[:2] == ["uvicorn", "config.asgi:application"], command
+        port = free_port()
+        args = list(command[2:])
+        args[args.index("--host") + 1] = "127.0.0.1"
+        args[args.index("--port") + 1] = str(port)
+        argv = [sys.executable, "-m", "uvicorn", command[1], *args]
+    assert port is not None
     image = image_environment()
     full = {
         **{name: value for name, value in os.environ.items() if name != "FORWARDED_ALLOW_IPS"},
@@ -104,11 +109,10 @@ def gateway_start(tmp_dir: Path, **env: str) -> Server:
     }
     log_path = tmp_dir / f"gateway-{port}.log"
     with open(log_path, "wb") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "uvicorn", command[1], *args], cwd=REPO, env=full,
-                                stdout=log, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(argv, cwd=REPO, env=full, stdout=log, stderr=subprocess.STDOUT)
     server = Server(proc, port, log_path)
     try:
-        wait_http(f"http://127.0.0.1:{port}/healthz", proc=proc)
+        wait_http(f"http://127.0.0.1:{port}/healthz", timeout=120, proc=proc)
     except RuntimeError:
         stop_process(proc)
         raise AssertionError(server.log()) from None
@@ -149,11 +153,29 @@ def nginx_start(binary: str, tmp_dir: Path, upstream_port: int) -> Server:
                             stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
     server = Server(proc, port, log_path)
     try:
-        wait_http(f"http://127.0.0.1:{port}/healthz", proc=proc)
+        wait_http(f"http://127.0.0.1:{port}/healthz", timeout=120, proc=proc)
     except RuntimeError:
         stop_process(proc)
         raise AssertionError(server.log()) from None
     return server
+
+
+def balancer_start(tmp_dir: Path, argv: list[str], port: int) -> Server:
+    """The local cluster's TCP balancer, once it has a ready replica to send a client to."""
+    log_path = tmp_dir / f"balancer-{port}.log"
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(argv, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
+    server = Server(proc, port, log_path)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and proc.poll() is None:
+        try:
+            if request(port, "GET", "/healthz")[0] == 200:
+                return server
+        except OSError:
+            pass
+        time.sleep(0.2)
+    stop_process(proc)
+    raise AssertionError("the balancer never had a ready replica:\n" + server.log())
 
 
 def request(port: int, method: str, path: str, *, headers: dict[str, str] | None = None,
@@ -186,7 +208,7 @@ class AdminLogin:
         return status
 
 
-def locked_addresses() -> list[str]:
+def attempt_addresses() -> list[str]:
     from axes.models import AccessAttempt
 
     return sorted({attempt.ip_address for attempt in AccessAttempt.objects.all()})
@@ -246,7 +268,7 @@ def test_it_keeps_the_login_lockout_when_the_client_rotates_the_first_forwarded_
         statuses.append(login.post("wrong-password", spoof))
     assert set(statuses) <= {200, 429}, statuses
     assert login.post(PASSWORD, f"10.99.0.1, {CLIENT}") == 429, production_gateway.log()
-    assert locked_addresses() == [CLIENT]
+    assert attempt_addresses() == [CLIENT]
     # The lock holds for that address only: the owner, elsewhere, still gets in.
     assert login.post(PASSWORD, "198.51.100.20") == 302
 
@@ -263,8 +285,32 @@ def test_it_keeps_the_login_lockout_behind_the_shipped_nginx(production_gateway,
         for attempt in range(ATTEMPTS):
             assert login.post("wrong-password", f"198.51.100.{attempt + 1}") in (200, 429)
         assert login.post(PASSWORD, "198.51.100.99") == 429, nginx.log()
-        assert locked_addresses() == ["127.0.0.1"]
+        assert attempt_addresses() == ["127.0.0.1"]
         status, _, body = request(nginx.port, "GET", "/metrics", headers={"X-Forwarded-For": "127.0.0.1"})
         assert status == 403 and b"switchyard_spend_usd" not in body
     finally:
         stop_process(nginx.proc, timeout=20)
+
+
+def test_it_keeps_the_login_lockout_behind_the_local_clusters_balancer(operator, tmp_path):
+    """``make cluster``'s TCP balancer copies the client's bytes, its own X-Forwarded-For included,
+    to replicas that see the balancer's 127.0.0.1: they must not believe the header."""
+    from apps.core.cluster import ClusterPlan
+
+    plan = ClusterPlan(python=sys.executable, state_dir=tmp_path, port=free_port(), web_ports=(free_port(),),
+                       workers=0, upstream_port=None, check_every=0.5)
+    commands = plan.commands()
+    replica = gateway_start(tmp_path, argv=commands["web1"], port=plan.web_ports[0],
+                            SWITCHYARD_ENV="development", METRICS_TOKEN="")
+    try:
+        balancer = balancer_start(tmp_path, commands["balancer"], plan.port)
+        try:
+            login = AdminLogin(plan.port)
+            for attempt in range(ATTEMPTS):
+                assert login.post("wrong-password", f"198.51.100.{attempt + 1}") in (200, 429)
+            assert login.post(PASSWORD, "198.51.100.99") == 429, replica.log()
+            assert attempt_addresses() == ["127.0.0.1"]
+        finally:
+            stop_process(balancer.proc)
+    finally:
+        stop_process(replica.proc, timeout=40)
