@@ -3,7 +3,8 @@
 Development needs no variables at all: with ``DATABASE_URL`` unset the embedded PostgreSQL
 (with pgvector) starts on ``var/pg``; with ``REDIS_URL`` unset Celery's broker is that same
 Postgres and the channel layer lives in memory. ``SWITCHYARD_ENV=production`` turns on the
-checks that refuse an insecure ``SECRET_KEY``, ``DEBUG`` or a missing encryption key.
+checks that refuse an insecure ``SECRET_KEY``, ``DEBUG``, a missing encryption key or metrics
+token, or a server told to trust every client's ``X-Forwarded-For``.
 """
 
 from __future__ import annotations
@@ -283,8 +284,12 @@ READINESS_BROKER_TIMEOUT = env_float("READINESS_BROKER_TIMEOUT", 2.0)
 # Which process answered, shown by /healthz (replicas behind a balancer).
 REPLICA_NAME = env_str("REPLICA_NAME") or f"{socket.gethostname()}:{os.getpid()}"
 # GET /metrics (Prometheus): with a token, only 'Authorization: Bearer <token>'; without one,
-# only clients on the loopback interface.
+# only clients on the loopback interface. Production needs the token: behind a proxy, a client's
+# address is only as true as the proxy that reports it (FORWARDED_ALLOW_IPS below).
 METRICS_TOKEN = env_str("METRICS_TOKEN", "") or ""
+if PRODUCTION and len(METRICS_TOKEN) < 16:
+    raise ImproperlyConfigured("production needs METRICS_TOKEN: 16+ random characters (the scraper sends "
+                               "'Authorization: Bearer <token>' to /metrics)")
 
 
 
@@ -345,6 +350,14 @@ def _proxy_ssl_header(name: str) -> tuple[str, str] | None:
 
 SECURE_PROXY_SSL_HEADER = _proxy_ssl_header(env_str("SECURE_PROXY_SSL_HEADER",
                                                     "X-Forwarded-Proto" if PRODUCTION else "") or "")
+
+# uvicorn takes a client's address from X-Forwarded-For only on a connection from one of
+# FORWARDED_ALLOW_IPS (uvicorn reads it; default 127.0.0.1,::1), and then the rightmost entry
+# that is not one of them. "*" would let every client name its own address, which the login
+# lockout counts by and /metrics trusts when it is loopback.
+if PRODUCTION and "*" in env_list("FORWARDED_ALLOW_IPS", []):
+    raise ImproperlyConfigured("FORWARDED_ALLOW_IPS='*' trusts every client's X-Forwarded-For: list the "
+                               "addresses (or networks) of the proxies in front instead")
 
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [],

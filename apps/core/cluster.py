@@ -47,10 +47,13 @@ class ClusterPlan:
         if self.upstream_port is not None:
             commands["upstream"] = [py, "-m", "apps.simulator.server", "--host", "127.0.0.1",
                                     "--port", str(self.upstream_port)]
+        # The balancer copies bytes and adds no X-Forwarded-For: one arriving through it is the
+        # client's own, which the replicas (trusting 127.0.0.1, the balancer) must not believe.
         for number, port in enumerate(self.web_ports, start=1):
             commands[f"web{number}"] = [
                 py, "-m", "uvicorn", "config.asgi:application", "--host", self.host, "--port", str(port),
                 "--loop", "uvloop", "--http", "httptools", "--no-access-log", "--timeout-graceful-shutdown", "10",
+                "--no-proxy-headers",
             ]
         for number in range(1, self.workers + 1):
             commands[f"worker{number}"] = [

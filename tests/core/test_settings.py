@@ -15,8 +15,11 @@ from config.env import env_bool, env_int, env_str
 REPO = Path(__file__).resolve().parents[2]
 
 
+METRICS_TOKEN = "m3tr1cs-" + "Qx7Lp2Vz9Rk4" * 2
+
+
 def _load_settings(**env: str) -> subprocess.CompletedProcess:
-    full = {**os.environ, **env}
+    full = {**os.environ, "METRICS_TOKEN": METRICS_TOKEN, **env}
     return subprocess.run(
         [sys.executable, "-c", "import django, os; os.environ['DJANGO_SETTINGS_MODULE']='config.settings'; "
          "from django.conf import settings; print(settings.DEBUG)"],
@@ -42,6 +45,24 @@ def test_it_starts_production_with_a_strong_secret_and_no_debug():
                           SWITCHYARD_ENCRYPTION_KEY="x" * 44)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "False"
+
+
+def test_it_refuses_production_without_a_metrics_token():
+    for token in ("", "short"):
+        done = _load_settings(SWITCHYARD_ENV="production", SECRET_KEY="s" * 60, DEBUG="0",
+                              SWITCHYARD_ENCRYPTION_KEY="x" * 44, METRICS_TOKEN=token)
+        assert done.returncode != 0
+        assert "production needs METRICS_TOKEN" in done.stderr
+
+
+def test_it_refuses_production_that_trusts_every_clients_forwarded_for():
+    done = _load_settings(SWITCHYARD_ENV="production", SECRET_KEY="s" * 60, DEBUG="0",
+                          SWITCHYARD_ENCRYPTION_KEY="x" * 44, FORWARDED_ALLOW_IPS="10.0.0.2, *")
+    assert done.returncode != 0
+    assert "FORWARDED_ALLOW_IPS='*'" in done.stderr
+    done = _load_settings(SWITCHYARD_ENV="production", SECRET_KEY="s" * 60, DEBUG="0",
+                          SWITCHYARD_ENCRYPTION_KEY="x" * 44, FORWARDED_ALLOW_IPS="10.0.0.2,10.1.0.0/16")
+    assert done.returncode == 0, done.stderr
 
 
 def test_it_fails_loudly_on_a_bad_boolean_or_integer(monkeypatch):
@@ -80,13 +101,16 @@ def test_it_starts_production_with_secrets_from_files(tmp_path):
                           SECRET_KEY_FILE=str(tmp_path / "secret_key"),
                           SWITCHYARD_ENCRYPTION_KEY_FILE=str(tmp_path / "fernet"))
     assert done.returncode != 0  # an empty SECRET_KEY in the environment wins over the file
-    env = {k: v for k, v in os.environ.items() if k not in ("SECRET_KEY", "SWITCHYARD_ENCRYPTION_KEY")}
+    (tmp_path / "metrics_token").write_text(METRICS_TOKEN)
+    env = {k: v for k, v in os.environ.items() if k not in ("SECRET_KEY", "SWITCHYARD_ENCRYPTION_KEY",
+                                                            "METRICS_TOKEN")}
     done = subprocess.run(
         [sys.executable, "-c", "import os; os.environ['DJANGO_SETTINGS_MODULE']='config.settings'; "
          "from django.conf import settings; print(len(settings.SECRET_KEY), settings.DEBUG)"],
         cwd=REPO, capture_output=True, text=True, timeout=60,
         env={**env, "SWITCHYARD_ENV": "production", "DEBUG": "0", "SECRET_KEY_FILE": str(tmp_path / "secret_key"),
-             "SWITCHYARD_ENCRYPTION_KEY_FILE": str(tmp_path / "fernet")})
+             "SWITCHYARD_ENCRYPTION_KEY_FILE": str(tmp_path / "fernet"),
+             "METRICS_TOKEN_FILE": str(tmp_path / "metrics_token")})
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == ["60", "False"]
 
@@ -101,7 +125,7 @@ def _deploy_check(**env: str) -> subprocess.CompletedProcess:
     full = {**os.environ, "SWITCHYARD_ENV": "production", "DEBUG": "0",
             "SECRET_KEY": "k3Y-" + "x7Qp9Lm2Zr5Vt8Wc1Bn4Hd6Jf0Gs3Ka" * 2,
             "SWITCHYARD_ENCRYPTION_KEY": Fernet.generate_key().decode(),
-            "ALLOWED_HOSTS": "gateway.example.com",
+            "ALLOWED_HOSTS": "gateway.example.com", "METRICS_TOKEN": METRICS_TOKEN,
             # check --deploy never connects; an address nothing listens on keeps it that way.
             "DATABASE_URL": "postgresql://switchyard@127.0.0.1:9/switchyard", **env}
     for name in ("SECURE_SSL_REDIRECT", "SECURE_HSTS_SECONDS", "SECURE_HSTS_INCLUDE_SUBDOMAINS",

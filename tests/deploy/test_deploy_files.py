@@ -94,3 +94,39 @@ def test_it_runs_one_beat_and_workers_without_beat_in_the_local_cluster(tmp_path
     assert balancer[balancer.index("--listen") + 1] == "127.0.0.1:8000"
     assert [balancer[i + 1] for i, arg in enumerate(balancer) if arg == "--backend"] == [
         "127.0.0.1:8101", "127.0.0.1:8102"]
+
+
+def test_it_believes_forwarded_addresses_from_the_proxy_alone_and_needs_a_metrics_token():
+    nginx = (DEPLOY / "nginx.conf").read_text()
+    assert "proxy_set_header X-Forwarded-For $remote_addr;" in nginx
+    assert "$proxy_add_x_forwarded_for" not in nginx
+    units = {path.name: path.read_text() for path in (DEPLOY / "systemd").glob("*.service")}
+    for text in [(DEPLOY / "Dockerfile").read_text(), (DEPLOY / "kubernetes" / "web.yaml").read_text(),
+                 *units.values()]:
+        assert "--forwarded-allow-ips" not in text  # FORWARDED_ALLOW_IPS, from the environment
+    assert "FORWARDED_ALLOW_IPS=127.0.0.1" in (DEPLOY / "Dockerfile").read_text()
+    services = _compose()["services"]
+    nginx_address = services["nginx"]["networks"]["default"]["ipv4_address"]
+    for name in ("web1", "web2", "worker", "beat", "migrate"):
+        env = services[name]["environment"]
+        assert env["METRICS_TOKEN_FILE"] == "/run/secrets/metrics_token" and "METRICS_TOKEN" not in env
+        assert "metrics_token" in services[name]["secrets"]
+    assert services["web1"]["environment"]["FORWARDED_ALLOW_IPS"] == nginx_address
+    manifests = _manifests()
+    assert manifests[("ConfigMap", "switchyard-config")]["data"]["FORWARDED_ALLOW_IPS"] != "*"
+    assert "metrics_token" in manifests[("Secret", "switchyard-secrets")]["stringData"]
+    for kind, name in (("Deployment", "switchyard-web"), ("Deployment", "switchyard-worker"),
+                       ("Deployment", "switchyard-beat"), ("Job", "switchyard-migrate")):
+        container = manifests[(kind, name)]["spec"]["template"]["spec"]["containers"][0]
+        assert {"name": "METRICS_TOKEN_FILE", "value": "/run/secrets/switchyard/metrics_token"} in container["env"]
+    for name, text in units.items():
+        assert "METRICS_TOKEN_FILE=%d/metrics_token" in text, name
+    assert "FORWARDED_ALLOW_IPS=127.0.0.1" in (DEPLOY / "switchyard.env.example").read_text()
+
+
+def test_it_ignores_forwarded_headers_behind_the_local_clusters_tcp_balancer(tmp_path):
+    from apps.core.cluster import ClusterPlan
+
+    commands = ClusterPlan(python="python", state_dir=tmp_path).commands()
+    webs = [argv for name, argv in commands.items() if name.startswith("web")]
+    assert webs and all("--no-proxy-headers" in argv for argv in webs)
