@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from decimal import Decimal
 
 from django.db import connection
 from django.db.models import F, Sum
 
 from apps.reporting.models import HISTOGRAM_SIZE, LATENCY_BOUNDS_MS, UsageRollup
+
+# The moments a report may ask about: from before any request log to a day short of the end of
+# Python's calendar, so that any of them, with any UTC offset, has a UTC datetime.
+REPORT_EARLIEST = datetime(1970, 1, 1, tzinfo=UTC)
+REPORT_LATEST = datetime(9999, 12, 31, tzinfo=UTC)
 
 GROUPS = {"model": "model_name", "key": "api_key_id", "day": "bucket", "outcome": "cache_outcome"}
 
