@@ -133,8 +133,9 @@ def usage_series(*, tenant_id: int | None, start: datetime, end: datetime, perio
             "coalesce(sum(requests) FILTER (WHERE cache_outcome IN ('exact', 'semantic', 'miss')), 0) "
             f"FROM reporting_usagerollup WHERE {where} GROUP BY bucket ORDER BY bucket", params)
         rows = cursor.fetchall()
+    # Postgres sums bigints as numeric: the rate is made a float here, whatever the counts.
     return [{"bucket": bucket, "requests": int(requests), "cost": Decimal(cost), "saved_cost": Decimal(saved),
-             "hit_rate": hits / looked_up if looked_up else 0.0}
+             "hit_rate": int(hits) / int(looked_up) if looked_up else 0.0}
             for bucket, requests, cost, saved, hits, looked_up in rows]
 
 
