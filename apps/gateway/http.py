@@ -18,6 +18,7 @@ import time
 import orjson
 from django.conf import settings
 
+from apps.batches.api.upload import upload_pass
 from apps.gateway import pipeline
 from apps.gateway.caching import (
     cache_hit_log,
@@ -27,7 +28,7 @@ from apps.gateway.caching import (
     completion_from_stream,
     replay_sse,
 )
-from apps.gateway.errors import Forbidden, GatewayError, MethodNotAllowed, PayloadTooLarge, error_body
+from apps.gateway.errors import Forbidden, GatewayError, MethodNotAllowed, error_body
 from apps.gateway.limits import limits_settle
 from apps.gateway.messages.door import messages_handle
 from apps.gateway.state import state
@@ -38,13 +39,6 @@ logger = logging.getLogger(__name__)
 
 HOT_PATHS = frozenset({"/v1/chat/completions", "/v1/embeddings", "/v1/models", "/v1/cache/stats",
                        "/v1/cache/clear", "/metrics", "/v1/messages", "/v1/messages/count_tokens"})
-
-
-def _too_large(scope) -> bool:
-    """An upload whose declared size is over the file limit (plus room for the multipart framing)
-    is refused before a byte of it is read."""
-    length = header(scope, b"content-length")
-    return length is not None and length.isdigit() and int(length) > settings.BATCH_FILE_MAX_BYTES + 65536
 
 
 async def _send_error(send, error: GatewayError, call_headers: list | None = None) -> None:
@@ -61,9 +55,8 @@ class GatewayHTTP:
         kind = scope["type"]
         if kind == "http" and scope["path"] in HOT_PATHS:
             await self.handle(scope, receive, send)
-        elif kind == "http" and scope["path"] == "/v1/files" and scope["method"] == "POST" and _too_large(scope):
-            await _send_error(send, PayloadTooLarge(
-                f"The file exceeds {settings.BATCH_FILE_MAX_BYTES} bytes.", param="file"))
+        elif kind == "http" and scope["path"] == "/v1/files" and scope["method"] == "POST":
+            await upload_pass(self.django_app, scope, receive, send)  # held to the size limit as it is read
         elif kind == "lifespan":
             await self.lifespan(receive, send)
         else:

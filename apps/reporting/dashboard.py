@@ -18,20 +18,29 @@ from django.utils.html import format_html, format_html_join
 from django.utils.safestring import mark_safe
 
 from apps.limits.selectors import spend_current
-from apps.reporting.selectors import usage_grouped, usage_series, usage_totals
+from apps.reporting.selectors import REPORT_EARLIEST, REPORT_LATEST, usage_grouped, usage_series, usage_totals
 from apps.tenants.models import ApiKey, Tenant
 
 RANGES = {"today": "Today", "7d": "7 days", "30d": "30 days", "custom": "Custom"}
+
+
+def _day(value: str | None) -> datetime | None:
+    """UTC midnight of a date, None for anything else (a bad date falls back to the default range)."""
+    try:
+        day = parse_date(value or "")
+    except ValueError:
+        return None
+    return None if day is None else datetime(day.year, day.month, day.day, tzinfo=UTC)
 
 
 def _range(params, now: datetime) -> tuple[str, datetime, datetime]:
     choice = params.get("range") if params.get("range") in RANGES else "7d"
     midnight = now.replace(hour=0, minute=0, second=0, microsecond=0)
     if choice == "custom":
-        start, end = parse_date(params.get("start") or ""), parse_date(params.get("end") or "")
-        if start and end and start <= end:
-            return choice, datetime(start.year, start.month, start.day, tzinfo=UTC), datetime(
-                end.year, end.month, end.day, tzinfo=UTC) + timedelta(days=1)
+        start, end = _day(params.get("start")), _day(params.get("end"))
+        # The end is the day after the last one shown, which must still be in the calendar.
+        if start and end and REPORT_EARLIEST <= start <= end < REPORT_LATEST:
+            return choice, start, end + timedelta(days=1)
         choice = "7d"
     days = {"today": 1, "7d": 7, "30d": 30}[choice]
     return choice, midnight - timedelta(days=days - 1), midnight + timedelta(days=1)
@@ -41,6 +50,7 @@ def _bars(points: list[tuple[str, float]], *, width: int = 720, height: int = 16
     """A bar chart as inline SVG."""
     if not points:
         return mark_safe('<p class="help">No requests in this range.</p>')  # nosec B308  # a constant
+    points = [(label, float(value)) for label, value in points]
     top = max(value for _, value in points) or 1.0
     step = width / len(points)
     bars = format_html_join("", '<rect x="{}" y="{}" width="{}" height="{}" fill="#417690">'

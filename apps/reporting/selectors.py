@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from decimal import Decimal
 
 from django.db import connection
 from django.db.models import F, Sum
 
 from apps.reporting.models import HISTOGRAM_SIZE, LATENCY_BOUNDS_MS, UsageRollup
+
+# The moments a report may ask about: from before any request log to a day short of the end of
+# Python's calendar, so that any of them, with any UTC offset, has a UTC datetime.
+REPORT_EARLIEST = datetime(1970, 1, 1, tzinfo=UTC)
+REPORT_LATEST = datetime(9999, 12, 31, tzinfo=UTC)
 
 GROUPS = {"model": "model_name", "key": "api_key_id", "day": "bucket", "outcome": "cache_outcome"}
 
@@ -128,8 +133,9 @@ def usage_series(*, tenant_id: int | None, start: datetime, end: datetime, perio
             "coalesce(sum(requests) FILTER (WHERE cache_outcome IN ('exact', 'semantic', 'miss')), 0) "
             f"FROM reporting_usagerollup WHERE {where} GROUP BY bucket ORDER BY bucket", params)
         rows = cursor.fetchall()
+    # Postgres sums bigints as numeric: the rate is made a float here, whatever the counts.
     return [{"bucket": bucket, "requests": int(requests), "cost": Decimal(cost), "saved_cost": Decimal(saved),
-             "hit_rate": hits / looked_up if looked_up else 0.0}
+             "hit_rate": int(hits) / int(looked_up) if looked_up else 0.0}
             for bucket, requests, cost, saved, hits, looked_up in rows]
 
 

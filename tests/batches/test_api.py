@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import socket
 from urllib.parse import urlparse
 
 import openai
@@ -11,6 +12,7 @@ import pytest
 
 from apps.batches.models import BatchJob, File
 from tests.batches.conftest import chat_line, jsonl, sdk
+from tests.gateway.conftest import gateway_start, gateway_stop
 from tests.live import http_json
 
 
@@ -105,6 +107,77 @@ def test_it_refuses_an_upload_over_the_size_limit_before_reading_it(world):
     assert response.status == 413
     assert json.loads(response.read())["error"]["code"] == "payload_too_large"
     connection.close()
+
+
+BOUNDARY = "switchyard-chunked"
+
+
+def _multipart_head(filename: str = "input.jsonl") -> bytes:
+    return (f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="purpose"\r\n\r\nbatch\r\n'
+            f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="file"; filename="{filename}"\r\n'
+            "Content-Type: application/jsonl\r\n\r\n").encode()
+
+
+def _chunked_post(base: str, secret: str) -> socket.socket:
+    """A socket with the head of ``POST /v1/files`` sent, announcing a chunked body (no length)."""
+    url = urlparse(base)
+    sock = socket.create_connection((url.hostname, url.port), timeout=60)
+    sock.sendall(f"POST /v1/files HTTP/1.1\r\nHost: {url.hostname}:{url.port}\r\n"
+                 f"Authorization: Bearer {secret}\r\nTransfer-Encoding: chunked\r\n"
+                 f"Content-Type: multipart/form-data; boundary={BOUNDARY}\r\n\r\n".encode())
+    return sock
+
+
+def _chunk(sock: socket.socket, data: bytes) -> None:
+    sock.sendall(f"{len(data):x}\r\n".encode() + data + b"\r\n")
+
+
+def _answer(sock: socket.socket) -> tuple[int, dict]:
+    response = http.client.HTTPResponse(sock)
+    response.begin()
+    return response.status, json.loads(response.read())
+
+
+def test_it_accepts_a_chunked_upload(world):
+    content = json.dumps(chat_line("one", "Say hi")).encode() + b"\n"
+    body = _multipart_head() + content + f"\r\n--{BOUNDARY}--\r\n".encode()
+    sock = _chunked_post(world.gateway.base, world.key_a)
+    try:
+        for at in range(0, len(body), 7):  # a body in small chunks, its length never announced
+            _chunk(sock, body[at:at + 7])
+        sock.sendall(b"0\r\n\r\n")
+        status, answer = _answer(sock)
+    finally:
+        sock.close()
+    assert status == 200, answer
+    assert (answer["bytes"], answer["filename"], answer["purpose"]) == (len(content), "input.jsonl", "batch")
+    assert sdk(world).files.content(answer["id"]).content == content
+    # Stored for its tenant only.
+    with pytest.raises(openai.NotFoundError):
+        sdk(world, world.key_b).files.retrieve(answer["id"])
+    assert [f.id for f in sdk(world, world.key_b).files.list()] == []
+
+
+def test_it_refuses_a_chunked_upload_once_it_passes_the_size_limit(world, tmp_path):
+    limit = 4096
+    gateway = gateway_start(tmp_path, extra_env={"BATCH_FILE_MAX_BYTES": str(limit)})
+    sock = _chunked_post(gateway.base, world.key_a)
+    try:
+        _chunk(sock, _multipart_head())
+        line = json.dumps(chat_line("x", "y" * 900)).encode() + b"\n"
+        sent = 0
+        while sent <= limit + 65536:  # past the limit and the room left for the multipart framing
+            _chunk(sock, line)
+            sent += len(line)
+        # The body is never ended: the answer can only come from a server that counted it as it came.
+        status, answer = _answer(sock)
+    finally:
+        sock.close()
+        gateway_stop(gateway)
+    assert status == 413, answer
+    assert (answer["error"]["code"], answer["error"]["param"]) == ("payload_too_large", "file")
+    assert str(limit) in answer["error"]["message"]
+    assert not File.objects.exists()
 
 
 def test_it_refuses_nul_characters_and_deep_nesting_with_400_not_500(world):

@@ -69,3 +69,38 @@ def test_it_renders_the_dashboard_with_seeded_usage(world):
         finally:
             browser.close()
     assert (ARTIFACTS / "dashboard.png").stat().st_size > 10_000
+
+
+def test_it_renders_the_charts_of_a_tenant_that_only_missed_and_of_one_with_no_usage(world):
+    from apps.tenants.models import ApiKey
+
+    key = ApiKey.objects.get(tenant=world.tenant_a)
+    now = datetime.now(UTC)
+    RequestLog.objects.bulk_create([
+        RequestLog(tenant=world.tenant_a, api_key=key, request_id=f"miss-{n}", model_used="sim-mini",
+                   cache_outcome="miss", input_tokens=100, output_tokens=20, cost=Decimal("0.0001"), latency_ms=10.0,
+                   created_at=now - timedelta(days=n % 6, minutes=1))
+        for n in range(30)])
+    usage_rollup()
+    usage_rollup()
+    cookie = session_cookie()
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM,
+                                             args=["--no-sandbox", "--disable-background-networking"])
+        try:
+            context = browser.new_context(viewport={"width": 1280, "height": 1000})
+            context.add_cookies([{"name": "sessionid", "value": cookie, "url": world.gateway.base}])
+            page = context.new_page()
+            response = page.goto(world.gateway.base + f"/admin/dashboard/?range=7d&tenant={world.tenant_a.pk}")
+            assert response.status == 200
+            assert page.locator("#sy-hits .sy-value").inner_text() == "0%"
+            assert page.locator("svg.sy-chart").count() == 2  # spend, and a hit rate of 0 in every bucket
+            response = page.goto(world.gateway.base + f"/admin/dashboard/?range=30d&tenant={world.tenant_b.pk}")
+            assert response.status == 200
+            assert page.locator("#sy-requests .sy-value").inner_text() == "0"
+            assert page.locator("svg.sy-chart").count() == 0
+            assert page.get_by_text("No requests in this range.").count() == 2
+        finally:
+            browser.close()

@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import http.client
 import random
+from datetime import UTC, datetime, timedelta
 from decimal import ROUND_HALF_UP, Decimal
+from urllib.parse import urlencode, urlparse
 
 import pytest
 from django.contrib.auth import get_user_model
 
 from apps.reporting.services import usage_rollup
+from apps.tenants.services import tenant_create
 from apps.usage.models import RequestLog
+from tests.gateway.conftest import gateway_process  # noqa: F401 (fixture)
+from tests.gateway.test_eventsource import session_cookie
 from tests.reporting.test_rollups import _logs
 
 PARAMS = {"range": "custom", "start": "2026-11-01", "end": "2026-11-03"}
@@ -78,3 +84,65 @@ def test_it_shows_budget_usage_against_the_limit(client, staff, logged, tenant_a
     assert tenant_b.name not in budgets  # no budget set
     narrowed = client.get("/admin/dashboard/", {**PARAMS, "tenant": tenant_b.pk}).content.decode()
     assert "No tenant has a budget." in narrowed
+
+
+def _seed(tenant, key, outcomes: list[str], moments: list[datetime]) -> None:
+    RequestLog.objects.bulk_create([
+        RequestLog(tenant=tenant, api_key=key, request_id=f"{tenant.slug}-{n}", model_used="sim-mini",
+                   cache_outcome=outcome, input_tokens=100, output_tokens=20, latency_ms=12.0,
+                   cost=Decimal("0") if outcome in ("exact", "semantic") else Decimal("0.000120"),
+                   saved_cost=Decimal("0.000120") if outcome in ("exact", "semantic") else Decimal("0"),
+                   created_at=moment)
+        for n, (outcome, moment) in enumerate(zip(outcomes, moments, strict=True))])
+
+
+def _live_page(gateway, cookie: str, params: dict) -> tuple[int, str]:
+    url = urlparse(gateway.base)
+    connection = http.client.HTTPConnection(url.hostname, url.port, timeout=60)
+    try:
+        connection.request("GET", f"/admin/dashboard/?{urlencode(params)}", headers={"Cookie": f"sessionid={cookie}"})
+        response = connection.getresponse()
+        return response.status, response.read().decode(errors="replace")
+    finally:
+        connection.close()
+
+
+@pytest.mark.parametrize("spread", ["no data", "one day", "thirty days"])
+def test_it_draws_every_chart_for_misses_only_hits_only_and_empty_tenants(gateway_process, transactional_db,  # noqa: F811
+                                                                          tenant_a, tenant_b, key_a, key_b, spread):
+    """A tenant whose requests all missed the cache (and one whose all hit, and one with none)
+    is a normal state: every range and filter draws its charts, never a 500."""
+    quiet = tenant_create(name="Initech", slug="initech")
+    now = datetime.now(UTC)
+    midnight = now.replace(hour=0, minute=0, second=0, microsecond=0)
+    days = {"no data": 0, "one day": 1, "thirty days": 30}[spread]
+    # Three requests on each of the last ``days`` days, all between midnight and now of their day.
+    moments = [midnight + (now - midnight) * share - timedelta(days=day)
+               for day in range(days) for share in (0.25, 0.5, 0.75)]
+    # Acme's requests all missed or bypassed the cache (no lookup at all); Globex's all hit.
+    _seed(tenant_a, key_a.api_key, ["miss", "miss", "bypass"] * days, moments)
+    _seed(tenant_b, key_b.api_key, ["exact", "semantic", "exact"] * days, moments)
+    usage_rollup()
+    usage_rollup()
+    cookie = session_cookie()
+    first = (midnight - timedelta(days=max(days - 1, 0))).date().isoformat()
+    within = [{"range": "today"}, {"range": "7d"}, {"range": "30d"},
+              {"range": "custom", "start": first, "end": now.date().isoformat()},
+              {"range": "custom", "start": "1970-01-01", "end": "9999-12-30"}]
+    # Out of the calendar's reach, or no date: the page falls back to 7 days, as for any bad range.
+    beyond = [{"range": "custom", "start": "0001-01-01", "end": "2026-11-01"},
+              {"range": "custom", "start": "2026-11-01", "end": "9999-12-31"},
+              {"range": "custom", "start": "9999-12-31", "end": "9999-12-31"},
+              {"range": "custom", "start": "2026-02-30", "end": "2026-11-01"}]
+    # Hit rates: misses count, bypasses do not (3 hits of 5 lookups a day over both tenants).
+    for tenant, hit_rate in ((tenant_a, "0%"), (tenant_b, "100%"), (None, "60%"), (quiet, "0%")):
+        seen = bool(days) and tenant is not quiet
+        for chosen in within + beyond:
+            status, page = _live_page(gateway_process, cookie, {**chosen, "tenant": tenant.pk if tenant else ""})
+            assert status == 200, (spread, tenant, chosen, page[:2000])
+            charts = page[page.index("<h2>Spend per"):page.index('<div class="sy-columns">')]
+            assert charts.count("<svg") == (2 if seen else 0), (spread, tenant, chosen)
+            assert charts.count("No requests in this range.") == (0 if seen else 2), (spread, tenant, chosen)
+            assert f'<div class="sy-value">{hit_rate if seen else "0%"}</div>' in page, (spread, tenant, chosen)
+            if chosen in beyond:
+                assert 'value="7d" selected' in page, chosen

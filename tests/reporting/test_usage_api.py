@@ -3,18 +3,23 @@
 from __future__ import annotations
 
 import csv
+import http.client
 import io
+import json
 import random
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
+from urllib.parse import urlencode, urlparse
 
 import psutil
 import psycopg
 import pytest
 
 from apps.gateway.database import conninfo
+from apps.reporting.api.usage import EXPORT_COLUMNS
 from apps.reporting.services import usage_rollup
 from apps.usage.models import RequestLog
+from tests.gateway.conftest import gateway_process  # noqa: F401 (fixture)
 from tests.reporting.test_rollups import START, _logs
 
 END = START + timedelta(days=3)
@@ -127,3 +132,63 @@ def test_it_reads_dates_as_utc_midnight(client, logged, tenant_a, key_a):
     assert body["start"] == day.isoformat()
     expected = RequestLog.objects.filter(tenant=tenant_a, created_at__gte=day, created_at__lt=day + timedelta(days=1))
     assert body["totals"]["requests"] == expected.count()
+
+
+def _live_get(gateway, path: str, secret: str, params: dict) -> tuple[int, str, bytes]:
+    """GET over a real socket to the live server: status, content type, body."""
+    url = urlparse(gateway.base)
+    connection = http.client.HTTPConnection(url.hostname, url.port, timeout=60)
+    try:
+        connection.request("GET", f"{path}?{urlencode(params)}", headers={"Authorization": f"Bearer {secret}"})
+        response = connection.getresponse()
+        return response.status, response.getheader("Content-Type", ""), response.read()
+    finally:
+        connection.close()
+
+
+OUT_OF_RANGE = "between 1970-01-01 and 9999-12-31 (UTC)"
+DATE_EDGES = [
+    # (query, status, the parameter named, words the message must hold)
+    ({"end": "0001-01-05"}, 400, "end", OUT_OF_RANGE),
+    ({"start": "0001-01-01T00:00:00+05:00", "end": "1970-01-03"}, 400, "start", OUT_OF_RANGE),
+    ({"start": "0001-01-01T00:00:00+05:00"}, 400, "start", OUT_OF_RANGE),
+    ({"start": "0001-01-01", "end": "1970-01-02"}, 400, "start", OUT_OF_RANGE),
+    ({"start": "0001-01-01T00:00:00+05:00", "end": "0001-01-05"}, 400, "end", OUT_OF_RANGE),
+    ({"start": "9999-12-01", "end": "9999-12-31T23:00:00-05:00"}, 400, "end", OUT_OF_RANGE),
+    ({"end": "9999-12-31T23:00:00-05:00"}, 400, "end", OUT_OF_RANGE),
+    ({"start": "9999-12-30", "end": "9999-12-31T23:59:59.999999"}, 400, "end", OUT_OF_RANGE),
+    ({"start": "9999-12-30T23:00:00-05:00", "end": "9999-12-31"}, 400, "start", OUT_OF_RANGE),
+    ({"start": "1969-12-31T23:59:59Z", "end": "1970-01-02"}, 400, "start", OUT_OF_RANGE),
+    ({"end": "1970-01-01"}, 400, "start", "before 'end'"),
+    ({"start": "2026-11-05", "end": "2026-11-01"}, 400, "start", "before 'end'"),
+    ({"start": "1970-01-01", "end": "9999-12-31"}, 400, "start", "400 days"),
+    ({"start": "2026-02-30"}, 400, "start", "ISO 8601"),
+    ({"end": "2026-11-01T24:61:00"}, 400, "end", "ISO 8601"),
+    ({"end": "2026-11-01T00:00:00+99:00"}, 400, "end", "ISO 8601"),
+    ({"end": "10000-01-01"}, 400, "end", "ISO 8601"),
+    ({"end": "-0001-01-01"}, 400, "end", "ISO 8601"),
+    ({"start": "\x00"}, 400, "start", "ISO 8601"),
+    ({"start": "9" * 4096}, 400, "start", "ISO 8601"),
+    # The edges themselves are answered.
+    ({"end": "1970-01-05"}, 200, None, ""),
+    ({"start": "1970-01-01T05:00:00+05:00", "end": "1970-01-02"}, 200, None, ""),
+    ({"start": "9999-12-01", "end": "9999-12-31"}, 200, None, ""),
+    ({"start": "9999-12-30T18:00:00-05:00", "end": "9999-12-31"}, 200, None, ""),
+]
+
+
+@pytest.mark.parametrize("path", ["/v1/usage", "/v1/usage/export"])
+def test_it_answers_date_edges_with_400_naming_the_range_never_500(gateway_process, transactional_db,  # noqa: F811
+                                                                     key_a, path):
+    for query, status, param, words in DATE_EDGES:
+        got, content_type, body = _live_get(gateway_process, path, key_a.secret, query)
+        assert got == status, (query, got, body[:300])
+        if status == 400:
+            error = json.loads(body)["error"]
+            assert (error["type"], error["code"], error["param"]) == ("invalid_request_error", "invalid_request",
+                                                                      param), query
+            assert words in error["message"], (query, error)
+        elif path == "/v1/usage":
+            assert json.loads(body)["totals"]["requests"] == 0, query
+        else:
+            assert content_type == "text/csv" and body.decode().splitlines() == [",".join(EXPORT_COLUMNS)], query

@@ -6,8 +6,9 @@
     GET    /v1/files/{id}/content                                   -> the bytes, streamed
     DELETE /v1/files/{id}                                           -> {"id", "object": "file", "deleted": true}
 
-Uploads are spooled to disk by the server (never held in memory) and copied to storage in
-chunks; downloads are streamed from storage in 64 KiB pieces.
+Uploads are spooled to disk by the server (never held in memory), held to the size limit as
+they arrive, chunked or not (:mod:`apps.batches.api.upload`), and copied to storage in chunks;
+downloads are streamed from storage in 64 KiB pieces.
 """
 
 from __future__ import annotations

@@ -4,9 +4,10 @@
         -> {"object": "usage", "start", "end", "totals": {...}, "group_by", "data": [...]}
     GET /v1/usage/export?start=...&end=...      -> text/csv, one line per request, streamed
 
-``start`` is inclusive, ``end`` exclusive; dates (UTC midnight) or ISO 8601 times. Without
-them: the last 30 days. Both endpoints authenticate with the tenant's API key and read nothing
-but that tenant's rows. Rollups lag the log by up to two rollup periods (20 s by default).
+``start`` is inclusive, ``end`` exclusive; dates (UTC midnight) or ISO 8601 times, from
+1970-01-01 to 9999-12-31 (UTC), at most 400 days apart. Without them: the last 30 days. Both
+endpoints authenticate with the tenant's API key and read nothing but that tenant's rows.
+Rollups lag the log by up to two rollup periods (20 s by default).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from django.utils.dateparse import parse_date, parse_datetime
 from rest_framework.views import APIView
 
 from apps.gateway.errors import AuthenticationFailed, BadRequest, GatewayError, error_body
-from apps.reporting.selectors import GROUPS, usage_grouped, usage_totals
+from apps.reporting.selectors import GROUPS, REPORT_EARLIEST, REPORT_LATEST, usage_grouped, usage_totals
 from apps.tenants.selectors import key_authenticate, key_prefixes
 from apps.usage.selectors import request_log_rows
 
@@ -54,7 +55,13 @@ def _when(value: str | None, name: str) -> datetime | None:
         moment = None
     if moment is None:
         raise BadRequest(f"'{name}' must be a date (2026-11-01) or an ISO 8601 time", param=name)
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+    moment = moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+    # Compared before any conversion: year 1 with a positive offset, or 9999-12-31 with a
+    # negative one, has no UTC datetime.
+    if not REPORT_EARLIEST <= moment <= REPORT_LATEST:
+        raise BadRequest(f"'{name}' must be between {REPORT_EARLIEST:%Y-%m-%d} and {REPORT_LATEST:%Y-%m-%d} (UTC)",
+                         param=name)
+    return moment
 
 
 def _midnight(moment: datetime) -> datetime:
@@ -63,7 +70,7 @@ def _midnight(moment: datetime) -> datetime:
 
 def _range(params) -> tuple[datetime, datetime]:
     end = _when(params.get("end"), "end") or datetime.now(UTC)
-    start = _when(params.get("start"), "start") or end - timedelta(days=30)
+    start = _when(params.get("start"), "start") or max(end - timedelta(days=30), REPORT_EARLIEST)
     if start >= end:
         raise BadRequest("'start' must be before 'end'", param="start")
     if end - start > MAX_RANGE:
