@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from django import forms
 from django.contrib import admin, messages
-from django.db.models import Exists, OuterRef, Q
+from django.db.models import Count, Exists, OuterRef, Q
 from django.utils import timezone
 from django.utils.html import format_html
 
+from apps.cache.services import cache_purge
+from apps.core.confirm import Doomed, action_confirmation, action_confirmed
 from apps.limits.selectors import spend_current
 from apps.tenants.models import ApiKey, Tenant
 from apps.tenants.services import key_create, key_revoke
@@ -107,10 +109,26 @@ class TenantAdmin(admin.ModelAdmin):
         ("Audit", {"fields": ("created_at", "updated_at")}),
     )
     inlines = [ApiKeyInline]
+    actions = ["purge_cache"]
 
     @admin.display(description="spend this period")
     def spend_this_period(self, tenant: Tenant) -> str:
         return _spend(tenant)
+
+    def has_purge_cache_permission(self, request) -> bool:
+        return request.user.has_perm("cache.delete_cacheentry")
+
+    @admin.action(description="Purge the selected tenants' caches", permissions=["purge_cache"])
+    def purge_cache(self, request, queryset):
+        if not action_confirmed(request):
+            counts = queryset.order_by().annotate(entries=Count("cache_entries")).values_list("name", "entries")
+            return action_confirmation(self, request, action="purge_cache", title="Purge tenants' caches",
+                                       noun="cache entries",
+                                       doomed=[Doomed(name, "every cache entry", entries) for name, entries in counts])
+        tenants = list(queryset.values_list("pk", flat=True))
+        total = sum(cache_purge(tenant_id=tenant_id) for tenant_id in tenants)
+        self.message_user(request, f"Purged {total} cache entries of {len(tenants)} tenant(s).", messages.SUCCESS)
+        return None
 
     @admin.display(description="budget")
     def budget(self, tenant: Tenant) -> str:

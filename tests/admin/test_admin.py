@@ -477,7 +477,7 @@ def test_it_purges_only_the_selected_cache_entries(admin_client, populated, tena
                                      response={}, expires_at=timezone.now() + timedelta(days=1))
     purged = CacheEntry.objects.exclude(pk=kept.pk).get()
     response = admin_client.post(_url(CacheEntry, "changelist"), {
-        "action": "purge_selected", "_selected_action": [purged.pk]})
+        "action": "purge_selected", "_selected_action": [purged.pk], "confirm": "yes"})  # confirmed (test_purges.py)
     assert response.status_code == 302
     assert list(CacheEntry.objects.all()) == [kept]
 
