@@ -1,9 +1,11 @@
-"""Admin for tenants and API keys. A new key's secret is shown once, right after creation."""
+"""Admin for tenants and API keys. A new key's secret is shown once, right after creation; a
+tenant or key with usage is deactivated or revoked, never deleted."""
 
 from __future__ import annotations
 
 from django import forms
 from django.contrib import admin, messages
+from django.contrib.admin.utils import unquote
 from django.db.models import Count, Exists, OuterRef, Q
 from django.utils import timezone
 from django.utils.html import format_html
@@ -225,6 +227,26 @@ class ApiKeyAdmin(admin.ModelAdmin):
             return
         form.instance = ApiKey.objects.get(pk=form.instance.pk)
         form.instance.allowed_models.set(form.cleaned_data.get("allowed_models") or [])
+
+    def get_deleted_objects(self, objs, request):
+        """Refuse keys that made requests, before loading their logs.
+
+        Their request logs are the billing record and keep the key that made them: such a key
+        is revoked instead (the page offers it). A key that never made a request can go.
+        """
+        used = ApiKey.objects.filter(pk__in=[key.pk for key in objs]).filter(
+            Exists(RequestLog.objects.filter(api_key=OuterRef("pk"))))
+        protected = [format_html("Request logs of {} (the billing record: revoke the key instead)", key)
+                     for key in used]
+        if protected:
+            return [], {}, set(), protected
+        return super().get_deleted_objects(objs, request)
+
+    def delete_view(self, request, object_id, extra_context=None):
+        key = self.get_object(request, unquote(object_id))
+        if key is not None and key.revoked_at is None and self.has_change_permission(request, key):
+            extra_context = {**(extra_context or {}), "revoke_instead": key}
+        return super().delete_view(request, object_id, extra_context)
 
     @admin.action(description="Revoke selected keys", permissions=["change"])
     def revoke_selected(self, request, queryset) -> None:
