@@ -15,24 +15,66 @@ OPERATOR_PASSWORD = "operator-password-1"
 
 
 class _Forms(HTMLParser):
-    """Every form of a page: its attributes and its fields' values (hidden and text inputs)."""
+    """Every form of a page: its attributes and the fields a browser would submit with it
+    (inputs, checked boxes, each select's chosen options, textareas), as rendered."""
 
     def __init__(self) -> None:
         super().__init__()
         self.forms: list[tuple[dict, list[tuple[str, str]]]] = []
+        self._select: tuple[str, bool, list[tuple[str, bool]]] | None = None
+        self._textarea: tuple[str, list[str]] | None = None
+
+    def _add(self, name: str, value: str) -> None:
+        if self.forms:
+            self.forms[-1][1].append((name, value))
 
     def handle_starttag(self, tag, attrs) -> None:
         attrs = {name: value or "" for name, value in attrs}
+        kind = attrs.get("type", "text")
         if tag == "form":
             self.forms.append((attrs, []))
-        elif tag == "input" and self.forms and attrs.get("name") and attrs.get("type") != "submit":
-            self.forms[-1][1].append((attrs["name"], attrs.get("value", "")))
+        elif tag == "input" and attrs.get("name") and kind not in ("submit", "button", "file"):
+            if kind not in ("checkbox", "radio") or "checked" in attrs:
+                self._add(attrs["name"], attrs.get("value", "on" if kind == "checkbox" else ""))
+        elif tag == "select" and attrs.get("name"):
+            self._select = (attrs["name"], "multiple" in attrs, [])
+        elif tag == "option" and self._select is not None:
+            self._select[2].append((attrs.get("value", ""), "selected" in attrs))
+        elif tag == "textarea" and attrs.get("name"):
+            self._textarea = (attrs["name"], [])
+
+    def handle_data(self, data) -> None:
+        if self._textarea is not None:
+            self._textarea[1].append(data)
+
+    def handle_endtag(self, tag) -> None:
+        if tag == "select" and self._select is not None:
+            name, multiple, options = self._select
+            chosen = [value for value, selected in options if selected]
+            if not chosen and not multiple and options:
+                chosen = [options[0][0]]
+            for value in chosen:
+                self._add(name, value)
+            self._select = None
+        elif tag == "textarea" and self._textarea is not None:
+            name, parts = self._textarea
+            self._add(name, "".join(parts).removeprefix("\n"))
+            self._textarea = None
 
 
 def page_forms(html: str) -> list[tuple[dict, list[tuple[str, str]]]]:
     parser = _Forms()
     parser.feed(html)
     return parser.forms
+
+
+def form_data(html: str, form_id: str, **changes) -> dict[str, list[str]]:
+    """The fields of the form ``form_id`` as the page renders them, with ``changes`` typed in."""
+    forms = [fields for attrs, fields in page_forms(html) if attrs.get("id") == form_id]
+    assert len(forms) == 1, f"no form {form_id!r} on the page"
+    data = _multi([(name, value) for name, value in forms[0] if name not in changes])
+    data.update({name: [str(value)] for name, value in changes.items()})
+    return data
 
 
 class AdminBrowser:
@@ -55,6 +97,10 @@ class AdminBrowser:
     def post(self, url: str, data: dict | list) -> httpx.Response:
         fields = list(data.items()) if isinstance(data, dict) else list(data)
         return self.http.post(url, data=_multi([*fields, ("csrfmiddlewaretoken", self.csrf)]))
+
+    def save(self, url: str, form_id: str, **changes) -> httpx.Response:
+        """Open a change or add page, type ``changes`` into its form and save it."""
+        return self.http.post(url, data=form_data(self.http.get(url).text, form_id, **changes))
 
     def submit(self, url: str, page: httpx.Response, *, field: str) -> httpx.Response:
         """Post back the page's form that carries ``field``, with the values it rendered."""
