@@ -11,7 +11,7 @@ from django.utils import timezone
 from django.utils.html import format_html
 
 from apps.cache.services import cache_purge
-from apps.core.confirm import Doomed, action_confirmation, action_confirmed
+from apps.core.confirm import Doomed, TenantCountedDelete, action_confirmation, action_confirmed
 from apps.limits.selectors import spend_current
 from apps.tenants.models import ApiKey, Tenant
 from apps.tenants.services import key_create, key_revoke
@@ -171,7 +171,7 @@ class ApiKeyAddForm(forms.ModelForm):
 
 
 @admin.register(ApiKey)
-class ApiKeyAdmin(admin.ModelAdmin):
+class ApiKeyAdmin(TenantCountedDelete, admin.ModelAdmin):
     list_display = ("prefix", "name", "tenant", "status", "expires_at", "last_used_at", "created_at")
     list_filter = (ApiKeyStatusFilter, "tenant")
     list_select_related = ("tenant",)

@@ -132,3 +132,35 @@ def test_it_purges_by_model_in_the_filtered_tenant_only_on_the_running_server(op
     done = operator_browser.submit(url, page, field="confirm")
     assert done.status_code == 302, done.text[:500]
     assert _left() == {("acme", "sim-premium"): 2, ("globex", "sim-mini"): 4, ("globex", "sim-premium"): 1}
+
+
+def _counts(html: str) -> list[tuple[str, str]]:
+    """The per-tenant table of Django's "delete selected" page: (tenant, count) per row."""
+    return [(row[0], row[1]) for row in _rows(html)]
+
+
+def test_it_counts_per_tenant_what_deleting_selected_keys_would_delete_and_asks_first(admin_client, tenant_a,
+                                                                                        tenant_b):
+    from apps.tenants.models import ApiKey
+    from apps.tenants.services import key_create
+
+    keys = [key_create(tenant=tenant, name=f"key-{i}").api_key.pk
+            for i, tenant in enumerate((tenant_a, tenant_a, tenant_b))]
+    url = reverse("admin:tenants_apikey_changelist")
+    page = admin_client.post(url, {"action": "delete_selected", "_selected_action": keys, "index": "0"})
+    assert _counts(page.content.decode()) == [("Acme", "2"), ("Globex", "1")]
+    assert ApiKey.objects.count() == 3
+    assert admin_client.post(url, {"action": "delete_selected", "_selected_action": keys, "post": "yes"}
+                             ).status_code == 302
+    assert ApiKey.objects.count() == 0
+
+
+def test_it_counts_global_rules_apart_when_deleting_rules(admin_client, tenant_b, cheap_model):
+    from apps.routing.models import RoutingRule
+
+    rules = [RoutingRule.objects.create(name="everyone", target=cheap_model).pk,
+             RoutingRule.objects.create(name="globex only", tenant=tenant_b, target=cheap_model).pk]
+    page = admin_client.post(reverse("admin:routing_routingrule_changelist"),
+                             {"action": "delete_selected", "_selected_action": rules, "index": "0"})
+    assert _counts(page.content.decode()) == [("(global)", "1"), ("Globex", "1")]
+    assert RoutingRule.objects.count() == 2
