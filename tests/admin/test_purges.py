@@ -122,16 +122,40 @@ def test_it_purges_a_tenants_cache_from_the_tenant_list_once_confirmed(admin_cli
     assert _left() == {("acme", "sim-mini"): 3, ("acme", "sim-premium"): 2}
 
 
-def test_it_purges_by_model_in_the_filtered_tenant_only_on_the_running_server(operator_browser, entries, tenant_a):
+LIVE_PURGES = {
+    "purge_models": (("Acme", "entries answered by sim-mini", "3"),
+                     {("acme", "sim-premium"): 2, ("globex", "sim-mini"): 4, ("globex", "sim-premium"): 1}),
+    "purge_tenants": (("Acme", "every entry", "5"), {("globex", "sim-mini"): 4, ("globex", "sim-premium"): 1}),
+}
+
+
+@pytest.mark.parametrize("action", LIVE_PURGES)
+def test_it_purges_in_the_filtered_tenant_only_once_confirmed_on_the_running_server(operator_browser, entries,
+                                                                                    tenant_a, action):
+    row, left = LIVE_PURGES[action]
     url = f"{CHANGELIST}?tenant__id__exact={tenant_a.pk}"
-    page = operator_browser.post(url, [("action", "purge_models"), ("index", "0"),
+    page = operator_browser.post(url, [("action", action), ("index", "0"),
                                        ("_selected_action", entries["acme", "sim-mini"][1].pk)])
     assert page.status_code == 200, page.text[:500]
-    assert _rows(page.text) == [("Acme", "entries answered by sim-mini", "3")]
+    assert _rows(page.text) == [row]
     assert _left() == ALL
     done = operator_browser.submit(url, page, field="confirm")
     assert done.status_code == 302, done.text[:500]
-    assert _left() == {("acme", "sim-premium"): 2, ("globex", "sim-mini"): 4, ("globex", "sim-premium"): 1}
+    assert _left() == left
+
+
+def test_it_does_not_let_an_operator_without_cache_delete_rights_purge_from_the_tenant_list(client, entries,
+                                                                                            tenant_a,
+                                                                                            django_user_model):
+    from django.contrib.auth.models import Permission
+
+    user = django_user_model.objects.create_user("viewer", password="unused-password", is_staff=True)
+    user.user_permissions.set(Permission.objects.filter(codename__in=["view_tenant", "change_tenant"]))
+    client.force_login(user)
+    url = reverse("admin:tenants_tenant_changelist")
+    assert 'value="purge_cache"' not in client.get(url).content.decode()
+    client.post(url, {"action": "purge_cache", "_selected_action": [tenant_a.pk], "confirm": "yes"})
+    assert _left() == ALL
 
 
 def _counts(html: str) -> list[tuple[str, str]]:
