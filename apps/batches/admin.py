@@ -11,11 +11,12 @@ from django.utils.html import format_html
 from apps.batches.live import live_enabled, progress_event
 from apps.batches.models import BatchJob, File
 from apps.batches.services import job_cancel
+from apps.core.confirm import TenantCountedDelete
 from apps.gateway.errors import GatewayError
 
 
 @admin.register(File)
-class FileAdmin(admin.ModelAdmin):
+class FileAdmin(TenantCountedDelete, admin.ModelAdmin):
     list_display = ("id", "tenant", "purpose", "filename", "bytes", "created_at")
     list_filter = ("purpose", "tenant")
     list_select_related = ("tenant",)
@@ -38,7 +39,7 @@ def progress_bar(job: BatchJob):
 
 
 @admin.register(BatchJob)
-class BatchJobAdmin(admin.ModelAdmin):
+class BatchJobAdmin(TenantCountedDelete, admin.ModelAdmin):
     list_display = ("id", "tenant", "kind", "status_badge", "progress", "completed", "failed", "endpoint",
                     "created_at")
     list_filter = ("kind", "status", "tenant")

@@ -39,14 +39,15 @@ def cache_enforce_limits(*, batch_size: int = 5000) -> int:
     return deleted
 
 
-def cache_purge(*, tenant: Tenant | None = None, model_name: str | None = None) -> int:
-    """Delete a tenant's entries, or every entry answered by a model (or both filters)."""
+def cache_purge(*, tenant_id: int, model_name: str | None = None) -> int:
+    """Delete one tenant's entries, or only those that ``model_name`` answered.
+
+    Always one tenant: no call can reach into another tenant's cache.
+    """
     from apps.cache.models import CacheEntry
 
-    entries = CacheEntry.objects.all()
-    if tenant is not None:
-        entries = entries.filter(tenant=tenant)
-    if model_name:
+    entries = CacheEntry.objects.filter(tenant_id=tenant_id)
+    if model_name is not None:
         entries = entries.filter(model_name=model_name)
     count, _ = entries.delete()
     return count

@@ -48,7 +48,7 @@ class ModelInline(admin.TabularInline):
     extra = 0
     show_change_link = True
     fields = ("name", "upstream_id", "mode", "tier", "input_price_per_million", "cached_input_price_per_million",
-              "output_price_per_million", "cache_write_price_per_million", "is_active")
+              "output_price_per_million", "cache_write_price_per_million", "is_free", "is_active")
 
 
 @admin.register(Provider)
@@ -120,9 +120,8 @@ class ModelPriceInline(admin.TabularInline):
 class ModelAdmin(admin.ModelAdmin):
     list_display = ("name", "upstream_id", "provider", "mode", "tier", "input_price_per_million",
                     "cached_input_price_per_million", "output_price_per_million", "cache_write_price_per_million",
-                    "batch_discount_percent",
-                    "is_active")
-    list_filter = ("provider", "tier", "mode", "is_active")
+                    "batch_discount_percent", "is_free", "is_active")
+    list_filter = ("provider", "tier", "mode", "is_free", "is_active")
     list_select_related = ("provider",)
     search_fields = ("name", "upstream_id")
     readonly_fields = ("created_at", "updated_at")

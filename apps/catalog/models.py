@@ -19,6 +19,8 @@ _DISCOUNT = {
     "max_digits": 5, "decimal_places": 2, "default": Decimal("0"),
     "validators": [MinValueValidator(Decimal("0")), MaxValueValidator(Decimal("100"))],
 }
+_UNPRICED = ("Give the model an input or an output price per 1M tokens, or mark it free: with neither, its "
+             "requests would bill nothing.")
 _DISCOUNT_HELP = "Percent taken off every price for lines of batch jobs (OpenAI's Batch API gives 50)."
 
 
@@ -110,12 +112,24 @@ class Model(models.Model):
     context_window = models.PositiveIntegerField(default=128000)
     max_output_tokens = models.PositiveIntegerField(default=16384)
     tier = models.CharField(max_length=20, choices=Tier.choices, default=Tier.MODERATE)
+    is_free = models.BooleanField(
+        default=False, verbose_name="free",
+        help_text="Bill nothing for this model (a local or internal one). Otherwise it needs an input or an output "
+        "price: a model with neither would answer for free by mistake.")
     is_active = models.BooleanField(default=True)
     created_at = models.DateTimeField(default=timezone.now, editable=False)
     updated_at = models.DateTimeField(auto_now=True)
 
     class Meta:
         ordering = ["name"]
+        constraints = [
+            models.CheckConstraint(
+                condition=models.Q(is_free=True) | models.Q(input_price_per_million__gt=0)
+                | models.Q(output_price_per_million__gt=0),
+                name="catalog_model_priced_or_free",
+                violation_error_message=_UNPRICED,
+            ),
+        ]
 
     def __str__(self) -> str:
         return self.name

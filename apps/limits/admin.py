@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from django.contrib import admin
 
+from apps.core.confirm import TenantCountedDelete
 from apps.limits.models import BudgetAlert
 
 
 @admin.register(BudgetAlert)
-class BudgetAlertAdmin(admin.ModelAdmin):
+class BudgetAlertAdmin(TenantCountedDelete, admin.ModelAdmin):
     list_display = ("created_at", "tenant", "api_key", "threshold_percent", "spent_usd", "budget_usd", "period_start",
                     "delivered_at", "webhook_attempts", "last_error")
     list_filter = ("tenant",)

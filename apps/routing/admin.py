@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from django.contrib import admin
 
+from apps.core.confirm import TenantCountedDelete
 from apps.routing.models import ComplexityIndicator, RoutingFallback, RoutingRule
 
 
@@ -16,7 +17,7 @@ class RoutingFallbackInline(admin.TabularInline):
 
 
 @admin.register(RoutingRule)
-class RoutingRuleAdmin(admin.ModelAdmin):
+class RoutingRuleAdmin(TenantCountedDelete, admin.ModelAdmin):
     list_display = ("name", "scope", "priority", "match_model", "match_tier", "target", "weight", "is_active")
     list_filter = ("is_active", "match_tier", ("tenant", admin.EmptyFieldListFilter), "tenant")
     list_select_related = ("tenant", "target")

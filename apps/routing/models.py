@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from django.core.exceptions import ObjectDoesNotExist, ValidationError
 from django.db import models
 from django.utils import timezone
 
@@ -42,6 +43,18 @@ class RoutingRule(models.Model):
     def __str__(self) -> str:
         return self.name
 
+    def clean(self) -> None:
+        """The target answers chat requests and is not also one of the rule's fallbacks."""
+        target = _model_or_none(self, "target")
+        if target is None:
+            return
+        if target.mode != Model.Mode.CHAT:
+            raise ValidationError({"target": f"{target} is an {target.get_mode_display().lower()} model: "
+                                             "rules route chat requests, so the target must be a chat model."})
+        if self.pk is not None and self.fallbacks.filter(model_id=target.pk).exists():
+            raise ValidationError({"target": f"{target} is already a fallback of this rule: remove that fallback "
+                                             "first (a model cannot be tried twice)."})
+
 
 class RoutingFallback(models.Model):
     """One step of a rule's ordered fallback chain."""
@@ -56,6 +69,18 @@ class RoutingFallback(models.Model):
 
     def __str__(self) -> str:
         return f"{self.position}: {self.model}"
+
+    def clean(self) -> None:
+        """A fallback is a chat model other than its rule's target."""
+        model = _model_or_none(self, "model")
+        if model is None:
+            return
+        if model.mode != Model.Mode.CHAT:
+            raise ValidationError({"model": f"{model} is an {model.get_mode_display().lower()} model: a fallback "
+                                            "answers the same chat request, so it must be a chat model."})
+        rule = _model_or_none(self, "rule")
+        if rule is not None and rule.target_id == model.pk:
+            raise ValidationError({"model": f"{model} is the rule's target: a fallback is another model."})
 
 
 class ComplexityIndicator(models.Model):
@@ -73,3 +98,11 @@ class ComplexityIndicator(models.Model):
 
     def __str__(self) -> str:
         return f"{self.phrase} ({self.tier})"
+
+
+def _model_or_none(row: models.Model, field: str):
+    """The row's related object, or None while the form has not set it."""
+    try:
+        return getattr(row, field)
+    except ObjectDoesNotExist:
+        return None

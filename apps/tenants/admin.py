@@ -1,13 +1,17 @@
-"""Admin for tenants and API keys. A new key's secret is shown once, right after creation."""
+"""Admin for tenants and API keys. A new key's secret is shown once, right after creation; a
+tenant or key with usage is deactivated or revoked, never deleted."""
 
 from __future__ import annotations
 
 from django import forms
 from django.contrib import admin, messages
-from django.db.models import Exists, OuterRef, Q
+from django.contrib.admin.utils import unquote
+from django.db.models import Count, Exists, OuterRef, Q
 from django.utils import timezone
 from django.utils.html import format_html
 
+from apps.cache.services import cache_purge
+from apps.core.confirm import Doomed, TenantCountedDelete, action_confirmation, action_confirmed
 from apps.limits.selectors import spend_current
 from apps.tenants.models import ApiKey, Tenant
 from apps.tenants.services import key_create, key_revoke
@@ -107,10 +111,26 @@ class TenantAdmin(admin.ModelAdmin):
         ("Audit", {"fields": ("created_at", "updated_at")}),
     )
     inlines = [ApiKeyInline]
+    actions = ["purge_cache"]
 
     @admin.display(description="spend this period")
     def spend_this_period(self, tenant: Tenant) -> str:
         return _spend(tenant)
+
+    def has_purge_cache_permission(self, request) -> bool:
+        return request.user.has_perm("cache.delete_cacheentry")
+
+    @admin.action(description="Purge the selected tenants' caches", permissions=["purge_cache"])
+    def purge_cache(self, request, queryset):
+        if not action_confirmed(request):
+            counts = queryset.order_by().annotate(entries=Count("cache_entries")).values_list("name", "entries")
+            return action_confirmation(self, request, action="purge_cache", title="Purge tenants' caches",
+                                       noun="cache entries",
+                                       doomed=[Doomed(name, "every cache entry", entries) for name, entries in counts])
+        tenants = list(queryset.values_list("pk", flat=True))
+        total = sum(cache_purge(tenant_id=tenant_id) for tenant_id in tenants)
+        self.message_user(request, f"Purged {total} cache entries of {len(tenants)} tenant(s).", messages.SUCCESS)
+        return None
 
     @admin.display(description="budget")
     def budget(self, tenant: Tenant) -> str:
@@ -151,7 +171,7 @@ class ApiKeyAddForm(forms.ModelForm):
 
 
 @admin.register(ApiKey)
-class ApiKeyAdmin(admin.ModelAdmin):
+class ApiKeyAdmin(TenantCountedDelete, admin.ModelAdmin):
     list_display = ("prefix", "name", "tenant", "status", "expires_at", "last_used_at", "created_at")
     list_filter = (ApiKeyStatusFilter, "tenant")
     list_select_related = ("tenant",)
@@ -207,6 +227,26 @@ class ApiKeyAdmin(admin.ModelAdmin):
             return
         form.instance = ApiKey.objects.get(pk=form.instance.pk)
         form.instance.allowed_models.set(form.cleaned_data.get("allowed_models") or [])
+
+    def get_deleted_objects(self, objs, request):
+        """Refuse keys that made requests, before loading their logs.
+
+        Their request logs are the billing record and keep the key that made them: such a key
+        is revoked instead (the page offers it). A key that never made a request can go.
+        """
+        used = ApiKey.objects.filter(pk__in=[key.pk for key in objs]).filter(
+            Exists(RequestLog.objects.filter(api_key=OuterRef("pk"))))
+        protected = [format_html("Request logs of {} (the billing record: revoke the key instead)", key)
+                     for key in used]
+        if protected:
+            return [], {}, set(), protected
+        return super().get_deleted_objects(objs, request)
+
+    def delete_view(self, request, object_id, extra_context=None):
+        key = self.get_object(request, unquote(object_id))
+        if key is not None and key.revoked_at is None and self.has_change_permission(request, key):
+            extra_context = {**(extra_context or {}), "revoke_instead": key}
+        return super().delete_view(request, object_id, extra_context)
 
     @admin.action(description="Revoke selected keys", permissions=["change"])
     def revoke_selected(self, request, queryset) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import secrets
 
-from django.core.validators import MinValueValidator
+from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
 from django.utils import timezone
 
@@ -23,7 +23,8 @@ class Tenant(LimitSettings):
     is_active = models.BooleanField(default=True)
     cache_enabled = models.BooleanField(default=True)
     cache_similarity_threshold = models.FloatField(
-        default=0.80, help_text="Cosine similarity a semantic candidate must reach (0-1) before verification."
+        default=0.80, validators=[MinValueValidator(0.0), MaxValueValidator(1.0)],
+        help_text="Cosine similarity a semantic candidate must reach (0-1) before verification."
     )
     cache_ttl_seconds = models.PositiveIntegerField(default=86400, help_text="How long a cached answer lives.")
     cache_max_temperature = models.FloatField(
@@ -55,6 +56,13 @@ class Tenant(LimitSettings):
 
     class Meta:
         ordering = ["name"]
+        constraints = [
+            models.CheckConstraint(
+                condition=models.Q(cache_similarity_threshold__gte=0.0, cache_similarity_threshold__lte=1.0),
+                name="tenant_cache_threshold_0_to_1",
+                violation_error_message="The similarity threshold is a cosine similarity from 0 to 1.",
+            ),
+        ]
 
     def __str__(self) -> str:
         return self.name

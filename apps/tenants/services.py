@@ -60,5 +60,8 @@ def key_revoke(*, api_key: ApiKey) -> ApiKey:
 
 @transaction.atomic
 def tenant_create(*, name: str, slug: str, **fields) -> Tenant:
-    """Create a tenant."""
-    return Tenant.objects.create(name=name, slug=slug, **fields)
+    """Create a tenant; settings the platform cannot run with raise ``ValidationError``."""
+    tenant = Tenant(name=name, slug=slug, **fields)
+    tenant.full_clean()
+    tenant.save(force_insert=True)
+    return tenant

@@ -20,8 +20,9 @@ class RequestLog(models.Model):
         BYPASS = "bypass", "Bypass"
 
     tenant = models.ForeignKey("tenants.Tenant", on_delete=models.CASCADE, related_name="request_logs")
+    # A key with usage is revoked, never deleted: its rows must keep saying which key made them.
     api_key = models.ForeignKey(
-        "tenants.ApiKey", null=True, blank=True, on_delete=models.SET_NULL, related_name="request_logs"
+        "tenants.ApiKey", null=True, blank=True, on_delete=models.PROTECT, related_name="request_logs"
     )
     request_id = models.CharField(max_length=64, db_index=True)
     endpoint = models.CharField(max_length=64, default="/v1/chat/completions")

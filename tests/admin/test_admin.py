@@ -431,7 +431,7 @@ def test_it_never_adds_edits_or_deletes_a_price_version(admin_client, cheap_mode
 # --- Routing -----------------------------------------------------------------------------------
 
 def test_it_saves_a_rules_fallbacks_in_order(admin_client, tenant_a, cheap_model, premium_model, provider):
-    third = Model.objects.create(name="sim-third", upstream_id="sim-third", provider=provider)
+    third = Model.objects.create(name="sim-third", upstream_id="sim-third", provider=provider, is_free=True)
     response = admin_client.post(_url(RoutingRule, "add"), {
         "name": "complex", "tenant": tenant_a.pk, "priority": "10", "is_active": "on", "weight": "100",
         "match_model": "auto", "match_tier": "complex", "match_tags": "[]", "target": premium_model.pk,
@@ -477,7 +477,7 @@ def test_it_purges_only_the_selected_cache_entries(admin_client, populated, tena
                                      response={}, expires_at=timezone.now() + timedelta(days=1))
     purged = CacheEntry.objects.exclude(pk=kept.pk).get()
     response = admin_client.post(_url(CacheEntry, "changelist"), {
-        "action": "purge_selected", "_selected_action": [purged.pk]})
+        "action": "purge_selected", "_selected_action": [purged.pk], "confirm": "yes"})  # confirmed (test_purges.py)
     assert response.status_code == 302
     assert list(CacheEntry.objects.all()) == [kept]
 

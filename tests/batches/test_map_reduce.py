@@ -13,7 +13,7 @@ from tests.live import http_json
 
 def test_it_maps_fifty_items_and_reduces_them_hierarchically(world, workers):
     Model.objects.create(name="sim-small", upstream_id="sim-mini", provider=world.provider, context_window=400,
-                         max_output_tokens=64)
+                         max_output_tokens=64, is_free=True)
     group = workers(BATCH_TENANT_CONCURRENCY=8)
     group.start()
     auth = {"Authorization": f"Bearer {world.key_a}"}

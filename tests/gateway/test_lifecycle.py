@@ -65,7 +65,7 @@ def test_it_logs_one_row_per_answered_request_through_sigterm_and_dropped_client
     from apps.usage.models import RequestLog
 
     slow = Provider.objects.create(name="slow", kind=Provider.Kind.SIMULATED, base_url=slow_simulator.v1)
-    Model.objects.create(name="sim-slow", upstream_id="sim-slow", provider=slow)
+    Model.objects.create(name="sim-slow", upstream_id="sim-slow", provider=slow, is_free=True)
     gateway = gateway_start(tmp_path)
     headers = {"Authorization": f"Bearer {world.key_a}"}
     assert wait_until(lambda: "sim-slow" in httpx.get(gateway.v1 + "/models", headers=headers).text, timeout=10)

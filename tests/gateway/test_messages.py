@@ -252,7 +252,7 @@ def test_it_raises_each_error_status_as_the_sdks_own_exception(native):
     world.simulator.reset()
     impatient = Provider.objects.create(name="impatient", kind=Provider.Kind.ANTHROPIC,
                                         base_url=world.simulator.v1, timeout_seconds=0.3)
-    Model.objects.create(name="claude-slow", upstream_id="sim-slow", provider=impatient)
+    Model.objects.create(name="claude-slow", upstream_id="sim-slow", provider=impatient, is_free=True)
     assert wait_until(lambda: models_seen(world, "claude-slow"), timeout=10)
     world.simulator.fault(model="sim-slow", mode="timeout", count=-1)
     assert error_of(anthropic.GatewayTimeoutError, model="claude-slow")[1] == "timeout_error"

@@ -164,7 +164,7 @@ def test_it_answers_504_when_every_upstream_times_out(world):
 
     impatient = Provider.objects.create(name="impatient", kind=Provider.Kind.SIMULATED,
                                         base_url=world.simulator.v1, timeout_seconds=0.3)
-    Model.objects.create(name="sim-slow", upstream_id="sim-slow", provider=impatient)
+    Model.objects.create(name="sim-slow", upstream_id="sim-slow", provider=impatient, is_free=True)
     sdk = client(world, timeout=30)
     assert wait_until(lambda: any(m.id == "sim-slow" for m in sdk.models.list()))
     world.simulator.fault(model="sim-slow", mode="timeout", count=-1)
@@ -188,7 +188,7 @@ def test_it_never_exceeds_a_providers_concurrency_limit(world):
 
     narrow = Provider.objects.create(name="narrow", kind=Provider.Kind.SIMULATED, base_url=world.simulator.v1,
                                      max_concurrency=2)
-    Model.objects.create(name="sim-narrow", upstream_id="sim-narrow", provider=narrow)
+    Model.objects.create(name="sim-narrow", upstream_id="sim-narrow", provider=narrow, is_free=True)
     sdk = client(world)
     assert wait_until(lambda: any(m.id == "sim-narrow" for m in sdk.models.list()))
     world.simulator.reset()
