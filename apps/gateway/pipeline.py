@@ -522,7 +522,7 @@ class ChatStream:
         if error is not None:
             call.status, call.error_code = error.status, error.code
             call.failures.append(f"{call.model.name}: {error.message}")
-            self.state.breakers.failed(call.model.provider, error.message)
+            self.state.breakers.failed(call.model, error.message)
             self._settle()
             self._log()
             if self.on_complete is not None:
