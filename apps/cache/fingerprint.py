@@ -13,6 +13,7 @@ cached at all.
 from __future__ import annotations
 
 import hashlib
+import re
 from dataclasses import dataclass
 
 import orjson
@@ -74,6 +75,12 @@ def cacheable(body: dict, *, max_temperature: float, tool_calls: bool) -> str | 
     return None
 
 
+# RFC 9111 1.2.2: a delta-seconds value too large to represent is taken as 2^31 seconds (68 years,
+# longer than any entry lives), so a huge max-age means "any age" instead of overflowing a date.
+MAX_AGE_LIMIT = 2**31
+_DELTA_SECONDS = re.compile(r'"?([0-9]+)"?')
+
+
 @dataclass(frozen=True, slots=True)
 class CacheControl:
     lookup: bool = True
@@ -83,17 +90,29 @@ class CacheControl:
 
 def cache_control_parse(header: str | None) -> CacheControl:
     """``no-cache``: skip the lookup, still store. ``no-store``: neither. ``max-age=N``: only
-    entries younger than N seconds."""
+    entries younger than N seconds; N is capped at :data:`MAX_AGE_LIMIT`, and a value that is not
+    a count of seconds (negative, a word, empty) reads as 0: nothing cached is fresh enough, as
+    RFC 9111 takes invalid freshness information as stale."""
     if not header:
         return CacheControl()
     lookup = store = True
     max_age = None
     for directive in header.lower().split(","):
         name, _, value = directive.strip().partition("=")
+        name = name.strip()
         if name == "no-cache":
             lookup = False
         elif name == "no-store":
             lookup = store = False
-        elif name == "max-age" and value.strip().isdigit():
-            max_age = int(value.strip())
+        elif name == "max-age":
+            max_age = _delta_seconds(value)
     return CacheControl(lookup=lookup, store=store, max_age=max_age)
+
+
+def _delta_seconds(value: str) -> int:
+    match = _DELTA_SECONDS.fullmatch(value.strip())
+    if match is None:
+        return 0
+    digits = match.group(1).lstrip("0") or "0"
+    # Past ten digits the value is over the cap whatever it says (past 4,300 int() refuses it).
+    return MAX_AGE_LIMIT if len(digits) > 10 else min(int(digits), MAX_AGE_LIMIT)

@@ -68,31 +68,36 @@ class ProviderAdmin(admin.ModelAdmin):
     inlines = [ModelInline]
 
     def get_queryset(self, request):
-        return super().get_queryset(request).prefetch_related("circuits")
+        return super().get_queryset(request).prefetch_related("circuits__model")
 
     @admin.display(description="circuit")
     def circuit(self, provider: Provider) -> str:
-        """Closed unless some process has opened it: "open in 1 of 2 processes"."""
-        circuits = list(provider.circuits.all())
-        tripped = [c for c in circuits if c.state != ProviderCircuit.State.CLOSED]
-        if not tripped:
-            return "closed"
-        states = sorted({c.get_state_display() for c in tripped})
-        return f"{' / '.join(states)} in {len(tripped)} of {len(circuits)} processes"
+        """Closed unless some process has opened a model's circuit: "mini: open in 1 of 2 processes"
+        (out of the processes that reported a circuit for that model)."""
+        by_model: dict[str, list[ProviderCircuit]] = {}
+        for c in provider.circuits.all():
+            by_model.setdefault(c.model.name, []).append(c)
+        parts = []
+        for name, circuits in sorted(by_model.items()):
+            tripped = [c for c in circuits if c.state != ProviderCircuit.State.CLOSED]
+            if tripped:
+                states = sorted({c.get_state_display() for c in tripped})
+                parts.append(f"{name}: {' / '.join(states)} in {len(tripped)} of {len(circuits)} processes")
+        return "; ".join(parts) or "closed"
 
-    @admin.display(description="by process")
+    @admin.display(description="by model and process")
     def circuits_table(self, provider: Provider) -> str:
-        """Each gateway process's breaker for this provider, as it last reported it."""
+        """Each gateway process's breaker for each model of this provider, as it last reported it."""
         circuits = list(provider.circuits.all()) if provider.pk else []
         if not circuits:
             return "closed in every process (no transition reported)"
         rows = format_html_join(
-            "", "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
-            ((c.process, c.get_state_display(), c.consecutive_failures, c.last_failure or "-",
+            "", "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            ((c.model.name, c.process, c.get_state_display(), c.consecutive_failures, c.last_failure or "-",
               c.retry_at or "-", c.changed_at) for c in circuits))
         return format_html(
-            "<table><thead><tr><th>process</th><th>state</th><th>failures in a row</th><th>last failure</th>"
-            "<th>probe from</th><th>changed</th></tr></thead><tbody>{}</tbody></table>", rows)
+            "<table><thead><tr><th>model</th><th>process</th><th>state</th><th>failures in a row</th>"
+            "<th>last failure</th><th>probe from</th><th>changed</th></tr></thead><tbody>{}</tbody></table>", rows)
 
     @admin.display(description="credential")
     def credential_state(self, provider: Provider) -> str:

@@ -55,11 +55,12 @@ class Provider(models.Model):
 
 
 class ProviderCircuit(models.Model):
-    """A gateway process's circuit breaker for a provider, as that process last reported it.
+    """A gateway process's circuit breaker for one model of a provider, as that process last
+    reported it.
 
-    Each process keeps its own breakers in memory (``apps.gateway.breaker``) and writes a row here
-    on every transition, so the admin shows which processes have stopped sending to a provider.
-    A process removes its rows when it shuts down.
+    Each process keeps its own breakers in memory (``apps.gateway.breaker``), one per provider
+    and model, and writes a row here on every transition, so the admin shows which processes
+    have stopped sending to which model. A process removes its rows when it shuts down.
     """
 
     class State(models.TextChoices):
@@ -68,6 +69,7 @@ class ProviderCircuit(models.Model):
         HALF_OPEN = "half_open", "half-open (probing)"
 
     provider = models.ForeignKey(Provider, on_delete=models.CASCADE, related_name="circuits")
+    model = models.ForeignKey("Model", on_delete=models.CASCADE, related_name="circuits")
     process = models.CharField(max_length=100, help_text="host:pid of the gateway process")
     state = models.CharField(max_length=10, choices=State.choices)
     consecutive_failures = models.PositiveIntegerField(default=0)
@@ -76,11 +78,12 @@ class ProviderCircuit(models.Model):
     changed_at = models.DateTimeField(default=timezone.now)
 
     class Meta:
-        ordering = ["provider", "process"]
-        constraints = [models.UniqueConstraint(fields=["provider", "process"], name="provider_circuit_per_process")]
+        ordering = ["provider", "model__name", "process"]
+        constraints = [models.UniqueConstraint(fields=["provider", "model", "process"],
+                                               name="circuit_per_model_per_process")]
 
     def __str__(self) -> str:
-        return f"{self.provider_id} @ {self.process}: {self.state}"
+        return f"{self.provider_id}/{self.model_id} @ {self.process}: {self.state}"
 
 
 class Model(models.Model):

@@ -43,8 +43,10 @@ ROWS_WRITTEN = Gauge("switchyard_usage_rows_written", "Usage rows written by thi
 UPSTREAM_IN_FLIGHT = Gauge("switchyard_upstream_in_flight", "Upstream calls holding a connection (JSON answers "
                            "being read and open streams).", registry=REGISTRY)
 LOOP_TASKS = Gauge("switchyard_event_loop_tasks", "Tasks alive on this process's event loop.", registry=REGISTRY)
-CIRCUIT_OPEN = Gauge("switchyard_circuit_open", "1 while this process's circuit breaker for the provider is open "
-                     "or probing.", ["provider"], registry=REGISTRY)
+CIRCUIT_OPEN = Gauge("switchyard_circuit_open", "1 while one of this process's circuit breakers for the "
+                     "provider's models is open or probing.", ["provider"], registry=REGISTRY)
+MODEL_CIRCUIT_OPEN = Gauge("switchyard_model_circuit_open", "1 while this process's circuit breaker for the model "
+                           "is open or probing.", ["provider", "model"], registry=REGISTRY)
 
 
 def rows_observe(rows: list[dict], tenant_names: dict[int, str], providers: dict[str, str]) -> None:
@@ -107,11 +109,19 @@ def allowed(scope, authorization: bytes | None, token: str) -> bool:
 
 
 def exposition(buffer_depth: int, rows_written: int, *, upstream_in_flight: int = 0, loop_tasks: int = 0,
-               circuits: dict[str, bool] | None = None) -> tuple[bytes, bytes]:
+               circuits: dict[tuple[str, str], bool] | None = None) -> tuple[bytes, bytes]:
+    """The exposition; ``circuits``: (provider, model) -> whether its circuit is open or probing."""
     BUFFER_DEPTH.set(buffer_depth)
     ROWS_WRITTEN.set(rows_written)
     UPSTREAM_IN_FLIGHT.set(upstream_in_flight)
     LOOP_TASKS.set(loop_tasks)
-    for provider, tripped in (circuits or {}).items():
+    # Only the circuits of the catalog as it is now: a deleted model's or provider's go.
+    MODEL_CIRCUIT_OPEN.clear()
+    CIRCUIT_OPEN.clear()
+    providers: dict[str, bool] = {}
+    for (provider, model), tripped in (circuits or {}).items():
+        MODEL_CIRCUIT_OPEN.labels(provider, model).set(1 if tripped else 0)
+        providers[provider] = providers.get(provider, False) or tripped
+    for provider, tripped in providers.items():
         CIRCUIT_OPEN.labels(provider).set(1 if tripped else 0)
     return generate_latest(REGISTRY), CONTENT_TYPE_LATEST.encode()

@@ -40,7 +40,13 @@ from apps.gateway.limits import limits_refusal_raise, limits_reserve, limits_set
 from apps.gateway.snapshot import KeyInfo, ModelInfo
 from apps.gateway.state import GatewayState
 from apps.gateway.upstream import ANTHROPIC_KIND, OpenStream, open_stream, post_json, with_fallbacks
-from apps.gateway.validation import chat_body_validate, embeddings_body_validate, model_field, tags_from
+from apps.gateway.validation import (
+    chat_body_validate,
+    embeddings_body_validate,
+    embeddings_tokens_check,
+    model_field,
+    tags_from,
+)
 from apps.routing.engine import route_resolve
 
 _USAGE_EVENT = re.compile(rb'"usage"\s*:\s*\{')
@@ -522,7 +528,7 @@ class ChatStream:
         if error is not None:
             call.status, call.error_code = error.status, error.code
             call.failures.append(f"{call.model.name}: {error.message}")
-            self.state.breakers.failed(call.model.provider, error.message)
+            self.state.breakers.failed(call.model, error.message)
             self._settle()
             self._log()
             if self.on_complete is not None:
@@ -592,6 +598,7 @@ async def embeddings(state: GatewayState, key: KeyInfo, raw: bytes | dict, *, st
     try:
         embeddings_body_validate(body)
         call_route(state, call, body, None, mode="embedding")
+        embeddings_tokens_check(body, context_window=max(model.context_window for model in call.chain))
         await limits_reserve(state, call, body, mode="embedding")
     except GatewayError as exc:
         call.requested_model = call.requested_model or str(body.get("model") or "")[:200]

@@ -156,15 +156,16 @@ class GatewayState:
             await asyncio.sleep(0.02)
         then(signum, frame)
 
-    def _circuit_changed(self, provider, circuit) -> None:
+    def _circuit_changed(self, model, circuit) -> None:
         """Report a breaker's transition to the database, off the request path and in order."""
         retry_at = None
         if circuit.state == OPEN:
             retry_at = datetime.now(UTC) + timedelta(seconds=max(circuit.retry_at - time.monotonic(), 0.0))
-        report = partial(circuit_report, provider_id=provider.id, process=self.process_name, state=circuit.state,
-                         consecutive_failures=circuit.failures, last_failure=circuit.last_failure,
-                         retry_at=retry_at, changed_at=datetime.now(UTC))
-        logger.warning("circuit for provider %s is now %s (%s)", provider.name, circuit.state, circuit.last_failure)
+        report = partial(circuit_report, provider_id=model.provider.id, model_id=model.id, process=self.process_name,
+                         state=circuit.state, consecutive_failures=circuit.failures,
+                         last_failure=circuit.last_failure, retry_at=retry_at, changed_at=datetime.now(UTC))
+        logger.warning("circuit for model %s of provider %s is now %s (%s)", model.name, model.provider.name,
+                       circuit.state, circuit.last_failure)
         self.spawn(self._circuit_write(report))
 
     async def _circuit_write(self, report) -> None:

@@ -12,6 +12,9 @@ from functools import lru_cache
 # Per-message framing tokens in OpenAI's chat format, and the tokens priming the reply.
 _PER_MESSAGE = 3
 _REPLY_PRIMING = 3
+# The encoder refuses a text of a million characters or one giving over 200,000 tokens; a piece
+# this long gives at most 4 tokens a character (a byte each), well below both.
+_PIECE_CHARS = 32_000
 
 
 @lru_cache(maxsize=1)
@@ -26,11 +29,35 @@ def warm_up() -> None:
     _encoding().encode("warm up")
 
 
-def text_tokens(text: str) -> int:
-    """Tokens in ``text`` under o200k_base."""
+def text_tokens(text: str, *, stop_after: int | None = None) -> int:
+    """Tokens in ``text`` under o200k_base. A long text is counted in pieces, each cut just
+    before a space that starts a word, where o200k's pre-tokenizer cuts too, so the count is the
+    whole text's (a text with no such space is cut where it must be, off by a token a cut at
+    most). With ``stop_after``, counting stops once the count passes it: the answer is then some
+    number above ``stop_after``."""
     if not text:
         return 0
-    return len(_encoding().encode_ordinary(text))  # special-token text counts as text, never raises
+    encode = _encoding().encode_ordinary  # special-token text counts as text
+    if len(text) <= _PIECE_CHARS:
+        return len(encode(text))
+    count = start = 0
+    while start < len(text):
+        end = start + _PIECE_CHARS
+        if end < len(text):
+            cut = text.rfind(" ", start + 1, end)
+            while cut > start and text[cut + 1].isspace():
+                cut = text.rfind(" ", start + 1, cut)
+            end = cut if cut > start else end
+        count += len(encode(text[start:end]))
+        if stop_after is not None and count > stop_after:
+            return count
+        start = end
+    return count
+
+
+def text_tokens_most(text: str) -> int:
+    """At least the tokens in ``text``, at once: a token is at least one UTF-8 byte."""
+    return len(text) if text.isascii() else len(text.encode("utf-8", "surrogatepass"))
 
 
 def messages_text(messages: list) -> str:

@@ -3,15 +3,16 @@
 retries with backoff, then the ordered fallbacks.
 
     UpstreamFailure            an attempt failed and may be retried or fall through
-    ├── status 429 / 5xx / 408 from the provider
+    ├── status 429 / 5xx / 408 / 409, or 401 / 403 (our credential) from the provider
     ├── connection refused or cut, invalid JSON
     └── timeout (marked ``timeout=True``)
+                               only an ``outage`` (not a 4xx) counts against a circuit breaker
     UpstreamClientError        the provider refused the request itself (other 4xx): not retried,
                                returned to the client as it came
 
 When every attempt failed, the client gets 429 (with Retry-After) if every provider was
 rate-limiting, 504 if the last failure was a timeout, 502 otherwise; 503 (with Retry-After) when
-every provider's circuit breaker was open (:mod:`apps.gateway.breaker`) so none was tried.
+every model's circuit breaker was open (:mod:`apps.gateway.breaker`) so none was tried.
 
 The OpenAI SDK is not used here: plain aiohttp measured several times faster on this path, and
 the lean client faster again (aiohttp's client was about a third of the gateway's time on a
@@ -45,6 +46,12 @@ class UpstreamFailure(Exception):
         self.status = status
         self.timeout = timeout
         self.retry_after = retry_after
+
+    @property
+    def outage(self) -> bool:
+        """The provider is failing (a 5xx or 408, a timeout, a broken connection or body), as
+        opposed to refusing this request (a 4xx), which counts against no circuit breaker."""
+        return self.status is None or self.status >= 500 or self.status == 408
 
 
 class UpstreamClientError(Exception):
@@ -247,10 +254,11 @@ async def with_fallbacks(chain, call, *, retries: int, backoff: float, breakers:
 
     Returns ``(model, result, failures)``; raises :class:`UpstreamError` (or
     :class:`UpstreamTimeout` when the last failure was a timeout) when every attempt failed, and
-    :class:`UpstreamUnavailable` when every provider's circuit was open so nothing was tried.
-    A client error stops at once. With ``breakers``, a provider whose circuit is open is skipped
-    and every outcome is reported to its circuit. Each failure is appended to ``failures`` (when
-    given) as it happens, so the caller has them whether or not an attempt succeeded.
+    :class:`UpstreamUnavailable` when every model's circuit was open so nothing was tried.
+    A client error stops at once. With ``breakers``, a model whose circuit is open is skipped
+    and every outcome is reported to its circuit (only outages count as failures). Each failure
+    is appended to ``failures`` (when given) as it happens, so the caller has them whether or not
+    an attempt succeeded.
     """
     failures = [] if failures is None else failures
     last: UpstreamFailure | None = None
@@ -258,10 +266,9 @@ async def with_fallbacks(chain, call, *, retries: int, backoff: float, breakers:
     retry_after: float | None = None
     skipped = []
     for model in chain:
-        provider = model.provider
-        if breakers is not None and not breakers.admit(provider):
+        if breakers is not None and not breakers.admit(model):
             failures.append(f"{model.name}: circuit open")
-            skipped.append(provider)
+            skipped.append(model)
             continue
         for attempt in range(retries + 1):
             try:
@@ -271,14 +278,14 @@ async def with_fallbacks(chain, call, *, retries: int, backoff: float, breakers:
                 failures.append(f"{model.name}: {exc.reason}")
                 if exc.status == 429:
                     retry_after = max(retry_after or 0.0, exc.retry_after or 1.0)
-                    if breakers is not None:
-                        breakers.released(provider)
                 else:
                     all_rate_limited = False
-                    if breakers is not None:
-                        breakers.failed(provider, exc.reason)
-                        if breakers.is_open(provider):
-                            break  # no more tries on a provider just found down
+                if breakers is not None and exc.outage:
+                    breakers.failed(model, exc.reason)
+                    if breakers.is_open(model):
+                        break  # no more tries on a model just found down
+                elif breakers is not None:
+                    breakers.released(model)
                 if attempt < retries:
                     delay = backoff * (2 ** attempt)
                     if exc.retry_after is not None:
@@ -287,14 +294,14 @@ async def with_fallbacks(chain, call, *, retries: int, backoff: float, breakers:
                 continue
             except UpstreamClientError:
                 if breakers is not None:
-                    breakers.succeeded(provider)  # it answered: the provider is up
+                    breakers.succeeded(model)  # it answered: the provider is up
                 raise
             except BaseException:
                 if breakers is not None:
-                    breakers.released(provider)
+                    breakers.released(model)
                 raise
             if breakers is not None:
-                breakers.succeeded(provider)
+                breakers.succeeded(model)
             return model, result, failures
     detail = "; ".join(failures[-4:])
     if last is None and skipped:

@@ -22,7 +22,8 @@ from __future__ import annotations
 
 import orjson
 
-from apps.gateway.errors import BadRequest
+from apps.gateway import tokens
+from apps.gateway.errors import BadRequest, ContextTooLong
 
 ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
 
@@ -47,6 +48,10 @@ CHAT_FIELDS: dict[str, tuple[type, ...] | None] = {
 EMBEDDINGS_FIELDS: dict[str, tuple[type, ...] | None] = {
     "input": None, "model": None, "dimensions": None, "encoding_format": (str,), "user": (str,),
 }
+# OpenAI's limits on one embeddings request: inputs in it, and tokens in all of them together.
+# Each input must also fit the model's context window (8,192 tokens for OpenAI's models).
+EMBEDDINGS_MAX_INPUTS = 2048
+EMBEDDINGS_MAX_TOKENS = 300_000
 # The largest value a 64-bit provider-side integer field takes; anything above is refused here.
 _INT_MAX = 2**63 - 1
 
@@ -282,7 +287,44 @@ def embeddings_body_validate(body: dict) -> None:
     if not _input_ok(value):
         raise BadRequest("'input' must be a non-empty string, array of strings, or array of token arrays.",
                          param="input", code="invalid_type" if not isinstance(value, str | list) else "invalid_value")
+    count = len(_inputs(value))
+    if count > EMBEDDINGS_MAX_INPUTS:
+        raise BadRequest(f"Invalid 'input': array too long. Expected an array with maximum length "
+                         f"{EMBEDDINGS_MAX_INPUTS}, but got an array with length {count} instead.",
+                         param="input", code="array_above_max_length")
     int_check(body, "dimensions", 1, 65536)
+
+
+def _inputs(value) -> list:
+    """The inputs of a valid ``input`` (a string, one token array, or an array of either)."""
+    if isinstance(value, str) or all(is_int(item) for item in value):
+        return [value]
+    return value
+
+
+def embeddings_tokens_check(body: dict, *, context_window: int) -> None:
+    """Refuse a valid embeddings body with an input over ``context_window`` tokens, or over
+    :data:`EMBEDDINGS_MAX_TOKENS` in all. Counted only when the byte lengths (a token is at
+    least one byte) do not settle it, and only as far as needed to pass a limit."""
+    inputs = _inputs(body["input"])
+    most = [len(item) if isinstance(item, list) else 1 if is_int(item) else tokens.text_tokens_most(item)
+            for item in inputs]
+    if sum(most) <= EMBEDDINGS_MAX_TOKENS and max(most) <= context_window:
+        return
+    total = 0
+    for index, (item, bound) in enumerate(zip(inputs, most, strict=True)):
+        counted = bound
+        if isinstance(item, str) and bound > 0:
+            counted = tokens.text_tokens(item, stop_after=min(context_window, EMBEDDINGS_MAX_TOKENS - total))
+        if counted > context_window:
+            where = "input" if inputs[0] is body["input"] else f"input[{index}]"
+            raise ContextTooLong(f"'{where}' has more than {context_window} tokens, the model's context window: "
+                                 "shorten it.", param="input")
+        total += counted
+        if total > EMBEDDINGS_MAX_TOKENS:
+            raise BadRequest(f"The inputs have more than {EMBEDDINGS_MAX_TOKENS} tokens in all, the most one "
+                             "request may carry: split them over several requests.", param="input",
+                             code="max_tokens_per_request")
 
 
 def tags_from(body: dict, header: str | None) -> frozenset[str]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from apps.cache.fingerprint import cache_control_parse, cacheable, fingerprint
+from apps.cache.fingerprint import MAX_AGE_LIMIT, cache_control_parse, cacheable, fingerprint
 from apps.cache.verify import candidate_verify
 
 
@@ -70,3 +70,11 @@ def test_it_parses_cache_control():
     no_store = cache_control_parse("No-Store")
     assert (no_store.lookup, no_store.store) == (False, False)
     assert cache_control_parse("max-age=30, no-cache").max_age == 30
+
+
+def test_it_caps_a_huge_max_age_and_reads_a_malformed_one_as_zero():
+    assert cache_control_parse("max-age=99999999999999999999999").max_age == MAX_AGE_LIMIT == 2**31
+    assert cache_control_parse("max-age=" + "9" * 5000).max_age == MAX_AGE_LIMIT
+    assert cache_control_parse('max-age="600"').max_age == 600
+    for value in ("-1", "abc", "", "\u00b2", "1.5"):
+        assert cache_control_parse(f"max-age={value}").max_age == 0, value

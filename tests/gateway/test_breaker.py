@@ -8,7 +8,7 @@ from types import SimpleNamespace
 import pytest
 
 from apps.gateway.breaker import CLOSED, HALF_OPEN, OPEN, Breakers
-from apps.gateway.errors import RateLimited, UpstreamUnavailable
+from apps.gateway.errors import RateLimited, UpstreamError, UpstreamTimeout, UpstreamUnavailable
 from apps.gateway.upstream import UpstreamClientError, UpstreamFailure, with_fallbacks
 
 
@@ -24,6 +24,11 @@ def provider(pid: int = 1):
     return SimpleNamespace(id=pid, name=f"p{pid}")
 
 
+def _model(name: str, pid: int, mid: int | None = None):
+    """A model of provider ``pid`` (its id ``mid``, else the provider's)."""
+    return SimpleNamespace(id=mid or pid, name=name, provider=provider(pid))
+
+
 def breakers(clock, changes=None) -> Breakers:
     return Breakers(threshold=3, cooldown=10, clock=clock,
                     on_change=(lambda p, c: changes.append((p.id, c.state))) if changes is not None else None)
@@ -31,7 +36,7 @@ def breakers(clock, changes=None) -> Breakers:
 
 def test_it_opens_after_the_threshold_of_failures_in_a_row():
     clock, changes = Clock(), []
-    b, p = breakers(clock, changes), provider()
+    b, p = breakers(clock, changes), _model("m", 1)
     b.failed(p, "status 500")
     b.failed(p, "status 500")
     b.succeeded(p)  # a success in between starts the count again
@@ -47,7 +52,7 @@ def test_it_opens_after_the_threshold_of_failures_in_a_row():
 
 def test_it_admits_one_probe_after_the_cooldown_and_closes_when_it_answers():
     clock, changes = Clock(), []
-    b, p = breakers(clock, changes), provider()
+    b, p = breakers(clock, changes), _model("m", 1)
     for _ in range(3):
         b.failed(p, "status 503")
     clock.now += 9.9
@@ -62,7 +67,7 @@ def test_it_admits_one_probe_after_the_cooldown_and_closes_when_it_answers():
 
 def test_it_reopens_when_the_probe_fails_and_lets_another_probe_when_one_is_abandoned():
     clock = Clock()
-    b, p = breakers(clock), provider()
+    b, p = breakers(clock), _model("m", 1)
     for _ in range(3):
         b.failed(p, "status 500")
     clock.now += 10
@@ -77,14 +82,10 @@ def test_it_reopens_when_the_probe_fails_and_lets_another_probe_when_one_is_aban
 
 def test_it_keeps_providers_apart():
     b = breakers(Clock())
-    down, up = provider(1), provider(2)
+    down, up = _model("down", 1), _model("up", 2)
     for _ in range(3):
         b.failed(down, "status 500")
     assert not b.admit(down) and b.admit(up)
-
-
-def _model(name: str, pid: int):
-    return SimpleNamespace(name=name, provider=provider(pid))
 
 
 def test_it_skips_an_open_provider_in_the_chain_and_refuses_when_all_are_open():
@@ -130,4 +131,44 @@ def test_it_counts_neither_rate_limits_nor_client_errors_as_provider_failures():
             asyncio.run(with_fallbacks((limited,), call, retries=0, backoff=0, breakers=b))
         with pytest.raises(UpstreamClientError):
             asyncio.run(with_fallbacks((refused,), call, retries=0, backoff=0, breakers=b))
-    assert b.admit(limited.provider) and b.admit(refused.provider)
+    assert b.admit(limited) and b.admit(refused)
+
+
+def test_it_keeps_the_models_of_one_provider_apart():
+    b = breakers(Clock())
+    down, up = _model("down", 1, mid=10), _model("up", 1, mid=11)
+    for _ in range(3):
+        b.failed(down, "status 500")
+    assert not b.admit(down) and b.admit(up)
+    assert b.tripped(SimpleNamespace(models={"down": down, "up": up})) == {("p1", "down"): True}
+
+
+@pytest.mark.parametrize("status", [400, 401, 403, 404, 409, 413, 422, 429])
+def test_it_never_counts_a_4xx_against_the_circuit(status):
+    b = breakers(Clock())
+    model = _model("m", 1)
+
+    async def call(model):
+        if status in (401, 403, 409, 429):  # failures the chain falls back on
+            raise UpstreamFailure(f"status {status}", status=status, retry_after=0)
+        raise UpstreamClientError(status, b"{}", "application/json")
+
+    for _ in range(10):
+        with pytest.raises((UpstreamClientError, RateLimited, UpstreamError)):
+            asyncio.run(with_fallbacks((model,), call, retries=1, backoff=0, breakers=b))
+    assert b.admit(model) and b.circuit(model).failures == 0
+
+
+@pytest.mark.parametrize("failure", [
+    UpstreamFailure("status 500", status=500), UpstreamFailure("status 408", status=408),
+    UpstreamFailure("timeout", timeout=True), UpstreamFailure("connection: refused")])
+def test_it_counts_the_providers_outages(failure):
+    b = breakers(Clock())
+    model = _model("m", 1)
+
+    async def call(model):
+        raise failure
+
+    with pytest.raises((UpstreamError, UpstreamTimeout)):
+        asyncio.run(with_fallbacks((model,), call, retries=2, backoff=0, breakers=b))
+    assert b.is_open(model)

@@ -129,6 +129,55 @@ def test_it_honours_cache_control(world):
     assert ask(world, older, headers={"Cache-Control": "max-age=60"})[0]["x-switchyard-cache"] == "miss"
 
 
+def test_it_reads_any_max_age_without_failing_and_logs_every_request(world):
+    """A max-age too large for a date is capped (any age will do); one that is no count of
+    seconds reads as 0 (nothing cached is fresh enough). Over HTTP, the Messages API and a
+    WebSocket, each request is answered and leaves its usage row."""
+    import json
+
+    from websockets.asyncio.client import connect
+
+    from apps.usage.models import RequestLog
+
+    prompt = "Name the largest planet"
+    body = {"model": "sim-mini", "messages": [{"role": "user", "content": prompt}]}
+    ask(world, prompt)
+    assert wait_until(lambda: entries(world.tenant_a) == 1)
+    huge = "max-age=99999999999999999999999"
+    auth = {"Authorization": f"Bearer {world.key_a}"}
+    for control, outcome in ((huge, "hit-exact"), ("max-age=" + "9" * 5000, "hit-exact"),
+                             ("max-age=\"600\"", "hit-exact"), ("max-age=-5", "miss"), ("max-age=abc", "miss"),
+                             ("max-age=\u00b2", "miss"), ("max-age=", "miss")):
+        answer = httpx.post(world.gateway.v1 + "/chat/completions", timeout=30,
+                            headers={**auth, "Cache-Control": control.encode("latin-1")}, json=body)
+        assert answer.status_code == 200, (control[:40], answer.text)
+        assert answer.headers["x-switchyard-cache"] == outcome, control[:40]
+    message = httpx.post(world.gateway.v1 + "/messages", timeout=30,
+                         headers={**auth, "Cache-Control": huge, "anthropic-version": "2023-06-01"},
+                         json={"model": "sim-mini", "max_tokens": 64,
+                               "messages": [{"role": "user", "content": prompt}]})
+    assert message.status_code == 200, message.text
+
+    async def over_a_socket(control: str) -> dict:
+        url = world.gateway.base.replace("http://", "ws://") + "/ws/v1/chat"
+        async with connect(url, additional_headers=auth) as ws:
+            assert json.loads(await ws.recv())["type"] == "ready"
+            await ws.send(json.dumps({"type": "chat.request", "id": "r1", "cache_control": control,
+                                      "body": body}))
+            while True:
+                event = json.loads(await asyncio.wait_for(ws.recv(), 60))
+                if event["type"] in ("done", "error"):
+                    return event
+
+    done = asyncio.run(over_a_socket(huge))
+    assert (done["type"], done.get("cache")) == ("done", "hit-exact"), done
+    done = asyncio.run(over_a_socket("max-age=-1"))
+    assert (done["type"], done.get("cache")) == ("done", "miss"), done
+    # The first request, seven over HTTP, one on the Messages API and two on the socket.
+    assert wait_until(lambda: RequestLog.objects.filter(tenant=world.tenant_a).count() == 11, timeout=30)
+    assert set(RequestLog.objects.filter(tenant=world.tenant_a).values_list("status_code", flat=True)) == {200}
+
+
 def test_it_does_not_cache_by_policy(world):
     assert ask(world, "Roll a die", temperature=0.9)[0]["x-switchyard-cache"] == "bypass"
     assert ask(world, "Roll a die", n=2)[0]["x-switchyard-cache"] == "bypass"

@@ -74,6 +74,38 @@ def test_it_forwards_embeddings(world):
     assert row.input_tokens > 0
 
 
+def test_it_refuses_embeddings_over_openais_limits_before_going_upstream(world):
+    """2,048 inputs a request, 300,000 tokens in all, each input within the model's context
+    window: what is over is refused with OpenAI's error and never reaches the provider."""
+    sdk = client(world)
+    world.simulator.reset()
+    refusals = {
+        "array_above_max_length": ["word"] * 2049,
+        "max_tokens_per_request": ["hello " * 8000] * 38,  # 8,001 tokens each, 304,038 in all
+        "context_length_exceeded": ["fine", "hello " * 130_000],  # the model's window: 128,000
+    }
+    for code, inputs in refusals.items():
+        error = _embed_refusal(sdk, inputs)
+        assert error is not None, code
+        assert error.status_code == 400
+        assert error.body["code"] == code and error.body["param"] == "input", error.body
+        assert error.body["type"] == "invalid_request_error" and error.body["message"]
+    assert world.simulator.stats()["by_model"].get("sim-embed", 0) == 0, "a refused request went upstream"
+    assert len(sdk.embeddings.create(model="sim-embed", input=["word"] * 2048).data) == 2048
+    assert len(sdk.embeddings.create(model="sim-embed", input=["hello " * 8000] * 37).data) == 37
+    assert world.simulator.stats()["by_model"]["sim-embed"] == 2
+    rows = request_logs(3, tenant=world.tenant_a, endpoint="/v1/embeddings", timeout=30, status_code__gte=400)
+    assert {row.error_code for row in rows} == set(refusals)
+
+
+def _embed_refusal(sdk: openai.OpenAI, inputs: list) -> openai.BadRequestError | None:
+    try:
+        sdk.embeddings.create(model="sim-embed", input=inputs)
+    except openai.BadRequestError as error:
+        return error
+    return None
+
+
 def test_it_works_with_the_async_sdk(world):
     async def run():
         sdk = openai.AsyncOpenAI(base_url=world.gateway.v1, api_key=world.key_a, max_retries=0)

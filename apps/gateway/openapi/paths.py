@@ -20,8 +20,8 @@ _OPENAI_STATUSES = {
     413: "The body is over the size limit (`GATEWAY_MAX_BODY_BYTES`, or `BATCH_FILE_MAX_BYTES` for files).",
     429: "A rate limit or budget of the key or tenant (with `Retry-After`), or every upstream rate-limiting.",
     502: "Every upstream failed.",
-    503: "The rate-limit counters cannot be reached (`limits_unavailable`), or every provider's circuit breaker is "
-         "open (`upstream_unavailable`, with `Retry-After`); the request was not sent.",
+    503: "The rate-limit counters cannot be reached (`limits_unavailable`), or the circuit breaker of every "
+         "model of the request is open (`upstream_unavailable`, with `Retry-After`); the request was not sent.",
     504: "Every upstream timed out.",
 }
 _ANTHROPIC_STATUSES = {
@@ -32,7 +32,7 @@ _ANTHROPIC_STATUSES = {
     413: "request_too_large: a body over `GATEWAY_MAX_BODY_BYTES`.",
     429: "rate_limit_error: a rate limit or budget (with `Retry-After`), or every upstream rate-limiting.",
     504: "timeout_error: every upstream timed out.",
-    529: "overloaded_error: every upstream failed, every provider's circuit is open, or the rate-limit counters "
+    529: "overloaded_error: every upstream failed, every model's circuit is open, or the rate-limit counters "
          "cannot be reached.",
 }
 _PROVIDER_REFUSAL = "The provider refused the request itself (a 4xx other than 408, 409 and 429): its status and " \
