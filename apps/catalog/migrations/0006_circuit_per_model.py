@@ -15,7 +15,7 @@ def circuits_clear(apps, schema_editor):
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('catalog', '0004_provider_circuit'),
+        ('catalog', '0005_model_priced_or_free'),
     ]
 
     operations = [
