@@ -14,6 +14,13 @@ Client messages: ``chat.request`` (``id``, ``body``, optional ``sentences``, ``c
 events of the key's tenant through the channel layer), ``ping``. Several requests run at once;
 each event carries its request's ``id``.
 
+The key is judged again at every request, as the HTTP door judges it (the same in-process key
+cache, invalidated across processes when a key or tenant changes): its limits and budget as
+they are now. Once the key is revoked, expires or its tenant is deactivated, the socket gets an
+error event and is closed with 4401 and the reason, whether or not it is sending anything (each
+open socket checks its key after every config change and when the key's expiry comes); requests
+in flight on it are cancelled and billed for what they produced.
+
 Guards: the ``Origin`` of a browser must be this host or listed in ``WEBSOCKET_ALLOWED_ORIGINS``
 (the handshake is refused with 403 otherwise); a message over ``WEBSOCKET_MAX_MESSAGE_BYTES`` is
 answered with a 413 error event; at most ``WEBSOCKET_MAX_IN_FLIGHT`` requests per socket; no
@@ -22,7 +29,7 @@ request in flight for ``WEBSOCKET_IDLE_TIMEOUT`` seconds closes with 4408. Back-
 event is sent with an ``await`` that waits while the socket's write buffer is full, so a slow
 reader pauses its requests' upstream reads instead of growing a buffer in the server.
 
-Close codes: 4401 unauthenticated, 4408 idle, 1011 server error.
+Close codes: 4401 unauthenticated (or the key no longer usable), 4408 idle, 1011 server error.
 """
 
 from __future__ import annotations
@@ -58,6 +65,7 @@ KEY_PROTOCOL_PREFIX = "switchyard.key."
 CLOSE_UNAUTHENTICATED = 4401
 CLOSE_IDLE = 4408
 _MAX_ID_LENGTH = 128
+_MAX_REASON_BYTES = 123  # a close frame's reason (RFC 6455)
 
 
 def _header(scope, name: bytes) -> str | None:
@@ -83,6 +91,10 @@ def _dumps(event: dict) -> str:
     return orjson.dumps(event).decode()
 
 
+def _reason(error: GatewayError) -> str:
+    return error.message.encode()[:_MAX_REASON_BYTES].decode(errors="ignore")
+
+
 class ChatConsumer(AsyncWebsocketConsumer):
     def __init__(self, *args, gateway_state=None, **kwargs) -> None:
         super().__init__(*args, **kwargs)
@@ -103,7 +115,9 @@ class ChatConsumer(AsyncWebsocketConsumer):
         self.closing = False
         self.last_activity = time.monotonic()
         self.timer: asyncio.TimerHandle | None = None
+        self.expiry: asyncio.TimerHandle | None = None
         self.closer: asyncio.Future | None = None
+        self.recheck: asyncio.Task | None = None
         if not origin_allowed(self.scope):
             await self.close()  # before accept: the handshake is refused with 403
             return
@@ -154,18 +168,76 @@ class ChatConsumer(AsyncWebsocketConsumer):
                 "message": f"No message for {limit:g} seconds; closing.", "type": "invalid_request_error",
                 "param": None, "code": "idle_timeout"}}, CLOSE_IDLE))
 
-    async def _close_with(self, event: dict, code: int) -> None:
+    async def _close_with(self, event: dict, code: int, reason: str | None = None) -> None:
         with contextlib.suppress(Exception):
             await self.send(text_data=_dumps(event))
-            await self.close(code=code)
+            await self.close(code=code, reason=reason)
 
     async def _refuse(self, error: GatewayError) -> None:
         self.closing = True
-        await self._close_with(error_event(None, error), CLOSE_UNAUTHENTICATED)
+        await self._close_with(error_event(None, error), CLOSE_UNAUTHENTICATED, _reason(error))
 
     async def _ready(self) -> None:
         await self.send(text_data=_dumps({"type": "ready", "tenant": self.key.tenant_slug, "key": self.key.prefix,
                                           "protocol": PROTOCOL}))
+        self.gateway_state.reload_watch(self._key_recheck_soon)
+        self._expiry_arm()
+
+    # --- the key, judged now ------------------------------------------------------------------
+
+    async def _key_now(self, request_id=None):
+        """The socket's key as it stands now; None (the socket is being closed) once it is no
+        longer usable."""
+        try:
+            key = await self.gateway_state.key_current(self.key)
+        except AuthenticationFailed as error:
+            await self._key_lost(error, request_id)
+            return None
+        if self.closing:
+            return None
+        if key is not self.key:
+            self.key = key
+            self._expiry_arm()
+        return key
+
+    def _key_recheck_soon(self) -> None:
+        """After a config change (or when the key expires): check the key even if the socket is
+        silent, so a revoked key's socket is closed at once rather than at its next request."""
+        if self.closing or self.key is None or (self.recheck is not None and not self.recheck.done()):
+            return
+        self.recheck = asyncio.ensure_future(self._key_recheck())
+
+    async def _key_recheck(self) -> None:
+        try:
+            await self._key_now()
+        except Exception:
+            # The key could not be loaded (the database is unreachable): the next request or
+            # config change checks again.
+            logger.warning("could not check a socket's key", exc_info=True)
+
+    def _expiry_arm(self) -> None:
+        if self.expiry is not None:
+            self.expiry.cancel()
+            self.expiry = None
+        if self.key.expires_at is not None:
+            delay = max(self.key.expires_at - time.time(), 0.0) + 0.05
+            self.expiry = asyncio.get_running_loop().call_later(delay, self._key_recheck_soon)
+
+    async def _key_lost(self, error: AuthenticationFailed, request_id=None) -> None:
+        """Cancel what runs on this key (billed for what it produced), say why, close with 4401."""
+        if self.closing:
+            return
+        self.closing = True
+        runs = list(self.runs.items())
+        for _, (task, _run) in runs:
+            task.cancel()
+        if runs:
+            await asyncio.gather(*(task for _, (task, _run) in runs), return_exceptions=True)
+        ids = [run_id for run_id, _ in runs] + ([request_id] if request_id is not None else [])
+        for run_id in ids[:-1]:
+            with contextlib.suppress(Exception):
+                await self.send(text_data=_dumps(error_event(run_id, error)))
+        await self._close_with(error_event(ids[-1] if ids else None, error), CLOSE_UNAUTHENTICATED, _reason(error))
 
     # --- messages -----------------------------------------------------------------------------
 
@@ -258,6 +330,9 @@ class ChatConsumer(AsyncWebsocketConsumer):
             await self._error(request_id, BadRequest("'body' must be a chat completion request object.",
                                                      param="body"))
             return
+        key = await self._key_now(request_id)
+        if key is None:
+            return
         options = {}
         for name in ("cache_control", "cache_namespace", "tags"):
             value = message.get(name)
@@ -265,7 +340,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
                 await self._error(request_id, BadRequest(f"'{name}' must be a string.", param=name))
                 return
             options[name] = value
-        run = ChatRun(self.gateway_state, self.key, body, request_id=request_id,
+        run = ChatRun(self.gateway_state, key, body, request_id=request_id,
                       sentences=bool(message.get("sentences")), cache_control=options["cache_control"],
                       namespace=options["cache_namespace"], tags=options["tags"])
         task = asyncio.ensure_future(self._run(run))
@@ -319,6 +394,8 @@ class ChatConsumer(AsyncWebsocketConsumer):
         if topic not in ("usage", "batch"):
             await self._error(None, BadRequest("'topic' must be 'usage' or 'batch'.", param="topic"))
             return
+        if await self._key_now() is None:
+            return
         group = live_group(self.key.tenant_id, topic)
         if group not in self.groups:
             await self.channel_layer.group_add(group, self.channel_name)
@@ -332,8 +409,10 @@ class ChatConsumer(AsyncWebsocketConsumer):
 
     async def disconnect(self, code) -> None:
         self.closing = True
-        if self.timer is not None:
-            self.timer.cancel()
+        self.gateway_state.reload_unwatch(self._key_recheck_soon)
+        for handle in (self.timer, self.expiry):
+            if handle is not None:
+                handle.cancel()
         runs = [task for task, _ in self.runs.values()]
         for task in runs:
             task.cancel()  # the client left: stop the upstream calls, bill what was produced

@@ -129,7 +129,7 @@ class Call:
         if self.cache_age is not None:
             headers.append((b"age", str(self.cache_age).encode()))
         if self.reservation is not None:
-            headers += self.reservation.headers()
+            headers += self.reservation.headers(cost=None if deferred else self.cost)
         return headers
 
     def set_usage(self, usage: dict | None, *, fallback_prompt: int, fallback_completion: int) -> None:

@@ -54,6 +54,7 @@ class GatewayState:
         self._tasks: list[asyncio.Task] = []
         self._reload_lock: asyncio.Lock | None = None
         self._key_loads: dict[str, asyncio.Future] = {}
+        self._reload_watchers: set = set()  # callbacks of open WebSockets, run after each reload
         self.cache = None  # CacheStore, opened at start
         self.limiter = None  # apps.limits.enforce.Limiter, opened at start
         self.batcher = None  # MicroBatcher over the local embedder
@@ -226,6 +227,11 @@ class GatewayState:
             self.keys = {}
             self._remote_batchers = {}
             self.generation = generation
+        for callback in list(self._reload_watchers):
+            try:
+                callback()
+            except Exception:
+                logger.exception("a reload watcher failed")
 
     async def _refresh_periodically(self) -> None:
         # A safety net for a lost invalidation message; the message is the fast path.
@@ -251,27 +257,39 @@ class GatewayState:
         raw = authorization[7:].strip()
         if not raw.startswith(KEY_PREFIX) or len(raw) > 200:
             raise AuthenticationFailed()
-        prefix = key_prefix(raw)
-        info = self.keys.get(prefix, _MISSING)
-        if info is _MISSING:
-            info = await self._key_load(prefix)
-        if info is None or not hmac.compare_digest(info.key_hash, hashlib.sha256(raw.encode()).hexdigest()):
-            raise AuthenticationFailed()
-        if not info.is_usable(time.time()):
-            raise AuthenticationFailed("This API key is revoked or expired.", code="key_revoked_or_expired")
-        return info
+        return await self._key_usable(key_prefix(raw), key_hash=hashlib.sha256(raw.encode()).hexdigest())
 
     async def key_for_prefix(self, prefix: str) -> KeyInfo:
         """A key by its visible prefix, for a caller authorised another way (a staff user of the
         playground picks a key instead of pasting its secret); unusable keys still fail."""
+        return await self._key_usable(prefix, key_hash=None, missing="No such API key.")
+
+    async def key_current(self, key: KeyInfo) -> KeyInfo:
+        """``key`` as it stands now, for a connection that authenticated earlier (a WebSocket
+        judges each request by it): its limits as they are now, or :class:`AuthenticationFailed`
+        once it is revoked, expired, deleted or its tenant deactivated."""
+        return await self._key_usable(key.prefix, key_hash=key.key_hash, missing="This API key no longer exists.")
+
+    async def _key_usable(self, prefix: str, *, key_hash: str | None, missing: str | None = None) -> KeyInfo:
+        """The one check every door makes: the key (by prefix, and by hash unless the caller was
+        authorised another way) exists and is usable now."""
         info = self.keys.get(prefix, _MISSING)
         if info is _MISSING:
             info = await self._key_load(prefix)
-        if info is None:
-            raise AuthenticationFailed("No such API key.")
+        if info is None or (key_hash is not None and not hmac.compare_digest(info.key_hash, key_hash)):
+            raise AuthenticationFailed(missing)
         if not info.is_usable(time.time()):
-            raise AuthenticationFailed("This API key is revoked or expired.", code="key_revoked_or_expired")
+            raise AuthenticationFailed("This API key is revoked or expired, or its tenant is inactive.",
+                                       code="key_revoked_or_expired")
         return info
+
+    def reload_watch(self, callback) -> None:
+        """Call ``callback()`` after each reload (a config change anywhere, or the timed refresh):
+        long-lived connections check their key again then."""
+        self._reload_watchers.add(callback)
+
+    def reload_unwatch(self, callback) -> None:
+        self._reload_watchers.discard(callback)
 
     async def _key_load(self, prefix: str) -> KeyInfo | None:
         """Load a key once however many requests wait for it (a cold start sees a stampede)."""

@@ -13,12 +13,13 @@ from __future__ import annotations
 import logging
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from decimal import Decimal
 
 from apps.gateway.errors import BudgetExceeded, LimitsUnavailable, RateLimited
 from apps.limits.counters import BUDGET, CONCURRENCY, KIND_NAMES, REQUESTS, Check, Counters, Usage
 from apps.limits.periods import NEVER_ENDS, minute_window, period_bounds
-from apps.limits.spec import ScopeLimits, usd
+from apps.limits.spec import ScopeLimits, nanos, usd
 
 logger = logging.getLogger(__name__)
 
@@ -61,12 +62,26 @@ class Reservation:
     cost: int
     settled: bool = False
 
-    def headers(self) -> list[tuple[bytes, bytes]]:
-        return limit_headers(self.checks, self.usages, now=self.now, window_end=self.window_end)
+    def headers(self, *, cost: Decimal | None = None) -> list[tuple[bytes, bytes]]:
+        """The limit headers of an answer. With ``cost`` (an answer whose cost is known when its
+        headers leave), the budget left counts that cost instead of the request's own hold, an
+        upper bound that can exceed all the money left; a stream's answer counts the hold."""
+        usages = self.usages
+        if cost is not None and self.cost:
+            usages = [replace(usage, reserved=max(usage.reserved - self.cost, 0) + nanos(cost))
+                      if check.limits.budget is not None else usage
+                      for check, usage in zip(self.checks, usages, strict=True)]
+        return limit_headers(self.checks, usages, now=self.now, window_end=self.window_end)
 
 
 def _money(value: int) -> bytes:
     return f"{usd(value).normalize():f}".encode()
+
+
+def money_text(value: int) -> str:
+    """Nano-dollars as a reader expects money: ``0.00``, ``0.0025``, ``10.00``, never ``0E-9``."""
+    amount = usd(value).normalize()
+    return f"{amount.quantize(Decimal('0.01')) if amount.as_tuple().exponent > -2 else amount:f}"
 
 
 def _tightest(checks: list[Check], usages: list[Usage], limit_of, used_of) -> tuple[Check, int, int] | None:
@@ -127,13 +142,21 @@ def _refusal_error(kind: int, check: Check, usage: Usage, headers: list[tuple[by
     as_dict = {name.decode(): value.decode() for name, value in headers}
     if kind == BUDGET:
         wait = check.period_end - now
-        if wait != NEVER_ENDS:
-            as_dict["Retry-After"] = str(max(math.ceil(wait), 1))
-        when = f" It resets in {duration(wait)}." if wait != NEVER_ENDS else ""
+        if usage.spent >= lim.budget:
+            # Spent for good: waiting cannot help before the period ends (SDKs that honour
+            # x-should-retry give up at once; Retry-After says when the period ends, if ever).
+            as_dict["x-should-retry"] = "false"
+            if wait != NEVER_ENDS:
+                as_dict["Retry-After"] = str(max(math.ceil(wait), 1))
+            when = f" It resets in {duration(wait)}." if wait != NEVER_ENDS else " It does not reset."
+        else:
+            # Held by requests still running: their settlement gives back what they did not use.
+            as_dict["Retry-After"] = "1"
+            when = " Requests still running hold the rest; it may free up when they end."
         return BudgetExceeded(
-            f"The {lim.period if lim.period != 'never' else 'lifetime'} budget of ${usd(lim.budget)} for "
-            f"{_who(lim)} is spent (${usd(usage.spent)} settled, ${usd(usage.reserved)} in flight).{when}",
-            headers=as_dict)
+            f"The {lim.period if lim.period != 'never' else 'lifetime'} budget of ${money_text(lim.budget)} for "
+            f"{_who(lim)} is spent (${money_text(usage.spent)} settled, ${money_text(usage.reserved)} in flight)."
+            f"{when}", headers=as_dict)
     if kind == CONCURRENCY:
         as_dict["Retry-After"] = "1"
         return RateLimited(f"Concurrent request limit reached for {_who(lim)}: {lim.concurrency} already running.",

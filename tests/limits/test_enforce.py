@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 from datetime import datetime
+from decimal import Decimal
 from zoneinfo import ZoneInfo
 
 import pytest
@@ -154,3 +155,33 @@ async def test_it_gives_back_a_budget_reservation_its_process_never_settled(limi
     await limiter.settle(after, tokens=0, cost=9)
     last = await limiter.reserve((lim,), request_id=rid(), tokens=0, cost=1)
     assert (last.usages[0].spent, last.usages[0].reserved) == (21, 1)
+
+
+async def test_it_says_a_spent_budget_cannot_be_helped_by_retrying_and_one_held_by_running_requests_can(limiter,
+                                                                                                       clock):
+    lim = scope(budget=1000, period="never")
+    held = await limiter.reserve((lim,), request_id=rid(), tokens=0, cost=5000)
+    with pytest.raises(BudgetExceeded) as refused:
+        await limiter.reserve((lim,), request_id=rid(), tokens=0, cost=10)
+    assert "x-should-retry" not in refused.value.headers  # the running request may give most of it back
+    assert refused.value.headers["Retry-After"] == "1"
+    await limiter.settle(held, tokens=0, cost=1000)
+    with pytest.raises(BudgetExceeded) as refused:
+        await limiter.reserve((lim,), request_id=rid(), tokens=0, cost=10)
+    assert refused.value.headers["x-should-retry"] == "false"
+    assert "Retry-After" not in refused.value.headers  # a lifetime budget never resets
+    assert "($0.000001 settled, $0.00 in flight)" in refused.value.message
+    assert "$0.000001 for this tenant" in refused.value.message
+
+
+async def test_it_counts_an_answers_cost_instead_of_its_hold_in_the_budget_left(limiter, clock):
+    lim = scope(budget=2_000_000, period="day")
+    reservation = await limiter.reserve((lim,), request_id=rid(), tokens=0, cost=2_460_000)
+    assert dict(reservation.headers())[b"x-switchyard-budget-remaining"] == b"0"  # a stream: the hold counts
+    answered = dict(reservation.headers(cost=Decimal("0.0000084")))
+    assert answered[b"x-switchyard-budget-remaining"] == b"0.0019916"
+
+
+def test_it_writes_money_as_people_read_it():
+    assert [enforce.money_text(v) for v in (0, 1, 2_500_000, 10_000_000_000)] == [
+        "0.00", "0.000000001", "0.0025", "10.00"]
