@@ -1,7 +1,14 @@
-"""Helpers for tests that run real servers: free ports, waiting for a URL, the simulator."""
+"""Helpers for tests that run real servers: free ports, waiting for a URL or a condition, the
+simulator.
+
+Tests wait on the event they need, never for a fixed time: :func:`wait_until` (and its async
+twin :func:`await_until`) polls a condition until it holds, up to a deadline that is only a
+maximum; the machine running the tests may be loaded, so deadlines are generous.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import socket
 import subprocess
@@ -11,6 +18,32 @@ import urllib.request
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+
+
+DEADLINE = 60.0  # seconds: how long a test waits for something that should happen soon
+
+
+def wait_until(predicate, *, timeout: float = DEADLINE, interval: float = 0.05):
+    """``predicate()``'s first truthy value, polled until ``timeout``; else its last value."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        result = predicate()
+        if result:
+            return result
+        time.sleep(interval)
+    return predicate()
+
+
+async def await_until(predicate, *, timeout: float = DEADLINE, interval: float = 0.05):
+    """:func:`wait_until` inside an event loop (``predicate`` may be a coroutine function)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = predicate()
+        if asyncio.iscoroutine(result):
+            result = await result
+        if result or time.monotonic() >= deadline:
+            return result
+        await asyncio.sleep(interval)
 
 
 def free_port() -> int:

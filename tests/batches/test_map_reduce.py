@@ -39,8 +39,7 @@ def test_it_maps_fifty_items_and_reduces_them_hierarchically(world, workers):
     assert all(item["output"] and item["error"] is None for item in job["items"])
     assert job["output_file_id"] and job["error_file_id"] is None
     expected = 50 + result["reduce_calls"]
-    assert wait_until(lambda: RequestLog.objects.filter(request_id__startswith=job["id"]).count() == expected,
-                      timeout=10)
+    assert wait_until(lambda: RequestLog.objects.filter(request_id__startswith=job["id"]).count() == expected)
     reduce_rows = RequestLog.objects.filter(request_id__startswith=job["id"] + "-r")
     assert reduce_rows.count() == result["reduce_calls"]
     assert all(row.input_tokens <= 400 for row in reduce_rows)

@@ -100,6 +100,6 @@ def cluster_world(transactional_db, simulator, cluster):
         return status == 200 and {"sim-mini", "sim-premium"} <= {m["id"] for m in body["data"]}
 
     for base in cluster.replicas:
-        assert wait_until(lambda base=base: sees_catalog(base), timeout=15), f"{base} never saw the test catalog"
+        assert wait_until(lambda base=base: sees_catalog(base)), f"{base} never saw the test catalog"
     yield world
     usage_quiet()

@@ -17,6 +17,7 @@ from websockets.asyncio.client import connect
 
 from tests.cluster.conftest import EVICT_EVERY
 from tests.gateway.conftest import request_logs, wait_until
+from tests.live import DEADLINE
 
 pytestmark = pytest.mark.cluster
 
@@ -66,8 +67,7 @@ def test_it_refuses_a_key_revoked_through_one_replica_on_the_other_within_2s(clu
     web1, web2 = cluster_world.cluster.replicas
     created = key_create(tenant=cluster_world.tenant_a, name="to revoke")
     for base in (web1, web2):
-        assert wait_until(lambda base=base: _chat(base, created.secret, "hello", max_tokens=1).status_code == 200,
-                          timeout=10)
+        assert wait_until(lambda base=base: _chat(base, created.secret, "hello", max_tokens=1).status_code == 200)
     django_user_model.objects.create_superuser("ops", password="ops-password-1")
     with httpx.Client(base_url=web1, timeout=30) as admin:
         admin.get("/admin/login/")
@@ -107,7 +107,7 @@ def test_it_holds_a_rate_limit_and_a_budget_across_both_replicas(cluster_world):
     rpm_key = key_create(tenant=world.tenant_b, name="rpm", rpm_limit=10).secret
     for base in replicas:  # both replicas have the new limits
         assert wait_until(lambda base=base: "x-ratelimit-limit-requests" in _chat(
-            base, rpm_key, "warm", max_tokens=1).headers, timeout=10)
+            base, rpm_key, "warm", max_tokens=1).headers)
     # Two warm-up requests used two of the ten; 30 more through both replicas admit eight.
     by_rpm = [status for status, _ in _fire(replicas, rpm_key, 30, lambda n: {
         "model": "sim-mini", "messages": [{"role": "user", "content": f"rpm {n}"}]})]
@@ -170,7 +170,7 @@ def test_it_delivers_websocket_events_published_on_one_replica_to_a_socket_on_th
     web1, web2 = (base.replace("http://", "ws://") + "/ws/v1/chat" for base in cluster_world.cluster.replicas)
     headers = {"Authorization": f"Bearer {cluster_world.key_a}"}
 
-    async def next_event(ws, kind: str, timeout: float = 10.0) -> dict:
+    async def next_event(ws, kind: str, timeout: float = DEADLINE) -> dict:
         while True:
             event = json.loads(await asyncio.wait_for(ws.recv(), timeout))
             if event["type"] == kind:
@@ -186,7 +186,7 @@ def test_it_delivers_websocket_events_published_on_one_replica_to_a_socket_on_th
             await caller.send(json.dumps({"type": "chat.request", "id": "1", "body": {
                 "model": "sim-mini", "messages": [{"role": "user", "content": "Across replicas"}]}}))
             done = await next_event(caller, "done")
-            live = await next_event(watcher, "live", timeout=5)
+            live = await next_event(watcher, "live")
             return done, live
 
     done, live = asyncio.run(run())
@@ -213,7 +213,7 @@ def test_it_answers_every_line_of_a_batch_once_across_two_workers_when_one_is_ki
         return slow_simulator.stats()["requests"] > before
 
     for base in cluster.replicas:
-        assert wait_until(lambda base=base: uses_slow(base), timeout=10)
+        assert wait_until(lambda base=base: uses_slow(base))
     client = openai.OpenAI(base_url=cluster.base + "/v1", api_key=world.key_a, max_retries=0)
     lines = [chat_line(f"line-{n}", f"Question number {n} for the cluster") for n in range(160)]
     file_id = client.files.create(file=jsonl(lines), purpose="batch").id

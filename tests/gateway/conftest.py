@@ -12,9 +12,20 @@ from pathlib import Path
 
 import pytest
 
-from tests.live import REPO, Simulator, database_url_for_tests, free_port, http_json, stop_process, wait_http
+from tests.live import (
+    DEADLINE,
+    REPO,
+    Simulator,
+    database_url_for_tests,
+    free_port,
+    http_json,
+    stop_process,
+    wait_http,
+    wait_until,
+)
 
-__all__ = ["REPO", "Simulator", "database_url_for_tests", "free_port", "http_json", "stop_process", "wait_http"]
+__all__ = ["REPO", "Simulator", "database_url_for_tests", "free_port", "http_json", "stop_process", "wait_http",
+           "wait_until"]
 
 
 class GatewayProcess:
@@ -116,16 +127,6 @@ class World:
                 ComplexityIndicator.objects.get_or_create(phrase=phrase, tier=tier)
 
 
-def wait_until(predicate, *, timeout: float = 5.0, interval: float = 0.05):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        result = predicate()
-        if result:
-            return result
-        time.sleep(interval)
-    return predicate()
-
-
 @pytest.fixture
 def world(transactional_db, simulator, gateway_process):
     world = World(simulator)
@@ -137,7 +138,7 @@ def world(transactional_db, simulator, gateway_process):
                                  headers={"Authorization": f"Bearer {world.key_a}"})
         return status == 200 and {"sim-mini", "sim-premium", "sim-embed"} <= {m["id"] for m in body["data"]}
 
-    assert wait_until(sees_everything, timeout=10), "the gateway never saw the test catalog"
+    assert wait_until(sees_everything), "the gateway never saw the test catalog"
     yield world
     usage_quiet()
 
@@ -162,7 +163,7 @@ def usage_quiet(*, settle: float = 0.5, timeout: float = 10.0) -> None:
         time.sleep(0.05)
 
 
-def request_logs(expected: int, *, timeout: float = 5.0, **filters):
+def request_logs(expected: int, *, timeout: float = DEADLINE, **filters):
     """RequestLog rows matching ``filters`` once ``expected`` of them have been flushed."""
     from apps.usage.models import RequestLog
 

@@ -98,7 +98,7 @@ def faults(transactional_db, simulator, fault_gateway):
         response = httpx.get(fault_gateway.v1 + "/models", headers={"Authorization": f"Bearer {world.key_a}"})
         return response.status_code == 200 and {"flaky", "gone-alone"} <= {m["id"] for m in response.json()["data"]}
 
-    assert wait_until(sees_models, timeout=10), "the gateway never saw the fault catalog"
+    assert wait_until(sees_models), "the gateway never saw the fault catalog"
     yield fault_world
     usage_quiet()
 
@@ -114,9 +114,9 @@ def _metric(gateway, name: str) -> float:
 def _nothing_left_behind(faults: FaultWorld) -> None:
     """Every upstream call released its slot and connection; the simulator holds no request."""
     gateway, simulator = faults.world.gateway, faults.world.simulator
-    assert wait_until(lambda: _metric(gateway, "switchyard_upstream_in_flight") == 0, timeout=5), \
+    assert wait_until(lambda: _metric(gateway, "switchyard_upstream_in_flight") == 0), \
         "an upstream call still holds its slot"
-    assert wait_until(lambda: simulator.stats()["in_flight"] == 0, timeout=5), \
+    assert wait_until(lambda: simulator.stats()["in_flight"] == 0), \
         "the simulator still serves a request the gateway gave up"
 
 
@@ -277,7 +277,7 @@ def test_it_keeps_one_tenants_fault_rows_from_another(faults):
 def test_it_has_no_more_tasks_on_its_loop_after_the_faults_than_before(faults):
     """Run last in this module: every fault above has come and gone."""
     gateway = faults.world.gateway
-    assert wait_until(lambda: _metric(gateway, "switchyard_event_loop_tasks") <= gateway.idle_tasks + 1, timeout=10), \
+    assert wait_until(lambda: _metric(gateway, "switchyard_event_loop_tasks") <= gateway.idle_tasks + 1), \
         (_metric(gateway, "switchyard_event_loop_tasks"), gateway.idle_tasks)
 
 

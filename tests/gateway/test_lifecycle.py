@@ -68,7 +68,7 @@ def test_it_logs_one_row_per_answered_request_through_sigterm_and_dropped_client
     Model.objects.create(name="sim-slow", upstream_id="sim-slow", provider=slow)
     gateway = gateway_start(tmp_path)
     headers = {"Authorization": f"Bearer {world.key_a}"}
-    assert wait_until(lambda: "sim-slow" in httpx.get(gateway.v1 + "/models", headers=headers).text, timeout=10)
+    assert wait_until(lambda: "sim-slow" in httpx.get(gateway.v1 + "/models", headers=headers).text)
 
     async def one_json(session, i):
         async with session.post(gateway.v1 + "/chat/completions", json={
