@@ -56,6 +56,8 @@ def cluster(django_db_setup, django_db_blocker, simulator_process, tmp_path_fact
         "PYTHONUNBUFFERED": "1",
         "USAGE_FLUSH_INTERVAL": "0.2",
         "GATEWAY_RETRY_BACKOFF": "0.01",
+        # No timed reload: a change reaches a replica by its message alone.
+        "GATEWAY_CONFIG_REFRESH": "3600",
         # Beat: eviction every second (what the tests watch), everything else out of the way.
         "CACHE_EVICT_EVERY": str(EVICT_EVERY),
         "CACHE_LIMITS_EVERY": "3600",

@@ -55,6 +55,9 @@ def gateway_start(tmp_dir: Path, *, extra_env: dict | None = None, grace: int = 
         # breakers must not carry one test's outage into the next (tests/gateway/test_faults.py
         # starts its own gateway with a low threshold).
         "CIRCUIT_FAILURES": "1000",
+        # No timed reload: a change reaches the gateway by its message alone, so a test that
+        # sees the change proves the message path, not a timer.
+        "GATEWAY_CONFIG_REFRESH": "3600",
         "HF_HUB_OFFLINE": "1",
         "PYTHONUNBUFFERED": "1",
         **(extra_env or {}),
