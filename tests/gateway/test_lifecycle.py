@@ -23,6 +23,7 @@ from tests.gateway.conftest import (
     wait_http,
     wait_until,
 )
+from tests.live import await_until
 
 
 def _models_status(base: str, key: str) -> int:
@@ -91,7 +92,8 @@ def test_it_logs_one_row_per_answered_request_through_sigterm_and_dropped_client
             tasks = [asyncio.ensure_future(one_json(session, i)) for i in range(12)]
             tasks += [asyncio.ensure_future(one_stream(session, i)) for i in range(8)]
             tasks += [asyncio.ensure_future(one_dropped(session, i)) for i in range(5)]
-            await asyncio.sleep(0.25)  # every request is in flight upstream
+            # Every request has reached the upstream (and so is in flight) before the signal.
+            assert await await_until(lambda: asyncio.to_thread(lambda: slow_simulator.stats()["requests"] >= 25))
             gateway.proc.send_signal(signal.SIGTERM)
             return await asyncio.gather(*tasks, return_exceptions=True)
 
@@ -131,8 +133,9 @@ def test_it_stops_accepting_on_sigterm_ends_streams_at_the_deadline_and_writes_e
         Model.objects.create(name="sim-long", upstream_id="sim-long", provider=long,
                              input_price_per_million=Decimal("1"), output_price_per_million=Decimal("2"))
         gateway = gateway_start(tmp_path, grace=2)
+        upstream = Simulator(f"http://127.0.0.1:{port}")
         headers = {"Authorization": f"Bearer {world.key_a}"}
-        assert wait_until(lambda: "sim-long" in httpx.get(gateway.v1 + "/models", headers=headers).text, timeout=10)
+        assert wait_until(lambda: "sim-long" in httpx.get(gateway.v1 + "/models", headers=headers).text)
 
         async def one_stream(session, i):
             async with session.post(gateway.v1 + "/chat/completions", json={
@@ -153,12 +156,18 @@ def test_it_stops_accepting_on_sigterm_ends_streams_at_the_deadline_and_writes_e
                 cached = {"model": "sim-long", "messages": [{"role": "user", "content": "cache me on the way out"}]}
                 async with session.post(gateway.v1 + "/chat/completions", json=cached) as r:
                     assert r.status == 200 and r.headers["x-switchyard-cache"] == "miss"
-                await asyncio.sleep(0.3)
+                # The three streams are running upstream before the signal.
+                assert await await_until(lambda: asyncio.to_thread(lambda: upstream.stats()["requests"] >= 4))
                 gateway.proc.send_signal(signal.SIGTERM)
-                await asyncio.sleep(0.3)
-                with pytest.raises(aiohttp.ClientConnectorError):
-                    async with aiohttp.ClientSession() as fresh:
-                        await fresh.get(gateway.base + "/healthz")
+
+                async def refused() -> bool:
+                    try:
+                        async with aiohttp.ClientSession() as fresh, fresh.get(gateway.base + "/healthz"):
+                            return False
+                    except aiohttp.ClientConnectorError:
+                        return True
+
+                assert await await_until(refused), "a new connection is still accepted after SIGTERM"
                 bodies = await asyncio.gather(*streams)
                 await asyncio.sleep(1.0)  # past the deadline: the server now waits for the cache write
                 assert gateway.proc.poll() is None, "the process left with a cache write pending"
