@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import random
 import socket
 import subprocess
 import time
@@ -46,10 +47,41 @@ async def await_until(predicate, *, timeout: float = DEADLINE, interval: float =
         await asyncio.sleep(interval)
 
 
+_ports_given: set[int] = set()
+_ports = random.Random()  # seeded from the OS: never in step with another run's choices
+
+
+def _ephemeral_low() -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
 def free_port() -> int:
-    with socket.socket() as sock:
+    """A port free on 127.0.0.1 for a server a test starts, never the same one twice in a run.
+
+    It is chosen below the kernel's ephemeral range: a port the kernel hands out for a bind to
+    port 0 may be taken as the source port of any outgoing connection on the machine (other
+    tests make thousands) before the server gets to bind it.
+    """
+    low, high = 20000, _ephemeral_low()
+    for _ in range(1000 if high - low >= 1000 else 0):
+        port = _ports.randrange(low, high)
+        if port in _ports_given:
+            continue
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _ports_given.add(port)
+        return port
+    with socket.socket() as sock:  # an unusual port range: let the kernel choose
         sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+        port = sock.getsockname()[1]
+    _ports_given.add(port)
+    return port
 
 
 def wait_http(url: str, *, timeout: float = 60.0, proc: subprocess.Popen | None = None) -> None:
