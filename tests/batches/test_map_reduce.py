@@ -7,6 +7,7 @@ import time
 
 from apps.catalog.models import Model
 from apps.usage.models import RequestLog
+from tests.batches.conftest import JOB_DEADLINE
 from tests.gateway.conftest import wait_until
 from tests.live import http_json
 
@@ -24,7 +25,7 @@ def test_it_maps_fifty_items_and_reduces_them_hierarchically(world, workers):
     }, headers=auth)
     assert status == 200, job
     assert job["status"] == "validating" and job["request_counts"]["total"] == 0
-    deadline = time.monotonic() + 120
+    deadline = time.monotonic() + JOB_DEADLINE
     while job["status"] not in ("completed", "failed") and time.monotonic() < deadline:
         assert group.procs[0].poll() is None, group.logs()[-3000:]
         time.sleep(0.3)

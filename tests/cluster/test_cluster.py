@@ -197,7 +197,7 @@ def test_it_answers_every_line_of_a_batch_once_across_two_workers_when_one_is_ki
     import openai
 
     from apps.batches.models import BatchJob, BatchLine
-    from tests.batches.conftest import batch_wait, chat_line, file_lines, jsonl
+    from tests.batches.conftest import JOB_DEADLINE, batch_wait, chat_line, file_lines, jsonl
 
     world, cluster = cluster_world, cluster_world.cluster
     world.provider.base_url = slow_simulator.v1  # 150 ms a line: the job outlives the kill
@@ -215,7 +215,7 @@ def test_it_answers_every_line_of_a_batch_once_across_two_workers_when_one_is_ki
     file_id = client.files.create(file=jsonl(lines), purpose="batch").id
     batch_id = client.batches.create(input_file_id=file_id, endpoint="/v1/chat/completions",
                                      completion_window="24h").id
-    assert wait_until(lambda: BatchLine.objects.filter(job_id=batch_id).count() >= 30, timeout=60)
+    assert wait_until(lambda: BatchLine.objects.filter(job_id=batch_id).count() >= 30, timeout=JOB_DEADLINE)
 
     def holder() -> str | None:
         """The worker whose log names the job's current lease (leases can move between workers
@@ -234,7 +234,7 @@ def test_it_answers_every_line_of_a_batch_once_across_two_workers_when_one_is_ki
     try:
         answered_before = BatchLine.objects.filter(job_id=batch_id).count()
         assert answered_before < 160
-        batch = batch_wait(client, batch_id, timeout=120)
+        batch = batch_wait(client, batch_id)
         assert batch.status == "completed" and batch.request_counts.completed == 160
         output = file_lines(client, batch.output_file_id)
         assert sorted(line["custom_id"] for line in output) == sorted(f"line-{n}" for n in range(160))
