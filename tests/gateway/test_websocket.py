@@ -18,7 +18,7 @@ from apps.gateway.consumers import CLOSE_IDLE, CLOSE_UNAUTHENTICATED, ChatConsum
 from apps.gateway.state import GatewayState
 from apps.tenants.models import Tenant
 from tests.gateway.conftest import World, wait_until
-from tests.live import DEADLINE, REPO, Simulator, free_port, stop_process, wait_http
+from tests.live import DEADLINE, REPO, Simulator, await_until, free_port, stop_process, wait_http
 
 PATH = "/ws/v1/chat"
 
@@ -328,15 +328,9 @@ async def test_it_keeps_tenants_apart(gateway, world):
     live = await a.receive_json_from()
     assert live["type"] == "live" and live["event"]["request_id"] == first["request_id"]
 
-    async def cache_saved():
-        for _ in range(100):
-            from apps.cache.models import CacheEntry
+    from apps.cache.models import CacheEntry
 
-            if await sync_to_async(CacheEntry.objects.filter(tenant=world.tenant_a).exists)():
-                return
-            await asyncio.sleep(0.05)
-
-    await cache_saved()
+    assert await await_until(sync_to_async(CacheEntry.objects.filter(tenant=world.tenant_a).exists))
     await a.send_json_to(chat("2", "What is the capital of France"))
     again = next(e for e in await until_done(a, {"2"}) if e["type"] == "done")
     assert again["cache"] == "hit-exact"
@@ -423,12 +417,7 @@ async def test_it_never_loads_the_local_model_when_it_is_off_and_the_tenant_has_
     ws = await connected(gateway, world.key_a)
     await ws.send_json_to(chat("1", "Exact only, please"))
     first = next(e for e in await until_done(ws, {"1"}) if e["type"] == "done")
-    entry = await sync_to_async(lambda: list(CacheEntry.objects.filter(tenant=world.tenant_a)))()
-    for _ in range(50):
-        if entry:
-            break
-        await asyncio.sleep(0.05)
-        entry = await sync_to_async(lambda: list(CacheEntry.objects.filter(tenant=world.tenant_a)))()
+    entry = await await_until(sync_to_async(lambda: list(CacheEntry.objects.filter(tenant=world.tenant_a))))
     await ws.send_json_to(chat("2", "Exact only, please"))
     second = next(e for e in await until_done(ws, {"2"}) if e["type"] == "done")
     await ws.disconnect()
