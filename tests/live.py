@@ -1,8 +1,16 @@
-"""Helpers for tests that run real servers: free ports, waiting for a URL, the simulator."""
+"""Helpers for tests that run real servers: free ports, waiting for a URL or a condition, the
+simulator.
+
+Tests wait on the event they need, never for a fixed time: :func:`wait_until` (and its async
+twin :func:`await_until`) polls a condition until it holds, up to a deadline that is only a
+maximum; the machine running the tests may be loaded, so deadlines are generous.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import json
+import random
 import socket
 import subprocess
 import time
@@ -13,10 +21,67 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 
 
+DEADLINE = 60.0  # seconds: how long a test waits for something that should happen soon
+
+
+def wait_until(predicate, *, timeout: float = DEADLINE, interval: float = 0.05):
+    """``predicate()``'s first truthy value, polled until ``timeout``; else its last value."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        result = predicate()
+        if result:
+            return result
+        time.sleep(interval)
+    return predicate()
+
+
+async def await_until(predicate, *, timeout: float = DEADLINE, interval: float = 0.05):
+    """:func:`wait_until` inside an event loop (``predicate`` may be a coroutine function)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = predicate()
+        if asyncio.iscoroutine(result):
+            result = await result
+        if result or time.monotonic() >= deadline:
+            return result
+        await asyncio.sleep(interval)
+
+
+_ports_given: set[int] = set()
+_ports = random.Random()  # seeded from the OS: never in step with another run's choices
+
+
+def _ephemeral_low() -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
 def free_port() -> int:
-    with socket.socket() as sock:
+    """A port free on 127.0.0.1 for a server a test starts, never the same one twice in a run.
+
+    It is chosen below the kernel's ephemeral range: a port the kernel hands out for a bind to
+    port 0 may be taken as the source port of any outgoing connection on the machine (other
+    tests make thousands) before the server gets to bind it.
+    """
+    low, high = 20000, _ephemeral_low()
+    for _ in range(1000 if high - low >= 1000 else 0):
+        port = _ports.randrange(low, high)
+        if port in _ports_given:
+            continue
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _ports_given.add(port)
+        return port
+    with socket.socket() as sock:  # an unusual port range: let the kernel choose
         sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+        port = sock.getsockname()[1]
+    _ports_given.add(port)
+    return port
 
 
 def wait_http(url: str, *, timeout: float = 60.0, proc: subprocess.Popen | None = None) -> None:

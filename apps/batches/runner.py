@@ -460,6 +460,9 @@ async def job_run(job_id: str) -> str:
     job, why = await asyncio.to_thread(_once, job_claim, job_id=job_id, token=token)
     if job is None:
         return why
+    # Names the lease in this worker's log, so an operator (or a test) can tell which worker
+    # holds a job from the job's row.
+    logger.info("batch job %s: running under lease %s", job_id, token[:8])
     runner = JobRunner(job, token)
     try:
         return await runner.run()

@@ -7,6 +7,7 @@ import time
 
 from apps.catalog.models import Model
 from apps.usage.models import RequestLog
+from tests.batches.conftest import JOB_DEADLINE
 from tests.gateway.conftest import wait_until
 from tests.live import http_json
 
@@ -24,7 +25,7 @@ def test_it_maps_fifty_items_and_reduces_them_hierarchically(world, workers):
     }, headers=auth)
     assert status == 200, job
     assert job["status"] == "validating" and job["request_counts"]["total"] == 0
-    deadline = time.monotonic() + 120
+    deadline = time.monotonic() + JOB_DEADLINE
     while job["status"] not in ("completed", "failed") and time.monotonic() < deadline:
         assert group.procs[0].poll() is None, group.logs()[-3000:]
         time.sleep(0.3)
@@ -39,8 +40,7 @@ def test_it_maps_fifty_items_and_reduces_them_hierarchically(world, workers):
     assert all(item["output"] and item["error"] is None for item in job["items"])
     assert job["output_file_id"] and job["error_file_id"] is None
     expected = 50 + result["reduce_calls"]
-    assert wait_until(lambda: RequestLog.objects.filter(request_id__startswith=job["id"]).count() == expected,
-                      timeout=10)
+    assert wait_until(lambda: RequestLog.objects.filter(request_id__startswith=job["id"]).count() == expected)
     reduce_rows = RequestLog.objects.filter(request_id__startswith=job["id"] + "-r")
     assert reduce_rows.count() == result["reduce_calls"]
     assert all(row.input_tokens <= 400 for row in reduce_rows)

@@ -10,6 +10,7 @@ import pytest
 from apps.cache.models import CacheEntry
 from apps.cache.store import CacheStore
 from apps.gateway.database import conninfo
+from tests.live import await_until
 
 
 @pytest.mark.django_db(transaction=True)
@@ -25,11 +26,7 @@ def test_it_keeps_the_hit_counts_of_a_flush_under_way_when_the_store_closes(tena
             store.hit(entry.pk)
         async with store.pool.connection():  # the pool's only connection: the flush waits for it
             store.hits_flush_start(0.01)
-            for _ in range(200):
-                if not store._hits:
-                    break  # the timer's flush has taken the counts
-                await asyncio.sleep(0.01)
-            assert not store._hits
+            assert await await_until(lambda: not store._hits, interval=0.01)  # the timer's flush took the counts
             closing = asyncio.ensure_future(store.close())
             await asyncio.sleep(0.2)
             assert not closing.done()  # it waits for the flush under way

@@ -111,7 +111,7 @@ def test_it_keeps_the_credential_out_of_error_bodies_and_the_log_when_the_upstre
     canary = Provider.objects.create(name="canary", kind=Provider.Kind.OPENAI, base_url=recording_upstream,
                                      credential=CANARY, timeout_seconds=5)
     Model.objects.create(name="canary-model", upstream_id="canary-model", provider=canary, is_free=True)
-    assert wait_until(lambda: _serves(debug_gateway, world.key_a, "canary-model"), timeout=10)
+    assert wait_until(lambda: _serves(debug_gateway, world.key_a, "canary-model"))
 
     answers = [_ask(debug_gateway, world.key_a, "canary-model")]
     # The gateway did send the credential: what it must not do is repeat it.

@@ -56,6 +56,8 @@ def cluster(django_db_setup, django_db_blocker, simulator_process, tmp_path_fact
         "PYTHONUNBUFFERED": "1",
         "USAGE_FLUSH_INTERVAL": "0.2",
         "GATEWAY_RETRY_BACKOFF": "0.01",
+        # No timed reload: a change reaches a replica by its message alone.
+        "GATEWAY_CONFIG_REFRESH": "3600",
         # Beat: eviction every second (what the tests watch), everything else out of the way.
         "CACHE_EVICT_EVERY": str(EVICT_EVERY),
         "CACHE_LIMITS_EVERY": "3600",
@@ -100,6 +102,6 @@ def cluster_world(transactional_db, simulator, cluster):
         return status == 200 and {"sim-mini", "sim-premium"} <= {m["id"] for m in body["data"]}
 
     for base in cluster.replicas:
-        assert wait_until(lambda base=base: sees_catalog(base), timeout=15), f"{base} never saw the test catalog"
+        assert wait_until(lambda base=base: sees_catalog(base)), f"{base} never saw the test catalog"
     yield world
     usage_quiet()

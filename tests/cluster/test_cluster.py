@@ -17,6 +17,7 @@ from websockets.asyncio.client import connect
 
 from tests.cluster.conftest import EVICT_EVERY
 from tests.gateway.conftest import request_logs, wait_until
+from tests.live import DEADLINE
 
 pytestmark = pytest.mark.cluster
 
@@ -59,15 +60,15 @@ def test_it_spreads_connections_over_both_replicas_behind_the_balancer(cluster_w
     assert streamed.status_code == 200 and streamed.text.rstrip().endswith("data: [DONE]")
 
 
-def test_it_refuses_a_key_revoked_through_one_replica_on_the_other_within_2s(cluster_world, django_user_model):
+def test_it_refuses_a_key_revoked_through_one_replica_on_the_other_by_its_message(cluster_world,
+                                                                                   django_user_model):
     from apps.tenants.models import ApiKey
     from apps.tenants.services import key_create
 
     web1, web2 = cluster_world.cluster.replicas
     created = key_create(tenant=cluster_world.tenant_a, name="to revoke")
     for base in (web1, web2):
-        assert wait_until(lambda base=base: _chat(base, created.secret, "hello", max_tokens=1).status_code == 200,
-                          timeout=10)
+        assert wait_until(lambda base=base: _chat(base, created.secret, "hello", max_tokens=1).status_code == 200)
     django_user_model.objects.create_superuser("ops", password="ops-password-1")
     with httpx.Client(base_url=web1, timeout=30) as admin:
         admin.get("/admin/login/")
@@ -79,12 +80,11 @@ def test_it_refuses_a_key_revoked_through_one_replica_on_the_other_within_2s(clu
             "action": "revoke_selected", "_selected_action": str(created.api_key.pk), "index": "0",
             "csrfmiddlewaretoken": admin.cookies["csrftoken"]})
         assert revoke.status_code == 302, revoke.text[:500]
-    revoked_at = time.monotonic()
     assert ApiKey.objects.get(pk=created.api_key.pk).revoked_at is not None
-    refused = wait_until(lambda: _chat(web2, created.secret, "hello", max_tokens=1).status_code == 401,
-                         timeout=5, interval=0.02)
-    elapsed = time.monotonic() - revoked_at
-    assert refused and elapsed < 2.0, f"web2 still accepted the revoked key after {elapsed:.2f}s"
+    # The replicas never reload on a timer (GATEWAY_CONFIG_REFRESH in the cluster's env): web2
+    # refuses the key only through the change message web1 published.
+    refused = wait_until(lambda: _chat(web2, created.secret, "hello", max_tokens=1).status_code == 401, interval=0.02)
+    assert refused, "web2 still accepts the revoked key"
     assert _chat(web1, created.secret, "hello", max_tokens=1).status_code == 401
 
 
@@ -107,7 +107,7 @@ def test_it_holds_a_rate_limit_and_a_budget_across_both_replicas(cluster_world):
     rpm_key = key_create(tenant=world.tenant_b, name="rpm", rpm_limit=10).secret
     for base in replicas:  # both replicas have the new limits
         assert wait_until(lambda base=base: "x-ratelimit-limit-requests" in _chat(
-            base, rpm_key, "warm", max_tokens=1).headers, timeout=10)
+            base, rpm_key, "warm", max_tokens=1).headers)
     # Two warm-up requests used two of the ten; 30 more through both replicas admit eight.
     by_rpm = [status for status, _ in _fire(replicas, rpm_key, 30, lambda n: {
         "model": "sim-mini", "messages": [{"role": "user", "content": f"rpm {n}"}]})]
@@ -135,42 +135,38 @@ def test_it_runs_eviction_once_per_interval_from_the_one_beat(cluster_world):
     expired = CacheEntry.objects.create(
         tenant=cluster_world.tenant_a, request_hash="e" * 64, prompt_text="old question", response={"choices": []},
         expires_at=timezone.now() - timedelta(minutes=1), embedding=[0.01] * 384, model_name="sim-mini")
-    assert wait_until(lambda: not CacheEntry.objects.filter(pk=expired.pk).exists(), timeout=15)
+    assert wait_until(lambda: not CacheEntry.objects.filter(pk=expired.pk).exists())
 
-    window = 6.0
-    start = time.time()
-    time.sleep(window)
-    end = time.time()
+    def count(name: str, pattern: str) -> int:
+        return len(re.findall(pattern, cluster.group.log_path(name).read_text(errors="replace")))
 
-    def stamps(name: str, pattern: str) -> list[str]:
-        text = cluster.group.log_path(name).read_text(errors="replace")
-        found = []
-        for line in text.splitlines():
-            if re.search(pattern, line):
-                moment = re.match(r"\[(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d),(\d{3})", line)
-                if moment:
-                    found.append(moment.group(1) + "." + moment.group(2))
-        return found
+    def sent() -> int:
+        return count("beat", r"Sending due task cache-evict-expired")
 
-    def within(found: list[str]) -> int:
-        # Celery logs local time; the test and the cluster share the machine's clock and zone.
-        lo = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(start + 0.5))
-        hi = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(end - 0.5))
-        return sum(1 for stamp in found if lo <= stamp[:19] <= hi)
+    def received() -> int:
+        return sum(count(worker, r"Task cache\.evict_expired\[[-0-9a-f]+\] received")
+                   for worker in ("worker1", "worker2"))
 
-    sent = within(stamps("beat", r"Sending due task cache-evict-expired"))
-    received = [within(stamps(worker, r"Task cache\.evict_expired\[[-0-9a-f]+\] received"))
-                for worker in ("worker1", "worker2")]
-    # One beat: about one eviction per interval across the whole cluster, not one per process.
-    assert window / EVICT_EVERY - 2 <= sent <= window / EVICT_EVERY + 1, sent
-    assert sum(received) in (sent - 1, sent, sent + 1), (sent, received)
+    # Counted from the logs, not against the clock: a loaded machine may delay the beat, never
+    # make it send more often than its interval.
+    sent_before, received_before, started = sent(), received(), time.monotonic()
+    assert wait_until(lambda: sent() >= sent_before + 5), "the beat stopped sending evictions"
+    sent_now = sent() - sent_before
+    elapsed = time.monotonic() - started
+    assert sent_now <= elapsed / EVICT_EVERY + 1, (sent_now, elapsed)
+    # Every task the one beat sent reaches one worker, once: a second beat (or a worker running
+    # its own) would make the workers receive about twice what this beat sent. (Two may have
+    # been on their way when counting began.)
+    assert wait_until(lambda: received() - received_before >= sent_now - 2), (sent_now, received())
+    got = received() - received_before
+    assert got <= sent() - sent_before + 2, (got, sent() - sent_before)
 
 
 def test_it_delivers_websocket_events_published_on_one_replica_to_a_socket_on_the_other(cluster_world):
     web1, web2 = (base.replace("http://", "ws://") + "/ws/v1/chat" for base in cluster_world.cluster.replicas)
     headers = {"Authorization": f"Bearer {cluster_world.key_a}"}
 
-    async def next_event(ws, kind: str, timeout: float = 10.0) -> dict:
+    async def next_event(ws, kind: str, timeout: float = DEADLINE) -> dict:
         while True:
             event = json.loads(await asyncio.wait_for(ws.recv(), timeout))
             if event["type"] == kind:
@@ -186,7 +182,7 @@ def test_it_delivers_websocket_events_published_on_one_replica_to_a_socket_on_th
             await caller.send(json.dumps({"type": "chat.request", "id": "1", "body": {
                 "model": "sim-mini", "messages": [{"role": "user", "content": "Across replicas"}]}}))
             done = await next_event(caller, "done")
-            live = await next_event(watcher, "live", timeout=5)
+            live = await next_event(watcher, "live")
             return done, live
 
     done, live = asyncio.run(run())
@@ -200,8 +196,8 @@ def test_it_answers_every_line_of_a_batch_once_across_two_workers_when_one_is_ki
 
     import openai
 
-    from apps.batches.models import BatchLine
-    from tests.batches.conftest import batch_wait, chat_line, file_lines, jsonl
+    from apps.batches.models import BatchJob, BatchLine
+    from tests.batches.conftest import JOB_DEADLINE, batch_wait, chat_line, file_lines, jsonl
 
     world, cluster = cluster_world, cluster_world.cluster
     world.provider.base_url = slow_simulator.v1  # 150 ms a line: the job outlives the kill
@@ -213,33 +209,42 @@ def test_it_answers_every_line_of_a_batch_once_across_two_workers_when_one_is_ki
         return slow_simulator.stats()["requests"] > before
 
     for base in cluster.replicas:
-        assert wait_until(lambda base=base: uses_slow(base), timeout=10)
+        assert wait_until(lambda base=base: uses_slow(base))
     client = openai.OpenAI(base_url=cluster.base + "/v1", api_key=world.key_a, max_retries=0)
     lines = [chat_line(f"line-{n}", f"Question number {n} for the cluster") for n in range(160)]
     file_id = client.files.create(file=jsonl(lines), purpose="batch").id
     batch_id = client.batches.create(input_file_id=file_id, endpoint="/v1/chat/completions",
                                      completion_window="24h").id
-    assert wait_until(lambda: BatchLine.objects.filter(job_id=batch_id).count() >= 30, timeout=60)
+    assert wait_until(lambda: BatchLine.objects.filter(job_id=batch_id).count() >= 30, timeout=JOB_DEADLINE)
 
-    def running(name: str) -> bool:
-        return f"batch job {batch_id}" not in cluster.group.log_path(name).read_text(errors="replace") and (
-            "Task batches.run[" in cluster.group.log_path(name).read_text(errors="replace"))
+    def holder() -> str | None:
+        """The worker whose log names the job's current lease (leases can move between workers
+        while a loaded machine delays a heartbeat, so the job's row says who holds it now)."""
+        token = BatchJob.objects.filter(pk=batch_id).values_list("lease_token", flat=True).first()
+        for name in ("worker1", "worker2") if token else ():
+            if f"batch job {batch_id}: running under lease {token[:8]}" in cluster.group.log_path(name).read_text(
+                    errors="replace"):
+                return name
+        return None
 
-    holder = next(name for name in ("worker1", "worker2") if running(name))
-    other = "worker2" if holder == "worker1" else "worker1"
-    cluster.group.stop(holder, sig=signal.SIGKILL)  # mid-job: its lines in flight and unflushed answers are lost
+    holder_name = wait_until(holder)
+    assert holder_name, "no worker's log names the job's lease"
+    other = "worker2" if holder_name == "worker1" else "worker1"
+    cluster.group.stop(holder_name, sig=signal.SIGKILL)  # mid-job: its lines in flight and unflushed answers are lost
     try:
         answered_before = BatchLine.objects.filter(job_id=batch_id).count()
         assert answered_before < 160
-        batch = batch_wait(client, batch_id, timeout=120)
+        batch = batch_wait(client, batch_id)
         assert batch.status == "completed" and batch.request_counts.completed == 160
         output = file_lines(client, batch.output_file_id)
         assert sorted(line["custom_id"] for line in output) == sorted(f"line-{n}" for n in range(160))
         assert BatchLine.objects.filter(job_id=batch_id).count() == 160
-        finished = cluster.group.log_path(other).read_text(errors="replace")
-        assert f"batch job {batch_id}: completed" in finished  # the other worker finished it
+        # The other worker finished it. It logs the outcome once its task returns, after the job
+        # is marked completed and its pipeline has shut down (which waits for cache writes).
+        assert wait_until(lambda: f"batch job {batch_id}: completed" in cluster.group.log_path(other).read_text(
+            errors="replace")), cluster.group.log_path(other).read_text(errors="replace")[-3000:]
     finally:
-        cluster.restart(holder)
+        cluster.restart(holder_name)
 
 
 def test_it_keeps_serving_through_the_balancer_when_a_replica_stops(cluster_world):

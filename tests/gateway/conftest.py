@@ -12,9 +12,20 @@ from pathlib import Path
 
 import pytest
 
-from tests.live import REPO, Simulator, database_url_for_tests, free_port, http_json, stop_process, wait_http
+from tests.live import (
+    DEADLINE,
+    REPO,
+    Simulator,
+    database_url_for_tests,
+    free_port,
+    http_json,
+    stop_process,
+    wait_http,
+    wait_until,
+)
 
-__all__ = ["REPO", "Simulator", "database_url_for_tests", "free_port", "http_json", "stop_process", "wait_http"]
+__all__ = ["REPO", "Simulator", "database_url_for_tests", "free_port", "http_json", "stop_process", "wait_http",
+           "wait_until"]
 
 
 class GatewayProcess:
@@ -44,6 +55,9 @@ def gateway_start(tmp_dir: Path, *, extra_env: dict | None = None, grace: int = 
         # breakers must not carry one test's outage into the next (tests/gateway/test_faults.py
         # starts its own gateway with a low threshold).
         "CIRCUIT_FAILURES": "1000",
+        # No timed reload: a change reaches the gateway by its message alone, so a test that
+        # sees the change proves the message path, not a timer.
+        "GATEWAY_CONFIG_REFRESH": "3600",
         "HF_HUB_OFFLINE": "1",
         "PYTHONUNBUFFERED": "1",
         **(extra_env or {}),
@@ -116,16 +130,6 @@ class World:
                 ComplexityIndicator.objects.get_or_create(phrase=phrase, tier=tier)
 
 
-def wait_until(predicate, *, timeout: float = 5.0, interval: float = 0.05):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        result = predicate()
-        if result:
-            return result
-        time.sleep(interval)
-    return predicate()
-
-
 @pytest.fixture
 def world(transactional_db, simulator, gateway_process):
     world = World(simulator)
@@ -137,7 +141,7 @@ def world(transactional_db, simulator, gateway_process):
                                  headers={"Authorization": f"Bearer {world.key_a}"})
         return status == 200 and {"sim-mini", "sim-premium", "sim-embed"} <= {m["id"] for m in body["data"]}
 
-    assert wait_until(sees_everything, timeout=10), "the gateway never saw the test catalog"
+    assert wait_until(sees_everything), "the gateway never saw the test catalog"
     yield world
     usage_quiet()
 
@@ -162,7 +166,7 @@ def usage_quiet(*, settle: float = 0.5, timeout: float = 10.0) -> None:
         time.sleep(0.05)
 
 
-def request_logs(expected: int, *, timeout: float = 5.0, **filters):
+def request_logs(expected: int, *, timeout: float = DEADLINE, **filters):
     """RequestLog rows matching ``filters`` once ``expected`` of them have been flushed."""
     from apps.usage.models import RequestLog
 

@@ -52,7 +52,7 @@ def _limits_set(obj, **fields) -> None:
 
 def _seen(base: str, key: str, header: str) -> bool:
     """The gateway has reloaded the key's limits (config changes reach it by message)."""
-    return wait_until(lambda: header in _chat(base, key, "warm up", max_tokens=1).headers, timeout=10)
+    return wait_until(lambda: header in _chat(base, key, "warm up", max_tokens=1).headers)
 
 
 def test_it_sends_limit_headers_and_applies_a_key_limit_stricter_than_its_tenants(world):
@@ -62,7 +62,7 @@ def test_it_sends_limit_headers_and_applies_a_key_limit_stricter_than_its_tenant
     key = key_create(tenant=world.tenant_a, name="strict", rpm_limit=2).secret
     other = key_create(tenant=world.tenant_a, name="loose").secret
     base = world.gateway.base
-    _same_minute(6)
+    _same_minute(20)  # the warm-up and the requests below share one clock minute, however slow
     assert _seen(base, other, "x-ratelimit-limit-requests")
     first, second, third = (_chat(base, key, f"strict {n}") for n in range(3))
     assert first.status_code == second.status_code == 200
@@ -113,7 +113,7 @@ def test_it_refuses_a_spent_budget_for_one_tenant_only_and_alerts_once(world):
     assert body["code"] == "budget_exceeded" and body["type"] == "insufficient_quota"
     assert "retry-after" in response.headers and response.headers["x-switchyard-budget-remaining"] == "0"
     assert _chat(base, world.key_b, "globex still served", model="sim-premium").status_code == 200
-    alerts = wait_until(lambda: list(BudgetAlert.objects.all()), timeout=5)
+    alerts = wait_until(lambda: list(BudgetAlert.objects.all()))
     assert [(a.tenant_id, a.api_key_id, a.threshold_percent) for a in alerts] == [(world.tenant_a.pk, None, 50)]
     assert alerts[0].spent_usd >= Decimal("0.0025")
     assert _chat(base, world.key_a, "still spent", model="sim-premium").status_code == 429
@@ -142,7 +142,7 @@ def test_it_settles_a_cancelled_stream_to_what_was_produced(world, slow_upstream
     _limits_set(world.tenant_a, budget_usd=Decimal("50"), concurrency_limit=1)
     base = world.gateway.base
     headers = {"Authorization": f"Bearer {world.key_a}"}
-    assert wait_until(lambda: "sim-slow" in httpx.get(base + "/v1/models", headers=headers).text, timeout=10)
+    assert wait_until(lambda: "sim-slow" in httpx.get(base + "/v1/models", headers=headers).text)
     assert _seen(base, world.key_a, "x-switchyard-concurrency-limit")
 
     async def cancelled():
@@ -238,7 +238,7 @@ def test_it_holds_budget_rpm_and_tpm_across_processes(fleet_world, tmp_path, sto
     gateways = _gateways(tmp_path, 4, {"REDIS_URL": REDIS_URL if store == "redis" else ""})
     bases = [g.base for g in gateways]
     try:
-        _same_minute(3)
+        _same_minute(20)  # the rpm and tpm bursts share one clock minute, however slow the machine
         by_rpm = _fire(bases[:2], rpm_key, 30, lambda n: {
             "model": "sim-mini", "messages": [{"role": "user", "content": f"rpm {n}"}]})
         by_tpm = _fire(bases[2:], tpm_key, 30, lambda n: {

@@ -47,7 +47,7 @@ def native(world):
         input_price_per_million=Decimal("3"), cached_input_price_per_million=Decimal("0.30"),
         cache_write_price_per_million=Decimal("3.75"), output_price_per_million=Decimal("15"),
         max_output_tokens=4096)
-    assert wait_until(lambda: models_seen(world, NATIVE), timeout=10)
+    assert wait_until(lambda: models_seen(world, NATIVE))
     return world
 
 
@@ -253,7 +253,7 @@ def test_it_raises_each_error_status_as_the_sdks_own_exception(native):
     impatient = Provider.objects.create(name="impatient", kind=Provider.Kind.ANTHROPIC,
                                         base_url=world.simulator.v1, timeout_seconds=0.3)
     Model.objects.create(name="claude-slow", upstream_id="sim-slow", provider=impatient, is_free=True)
-    assert wait_until(lambda: models_seen(world, "claude-slow"), timeout=10)
+    assert wait_until(lambda: models_seen(world, "claude-slow"))
     world.simulator.fault(model="sim-slow", mode="timeout", count=-1)
     assert error_of(anthropic.GatewayTimeoutError, model="claude-slow")[1] == "timeout_error"
     key = ApiKey.objects.get(tenant=world.tenant_b)
@@ -401,7 +401,7 @@ def test_it_authenticates_by_bearer_and_applies_the_keys_limits(native):
         return bearer.messages.with_raw_response.create(
             model=TRANSLATED, max_tokens=10, messages=[{"role": "user", "content": f"limit {n}"}])
 
-    assert wait_until(lambda: "x-ratelimit-limit-requests" in send("warm").headers, timeout=10)
+    assert wait_until(lambda: "x-ratelimit-limit-requests" in send("warm").headers)
     with pytest.raises(anthropic.RateLimitError) as caught:
         for n in range(3):
             send(n)

@@ -10,6 +10,7 @@ import pytest
 
 from apps.usage.buffer import UsageBuffer
 from apps.usage.models import RequestLog
+from tests.live import await_until
 
 
 def _row(tenant, n: int, **extra) -> dict:
@@ -39,10 +40,7 @@ def test_it_flushes_by_size_without_waiting_for_the_timer(tenant_a):
         buffer.start()
         for n in range(20):
             buffer.append(_row(tenant_a, n))
-        for _ in range(100):
-            if buffer.written == 20:
-                break
-            await asyncio.sleep(0.05)
+        await await_until(lambda: buffer.written == 20)  # the timer would take a minute
         await buffer.close()
         return buffer.written
 
@@ -113,11 +111,8 @@ def test_it_loses_no_row_when_closed_while_a_flush_waits_for_a_thread(tenant_a):
         buffer.start()
         for n in range(5):
             buffer.append(_row(tenant_a, n))  # the fifth wakes the flush task
-        for _ in range(100):
-            if not len(buffer):
-                break  # the flush has taken the rows and waits for the thread
-            await asyncio.sleep(0.01)
-        assert len(buffer) == 0
+        # The flush has taken the rows and waits for the thread.
+        assert await await_until(lambda: len(buffer) == 0, interval=0.01)
         closing = asyncio.ensure_future(buffer.close())
         await asyncio.sleep(0.2)
         busy.set()
