@@ -97,7 +97,7 @@ def test_it_answers_bad_requests_with_openai_errors(world):
 
 def test_it_refuses_an_upload_over_the_size_limit_before_reading_it(world):
     url = urlparse(world.gateway.v1)
-    connection = http.client.HTTPConnection(url.hostname, url.port, timeout=10)
+    connection = http.client.HTTPConnection(url.hostname, url.port, timeout=60)
     connection.putrequest("POST", "/v1/files")
     connection.putheader("Authorization", f"Bearer {world.key_a}")
     connection.putheader("Content-Type", "multipart/form-data; boundary=x")

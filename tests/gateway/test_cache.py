@@ -174,7 +174,7 @@ def test_it_reads_any_max_age_without_failing_and_logs_every_request(world):
     done = asyncio.run(over_a_socket("max-age=-1"))
     assert (done["type"], done.get("cache")) == ("done", "miss"), done
     # The first request, seven over HTTP, one on the Messages API and two on the socket.
-    assert wait_until(lambda: RequestLog.objects.filter(tenant=world.tenant_a).count() == 11, timeout=30)
+    assert wait_until(lambda: RequestLog.objects.filter(tenant=world.tenant_a).count() == 11)
     assert set(RequestLog.objects.filter(tenant=world.tenant_a).values_list("status_code", flat=True)) == {200}
 
 

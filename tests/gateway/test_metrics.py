@@ -53,7 +53,10 @@ def test_it_counts_requests_spend_and_errors_from_usage_rows(world):
         done = _total(samples, "switchyard_requests_total", endpoint="/v1/chat/completions", status="200",
                       model="sim-mini") - _total(before, "switchyard_requests_total", endpoint="/v1/chat/completions",
                                                  status="200", model="sim-mini")
-        return samples if done >= 3 else None
+        # The failed request's row may come in a later flush than the answers' rows: wait for both.
+        failed = _total(samples, "switchyard_upstream_errors_total", provider="sim") - _total(
+            before, "switchyard_upstream_errors_total", provider="sim")
+        return samples if done >= 3 and failed >= 1 else None
 
     samples = wait_until(counted, interval=0.3)
     assert samples, "the requests never showed in /metrics"
