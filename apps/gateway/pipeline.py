@@ -39,7 +39,14 @@ from apps.gateway.errors import (
 from apps.gateway.limits import limits_refusal_raise, limits_reserve, limits_settle
 from apps.gateway.snapshot import KeyInfo, ModelInfo
 from apps.gateway.state import GatewayState
-from apps.gateway.upstream import ANTHROPIC_KIND, OpenStream, open_stream, post_json, with_fallbacks
+from apps.gateway.upstream import (
+    ANTHROPIC_KIND,
+    OpenStream,
+    UpstreamClientError,
+    open_stream,
+    post_json,
+    with_fallbacks,
+)
 from apps.gateway.validation import (
     chat_body_validate,
     embeddings_body_validate,
@@ -104,6 +111,7 @@ class Call:
     refusal: GatewayError | None = None  # a token or budget refusal, raised unless the cache answers
     batch: bool = False  # a line of a batch job: priced with the model's batch discount
     prompt_counted: int | None = field(default=None, init=False, repr=False)
+    logged: bool = field(default=False, init=False, repr=False)  # its row is written once, however it ends
 
     def prompt_tokens_count(self, messages: list) -> int:
         """The request's prompt as the tokenizer counts it, counted once however many stages ask
@@ -174,7 +182,11 @@ class Call:
         return max(baseline_cost - self.cost, _ZERO)
 
     def log(self, state: GatewayState) -> None:
-        """Append this request's usage row to the buffer (no I/O here)."""
+        """Append this request's usage row to the buffer (no I/O here); a request has one row,
+        so a second call adds nothing."""
+        if self.logged:
+            return
+        self.logged = True
         now = time.perf_counter()
         model = self.model
         state.usage.append({
@@ -327,13 +339,27 @@ async def upstream_json(state: GatewayState, call: Call, attempt) -> tuple[Model
         call.overhead_ms = (call.upstream_started - call.started) * 1000
         call.log(state)
         raise
+    except UpstreamClientError as exc:
+        _refused_log(state, call, exc)
+        raise
     except BaseException:
-        limits_settle(state, call)  # an upstream client error or a cancel: free the reservation
+        limits_settle(state, call)  # a cancel: free the reservation
         raise
     call.upstream_ended = time.perf_counter()
     call.model = model
     call.first_byte = call.upstream_ended
     return model, raw, parsed
+
+
+def _refused_log(state: GatewayState, call: Call, exc: UpstreamClientError) -> None:
+    """The provider refused the request itself (a 4xx passed back to the client as it came):
+    the row says so with the provider's status and error code, and bills nothing."""
+    call.model = exc.model or call.chain[0]
+    call.upstream_ended = time.perf_counter()
+    call.status, call.error_code = exc.status, exc.code
+    call.failures.append(f"{call.model.name}: status {exc.status}")
+    call.overhead_ms = (call.upstream_started - call.started) * 1000
+    call.log(state)
 
 
 def call_done(state: GatewayState, call: Call) -> None:
@@ -583,6 +609,9 @@ async def upstream_stream_open(state: GatewayState, call: Call, attempt) -> Open
         call.overhead_ms = (call.upstream_started - call.started) * 1000
         call.log(state)
         raise
+    except UpstreamClientError as exc:
+        _refused_log(state, call, exc)
+        raise
     except BaseException:
         limits_settle(state, call)
         raise
@@ -619,6 +648,9 @@ async def embeddings(state: GatewayState, key: KeyInfo, raw: bytes | dict, *, st
         call.model = call.chain[0]
         call.status, call.error_code = exc.status, exc.code
         call.log(state)
+        raise
+    except UpstreamClientError as exc:
+        _refused_log(state, call, exc)
         raise
     except BaseException:
         limits_settle(state, call)
