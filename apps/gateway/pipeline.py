@@ -59,6 +59,9 @@ from apps.routing.engine import route_resolve
 _USAGE_EVENT = re.compile(rb'"usage"\s*:\s*\{')
 _DONE = b"data: [DONE]"
 _MAX_KEPT_STREAM_BYTES = 4 * 1024 * 1024
+# After a stream's last event, how long its answer's end (usually right behind it) may take to
+# come for the connection to be kept alive; a provider slower than that loses the connection.
+_END_GRACE_SECONDS = 0.002
 _ZERO = Decimal(0)
 _CACHE_HEADER = {"miss": b"miss", "exact": b"hit-exact", "semantic": b"hit-semantic", "bypass": b"bypass"}
 
@@ -515,7 +518,11 @@ class ChatStream:
                     held, out = out, b""  # only the message's start: it leaves with the first content
             if out:
                 yield out
-            async for piece in self.opened.response.content.iter_any():
+            response = self.opened.response
+            while not self.done:
+                piece = await response.readany()
+                if not piece:
+                    break
                 out, carry = self._relay(carry + piece if carry else piece)
                 if out and transform is not None:
                     out = transform(out)
@@ -523,7 +530,11 @@ class ChatStream:
                     held, out = b"", held + out
                 if out:
                     yield out
-            if carry.strip():
+            if self.done:
+                # The provider's last event is here: the client's stream ends now, whatever the
+                # provider still does with its answer (a connection it holds open is dropped).
+                await response.end_wait(_END_GRACE_SECONDS)
+            elif carry.strip():
                 out, carry = self._relay(carry + b"\n\n")
                 if out and transform is not None:
                     out = transform(out)

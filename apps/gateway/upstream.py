@@ -29,6 +29,7 @@ from dataclasses import dataclass
 
 import aiohttp
 import orjson
+from django.conf import settings
 
 from apps.gateway.breaker import Breakers
 from apps.gateway.errors import RateLimited, UpstreamError, UpstreamTimeout, UpstreamUnavailable
@@ -242,20 +243,24 @@ def _stream_start_check(first: bytes) -> None:
 
 async def open_stream(pool: UpstreamPool, model, path: str, body: bytes,
                       headers: dict[str, str] | None = None) -> OpenStream:
-    """Start a stream and wait for its first bytes (so a failure before them can fall back)."""
+    """Start a stream and wait for its first bytes (so a failure before them can fall back).
+
+    A stream may run long; what must not happen is silence: the provider's timeout bounds the
+    wait for the first bytes, ``UPSTREAM_STREAM_IDLE_TIMEOUT`` (or the provider's timeout when
+    lower) each silence after them."""
     provider = model.provider
     limit = pool.limit(provider)
     await limit.acquire()
     pool.in_flight += 1
     response = None
     try:
-        # A stream may run long; what must not happen is silence longer than the timeout.
         response = await pool.h1(provider).post(
             path, body, _headers(provider, headers), connect_timeout=min(provider.timeout, 10.0),
-            first_byte_timeout=provider.timeout, read_timeout=provider.timeout)
+            first_byte_timeout=provider.timeout,
+            read_timeout=min(provider.timeout, settings.UPSTREAM_STREAM_IDLE_TIMEOUT))
         if response.status != 200:
             await _classify_status(response, model)
-        first = await response.content.readany()
+        first = await response.content.readany(provider.timeout)
         if not first:
             raise UpstreamFailure("stream closed before its first byte")
         _stream_start_check(first)
