@@ -468,9 +468,10 @@ class ChatStream:
         self._keep(out)
         if self.usage is None and _USAGE_EVENT.search(out):
             out = self._take_usage(out)
-        if _DONE in out:
+        at = line_find(out, _DONE)
+        if at >= 0:
             self.done = True
-            out = out.replace(_DONE, self._cost_comment() + _DONE, 1)
+            out = out[:at] + self._cost_comment() + out[at:]
         return out, carry
 
     def _cost_comment(self) -> bytes:
@@ -580,6 +581,16 @@ class ChatStream:
         if not self.finished:
             self.finished = True
             self.call.log(self.state)
+
+
+def line_find(events: bytes, marker: bytes) -> int:
+    """Where ``marker`` begins a line of ``events`` (whole SSE events), or -1. Only there is it
+    the stream's own: an answer's text may spell it inside an event's JSON, which holds no raw
+    line break."""
+    if events.startswith(marker):
+        return 0
+    at = events.find(b"\n" + marker)
+    return at + 1 if at >= 0 else -1
 
 
 def cut_short_status(state: GatewayState, *, server: bool | None = None) -> tuple[int, str]:

@@ -13,8 +13,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import threading
 import time
 from decimal import Decimal
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import httpx
 import pytest
@@ -190,3 +192,103 @@ def test_it_waits_the_providers_timeout_not_the_idle_one_for_the_first_bytes(imp
     assert _data_lines(text)[-1] == "data: [DONE]" and '"error"' not in text
     (row,) = request_logs(1, timeout=30, tenant=world.tenant_a, model_used=OPENAI_MODEL)
     assert (row.status_code, row.upstream_failures) == (200, "")
+
+
+# --- an end marker spelled in the content is not the end --------------------------------------
+
+SPELLED = ["The marker is ", "data: [DONE]", " and the other ", "event: message_stop", ", both as text."]
+
+
+def _openai_events() -> bytes:
+    chunks = [{"id": "c1", "object": "chat.completion.chunk", "model": "m",
+               "choices": [{"index": 0, "delta": {"content": text}, "finish_reason": None}]} for text in SPELLED]
+    chunks.append({"id": "c1", "object": "chat.completion.chunk", "model": "m",
+                   "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]})
+    chunks.append({"id": "c1", "object": "chat.completion.chunk", "model": "m", "choices": [],
+                   "usage": {"prompt_tokens": 5, "completion_tokens": 9, "total_tokens": 14}})
+    return b"".join(b"data: " + json.dumps(c).encode() + b"\n\n" for c in chunks) + b"data: [DONE]\n\n"
+
+
+def _anthropic_events() -> bytes:
+    def event(kind: str, data: dict) -> bytes:
+        return f"event: {kind}\ndata: {json.dumps({'type': kind, **data})}\n\n".encode()
+
+    return b"".join([
+        event("message_start", {"message": {"id": "msg_1", "type": "message", "role": "assistant", "model": "m",
+                                            "content": [], "stop_reason": None,
+                                            "usage": {"input_tokens": 5, "output_tokens": 1}}}),
+        event("content_block_start", {"index": 0, "content_block": {"type": "text", "text": ""}}),
+        *(event("content_block_delta", {"index": 0, "delta": {"type": "text_delta", "text": text}})
+          for text in SPELLED),
+        event("content_block_stop", {"index": 0}),
+        event("message_delta", {"delta": {"stop_reason": "end_turn"}, "usage": {"output_tokens": 9}}),
+        event("message_stop", {}),
+    ])
+
+
+class _SpellingUpstream(BaseHTTPRequestHandler):
+    """Streams an answer whose text spells both APIs' end markers, whole, in one write."""
+
+    protocol_version = "HTTP/1.1"
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        body = _anthropic_events() if self.path.endswith("/messages") else _openai_events()
+        self.send_response(200)
+        self.send_header("Content-Type", "text/event-stream")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args) -> None:
+        pass
+
+
+@pytest.fixture
+def spelling(world):
+    from apps.catalog.models import Model, Provider
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _SpellingUpstream)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    base = f"http://127.0.0.1:{server.server_address[1]}/v1"
+    for name, kind in (("speller", Provider.Kind.OPENAI), ("speller-claude", Provider.Kind.ANTHROPIC)):
+        provider = Provider.objects.create(name=name, kind=kind, base_url=base, timeout_seconds=PATIENT_TIMEOUT)
+        Model.objects.create(name=name, upstream_id="m", provider=provider, max_output_tokens=4096,
+                             input_price_per_million=Decimal("1"), output_price_per_million=Decimal("2"))
+
+    def seen() -> bool:
+        response = httpx.get(world.gateway.v1 + "/models", headers={"Authorization": f"Bearer {world.key_a}"})
+        names = {m["id"] for m in response.json()["data"]} if response.status_code == 200 else set()
+        return {"speller", "speller-claude"} <= names
+
+    assert wait_until(seen, timeout=15), "the gateway never saw the spelling providers"
+    yield world
+    server.shutdown()
+    server.server_close()
+
+
+@pytest.mark.parametrize("door", ["chat", "messages-translated", "messages-native"])
+def test_it_takes_an_end_marker_in_the_answers_text_for_text(spelling, door):
+    world = spelling
+    prompt = "spell the markers"
+    if door == "chat":
+        _elapsed, status, text = _sse(world, "/chat/completions", {
+            "model": "speller", "stream": True, "messages": [{"role": "user", "content": prompt}]},
+            {"Authorization": f"Bearer {world.key_a}", "Cache-Control": "no-store"})
+    else:
+        _elapsed, status, text = _messages(world, "speller" if door == "messages-translated" else "speller-claude",
+                                           prompt)
+    assert status == 200
+    lines = _data_lines(text)
+    final = "data: [DONE]" if door == "chat" else 'data: {"type": "message_stop"}'
+    assert lines[-1].replace('": "', '":"') == final.replace('": "', '":"'), text[-300:]
+    events = [json.loads(line[6:]) for line in lines[:-1]]  # every event before the end is whole JSON
+    if door == "chat":
+        streamed = "".join(c["delta"].get("content") or "" for e in events for c in e["choices"])
+    else:
+        streamed = "".join(e["delta"]["text"] for e in events
+                           if e["type"] == "content_block_delta" and e["delta"]["type"] == "text_delta")
+    assert streamed == "".join(SPELLED)
+    assert text.count(": x-switchyard-cost ") == 1
+    (row,) = request_logs(1, timeout=30, tenant=world.tenant_a)
+    assert (row.status_code, row.output_tokens) == (200, 9)
