@@ -292,3 +292,12 @@ def test_it_takes_an_end_marker_in_the_answers_text_for_text(spelling, door):
     assert text.count(": x-switchyard-cost ") == 1
     (row,) = request_logs(1, timeout=30, tenant=world.tenant_a)
     assert (row.status_code, row.output_tokens) == (200, 9)
+
+
+def test_it_refuses_an_idle_timeout_that_is_not_above_zero():
+    from tests.core.test_settings import _load_settings
+
+    for value in ("0", "-1", "nan", "soon"):
+        done = _load_settings(UPSTREAM_STREAM_IDLE_TIMEOUT=value)
+        assert done.returncode != 0, value
+        assert "UPSTREAM_STREAM_IDLE_TIMEOUT" in done.stderr, done.stderr[-500:]
