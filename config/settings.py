@@ -251,6 +251,11 @@ GATEWAY_CONFIG_REFRESH = env_float("GATEWAY_CONFIG_REFRESH", 30.0)
 GATEWAY_MAX_BODY_BYTES = env_int("GATEWAY_MAX_BODY_BYTES", 4 * 1024 * 1024, minimum=1024)
 GATEWAY_RETRIES = env_int("GATEWAY_RETRIES", 1, minimum=0)
 GATEWAY_RETRY_BACKOFF = env_float("GATEWAY_RETRY_BACKOFF", 0.05)
+# Once a stream's first bytes have come, the longest silence between two of its pieces (the
+# provider's own timeout still bounds the wait for the first bytes, and this one when lower).
+UPSTREAM_STREAM_IDLE_TIMEOUT = env_float("UPSTREAM_STREAM_IDLE_TIMEOUT", 20.0)
+if not UPSTREAM_STREAM_IDLE_TIMEOUT > 0:
+    raise ImproperlyConfigured(f"UPSTREAM_STREAM_IDLE_TIMEOUT={UPSTREAM_STREAM_IDLE_TIMEOUT!r} must be above 0 seconds")
 # A provider's circuit opens after this many failures in a row, and lets a probe through after
 # the cooldown (apps/gateway/breaker.py).
 CIRCUIT_FAILURES = env_int("CIRCUIT_FAILURES", 5, minimum=1)

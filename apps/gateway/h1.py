@@ -10,7 +10,9 @@ a provider needs and nothing else:
     H1Pool.post(...)          connect or reuse, write the request, wait for the status line
                               and headers (the first-byte timeout), return an H1Response
     H1Response.readany()      the body bytes that have arrived (b"" at the end); a silence
-                              longer than the read timeout raises TimeoutError
+                              longer than the read timeout (or the one given) raises TimeoutError
+    H1Response.end_wait(s)    after a stream's last event: at most ``s`` seconds for the
+                              answer's end, so that the connection can be kept alive
     H1Response.read()         the whole body (a JSON answer, or an error answer)
     H1Response.release()      the connection back to the pool when the answer was read to its
                               end and the server keeps it alive; closed otherwise
@@ -199,13 +201,27 @@ class H1Response:
     def content(self) -> H1Response:
         return self  # the attribute aiohttp's readers are found on
 
-    async def readany(self) -> bytes:
+    async def readany(self, seconds: float | None = None) -> bytes:
+        """What has arrived, waiting for it at most ``seconds`` (default: the read timeout)."""
         conn = self._conn
+        timeout = self._read_timeout if seconds is None else seconds
         while True:
             data = conn.take()
             if data or conn.complete:
                 return data
-            await conn.wait(self._read_timeout)
+            await conn.wait(timeout)
+
+    async def end_wait(self, seconds: float) -> None:
+        """The stream's last event has been read: wait at most ``seconds`` for the answer's end
+        (usually right behind it), never longer. A provider that holds the answer open past its
+        last event then loses the connection at :meth:`release` rather than keeping the caller."""
+        conn = self._conn
+        if conn.complete or conn._error is not None or not conn.usable:
+            return
+        try:
+            await conn.wait(seconds)
+        except (ReadTimeout, UpstreamConnectionError):
+            pass
 
     async def iter_any(self):
         while data := await self.readany():

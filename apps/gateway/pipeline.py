@@ -39,7 +39,14 @@ from apps.gateway.errors import (
 from apps.gateway.limits import limits_refusal_raise, limits_reserve, limits_settle
 from apps.gateway.snapshot import KeyInfo, ModelInfo
 from apps.gateway.state import GatewayState
-from apps.gateway.upstream import ANTHROPIC_KIND, OpenStream, open_stream, post_json, with_fallbacks
+from apps.gateway.upstream import (
+    ANTHROPIC_KIND,
+    OpenStream,
+    UpstreamClientError,
+    open_stream,
+    post_json,
+    with_fallbacks,
+)
 from apps.gateway.validation import (
     chat_body_validate,
     embeddings_body_validate,
@@ -52,6 +59,9 @@ from apps.routing.engine import route_resolve
 _USAGE_EVENT = re.compile(rb'"usage"\s*:\s*\{')
 _DONE = b"data: [DONE]"
 _MAX_KEPT_STREAM_BYTES = 4 * 1024 * 1024
+# After a stream's last event, how long its answer's end (usually right behind it) may take to
+# come for the connection to be kept alive; a provider slower than that loses the connection.
+_END_GRACE_SECONDS = 0.002
 _ZERO = Decimal(0)
 _CACHE_HEADER = {"miss": b"miss", "exact": b"hit-exact", "semantic": b"hit-semantic", "bypass": b"bypass"}
 
@@ -104,6 +114,7 @@ class Call:
     refusal: GatewayError | None = None  # a token or budget refusal, raised unless the cache answers
     batch: bool = False  # a line of a batch job: priced with the model's batch discount
     prompt_counted: int | None = field(default=None, init=False, repr=False)
+    logged: bool = field(default=False, init=False, repr=False)  # its row is written once, however it ends
 
     def prompt_tokens_count(self, messages: list) -> int:
         """The request's prompt as the tokenizer counts it, counted once however many stages ask
@@ -174,7 +185,11 @@ class Call:
         return max(baseline_cost - self.cost, _ZERO)
 
     def log(self, state: GatewayState) -> None:
-        """Append this request's usage row to the buffer (no I/O here)."""
+        """Append this request's usage row to the buffer (no I/O here); a request has one row,
+        so a second call adds nothing."""
+        if self.logged:
+            return
+        self.logged = True
         now = time.perf_counter()
         model = self.model
         state.usage.append({
@@ -327,13 +342,27 @@ async def upstream_json(state: GatewayState, call: Call, attempt) -> tuple[Model
         call.overhead_ms = (call.upstream_started - call.started) * 1000
         call.log(state)
         raise
+    except UpstreamClientError as exc:
+        _refused_log(state, call, exc)
+        raise
     except BaseException:
-        limits_settle(state, call)  # an upstream client error or a cancel: free the reservation
+        limits_settle(state, call)  # a cancel: free the reservation
         raise
     call.upstream_ended = time.perf_counter()
     call.model = model
     call.first_byte = call.upstream_ended
     return model, raw, parsed
+
+
+def _refused_log(state: GatewayState, call: Call, exc: UpstreamClientError) -> None:
+    """The provider refused the request itself (a 4xx passed back to the client as it came):
+    the row says so with the provider's status and error code, and bills nothing."""
+    call.model = exc.model or call.chain[0]
+    call.upstream_ended = time.perf_counter()
+    call.status, call.error_code = exc.status, exc.code
+    call.failures.append(f"{call.model.name}: status {exc.status}")
+    call.overhead_ms = (call.upstream_started - call.started) * 1000
+    call.log(state)
 
 
 def call_done(state: GatewayState, call: Call) -> None:
@@ -439,9 +468,10 @@ class ChatStream:
         self._keep(out)
         if self.usage is None and _USAGE_EVENT.search(out):
             out = self._take_usage(out)
-        if _DONE in out:
+        at = line_find(out, _DONE)
+        if at >= 0:
             self.done = True
-            out = out.replace(_DONE, self._cost_comment() + _DONE, 1)
+            out = out[:at] + self._cost_comment() + out[at:]
         return out, carry
 
     def _cost_comment(self) -> bytes:
@@ -489,7 +519,11 @@ class ChatStream:
                     held, out = out, b""  # only the message's start: it leaves with the first content
             if out:
                 yield out
-            async for piece in self.opened.response.content.iter_any():
+            response = self.opened.response
+            while not self.done:
+                piece = await response.readany()
+                if not piece:
+                    break
                 out, carry = self._relay(carry + piece if carry else piece)
                 if out and transform is not None:
                     out = transform(out)
@@ -497,7 +531,11 @@ class ChatStream:
                     held, out = b"", held + out
                 if out:
                     yield out
-            if carry.strip():
+            if self.done:
+                # The provider's last event is here: the client's stream ends now, whatever the
+                # provider still does with its answer (a connection it holds open is dropped).
+                await response.end_wait(_END_GRACE_SECONDS)
+            elif carry.strip():
                 out, carry = self._relay(carry + b"\n\n")
                 if out and transform is not None:
                     out = transform(out)
@@ -545,6 +583,16 @@ class ChatStream:
             self.call.log(self.state)
 
 
+def line_find(events: bytes, marker: bytes) -> int:
+    """Where ``marker`` begins a line of ``events`` (whole SSE events), or -1. Only there is it
+    the stream's own: an answer's text may spell it inside an event's JSON, which holds no raw
+    line break."""
+    if events.startswith(marker):
+        return 0
+    at = events.find(b"\n" + marker)
+    return at + 1 if at >= 0 else -1
+
+
 def cut_short_status(state: GatewayState, *, server: bool | None = None) -> tuple[int, str]:
     """Status and code of a request stopped before its end: by the server's shutdown, or by the
     client leaving. ``server`` says which when the door knows; else a draining server is blamed."""
@@ -583,6 +631,9 @@ async def upstream_stream_open(state: GatewayState, call: Call, attempt) -> Open
         call.overhead_ms = (call.upstream_started - call.started) * 1000
         call.log(state)
         raise
+    except UpstreamClientError as exc:
+        _refused_log(state, call, exc)
+        raise
     except BaseException:
         limits_settle(state, call)
         raise
@@ -619,6 +670,9 @@ async def embeddings(state: GatewayState, key: KeyInfo, raw: bytes | dict, *, st
         call.model = call.chain[0]
         call.status, call.error_code = exc.status, exc.code
         call.log(state)
+        raise
+    except UpstreamClientError as exc:
+        _refused_log(state, call, exc)
         raise
     except BaseException:
         limits_settle(state, call)

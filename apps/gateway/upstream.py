@@ -24,10 +24,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import re
 from dataclasses import dataclass
 
 import aiohttp
 import orjson
+from django.conf import settings
 
 from apps.gateway.breaker import Breakers
 from apps.gateway.errors import RateLimited, UpstreamError, UpstreamTimeout, UpstreamUnavailable
@@ -54,14 +56,35 @@ class UpstreamFailure(Exception):
         return self.status is None or self.status >= 500 or self.status == 408
 
 
-class UpstreamClientError(Exception):
-    """A 4xx the client caused; passed back with the provider's status and body."""
+_ERROR_CODE = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
 
-    def __init__(self, status: int, body: bytes, content_type: str) -> None:
+
+class UpstreamClientError(Exception):
+    """A 4xx the client caused; passed back with the provider's status and body. ``model`` is
+    the model that refused it; ``code`` the provider's error code (or type) for the usage row."""
+
+    def __init__(self, status: int, body: bytes, content_type: str, *, model=None, code: str | None = None) -> None:
         super().__init__(f"upstream answered {status}")
         self.status = status
         self.body = body
         self.content_type = content_type
+        self.model = model
+        self.code = code or _error_code(body)
+
+
+def _error_code(body: bytes) -> str:
+    """The code an OpenAI or Anthropic error body gives (its ``type`` when it has no code)."""
+    try:
+        parsed = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        parsed = None
+    error = parsed.get("error") if isinstance(parsed, dict) else None
+    if isinstance(error, dict):
+        for name in ("code", "type"):
+            value = error.get(name)
+            if isinstance(value, str) and _ERROR_CODE.fullmatch(value):
+                return value
+    return "upstream_client_error"
 
 
 @dataclass(slots=True)
@@ -128,9 +151,10 @@ def _retry_after(response) -> float | None:
         return None
 
 
-async def _classify_status(response, provider) -> None:
+async def _classify_status(response, model) -> None:
     """Raise for a non-200 answer: retryable failure or client error (whose body, passed back to
     the client, never carries our credential even when the provider echoes it)."""
+    provider = model.provider
     body = await response.read()
     if provider.credential and provider.credential.encode() in body:
         body = body.replace(provider.credential.encode(), b"[redacted]")
@@ -140,7 +164,8 @@ async def _classify_status(response, provider) -> None:
     if response.status in (401, 403):
         # Our credential for this provider is wrong: the provider's problem, not the client's.
         raise UpstreamFailure(f"provider refused credentials ({response.status})", status=response.status)
-    raise UpstreamClientError(response.status, body, response.headers.get("Content-Type", "application/json"))
+    raise UpstreamClientError(response.status, body, response.headers.get("Content-Type", "application/json"),
+                              model=model)
 
 
 async def post_json(pool: UpstreamPool, model, path: str, body: bytes,
@@ -158,7 +183,7 @@ async def post_json(pool: UpstreamPool, model, path: str, body: bytes,
                     path, body, _headers(provider, headers), connect_timeout=min(provider.timeout, 10.0),
                     first_byte_timeout=None, read_timeout=None)
                 if response.status != 200:
-                    await _classify_status(response, provider)
+                    await _classify_status(response, model)
                 raw = await response.read()
         except TimeoutError as exc:
             raise UpstreamFailure("timeout", timeout=True) from exc
@@ -218,20 +243,24 @@ def _stream_start_check(first: bytes) -> None:
 
 async def open_stream(pool: UpstreamPool, model, path: str, body: bytes,
                       headers: dict[str, str] | None = None) -> OpenStream:
-    """Start a stream and wait for its first bytes (so a failure before them can fall back)."""
+    """Start a stream and wait for its first bytes (so a failure before them can fall back).
+
+    A stream may run long; what must not happen is silence: the provider's timeout bounds the
+    wait for the first bytes, ``UPSTREAM_STREAM_IDLE_TIMEOUT`` (or the provider's timeout when
+    lower) each silence after them."""
     provider = model.provider
     limit = pool.limit(provider)
     await limit.acquire()
     pool.in_flight += 1
     response = None
     try:
-        # A stream may run long; what must not happen is silence longer than the timeout.
         response = await pool.h1(provider).post(
             path, body, _headers(provider, headers), connect_timeout=min(provider.timeout, 10.0),
-            first_byte_timeout=provider.timeout, read_timeout=provider.timeout)
+            first_byte_timeout=provider.timeout,
+            read_timeout=min(provider.timeout, settings.UPSTREAM_STREAM_IDLE_TIMEOUT))
         if response.status != 200:
-            await _classify_status(response, provider)
-        first = await response.content.readany()
+            await _classify_status(response, model)
+        first = await response.content.readany(provider.timeout)
         if not first:
             raise UpstreamFailure("stream closed before its first byte")
         _stream_start_check(first)

@@ -104,7 +104,7 @@ def _attempt(state, request: MessagesRequest, send, *, stream: bool):
             return await send(state.pool, model, "/chat/completions", request.payload(model, stream=stream))
         except UpstreamClientError as exc:
             raise UpstreamClientError(exc.status, upstream_error_translate(exc.status, exc.body),
-                                      "application/json") from None
+                                      "application/json", model=exc.model, code=exc.code) from None
 
     return attempt
 

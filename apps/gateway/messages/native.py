@@ -14,7 +14,7 @@ import orjson
 from apps.gateway import tokens
 from apps.gateway.messages.errors import error_event
 from apps.gateway.messages.translate import STOP_TO_FINISH
-from apps.gateway.pipeline import ChatStream
+from apps.gateway.pipeline import ChatStream, line_find
 
 _START = b"event: message_start"
 _DELTA = b"event: message_delta"
@@ -49,9 +49,10 @@ class NativeMessagesStream(ChatStream):
         self._keep(out)
         if _START in out or _DELTA in out or _ERROR in out:
             self._read_events(out)
-        if _STOP in out:
+        at = line_find(out, _STOP)
+        if at >= 0:
             self.done = True
-            out = out.replace(_STOP, self._cost_comment() + _STOP, 1)
+            out = out[:at] + self._cost_comment() + out[at:]
         return out, carry
 
     def _read_events(self, out: bytes) -> None:
