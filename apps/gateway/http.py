@@ -28,7 +28,7 @@ from apps.gateway.caching import (
     completion_from_stream,
     replay_sse,
 )
-from apps.gateway.errors import Forbidden, GatewayError, MethodNotAllowed, error_body
+from apps.gateway.errors import Forbidden, GatewayError, MethodNotAllowed, PayloadTooLarge, error_body
 from apps.gateway.limits import limits_settle
 from apps.gateway.messages.door import messages_handle
 from apps.gateway.state import state
@@ -47,6 +47,10 @@ async def _send_error(send, error: GatewayError, call_headers: list | None = Non
     await json_send(send, error.status, error_body(error), headers)
 
 
+def _body_too_large(limit: int) -> PayloadTooLarge:
+    return PayloadTooLarge(f"The request body exceeds {limit} bytes.")
+
+
 class GatewayHTTP:
     def __init__(self, django_app) -> None:
         self.django_app = django_app
@@ -59,8 +63,44 @@ class GatewayHTTP:
             await upload_pass(self.django_app, scope, receive, send)  # held to the size limit as it is read
         elif kind == "lifespan":
             await self.lifespan(receive, send)
+        elif kind == "http":
+            await self.django_pass(scope, receive, send)
         else:
             await self.django_app(scope, receive, send)
+
+    async def django_pass(self, scope, receive, send) -> None:
+        """Any other path goes to Django, its body held to ``GATEWAY_MAX_BODY_BYTES`` as it is read.
+
+        Django's handler reads a whole body (to disk past a size) before it routes the request,
+        with no limit of its own: a declared length over the limit is refused before a byte is
+        read, and a body sent without one is counted as it arrives and refused with 413 the
+        moment it passes the limit (Django is then told the client left, and answers nothing).
+        """
+        limit = settings.GATEWAY_MAX_BODY_BYTES
+        length = header(scope, b"content-length")
+        if length is not None:
+            if length.isdigit() and int(length) > limit:
+                await _send_error(send, _body_too_large(limit))
+                return
+            await self.django_app(scope, receive, send)  # the server reads no more than the length
+            return
+        size = 0
+        refused = False
+
+        async def capped() -> dict:
+            nonlocal size, refused
+            if refused:
+                return {"type": "http.disconnect"}
+            message = await receive()
+            if message["type"] == "http.request":
+                size += len(message.get("body", b""))
+                if size > limit:
+                    refused = True
+                    await _send_error(send, _body_too_large(limit))
+                    return {"type": "http.disconnect"}
+            return message
+
+        await self.django_app(scope, capped, send)
 
     async def lifespan(self, receive, send) -> None:
         while True:

@@ -70,7 +70,11 @@ def gateway_start(tmp_dir: Path, *, extra_env: dict | None = None, grace: int = 
         cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT,
     )
     base = f"http://127.0.0.1:{port}"
-    wait_http(base + "/healthz", proc=proc)
+    try:
+        wait_http(base + "/healthz", proc=proc)
+    except RuntimeError:
+        stop_process(proc)  # a gateway left running would hold the test database
+        raise
     return GatewayProcess(proc, base, log_path)
 
 
