@@ -257,7 +257,7 @@ UPSTREAM_STREAM_IDLE_TIMEOUT = env_float("UPSTREAM_STREAM_IDLE_TIMEOUT", 20.0)
 if not UPSTREAM_STREAM_IDLE_TIMEOUT > 0:
     raise ImproperlyConfigured(f"UPSTREAM_STREAM_IDLE_TIMEOUT={UPSTREAM_STREAM_IDLE_TIMEOUT!r} must be above 0 seconds")
 # A provider's circuit opens after this many failures in a row, and lets a probe through after
-# the cooldown (apps/gateway/breaker.py).
+# the cooldown (apps/providers/breaker.py).
 CIRCUIT_FAILURES = env_int("CIRCUIT_FAILURES", 5, minimum=1)
 CIRCUIT_COOLDOWN = env_float("CIRCUIT_COOLDOWN", 30.0)
 CACHE_EMBED_BATCH = env_int("CACHE_EMBED_BATCH", 64, minimum=1)

@@ -12,7 +12,7 @@ from apps.batches.live import live_enabled, progress_event
 from apps.batches.models import BatchJob, File
 from apps.batches.services import job_cancel
 from apps.core.confirm import TenantCountedDelete
-from apps.gateway.errors import GatewayError
+from apps.core.errors import GatewayError
 
 
 @admin.register(File)

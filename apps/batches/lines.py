@@ -21,11 +21,11 @@ from dataclasses import dataclass
 
 import orjson
 
+from apps.core.errors import BudgetExceeded, GatewayError, RateLimited
 from apps.gateway import pipeline
 from apps.gateway.caching import cache_hit_log, cache_lookup, cache_plan, cache_settle
-from apps.gateway.errors import BudgetExceeded, GatewayError, RateLimited
 from apps.gateway.limits import limits_settle
-from apps.gateway.upstream import UpstreamClientError
+from apps.providers.transport import UpstreamClientError
 
 RATE_LIMIT_RETRIES = 8
 _MAX_RETRY_WAIT = 30.0
@@ -92,33 +92,33 @@ def _content(answer: dict) -> str:
         return ""
 
 
-async def _chat(state, key, body: dict, batch_line: tuple[str, str]) -> tuple[str, dict]:
-    call, body = await pipeline.chat_prepare(state, key, body, started=time.perf_counter(), batch_line=batch_line)
+async def _chat(runtime, key, body: dict, batch_line: tuple[str, str]) -> tuple[str, dict]:
+    call, body = await pipeline.chat_prepare(runtime, key, body, started=time.perf_counter(), batch_line=batch_line)
     plan = None
     try:
         plan = cache_plan(call, body, cache_control=None, namespace=None)
         if plan is not None:
-            hit = await cache_lookup(state, call, plan)
+            hit = await cache_lookup(runtime, call, plan)
             if hit is not None:
-                cache_hit_log(state, call, hit)
+                cache_hit_log(runtime, call, hit)
                 return call.request_id, hit.response
-        _raw, parsed = await pipeline.chat_json(state, call, body)
-        cache_settle(state, call, plan, parsed)
+        _raw, parsed = await pipeline.chat_json(runtime, call, body)
+        cache_settle(runtime, call, plan, parsed)
         return call.request_id, parsed
     finally:
-        cache_settle(state, call, plan, None)  # a no-op once settled
-        limits_settle(state, call)
+        cache_settle(runtime, call, plan, None)  # a no-op once settled
+        limits_settle(runtime, call)
 
 
-async def _embeddings(state, key, body: dict, batch_line: tuple[str, str]) -> tuple[str, dict]:
-    call, raw = await pipeline.embeddings(state, key, body, started=time.perf_counter(), batch_line=batch_line)
+async def _embeddings(runtime, key, body: dict, batch_line: tuple[str, str]) -> tuple[str, dict]:
+    call, raw = await pipeline.embeddings(runtime, key, body, started=time.perf_counter(), batch_line=batch_line)
     try:
         return call.request_id, orjson.loads(raw)
     finally:
-        limits_settle(state, call)
+        limits_settle(runtime, call)
 
 
-async def line_answer(state, key, *, job_id: str, endpoint: str, index: int, raw: bytes) -> LineResult:
+async def line_answer(runtime, key, *, job_id: str, endpoint: str, index: int, raw: bytes) -> LineResult:
     """Answer one input line; never raises for anything the line or the upstream did."""
     line_id = _line_id(job_id, index)
     request_id = request_id_for(job_id, index)
@@ -132,7 +132,7 @@ async def line_answer(state, key, *, job_id: str, endpoint: str, index: int, raw
     status, answer = 200, None
     for attempt in range(RATE_LIMIT_RETRIES + 1):
         try:
-            request_id, answer = await run(state, key, body, (request_id, f"batch:{endpoint}"))
+            request_id, answer = await run(runtime, key, body, (request_id, f"batch:{endpoint}"))
             status = 200
             break
         except BudgetExceeded as error:

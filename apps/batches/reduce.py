@@ -12,8 +12,8 @@ import asyncio
 import time
 
 from apps.batches.lines import _chat, _content
-from apps.gateway import tokens
-from apps.gateway.errors import BadRequest, GatewayError
+from apps.core import tokens
+from apps.core.errors import BadRequest, GatewayError
 
 MAX_LEVELS = 12
 _SEPARATOR = "\n\n---\n\n"
@@ -70,9 +70,9 @@ def groups_pack(texts: list[str], budget: int) -> list[list[str]]:
     return groups
 
 
-async def reduce_run(state, key, *, job_id: str, params: dict, texts: list[str], concurrency: int) -> dict:
+async def reduce_run(runtime, key, *, job_id: str, params: dict, texts: list[str], concurrency: int) -> dict:
     """The final answer over ``texts``: ``{"output", "levels", "reduce_calls"}``."""
-    budget = context_budget(state.snapshot, params["model"], params["reduce_prompt"], params.get("max_tokens"))
+    budget = context_budget(runtime.snapshot, params["model"], params["reduce_prompt"], params.get("max_tokens"))
     limit = asyncio.Semaphore(concurrency)
     calls = 0
 
@@ -84,7 +84,7 @@ async def reduce_run(state, key, *, job_id: str, params: dict, texts: list[str],
             body["max_tokens"] = params["max_tokens"]
         async with limit:
             calls += 1
-            _request_id, answer = await _chat(state, key, body, (f"{job_id}-r{level}.{position}",
+            _request_id, answer = await _chat(runtime, key, body, (f"{job_id}-r{level}.{position}",
                                                                  "batch:/v1/chat/completions"))
         return _content(answer)
 

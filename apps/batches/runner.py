@@ -143,7 +143,7 @@ class JobRunner:
         # on separate threads, so a long file write never holds up the lease's renewal.
         self.db_executor = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="batch-db")
         self.io_executor = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="batch-io")
-        self.state = None
+        self.runtime = None
         self.key = None
         self.stop_reason: str | None = None  # cancel | expire | lost
         self.in_flight: set[asyncio.Task] = set()
@@ -223,9 +223,9 @@ class JobRunner:
         finally:
             beat.cancel()
             await asyncio.gather(beat, return_exceptions=True)
-            if self.state is not None:
-                await self.state.stop()
-                self.state._db_executor.shutdown(wait=False)
+            if self.runtime is not None:
+                await self.runtime.stop()
+                self.runtime._db_executor.shutdown(wait=False)
             for executor in (self.db_executor, self.io_executor):
                 executor.submit(_close_connections)
                 executor.shutdown(wait=True)
@@ -256,7 +256,7 @@ class JobRunner:
         await self.set_status(Status.FINALIZING)
         result = None
         if job.kind == BatchJob.Kind.MAP_REDUCE:
-            if self.state is None and not await self.pipeline_open():  # resumed while finalizing
+            if self.runtime is None and not await self.pipeline_open():  # resumed while finalizing
                 return "failed"
             result = await self.reduce()
             if result is None:
@@ -265,17 +265,17 @@ class JobRunner:
         return "completed"
 
     async def pipeline_open(self) -> bool:
-        """The job's key and a gateway state of this worker's own (snapshot, upstream sessions,
+        """The job's key and a gateway runtime of this worker's own (snapshot, upstream sessions,
         limits, cache, usage buffer), as a web process has."""
         self.key = await self.db(_key_load, self.job.api_key_id)
         if self.key is None or not self.key.is_usable(time.time()):
             await self.fail("api_key_unusable", "The API key that created this job is deleted, revoked or "
                             "expired; its lines cannot run.")
             return False
-        from apps.gateway.state import GatewayState
+        from apps.gateway.runtime import Runtime
 
-        self.state = GatewayState()
-        await self.state.start()
+        self.runtime = Runtime()
+        await self.runtime.start()
         return True
 
     async def fail(self, code: str, message: str, *, line: int | None = None) -> None:
@@ -349,7 +349,7 @@ class JobRunner:
         async with limit:
             if self.stop_reason is not None:
                 return
-            result = await line_answer(self.state, self.key, job_id=self.job.pk, endpoint=self.job.endpoint,
+            result = await line_answer(self.runtime, self.key, job_id=self.job.pk, endpoint=self.job.endpoint,
                                        index=index, raw=raw)
         self.results.append((result, chunk))
         if len(self.results) >= FLUSH_ROWS:
@@ -389,14 +389,14 @@ class JobRunner:
 
     async def reduce(self) -> dict | None:
         from apps.batches.reduce import reduce_run
-        from apps.gateway.errors import GatewayError
+        from apps.core.errors import GatewayError
 
         answers = await self.db(_map_answers, self.job.pk)
         if not answers:
             await self.fail("no_map_answers", "Every map call failed; there is nothing to reduce (see the error file).")
             return None
         self.reduce_task = asyncio.ensure_future(reduce_run(
-            self.state, self.key, job_id=self.job.pk, params=self.job.params, texts=answers,
+            self.runtime, self.key, job_id=self.job.pk, params=self.job.params, texts=answers,
             concurrency=settings.BATCH_TENANT_CONCURRENCY))
         try:
             return await self.reduce_task

@@ -5,7 +5,7 @@ from __future__ import annotations
 from django.db.models import QuerySet
 
 from apps.batches.models import BatchJob, BatchLine, File
-from apps.gateway.errors import BadRequest, NotFound
+from apps.core.errors import BadRequest, NotFound
 
 MAX_PAGE = 10_000
 

@@ -24,7 +24,7 @@ from django.utils.text import get_valid_filename
 from apps.batches.models import BatchJob, BatchLine, File
 from apps.batches.selectors import file_get, jobs_active_for_tenant
 from apps.batches.storage import files_storage
-from apps.gateway.errors import BadRequest, Conflict, PayloadTooLarge
+from apps.core.errors import BadRequest, Conflict, PayloadTooLarge
 
 ENDPOINTS = ("/v1/chat/completions", "/v1/embeddings")
 _WINDOW = re.compile(r"^(\d{1,4})([mhd])$")

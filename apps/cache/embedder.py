@@ -211,7 +211,7 @@ class RemoteEmbedder:
     async def embed(self, texts: list[str]) -> list[np.ndarray]:
         import orjson
 
-        from apps.gateway.upstream import post_json
+        from apps.providers.transport import post_json
 
         payload = orjson.dumps({"model": self.model.upstream_id, "input": texts, "dimensions": self.dimensions})
         _raw, parsed = await post_json(self.pool, self.model, "/embeddings", payload)
@@ -270,7 +270,7 @@ class MicroBatcher:
             task.add_done_callback(self._running.discard)
 
     async def _run(self, batch: list[tuple[str, asyncio.Future]]) -> None:
-        from apps.gateway.metrics import EMBED_BATCH
+        from apps.core.metrics import EMBED_BATCH
 
         EMBED_BATCH.observe(len(batch))
         self.batch_sizes.append(len(batch))

@@ -58,7 +58,7 @@ class ProviderCircuit(models.Model):
     """A gateway process's circuit breaker for one model of a provider, as that process last
     reported it.
 
-    Each process keeps its own breakers in memory (``apps.gateway.breaker``), one per provider
+    Each process keeps its own breakers in memory (``apps.providers.breaker``), one per provider
     and model, and writes a row here on every transition, so the admin shows which processes
     have stopped sending to which model. A process removes its rows when it shuts down.
     """

@@ -75,9 +75,9 @@ def readyz(request) -> JsonResponse:
             if name == "database":
                 connections[DEFAULT_DB_ALIAS].close_if_unusable_or_obsolete()
         results[name]["ms"] = round((time.perf_counter() - started) * 1000, 1)
-    from apps.gateway.state import state
+    from apps.gateway.runtime import runtime
 
-    if state.draining:  # a balancer should stop sending here now
+    if runtime.draining:  # a balancer should stop sending here now
         results["shutdown"] = {"ok": False, "error": "SIGTERM received: finishing the requests in flight"}
     ready = all(result["ok"] for result in results.values())
     return JsonResponse({"status": "ready" if ready else "not ready", "checks": results}, status=200 if ready else 503)

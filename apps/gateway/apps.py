@@ -9,6 +9,6 @@ class GatewayConfig(AppConfig):
     verbose_name = "Gateway"
 
     def ready(self) -> None:
-        from apps.gateway.bus import signals_connect
+        from apps.gateway.config_changes import signals_connect
 
         signals_connect()

@@ -69,18 +69,18 @@ def _hit(call, answer: CachedAnswer, kind: str) -> CachedAnswer:
     return answer
 
 
-async def cache_lookup(state, call, plan: CachePlan) -> CachedAnswer | None:
+async def cache_lookup(runtime, call, plan: CachePlan) -> CachedAnswer | None:
     """A cached answer for this request, or None (the caller then goes upstream and settles)."""
     tenant = call.key.tenant_id
     fp = plan.fp
     if plan.control.lookup:
-        answer = await state.cache.exact(tenant_id=tenant, namespace=plan.namespace, request_hash=fp.request_hash,
+        answer = await runtime.cache.exact(tenant_id=tenant, namespace=plan.namespace, request_hash=fp.request_hash,
                                          max_age=plan.control.max_age)
         if answer is not None:
-            state.cache.hit(answer.id)
+            runtime.cache.hit(answer.id)
             return _hit(call, answer, "exact")
         plan.key = (tenant, plan.namespace, fp.request_hash)
-        pending = state.inflight.get(plan.key)
+        pending = runtime.inflight.get(plan.key)
         if pending is not None:
             # Still upstream, or answered and not yet saved (the exact lookup above ran before
             # the save committed): either way this request shares that answer.
@@ -90,11 +90,11 @@ async def cache_lookup(state, call, plan: CachePlan) -> CachedAnswer | None:
                 shared = None
             if shared is not None:
                 return _hit(call, shared, "exact")
-        _lead(state, plan)
-        if fp.prompt_text and state.semantic_ready(call.key) and await state.cache.context_has_entries(
+        _lead(runtime, plan)
+        if fp.prompt_text and runtime.semantic_ready(call.key) and await runtime.cache.context_has_entries(
                 tenant_id=tenant, namespace=plan.namespace, context_hash=fp.context_hash):
-            plan.vector = await state.batcher_for(call.key).embed_one(fp.prompt_text)
-            candidates = await state.cache.nearest(
+            plan.vector = await runtime.batcher_for(call.key).embed_one(fp.prompt_text)
+            candidates = await runtime.cache.nearest(
                 tenant_id=tenant, namespace=plan.namespace, context_hash=fp.context_hash, vector=plan.vector,
                 max_age=plan.control.max_age)
             for candidate in candidates:
@@ -102,44 +102,44 @@ async def cache_lookup(state, call, plan: CachePlan) -> CachedAnswer | None:
                     break
                 verdict = candidate_verify(fp.prompt_text, candidate.prompt_text)
                 if verdict.ok:
-                    state.cache.hit(candidate.id)
-                    _release(state, plan, candidate)  # requests waiting on this one share the hit
+                    runtime.cache.hit(candidate.id)
+                    _release(runtime, plan, candidate)  # requests waiting on this one share the hit
                     return _hit(call, candidate, "semantic")
                 logger.info("semantic candidate rejected", extra={
                     "request_id": call.request_id, "reason": verdict.reason, "similarity": candidate.similarity,
                     "entry": candidate.id})
     else:
         plan.key = (tenant, plan.namespace, fp.request_hash)
-        _lead(state, plan)
+        _lead(runtime, plan)
     return None
 
 
-def _lead(state, plan: CachePlan) -> None:
+def _lead(runtime, plan: CachePlan) -> None:
     """Become the request identical ones wait for (registered before any further await)."""
-    pending = state.inflight.get(plan.key)
+    pending = runtime.inflight.get(plan.key)
     if pending is None or pending.done():
         plan.leader = asyncio.get_running_loop().create_future()
-        state.inflight[plan.key] = plan.leader
+        runtime.inflight[plan.key] = plan.leader
 
 
-def _release(state, plan: CachePlan, answer: CachedAnswer | None, *, until_saved: bool = False) -> None:
+def _release(runtime, plan: CachePlan, answer: CachedAnswer | None, *, until_saved: bool = False) -> None:
     """Hand ``answer`` to the requests waiting on this one. With ``until_saved`` the answer stays
     in the in-flight table until ``_forget`` (after the save commits), so an identical request
     whose exact lookup missed the not yet saved row still shares it."""
     plan.settled = True
     if plan.leader is not None:
         if not until_saved:
-            _forget(state, plan)
+            _forget(runtime, plan)
         if not plan.leader.done():
             plan.leader.set_result(answer)
 
 
-def _forget(state, plan: CachePlan) -> None:
-    if plan.leader is not None and state.inflight.get(plan.key) is plan.leader:
-        del state.inflight[plan.key]
+def _forget(runtime, plan: CachePlan) -> None:
+    if plan.leader is not None and runtime.inflight.get(plan.key) is plan.leader:
+        del runtime.inflight[plan.key]
 
 
-def cache_settle(state, call, plan: CachePlan | None, response: dict | None) -> None:
+def cache_settle(runtime, call, plan: CachePlan | None, response: dict | None) -> None:
     """After the upstream answered (``response``) or failed (None): release followers, and save."""
     if plan is None or plan.settled:
         return
@@ -148,18 +148,18 @@ def cache_settle(state, call, plan: CachePlan | None, response: dict | None) -> 
         shared = CachedAnswer(id=0, response=response, cost=call.cost, model_name=call.model.name if call.model else "",
                               created_at=datetime.now(UTC), similarity=None, prompt_text=plan.fp.prompt_text)
     saving = response is not None and plan.control.store
-    _release(state, plan, shared, until_saved=saving)
+    _release(runtime, plan, shared, until_saved=saving)
     if saving:
-        state.spawn(_save(state, call, plan, response))
+        runtime.spawn(_save(runtime, call, plan, response))
 
 
-async def _save(state, call, plan: CachePlan, response: dict) -> None:
+async def _save(runtime, call, plan: CachePlan, response: dict) -> None:
     try:
         vector = plan.vector
-        if vector is None and plan.fp.prompt_text and state.semantic_ready(call.key):
-            vector = await state.batcher_for(call.key).embed_one(plan.fp.prompt_text)
+        if vector is None and plan.fp.prompt_text and runtime.semantic_ready(call.key):
+            vector = await runtime.batcher_for(call.key).embed_one(plan.fp.prompt_text)
         usage = response.get("usage") if isinstance(response.get("usage"), dict) else {}
-        await state.cache.save(
+        await runtime.cache.save(
             tenant_id=call.key.tenant_id, namespace=plan.namespace, request_hash=plan.fp.request_hash,
             context_hash=plan.fp.context_hash, prompt_text=plan.fp.prompt_text, vector=vector, response=response,
             model_id=call.model.id if call.model else None, model_name=call.model.name if call.model else "",
@@ -168,13 +168,13 @@ async def _save(state, call, plan: CachePlan, response: dict) -> None:
             ttl_seconds=call.key.cache_ttl,
         )
     finally:
-        _forget(state, plan)  # committed (an exact lookup finds it from now on) or failed
-    if vector is None and plan.fp.prompt_text and state.semantic_possible(call.key):
+        _forget(runtime, plan)  # committed (an exact lookup finds it from now on) or failed
+    if vector is None and plan.fp.prompt_text and runtime.semantic_possible(call.key):
         # Saved for exact hits at once; semantic hits once the model (still loading) embeds it.
-        await state.embedder_loaded()
-        await state.cache.embed_later(tenant_id=call.key.tenant_id, namespace=plan.namespace,
+        await runtime.embedder_loaded()
+        await runtime.cache.embed_later(tenant_id=call.key.tenant_id, namespace=plan.namespace,
                                       request_hash=plan.fp.request_hash,
-                                      vector=await state.batcher_for(call.key).embed_one(plan.fp.prompt_text))
+                                      vector=await runtime.batcher_for(call.key).embed_one(plan.fp.prompt_text))
 
 
 def completion_from_stream(stream) -> dict:
@@ -211,11 +211,11 @@ def replay_sse(answer: CachedAnswer, *, include_usage: bool, pieces: int = 8) ->
     return [b"data: " + orjson.dumps(event) + b"\n\n" for event in events] + [b"data: [DONE]\n\n"]
 
 
-def cache_hit_log(state, call, answer: CachedAnswer) -> None:
+def cache_hit_log(runtime, call, answer: CachedAnswer) -> None:
     """Record a hit: nothing billed, the cached answer's cost saved."""
-    call.model = state.snapshot.models.get(answer.model_name)
+    call.model = runtime.snapshot.models.get(answer.model_name)
     call.cost = call.cost.__class__(0)
     call.status = 200
     call.first_byte = time.perf_counter()
     call.overhead_ms = (call.first_byte - call.started) * 1000
-    call.log(state)
+    call.log(runtime)

@@ -44,7 +44,7 @@ import orjson
 from channels.generic.websocket import AsyncWebsocketConsumer
 from django.conf import settings
 
-from apps.gateway.errors import (
+from apps.core.errors import (
     AuthenticationFailed,
     BadRequest,
     GatewayError,
@@ -56,7 +56,7 @@ from apps.gateway.errors import (
 from apps.gateway.events import ChatRun, error_event
 from apps.gateway.live import live_group, live_publish, live_usage_event
 from apps.gateway.playground_auth import playground_key_prefix, staff_user_from_cookies
-from apps.gateway.state import state
+from apps.gateway.runtime import runtime
 
 logger = logging.getLogger(__name__)
 
@@ -96,9 +96,9 @@ def _reason(error: GatewayError) -> str:
 
 
 class ChatConsumer(AsyncWebsocketConsumer):
-    def __init__(self, *args, gateway_state=None, **kwargs) -> None:
+    def __init__(self, *args, gateway_runtime=None, **kwargs) -> None:
         super().__init__(*args, **kwargs)
-        self.gateway_state = gateway_state or state  # tests run their own: as_asgi(gateway_state=...)
+        self.gateway_runtime = gateway_runtime or runtime  # tests run their own: as_asgi(gateway_runtime=...)
 
     async def dispatch(self, message):
         # Channels closes stale database connections before every message (a thread hop each);
@@ -121,17 +121,17 @@ class ChatConsumer(AsyncWebsocketConsumer):
         if not origin_allowed(self.scope):
             await self.close()  # before accept: the handshake is refused with 403
             return
-        await self.gateway_state.start()
+        await self.gateway_runtime.start()
         offered = self.scope.get("subprotocols") or []
         await self.accept(subprotocol=PROTOCOL if PROTOCOL in offered else None)
         try:
             token = _header(self.scope, b"authorization")
             if token is not None:
-                self.key = await self.gateway_state.authenticate(token)
+                self.key = await self.gateway_runtime.authenticate(token)
             else:
                 for protocol in offered:
                     if protocol.startswith(KEY_PROTOCOL_PREFIX):
-                        self.key = await self.gateway_state.authenticate(
+                        self.key = await self.gateway_runtime.authenticate(
                             "Bearer " + protocol[len(KEY_PROTOCOL_PREFIX):])
                         break
         except GatewayError as error:
@@ -180,7 +180,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
     async def _ready(self) -> None:
         await self.send(text_data=_dumps({"type": "ready", "tenant": self.key.tenant_slug, "key": self.key.prefix,
                                           "protocol": PROTOCOL}))
-        self.gateway_state.reload_watch(self._key_recheck_soon)
+        self.gateway_runtime.reload_watch(self._key_recheck_soon)
         self._expiry_arm()
 
     # --- the key, judged now ------------------------------------------------------------------
@@ -189,7 +189,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
         """The socket's key as it stands now; None (the socket is being closed) once it is no
         longer usable."""
         try:
-            key = await self.gateway_state.key_current(self.key)
+            key = await self.gateway_runtime.key_current(self.key)
         except AuthenticationFailed as error:
             await self._key_lost(error, request_id)
             return None
@@ -285,7 +285,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
             return
         try:
             if isinstance(message.get("api_key"), str):
-                self.key = await self.gateway_state.authenticate("Bearer " + message["api_key"])
+                self.key = await self.gateway_runtime.authenticate("Bearer " + message["api_key"])
             elif message.get("key_id") is not None:
                 self.key = await self._staff_key(message["key_id"])
             else:
@@ -305,7 +305,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
         prefix = await playground_key_prefix(key_id)
         if prefix is None:
             raise AuthenticationFailed("No such API key.")
-        return await self.gateway_state.key_for_prefix(prefix)
+        return await self.gateway_runtime.key_for_prefix(prefix)
 
     async def _request(self, message: dict) -> None:
         request_id = message.get("id")
@@ -318,7 +318,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
         if request_id in self.runs:
             await self._error(request_id, BadRequest(f"A request with id '{request_id}' is in flight.", param="id"))
             return
-        if self.gateway_state.draining:
+        if self.gateway_runtime.draining:
             await self._error(request_id, ServerShuttingDown())
             return
         if len(self.runs) >= settings.WEBSOCKET_MAX_IN_FLIGHT:
@@ -340,17 +340,17 @@ class ChatConsumer(AsyncWebsocketConsumer):
                 await self._error(request_id, BadRequest(f"'{name}' must be a string.", param=name))
                 return
             options[name] = value
-        run = ChatRun(self.gateway_state, key, body, request_id=request_id,
+        run = ChatRun(self.gateway_runtime, key, body, request_id=request_id,
                       sentences=bool(message.get("sentences")), cache_control=options["cache_control"],
                       namespace=options["cache_namespace"], tags=options["tags"])
         task = asyncio.ensure_future(self._run(run))
         self.runs[request_id] = (task, run)
         # Counted until the task is done, even one cancelled before it ever ran.
-        self.gateway_state.socket_runs += 1
+        self.gateway_runtime.socket_runs += 1
         task.add_done_callback(self._run_counted_out)
 
     def _run_counted_out(self, task: asyncio.Task) -> None:
-        self.gateway_state.socket_runs -= 1
+        self.gateway_runtime.socket_runs -= 1
 
     async def _run(self, run: ChatRun) -> None:
         events = run.events()
@@ -359,7 +359,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
                 async for event in events:
                     await self.send(text_data=_dumps(event))
                     if event["type"] == "done":
-                        live_publish(self.gateway_state, run.key.tenant_id, live_usage_event(event))
+                        live_publish(self.gateway_runtime, run.key.tenant_id, live_usage_event(event))
         except asyncio.CancelledError:
             if run.id in self.cancelled and not self.closing:
                 # Cancelled by the client: say what was produced and billed (after the usage
@@ -409,7 +409,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
 
     async def disconnect(self, code) -> None:
         self.closing = True
-        self.gateway_state.reload_unwatch(self._key_recheck_soon)
+        self.gateway_runtime.reload_unwatch(self._key_recheck_soon)
         for handle in (self.timer, self.expiry):
             if handle is not None:
                 handle.cancel()

@@ -23,11 +23,11 @@ from decimal import Decimal
 
 import orjson
 
+from apps.core.errors import BadRequest, GatewayError, UpstreamError
 from apps.gateway import pipeline
 from apps.gateway.caching import cache_hit_log, cache_lookup, cache_plan, cache_settle, completion_from_stream
-from apps.gateway.errors import BadRequest, GatewayError, UpstreamError
 from apps.gateway.sentences import SentenceBuffer
-from apps.gateway.upstream import UpstreamClientError
+from apps.providers.transport import UpstreamClientError
 
 _CACHE_NAMES = {"miss": "miss", "exact": "hit-exact", "semantic": "hit-semantic", "bypass": "bypass"}
 _DONE = b"[DONE]"
@@ -68,10 +68,10 @@ class ChatRun:
     validated (None before), so a door can report what a cancelled request cost.
     """
 
-    def __init__(self, state, key, body: dict, *, request_id, sentences: bool = False,
+    def __init__(self, runtime, key, body: dict, *, request_id, sentences: bool = False,
                  cache_control: str | None = None, namespace: str | None = None, tags: str | None = None,
                  started: float | None = None) -> None:
-        self.state = state
+        self.runtime = runtime
         self.key = key
         self.body = body
         self.id = request_id
@@ -86,13 +86,13 @@ class ChatRun:
         self.hit_usage: dict | None = None
 
     async def events(self) -> AsyncIterator[dict]:
-        state = self.state
+        runtime = self.runtime
         try:
             body = dict(self.body)
             body["stream"] = True
             # The parsed body goes in as it is: the validator refuses what no JSON writer takes
             # (a body nested past orjson's limit), which serializing it first would crash on.
-            self.call, body = await pipeline.chat_prepare(state, self.key, body, started=self.started,
+            self.call, body = await pipeline.chat_prepare(runtime, self.key, body, started=self.started,
                                                           tags_header=self.tags)
         except GatewayError as error:
             yield error_event(self.id, error)
@@ -102,13 +102,13 @@ class ChatRun:
         stream = None
         try:
             if plan is not None:
-                hit = await cache_lookup(state, call, plan)
+                hit = await cache_lookup(runtime, call, plan)
                 if hit is not None:
-                    cache_hit_log(state, call, hit)
+                    cache_hit_log(runtime, call, hit)
                     async for event in self._replay(hit):
                         yield event
                     return
-            stream = await pipeline.chat_stream_open(state, call, body)
+            stream = await pipeline.chat_stream_open(runtime, call, body)
         except GatewayError as error:
             yield error_event(self.id, error)
             return
@@ -119,15 +119,15 @@ class ChatRun:
             if call.upstream_started is None or call.model is None:
                 # Cancelled while waiting for the cache or the upstream's first byte: nothing
                 # was produced, nothing is billed, but the request is on record.
-                call.status, call.error_code = pipeline.cut_short_status(state)
-                call.log(state)
+                call.status, call.error_code = pipeline.cut_short_status(runtime)
+                call.log(runtime)
             raise
         finally:
             if stream is None:
-                cache_settle(state, call, plan, None)  # identical requests waiting on this one go on
+                cache_settle(runtime, call, plan, None)  # identical requests waiting on this one go on
         if plan is not None:
             stream.on_complete = lambda done: cache_settle(
-                state, call, plan, completion_from_stream(done) if done is not None else None)
+                runtime, call, plan, completion_from_stream(done) if done is not None else None)
         pieces = stream.__aiter__()
         try:
             async for data in pieces:

@@ -19,7 +19,9 @@ import orjson
 from django.conf import settings
 
 from apps.batches.api.upload import upload_pass
+from apps.core.errors import Forbidden, GatewayError, MethodNotAllowed, PayloadTooLarge, error_body
 from apps.gateway import pipeline
+from apps.gateway.asgi_io import body_read, chunks_send, header, json_send, stream_relay
 from apps.gateway.caching import (
     cache_hit_log,
     cache_lookup,
@@ -28,12 +30,10 @@ from apps.gateway.caching import (
     completion_from_stream,
     replay_sse,
 )
-from apps.gateway.errors import Forbidden, GatewayError, MethodNotAllowed, PayloadTooLarge, error_body
 from apps.gateway.limits import limits_settle
 from apps.gateway.messages.door import messages_handle
-from apps.gateway.state import state
-from apps.gateway.upstream import UpstreamClientError
-from apps.gateway.wire import body_read, chunks_send, header, json_send, stream_relay
+from apps.gateway.runtime import runtime
+from apps.providers.transport import UpstreamClientError
 
 logger = logging.getLogger(__name__)
 
@@ -107,15 +107,15 @@ class GatewayHTTP:
             message = await receive()
             if message["type"] == "lifespan.startup":
                 try:
-                    await state.start()
-                    state.drain_on_sigterm()
+                    await runtime.start()
+                    runtime.drain_on_sigterm()
                 except Exception as exc:
                     logger.exception("gateway start-up failed")
                     await send({"type": "lifespan.startup.failed", "message": str(exc)})
                     return
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
-                await state.stop()
+                await runtime.stop()
                 await send({"type": "lifespan.shutdown.complete"})
                 return
 
@@ -125,58 +125,58 @@ class GatewayHTTP:
         call_headers = None
         call = None
         try:
-            await state.start()
+            await runtime.start()
             if path == "/metrics":
                 await self.metrics(scope, send)
                 return
             if path.startswith("/v1/messages"):
-                await messages_handle(state, scope, receive, send, started)
+                await messages_handle(runtime, scope, receive, send, started)
                 return
-            key = await state.authenticate(header(scope, b"authorization"))
+            key = await runtime.authenticate(header(scope, b"authorization"))
             method = scope["method"]
             if path == "/v1/models":
                 if method != "GET":
                     raise MethodNotAllowed(allowed=("GET",))
-                await json_send(send, 200, pipeline.models_list(state, key))
+                await json_send(send, 200, pipeline.models_list(runtime, key))
                 return
             if path == "/v1/cache/stats":
                 if method != "GET":
                     raise MethodNotAllowed(allowed=("GET",))
-                stats = await state.cache.stats(key.tenant_id)
-                stats["semantic_ready"] = state.semantic_ready(key)
+                stats = await runtime.cache.stats(key.tenant_id)
+                stats["semantic_ready"] = runtime.semantic_ready(key)
                 await json_send(send, 200, orjson.dumps(stats))
                 return
             if method != "POST":
                 raise MethodNotAllowed(allowed=("POST",))
             if path == "/v1/cache/clear":
-                deleted = await state.cache.clear(key.tenant_id)
+                deleted = await runtime.cache.clear(key.tenant_id)
                 await json_send(send, 200, orjson.dumps({"object": "cache.cleared", "deleted": deleted}))
                 return
             raw = await body_read(receive)
             if path == "/v1/embeddings":
-                call, answer = await pipeline.embeddings(state, key, raw, started=started)
+                call, answer = await pipeline.embeddings(runtime, key, raw, started=started)
                 await json_send(send, 200, answer, call.headers())
                 return
-            call, body = await pipeline.chat_prepare(state, key, raw, started=started,
+            call, body = await pipeline.chat_prepare(runtime, key, raw, started=started,
                                                      tags_header=header(scope, b"x-switchyard-tags"))
             call_headers = [(b"x-switchyard-request-id", call.request_id.encode())]
             plan = cache_plan(call, body, cache_control=header(scope, b"cache-control"),
                               namespace=header(scope, b"x-switchyard-cache-namespace"))
             if plan is not None:
-                hit = await cache_lookup(state, call, plan)
+                hit = await cache_lookup(runtime, call, plan)
                 if hit is not None:
-                    cache_hit_log(state, call, hit)
+                    cache_hit_log(runtime, call, hit)
                     await self.replay(call, body, hit, send)
                     return
             try:
                 if call.stream:
                     await self.stream(call, body, receive, send, plan)
                 else:
-                    answer, parsed = await pipeline.chat_json(state, call, body)
-                    cache_settle(state, call, plan, parsed)
+                    answer, parsed = await pipeline.chat_json(runtime, call, body)
+                    cache_settle(runtime, call, plan, parsed)
                     await json_send(send, 200, answer, call.headers())
             finally:
-                cache_settle(state, call, plan, None)  # no-op when already settled
+                cache_settle(runtime, call, plan, None)  # no-op when already settled
         except GatewayError as error:
             await _send_error(send, error, call_headers)
         except UpstreamClientError as exc:
@@ -187,10 +187,10 @@ class GatewayHTTP:
             return
         finally:
             if call is not None:
-                limits_settle(state, call)  # a no-op unless the request ended without its usage row
+                limits_settle(runtime, call)  # a no-op unless the request ended without its usage row
 
     async def metrics(self, scope, send) -> None:
-        from apps.gateway import metrics
+        from apps.core import metrics
 
         if scope["method"] != "GET":
             raise MethodNotAllowed(allowed=("GET",))
@@ -200,8 +200,8 @@ class GatewayHTTP:
             raise Forbidden("/metrics needs 'Authorization: Bearer <METRICS_TOKEN>' (or, without a token set, "
                             "a client on the loopback interface).")
         body, content_type = metrics.exposition(
-            len(state.usage), state.usage.written, upstream_in_flight=state.pool.in_flight,
-            loop_tasks=len(asyncio.all_tasks()), circuits=state.breakers.tripped(state.snapshot))
+            len(runtime.usage), runtime.usage.written, upstream_in_flight=runtime.pool.in_flight,
+            loop_tasks=len(asyncio.all_tasks()), circuits=runtime.breakers.tripped(runtime.snapshot))
         await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", content_type)]})
         await send({"type": "http.response.body", "body": body})
 
@@ -214,8 +214,8 @@ class GatewayHTTP:
         await chunks_send(send, call.headers(), events)
 
     async def stream(self, call, body, receive, send, plan=None) -> None:
-        stream = await pipeline.chat_stream_open(state, call, body)
+        stream = await pipeline.chat_stream_open(runtime, call, body)
         if plan is not None:
             stream.on_complete = lambda done: cache_settle(
-                state, call, plan, completion_from_stream(done) if done is not None else None)
+                runtime, call, plan, completion_from_stream(done) if done is not None else None)
         await stream_relay(stream, receive, send, call.headers())

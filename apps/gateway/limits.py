@@ -16,8 +16,8 @@ import asyncio
 import dataclasses
 import logging
 
-from apps.gateway import tokens
-from apps.gateway.errors import RateLimited
+from apps.core import tokens
+from apps.core.errors import RateLimited
 from apps.limits.spec import nanos
 
 logger = logging.getLogger(__name__)
@@ -30,7 +30,7 @@ def _output_cap(body: dict, chain) -> int:
     return max(model.max_output_tokens for model in chain)
 
 
-async def limits_reserve(state, call, body: dict, *, mode: str = "chat") -> None:
+async def limits_reserve(runtime, call, body: dict, *, mode: str = "chat") -> None:
     """Reserve this request in its key's and tenant's counters, or raise a 429."""
     limits = call.key.limits
     if not limits:
@@ -48,7 +48,7 @@ async def limits_reserve(state, call, body: dict, *, mode: str = "chat") -> None
         estimate = prompt + output
         cost = nanos(max(model.cost(prompt, 0, output) for model in call.chain))
     try:
-        call.reservation = await state.limiter.reserve(limits, request_id=call.request_id, tokens=estimate,
+        call.reservation = await runtime.limiter.reserve(limits, request_id=call.request_id, tokens=estimate,
                                                        cost=cost)
     except RateLimited as refusal:
         if mode != "chat" or getattr(refusal, "limit_kind", "") not in ("tokens", "budget"):
@@ -56,7 +56,7 @@ async def limits_reserve(state, call, body: dict, *, mode: str = "chat") -> None
         counted = tuple(lim for lim in (dataclasses.replace(lim, tpm=None, budget=None) for lim in limits)
                         if lim.rpm is not None or lim.concurrency is not None)
         if counted:
-            call.reservation = await state.limiter.reserve(counted, request_id=call.request_id, tokens=0, cost=0)
+            call.reservation = await runtime.limiter.reserve(counted, request_id=call.request_id, tokens=0, cost=0)
         call.refusal = refusal
 
 
@@ -66,18 +66,18 @@ def limits_refusal_raise(call) -> None:
         raise call.refusal
 
 
-def limits_settle(state, call) -> None:
+def limits_settle(runtime, call) -> None:
     """Settle the reservation to what the request used (off the response path); idempotent."""
     reservation = call.reservation
     if reservation is None or reservation.settled:
         return
     reservation.settled = True
     used = call.input_tokens + call.output_tokens if call.cache in ("miss", "bypass") else 0
-    state.spawn(_settle(state, reservation, used, nanos(call.cost)))
+    runtime.spawn(_settle(runtime, reservation, used, nanos(call.cost)))
 
 
-async def _settle(state, reservation, used: int, cost: int) -> None:
-    crossings = await state.limiter.settle(reservation, tokens=used, cost=cost)
+async def _settle(runtime, reservation, used: int, cost: int) -> None:
+    crossings = await runtime.limiter.settle(reservation, tokens=used, cost=cost)
     for crossing in crossings:
         from apps.limits.services import budget_alert_record
 

@@ -29,9 +29,9 @@ def live_usage_event(done: dict) -> dict:
     return {name: done.get(name) for name in _USAGE_FIELDS}
 
 
-def live_publish(state, tenant_id: int, event: dict, *, topic: str = "usage") -> None:
+def live_publish(runtime, tenant_id: int, event: dict, *, topic: str = "usage") -> None:
     """Send ``event`` to the tenant's subscribers, in the background."""
-    state.spawn(_publish(live_group(tenant_id, topic), topic, event))
+    runtime.spawn(_publish(live_group(tenant_id, topic), topic, event))
 
 
 async def _publish(group: str, topic: str, event: dict) -> None:

@@ -4,8 +4,8 @@
     -> cost -> log (which settles the limits reservation)
 
 Everything here is ``async`` and in memory on the warm path: the key, the rules and the
-prices come from :mod:`apps.gateway.state`, the upstream call goes through the keep-alive
-connections of :mod:`apps.gateway.h1` per provider, and the usage row is appended to an
+prices come from :mod:`apps.gateway.runtime`, the upstream call goes through the keep-alive
+connections of :mod:`apps.providers.http1` per provider, and the usage row is appended to an
 in-process buffer.
 Streams are relayed as the bytes arrive; the only per-chunk work is finding SSE event
 boundaries and spotting the usage event with a bytes search.
@@ -26,8 +26,8 @@ import aiohttp
 import orjson
 from django.conf import settings
 
-from apps.gateway import tokens
-from apps.gateway.errors import (
+from apps.core import tokens
+from apps.core.errors import (
     BadRequest,
     GatewayError,
     ModelNotAllowed,
@@ -37,22 +37,22 @@ from apps.gateway.errors import (
     error_body,
 )
 from apps.gateway.limits import limits_refusal_raise, limits_reserve, limits_settle
+from apps.gateway.runtime import Runtime
 from apps.gateway.snapshot import KeyInfo, ModelInfo
-from apps.gateway.state import GatewayState
-from apps.gateway.upstream import (
-    ANTHROPIC_KIND,
-    OpenStream,
-    UpstreamClientError,
-    open_stream,
-    post_json,
-    with_fallbacks,
-)
 from apps.gateway.validation import (
     chat_body_validate,
     embeddings_body_validate,
     embeddings_tokens_check,
     model_field,
     tags_from,
+)
+from apps.providers.transport import (
+    ANTHROPIC_KIND,
+    OpenStream,
+    UpstreamClientError,
+    open_stream,
+    post_json,
+    with_fallbacks,
 )
 from apps.routing.engine import route_resolve
 
@@ -184,7 +184,7 @@ class Call:
                                       self.cache_write_tokens, batch=self.batch)
         return max(baseline_cost - self.cost, _ZERO)
 
-    def log(self, state: GatewayState) -> None:
+    def log(self, runtime: Runtime) -> None:
         """Append this request's usage row to the buffer (no I/O here); a request has one row,
         so a second call adds nothing."""
         if self.logged:
@@ -192,7 +192,7 @@ class Call:
         self.logged = True
         now = time.perf_counter()
         model = self.model
-        state.usage.append({
+        runtime.usage.append({
             "tenant_id": self.key.tenant_id,
             "api_key_id": self.key.id,
             "request_id": self.request_id,
@@ -223,10 +223,10 @@ class Call:
             "created_at": datetime.now(UTC),
         })
         if self.reservation is not None:
-            limits_settle(state, self)
+            limits_settle(runtime, self)
 
 
-def call_route(state: GatewayState, call: Call, body: dict, tags_header: str | None, *, mode: str,
+def call_route(runtime: Runtime, call: Call, body: dict, tags_header: str | None, *, mode: str,
                dialect: str = "openai", native_only: str | None = None) -> None:
     """Resolve the requested model to the chain of models to try, for a validated body.
 
@@ -234,7 +234,7 @@ def call_route(state: GatewayState, call: Call, body: dict, tags_header: str | N
     Anthropic's Messages API; the Messages door reaches any chat model, and only native
     Anthropic ones when the request uses ``native_only`` features (a description for the error).
     """
-    snapshot = state.snapshot
+    snapshot = runtime.snapshot
     requested = model_field(body)
     call.requested_model = requested
     allowed = call.key.allowed_models
@@ -294,7 +294,7 @@ def _call_new(key: KeyInfo, endpoint: str, started: float, batch_line: tuple[str
     return Call(key=key, endpoint=logged_endpoint, started=started, request_id=request_id, batch=True)
 
 
-async def chat_prepare(state: GatewayState, key: KeyInfo, raw: bytes | dict, *, started: float,
+async def chat_prepare(runtime: Runtime, key: KeyInfo, raw: bytes | dict, *, started: float,
                        tags_header: str | None = None,
                        batch_line: tuple[str, str] | None = None) -> tuple[Call, dict]:
     """Validate and route a chat request; raises :class:`GatewayError` subclasses."""
@@ -303,11 +303,11 @@ async def chat_prepare(state: GatewayState, key: KeyInfo, raw: bytes | dict, *, 
     try:
         chat_body_validate(body)
         call.stream = bool(body.get("stream"))
-        call_route(state, call, body, tags_header, mode="chat")
-        await limits_reserve(state, call, body)
+        call_route(runtime, call, body, tags_header, mode="chat")
+        await limits_reserve(runtime, call, body)
     except GatewayError as exc:
         call.requested_model = call.requested_model or str(body.get("model") or "")[:200]
-        _fail(state, call, exc)
+        _fail(runtime, call, exc)
         raise
     return call, body
 
@@ -318,35 +318,35 @@ def _body(raw: bytes) -> dict:
     return body_parse(raw)
 
 
-def _fail(state: GatewayState, call: Call, exc: GatewayError) -> None:
+def _fail(runtime: Runtime, call: Call, exc: GatewayError) -> None:
     call.status = exc.status
     call.error_code = exc.code
     call.overhead_ms = (time.perf_counter() - call.started) * 1000
-    call.log(state)
+    call.log(runtime)
 
 
-async def upstream_json(state: GatewayState, call: Call, attempt) -> tuple[ModelInfo, bytes, dict]:
+async def upstream_json(runtime: Runtime, call: Call, attempt) -> tuple[ModelInfo, bytes, dict]:
     """Go upstream for a JSON answer, ``attempt(model)`` over the chain with retries and
     fallbacks. A failure is logged here; on success the caller sets the usage, then calls
     :func:`call_done`."""
-    _going_upstream(state, call)
+    _going_upstream(runtime, call)
     call.upstream_started = time.perf_counter()
     try:
         model, (raw, parsed), call.failures = await with_fallbacks(
             call.chain, attempt, retries=settings.GATEWAY_RETRIES, backoff=settings.GATEWAY_RETRY_BACKOFF,
-            breakers=state.breakers, failures=call.failures)
+            breakers=runtime.breakers, failures=call.failures)
     except GatewayError as exc:
         call.model = call.chain[0]
         call.upstream_ended = time.perf_counter()
         call.status, call.error_code = exc.status, exc.code
         call.overhead_ms = (call.upstream_started - call.started) * 1000
-        call.log(state)
+        call.log(runtime)
         raise
     except UpstreamClientError as exc:
-        _refused_log(state, call, exc)
+        _refused_log(runtime, call, exc)
         raise
     except BaseException:
-        limits_settle(state, call)  # a cancel: free the reservation
+        limits_settle(runtime, call)  # a cancel: free the reservation
         raise
     call.upstream_ended = time.perf_counter()
     call.model = model
@@ -354,7 +354,7 @@ async def upstream_json(state: GatewayState, call: Call, attempt) -> tuple[Model
     return model, raw, parsed
 
 
-def _refused_log(state: GatewayState, call: Call, exc: UpstreamClientError) -> None:
+def _refused_log(runtime: Runtime, call: Call, exc: UpstreamClientError) -> None:
     """The provider refused the request itself (a 4xx passed back to the client as it came):
     the row says so with the provider's status and error code, and bills nothing."""
     call.model = exc.model or call.chain[0]
@@ -362,24 +362,24 @@ def _refused_log(state: GatewayState, call: Call, exc: UpstreamClientError) -> N
     call.status, call.error_code = exc.status, exc.code
     call.failures.append(f"{call.model.name}: status {exc.status}")
     call.overhead_ms = (call.upstream_started - call.started) * 1000
-    call.log(state)
+    call.log(runtime)
 
 
-def call_done(state: GatewayState, call: Call) -> None:
+def call_done(runtime: Runtime, call: Call) -> None:
     """A JSON answer is ready: count the time spent here and log the request."""
     call.overhead_ms = ((call.upstream_started - call.started) + (time.perf_counter() - call.upstream_ended)) * 1000
-    call.log(state)
+    call.log(runtime)
 
 
-async def chat_json(state: GatewayState, call: Call, body: dict) -> tuple[bytes, dict]:
+async def chat_json(runtime: Runtime, call: Call, body: dict) -> tuple[bytes, dict]:
     """Answer a non-stream chat request: the provider's JSON, byte for byte (and parsed)."""
     bodies: dict[int, bytes] = {}
 
     async def attempt(model: ModelInfo):
         payload = bodies.get(model.id) or bodies.setdefault(model.id, _upstream_body(body, model, stream=False))
-        return await post_json(state.pool, model, "/chat/completions", payload)
+        return await post_json(runtime.pool, model, "/chat/completions", payload)
 
-    _model, raw, parsed = await upstream_json(state, call, attempt)
+    _model, raw, parsed = await upstream_json(runtime, call, attempt)
     usage = parsed.get("usage")
     if not isinstance(usage, dict):
         completion = _completion_text(parsed)
@@ -387,15 +387,15 @@ async def chat_json(state: GatewayState, call: Call, body: dict) -> tuple[bytes,
                        fallback_completion=tokens.text_tokens(completion))
     else:
         call.set_usage(usage, fallback_prompt=0, fallback_completion=0)
-    call_done(state, call)
+    call_done(runtime, call)
     return raw, parsed
 
 
-def _going_upstream(state: GatewayState, call: Call) -> None:
+def _going_upstream(runtime: Runtime, call: Call) -> None:
     try:
         limits_refusal_raise(call)
     except GatewayError as exc:
-        _fail(state, call, exc)
+        _fail(runtime, call, exc)
         raise
 
 
@@ -409,8 +409,8 @@ def _completion_text(parsed: dict) -> str:
 class ChatStream:
     """A started stream: iterate it for the bytes to send; it logs itself when it ends."""
 
-    def __init__(self, state: GatewayState, call: Call, body: dict, opened) -> None:
-        self.state = state
+    def __init__(self, runtime: Runtime, call: Call, body: dict, opened) -> None:
+        self.runtime = runtime
         self.call = call
         self.body = body
         self.opened = opened
@@ -558,7 +558,7 @@ class ChatStream:
             if error is None and not self.done:
                 # The consumer stopped early (client gone, or the server's shutdown deadline
                 # passed): bill what was produced.
-                call.status, call.error_code = cut_short_status(self.state, server=self.ended_by_server)
+                call.status, call.error_code = cut_short_status(self.runtime, server=self.ended_by_server)
                 self._settle()
                 self._log()
                 if self.on_complete is not None:
@@ -566,7 +566,7 @@ class ChatStream:
         if error is not None:
             call.status, call.error_code = error.status, error.code
             call.failures.append(f"{call.model.name}: {error.message}")
-            self.state.breakers.failed(call.model, error.message)
+            self.runtime.breakers.failed(call.model, error.message)
             self._settle()
             self._log()
             if self.on_complete is not None:
@@ -580,7 +580,7 @@ class ChatStream:
     def _log(self) -> None:
         if not self.finished:
             self.finished = True
-            self.call.log(self.state)
+            self.call.log(self.runtime)
 
 
 def line_find(events: bytes, marker: bytes) -> int:
@@ -593,10 +593,10 @@ def line_find(events: bytes, marker: bytes) -> int:
     return at + 1 if at >= 0 else -1
 
 
-def cut_short_status(state: GatewayState, *, server: bool | None = None) -> tuple[int, str]:
+def cut_short_status(runtime: Runtime, *, server: bool | None = None) -> tuple[int, str]:
     """Status and code of a request stopped before its end: by the server's shutdown, or by the
     client leaving. ``server`` says which when the door knows; else a draining server is blamed."""
-    if server or (server is None and state.draining):
+    if server or (server is None and runtime.draining):
         return 503, "server_shutdown"
     return 499, "client_closed_request"
 
@@ -605,77 +605,77 @@ def _error_event(error: GatewayError) -> bytes:
     return b"data: " + error_body(error) + b"\n\n"
 
 
-async def chat_stream_open(state: GatewayState, call: Call, body: dict) -> ChatStream:
+async def chat_stream_open(runtime: Runtime, call: Call, body: dict) -> ChatStream:
     """Start the stream, falling back until one upstream sends its first bytes."""
     bodies: dict[int, bytes] = {}
 
     async def attempt(model: ModelInfo):
         payload = bodies.get(model.id) or bodies.setdefault(model.id, _upstream_body(body, model, stream=True))
-        return await open_stream(state.pool, model, "/chat/completions", payload)
+        return await open_stream(runtime.pool, model, "/chat/completions", payload)
 
-    return ChatStream(state, call, body, await upstream_stream_open(state, call, attempt))
+    return ChatStream(runtime, call, body, await upstream_stream_open(runtime, call, attempt))
 
 
-async def upstream_stream_open(state: GatewayState, call: Call, attempt) -> OpenStream:
+async def upstream_stream_open(runtime: Runtime, call: Call, attempt) -> OpenStream:
     """Open a stream with ``attempt(model)`` over the chain, with retries and fallbacks, until
     one upstream sends its first bytes; a failure is logged here."""
-    _going_upstream(state, call)
+    _going_upstream(runtime, call)
     call.upstream_started = time.perf_counter()
     try:
         model, opened, call.failures = await with_fallbacks(
             call.chain, attempt, retries=settings.GATEWAY_RETRIES, backoff=settings.GATEWAY_RETRY_BACKOFF,
-            breakers=state.breakers, failures=call.failures)
+            breakers=runtime.breakers, failures=call.failures)
     except GatewayError as exc:
         call.model = call.chain[0]
         call.status, call.error_code = exc.status, exc.code
         call.overhead_ms = (call.upstream_started - call.started) * 1000
-        call.log(state)
+        call.log(runtime)
         raise
     except UpstreamClientError as exc:
-        _refused_log(state, call, exc)
+        _refused_log(runtime, call, exc)
         raise
     except BaseException:
-        limits_settle(state, call)
+        limits_settle(runtime, call)
         raise
     call.model = model
     call.overhead_ms = (call.upstream_started - call.started) * 1000
     return opened
 
 
-async def embeddings(state: GatewayState, key: KeyInfo, raw: bytes | dict, *, started: float,
+async def embeddings(runtime: Runtime, key: KeyInfo, raw: bytes | dict, *, started: float,
                      batch_line: tuple[str, str] | None = None) -> tuple[Call, bytes]:
     call = _call_new(key, "/v1/embeddings", started, batch_line)
     body = raw if isinstance(raw, dict) else _body(raw)
     try:
         embeddings_body_validate(body)
-        call_route(state, call, body, None, mode="embedding")
+        call_route(runtime, call, body, None, mode="embedding")
         embeddings_tokens_check(body, context_window=max(model.context_window for model in call.chain))
-        await limits_reserve(state, call, body, mode="embedding")
+        await limits_reserve(runtime, call, body, mode="embedding")
     except GatewayError as exc:
         call.requested_model = call.requested_model or str(body.get("model") or "")[:200]
-        _fail(state, call, exc)
+        _fail(runtime, call, exc)
         raise
 
     async def attempt(model: ModelInfo):
         payload = dict(body)
         payload["model"] = model.upstream_id
-        return await post_json(state.pool, model, "/embeddings", orjson.dumps(payload))
+        return await post_json(runtime.pool, model, "/embeddings", orjson.dumps(payload))
 
     call.upstream_started = time.perf_counter()
     try:
         model, (raw_answer, parsed), call.failures = await with_fallbacks(
             call.chain, attempt, retries=settings.GATEWAY_RETRIES, backoff=settings.GATEWAY_RETRY_BACKOFF,
-            breakers=state.breakers, failures=call.failures)
+            breakers=runtime.breakers, failures=call.failures)
     except GatewayError as exc:
         call.model = call.chain[0]
         call.status, call.error_code = exc.status, exc.code
-        call.log(state)
+        call.log(runtime)
         raise
     except UpstreamClientError as exc:
-        _refused_log(state, call, exc)
+        _refused_log(runtime, call, exc)
         raise
     except BaseException:
-        limits_settle(state, call)
+        limits_settle(runtime, call)
         raise
     call.upstream_ended = time.perf_counter()
     call.model = model
@@ -688,18 +688,18 @@ async def embeddings(state: GatewayState, key: KeyInfo, raw: bytes | dict, *, st
             item for item in body["input"] if isinstance(item, str))
         call.set_usage(None, fallback_prompt=tokens.text_tokens(text), fallback_completion=0)
     call.overhead_ms = ((call.upstream_started - call.started) + (time.perf_counter() - call.upstream_ended)) * 1000
-    call.log(state)
+    call.log(runtime)
     return call, raw_answer
 
 
-def models_list(state: GatewayState, key: KeyInfo) -> bytes:
+def models_list(runtime: Runtime, key: KeyInfo) -> bytes:
     """``GET /v1/models``: the models this key may use, with their prices per 1M tokens."""
     allowed = key.allowed_models
     data = [{
         "id": "auto", "object": "model", "created": 0, "owned_by": "switchyard",
         "switchyard": {"mode": "chat", "routing": "picks the cheapest model that fits the prompt"},
     }]
-    for model in sorted(state.snapshot.models.values(), key=lambda m: m.name):
+    for model in sorted(runtime.snapshot.models.values(), key=lambda m: m.name):
         if allowed is not None and model.name not in allowed:
             continue
         data.append({

@@ -2,7 +2,7 @@
 
 The hot path never queries the database for auth, routing or prices: it reads an immutable
 :class:`Snapshot` of the (small) catalog and rule tables, and a per-prefix cache of keys.
-Both are refreshed when an admin changes something (see ``apps.gateway.bus``) and, as a
+Both are refreshed when an admin changes something (see ``apps.gateway.config_changes``) and, as a
 safety net, on a timer. Loading runs off the event loop in a worker thread.
 """
 

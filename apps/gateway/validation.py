@@ -22,8 +22,8 @@ from __future__ import annotations
 
 import orjson
 
-from apps.gateway import tokens
-from apps.gateway.errors import BadRequest, ContextTooLong
+from apps.core import tokens
+from apps.core.errors import BadRequest, ContextTooLong
 
 ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
 

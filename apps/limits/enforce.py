@@ -16,7 +16,7 @@ import time
 from dataclasses import dataclass, replace
 from decimal import Decimal
 
-from apps.gateway.errors import BudgetExceeded, LimitsUnavailable, RateLimited
+from apps.core.errors import BudgetExceeded, LimitsUnavailable, RateLimited
 from apps.limits.counters import BUDGET, CONCURRENCY, KIND_NAMES, REQUESTS, Check, Counters, Usage
 from apps.limits.periods import NEVER_ENDS, minute_window, period_bounds
 from apps.limits.spec import ScopeLimits, nanos, usd

@@ -14,7 +14,7 @@ import openai.types.embedding_create_params as embedding_params
 import pytest
 from django.conf import settings
 
-from apps.gateway.errors import BadRequest
+from apps.core.errors import BadRequest
 from apps.gateway.messages.translate import COUNT_TOKENS_FIELDS, MESSAGES_FIELDS, messages_body_translate
 from apps.gateway.validation import CHAT_FIELDS, EMBEDDINGS_FIELDS, MAX_NESTING, chat_body_validate
 

@@ -7,9 +7,9 @@ from types import SimpleNamespace
 
 import pytest
 
-from apps.gateway.breaker import CLOSED, HALF_OPEN, OPEN, Breakers
-from apps.gateway.errors import RateLimited, UpstreamError, UpstreamTimeout, UpstreamUnavailable
-from apps.gateway.upstream import UpstreamClientError, UpstreamFailure, with_fallbacks
+from apps.core.errors import RateLimited, UpstreamError, UpstreamTimeout, UpstreamUnavailable
+from apps.providers.breaker import CLOSED, HALF_OPEN, OPEN, Breakers
+from apps.providers.transport import UpstreamClientError, UpstreamFailure, with_fallbacks
 
 
 class Clock:

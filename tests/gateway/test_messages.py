@@ -133,7 +133,7 @@ def test_it_works_with_the_async_sdk(native):
 
 
 def test_it_counts_tokens_natively_or_itself(native):
-    from apps.gateway import tokens
+    from apps.core import tokens
 
     world = native
     messages = [{"role": "user", "content": "How many tokens are in this sentence, please?"}]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import orjson
 import pytest
 
-from apps.gateway.errors import GatewayError, LimitsUnavailable, UpstreamError, UpstreamTimeout
+from apps.core.errors import GatewayError, LimitsUnavailable, UpstreamError, UpstreamTimeout
 from apps.gateway.messages.errors import error_event, error_render
 from apps.gateway.messages.sse import AnthropicFromOpenAI
 from apps.gateway.messages.translate import messages_body_translate

@@ -8,7 +8,7 @@ import urllib.request
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from apps.gateway.metrics import allowed
+from apps.core.metrics import allowed
 from tests.gateway.conftest import gateway_start, gateway_stop, wait_until
 from tests.live import http_json
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from decimal import Decimal
 
-from apps.gateway import tokens
+from apps.core import tokens
 
 
 def test_it_counts_a_long_text_as_the_encoder_counts_it_whole():

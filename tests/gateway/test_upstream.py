@@ -8,7 +8,7 @@ from types import SimpleNamespace
 import pytest
 from aiohttp import web
 
-from apps.gateway.upstream import UpstreamClientError, UpstreamPool, post_json
+from apps.providers.transport import UpstreamClientError, UpstreamPool, post_json
 from tests.live import free_port
 
 SECRET = "sk-provider-secret-1234567890"

@@ -1,5 +1,5 @@
 """The WebSocket door through Channels' WebsocketCommunicator: the consumer runs in this process
-on its own gateway state, against the real test database and a simulated upstream over real
+on its own gateway runtime, against the real test database and a simulated upstream over real
 HTTP that streams slowly enough for requests to overlap."""
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from asgiref.sync import sync_to_async
 from channels.testing import WebsocketCommunicator
 
 from apps.gateway.consumers import CLOSE_IDLE, CLOSE_UNAUTHENTICATED, ChatConsumer
-from apps.gateway.state import GatewayState
+from apps.gateway.runtime import Runtime
 from apps.tenants.models import Tenant
 from tests.gateway.conftest import World, wait_until
 from tests.live import DEADLINE, REPO, Simulator, await_until, free_port, stop_process, wait_http
@@ -53,10 +53,10 @@ async def gateway(world, settings):
     # The tenants embed prompts with the simulator's embeddings model (real HTTP), so this
     # process never loads the local model.
     settings.CACHE_LOCAL_EMBEDDER = False
-    gateway_state = GatewayState()
-    await gateway_state.start()
-    yield gateway_state
-    await gateway_state.stop()
+    gateway_runtime = Runtime()
+    await gateway_runtime.start()
+    yield gateway_runtime
+    await gateway_runtime.stop()
 
 
 class Communicator(WebsocketCommunicator):
@@ -80,7 +80,7 @@ def socket(gateway, *, key: str | None = None, headers: list | None = None, subp
     all_headers = list(headers or [])
     if key is not None:
         all_headers.append((b"authorization", f"Bearer {key}".encode()))
-    return Communicator(ChatConsumer.as_asgi(gateway_state=gateway), PATH, headers=all_headers,
+    return Communicator(ChatConsumer.as_asgi(gateway_runtime=gateway), PATH, headers=all_headers,
                         subprotocols=subprotocols)
 
 

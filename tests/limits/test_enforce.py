@@ -10,7 +10,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from apps.gateway.errors import BudgetExceeded, RateLimited
+from apps.core.errors import BudgetExceeded, RateLimited
 from apps.limits import enforce
 from apps.limits.periods import period_bounds
 from apps.limits.spec import ScopeLimits

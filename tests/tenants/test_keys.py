@@ -112,14 +112,14 @@ def test_it_compares_the_management_apis_keys_in_constant_time(key_a, monkeypatc
 
 def test_it_compares_the_gateways_keys_in_constant_time(key_a, monkeypatch):
     """Every door of the gateway (chat, Messages' x-api-key, WebSocket, /v1/complete) goes
-    through GatewayState.authenticate."""
+    through Runtime.authenticate."""
     import asyncio
 
-    from apps.gateway import state as state_module
-    from apps.gateway.errors import AuthenticationFailed
+    from apps.core.errors import AuthenticationFailed
+    from apps.gateway import runtime as state_module
     from apps.gateway.snapshot import key_info_load
 
-    gateway = state_module.GatewayState()
+    gateway = state_module.Runtime()
     gateway.keys[key_a.api_key.prefix] = key_info_load(key_a.api_key.prefix)  # warm: no database read below
     calls = _spy_compare_digest(monkeypatch, state_module)
     forged = key_a.secret[:-4] + "zzzz"

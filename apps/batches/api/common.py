@@ -11,8 +11,8 @@ from django.http import HttpResponse
 from django.http.multipartparser import MultiPartParserError
 from django.views.decorators.csrf import csrf_exempt
 
-from apps.gateway.errors import AuthenticationFailed, BadRequest, GatewayError, MethodNotAllowed, PayloadTooLarge
-from apps.gateway.errors import error_body as _error_body
+from apps.core.errors import AuthenticationFailed, BadRequest, GatewayError, MethodNotAllowed, PayloadTooLarge
+from apps.core.errors import error_body as _error_body
 from apps.gateway.validation import nesting_check, nul_check
 from apps.tenants.selectors import key_authenticate
 

@@ -21,7 +21,7 @@ from apps.batches.models import File
 from apps.batches.selectors import file_get, files_list
 from apps.batches.services import file_create, file_delete
 from apps.batches.storage import files_storage
-from apps.gateway.errors import BadRequest
+from apps.core.errors import BadRequest
 
 CHUNK = 64 * 1024
 

@@ -20,8 +20,8 @@ import tempfile
 
 from django.conf import settings
 
-from apps.gateway.errors import PayloadTooLarge, error_body
-from apps.gateway.wire import header, json_send
+from apps.core.errors import PayloadTooLarge, error_body
+from apps.gateway.asgi_io import header, json_send
 
 FRAMING = 64 * 1024
 PIECE = 64 * 1024

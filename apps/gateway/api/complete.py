@@ -21,12 +21,12 @@ from django.http import HttpResponse, StreamingHttpResponse
 from rest_framework import serializers
 from rest_framework.views import APIView
 
+from apps.core.errors import BadRequest, GatewayError, PayloadTooLarge, error_body
 from apps.gateway import pipeline
 from apps.gateway.caching import cache_hit_log, cache_lookup, cache_plan, cache_settle, completion_from_stream
-from apps.gateway.errors import BadRequest, GatewayError, PayloadTooLarge, error_body
-from apps.gateway.state import state
-from apps.gateway.upstream import UpstreamClientError
+from apps.gateway.runtime import runtime
 from apps.gateway.validation import body_parse
+from apps.providers.transport import UpstreamClientError
 
 
 class CompleteRequest(serializers.Serializer):
@@ -104,14 +104,14 @@ def _content(answer: dict) -> str:
 
 
 async def _complete(authorization: str | None, raw: bytes, started: float, use_cache: bool):
-    await state.start()
-    key = await state.authenticate(authorization)
-    call, body = await pipeline.chat_prepare(state, key, raw, started=started)
+    await runtime.start()
+    key = await runtime.authenticate(authorization)
+    call, body = await pipeline.chat_prepare(runtime, key, raw, started=started)
     plan = cache_plan(call, body, cache_control=None if use_cache else "no-store", namespace=None)
     if plan is not None:
-        hit = await cache_lookup(state, call, plan)
+        hit = await cache_lookup(runtime, call, plan)
         if hit is not None:
-            cache_hit_log(state, call, hit)
+            cache_hit_log(runtime, call, hit)
             if not call.stream:
                 return _json(_summary(call, _content(hit.response)), headers=call.headers())
             response = StreamingHttpResponse(_replayed_events(call, hit), content_type="text/event-stream")
@@ -121,16 +121,16 @@ async def _complete(authorization: str | None, raw: bytes, started: float, use_c
     stream = None
     try:
         if not call.stream:
-            _raw, answer = await pipeline.chat_json(state, call, body)
-            cache_settle(state, call, plan, answer)
+            _raw, answer = await pipeline.chat_json(runtime, call, body)
+            cache_settle(runtime, call, plan, answer)
             return _json(_summary(call, _content(answer)), headers=call.headers())
-        stream = await pipeline.chat_stream_open(state, call, body)
+        stream = await pipeline.chat_stream_open(runtime, call, body)
     finally:
         if stream is None:
-            cache_settle(state, call, plan, None)  # failed, or already settled above (a no-op then)
+            cache_settle(runtime, call, plan, None)  # failed, or already settled above (a no-op then)
     if plan is not None:
         stream.on_complete = lambda done: cache_settle(
-            state, call, plan, completion_from_stream(done) if done is not None else None)
+            runtime, call, plan, completion_from_stream(done) if done is not None else None)
     response = StreamingHttpResponse(_simple_events(stream, call), content_type="text/event-stream")
     response["Cache-Control"] = "no-cache"
     for name, value in call.headers():

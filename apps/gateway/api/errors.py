@@ -13,7 +13,7 @@ from django.http import HttpResponse
 from rest_framework import exceptions
 from rest_framework.negotiation import BaseContentNegotiation
 
-from apps.gateway.errors import GatewayError, MethodNotAllowed, error_body
+from apps.core.errors import GatewayError, MethodNotAllowed, error_body
 
 # DRF's codes, as OpenAI (and the rest of the gateway) names them.
 _CODES = {"parse_error": "invalid_json", "method_not_allowed": "method_not_allowed"}

@@ -5,11 +5,11 @@ from __future__ import annotations
 from django.http import HttpResponse
 from django.views.decorators.csrf import csrf_exempt
 
-from apps.gateway.errors import MethodNotAllowed, error_body
+from apps.core.errors import MethodNotAllowed, error_body
 from apps.gateway.openapi import document_json
 
 
-@csrf_exempt  # no session, no state: a POST is refused with 405 like on any other API path
+@csrf_exempt  # no session, no runtime: a POST is refused with 405 like on any other API path
 def openapi_json(request) -> HttpResponse:
     """The document, built and serialized once per process."""
     if request.method not in ("GET", "HEAD"):

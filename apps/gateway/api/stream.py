@@ -29,11 +29,11 @@ import time
 import orjson
 from django.http import HttpResponse, StreamingHttpResponse
 
-from apps.gateway.errors import AuthenticationFailed, BadRequest, GatewayError, error_body
+from apps.core.errors import AuthenticationFailed, BadRequest, GatewayError, error_body
 from apps.gateway.events import ChatRun
 from apps.gateway.live import live_publish, live_usage_event
 from apps.gateway.playground_auth import is_playground_user, playground_key_prefix
-from apps.gateway.state import state
+from apps.gateway.runtime import runtime
 
 _MAX_PROMPT_CHARS = 100_000
 
@@ -85,11 +85,11 @@ async def stream(request):
         prefix = await playground_key_prefix(request.GET.get("key"))
         if prefix is None:
             raise BadRequest("'key' must be the id of an API key.", param="key")
-        await state.start()
-        key = await state.key_for_prefix(prefix)
+        await runtime.start()
+        key = await runtime.key_for_prefix(prefix)
     except GatewayError as error:
         return _error(error)
-    run = ChatRun(state, key, body, request_id="1", sentences=sentences, cache_control=cache, started=started)
+    run = ChatRun(runtime, key, body, request_id="1", sentences=sentences, cache_control=cache, started=started)
     response = StreamingHttpResponse(_events(run), content_type="text/event-stream; charset=utf-8")
     response["Cache-Control"] = "no-cache"
     response["X-Accel-Buffering"] = "no"
@@ -103,4 +103,4 @@ async def _events(run: ChatRun):
         async for event in events:
             yield b"event: " + event["type"].encode() + b"\ndata: " + orjson.dumps(event) + b"\n\n"
             if event["type"] == "done":
-                live_publish(state, run.key.tenant_id, live_usage_event(event))
+                live_publish(runtime, run.key.tenant_id, live_usage_event(event))

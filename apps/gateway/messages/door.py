@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import orjson
 
+from apps.core.errors import AuthenticationFailed, GatewayError, MethodNotAllowed, NotFound
+from apps.gateway.asgi_io import body_read, chunks_send, header, json_send, stream_relay
 from apps.gateway.caching import cache_hit_log, cache_lookup, cache_plan, cache_settle, completion_from_stream
-from apps.gateway.errors import AuthenticationFailed, GatewayError, MethodNotAllowed, NotFound
 from apps.gateway.limits import limits_settle
 from apps.gateway.messages.errors import error_render
 from apps.gateway.messages.flow import (
@@ -22,8 +23,7 @@ from apps.gateway.messages.flow import (
     replay_chunks,
 )
 from apps.gateway.messages.translate import message_from_completion
-from apps.gateway.upstream import UpstreamClientError
-from apps.gateway.wire import body_read, chunks_send, header, json_send, stream_relay
+from apps.providers.transport import UpstreamClientError
 
 _PATHS = ("/v1/messages", "/v1/messages/count_tokens")
 _NO_KEY = "Missing or invalid API key. Send 'x-api-key: <key>' or 'Authorization: Bearer <key>'."
@@ -36,7 +36,7 @@ def _authorization(scope) -> str | None:
     return header(scope, b"authorization")
 
 
-async def messages_handle(state, scope, receive, send, started: float) -> None:
+async def messages_handle(runtime, scope, receive, send, started: float) -> None:
     """Answer one request on a ``/v1/messages`` path."""
     call = None
     request_id = None
@@ -44,7 +44,7 @@ async def messages_handle(state, scope, receive, send, started: float) -> None:
         if scope["path"] not in _PATHS:
             raise NotFound(f"No such endpoint: {scope['path']}.")
         try:
-            key = await state.authenticate(_authorization(scope))
+            key = await runtime.authenticate(_authorization(scope))
         except AuthenticationFailed as error:
             if error.code == "invalid_api_key":
                 error.message = _NO_KEY
@@ -53,9 +53,9 @@ async def messages_handle(state, scope, receive, send, started: float) -> None:
             raise MethodNotAllowed(allowed=("POST",))
         raw = await body_read(receive)
         if scope["path"].endswith("/count_tokens"):
-            await json_send(send, 200, await count_tokens(state, key, raw, forwarded=forwarded_headers(scope)))
+            await json_send(send, 200, await count_tokens(runtime, key, raw, forwarded=forwarded_headers(scope)))
             return
-        request = await messages_prepare(state, key, raw, started=started,
+        request = await messages_prepare(runtime, key, raw, started=started,
                                          tags_header=header(scope, b"x-switchyard-tags"),
                                          forwarded=forwarded_headers(scope))
         call = request.call
@@ -63,9 +63,9 @@ async def messages_handle(state, scope, receive, send, started: float) -> None:
         plan = cache_plan(call, request.body, cache_control=header(scope, b"cache-control"),
                           namespace=header(scope, b"x-switchyard-cache-namespace"))
         if plan is not None:
-            hit = await cache_lookup(state, call, plan)
+            hit = await cache_lookup(runtime, call, plan)
             if hit is not None:
-                cache_hit_log(state, call, hit)
+                cache_hit_log(runtime, call, hit)
                 headers = [(b"request-id", request_id.encode()), *call.headers()]
                 if call.stream:
                     await chunks_send(send, headers, replay_chunks(request_id, hit.response))
@@ -75,17 +75,17 @@ async def messages_handle(state, scope, receive, send, started: float) -> None:
                 return
         try:
             if call.stream:
-                stream = await messages_stream_open(state, request)
+                stream = await messages_stream_open(runtime, request)
                 if plan is not None:
                     stream.on_complete = lambda done: cache_settle(
-                        state, call, plan, _stream_completion(done))
+                        runtime, call, plan, _stream_completion(done))
                 await stream_relay(stream, receive, send, [(b"request-id", request_id.encode()), *call.headers()])
             else:
-                answer, completion = await messages_json(state, request)
-                cache_settle(state, call, plan, completion)
+                answer, completion = await messages_json(runtime, request)
+                cache_settle(runtime, call, plan, completion)
                 await json_send(send, 200, answer, [(b"request-id", request_id.encode()), *call.headers()])
         finally:
-            cache_settle(state, call, plan, None)  # no-op when already settled
+            cache_settle(runtime, call, plan, None)  # no-op when already settled
     except GatewayError as error:
         status, body, headers = error_render(error, request_id)
         if request_id:
@@ -102,7 +102,7 @@ async def messages_handle(state, scope, receive, send, started: float) -> None:
         return
     finally:
         if call is not None:
-            limits_settle(state, call)  # a no-op unless the request ended without its usage row
+            limits_settle(runtime, call)  # a no-op unless the request ended without its usage row
 
 
 def _stream_completion(stream) -> dict | None:

@@ -2,7 +2,7 @@
 
     {"type": "error", "error": {"type": "...", "message": "..."}, "request_id": "req_..."}
 
-One mapping from the :class:`~apps.gateway.errors.GatewayError` tree (by HTTP status) to
+One mapping from the :class:`~apps.core.errors.GatewayError` tree (by HTTP status) to
 Anthropic's status codes and error types; the gateway's own ``code`` travels in the
 ``x-switchyard-error-code`` header so nothing is lost:
 
@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import orjson
 
-from apps.gateway.errors import GatewayError
+from apps.core.errors import GatewayError
 
 _BY_STATUS: dict[int, tuple[int, str]] = {
     400: (400, "invalid_request_error"),

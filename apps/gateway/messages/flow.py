@@ -17,8 +17,9 @@ from dataclasses import dataclass, field
 import orjson
 from django.conf import settings
 
-from apps.gateway import pipeline, tokens
-from apps.gateway.errors import GatewayError
+from apps.core import tokens
+from apps.core.errors import GatewayError
+from apps.gateway import pipeline
 from apps.gateway.limits import limits_reserve
 from apps.gateway.messages.errors import error_event, upstream_error_translate
 from apps.gateway.messages.native import NativeMessagesStream
@@ -33,8 +34,8 @@ from apps.gateway.messages.translate import (
     replayable,
 )
 from apps.gateway.pipeline import Call, ChatStream
-from apps.gateway.upstream import ANTHROPIC_KIND, UpstreamClientError, open_stream, post_json, with_fallbacks
 from apps.gateway.validation import body_parse
+from apps.providers.transport import ANTHROPIC_KIND, UpstreamClientError, open_stream, post_json, with_fallbacks
 
 ENDPOINT = "/v1/messages"
 # Client headers a native provider should see (the API version, and opt-ins to beta features).
@@ -68,7 +69,7 @@ def forwarded_headers(scope) -> dict[str, str]:
     return {name.decode(): value.decode("latin-1") for name, value in scope["headers"] if name in FORWARDED_HEADERS}
 
 
-async def messages_prepare(state, key, raw: bytes, *, started: float, tags_header: str | None,
+async def messages_prepare(runtime, key, raw: bytes, *, started: float, tags_header: str | None,
                            forwarded: dict[str, str]) -> MessagesRequest:
     """Validate, translate and route a Messages request; reserve its limits."""
     call = Call(key=key, endpoint=ENDPOINT, started=started)
@@ -76,9 +77,9 @@ async def messages_prepare(state, key, raw: bytes, *, started: float, tags_heade
     try:
         body, unsupported = messages_body_translate(original)
         call.stream = bool(body.get("stream"))
-        pipeline.call_route(state, call, body, tags_header, mode="chat", dialect="anthropic",
+        pipeline.call_route(runtime, call, body, tags_header, mode="chat", dialect="anthropic",
                             native_only=", ".join(unsupported) if unsupported else None)
-        await limits_reserve(state, call, body)
+        await limits_reserve(runtime, call, body)
         if call.stream and call.chain and not _native(call.chain[0]):
             # A translated stream's message_start carries this count: made while the provider
             # thinks (the callback runs once this request waits on it), not after its first bytes.
@@ -87,21 +88,21 @@ async def messages_prepare(state, key, raw: bytes, *, started: float, tags_heade
         call.requested_model = call.requested_model or str(original.get("model") or "")[:200]
         call.status, call.error_code = exc.status, exc.code
         call.overhead_ms = (time.perf_counter() - call.started) * 1000
-        call.log(state)
+        call.log(runtime)
         raise
     return MessagesRequest(call=call, original=original, body=body, forwarded=forwarded)
 
 
-def _attempt(state, request: MessagesRequest, send, *, stream: bool):
+def _attempt(runtime, request: MessagesRequest, send, *, stream: bool):
     """One upstream attempt per model, by ``send`` (``post_json`` or ``open_stream``): the client's
     body to a native provider, its chat form to any other (whose 4xx is rewritten in Anthropic's
     shape)."""
     async def attempt(model):
         if _native(model):
-            return await send(state.pool, model, "/messages", request.payload(model, stream=stream),
+            return await send(runtime.pool, model, "/messages", request.payload(model, stream=stream),
                               request.forwarded)
         try:
-            return await send(state.pool, model, "/chat/completions", request.payload(model, stream=stream))
+            return await send(runtime.pool, model, "/chat/completions", request.payload(model, stream=stream))
         except UpstreamClientError as exc:
             raise UpstreamClientError(exc.status, upstream_error_translate(exc.status, exc.body),
                                       "application/json", model=exc.model, code=exc.code) from None
@@ -109,10 +110,11 @@ def _attempt(state, request: MessagesRequest, send, *, stream: bool):
     return attempt
 
 
-async def messages_json(state, request: MessagesRequest) -> tuple[bytes, dict | None]:
+async def messages_json(runtime, request: MessagesRequest) -> tuple[bytes, dict | None]:
     """The answer's bytes, and its chat.completion form for the cache (None: not cacheable)."""
     call = request.call
-    model, raw, parsed = await pipeline.upstream_json(state, call, _attempt(state, request, post_json, stream=False))
+    attempt = _attempt(runtime, request, post_json, stream=False)
+    model, raw, parsed = await pipeline.upstream_json(runtime, call, attempt)
     if _native(model):
         usage = parsed.get("usage")
         if isinstance(usage, dict) and isinstance(usage.get("input_tokens"), int):
@@ -121,7 +123,7 @@ async def messages_json(state, request: MessagesRequest) -> tuple[bytes, dict | 
             text = "".join(b.get("text") or "" for b in parsed.get("content") or [] if isinstance(b, dict))
             call.set_usage_anthropic(None, fallback_prompt=call.prompt_tokens_count(request.body["messages"]),
                                      fallback_completion=tokens.text_tokens(text))
-        pipeline.call_done(state, call)
+        pipeline.call_done(runtime, call)
         cacheable = parsed.get("type") == "message" and replayable(parsed)
         return raw, completion_from_message(parsed, completion_id=f"chatcmpl-{call.request_id}") if cacheable else None
     usage = parsed.get("usage")
@@ -135,7 +137,7 @@ async def messages_json(state, request: MessagesRequest) -> tuple[bytes, dict | 
         parsed["usage"] = {"prompt_tokens": call.input_tokens, "completion_tokens": call.output_tokens,
                            "total_tokens": call.input_tokens + call.output_tokens}
     answer = orjson.dumps(message_from_completion(parsed, message_id=f"msg_{call.request_id}"))
-    pipeline.call_done(state, call)
+    pipeline.call_done(runtime, call)
     return answer, parsed
 
 
@@ -146,13 +148,13 @@ def anthropic_usage_of(call: Call) -> dict:
             "output_tokens": call.output_tokens}
 
 
-async def messages_stream_open(state, request: MessagesRequest) -> ChatStream:
+async def messages_stream_open(runtime, request: MessagesRequest) -> ChatStream:
     """Open the stream (falling back until one upstream sends its first bytes)."""
     call = request.call
-    opened = await pipeline.upstream_stream_open(state, call, _attempt(state, request, open_stream, stream=True))
+    opened = await pipeline.upstream_stream_open(runtime, call, _attempt(runtime, request, open_stream, stream=True))
     if _native(opened.model):
-        return NativeMessagesStream(state, call, request.body, opened)
-    stream = ChatStream(state, call, request.body, opened)
+        return NativeMessagesStream(runtime, call, request.body, opened)
+    stream = ChatStream(runtime, call, request.body, opened)
     # The provider counts the prompt only at the end; message_start carries this count of it.
     estimate = {"input_tokens": call.prompt_tokens_count(request.body["messages"]), "output_tokens": 0}
     translator = AnthropicFromOpenAI(message_id=f"msg_{call.request_id}", model=opened.model.upstream_id,
@@ -190,23 +192,23 @@ def replay_chunks(request_id: str, completion: dict, *, pieces: int = 8) -> list
     return [chunk for chunk in chunks if chunk]
 
 
-async def count_tokens(state, key, raw: bytes, *, forwarded: dict[str, str]) -> bytes:
+async def count_tokens(runtime, key, raw: bytes, *, forwarded: dict[str, str]) -> bytes:
     """``POST /v1/messages/count_tokens``: asked of the provider when it is native Anthropic,
     counted here (o200k, as for usage estimates) otherwise. No usage row: nothing is billed."""
     original = body_parse(raw)
     body, unsupported = messages_body_translate(original, count_only=True)
     call = Call(key=key, endpoint=ENDPOINT + "/count_tokens", started=time.perf_counter())
-    pipeline.call_route(state, call, body, None, mode="chat", dialect="anthropic",
+    pipeline.call_route(runtime, call, body, None, mode="chat", dialect="anthropic",
                         native_only=", ".join(unsupported) if unsupported else None)
     native = tuple(model for model in call.chain if _native(model))
     if native and _native(call.chain[0]):
         async def attempt(model):
-            return await post_json(state.pool, model, "/messages/count_tokens",
+            return await post_json(runtime.pool, model, "/messages/count_tokens",
                                    native_payload(original, model.upstream_id), forwarded)
 
         _model, (answer, _parsed), _failures = await with_fallbacks(
             native, attempt, retries=settings.GATEWAY_RETRIES, backoff=settings.GATEWAY_RETRY_BACKOFF,
-            breakers=state.breakers)
+            breakers=runtime.breakers)
         return answer
     counted = tokens.messages_tokens(body["messages"])
     if body.get("tools"):

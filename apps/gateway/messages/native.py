@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import orjson
 
-from apps.gateway import tokens
+from apps.core import tokens
 from apps.gateway.messages.errors import error_event
 from apps.gateway.messages.translate import STOP_TO_FINISH
 from apps.gateway.pipeline import ChatStream, line_find
@@ -36,8 +36,8 @@ def _data(event: bytes) -> dict | None:
 class NativeMessagesStream(ChatStream):
     """Anthropic SSE in, the same bytes out; usage and cost read on the way."""
 
-    def __init__(self, state, call, body: dict, opened) -> None:
-        super().__init__(state, call, body, opened)
+    def __init__(self, runtime, call, body: dict, opened) -> None:
+        super().__init__(runtime, call, body, opened)
         self.error_event = lambda error: error_event(error, call.request_id)
         self.replayable = True  # only text and tool_use blocks: the cache can keep it
 

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import orjson
 
-from apps.gateway.errors import BadRequest
+from apps.core.errors import BadRequest
 from apps.gateway.validation import is_int, is_number, nesting_check
 
 ROLES = frozenset({"user", "assistant"})

@@ -20,7 +20,7 @@ from django.http import HttpResponse, StreamingHttpResponse
 from django.utils.dateparse import parse_date, parse_datetime
 from rest_framework.views import APIView
 
-from apps.gateway.errors import AuthenticationFailed, BadRequest, GatewayError, error_body
+from apps.core.errors import AuthenticationFailed, BadRequest, GatewayError, error_body
 from apps.reporting.selectors import GROUPS, REPORT_EARLIEST, REPORT_LATEST, usage_grouped, usage_totals
 from apps.tenants.selectors import key_authenticate, key_prefixes
 from apps.usage.selectors import request_log_rows

@@ -26,7 +26,7 @@ from django.core.management.base import BaseCommand, CommandError
 from apps.batches.models import BatchJob
 from apps.batches.selectors import job_get
 from apps.batches.services import ENDPOINTS, batch_create, file_create
-from apps.gateway.errors import GatewayError
+from apps.core.errors import GatewayError
 from apps.tenants.selectors import key_authenticate
 
 BAR_WIDTH = 30

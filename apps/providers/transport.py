@@ -1,5 +1,5 @@
 """Calls to providers, JSON and streams alike, through the lean HTTP/1.1 client of
-:mod:`apps.gateway.h1` (keep-alive connections per provider); a concurrency limit per provider,
+:mod:`apps.providers.http1` (keep-alive connections per provider); a concurrency limit per provider,
 retries with backoff, then the ordered fallbacks.
 
     UpstreamFailure            an attempt failed and may be retried or fall through
@@ -12,7 +12,7 @@ retries with backoff, then the ordered fallbacks.
 
 When every attempt failed, the client gets 429 (with Retry-After) if every provider was
 rate-limiting, 504 if the last failure was a timeout, 502 otherwise; 503 (with Retry-After) when
-every model's circuit breaker was open (:mod:`apps.gateway.breaker`) so none was tried.
+every model's circuit breaker was open (:mod:`apps.providers.breaker`) so none was tried.
 
 The OpenAI SDK is not used here: plain aiohttp measured several times faster on this path, and
 the lean client faster again (aiohttp's client was about a third of the gateway's time on a
@@ -31,9 +31,9 @@ import aiohttp
 import orjson
 from django.conf import settings
 
-from apps.gateway.breaker import Breakers
-from apps.gateway.errors import RateLimited, UpstreamError, UpstreamTimeout, UpstreamUnavailable
-from apps.gateway.h1 import H1Pool, H1Response
+from apps.core.errors import RateLimited, UpstreamError, UpstreamTimeout, UpstreamUnavailable
+from apps.providers.breaker import Breakers
+from apps.providers.http1 import Http1Pool, Http1Response
 
 logger = logging.getLogger(__name__)
 
@@ -98,17 +98,17 @@ class UpstreamPool:
     """Connections and concurrency limits per provider, for one event loop."""
 
     def __init__(self) -> None:
-        self._h1: dict[int, H1Pool] = {}
+        self._http1: dict[int, Http1Pool] = {}
         self._limits: dict[int, tuple[int, asyncio.Semaphore]] = {}
         self.in_flight = 0  # upstream calls holding a concurrency slot (JSON or open streams)
 
-    def h1(self, provider) -> H1Pool:
+    def http1(self, provider) -> Http1Pool:
         """The keep-alive connections to this provider (JSON calls and streams go through them)."""
-        pool = self._h1.get(provider.id)
+        pool = self._http1.get(provider.id)
         if pool is None or pool.base_url != provider.base_url:
             if pool is not None:
                 pool.close()
-            pool = self._h1[provider.id] = H1Pool(provider.base_url)
+            pool = self._http1[provider.id] = Http1Pool(provider.base_url)
         return pool
 
     def limit(self, provider) -> asyncio.Semaphore:
@@ -119,9 +119,9 @@ class UpstreamPool:
         return current[1]
 
     async def close(self) -> None:
-        for h1 in self._h1.values():
+        for h1 in self._http1.values():
             h1.close()
-        self._h1.clear()
+        self._http1.clear()
 
 
 ANTHROPIC_KIND = "anthropic"
@@ -179,7 +179,7 @@ async def post_json(pool: UpstreamPool, model, path: str, body: bytes,
         response = None
         try:
             async with asyncio.timeout(provider.timeout):
-                response = await pool.h1(provider).post(
+                response = await pool.http1(provider).post(
                     path, body, _headers(provider, headers), connect_timeout=min(provider.timeout, 10.0),
                     first_byte_timeout=None, read_timeout=None)
                 if response.status != 200:
@@ -207,7 +207,7 @@ class OpenStream:
     """A stream whose first bytes have arrived: from here on there is no falling back."""
 
     model: object
-    response: H1Response
+    response: Http1Response
     first: bytes
     release: object  # the semaphore to release when the stream ends
     pool: UpstreamPool
@@ -254,7 +254,7 @@ async def open_stream(pool: UpstreamPool, model, path: str, body: bytes,
     pool.in_flight += 1
     response = None
     try:
-        response = await pool.h1(provider).post(
+        response = await pool.http1(provider).post(
             path, body, _headers(provider, headers), connect_timeout=min(provider.timeout, 10.0),
             first_byte_timeout=provider.timeout,
             read_timeout=min(provider.timeout, settings.UPSTREAM_STREAM_IDLE_TIMEOUT))

@@ -7,14 +7,14 @@ and a payload writer per request; under load that was the largest share of the g
 CPU on a stream, and about a third of its time on a JSON answer. This client does what a call to
 a provider needs and nothing else:
 
-    H1Pool.post(...)          connect or reuse, write the request, wait for the status line
-                              and headers (the first-byte timeout), return an H1Response
-    H1Response.readany()      the body bytes that have arrived (b"" at the end); a silence
+    Http1Pool.post(...)          connect or reuse, write the request, wait for the status line
+                              and headers (the first-byte timeout), return an Http1Response
+    Http1Response.readany()      the body bytes that have arrived (b"" at the end); a silence
                               longer than the read timeout (or the one given) raises TimeoutError
-    H1Response.end_wait(s)    after a stream's last event: at most ``s`` seconds for the
+    Http1Response.end_wait(s)    after a stream's last event: at most ``s`` seconds for the
                               answer's end, so that the connection can be kept alive
-    H1Response.read()         the whole body (a JSON answer, or an error answer)
-    H1Response.release()      the connection back to the pool when the answer was read to its
+    Http1Response.read()         the whole body (a JSON answer, or an error answer)
+    Http1Response.release()      the connection back to the pool when the answer was read to its
                               end and the server keeps it alive; closed otherwise
 
 Connection failures raise :class:`UpstreamConnectError` or :class:`UpstreamDisconnected`,
@@ -184,12 +184,12 @@ def _expire(waiter: asyncio.Future) -> None:
         waiter.set_exception(ReadTimeout())
 
 
-class H1Response:
+class Http1Response:
     """An answer whose status line and headers have arrived."""
 
     __slots__ = ("_conn", "_pool", "_read_timeout", "headers", "released", "status")
 
-    def __init__(self, pool: H1Pool, conn: _Connection, read_timeout: float | None) -> None:
+    def __init__(self, pool: Http1Pool, conn: _Connection, read_timeout: float | None) -> None:
         self._pool = pool
         self._conn = conn
         self._read_timeout = read_timeout
@@ -198,7 +198,7 @@ class H1Response:
         self.released = False
 
     @property
-    def content(self) -> H1Response:
+    def content(self) -> Http1Response:
         return self  # the attribute aiohttp's readers are found on
 
     async def readany(self, seconds: float | None = None) -> bytes:
@@ -244,7 +244,7 @@ class H1Response:
             conn.transport.close()
 
 
-class H1Pool:
+class Http1Pool:
     """Keep-alive connections to one origin (scheme, host, port)."""
 
     def __init__(self, base_url: str) -> None:
@@ -298,7 +298,7 @@ class H1Pool:
         return b"".join(lines)
 
     async def post(self, path: str, body: bytes, headers: dict[str, str], *, connect_timeout: float,
-                   first_byte_timeout: float | None, read_timeout: float | None) -> H1Response:
+                   first_byte_timeout: float | None, read_timeout: float | None) -> Http1Response:
         """Send the request; return once the answer's headers are here."""
         request = self._request(path, body, headers)
         conn = self._idle_get()
@@ -310,7 +310,7 @@ class H1Pool:
                 conn.transport.write(request)
                 while not conn._headers_ready:
                     await conn.wait(first_byte_timeout)
-                return H1Response(self, conn, read_timeout)
+                return Http1Response(self, conn, read_timeout)
             except UpstreamConnectionError:
                 conn.transport.close()
                 if reused and not conn.received:

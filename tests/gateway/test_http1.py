@@ -8,7 +8,13 @@ import asyncio
 import pytest
 from aiohttp import web
 
-from apps.gateway.h1 import H1Pool, ReadTimeout, UpstreamConnectError, UpstreamConnectionError, UpstreamDisconnected
+from apps.providers.http1 import (
+    Http1Pool,
+    ReadTimeout,
+    UpstreamConnectError,
+    UpstreamConnectionError,
+    UpstreamDisconnected,
+)
 from tests.live import free_port
 
 BIG = 3 * 1024 * 1024
@@ -67,13 +73,13 @@ async def server():
     await running.runner.cleanup()
 
 
-async def _post(pool: H1Pool, path: str, *, read_timeout: float = 5.0, headers: dict | None = None):
+async def _post(pool: Http1Pool, path: str, *, read_timeout: float = 5.0, headers: dict | None = None):
     return await pool.post(path, b'{"q": 1}', headers or {"Content-Type": "application/json"}, connect_timeout=2,
                            first_byte_timeout=read_timeout, read_timeout=read_timeout)
 
 
 async def test_it_streams_pieces_and_reuses_the_connection(server):
-    pool = H1Pool(server.base)
+    pool = Http1Pool(server.base)
     for _ in range(3):
         response = await _post(pool, "/events")
         assert response.status == 200 and response.headers.get("Content-Type") == "text/event-stream"
@@ -89,7 +95,7 @@ async def test_it_streams_pieces_and_reuses_the_connection(server):
 
 
 async def test_it_reads_a_big_body_whole_and_an_error_answer_with_its_headers(server):
-    pool = H1Pool(server.base)
+    pool = Http1Pool(server.base)
     response = await _post(pool, "/big")
     assert len(await response.read()) == BIG
     response.release()
@@ -102,7 +108,7 @@ async def test_it_reads_a_big_body_whole_and_an_error_answer_with_its_headers(se
 
 
 async def test_it_closes_a_connection_released_before_its_answer_ended(server):
-    pool = H1Pool(server.base)
+    pool = Http1Pool(server.base)
     response = await _post(pool, "/stall")
     assert await response.readany()
     response.release()  # the reader left mid-stream
@@ -117,7 +123,7 @@ async def test_it_sends_again_on_a_new_connection_when_the_server_closed_the_kep
     server = Server()
     await server.start(keepalive_timeout=0.2)
     try:
-        pool = H1Pool(server.base)
+        pool = Http1Pool(server.base)
         first = await _post(pool, "/events")
         await first.read()
         first.release()
@@ -132,7 +138,7 @@ async def test_it_sends_again_on_a_new_connection_when_the_server_closed_the_kep
 
 
 async def test_it_raises_a_connection_error_when_the_answer_is_cut(server):
-    pool = H1Pool(server.base)
+    pool = Http1Pool(server.base)
     response = await _post(pool, "/cut")
     with pytest.raises(UpstreamDisconnected):
         while await response.readany():
@@ -142,7 +148,7 @@ async def test_it_raises_a_connection_error_when_the_answer_is_cut(server):
 
 
 async def test_it_times_out_on_silence_before_and_after_the_first_byte(server):
-    pool = H1Pool(server.base)
+    pool = Http1Pool(server.base)
     with pytest.raises(ReadTimeout):
         await _post(pool, "/silent", read_timeout=0.3)
     response = await _post(pool, "/stall", read_timeout=0.3)
@@ -155,7 +161,7 @@ async def test_it_times_out_on_silence_before_and_after_the_first_byte(server):
 
 
 async def test_it_refuses_what_it_cannot_send():
-    pool = H1Pool(f"http://127.0.0.1:{free_port()}/v1")
+    pool = Http1Pool(f"http://127.0.0.1:{free_port()}/v1")
     with pytest.raises(UpstreamConnectError):
         await _post(pool, "/events")
     with pytest.raises(UpstreamConnectionError):

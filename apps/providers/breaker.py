@@ -11,7 +11,7 @@ tenants' requests to them.
 
 A failure is what proves the provider down: a 5xx or a 408, a timeout, a refused or cut
 connection, a body that is not JSON or not server-sent events, and a stream that breaks after
-its first byte (:attr:`apps.gateway.upstream.UpstreamFailure.outage`). No 4xx is one, whoever
+its first byte (:attr:`apps.providers.transport.UpstreamFailure.outage`). No 4xx is one, whoever
 sent the request: a 429 is the provider's rate limit (it is alive, its Retry-After says when to
 come back, and the chain falls back meanwhile), a 401 or 403 says our credential is wrong (the
 chain falls back; pausing would not mend it), and any other 4xx (400, 404, 413, 422, ...) is the

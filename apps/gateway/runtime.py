@@ -1,4 +1,4 @@
-"""Per-process gateway state: the config snapshot, the key cache, upstream sessions and the
+"""Per-process gateway runtime: the config snapshot, the key cache, upstream sessions and the
 usage buffer, started by the ASGI lifespan (or lazily by the first request) and closed on
 shutdown."""
 
@@ -19,12 +19,12 @@ from functools import partial
 from django.conf import settings
 
 from apps.catalog.services import circuit_report, circuits_forget
-from apps.gateway import tokens
-from apps.gateway.breaker import OPEN, Breakers
-from apps.gateway.bus import config_changes_listen
-from apps.gateway.errors import AuthenticationFailed
+from apps.core import tokens
+from apps.core.errors import AuthenticationFailed
+from apps.gateway.config_changes import config_changes_listen
 from apps.gateway.snapshot import KeyInfo, Snapshot, key_info_load, snapshot_load
-from apps.gateway.upstream import UpstreamPool
+from apps.providers.breaker import OPEN, Breakers
+from apps.providers.transport import UpstreamPool
 from apps.tenants.services import KEY_PREFIX, key_prefix
 from apps.usage.buffer import UsageBuffer
 
@@ -34,7 +34,7 @@ _MISSING = object()
 _NEGATIVE_CACHE_LIMIT = 10_000
 
 
-class GatewayState:
+class Runtime:
     def __init__(self) -> None:
         self.snapshot: Snapshot | None = None
         self.keys: dict[str, KeyInfo | None] = {}
@@ -243,7 +243,7 @@ class GatewayState:
                 logger.exception("timed config refresh failed")
 
     def _rows_observe(self, rows: list[dict]) -> None:
-        from apps.gateway import metrics
+        from apps.core import metrics
 
         # A row being observed is flushed again if a write fails: counted once here regardless.
         tenants = self.tenant_slugs
@@ -317,7 +317,7 @@ _LOCAL_EMBEDDER = None
 
 
 def _local_embedder(factory):
-    """One local model per process, kept across restarts of the state (it takes seconds to load)."""
+    """One local model per process, kept across restarts of the runtime (it takes seconds to load)."""
     global _LOCAL_EMBEDDER
     if _LOCAL_EMBEDDER is None:
         _LOCAL_EMBEDDER = factory()
@@ -338,4 +338,4 @@ def _key_load_fresh(prefix: str) -> KeyInfo | None:
     return key_info_load(prefix)
 
 
-state = GatewayState()
+runtime = Runtime()

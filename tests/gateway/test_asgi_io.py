@@ -15,7 +15,7 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from uvicorn.server import ServerState
 
-from apps.gateway.wire import SSE_HEADERS, chunks_send, json_send, response_begin
+from apps.gateway.asgi_io import SSE_HEADERS, chunks_send, json_send, response_begin
 
 REQUEST = b"GET /x HTTP/1.1\r\nHost: example\r\n\r\n"
 PROTOCOLS = [pytest.param(HttpToolsProtocol, "httptools", id="httptools"), pytest.param(H11Protocol, "h11", id="h11")]

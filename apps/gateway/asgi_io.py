@@ -8,7 +8,7 @@ import logging
 
 from django.conf import settings
 
-from apps.gateway.errors import PayloadTooLarge
+from apps.core.errors import PayloadTooLarge
 
 logger = logging.getLogger(__name__)
 
