@@ -1,7 +1,7 @@
 """The ASGI entry point.
 
 Django's ASGI app is built first (it sets up the app registry). HTTP goes to the gateway's
-plain ASGI door (``apps/gateway/http.py``), which answers the hot endpoints itself, ahead of
+plain ASGI door (``apps/gateway/doors/http.py``), which answers the hot endpoints itself, ahead of
 Django's handler, and hands every other path to Django. WebSockets go to Channels consumers:
 ``/ws/v1/chat`` is the gateway's WebSocket door, ``/ws/admin/batches`` the admin's live batch
 progress (staff session); any other path is refused at the handshake.
@@ -29,9 +29,9 @@ from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E40
 from django.urls import path, re_path  # noqa: E402
 
 from apps.batches.consumers import BatchProgressConsumer  # noqa: E402
-from apps.gateway.consumers import ChatConsumer, refuse_socket  # noqa: E402
 from apps.gateway.cors import cors_wrap  # noqa: E402
-from apps.gateway.http import GatewayHTTP  # noqa: E402
+from apps.gateway.doors.http import GatewayHTTP  # noqa: E402
+from apps.gateway.doors.websocket import ChatConsumer, refuse_socket  # noqa: E402
 
 # The hot endpoints are answered by GatewayHTTP; everything else falls through to Django.
 gateway_http = GatewayHTTP(django_asgi_app)

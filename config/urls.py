@@ -7,9 +7,9 @@ from django.contrib.auth import views as auth_views
 from django.urls import include, path
 
 from apps.core import health
-from apps.gateway.api.complete import CompleteView
 from apps.gateway.api.openapi import openapi_json
-from apps.gateway.api.stream import stream
+from apps.gateway.doors.complete import CompleteView
+from apps.gateway.doors.eventsource import stream
 from apps.gateway.playground import playground
 from apps.reporting.api.usage import UsageExportView, UsageView
 from apps.reporting.dashboard import dashboard

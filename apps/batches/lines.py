@@ -22,9 +22,8 @@ from dataclasses import dataclass
 import orjson
 
 from apps.core.errors import BudgetExceeded, GatewayError, RateLimited
-from apps.gateway import pipeline
-from apps.gateway.caching import cache_hit_log, cache_lookup, cache_plan, cache_settle
-from apps.gateway.limits import limits_settle
+from apps.gateway.dialects.openai import OPENAI_CHAT, completion_text
+from apps.gateway.pipeline.run import ChatRequest, chat, embeddings
 from apps.providers.transport import UpstreamClientError
 
 RATE_LIMIT_RETRIES = 8
@@ -85,37 +84,14 @@ def _custom_id_of(raw: bytes) -> str | None:
     return value if isinstance(value, str) and 0 < len(value) <= 512 else None
 
 
-def _content(answer: dict) -> str:
-    try:
-        return "".join((c.get("message") or {}).get("content") or "" for c in answer.get("choices") or [])
-    except AttributeError:
-        return ""
-
-
-async def _chat(runtime, key, body: dict, batch_line: tuple[str, str]) -> tuple[str, dict]:
-    call, body = await pipeline.chat_prepare(runtime, key, body, started=time.perf_counter(), batch_line=batch_line)
-    plan = None
-    try:
-        plan = cache_plan(call, body, cache_control=None, namespace=None)
-        if plan is not None:
-            hit = await cache_lookup(runtime, call, plan)
-            if hit is not None:
-                cache_hit_log(runtime, call, hit)
-                return call.request_id, hit.response
-        _raw, parsed = await pipeline.chat_json(runtime, call, body)
-        cache_settle(runtime, call, plan, parsed)
-        return call.request_id, parsed
-    finally:
-        cache_settle(runtime, call, plan, None)  # a no-op once settled
-        limits_settle(runtime, call)
+async def chat_line(runtime, key, body: dict, batch_line: tuple[str, str]) -> tuple[str, dict]:
+    answer = await chat(runtime, ChatRequest(key, body, OPENAI_CHAT, time.perf_counter(), batch_line=batch_line))
+    return answer.call.request_id, answer.hit.response if answer.hit is not None else answer.completion
 
 
 async def _embeddings(runtime, key, body: dict, batch_line: tuple[str, str]) -> tuple[str, dict]:
-    call, raw = await pipeline.embeddings(runtime, key, body, started=time.perf_counter(), batch_line=batch_line)
-    try:
-        return call.request_id, orjson.loads(raw)
-    finally:
-        limits_settle(runtime, call)
+    call, raw = await embeddings(runtime, key, body, started=time.perf_counter(), batch_line=batch_line)
+    return call.request_id, orjson.loads(raw)
 
 
 async def line_answer(runtime, key, *, job_id: str, endpoint: str, index: int, raw: bytes) -> LineResult:
@@ -128,7 +104,7 @@ async def line_answer(runtime, key, *, job_id: str, endpoint: str, index: int, r
         return LineResult(index, _custom_id_of(raw), True, orjson.dumps({
             "id": line_id, "custom_id": _custom_id_of(raw), "response": None,
             "error": {"code": invalid.code, "message": invalid.message}}))
-    run = _chat if endpoint == "/v1/chat/completions" else _embeddings
+    run = chat_line if endpoint == "/v1/chat/completions" else _embeddings
     status, answer = 200, None
     for attempt in range(RATE_LIMIT_RETRIES + 1):
         try:
@@ -159,7 +135,7 @@ async def line_answer(runtime, key, *, job_id: str, endpoint: str, index: int, r
     line = orjson.dumps({"id": line_id, "custom_id": custom_id,
                          "response": {"status_code": status, "request_id": request_id, "body": answer},
                          "error": None})
-    content = _content(answer) if ok and endpoint == "/v1/chat/completions" else None
+    content = completion_text(answer) if ok and endpoint == "/v1/chat/completions" else None
     return LineResult(index, custom_id, not ok, line, content)
 
 

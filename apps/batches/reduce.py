@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import time
 
-from apps.batches.lines import _chat, _content
+from apps.batches.lines import chat_line, completion_text
 from apps.core import tokens
 from apps.core.errors import BadRequest, GatewayError
 
@@ -84,9 +84,9 @@ async def reduce_run(runtime, key, *, job_id: str, params: dict, texts: list[str
             body["max_tokens"] = params["max_tokens"]
         async with limit:
             calls += 1
-            _request_id, answer = await _chat(runtime, key, body, (f"{job_id}-r{level}.{position}",
+            _request_id, answer = await chat_line(runtime, key, body, (f"{job_id}-r{level}.{position}",
                                                                  "batch:/v1/chat/completions"))
-        return _content(answer)
+        return completion_text(answer)
 
     level = 0
     started = time.perf_counter()

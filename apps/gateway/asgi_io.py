@@ -169,3 +169,10 @@ async def stream_relay(stream, receive, send, headers: list) -> None:
 async def _disconnect_wait(receive) -> None:
     while (await receive())["type"] != "http.disconnect":
         pass
+
+
+async def refusal_send(send, exc, headers: list) -> None:
+    """A provider's own refusal of the request (a 4xx), passed on as it came."""
+    await send({"type": "http.response.start", "status": exc.status,
+                "headers": [(b"content-type", exc.content_type.encode()), *headers]})
+    await send({"type": "http.response.body", "body": exc.body})

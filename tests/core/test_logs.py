@@ -9,14 +9,14 @@ from apps.core.logs import JsonFormatter
 
 
 def test_it_writes_one_json_object_with_the_request_id():
-    record = logging.getLogger("apps.gateway.caching").makeRecord(
-        "apps.gateway.caching", logging.INFO, __file__, 1, "semantic candidate %s", ("rejected",), None,
+    record = logging.getLogger("apps.gateway.pipeline.cache").makeRecord(
+        "apps.gateway.pipeline.cache", logging.INFO, __file__, 1, "semantic candidate %s", ("rejected",), None,
         extra={"request_id": "req-123", "similarity": 0.91})
     line = JsonFormatter().format(record)
     entry = json.loads(line)
     assert entry["message"] == "semantic candidate rejected"
     assert entry["request_id"] == "req-123" and entry["similarity"] == 0.91
-    assert entry["level"] == "info" and entry["logger"] == "apps.gateway.caching"
+    assert entry["level"] == "info" and entry["logger"] == "apps.gateway.pipeline.cache"
     assert "\n" not in line
 
 

@@ -15,7 +15,7 @@ import pytest
 from django.conf import settings
 
 from apps.core.errors import BadRequest
-from apps.gateway.messages.translate import COUNT_TOKENS_FIELDS, MESSAGES_FIELDS, messages_body_translate
+from apps.gateway.dialects.anthropic.translate import COUNT_TOKENS_FIELDS, MESSAGES_FIELDS, messages_body_translate
 from apps.gateway.validation import CHAT_FIELDS, EMBEDDINGS_FIELDS, MAX_NESTING, chat_body_validate
 
 PROMPT = [{"role": "user", "content": "Hi"}]

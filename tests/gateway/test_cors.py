@@ -6,7 +6,7 @@ from __future__ import annotations
 import httpx
 import pytest
 
-from apps.gateway.http import HOT_PATHS
+from apps.gateway.doors.http import HOT_PATHS
 from tests.gateway.conftest import gateway_start, gateway_stop
 from tests.routes import routes
 

@@ -19,7 +19,7 @@ import json
 import httpx
 import pytest
 
-from apps.gateway.http import HOT_PATHS
+from apps.gateway.doors.http import HOT_PATHS
 from tests.gateway.conftest import request_logs, wait_until
 from tests.routes import Route, routes
 

@@ -6,9 +6,9 @@ import orjson
 import pytest
 
 from apps.core.errors import GatewayError, LimitsUnavailable, UpstreamError, UpstreamTimeout
-from apps.gateway.messages.errors import error_event, error_render
-from apps.gateway.messages.sse import AnthropicFromOpenAI
-from apps.gateway.messages.translate import messages_body_translate
+from apps.gateway.dialects.anthropic.errors import error_event, error_render
+from apps.gateway.dialects.anthropic.sse import AnthropicFromOpenAI
+from apps.gateway.dialects.anthropic.translate import messages_body_translate
 
 
 def chunk(delta: dict, finish=None, **extra) -> bytes:

@@ -28,7 +28,7 @@ from schemathesis.specs.openapi.checks import (
     unsupported_method,
 )
 
-from apps.gateway.messages.translate import COUNT_TOKENS_FIELDS, MESSAGES_FIELDS
+from apps.gateway.dialects.anthropic.translate import COUNT_TOKENS_FIELDS, MESSAGES_FIELDS
 from apps.gateway.openapi import document
 from apps.gateway.validation import CHAT_FIELDS, EMBEDDINGS_FIELDS
 
@@ -68,7 +68,7 @@ def test_it_documents_exactly_the_fields_the_validators_take():
 def test_it_documents_every_tenant_route():
     from django.urls import get_resolver
 
-    from apps.gateway.http import HOT_PATHS
+    from apps.gateway.doors.http import HOT_PATHS
 
     documented = {path.replace("{", "<").replace("}", ">") for path in document()["paths"]}
     django_routes = {"/" + str(p.pattern) for p in get_resolver().url_patterns if str(p.pattern).startswith("v1/")}

@@ -14,7 +14,7 @@ import pytest
 from asgiref.sync import sync_to_async
 from channels.testing import WebsocketCommunicator
 
-from apps.gateway.consumers import CLOSE_IDLE, CLOSE_UNAUTHENTICATED, ChatConsumer
+from apps.gateway.doors.websocket import CLOSE_IDLE, CLOSE_UNAUTHENTICATED, ChatConsumer
 from apps.gateway.runtime import Runtime
 from apps.tenants.models import Tenant
 from tests.gateway.conftest import World, wait_until
@@ -270,12 +270,12 @@ async def test_it_refuses_a_body_nested_too_deep_or_with_unknown_fields_and_keep
 
 
 async def test_it_ends_a_request_the_gateway_failed_with_a_500_error_event(gateway, world, monkeypatch):
-    from apps.gateway import pipeline
+    from apps.gateway.doors import chat_events
 
     async def broken(*args, **kwargs):
         raise RuntimeError("a defect")
 
-    monkeypatch.setattr(pipeline, "chat_prepare", broken)
+    monkeypatch.setattr(chat_events, "chat", broken)
     ws = await connected(gateway, world.key_a)
     await ws.send_json_to(chat("1", "Hi"))
     event = await ws.receive_json_from()

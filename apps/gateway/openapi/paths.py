@@ -1,6 +1,6 @@
 """The operations of the tenant API's OpenAPI document, each with every status it answers.
 
-Two doors answer them (``apps.gateway.http`` for the hot paths, Django for the rest), but every
+Two doors answer them (``apps.gateway.doors.http`` for the hot paths, Django for the rest), but every
 error leaves in one shape: OpenAI's, or Anthropic's on ``/v1/messages*``. A method a path does
 not list answers 405 with an ``Allow`` header (401 first where the key is checked before the
 method).

@@ -1,7 +1,7 @@
 """The component schemas of the tenant API's OpenAPI document: request and response bodies.
 
 Request schemas say what the gateway accepts, with the ranges its validators check
-(:mod:`apps.gateway.validation`, :mod:`apps.gateway.messages.translate`, the batch services);
+(:mod:`apps.gateway.validation`, :mod:`apps.gateway.dialects.anthropic.translate`, the batch services);
 response schemas say what every answer holds, loose where a provider's own answer is relayed
 as it came (fields are added to OpenAI's and Anthropic's objects over time).
 """

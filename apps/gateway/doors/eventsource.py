@@ -30,7 +30,7 @@ import orjson
 from django.http import HttpResponse, StreamingHttpResponse
 
 from apps.core.errors import AuthenticationFailed, BadRequest, GatewayError, error_body
-from apps.gateway.events import ChatRun
+from apps.gateway.doors.chat_events import ChatEvents
 from apps.gateway.live import live_publish, live_usage_event
 from apps.gateway.playground_auth import is_playground_user, playground_key_prefix
 from apps.gateway.runtime import runtime
@@ -89,14 +89,14 @@ async def stream(request):
         key = await runtime.key_for_prefix(prefix)
     except GatewayError as error:
         return _error(error)
-    run = ChatRun(runtime, key, body, request_id="1", sentences=sentences, cache_control=cache, started=started)
+    run = ChatEvents(runtime, key, body, request_id="1", sentences=sentences, cache_control=cache, started=started)
     response = StreamingHttpResponse(_events(run), content_type="text/event-stream; charset=utf-8")
     response["Cache-Control"] = "no-cache"
     response["X-Accel-Buffering"] = "no"
     return response
 
 
-async def _events(run: ChatRun):
+async def _events(run: ChatEvents):
     yield b"retry: 86400000\n\n"
     events = run.events()
     async with contextlib.aclosing(events):

@@ -11,31 +11,24 @@ fallbacks, the cache stage, cost and the usage row), seen as events instead of S
 
 A request ends with exactly one ``done`` or one ``error``. Closing the iterator early (the
 client cancelled or left) stops the upstream call; the usage row then says 499 and bills the
-tokens produced so far, which :meth:`ChatRun.cancelled_event` reports.
+tokens produced so far, which :meth:`ChatEvents.cancelled_event` reports.
 """
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import AsyncIterator
-from decimal import Decimal
 
 import orjson
 
 from apps.core.errors import BadRequest, GatewayError, UpstreamError
-from apps.gateway import pipeline
-from apps.gateway.caching import cache_hit_log, cache_lookup, cache_plan, cache_settle, completion_from_stream
+from apps.gateway.dialects.openai import OPENAI_CHAT, replay_parts
+from apps.gateway.pipeline.call import CACHE_NAMES, Call, money
+from apps.gateway.pipeline.run import ChatRequest, chat
 from apps.gateway.sentences import SentenceBuffer
 from apps.providers.transport import UpstreamClientError
 
-_CACHE_NAMES = {"miss": "miss", "exact": "hit-exact", "semantic": "hit-semantic", "bypass": "bypass"}
 _DONE = b"[DONE]"
-_REPLAY_PIECES = 8
-
-
-def _money(value: Decimal) -> str:
-    return f"{value.quantize(Decimal('0.0000000001')).normalize():f}"
 
 
 def error_event(request_id, error: GatewayError) -> dict:
@@ -55,16 +48,10 @@ def _client_error_event(request_id, exc: UpstreamClientError) -> dict:
     return {**error_event(request_id, error), "status": exc.status}
 
 
-def _replay_parts(content: str) -> list[str]:
-    words = content.split(" ")
-    size = max(len(words) // _REPLAY_PIECES, 1)
-    return [" ".join(words[i:i + size]) + (" " if i + size < len(words) else "") for i in range(0, len(words), size)]
-
-
-class ChatRun:
+class ChatEvents:
     """Run one chat request through the pipeline; iterate :meth:`events` for what to send.
 
-    ``call`` is the pipeline's :class:`~apps.gateway.pipeline.Call` once the request has been
+    ``call`` is the pipeline's :class:`~apps.gateway.pipeline.call.Call` once the request has been
     validated (None before), so a door can report what a cancelled request cost.
     """
 
@@ -80,55 +67,31 @@ class ChatRun:
         self.namespace = namespace
         self.tags = tags
         self.started = started if started is not None else time.perf_counter()
-        self.call = None
+        self.request: ChatRequest | None = None
         self.first_token: float | None = None
         self.finish_reason: str | None = None
         self.hit_usage: dict | None = None
 
     async def events(self) -> AsyncIterator[dict]:
-        runtime = self.runtime
+        body = dict(self.body)
+        body["stream"] = True
+        # The parsed body goes in as it is: the validator refuses what no JSON writer takes
+        # (a body nested past orjson's limit), which serializing it first would crash on.
+        self.request = ChatRequest(self.key, body, OPENAI_CHAT, self.started, cache_control=self.cache_control,
+                                   namespace=self.namespace, tags=self.tags)
         try:
-            body = dict(self.body)
-            body["stream"] = True
-            # The parsed body goes in as it is: the validator refuses what no JSON writer takes
-            # (a body nested past orjson's limit), which serializing it first would crash on.
-            self.call, body = await pipeline.chat_prepare(runtime, self.key, body, started=self.started,
-                                                          tags_header=self.tags)
-        except GatewayError as error:
-            yield error_event(self.id, error)
-            return
-        call = self.call
-        plan = cache_plan(call, body, cache_control=self.cache_control, namespace=self.namespace)
-        stream = None
-        try:
-            if plan is not None:
-                hit = await cache_lookup(runtime, call, plan)
-                if hit is not None:
-                    cache_hit_log(runtime, call, hit)
-                    async for event in self._replay(hit):
-                        yield event
-                    return
-            stream = await pipeline.chat_stream_open(runtime, call, body)
+            answer = await chat(self.runtime, self.request)
         except GatewayError as error:
             yield error_event(self.id, error)
             return
         except UpstreamClientError as exc:
             yield _client_error_event(self.id, exc)
             return
-        except asyncio.CancelledError:
-            if call.upstream_started is None or call.model is None:
-                # Cancelled while waiting for the cache or the upstream's first byte: nothing
-                # was produced, nothing is billed, but the request is on record.
-                call.status, call.error_code = pipeline.cut_short_status(runtime)
-                call.log(runtime)
-            raise
-        finally:
-            if stream is None:
-                cache_settle(runtime, call, plan, None)  # identical requests waiting on this one go on
-        if plan is not None:
-            stream.on_complete = lambda done: cache_settle(
-                runtime, call, plan, completion_from_stream(done) if done is not None else None)
-        pieces = stream.__aiter__()
+        if answer.hit is not None:
+            async for event in self._replay(answer.hit):
+                yield event
+            return
+        pieces = answer.stream.__aiter__()
         try:
             async for data in pieces:
                 # One read from the upstream often holds several chunks: their text goes out as
@@ -157,11 +120,17 @@ class ChatRun:
                     yield event
         finally:
             await pieces.aclose()
+            await answer.close()
         if self.sentences is not None:
             rest = self.sentences.flush()
             if rest:
                 yield {"type": "sentence", "id": self.id, "text": rest}
         yield self.done_event()
+
+    @property
+    def call(self) -> Call | None:
+        """The pipeline's record of this request once it was accepted (None before)."""
+        return self.request.call if self.request is not None else None
 
     def _chunk_events(self, chunk: dict, texts: list[str]) -> list[dict]:
         """Collect the chunk's text into ``texts``; return events that cannot wait (tool calls)."""
@@ -201,7 +170,7 @@ class ChatRun:
         response = hit.response
         choice = (response.get("choices") or [{}])[0]
         content = (choice.get("message") or {}).get("content") or ""
-        for part in _replay_parts(content):
+        for part in replay_parts(content):
             if part:
                 yield self._delta(part)
                 if self.sentences is not None:
@@ -229,17 +198,17 @@ class ChatRun:
             "type": "done", "id": self.id, "request_id": call.request_id,
             "model": call.model.name if call.model else None,
             "provider": call.model.provider.name if call.model else None,
-            "cache": _CACHE_NAMES[call.cache],
+            "cache": CACHE_NAMES[call.cache],
             "usage": {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion,
                       "cached_tokens": call.cached_tokens, "estimated": call.tokens_estimated},
-            "cost": _money(call.cost),
+            "cost": money(call.cost),
             "latency_ms": round((now - self.started) * 1000, 2),
             "ttft_ms": round((self.first_token - self.started) * 1000, 2) if self.first_token else None,
             "overhead_ms": round(call.overhead_ms, 3),
             "finish_reason": finish_reason or self.finish_reason or "stop",
         }
         if call.cache in ("exact", "semantic"):
-            event["saved_cost"] = _money(call.saved_cost)
+            event["saved_cost"] = money(call.saved_cost)
             if call.cache_similarity is not None:
                 event["similarity"] = round(call.cache_similarity, 4)
         return event

@@ -1,7 +1,6 @@
-"""Anthropic's Messages API (``/v1/messages``) as a second door into the gateway's pipeline.
+"""Anthropic's Messages API (``/v1/messages``) as a client dialect of the pipeline.
 
-    door       the ASGI handler: auth, cache, answer, Anthropic-shaped errors
-    flow       prepare / answer through the shared pipeline, per provider kind
+    dialect    the Dialect: prepare, per-provider requests, answers, streams, errors, replays
     translate  request and answer bodies between Anthropic's shape and the chat form
     sse        an OpenAI chat stream written as Anthropic's SSE events, as bytes
     native     a native Anthropic stream relayed byte for byte, usage read on the way

@@ -1,5 +1,5 @@
 """The WebSocket door: ``/ws/v1/chat``, a thin Channels consumer over the same pipeline as
-``POST /v1/chat/completions`` (see :mod:`apps.gateway.events` for the events it sends).
+``POST /v1/chat/completions`` (see :mod:`apps.gateway.doors.chat_events` for the events it sends).
 
 Authentication, in the order tried (the key never goes in the URL, which access logs keep):
 
@@ -53,7 +53,7 @@ from apps.core.errors import (
     RateLimited,
     ServerShuttingDown,
 )
-from apps.gateway.events import ChatRun, error_event
+from apps.gateway.doors.chat_events import ChatEvents, error_event
 from apps.gateway.live import live_group, live_publish, live_usage_event
 from apps.gateway.playground_auth import playground_key_prefix, staff_user_from_cookies
 from apps.gateway.runtime import runtime
@@ -110,7 +110,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
 
     async def connect(self) -> None:
         self.key = None
-        self.runs: dict[str, tuple[asyncio.Task, ChatRun]] = {}
+        self.runs: dict[str, tuple[asyncio.Task, ChatEvents]] = {}
         self.cancelled: set[str] = set()
         self.closing = False
         self.last_activity = time.monotonic()
@@ -340,7 +340,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
                 await self._error(request_id, BadRequest(f"'{name}' must be a string.", param=name))
                 return
             options[name] = value
-        run = ChatRun(self.gateway_runtime, key, body, request_id=request_id,
+        run = ChatEvents(self.gateway_runtime, key, body, request_id=request_id,
                       sentences=bool(message.get("sentences")), cache_control=options["cache_control"],
                       namespace=options["cache_namespace"], tags=options["tags"])
         task = asyncio.ensure_future(self._run(run))
@@ -352,7 +352,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
     def _run_counted_out(self, task: asyncio.Task) -> None:
         self.gateway_runtime.socket_runs -= 1
 
-    async def _run(self, run: ChatRun) -> None:
+    async def _run(self, run: ChatEvents) -> None:
         events = run.events()
         try:
             async with contextlib.aclosing(events):

@@ -1,6 +1,6 @@
 """A stream from a native Anthropic provider, relayed byte for byte.
 
-The per-chunk work is what :class:`~apps.gateway.pipeline.ChatStream` does for OpenAI streams:
+The per-chunk work is what :class:`~apps.gateway.pipeline.stream.ChatStream` does for OpenAI streams:
 find event boundaries, and three bytes searches for the only events worth parsing:
 ``message_start`` (input usage, prompt-cache reads and writes), ``message_delta`` (output
 usage, stop reason) and ``message_stop`` (the end, before which the ``x-switchyard-cost``
@@ -12,9 +12,8 @@ from __future__ import annotations
 import orjson
 
 from apps.core import tokens
-from apps.gateway.messages.errors import error_event
-from apps.gateway.messages.translate import STOP_TO_FINISH
-from apps.gateway.pipeline import ChatStream, line_find
+from apps.gateway.dialects.anthropic.translate import STOP_TO_FINISH
+from apps.gateway.pipeline.stream import ChatStream, line_find
 
 _START = b"event: message_start"
 _DELTA = b"event: message_delta"
@@ -36,9 +35,8 @@ def _data(event: bytes) -> dict | None:
 class NativeMessagesStream(ChatStream):
     """Anthropic SSE in, the same bytes out; usage and cost read on the way."""
 
-    def __init__(self, runtime, call, body: dict, opened) -> None:
-        super().__init__(runtime, call, body, opened)
-        self.error_event = lambda error: error_event(error, call.request_id)
+    def __init__(self, runtime, call, body: dict, opened, **options) -> None:
+        super().__init__(runtime, call, body, opened, **options)
         self.replayable = True  # only text and tool_use blocks: the cache can keep it
 
     def _relay(self, buffer: bytes) -> tuple[bytes, bytes]:

@@ -21,9 +21,9 @@ from django.http import HttpResponse, StreamingHttpResponse
 from rest_framework import serializers
 from rest_framework.views import APIView
 
-from apps.core.errors import BadRequest, GatewayError, PayloadTooLarge, error_body
-from apps.gateway import pipeline
-from apps.gateway.caching import cache_hit_log, cache_lookup, cache_plan, cache_settle, completion_from_stream
+from apps.core.errors import BadRequest, GatewayError, PayloadTooLarge
+from apps.gateway.dialects.openai import OPENAI_CHAT, completion_text
+from apps.gateway.pipeline.run import ChatRequest, chat
 from apps.gateway.runtime import runtime
 from apps.gateway.validation import body_parse
 from apps.providers.transport import UpstreamClientError
@@ -46,9 +46,10 @@ def _json(payload: dict, status: int = 200, headers: list | None = None) -> Http
 
 
 def _error(error: GatewayError) -> HttpResponse:
-    response = HttpResponse(error_body(error), status=error.status, content_type="application/json")
-    for name, value in error.headers.items():
-        response[name] = value
+    status, body, headers = OPENAI_CHAT.error_render(error, None)
+    response = HttpResponse(body, status=status, content_type="application/json")
+    for name, value in headers:
+        response[name.decode()] = value.decode()
     return response
 
 
@@ -90,8 +91,7 @@ class CompleteView(APIView):
         if data.get("max_tokens"):
             body["max_tokens"] = data["max_tokens"]
         try:
-            return async_to_sync(_complete)(request.headers.get("Authorization"), orjson.dumps(body), started,
-                                            data["use_cache"])
+            return async_to_sync(_complete)(request.headers.get("Authorization"), body, started, data["use_cache"])
         except GatewayError as error:
             return _error(error)
         except UpstreamClientError as exc:
@@ -99,64 +99,48 @@ class CompleteView(APIView):
             return HttpResponse(exc.body, status=exc.status, content_type=exc.content_type)
 
 
-def _content(answer: dict) -> str:
-    return "".join((c.get("message") or {}).get("content") or "" for c in answer.get("choices") or [])
-
-
-async def _complete(authorization: str | None, raw: bytes, started: float, use_cache: bool):
+async def _complete(authorization: str | None, body: dict, started: float, use_cache: bool):
     await runtime.start()
     key = await runtime.authenticate(authorization)
-    call, body = await pipeline.chat_prepare(runtime, key, raw, started=started)
-    plan = cache_plan(call, body, cache_control=None if use_cache else "no-store", namespace=None)
-    if plan is not None:
-        hit = await cache_lookup(runtime, call, plan)
-        if hit is not None:
-            cache_hit_log(runtime, call, hit)
-            if not call.stream:
-                return _json(_summary(call, _content(hit.response)), headers=call.headers())
-            response = StreamingHttpResponse(_replayed_events(call, hit), content_type="text/event-stream")
-            for name, value in call.headers():
-                response[name.decode()] = value.decode()
-            return response
-    stream = None
-    try:
+    answer = await chat(runtime, ChatRequest(key, body, OPENAI_CHAT, started,
+                                             cache_control=None if use_cache else "no-store"))
+    call = answer.call
+    if answer.stream is None:
+        completion = answer.hit.response if answer.hit is not None else answer.completion
+        content = completion_text(completion)
         if not call.stream:
-            _raw, answer = await pipeline.chat_json(runtime, call, body)
-            cache_settle(runtime, call, plan, answer)
-            return _json(_summary(call, _content(answer)), headers=call.headers())
-        stream = await pipeline.chat_stream_open(runtime, call, body)
-    finally:
-        if stream is None:
-            cache_settle(runtime, call, plan, None)  # failed, or already settled above (a no-op then)
-    if plan is not None:
-        stream.on_complete = lambda done: cache_settle(
-            runtime, call, plan, completion_from_stream(done) if done is not None else None)
-    response = StreamingHttpResponse(_simple_events(stream, call), content_type="text/event-stream")
+            return _json(_summary(call, content), headers=call.headers())
+        events = _replayed_events(call, content)
+    else:
+        events = _simple_events(answer, call)
+    response = StreamingHttpResponse(events, content_type="text/event-stream")
     response["Cache-Control"] = "no-cache"
     for name, value in call.headers():
         response[name.decode()] = value.decode()
     return response
 
 
-async def _simple_events(stream, call):
+async def _simple_events(answer, call):
     parts: list[str] = []
-    async for data in stream:
-        for event in data.split(b"\n\n"):
-            if not event.startswith(b"data:") or event.startswith(b"data: [DONE]"):
-                continue
-            chunk = orjson.loads(event[5:])
-            if "error" in chunk:
-                yield b"data: " + orjson.dumps(chunk) + b"\n\n"
-                return
-            for choice in chunk.get("choices") or []:
-                text = (choice.get("delta") or {}).get("content")
-                if text:
-                    parts.append(text)
-                    yield b"data: " + orjson.dumps({"content": text}) + b"\n\n"
+    try:
+        async for data in answer.stream:
+            for event in data.split(b"\n\n"):
+                if not event.startswith(b"data:") or event.startswith(b"data: [DONE]"):
+                    continue
+                chunk = orjson.loads(event[5:])
+                if "error" in chunk:
+                    yield b"data: " + orjson.dumps(chunk) + b"\n\n"
+                    return
+                for choice in chunk.get("choices") or []:
+                    text = (choice.get("delta") or {}).get("content")
+                    if text:
+                        parts.append(text)
+                        yield b"data: " + orjson.dumps({"content": text}) + b"\n\n"
+    finally:
+        await answer.close()
     yield b"data: " + orjson.dumps({"done": True, **_summary(call, "".join(parts))}) + b"\n\n"
 
 
-async def _replayed_events(call, hit):
-    content = _content(hit.response)
+async def _replayed_events(call, content: str):
     yield b"data: " + orjson.dumps({"content": content}) + b"\n\n"
     yield b"data: " + orjson.dumps({"done": True, **_summary(call, content)}) + b"\n\n"

@@ -24,7 +24,7 @@ import re
 
 import orjson
 
-from apps.gateway.messages.translate import FINISH_TO_STOP, anthropic_usage
+from apps.gateway.dialects.anthropic.translate import FINISH_TO_STOP, anthropic_usage
 
 _TEXT_DELTA = re.compile(rb'"delta":\s*\{\s*"content"\s*:\s*("[^"\\]*(?:\\.[^"\\]*)*")\s*\}')
 _FINISH_NULL = re.compile(rb'"finish_reason":\s*null')

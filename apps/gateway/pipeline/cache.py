@@ -1,4 +1,4 @@
-"""The cache stage of the pipeline: plan, look up (exact, in-flight, semantic), replay, save.
+"""The cache stage of the pipeline: plan, look up (exact, in-flight, semantic), save.
 
     plan     is this request cacheable (tenant on, policy, Cache-Control)? its fingerprint and
              namespace (``x-switchyard-cache-namespace``, or the ``user`` field when the tenant
@@ -9,8 +9,6 @@
              the nearest neighbour of the last user message's embedding, same tenant, namespace
              and context, at or above the tenant's threshold, accepted only if
              ``apps.cache.verify`` agrees it is the same question
-    replay   a hit answers in the request's own form: JSON, or a valid SSE stream in several
-             chunks with usage
     save     after a complete answer, off the response path
 """
 
@@ -21,12 +19,17 @@ import logging
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
-
-import orjson
+from decimal import Decimal
+from typing import TYPE_CHECKING
 
 from apps.cache.fingerprint import CacheControl, Fingerprint, cache_control_parse, cacheable, fingerprint
 from apps.cache.store import CachedAnswer
 from apps.cache.verify import candidate_verify
+from apps.gateway.pipeline.call import Call
+from apps.gateway.pipeline.usage import call_log
+
+if TYPE_CHECKING:
+    from apps.gateway.runtime import Runtime
 
 logger = logging.getLogger(__name__)
 
@@ -177,45 +180,11 @@ async def _save(runtime, call, plan: CachePlan, response: dict) -> None:
                                       vector=await runtime.batcher_for(call.key).embed_one(plan.fp.prompt_text))
 
 
-def completion_from_stream(stream) -> dict:
-    """A chat.completion object assembled from a stream that ended normally."""
-    call = stream.call
-    return {
-        "id": f"chatcmpl-{call.request_id}", "object": "chat.completion", "created": int(time.time()),
-        "model": call.model.upstream_id if call.model else "",
-        "choices": [{"index": 0, "message": {"role": "assistant", "content": stream.streamed_text()},
-                     "logprobs": None, "finish_reason": stream.finish_reason or "stop"}],
-        "usage": {"prompt_tokens": call.input_tokens, "completion_tokens": call.output_tokens,
-                  "total_tokens": call.input_tokens + call.output_tokens},
-    }
-
-
-def replay_sse(answer: CachedAnswer, *, include_usage: bool, pieces: int = 8) -> list[bytes]:
-    """A cached answer as SSE events, in several chunks, ending with [DONE] like a live stream."""
-    response = answer.response
-    choice = (response.get("choices") or [{}])[0]
-    content = (choice.get("message") or {}).get("content") or ""
-    head = {"id": response.get("id", "chatcmpl-cached"), "object": "chat.completion.chunk",
-            "created": response.get("created", int(time.time())), "model": response.get("model", "")}
-    words = content.split(" ")
-    size = max(len(words) // pieces, 1)
-    parts = [" ".join(words[i:i + size]) + (" " if i + size < len(words) else "") for i in range(0, len(words), size)]
-    events = [{**head, "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""},
-                                     "finish_reason": None}]}]
-    events += [{**head, "choices": [{"index": 0, "delta": {"content": part}, "finish_reason": None}]}
-               for part in parts if part]
-    events.append({**head, "choices": [{"index": 0, "delta": {}, "finish_reason": choice.get("finish_reason")
-                                        or "stop"}]})
-    if include_usage and isinstance(response.get("usage"), dict):
-        events.append({**head, "choices": [], "usage": response["usage"]})
-    return [b"data: " + orjson.dumps(event) + b"\n\n" for event in events] + [b"data: [DONE]\n\n"]
-
-
-def cache_hit_log(runtime, call, answer: CachedAnswer) -> None:
+def cache_hit_log(runtime: Runtime, call: Call, answer: CachedAnswer) -> None:
     """Record a hit: nothing billed, the cached answer's cost saved."""
     call.model = runtime.snapshot.models.get(answer.model_name)
-    call.cost = call.cost.__class__(0)
+    call.cost = Decimal(0)
     call.status = 200
     call.first_byte = time.perf_counter()
     call.overhead_ms = (call.first_byte - call.started) * 1000
-    call.log(runtime)
+    call_log(runtime, call)

@@ -1,0 +1,142 @@
+"""OpenAI's chat completions, the pipeline's own form: requests go to OpenAI-compatible
+providers as they came (the model id swapped, usage always asked of a stream), answers come
+back byte for byte."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+import orjson
+
+from apps.core import tokens
+from apps.core.errors import GatewayError, ModelNotFound, error_body
+from apps.gateway.dialects.base import Prepared, UpstreamRequest
+from apps.gateway.pipeline.stream import ChatStream
+from apps.gateway.snapshot import ModelInfo
+from apps.gateway.validation import chat_body_validate
+from apps.providers.transport import ANTHROPIC_KIND, UpstreamClientError
+
+if TYPE_CHECKING:
+    from apps.gateway.pipeline.call import Call
+    from apps.gateway.runtime import Runtime
+    from apps.providers.transport import OpenStream
+
+
+def completion_text(completion: dict) -> str:
+    """The text of a chat.completion's choices (empty for a malformed one)."""
+    try:
+        return "".join((c.get("message") or {}).get("content") or "" for c in completion.get("choices") or [])
+    except AttributeError:
+        return ""
+
+
+def chat_payload(body: dict, upstream_id: str, *, stream: bool) -> bytes:
+    """``body`` as an OpenAI-compatible provider is sent it: its model id, and usage asked of a
+    stream (recorded whether or not the client sees it)."""
+    out = dict(body)
+    out["model"] = upstream_id
+    if stream:
+        options = dict(out.get("stream_options") or {})
+        options["include_usage"] = True
+        out["stream_options"] = options
+    return orjson.dumps(out)
+
+
+def completion_from_stream(stream: ChatStream) -> dict:
+    """A chat.completion object assembled from a stream that ended normally."""
+    call = stream.call
+    return {
+        "id": f"chatcmpl-{call.request_id}", "object": "chat.completion", "created": int(time.time()),
+        "model": call.model.upstream_id if call.model else "",
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": stream.streamed_text()},
+                     "logprobs": None, "finish_reason": stream.finish_reason or "stop"}],
+        "usage": {"prompt_tokens": call.input_tokens, "completion_tokens": call.output_tokens,
+                  "total_tokens": call.input_tokens + call.output_tokens},
+    }
+
+
+def replay_parts(content: str, pieces: int = 8) -> list[str]:
+    """A cached answer's text cut in about ``pieces`` parts at spaces, for a replayed stream."""
+    words = content.split(" ")
+    size = max(len(words) // pieces, 1)
+    parts = [" ".join(words[i:i + size]) + (" " if i + size < len(words) else "") for i in range(0, len(words), size)]
+    return [part for part in parts if part]
+
+
+def replay_sse(response: dict, *, include_usage: bool) -> list[bytes]:
+    """A cached chat.completion as SSE events, in several chunks, ending with [DONE] like a live stream."""
+    choice = (response.get("choices") or [{}])[0]
+    content = (choice.get("message") or {}).get("content") or ""
+    head = {"id": response.get("id", "chatcmpl-cached"), "object": "chat.completion.chunk",
+            "created": response.get("created", int(time.time())), "model": response.get("model", "")}
+    events = [{**head, "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""},
+                                     "finish_reason": None}]}]
+    events += [{**head, "choices": [{"index": 0, "delta": {"content": part}, "finish_reason": None}]}
+               for part in replay_parts(content)]
+    events.append({**head, "choices": [{"index": 0, "delta": {}, "finish_reason": choice.get("finish_reason")
+                                        or "stop"}]})
+    if include_usage and isinstance(response.get("usage"), dict):
+        events.append({**head, "choices": [], "usage": response["usage"]})
+    return [b"data: " + orjson.dumps(event) + b"\n\n" for event in events] + [b"data: [DONE]\n\n"]
+
+
+class OpenAIChat:
+    """``POST /v1/chat/completions`` (and the doors built on it: WebSocket, EventSource,
+    ``/v1/complete``, batch lines)."""
+
+    name = "openai"
+    endpoint = "/v1/chat/completions"
+
+    def prepare(self, body: dict, forwarded: dict[str, str]) -> Prepared:
+        chat_body_validate(body)
+        return Prepared(body=body, original=body)
+
+    def reachable(self, chain: tuple[ModelInfo, ...], *, requested: str,
+                  native_only: str | None) -> tuple[ModelInfo, ...]:
+        reachable = tuple(m for m in chain if m.provider.kind != ANTHROPIC_KIND)
+        if not reachable:
+            raise ModelNotFound(f"The model '{requested}' is served by an Anthropic Messages API provider: "
+                                "call POST /v1/messages.", param="model")
+        return reachable
+
+    def routed(self, call: Call, prepared: Prepared) -> None:
+        return None
+
+    def upstream_request(self, prepared: Prepared, model: ModelInfo, *, stream: bool) -> UpstreamRequest:
+        payload = prepared.payloads.get(model.id)
+        if payload is None:
+            payload = prepared.payloads[model.id] = chat_payload(prepared.body, model.upstream_id, stream=stream)
+        return UpstreamRequest("/chat/completions", payload)
+
+    def refusal(self, exc: UpstreamClientError, model: ModelInfo) -> UpstreamClientError:
+        return exc
+
+    def json_answer(self, call: Call, prepared: Prepared, model: ModelInfo, raw: bytes,
+                    parsed: dict) -> tuple[bytes, dict | None]:
+        usage = parsed.get("usage")
+        if isinstance(usage, dict):
+            call.set_usage(usage, fallback_prompt=0, fallback_completion=0)
+        else:
+            call.set_usage(None, fallback_prompt=call.prompt_tokens_count(prepared.body["messages"]),
+                           fallback_completion=tokens.text_tokens(completion_text(parsed)))
+        return raw, parsed
+
+    def stream_open(self, runtime: Runtime, call: Call, prepared: Prepared, opened: OpenStream,
+                    on_end: Callable[[ChatStream | None], None]) -> ChatStream:
+        return ChatStream(runtime, call, prepared.body, opened, on_end=on_end)
+
+    def stream_completion(self, stream: ChatStream) -> dict | None:
+        return completion_from_stream(stream)
+
+    def error_render(self, error: GatewayError, request_id: str | None) -> tuple[int, bytes, list]:
+        headers = self.request_id_headers(request_id)
+        headers.extend((name.lower().encode(), value.encode()) for name, value in error.headers.items())
+        return error.status, error_body(error), headers
+
+    def request_id_headers(self, request_id: str | None) -> list[tuple[bytes, bytes]]:
+        return [(b"x-switchyard-request-id", request_id.encode())] if request_id else []
+
+
+OPENAI_CHAT = OpenAIChat()

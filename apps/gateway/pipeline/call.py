@@ -1,0 +1,176 @@
+"""The record of one request as it moves through the pipeline, and what its usage row will say.
+
+A :class:`Call` holds data and pure computations only (prices, headers, the usage row); writing
+the row and settling the request's limits happen in one place, :func:`call_log`.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from decimal import Decimal
+
+from apps.core import tokens
+from apps.core.errors import GatewayError
+from apps.gateway.snapshot import KeyInfo, ModelInfo
+
+_ZERO = Decimal(0)
+_CACHE_HEADER = {"miss": b"miss", "exact": b"hit-exact", "semantic": b"hit-semantic", "bypass": b"bypass"}
+CACHE_NAMES = {"miss": "miss", "exact": "hit-exact", "semantic": "hit-semantic", "bypass": "bypass"}
+
+_REQUEST_PREFIX = "req_" + os.urandom(8).hex()
+_request_counter = itertools.count(1)
+
+
+def request_id_new() -> str:
+    """Unique per request: a random per-process prefix and a counter (no syscall per request)."""
+    return f"{_REQUEST_PREFIX}{next(_request_counter):08x}"
+
+
+def money(value: Decimal) -> str:
+    """A cost as the API shows it: ten decimal places at most, no exponent."""
+    return f"{value.quantize(Decimal('0.0000000001')).normalize():f}"
+
+
+@dataclass(slots=True)
+class Call:
+    """One request as it moves through the pipeline, and what its usage row will say."""
+
+    key: KeyInfo
+    endpoint: str
+    started: float
+    request_id: str = field(default_factory=request_id_new)
+    requested_model: str = ""
+    chain: tuple = ()
+    rule_id: int | None = None
+    model: ModelInfo | None = None
+    stream: bool = False
+    input_tokens: int = 0
+    cached_tokens: int = 0
+    cache_write_tokens: int = 0
+    output_tokens: int = 0
+    tokens_estimated: bool = False
+    cost: Decimal = _ZERO
+    status: int = 200
+    error_code: str = ""
+    upstream_started: float | None = None
+    upstream_ended: float | None = None
+    first_byte: float | None = None
+    overhead_ms: float = 0.0
+    failures: list = field(default_factory=list)
+    cache: str = "miss"  # miss | exact | semantic | bypass
+    cache_similarity: float | None = None
+    saved_cost: Decimal = _ZERO
+    cache_age: int | None = None
+    baseline: ModelInfo | None = None  # what routing is compared with: the model asked for, or the dearest
+    reservation: object = None  # apps.limits.enforce.Reservation when the key or tenant has limits
+    refusal: GatewayError | None = None  # a token or budget refusal, raised unless the cache answers
+    batch: bool = False  # a line of a batch job: priced with the model's batch discount
+    prompt_counted: int | None = field(default=None, init=False, repr=False)
+    logged: bool = field(default=False, init=False, repr=False)  # its row is written once, however it ends
+
+    def prompt_tokens_count(self, messages: list) -> int:
+        """The request's prompt as the tokenizer counts it, counted once however many stages ask
+        (limits' reservation, a translated stream's ``message_start``, usage an upstream omitted)."""
+        if self.prompt_counted is None:
+            self.prompt_counted = tokens.messages_tokens(messages)
+        return self.prompt_counted
+
+    def headers(self) -> list[tuple[bytes, bytes]]:
+        """The ``x-switchyard-*`` headers (cost deferred to the stream's end for streams)."""
+        model = self.model
+        deferred = self.stream and self.status == 200 and self.cache in ("miss", "bypass")
+        headers = [
+            (b"x-switchyard-request-id", self.request_id.encode()),
+            (b"x-switchyard-model", (model.name if model else "").encode()),
+            (b"x-switchyard-provider", (model.provider.name if model else "").encode()),
+            (b"x-switchyard-cache", _CACHE_HEADER[self.cache]),
+            (b"x-switchyard-cost", b"deferred" if deferred else money(self.cost).encode()),
+            (b"x-switchyard-overhead-ms", f"{self.overhead_ms:.2f}".encode()),
+        ]
+        if self.cache_similarity is not None:
+            headers.append((b"x-switchyard-cache-similarity", f"{self.cache_similarity:.4f}".encode()))
+        if self.cache_age is not None:
+            headers.append((b"age", str(self.cache_age).encode()))
+        if self.reservation is not None:
+            headers += self.reservation.headers(cost=None if deferred else self.cost)
+        return headers
+
+    def set_usage(self, usage: dict | None, *, fallback_prompt: int, fallback_completion: int) -> None:
+        if isinstance(usage, dict) and isinstance(usage.get("prompt_tokens"), int):
+            self.input_tokens = usage["prompt_tokens"]
+            self.output_tokens = usage.get("completion_tokens") or 0
+            details = usage.get("prompt_tokens_details") or {}
+            self.cached_tokens = details.get("cached_tokens") or 0 if isinstance(details, dict) else 0
+        else:
+            self.input_tokens, self.output_tokens, self.cached_tokens = fallback_prompt, fallback_completion, 0
+            self.tokens_estimated = True
+        self.cache_write_tokens = 0
+        self._price()
+
+    def set_usage_anthropic(self, usage: dict | None, *, fallback_prompt: int, fallback_completion: int) -> None:
+        """Usage in Anthropic's shape: ``input_tokens`` there excludes the prompt-cache reads
+        and writes, which are counted (and priced) apart."""
+        if isinstance(usage, dict) and isinstance(usage.get("input_tokens"), int):
+            read = usage.get("cache_read_input_tokens") or 0
+            written = usage.get("cache_creation_input_tokens") or 0
+            self.input_tokens = usage["input_tokens"] + read + written
+            self.cached_tokens, self.cache_write_tokens = read, written
+            self.output_tokens = usage.get("output_tokens") or 0
+        else:
+            self.set_usage(None, fallback_prompt=fallback_prompt, fallback_completion=fallback_completion)
+            return
+        self._price()
+
+    def _price(self) -> None:
+        if self.model is not None:
+            self.cost = self.model.cost(self.input_tokens, self.cached_tokens, self.output_tokens,
+                                        self.cache_write_tokens, batch=self.batch)
+
+    def _routing_saved(self) -> Decimal:
+        """What the answer would have cost on the baseline model, less what it cost (never
+        negative; nothing for cache hits, whose saving is counted as the cache's)."""
+        model, baseline = self.model, self.baseline
+        if model is None or baseline is None or baseline is model or self.cache in ("exact", "semantic"):
+            return _ZERO
+        baseline_cost = baseline.cost(self.input_tokens, self.cached_tokens, self.output_tokens,
+                                      self.cache_write_tokens, batch=self.batch)
+        return max(baseline_cost - self.cost, _ZERO)
+
+    def usage_row(self) -> dict:
+        """The request's usage row, as it stands now (see :func:`call_log`)."""
+        now = time.perf_counter()
+        model = self.model
+        return {
+            "tenant_id": self.key.tenant_id,
+            "api_key_id": self.key.id,
+            "request_id": self.request_id,
+            "endpoint": self.endpoint,
+            "requested_model": self.requested_model[:200],
+            "model_used": model.name if model else "",
+            "model_id": model.id if model else None,
+            "provider_id": model.provider.id if model else None,
+            "routing_rule_id": self.rule_id,
+            "price_id": model.price_id if model else None,
+            "input_tokens": self.input_tokens,
+            "cached_tokens": self.cached_tokens,
+            "cache_write_tokens": self.cache_write_tokens,
+            "output_tokens": self.output_tokens,
+            "tokens_estimated": self.tokens_estimated,
+            "cost": self.cost,
+            "latency_ms": (now - self.started) * 1000,
+            "ttft_ms": (self.first_byte - self.started) * 1000 if self.first_byte else None,
+            "overhead_ms": self.overhead_ms,
+            "is_stream": self.stream,
+            "cache_outcome": self.cache,
+            "cache_similarity": self.cache_similarity,
+            "saved_cost": self.saved_cost,
+            "routing_saved_cost": self._routing_saved(),
+            "status_code": self.status,
+            "error_code": self.error_code[:64],
+            "upstream_failures": "; ".join(self.failures)[:2000] if self.failures else "",
+            "created_at": datetime.now(UTC),
+        }
