@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import platform
 import re
@@ -34,7 +35,7 @@ import psutil
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-from bench.report import section_write, uvloop_install  # noqa: E402
+from bench.report import baseline_checkout, baseline_env, baseline_rows, section_write, uvloop_install  # noqa: E402
 
 LITELLM_VENV = REPO / "var" / "litellm-venv"
 PY = sys.executable
@@ -207,9 +208,9 @@ def rss_mb(proc: subprocess.Popen) -> float:
     return psutil.Process(proc.pid).memory_info().rss / 1024 / 1024
 
 
-def start(cmd: list[str], env: dict | None = None, log: Path | None = None) -> subprocess.Popen:
+def start(cmd: list[str], env: dict | None = None, log: Path | None = None, cwd: Path = REPO) -> subprocess.Popen:
     out = open(log, "wb") if log else subprocess.DEVNULL
-    return subprocess.Popen(cmd, cwd=REPO, env={**os.environ, **(env or {})}, stdout=out, stderr=subprocess.STDOUT,
+    return subprocess.Popen(cmd, cwd=cwd, env={**os.environ, **(env or {})}, stdout=out, stderr=subprocess.STDOUT,
                             start_new_session=True)
 
 
@@ -243,6 +244,7 @@ async def run(args) -> str:
     logs = Path(tempfile.mkdtemp(prefix="sy-bench-"))
     procs: list[subprocess.Popen] = []
     targets: list[Target] = []
+    trees = contextlib.ExitStack()
     try:
         up_port = free_port()
         procs.append(start([PY, "-m", "apps.simulator.server", "--port", str(up_port), "--ttft-ms", "20",
@@ -270,6 +272,17 @@ async def run(args) -> str:
         auth = {"Authorization": f"Bearer {key}", "Cache-Control": "no-store"}
         await wait_http(f"http://127.0.0.1:{sy_port}/v1/models", headers=auth)
         targets.append(Target("Switchyard", f"http://127.0.0.1:{sy_port}/v1/chat/completions", auth, switchyard))
+        if args.baseline:
+            tree = trees.enter_context(baseline_checkout(args.baseline))
+            base_port = free_port()
+            before = start([PY, "-m", "uvicorn", "config.asgi:application", "--host", "127.0.0.1", "--port",
+                            str(base_port), "--loop", "uvloop", "--http", "httptools", "--no-access-log"],
+                           env={"HF_HUB_OFFLINE": "1", "DEBUG": "0", **baseline_env()},
+                           log=logs / "baseline.log", cwd=tree)
+            procs.append(before)
+            await wait_http(f"http://127.0.0.1:{base_port}/v1/models", headers=auth, proc=before)
+            targets.append(Target(baseline_name(args), f"http://127.0.0.1:{base_port}/v1/chat/completions", auth,
+                                  before))
 
         litellm_bin = LITELLM_VENV / "bin" / "litellm"
         if litellm_bin.exists() and "litellm" in args.targets:
@@ -324,6 +337,11 @@ async def run(args) -> str:
     finally:
         for proc in reversed(procs):
             stop(proc)
+        trees.close()
+
+
+def baseline_name(args) -> str:
+    return f"Switchyard @{args.baseline}"
 
 
 async def _send_n(target: Target, total: int, concurrency: int = 50) -> int:
@@ -405,6 +423,18 @@ def report(targets, scenarios, results, memory, args, json_load: str) -> str:
         lines.append(f"\n**Memory**: Switchyard RSS {first:.0f} MB after its first measured round, {settled:.0f} MB "
                      f"after all rounds, {after:.0f} MB after {sent:,} more requests ({growth:+.1%}).\n")
         checks.append(("memory flat within 10% over 20,000 requests", abs(growth) <= 0.10, f"{growth:+.1%}"))
+    if ("json", 100) in scenarios:
+        s, b = results[(sy, ("json", 100))], results[(base_name, ("json", 100))]
+        checks.append(("p99 at c=100 <= 1.3x the thinnest proxy's", pct(s, 99) <= 1.3 * pct(b, 99),
+                       f"{pct(s, 99) / pct(b, 99):.2f}x ({pct(s, 99):.1f} vs {pct(b, 99):.1f} ms)"))
+    if args.baseline:
+        pairs = [(f"{kind} c={conc}", results[(sy, (kind, conc))].rps, results[(baseline_name(args), (kind, conc))].rps,
+                  pct(results[(sy, (kind, conc))], 50), pct(results[(baseline_name(args), (kind, conc))], 50))
+                 for kind, conc in scenarios]
+        table, ok = baseline_rows(pairs)
+        lines.append(f"\n**Against the baseline** (`--baseline {args.baseline}`, the same run, rounds interleaved):\n")
+        lines += table
+        checks.append((f"within 3% of {args.baseline}'s req/s and 0.5 ms of its p50", ok, "see the table above"))
     lines.append("\n| target | result | measured |\n|---|---|---|")
     for name, ok, value in checks:
         lines.append(f"| {name} | {'PASS' if ok else 'FAIL'} | {value} |")
@@ -417,7 +447,8 @@ def write(path: Path, body: str, args) -> None:
     section = (
         f"{marker_start}\n## Gateway overhead (`bench/gateway.py`)\n\n"
         f"Command: `python bench/gateway.py --duration {args.duration:g} --rounds {args.rounds} "
-        f"--write {path}` (with LiteLLM installed by `--install-litellm`).\n\n"
+        + (f"--baseline {args.baseline} " if args.baseline else "")
+        + f"--write {path}` (with LiteLLM installed by `--install-litellm`).\n\n"
         f"Run {datetime.now(UTC):%Y-%m-%d %H:%M} UTC on {os.cpu_count()} cores ({cpu}), Python "
         f"{platform.python_version()}. Simulated upstream: 20 ms to first token, 20 chunks. Closed loop, "
         f"targets interleaved, {args.rounds} rounds of {args.duration:g} s each per target and scenario; "
@@ -443,6 +474,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="1 round of 2 s, no memory run")
     parser.add_argument("--python-load", action="store_true", help="use the Python client even when wrk exists")
     parser.add_argument("--install-litellm", action="store_true")
+    parser.add_argument("--baseline", default=None, help="a git ref to run beside the current code (its own gateway)")
     args = parser.parse_args()
     if args.install_litellm:
         install_litellm()

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import platform
 import re
@@ -43,7 +44,7 @@ import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from gateway import LITELLM_VENV, PY, REPO, free_port, pct, start, stop, wait_http
-from report import section_write, uvloop_install
+from report import baseline_checkout, baseline_env, baseline_rows, section_write, uvloop_install
 
 DELTAS = 64
 NATIVE_SETUP = """
@@ -166,6 +167,7 @@ async def run(args) -> tuple[str, list[str]]:
     logs = Path(tempfile.mkdtemp(prefix="sy-bench-messages-"))
     procs: list[subprocess.Popen] = []
     notes: list[str] = []
+    trees = contextlib.ExitStack()
     try:
         up_port = free_port()
         procs.append(start([PY, "-m", "apps.simulator.server", "--port", str(up_port), "--ttft-ms", "20",
@@ -198,6 +200,20 @@ async def run(args) -> tuple[str, list[str]]:
         targets += [Target("Switchyard, native provider", sy, "sim-claude", auth, proc=switchyard),
                     Target("Switchyard, translated (OpenAI-compatible provider)", sy, "sim-mini", auth,
                            proc=switchyard)]
+        if args.baseline:
+            tree = trees.enter_context(baseline_checkout(args.baseline))
+            base_port = free_port()
+            before = start([PY, "-m", "uvicorn", "config.asgi:application", "--host", "127.0.0.1", "--port",
+                            str(base_port), "--loop", "uvloop", "--http", "httptools", "--no-access-log"],
+                           env={"HF_HUB_OFFLINE": "1", "DEBUG": "0", **baseline_env()},
+                           log=logs / "baseline.log", cwd=tree)
+            procs.append(before)
+            await wait_http(f"http://127.0.0.1:{base_port}/v1/models", headers={"Authorization": f"Bearer {key}"},
+                            proc=before)
+            base = f"http://127.0.0.1:{base_port}/v1/messages"
+            targets += [Target(f"Switchyard @{args.baseline}, native provider", base, "sim-claude", auth, proc=before),
+                        Target(f"Switchyard @{args.baseline}, translated (OpenAI-compatible provider)", base,
+                               "sim-mini", auth, proc=before)]
 
         litellm_bin = LITELLM_VENV / "bin" / "litellm"
         if litellm_bin.exists():
@@ -229,6 +245,7 @@ async def run(args) -> tuple[str, list[str]]:
     finally:
         for proc in reversed(procs):
             stop(proc)
+        trees.close()
 
 
 def report(targets, results, args) -> str:
@@ -248,7 +265,20 @@ def report(targets, results, args) -> str:
                      f"{pct(s.first, 50) - pct(direct.first, 50):+.1f} | {pct(s.full, 50):.1f} | "
                      f"{pct(s.full, 95):.1f} | {_cpu_cell(target, s)} | "
                      f"{s.reads / s.ok if s.ok else 0:.1f} | {s.errors} |")
+    if args.baseline:
+        pairs = []
+        for kind in ("native provider", "translated (OpenAI-compatible provider)"):
+            now, before = results[f"Switchyard, {kind}"], results[f"Switchyard @{args.baseline}, {kind}"]
+            pairs.append((f"{kind}, tokens/s", now.deltas / now.elapsed, before.deltas / before.elapsed,
+                          pct(now.first, 50), pct(before.first, 50)))
+        table, ok = baseline_rows(pairs)
+        lines.append(f"\n**Against the baseline** (`--baseline {args.baseline}`, the same run; req/s here is output "
+                     "tokens/s, p50 is the first delta's):\n")
+        lines += table
     lines.append("\n| check | result | measured |\n|---|---|---|")
+    if args.baseline:
+        lines.append(f"| within 3% of {args.baseline}'s tokens/s and 0.5 ms of its first-delta p50 | "
+                     f"{'PASS' if ok else 'FAIL'} | see the table above |")
     for target in targets[1:]:
         if not target.name.startswith("Switchyard"):
             continue
@@ -274,7 +304,8 @@ def write(path: Path, body: str, notes: list[str], args) -> None:
     section = (
         f"{marker_start}\n## Anthropic Messages streaming (`bench/messages.py`)\n\n"
         f"Command: `python bench/messages.py --duration {args.duration:g} --rounds {args.rounds} "
-        f"--concurrency {args.concurrency} --write {path}`.\n\n"
+        f"--concurrency {args.concurrency} " + (f"--baseline {args.baseline} " if args.baseline else "")
+        + f"--write {path}`.\n\n"
         f"Run {datetime.now(UTC):%Y-%m-%d %H:%M} UTC on {os.cpu_count()} cores ({cpu}), load average "
         f"{args.load:.1f} at the start, Python {platform.python_version()}. Simulated upstream: 20 ms to "
         f"first token, {DELTAS} text deltas. Closed loop "
@@ -297,6 +328,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--concurrency", type=int, default=20)
     parser.add_argument("--write", type=Path, default=None)
+    parser.add_argument("--baseline", default=None, help="a git ref to run beside the current code (its own gateway)")
     args = parser.parse_args()
     uvloop_install()
     args.load = os.getloadavg()[0]

@@ -200,21 +200,19 @@ class LocalEmbedder:
 
 
 class RemoteEmbedder:
-    """An OpenAI-compatible embeddings model from the catalog, called through the gateway's pool."""
+    """An OpenAI-compatible embeddings model from the catalog, called through a provider transport."""
 
-    def __init__(self, model, pool) -> None:
+    def __init__(self, model, transport) -> None:
         self.model = model
-        self.pool = pool
+        self.transport = transport
         self.name = f"remote:{model.name}"
         self.dimensions = DIMENSIONS
 
     async def embed(self, texts: list[str]) -> list[np.ndarray]:
         import orjson
 
-        from apps.providers.transport import post_json
-
         payload = orjson.dumps({"model": self.model.upstream_id, "input": texts, "dimensions": self.dimensions})
-        _raw, parsed = await post_json(self.pool, self.model, "/embeddings", payload)
+        _raw, parsed = await self.transport.post_json(self.model, "/embeddings", payload)
         rows = sorted(parsed.get("data") or [], key=lambda item: item.get("index", 0))
         vectors = []
         for row in rows:

@@ -25,6 +25,7 @@ Views and consumers raise; :func:`error_body` renders ``{"error": {"message", "t
 from __future__ import annotations
 
 import orjson
+from django.http import HttpResponse
 
 
 class GatewayError(Exception):
@@ -168,3 +169,12 @@ class ServerShuttingDown(GatewayError):
 def error_body(error: GatewayError) -> bytes:
     """The JSON body of an error response (or of a stream's error event)."""
     return orjson.dumps(error.body())
+
+
+def error_response(error: GatewayError) -> HttpResponse:
+    """An error as a Django response (the management API and the Django-served doors); the raw
+    ASGI doors render the same body through their dialect."""
+    response = HttpResponse(error_body(error), status=error.status, content_type="application/json")
+    for name, value in error.headers.items():
+        response[name] = value
+    return response

@@ -21,7 +21,8 @@ SSE_HEADERS = [
 
 
 def header(scope, name: bytes) -> str | None:
-    for key, value in scope["headers"]:
+    """A request header's value (latin-1, as HTTP carries it), or None."""
+    for key, value in scope.get("headers") or ():
         if key == name:
             return value.decode("latin-1")
     return None

@@ -24,7 +24,8 @@ from apps.core.errors import AuthenticationFailed
 from apps.gateway.config_changes import config_changes_listen
 from apps.gateway.snapshot import KeyInfo, Snapshot, key_info_load, snapshot_load
 from apps.providers.breaker import OPEN, Breakers
-from apps.providers.transport import UpstreamPool
+from apps.providers.transport import HttpTransport, Transport
+from apps.tenants.selectors import bearer_key
 from apps.tenants.services import KEY_PREFIX, key_prefix
 from apps.usage.buffer import UsageBuffer
 
@@ -40,7 +41,7 @@ class Runtime:
         self.keys: dict[str, KeyInfo | None] = {}
         self.tenant_slugs: dict[int, str] = {}  # for metric labels; survives key-cache reloads
         self.generation = 0
-        self.pool = UpstreamPool()
+        self.transport: Transport = HttpTransport()
         self.breakers = Breakers(threshold=settings.CIRCUIT_FAILURES, cooldown=settings.CIRCUIT_COOLDOWN,
                                  on_change=self._circuit_changed)
         self.process_name = f"{socket.gethostname()}:{os.getpid()}"
@@ -114,7 +115,7 @@ class Runtime:
         if self._background:
             await asyncio.wait(self._background, timeout=10)
         await self.usage.close()
-        await self.pool.close()
+        await self.transport.close()
         if self.breakers.reported:
             await asyncio.get_running_loop().run_in_executor(
                 self._db_executor, partial(circuits_forget, process=self.process_name))
@@ -196,7 +197,7 @@ class Runtime:
         if batcher is None:
             from apps.cache.embedder import MicroBatcher, RemoteEmbedder
 
-            batcher = self._remote_batchers[model] = MicroBatcher(RemoteEmbedder(model, self.pool), max_batch=64,
+            batcher = self._remote_batchers[model] = MicroBatcher(RemoteEmbedder(model, self.transport), max_batch=64,
                                                                   max_inflight=4,
                                                                   max_wait_ms=settings.CACHE_EMBED_WAIT_MS)
         return batcher
@@ -252,9 +253,7 @@ class Runtime:
 
     async def authenticate(self, authorization: str | None) -> KeyInfo:
         """The key behind an ``Authorization: Bearer`` header, from memory when warm."""
-        if not authorization or not authorization.startswith("Bearer "):
-            raise AuthenticationFailed()
-        raw = authorization[7:].strip()
+        raw = bearer_key(authorization)
         if not raw.startswith(KEY_PREFIX) or len(raw) > 200:
             raise AuthenticationFailed()
         return await self._key_usable(key_prefix(raw), key_hash=hashlib.sha256(raw.encode()).hexdigest())

@@ -26,6 +26,7 @@ import logging
 import math
 import re
 from dataclasses import dataclass
+from typing import Protocol
 
 import aiohttp
 import orjson
@@ -87,15 +88,45 @@ def _error_code(body: bytes) -> str:
     return "upstream_client_error"
 
 
-@dataclass(slots=True)
-class Attempt:
+class ProviderStream(Protocol):
+    """A provider's stream whose first bytes have arrived: from here on there is no falling back."""
+
     model: object  # ModelInfo
-    tries: int
-    failures: list[str]
+    first: bytes
+
+    async def readany(self) -> bytes:
+        """The bytes that have arrived since (b"" at the end); raises on a silence too long."""
+
+    async def end_wait(self, seconds: float) -> None:
+        """After the stream's last event: at most ``seconds`` for the answer's end, so the
+        connection can be kept."""
+
+    async def close(self) -> None:
+        """Give the connection and the concurrency slot back."""
 
 
-class UpstreamPool:
-    """Connections and concurrency limits per provider, for one event loop."""
+class Transport(Protocol):
+    """How the pipeline reaches providers: :class:`HttpTransport` in production, an in-memory
+    double (:mod:`apps.providers.memory`) in unit tests. Both raise the same failures:
+    :class:`UpstreamFailure` (retried, then falls back) and :class:`UpstreamClientError`."""
+
+    in_flight: int
+
+    async def post_json(self, model, path: str, body: bytes,
+                        headers: dict[str, str] | None = None) -> tuple[bytes, dict]:
+        """One non-stream attempt: the raw answer and its parsed JSON."""
+
+    async def open_stream(self, model, path: str, body: bytes,
+                          headers: dict[str, str] | None = None) -> ProviderStream:
+        """Start a stream and wait for its first bytes."""
+
+    async def close(self) -> None:
+        """Close every connection."""
+
+
+class HttpTransport:
+    """The providers over HTTP/1.1: keep-alive connections and a concurrency limit per provider,
+    for one event loop."""
 
     def __init__(self) -> None:
         self._http1: dict[int, Http1Pool] = {}
@@ -122,6 +153,74 @@ class UpstreamPool:
         for h1 in self._http1.values():
             h1.close()
         self._http1.clear()
+
+    async def post_json(self, model, path: str, body: bytes,
+                        headers: dict[str, str] | None = None) -> tuple[bytes, dict]:
+        """One non-stream attempt: the raw body and its parsed JSON (``headers`` add to the
+        provider's own, e.g. the client's ``anthropic-beta``). The provider's timeout bounds the
+        whole call, connection to the answer's last byte."""
+        provider = model.provider
+        async with self.limit(provider):
+            self.in_flight += 1
+            response = None
+            try:
+                async with asyncio.timeout(provider.timeout):
+                    response = await self.http1(provider).post(
+                        path, body, _headers(provider, headers), connect_timeout=min(provider.timeout, 10.0),
+                        first_byte_timeout=None, read_timeout=None)
+                    if response.status != 200:
+                        await _classify_status(response, model)
+                    raw = await response.read()
+            except TimeoutError as exc:
+                raise UpstreamFailure("timeout", timeout=True) from exc
+            except aiohttp.ClientError as exc:
+                raise UpstreamFailure(f"connection: {type(exc).__name__}") from exc
+            finally:
+                if response is not None:
+                    response.release()  # kept alive when read to its end, closed otherwise
+                self.in_flight -= 1
+        try:
+            parsed = orjson.loads(raw)
+        except orjson.JSONDecodeError as exc:
+            raise UpstreamFailure("invalid JSON from upstream") from exc
+        if not isinstance(parsed, dict):
+            raise UpstreamFailure("unexpected JSON from upstream")
+        return raw, parsed
+
+    async def open_stream(self, model, path: str, body: bytes,
+                          headers: dict[str, str] | None = None) -> ProviderStream:
+        """Start a stream and wait for its first bytes (so a failure before them can fall back).
+
+        A stream may run long; what must not happen is silence: the provider's timeout bounds the
+        wait for the first bytes, ``UPSTREAM_STREAM_IDLE_TIMEOUT`` (or the provider's timeout when
+        lower) each silence after them."""
+        provider = model.provider
+        limit = self.limit(provider)
+        await limit.acquire()
+        self.in_flight += 1
+        response = None
+        try:
+            response = await self.http1(provider).post(
+                path, body, _headers(provider, headers), connect_timeout=min(provider.timeout, 10.0),
+                first_byte_timeout=provider.timeout,
+                read_timeout=min(provider.timeout, settings.UPSTREAM_STREAM_IDLE_TIMEOUT))
+            if response.status != 200:
+                await _classify_status(response, model)
+            first = await response.content.readany(provider.timeout)
+            if not first:
+                raise UpstreamFailure("stream closed before its first byte")
+            _stream_start_check(first)
+            return OpenStream(model=model, response=response, first=first, release=limit, transport=self)
+        except BaseException as exc:
+            if response is not None:
+                response.release()
+            limit.release()
+            self.in_flight -= 1
+            if isinstance(exc, TimeoutError):
+                raise UpstreamFailure("timeout before the first byte", timeout=True) from exc
+            if isinstance(exc, aiohttp.ClientError):
+                raise UpstreamFailure(f"connection: {type(exc).__name__}") from exc
+            raise
 
 
 ANTHROPIC_KIND = "anthropic"
@@ -168,54 +267,26 @@ async def _classify_status(response, model) -> None:
                               model=model)
 
 
-async def post_json(pool: UpstreamPool, model, path: str, body: bytes,
-                    headers: dict[str, str] | None = None) -> tuple[bytes, dict]:
-    """One non-stream attempt: the raw body and its parsed JSON (``headers`` add to the
-    provider's own, e.g. the client's ``anthropic-beta``). The provider's timeout bounds the
-    whole call, connection to the answer's last byte."""
-    provider = model.provider
-    async with pool.limit(provider):
-        pool.in_flight += 1
-        response = None
-        try:
-            async with asyncio.timeout(provider.timeout):
-                response = await pool.http1(provider).post(
-                    path, body, _headers(provider, headers), connect_timeout=min(provider.timeout, 10.0),
-                    first_byte_timeout=None, read_timeout=None)
-                if response.status != 200:
-                    await _classify_status(response, model)
-                raw = await response.read()
-        except TimeoutError as exc:
-            raise UpstreamFailure("timeout", timeout=True) from exc
-        except aiohttp.ClientError as exc:
-            raise UpstreamFailure(f"connection: {type(exc).__name__}") from exc
-        finally:
-            if response is not None:
-                response.release()  # kept alive when read to its end, closed otherwise
-            pool.in_flight -= 1
-    try:
-        parsed = orjson.loads(raw)
-    except orjson.JSONDecodeError as exc:
-        raise UpstreamFailure("invalid JSON from upstream") from exc
-    if not isinstance(parsed, dict):
-        raise UpstreamFailure("unexpected JSON from upstream")
-    return raw, parsed
-
-
 @dataclass(slots=True)
 class OpenStream:
-    """A stream whose first bytes have arrived: from here on there is no falling back."""
+    """An HTTP stream whose first bytes have arrived."""
 
     model: object
     response: Http1Response
     first: bytes
     release: object  # the semaphore to release when the stream ends
-    pool: UpstreamPool
+    transport: HttpTransport
+
+    async def readany(self) -> bytes:
+        return await self.response.readany()
+
+    async def end_wait(self, seconds: float) -> None:
+        await self.response.end_wait(seconds)
 
     async def close(self) -> None:
         self.response.release()
         self.release.release()
-        self.pool.in_flight -= 1
+        self.transport.in_flight -= 1
 
 
 _SSE_FIELDS = (b"data:", b"event:", b":", b"id:", b"retry:")
@@ -239,42 +310,6 @@ def _stream_start_check(first: bytes) -> None:
                 except orjson.JSONDecodeError as exc:
                     raise UpstreamFailure("invalid JSON in the stream") from exc
             return
-
-
-async def open_stream(pool: UpstreamPool, model, path: str, body: bytes,
-                      headers: dict[str, str] | None = None) -> OpenStream:
-    """Start a stream and wait for its first bytes (so a failure before them can fall back).
-
-    A stream may run long; what must not happen is silence: the provider's timeout bounds the
-    wait for the first bytes, ``UPSTREAM_STREAM_IDLE_TIMEOUT`` (or the provider's timeout when
-    lower) each silence after them."""
-    provider = model.provider
-    limit = pool.limit(provider)
-    await limit.acquire()
-    pool.in_flight += 1
-    response = None
-    try:
-        response = await pool.http1(provider).post(
-            path, body, _headers(provider, headers), connect_timeout=min(provider.timeout, 10.0),
-            first_byte_timeout=provider.timeout,
-            read_timeout=min(provider.timeout, settings.UPSTREAM_STREAM_IDLE_TIMEOUT))
-        if response.status != 200:
-            await _classify_status(response, model)
-        first = await response.content.readany(provider.timeout)
-        if not first:
-            raise UpstreamFailure("stream closed before its first byte")
-        _stream_start_check(first)
-        return OpenStream(model=model, response=response, first=first, release=limit, pool=pool)
-    except BaseException as exc:
-        if response is not None:
-            response.release()
-        limit.release()
-        pool.in_flight -= 1
-        if isinstance(exc, TimeoutError):
-            raise UpstreamFailure("timeout before the first byte", timeout=True) from exc
-        if isinstance(exc, aiohttp.ClientError):
-            raise UpstreamFailure(f"connection: {type(exc).__name__}") from exc
-        raise
 
 
 async def with_fallbacks(chain, call, *, retries: int, backoff: float, breakers: Breakers | None = None,

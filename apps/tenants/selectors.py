@@ -6,8 +6,24 @@ import hmac
 
 from django.utils import timezone
 
+from apps.core.errors import AuthenticationFailed
 from apps.tenants.models import ApiKey
 from apps.tenants.services import KEY_PREFIX, key_hash, key_prefix
+
+
+def bearer_key(authorization: str | None) -> str:
+    """The key of an ``Authorization: Bearer <key>`` header, or '' (the scheme's case does not matter)."""
+    if not authorization or authorization[:7].lower() != "bearer ":
+        return ""
+    return authorization[7:].strip()
+
+
+def key_for_authorization(authorization: str | None) -> ApiKey:
+    """The usable key an ``Authorization`` header names; :class:`AuthenticationFailed` otherwise."""
+    key = key_authenticate(bearer_key(authorization))
+    if key is None:
+        raise AuthenticationFailed()
+    return key
 
 
 def key_authenticate(raw_key: str, *, now=None) -> ApiKey | None:

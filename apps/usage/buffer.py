@@ -93,6 +93,10 @@ class UsageBuffer:
     def __len__(self) -> int:
         return len(self._rows)
 
+    def pending(self) -> list[dict]:
+        """The rows not yet written, oldest first."""
+        return list(self._rows)
+
     def append(self, row: dict) -> None:
         self._rows.append(row)
         if len(self._rows) >= self.max_rows:

@@ -8,7 +8,7 @@ from types import SimpleNamespace
 import pytest
 from aiohttp import web
 
-from apps.providers.transport import UpstreamClientError, UpstreamPool, post_json
+from apps.providers.transport import HttpTransport, UpstreamClientError
 from tests.live import free_port
 
 SECRET = "sk-provider-secret-1234567890"
@@ -36,13 +36,13 @@ def test_it_never_passes_our_credential_back_in_a_providers_error():
 
     async def run() -> UpstreamClientError:
         runner = await _echoing_provider(port)
-        pool = UpstreamPool()
+        transport = HttpTransport()
         try:
             with pytest.raises(UpstreamClientError) as caught:
-                await post_json(pool, model, "/chat/completions", b'{"model": "x", "messages": []}')
+                await transport.post_json(model, "/chat/completions", b'{"model": "x", "messages": []}')
             return caught.value
         finally:
-            await pool.close()
+            await transport.close()
             await runner.cleanup()
 
     error = asyncio.run(run())

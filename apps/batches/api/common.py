@@ -11,10 +11,15 @@ from django.http import HttpResponse
 from django.http.multipartparser import MultiPartParserError
 from django.views.decorators.csrf import csrf_exempt
 
-from apps.core.errors import AuthenticationFailed, BadRequest, GatewayError, MethodNotAllowed, PayloadTooLarge
-from apps.core.errors import error_body as _error_body
+from apps.core.errors import (
+    BadRequest,
+    GatewayError,
+    MethodNotAllowed,
+    PayloadTooLarge,
+    error_response,
+)
 from apps.gateway.validation import nesting_check, nul_check
-from apps.tenants.selectors import key_authenticate
+from apps.tenants.selectors import key_for_authorization
 
 MAX_LIMIT = 100
 
@@ -23,19 +28,8 @@ def json_response(payload: dict, status: int = 200) -> HttpResponse:
     return HttpResponse(orjson.dumps(payload), status=status, content_type="application/json")
 
 
-def error_response(error: GatewayError) -> HttpResponse:
-    response = HttpResponse(_error_body(error), status=error.status, content_type="application/json")
-    for name, value in error.headers.items():
-        response[name] = value
-    return response
-
-
 def _key(request):
-    header = request.headers.get("Authorization", "")
-    key = key_authenticate(header[7:].strip() if header[:7].lower() == "bearer " else "")
-    if key is None:
-        raise AuthenticationFailed()
-    return key
+    return key_for_authorization(request.headers.get("Authorization"))
 
 
 def tenant_endpoint(methods: tuple[str, ...]):

@@ -13,7 +13,7 @@ from django.http import HttpResponse
 from rest_framework import exceptions
 from rest_framework.negotiation import BaseContentNegotiation
 
-from apps.core.errors import GatewayError, MethodNotAllowed, error_body
+from apps.core.errors import GatewayError, MethodNotAllowed, error_response
 
 # DRF's codes, as OpenAI (and the rest of the gateway) names them.
 _CODES = {"parse_error": "invalid_json", "method_not_allowed": "method_not_allowed"}
@@ -39,10 +39,7 @@ def exception_handler(exc, context) -> HttpResponse | None:
         error = GatewayError(_message(exc.detail), code=_CODES.get(exc.default_code, exc.default_code))
         error.status = exc.status_code
         error.type = "invalid_request_error" if exc.status_code < 500 else "api_error"
-    response = HttpResponse(error_body(error), status=error.status, content_type="application/json")
-    for name, value in error.headers.items():
-        response[name] = value
-    return response
+    return error_response(error)
 
 
 class JSONOnly(BaseContentNegotiation):

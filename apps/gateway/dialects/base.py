@@ -20,7 +20,7 @@ if TYPE_CHECKING:
     from apps.gateway.pipeline.call import Call
     from apps.gateway.pipeline.stream import ChatStream
     from apps.gateway.runtime import Runtime
-    from apps.providers.transport import OpenStream, UpstreamClientError
+    from apps.providers.transport import ProviderStream, UpstreamClientError
 
 
 @dataclass(slots=True)
@@ -68,7 +68,7 @@ class Dialect(Protocol):
         """Price ``call`` from the provider's answer; return the client's answer bytes and the
         chat.completion the cache keeps (None: not cacheable)."""
 
-    def stream_open(self, runtime: Runtime, call: Call, prepared: Prepared, opened: OpenStream,
+    def stream_open(self, runtime: Runtime, call: Call, prepared: Prepared, opened: ProviderStream,
                     on_end: Callable[[ChatStream | None], None]) -> ChatStream:
         """The client's stream over the provider's opened one."""
 

@@ -21,7 +21,7 @@ from apps.providers.transport import ANTHROPIC_KIND, UpstreamClientError
 if TYPE_CHECKING:
     from apps.gateway.pipeline.call import Call
     from apps.gateway.runtime import Runtime
-    from apps.providers.transport import OpenStream
+    from apps.providers.transport import ProviderStream
 
 
 def completion_text(completion: dict) -> str:
@@ -123,7 +123,7 @@ class OpenAIChat:
                            fallback_completion=tokens.text_tokens(completion_text(parsed)))
         return raw, parsed
 
-    def stream_open(self, runtime: Runtime, call: Call, prepared: Prepared, opened: OpenStream,
+    def stream_open(self, runtime: Runtime, call: Call, prepared: Prepared, opened: ProviderStream,
                     on_end: Callable[[ChatStream | None], None]) -> ChatStream:
         return ChatStream(runtime, call, prepared.body, opened, on_end=on_end)
 

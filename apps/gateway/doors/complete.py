@@ -21,7 +21,7 @@ from django.http import HttpResponse, StreamingHttpResponse
 from rest_framework import serializers
 from rest_framework.views import APIView
 
-from apps.core.errors import BadRequest, GatewayError, PayloadTooLarge
+from apps.core.errors import BadRequest, GatewayError, PayloadTooLarge, error_response
 from apps.gateway.dialects.openai import OPENAI_CHAT, completion_text
 from apps.gateway.pipeline.run import ChatRequest, chat
 from apps.gateway.runtime import runtime
@@ -41,14 +41,6 @@ class CompleteRequest(serializers.Serializer):
 def _json(payload: dict, status: int = 200, headers: list | None = None) -> HttpResponse:
     response = HttpResponse(orjson.dumps(payload), status=status, content_type="application/json")
     for name, value in headers or []:
-        response[name.decode()] = value.decode()
-    return response
-
-
-def _error(error: GatewayError) -> HttpResponse:
-    status, body, headers = OPENAI_CHAT.error_render(error, None)
-    response = HttpResponse(body, status=status, content_type="application/json")
-    for name, value in headers:
         response[name.decode()] = value.decode()
     return response
 
@@ -76,13 +68,14 @@ class CompleteView(APIView):
             # DRF's parsers: Python's json recurses, and a deeply nested body would crash it.
             payload = body_parse(request.body)
         except RequestDataTooBig:
-            return _error(PayloadTooLarge(f"The request body exceeds {settings.DATA_UPLOAD_MAX_MEMORY_SIZE} bytes."))
+            limit = settings.DATA_UPLOAD_MAX_MEMORY_SIZE
+            return error_response(PayloadTooLarge(f"The request body exceeds {limit} bytes."))
         except GatewayError as error:
-            return _error(error)
+            return error_response(error)
         form = CompleteRequest(data=payload)
         if not form.is_valid():
             field, problems = next(iter(form.errors.items()))
-            return _error(BadRequest(f"'{field}': {' '.join(str(p) for p in problems)}", param=field))
+            return error_response(BadRequest(f"'{field}': {' '.join(str(p) for p in problems)}", param=field))
         data = form.validated_data
         messages = [{"role": "user", "content": data["prompt"]}]
         if data.get("system"):
@@ -93,7 +86,7 @@ class CompleteView(APIView):
         try:
             return async_to_sync(_complete)(request.headers.get("Authorization"), body, started, data["use_cache"])
         except GatewayError as error:
-            return _error(error)
+            return error_response(error)
         except UpstreamClientError as exc:
             # The provider refused the request itself: its answer is the client's, as on the chat door.
             return HttpResponse(exc.body, status=exc.status, content_type=exc.content_type)

@@ -27,9 +27,9 @@ import contextlib
 import time
 
 import orjson
-from django.http import HttpResponse, StreamingHttpResponse
+from django.http import StreamingHttpResponse
 
-from apps.core.errors import AuthenticationFailed, BadRequest, GatewayError, error_body
+from apps.core.errors import AuthenticationFailed, BadRequest, GatewayError, error_response
 from apps.gateway.doors.chat_events import ChatEvents
 from apps.gateway.live import live_publish, live_usage_event
 from apps.gateway.playground_auth import is_playground_user, playground_key_prefix
@@ -43,10 +43,6 @@ class CrossSite(GatewayError):
     type = "permission_error"
     code = "cross_site_request"
     default_message = "This endpoint serves pages of this site only."
-
-
-def _error(error: GatewayError) -> HttpResponse:
-    return HttpResponse(error_body(error), status=error.status, content_type="application/json")
 
 
 def _body_from(params) -> tuple[dict, bool, str | None]:
@@ -88,7 +84,7 @@ async def stream(request):
         await runtime.start()
         key = await runtime.key_for_prefix(prefix)
     except GatewayError as error:
-        return _error(error)
+        return error_response(error)
     run = ChatEvents(runtime, key, body, request_id="1", sentences=sentences, cache_control=cache, started=started)
     response = StreamingHttpResponse(_events(run), content_type="text/event-stream; charset=utf-8")
     response["Cache-Control"] = "no-cache"

@@ -144,7 +144,7 @@ class GatewayHTTP:
             raise Forbidden("/metrics needs 'Authorization: Bearer <METRICS_TOKEN>' (or, without a token set, "
                             "a client on the loopback interface).")
         body, content_type = metrics.exposition(
-            len(runtime.usage), runtime.usage.written, upstream_in_flight=runtime.pool.in_flight,
+            len(runtime.usage), runtime.usage.written, upstream_in_flight=runtime.transport.in_flight,
             loop_tasks=len(asyncio.all_tasks()), circuits=runtime.breakers.tripped(runtime.snapshot))
         await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", content_type)]})
         await send({"type": "http.response.body", "body": body})

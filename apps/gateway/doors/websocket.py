@@ -38,7 +38,6 @@ import asyncio
 import contextlib
 import logging
 import time
-from urllib.parse import urlsplit
 
 import orjson
 from channels.generic.websocket import AsyncWebsocketConsumer
@@ -54,37 +53,17 @@ from apps.core.errors import (
     ServerShuttingDown,
 )
 from apps.gateway.doors.chat_events import ChatEvents, error_event
+from apps.gateway.doors.socket_access import handshake_credentials, origin_allowed, staff_key
 from apps.gateway.live import live_group, live_publish, live_usage_event
-from apps.gateway.playground_auth import playground_key_prefix, staff_user_from_cookies
 from apps.gateway.runtime import runtime
 
 logger = logging.getLogger(__name__)
 
 PROTOCOL = "switchyard.v1"
-KEY_PROTOCOL_PREFIX = "switchyard.key."
 CLOSE_UNAUTHENTICATED = 4401
 CLOSE_IDLE = 4408
 _MAX_ID_LENGTH = 128
 _MAX_REASON_BYTES = 123  # a close frame's reason (RFC 6455)
-
-
-def _header(scope, name: bytes) -> str | None:
-    for key, value in scope.get("headers") or ():
-        if key == name:
-            return value.decode("latin-1")
-    return None
-
-
-def origin_allowed(scope) -> bool:
-    """No Origin (not a browser), this host, or a listed origin."""
-    origin = _header(scope, b"origin")
-    if origin is None:
-        return True
-    allowed = settings.WEBSOCKET_ALLOWED_ORIGINS
-    if "*" in allowed or origin in allowed:
-        return True
-    host = _header(scope, b"host")
-    return bool(host) and urlsplit(origin).netloc.lower() == host.lower()
 
 
 def _dumps(event: dict) -> str:
@@ -125,15 +104,9 @@ class ChatConsumer(AsyncWebsocketConsumer):
         offered = self.scope.get("subprotocols") or []
         await self.accept(subprotocol=PROTOCOL if PROTOCOL in offered else None)
         try:
-            token = _header(self.scope, b"authorization")
-            if token is not None:
-                self.key = await self.gateway_runtime.authenticate(token)
-            else:
-                for protocol in offered:
-                    if protocol.startswith(KEY_PROTOCOL_PREFIX):
-                        self.key = await self.gateway_runtime.authenticate(
-                            "Bearer " + protocol[len(KEY_PROTOCOL_PREFIX):])
-                        break
+            credentials = handshake_credentials(self.scope)
+            if credentials is not None:
+                self.key = await self.gateway_runtime.authenticate(credentials)
         except GatewayError as error:
             await self._refuse(error)
             return
@@ -287,7 +260,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
             if isinstance(message.get("api_key"), str):
                 self.key = await self.gateway_runtime.authenticate("Bearer " + message["api_key"])
             elif message.get("key_id") is not None:
-                self.key = await self._staff_key(message["key_id"])
+                self.key = await staff_key(self.gateway_runtime, self.scope, message["key_id"])
             else:
                 raise AuthenticationFailed("Send 'api_key' (or 'key_id' when logged in to the playground).")
         except GatewayError as error:
@@ -295,17 +268,6 @@ class ChatConsumer(AsyncWebsocketConsumer):
             return
         await self._ready()
         self._arm(settings.WEBSOCKET_IDLE_TIMEOUT)
-
-    async def _staff_key(self, key_id):
-        if _header(self.scope, b"origin") is None or not origin_allowed(self.scope):
-            raise AuthenticationFailed("Logged-in use needs a browser on this site.")
-        user = await staff_user_from_cookies(_header(self.scope, b"cookie"))
-        if user is None:
-            raise AuthenticationFailed("Log in as a staff user to use a key by its id.")
-        prefix = await playground_key_prefix(key_id)
-        if prefix is None:
-            raise AuthenticationFailed("No such API key.")
-        return await self.gateway_runtime.key_for_prefix(prefix)
 
     async def _request(self, message: dict) -> None:
         request_id = message.get("id")

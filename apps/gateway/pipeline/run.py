@@ -36,7 +36,7 @@ from apps.gateway.pipeline.upstream import Attempt, answer_done, upstream_call
 from apps.gateway.pipeline.usage import call_fail, call_log, cut_short_status
 from apps.gateway.snapshot import KeyInfo, ModelInfo
 from apps.gateway.validation import embeddings_body_validate, embeddings_tokens_check
-from apps.providers.transport import UpstreamClientError, open_stream, post_json
+from apps.providers.transport import UpstreamClientError
 
 if TYPE_CHECKING:
     from apps.gateway.runtime import Runtime
@@ -87,12 +87,12 @@ def call_new(key: KeyInfo, endpoint: str, started: float, batch_line: tuple[str,
 
 
 def _attempt(runtime: Runtime, dialect: Dialect, prepared: Prepared, *, stream: bool) -> Attempt:
-    send = open_stream if stream else post_json
+    send = runtime.transport.open_stream if stream else runtime.transport.post_json
 
     async def attempt(model: ModelInfo):
         request = dialect.upstream_request(prepared, model, stream=stream)
         try:
-            return await send(runtime.pool, model, request.path, request.payload, request.headers)
+            return await send(model, request.path, request.payload, request.headers)
         except UpstreamClientError as exc:
             translated = dialect.refusal(exc, model)
             if translated is exc:
@@ -173,7 +173,7 @@ async def embeddings(runtime: Runtime, key: KeyInfo, body: dict, *, started: flo
     async def attempt(model: ModelInfo):
         payload = dict(body)
         payload["model"] = model.upstream_id
-        return await post_json(runtime.pool, model, "/embeddings", orjson.dumps(payload))
+        return await runtime.transport.post_json(model, "/embeddings", orjson.dumps(payload))
 
     try:
         _model, (raw, parsed) = await upstream_call(runtime, call, attempt)

@@ -20,7 +20,7 @@ from apps.core import tokens
 from apps.core.errors import GatewayError, UpstreamError, UpstreamTimeout, error_body
 from apps.gateway.pipeline.call import Call, money
 from apps.gateway.pipeline.usage import call_log, cut_short_status
-from apps.providers.transport import OpenStream
+from apps.providers.transport import ProviderStream
 
 if TYPE_CHECKING:
     from apps.gateway.runtime import Runtime
@@ -44,7 +44,7 @@ class StreamTranslator(Protocol):
 class ChatStream:
     """A started stream: iterate it for the bytes to send; it logs itself when it ends."""
 
-    def __init__(self, runtime: Runtime, call: Call, body: dict, opened: OpenStream, *,
+    def __init__(self, runtime: Runtime, call: Call, body: dict, opened: ProviderStream, *,
                  translator: StreamTranslator | None = None,
                  error_event: Callable[[GatewayError], bytes] | None = None,
                  on_end: Callable[[ChatStream | None], None] | None = None) -> None:
@@ -159,9 +159,8 @@ class ChatStream:
                     held, out = out, b""  # only the message's start: it leaves with the first content
             if out:
                 yield out
-            response = self.opened.response
             while not self.done:
-                piece = await response.readany()
+                piece = await self.opened.readany()
                 if not piece:
                     break
                 out, carry = self._relay(carry + piece if carry else piece)
@@ -174,7 +173,7 @@ class ChatStream:
             if self.done:
                 # The provider's last event is here: the client's stream ends now, whatever the
                 # provider still does with its answer (a connection it holds open is dropped).
-                await response.end_wait(_END_GRACE_SECONDS)
+                await self.opened.end_wait(_END_GRACE_SECONDS)
             elif carry.strip():
                 out, carry = self._relay(carry + b"\n\n")
                 if out and transform is not None:

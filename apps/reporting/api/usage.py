@@ -20,9 +20,9 @@ from django.http import HttpResponse, StreamingHttpResponse
 from django.utils.dateparse import parse_date, parse_datetime
 from rest_framework.views import APIView
 
-from apps.core.errors import AuthenticationFailed, BadRequest, GatewayError, error_body
+from apps.core.errors import BadRequest, GatewayError, error_response
 from apps.reporting.selectors import GROUPS, REPORT_EARLIEST, REPORT_LATEST, usage_grouped, usage_totals
-from apps.tenants.selectors import key_authenticate, key_prefixes
+from apps.tenants.selectors import key_for_authorization, key_prefixes
 from apps.usage.selectors import request_log_rows
 
 MAX_RANGE = timedelta(days=400)
@@ -35,13 +35,6 @@ _FIELDS = ["created_at", "request_id", "api_key_id", "endpoint", "requested_mode
            "input_tokens", "cached_tokens", "cache_write_tokens", "output_tokens", "cost", "saved_cost",
            "routing_saved_cost", "latency_ms",
            "ttft_ms", "status_code", "error_code"]
-
-
-def _error(error: GatewayError) -> HttpResponse:
-    response = HttpResponse(error_body(error), status=error.status, content_type="application/json")
-    for name, value in error.headers.items():
-        response[name] = value
-    return response
 
 
 def _when(value: str | None, name: str) -> datetime | None:
@@ -79,11 +72,7 @@ def _range(params) -> tuple[datetime, datetime]:
 
 
 def _tenant_key(request):
-    header = request.headers.get("Authorization", "")
-    key = key_authenticate(header[7:].strip() if header[:7].lower() == "bearer " else "")
-    if key is None:
-        raise AuthenticationFailed()
-    return key
+    return key_for_authorization(request.headers.get("Authorization"))
 
 
 class UsageView(APIView):
@@ -98,7 +87,7 @@ class UsageView(APIView):
             if group_by not in GROUPS:
                 raise BadRequest(f"'group_by' must be one of {', '.join(GROUPS)}", param="group_by")
         except GatewayError as error:
-            return _error(error)
+            return error_response(error)
         tenant_id = key.tenant_id
         # Whole days are read from the daily rollups (24 times fewer rows), anything else hourly.
         period = "day" if start == _midnight(start) and end == _midnight(end) else "hour"
@@ -151,7 +140,7 @@ class UsageExportView(APIView):
             key = _tenant_key(request)
             start, end = _range(request.query_params)
         except GatewayError as error:
-            return _error(error)
+            return error_response(error)
         rows = request_log_rows(tenant_id=key.tenant_id, start=start, end=end, fields=_FIELDS)
         response = StreamingHttpResponse(csv_chunks(rows, key_prefixes(tenant_id=key.tenant_id)),
                                          content_type="text/csv")

@@ -37,11 +37,11 @@ from apps.gateway.pipeline.call import Call
 from apps.gateway.pipeline.route import call_route
 from apps.gateway.pipeline.stream import ChatStream
 from apps.gateway.snapshot import ModelInfo
-from apps.providers.transport import ANTHROPIC_KIND, UpstreamClientError, post_json, with_fallbacks
+from apps.providers.transport import ANTHROPIC_KIND, UpstreamClientError, with_fallbacks
 
 if TYPE_CHECKING:
     from apps.gateway.runtime import Runtime
-    from apps.providers.transport import OpenStream
+    from apps.providers.transport import ProviderStream
 
 ENDPOINT = "/v1/messages"
 # Client headers a native provider should see (the API version, and opt-ins to beta features).
@@ -132,7 +132,7 @@ class AnthropicMessages:
                                "total_tokens": call.input_tokens + call.output_tokens}
         return orjson.dumps(message_from_completion(parsed, message_id=f"msg_{call.request_id}")), parsed
 
-    def stream_open(self, runtime: Runtime, call: Call, prepared: Prepared, opened: OpenStream,
+    def stream_open(self, runtime: Runtime, call: Call, prepared: Prepared, opened: ProviderStream,
                     on_end: Callable[[ChatStream | None], None]) -> ChatStream:
         events = lambda error: error_event(error, call.request_id)  # noqa: E731
         if _native(opened.model):
@@ -197,8 +197,8 @@ async def count_tokens(runtime: Runtime, key, original: dict, *, forwarded: dict
     native = tuple(model for model in call.chain if _native(model))
     if native and _native(call.chain[0]):
         async def attempt(model):
-            return await post_json(runtime.pool, model, "/messages/count_tokens",
-                                   native_payload(original, model.upstream_id), forwarded)
+            return await runtime.transport.post_json(model, "/messages/count_tokens",
+                                                     native_payload(original, model.upstream_id), forwarded)
 
         _model, (answer, _parsed), _failures = await with_fallbacks(
             native, attempt, retries=settings.GATEWAY_RETRIES, backoff=settings.GATEWAY_RETRY_BACKOFF,
