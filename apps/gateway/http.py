@@ -18,7 +18,6 @@ import time
 import orjson
 from django.conf import settings
 
-from apps.batches.api.upload import upload_pass
 from apps.core.errors import Forbidden, GatewayError, MethodNotAllowed, PayloadTooLarge, error_body
 from apps.gateway import pipeline
 from apps.gateway.asgi_io import body_read, chunks_send, header, json_send, stream_relay
@@ -33,6 +32,7 @@ from apps.gateway.caching import (
 from apps.gateway.limits import limits_settle
 from apps.gateway.messages.door import messages_handle
 from apps.gateway.runtime import runtime
+from apps.gateway.uploads import upload_pass
 from apps.providers.transport import UpstreamClientError
 
 logger = logging.getLogger(__name__)
