@@ -13,7 +13,7 @@ from django.views.decorators.csrf import csrf_exempt
 
 from apps.core.errors import AuthenticationFailed, BadRequest, GatewayError, MethodNotAllowed, PayloadTooLarge
 from apps.core.errors import error_body as _error_body
-from apps.gateway.validation import nesting_check, nul_check
+from apps.core.json_checks import nesting_check, nul_check
 from apps.tenants.selectors import key_authenticate
 
 MAX_LIMIT = 100
