@@ -2,12 +2,14 @@
 
 ``/healthz`` answers while the process runs, touching nothing. ``/readyz`` answers 200 only
 when the database answers, every migration is applied, the ``vector`` extension exists and
-the Celery broker accepts a connection; otherwise 503 with the failing checks named.
+the Celery broker accepts a connection, and no app's probe (:func:`readiness_probe_add`) says
+otherwise (the gateway's: a process draining after SIGTERM); else 503 with the failing checks named.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 
 from django.conf import settings
 from django.db import DEFAULT_DB_ALIAS, connections
@@ -57,6 +59,14 @@ _CHECKS = {
     "broker": _check_broker,
 }
 _NEEDS_DATABASE = {"migrations", "vector_extension"}
+# Checks other apps add: each returns its result, or None when it has nothing to say. Core knows
+# nothing of the apps built on it; they register here from their AppConfig.ready().
+_PROBES: dict[str, Callable[[], dict | None]] = {}
+
+
+def readiness_probe_add(name: str, probe: Callable[[], dict | None]) -> None:
+    """Add a check to ``/readyz``: ``probe()`` returns ``{"ok": bool, ...}``, or None to stay out."""
+    _PROBES[name] = probe
 
 
 @require_GET
@@ -75,9 +85,9 @@ def readyz(request) -> JsonResponse:
             if name == "database":
                 connections[DEFAULT_DB_ALIAS].close_if_unusable_or_obsolete()
         results[name]["ms"] = round((time.perf_counter() - started) * 1000, 1)
-    from apps.gateway.runtime import runtime
-
-    if runtime.draining:  # a balancer should stop sending here now
-        results["shutdown"] = {"ok": False, "error": "SIGTERM received: finishing the requests in flight"}
+    for name, probe in _PROBES.items():
+        result = probe()
+        if result is not None:
+            results[name] = result
     ready = all(result["ok"] for result in results.values())
     return JsonResponse({"status": "ready" if ready else "not ready", "checks": results}, status=200 if ready else 503)

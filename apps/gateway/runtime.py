@@ -339,3 +339,11 @@ def _key_load_fresh(prefix: str) -> KeyInfo | None:
 
 
 runtime = Runtime()
+
+
+def draining_probe() -> dict | None:
+    """``/readyz``'s check of this process: failing once SIGTERM arrived, so a balancer stops
+    sending here while the requests in flight finish."""
+    if runtime.draining:
+        return {"ok": False, "error": "SIGTERM received: finishing the requests in flight"}
+    return None
