@@ -147,7 +147,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s balancer %(message)s")
     try:
-        import uvloop
+        import uvloop  # optional: the asyncio loop serves where it is missing
 
         uvloop.install()
     except ImportError:

@@ -16,6 +16,7 @@ from django.db import DEFAULT_DB_ALIAS, connections
 from django.db.migrations.executor import MigrationExecutor
 from django.http import JsonResponse
 from django.views.decorators.http import require_GET
+from kombu import Connection
 
 
 @require_GET
@@ -45,8 +46,6 @@ def _check_vector_extension() -> dict:
 
 
 def _check_broker() -> dict:
-    from kombu import Connection
-
     with Connection(settings.CELERY_BROKER_URL, connect_timeout=settings.READINESS_BROKER_TIMEOUT) as conn:
         conn.ensure_connection(max_retries=1, timeout=settings.READINESS_BROKER_TIMEOUT)
     return {"ok": True, "transport": conn.transport_cls if isinstance(conn.transport_cls, str) else "custom"}

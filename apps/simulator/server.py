@@ -422,7 +422,7 @@ def build_app(config: SimulatorConfig | None = None) -> web.Application:
 def run(host: str, port: int, config: SimulatorConfig) -> None:
     """Serve until interrupted (SIGINT/SIGTERM), on uvloop when it is installed."""
     try:
-        import uvloop
+        import uvloop  # optional: the asyncio loop serves where it is missing
 
         loop = uvloop.new_event_loop()
     except ImportError:  # pragma: no cover
