@@ -67,8 +67,13 @@ INSTALLED_APPS = [
     "apps.reporting",
     "apps.gateway",
     "apps.batches",
-    "apps.simulator",
 ]
+# Development tools: the simulated upstream (``manage.py simulate_upstream``) and
+# ``run_platform``, ``run_cluster`` and its balancer (``make run``, ``make cluster``). Never
+# installed in production, where real providers answer and deploy/ runs the processes.
+DEV_APPS = ["apps.simulator", "apps.devtools"]
+if not PRODUCTION:
+    INSTALLED_APPS += DEV_APPS
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
