@@ -67,8 +67,13 @@ INSTALLED_APPS = [
     "apps.reporting",
     "apps.gateway",
     "apps.batches",
-    "apps.simulator",
 ]
+# Development tools: the simulated upstream (``manage.py simulate_upstream``) and
+# ``run_platform``, ``run_cluster`` and its balancer (``make run``, ``make cluster``). Never
+# installed in production, where real providers answer and deploy/ runs the processes.
+DEV_APPS = ["apps.simulator", "apps.devtools"]
+if not PRODUCTION:
+    INSTALLED_APPS += DEV_APPS
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
@@ -202,6 +207,9 @@ BATCH_CHUNK_LINES = env_int("BATCH_CHUNK_LINES", 500, minimum=1)
 BATCH_LEASE_SECONDS = env_float("BATCH_LEASE_SECONDS", 30.0)
 BATCH_RESUME_EVERY = env_float("BATCH_RESUME_EVERY", 10.0)
 BATCH_MAP_REDUCE_MAX_ITEMS = env_int("BATCH_MAP_REDUCE_MAX_ITEMS", 10_000, minimum=1)
+# What answers a job's lines (apps/batches/executor.py): the gateway's pipeline. Named here, not
+# imported by batches, so the domain apps never depend on the gateway.
+BATCH_EXECUTOR = "apps.gateway.batch_executor.GatewayBatchExecutor"
 STATIC_ROOT = BASE_DIR / "staticfiles"
 SERVE_STATIC = env_bool("SERVE_STATIC", True)
 

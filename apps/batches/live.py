@@ -14,7 +14,7 @@ import logging
 from channels.layers import get_channel_layer
 from django.conf import settings
 
-from apps.gateway.live import live_group
+from apps.core.live import live_group
 
 logger = logging.getLogger(__name__)
 

@@ -3,7 +3,8 @@
 The map answers are combined with the reduce prompt. When they do not fit the model's context
 window (less the room kept for the answer), they are packed into groups that do fit, each group
 is reduced in parallel, and the partial answers are reduced again: a tree, as many levels as it
-takes. Every reduce call goes through the same pipeline as a live request.
+takes. Every reduce call goes through the same pipeline as a live request, through the job's
+executor (:mod:`apps.batches.executor`).
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import time
 
-from apps.batches.lines import chat_line, completion_text
+from apps.batches.executor import BatchExecutor
 from apps.core import tokens
 from apps.core.errors import BadRequest, GatewayError
 
@@ -21,14 +22,12 @@ _DEFAULT_OUTPUT_ROOM = 1024
 _MARGIN = 32
 
 
-def context_budget(snapshot, model_name: str, reduce_prompt: str, max_tokens: int | None) -> int:
-    """Tokens the combined answers may take in one reduce prompt."""
-    model = snapshot.models.get(model_name)
-    if model is not None and model.mode == "chat":
-        window = model.context_window
-    else:  # "auto" or an alias: it may route to any chat model, so fit the smallest window
-        windows = [m.context_window for m in snapshot.models.values() if m.mode == "chat"]
-        window = min(windows) if windows else 8192
+def context_budget(windows: dict[str, int], model_name: str, reduce_prompt: str, max_tokens: int | None) -> int:
+    """Tokens the combined answers may take in one reduce prompt (``windows``: each chat model's
+    context window)."""
+    window = windows.get(model_name)
+    if window is None:  # "auto" or an alias: it may route to any chat model, so fit the smallest window
+        window = min(windows.values()) if windows else 8192
     room = max_tokens or _DEFAULT_OUTPUT_ROOM
     budget = window - room - tokens.text_tokens(reduce_prompt) - _MARGIN
     if budget < 64:
@@ -70,9 +69,11 @@ def groups_pack(texts: list[str], budget: int) -> list[list[str]]:
     return groups
 
 
-async def reduce_run(runtime, key, *, job_id: str, params: dict, texts: list[str], concurrency: int) -> dict:
+async def reduce_run(executor: BatchExecutor, *, job_id: str, params: dict, texts: list[str],
+                     concurrency: int) -> dict:
     """The final answer over ``texts``: ``{"output", "levels", "reduce_calls"}``."""
-    budget = context_budget(runtime.snapshot, params["model"], params["reduce_prompt"], params.get("max_tokens"))
+    budget = context_budget(executor.chat_context_windows(), params["model"], params["reduce_prompt"],
+                            params.get("max_tokens"))
     limit = asyncio.Semaphore(concurrency)
     calls = 0
 
@@ -84,9 +85,7 @@ async def reduce_run(runtime, key, *, job_id: str, params: dict, texts: list[str
             body["max_tokens"] = params["max_tokens"]
         async with limit:
             calls += 1
-            _request_id, answer = await chat_line(runtime, key, body, (f"{job_id}-r{level}.{position}",
-                                                                 "batch:/v1/chat/completions"))
-        return completion_text(answer)
+            return await executor.chat(body, request_id=f"{job_id}-r{level}.{position}")
 
     level = 0
     started = time.perf_counter()

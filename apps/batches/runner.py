@@ -1,4 +1,5 @@
-"""Runs one job on a Celery worker, in an event loop, through the gateway's pipeline.
+"""Runs one job on a Celery worker, in an event loop, through the gateway's pipeline (reached
+through the job's executor, :mod:`apps.batches.executor`).
 
     claim the lease  -> validating: count the input's lines (streamed)
                      -> in_progress: read the input in chunks from the cursor, skip lines already
@@ -29,13 +30,12 @@ from dataclasses import dataclass
 
 import orjson
 from django.conf import settings
+from django.db import close_old_connections, connections
 from django.db.models import F
 from django.utils import timezone
 
-from apps.batches.lines import LineResult, line_answer, line_expired
-from apps.batches.live import progress_publish
-from apps.batches.models import BatchJob, BatchLine
-from apps.batches.services import (
+from apps.batches.executor import AnsweredLine, BatchExecutor, executor_create
+from apps.batches.leases import (
     LeaseLost,
     job_claim,
     job_files_write,
@@ -44,7 +44,11 @@ from apps.batches.services import (
     job_status_set,
     lines_record,
 )
+from apps.batches.live import progress_publish
+from apps.batches.models import BatchJob, BatchLine, File
+from apps.batches.reduce import reduce_run
 from apps.batches.storage import lines_read
+from apps.core.errors import GatewayError
 
 logger = logging.getLogger(__name__)
 
@@ -56,8 +60,6 @@ Status = BatchJob.Status
 
 
 def _in_thread(fn, *args, **kwargs):
-    from django.db import close_old_connections
-
     close_old_connections()
     return fn(*args, **kwargs)
 
@@ -71,8 +73,6 @@ def _once(fn, *args, **kwargs):
 
 
 def _close_connections() -> None:
-    from django.db import connections
-
     connections.close_all()
 
 
@@ -112,14 +112,6 @@ def _lines_check(storage_name: str) -> tuple[int, tuple[str, int] | None]:
     return count, None
 
 
-def _key_load(api_key_id: int | None):
-    from apps.gateway.snapshot import key_info_load
-    from apps.tenants.models import ApiKey
-
-    prefix = ApiKey.objects.filter(pk=api_key_id).values_list("prefix", flat=True).first() if api_key_id else None
-    return key_info_load(prefix) if prefix else None
-
-
 def _map_answers(job_id: str) -> list[str]:
     answers = []
     for line in BatchLine.objects.filter(job_id=job_id, is_error=False).order_by("index").values_list(
@@ -136,18 +128,18 @@ class Chunk:
 
 
 class JobRunner:
-    def __init__(self, job: BatchJob, token: str) -> None:
+    def __init__(self, job: BatchJob, token: str, executor: BatchExecutor) -> None:
         self.job = job
         self.token = token
+        self.executor = executor
+        self.executor_open = False
         # Quick writes (heartbeats, answered lines) and slow reads and writes of whole files run
         # on separate threads, so a long file write never holds up the lease's renewal.
         self.db_executor = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="batch-db")
         self.io_executor = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="batch-io")
-        self.runtime = None
-        self.key = None
         self.stop_reason: str | None = None  # cancel | expire | lost
         self.in_flight: set[asyncio.Task] = set()
-        self.results: list[tuple[LineResult, Chunk]] = []
+        self.results: list[tuple[AnsweredLine, Chunk]] = []
         self.chunks: deque[Chunk] = deque()
         self.end = (job.cursor_line, job.cursor_offset)
         self.flush_lock = asyncio.Lock()
@@ -223,9 +215,8 @@ class JobRunner:
         finally:
             beat.cancel()
             await asyncio.gather(beat, return_exceptions=True)
-            if self.runtime is not None:
-                await self.runtime.stop()
-                self.runtime._db_executor.shutdown(wait=False)
+            if self.executor_open:
+                await self.executor.close()
             for executor in (self.db_executor, self.io_executor):
                 executor.submit(_close_connections)
                 executor.shutdown(wait=True)
@@ -256,7 +247,7 @@ class JobRunner:
         await self.set_status(Status.FINALIZING)
         result = None
         if job.kind == BatchJob.Kind.MAP_REDUCE:
-            if self.runtime is None and not await self.pipeline_open():  # resumed while finalizing
+            if not self.executor_open and not await self.pipeline_open():  # resumed while finalizing
                 return "failed"
             result = await self.reduce()
             if result is None:
@@ -265,17 +256,13 @@ class JobRunner:
         return "completed"
 
     async def pipeline_open(self) -> bool:
-        """The job's key and a gateway runtime of this worker's own (snapshot, upstream sessions,
-        limits, cache, usage buffer), as a web process has."""
-        self.key = await self.db(_key_load, self.job.api_key_id)
-        if self.key is None or not self.key.is_usable(time.time()):
+        """The job's key and what answering its lines takes on this worker (the executor's)."""
+        if not await self.db(self.executor.key_load, self.job.api_key_id):
             await self.fail("api_key_unusable", "The API key that created this job is deleted, revoked or "
                             "expired; its lines cannot run.")
             return False
-        from apps.gateway.runtime import Runtime
-
-        self.runtime = Runtime()
-        await self.runtime.start()
+        await self.executor.open()
+        self.executor_open = True
         return True
 
     async def fail(self, code: str, message: str, *, line: int | None = None) -> None:
@@ -349,8 +336,8 @@ class JobRunner:
         async with limit:
             if self.stop_reason is not None:
                 return
-            result = await line_answer(self.runtime, self.key, job_id=self.job.pk, endpoint=self.job.endpoint,
-                                       index=index, raw=raw)
+            result = await self.executor.line_answer(job_id=self.job.pk, endpoint=self.job.endpoint,
+                                                     index=index, raw=raw)
         self.results.append((result, chunk))
         if len(self.results) >= FLUSH_ROWS:
             self.flush_wake.set()
@@ -388,15 +375,12 @@ class JobRunner:
         await self.publish()
 
     async def reduce(self) -> dict | None:
-        from apps.batches.reduce import reduce_run
-        from apps.core.errors import GatewayError
-
         answers = await self.db(_map_answers, self.job.pk)
         if not answers:
             await self.fail("no_map_answers", "Every map call failed; there is nothing to reduce (see the error file).")
             return None
         self.reduce_task = asyncio.ensure_future(reduce_run(
-            self.runtime, self.key, job_id=self.job.pk, params=self.job.params, texts=answers,
+            self.executor, job_id=self.job.pk, params=self.job.params, texts=answers,
             concurrency=settings.BATCH_TENANT_CONCURRENCY))
         try:
             return await self.reduce_task
@@ -418,7 +402,7 @@ class JobRunner:
                 expired[0] += 1
                 yield line
 
-        extra = counted(_expired_lines(job)) if expire else ()
+        extra = counted(_expired_lines(job, self.executor)) if expire else ()
         output, error = await self.io(job_files_write, job, extra_errors=extra)
         fields = {"output_file_id": output.pk if output else None, "error_file_id": error.pk if error else None}
         if result is not None:
@@ -431,12 +415,10 @@ class JobRunner:
 
 
 def _file_exists(job: BatchJob) -> bool:
-    from apps.batches.models import File
-
     return File.objects.filter(pk=job.input_file_id).exists()
 
 
-def _expired_lines(job: BatchJob):
+def _expired_lines(job: BatchJob, executor: BatchExecutor):
     """Error lines for every line not answered when the job expired (read from the cursor on)."""
     job.refresh_from_db(fields=["cursor_line", "cursor_offset"])
     name = job.input_file.storage_name
@@ -449,7 +431,7 @@ def _expired_lines(job: BatchJob):
             answered = _answered(job.pk, taken[0][0], taken[-1][0])
             for index, _offset, raw in taken:
                 if index not in answered:
-                    yield line_expired(job.pk, index, raw)
+                    yield executor.line_expired(job_id=job.pk, index=index, raw=raw)
     finally:
         reader.close()
 
@@ -463,7 +445,7 @@ async def job_run(job_id: str) -> str:
     # Names the lease in this worker's log, so an operator (or a test) can tell which worker
     # holds a job from the job's row.
     logger.info("batch job %s: running under lease %s", job_id, token[:8])
-    runner = JobRunner(job, token)
+    runner = JobRunner(job, token, executor_create())
     try:
         return await runner.run()
     finally:

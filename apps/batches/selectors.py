@@ -1,8 +1,10 @@
-"""Reads of files and jobs, always inside one tenant: another tenant's ids are simply not found."""
+"""Reads of files and jobs, always inside one tenant: another tenant's ids are simply not found.
+Only :func:`jobs_stale`, beat's resumer's read, spans every tenant."""
 
 from __future__ import annotations
 
-from django.db.models import QuerySet
+from django.db.models import Q, QuerySet
+from django.utils import timezone
 
 from apps.batches.models import BatchJob, BatchLine, File
 from apps.core.errors import BadRequest, NotFound
@@ -61,3 +63,10 @@ def job_lines(job: BatchJob, *, errors: bool | None = None) -> QuerySet:
 
 def jobs_active_for_tenant(*, tenant_id: int) -> QuerySet:
     return BatchJob.objects.filter(tenant_id=tenant_id, status__in=BatchJob.ACTIVE)
+
+
+def jobs_stale() -> list[str]:
+    """Active jobs no live worker holds (never started, or their worker died), oldest first."""
+    stale = BatchJob.objects.filter(status__in=BatchJob.ACTIVE).filter(
+        Q(lease_until__isnull=True) | Q(lease_until__lt=timezone.now()))
+    return list(stale.order_by("created_at").values_list("pk", flat=True))

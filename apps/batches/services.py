@@ -1,5 +1,5 @@
-"""Writes for files and batch jobs. Views, tasks and the CLI call these; execution of a job's
-lines lives in :mod:`apps.batches.runner`.
+"""Writes for files and batch jobs. Views and the CLI call these; execution of a job's lines
+lives in :mod:`apps.batches.runner`, its writes in :mod:`apps.batches.leases`.
 
 Tenant scoping: every service takes the tenant (or reads the job through a tenant-scoped
 selector first), so an id of another tenant is never touched.
@@ -9,21 +9,18 @@ from __future__ import annotations
 
 import re
 import secrets
-import tempfile
-from collections.abc import Iterable
 from datetime import timedelta
 
 import orjson
 from django.conf import settings
-from django.core.files import File as DjangoFile
 from django.db import transaction
-from django.db.models import F, Q
+from django.db.models import Q
 from django.utils import timezone
-from django.utils.text import get_valid_filename
 
-from apps.batches.models import BatchJob, BatchLine, File
+from apps.batches.models import BatchJob, File
 from apps.batches.selectors import file_get, jobs_active_for_tenant
-from apps.batches.storage import files_storage
+from apps.batches.storage import file_store, files_storage, jsonl_store
+from apps.batches.tasks import run
 from apps.core.errors import BadRequest, Conflict, PayloadTooLarge
 
 ENDPOINTS = ("/v1/chat/completions", "/v1/embeddings")
@@ -47,17 +44,7 @@ def file_create(*, tenant, content, filename: str, purpose: str = File.Purpose.B
         raise PayloadTooLarge(f"The file exceeds {settings.BATCH_FILE_MAX_BYTES} bytes.", param="file")
     if size == 0:
         raise BadRequest("The file is empty.", param="file")
-    return _file_store(tenant=tenant, content=content, filename=filename, purpose=purpose)
-
-
-def _file_store(*, tenant, content, filename: str, purpose: str) -> File:
-    file = File(tenant=tenant, purpose=purpose, filename=(filename or "upload.jsonl")[:255])
-    safe = get_valid_filename(file.filename) or "file"
-    django_file = content if isinstance(content, DjangoFile) else DjangoFile(content, name=safe)
-    file.storage_name = files_storage().save(f"{tenant.pk}/{file.pk}/{safe}", django_file)
-    file.bytes = files_storage().size(file.storage_name)
-    file.save()
-    return file
+    return file_store(tenant=tenant, content=content, filename=filename, purpose=purpose)
 
 
 def file_delete(*, tenant_id: int, file_id: str) -> File:
@@ -70,17 +57,6 @@ def file_delete(*, tenant_id: int, file_id: str) -> File:
     file.delete()
     transaction.on_commit(lambda: files_storage().delete(file.storage_name))
     return file
-
-
-def _lines_file(*, tenant, filename: str, lines: Iterable[bytes], purpose: str) -> File:
-    """A JSONL file written through a temporary file on disk (constant memory), then stored."""
-    with tempfile.TemporaryFile() as spool:
-        for line in lines:
-            spool.write(line)
-            spool.write(b"\n")
-        spool.seek(0)
-        return _file_store(tenant=tenant, content=DjangoFile(spool, name=filename), filename=filename,
-                           purpose=purpose)
 
 
 # --- jobs ---------------------------------------------------------------------------------
@@ -105,8 +81,6 @@ def _metadata_check(metadata) -> dict | None:
 
 
 def _job_queue(job: BatchJob) -> None:
-    from apps.batches.tasks import run
-
     transaction.on_commit(lambda: run.delay(job.pk))
 
 
@@ -165,7 +139,7 @@ def map_reduce_create(*, tenant, api_key, items, map_prompt, reduce_prompt, mode
             yield orjson.dumps({"custom_id": f"item-{index}", "method": "POST", "url": "/v1/chat/completions",
                                 "body": body})
 
-    file = _lines_file(tenant=tenant, filename="map-reduce-items.jsonl", lines=lines(), purpose=File.Purpose.BATCH)
+    file = jsonl_store(tenant=tenant, filename="map-reduce-items.jsonl", lines=lines(), purpose=File.Purpose.BATCH)
     now = _now()
     job = BatchJob.objects.create(
         id=f"job_{secrets.token_hex(12)}", tenant=tenant, api_key=api_key, kind=BatchJob.Kind.MAP_REDUCE,
@@ -191,120 +165,3 @@ def job_cancel(job: BatchJob) -> BatchJob:
         if job.lease_until is None or job.lease_until < _now():
             _job_queue(job)
     return job
-
-
-# --- leases, progress and the end of a job (called by the runner) -------------------------
-
-class LeaseLost(Exception):
-    """Another worker holds the job now: this one must stop without writing anything more."""
-
-
-def job_claim(*, job_id: str, token: str) -> tuple[BatchJob | None, str]:
-    """Take the job's lease: ``(job, "ok")``, or ``(None, why)`` with why one of ``gone``,
-    ``finished``, ``held`` (a live worker has it) or ``tenant_busy`` (another job of the tenant
-    runs: a tenant's jobs run one at a time so its concurrency limit holds across workers)."""
-    now = _now()
-    with transaction.atomic():
-        job = BatchJob.objects.filter(pk=job_id).first()
-        if job is None:
-            return None, "gone"
-        # Serialise claims per tenant: two workers claiming two jobs of one tenant take turns.
-        from apps.tenants.models import Tenant
-
-        Tenant.objects.select_for_update().filter(pk=job.tenant_id).first()
-        job = BatchJob.objects.select_for_update().get(pk=job_id)
-        if not job.is_active:
-            return None, "finished"
-        if job.lease_until is not None and job.lease_until > now and job.lease_token != token:
-            return None, "held"
-        busy = BatchJob.objects.filter(tenant_id=job.tenant_id, status__in=BatchJob.ACTIVE,
-                                       lease_until__gt=now).exclude(pk=job.pk).exists()
-        if busy and job.status != BatchJob.Status.CANCELLING:
-            return None, "tenant_busy"
-        job.lease_token = token
-        job.lease_until = now + timedelta(seconds=settings.BATCH_LEASE_SECONDS)
-        job.save(update_fields=["lease_token", "lease_until"])
-    return job, "ok"
-
-
-def job_heartbeat(*, job_id: str, token: str) -> tuple[str, object]:
-    """Renew the lease; returns the job's status and expiry. Raises :class:`LeaseLost`."""
-    until = _now() + timedelta(seconds=settings.BATCH_LEASE_SECONDS)
-    updated = BatchJob.objects.filter(pk=job_id, lease_token=token).update(lease_until=until)
-    if not updated:
-        raise LeaseLost(job_id)
-    return BatchJob.objects.filter(pk=job_id).values_list("status", "expires_at").get()
-
-
-def job_release(*, job_id: str, token: str) -> None:
-    BatchJob.objects.filter(pk=job_id, lease_token=token).update(lease_until=None, lease_token="")  # nosec B106
-
-
-def _guarded(job_id: str, token: str):
-    return BatchJob.objects.filter(pk=job_id, lease_token=token)
-
-
-def job_status_set(*, job_id: str, token: str, status: str, **fields) -> None:
-    stamp = {
-        BatchJob.Status.IN_PROGRESS: "in_progress_at", BatchJob.Status.FINALIZING: "finalizing_at",
-        BatchJob.Status.COMPLETED: "completed_at", BatchJob.Status.FAILED: "failed_at",
-        BatchJob.Status.EXPIRED: "expired_at", BatchJob.Status.CANCELLED: "cancelled_at",
-    }.get(status)
-    if stamp:
-        fields.setdefault(stamp, _now())
-    with transaction.atomic():
-        current = _guarded(job_id, token).select_for_update().values_list("status", flat=True).first()
-        if current is None:
-            raise LeaseLost(job_id)
-        if current == BatchJob.Status.CANCELLING and status in (BatchJob.Status.IN_PROGRESS,
-                                                                BatchJob.Status.FINALIZING):
-            return  # a cancel arrived meanwhile: the runner sees it at its next heartbeat
-        _guarded(job_id, token).update(status=status, **fields)
-
-
-def lines_record(*, job_id: str, token: str, lines: list[tuple[int, str | None, bool, bytes]],
-                 cursor: tuple[int, int] | None) -> None:
-    """Persist answered lines with the job's counts (and cursor) in one transaction, only while
-    this worker still holds the lease: a line is answered once, whatever dies when."""
-    completed = sum(1 for line in lines if not line[2])
-    with transaction.atomic():
-        changes = {"completed": F("completed") + completed, "failed": F("failed") + len(lines) - completed}
-        if cursor is not None:
-            changes["cursor_line"], changes["cursor_offset"] = cursor
-        if not _guarded(job_id, token).update(**changes):
-            raise LeaseLost(job_id)
-        BatchLine.objects.bulk_create([
-            BatchLine(job_id=job_id, index=index, custom_id=custom_id, is_error=is_error, line=line.decode())
-            for index, custom_id, is_error, line in lines])
-
-
-def job_files_write(job: BatchJob, *, extra_errors: Iterable[bytes] = ()) -> tuple[File | None, File | None]:
-    """Write the output and error files from the answered lines, streamed in input order
-    (``extra_errors`` appends lines, e.g. those left when the job expired)."""
-    from apps.batches.selectors import job_lines
-
-    def lines(errors: bool):
-        for _index, _custom_id, _is_error, line in job_lines(job, errors=errors).iterator(chunk_size=2000):
-            yield line.encode()
-        if errors:
-            yield from extra_errors
-
-    output = error = None
-    if BatchLine.objects.filter(job=job, is_error=False).exists():
-        output = _lines_file(tenant=job.tenant, filename=f"{job.pk}_output.jsonl", lines=lines(False),
-                             purpose=File.Purpose.BATCH_OUTPUT)
-    error_lines = lines(True)
-    first = next(error_lines, None)
-    if first is not None:
-        def chained():
-            yield first
-            yield from error_lines
-        error = _lines_file(tenant=job.tenant, filename=f"{job.pk}_error.jsonl", lines=chained(),
-                            purpose=File.Purpose.BATCH_OUTPUT)
-    return output, error
-
-
-def jobs_stale() -> list[str]:
-    """Active jobs no live worker holds (never started, or their worker died), oldest first."""
-    return list(BatchJob.objects.filter(status__in=BatchJob.ACTIVE).filter(
-        Q(lease_until__isnull=True) | Q(lease_until__lt=_now())).order_by("created_at").values_list("pk", flat=True))

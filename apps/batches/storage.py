@@ -1,10 +1,16 @@
-"""The files storage (``STORAGES["batch_files"]``) and streaming reads of JSONL from it."""
+"""The files storage (``STORAGES["batch_files"]``): files stored in it (a ``File`` row and its
+bytes), and streaming reads of JSONL from it."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import tempfile
+from collections.abc import Iterable, Iterator
 
+from django.core.files import File as DjangoFile
 from django.core.files.storage import storages
+from django.utils.text import get_valid_filename
+
+from apps.batches.models import File
 
 
 def files_storage():
@@ -25,3 +31,25 @@ def lines_read(storage_name: str, *, offset: int = 0, first_index: int = 0) -> I
             if raw.strip():
                 yield index, start, raw
                 index += 1
+
+
+def file_store(*, tenant, content, filename: str, purpose: str) -> File:
+    """Store ``content`` (any file-like object, copied in chunks) as a new file of the tenant."""
+    file = File(tenant=tenant, purpose=purpose, filename=(filename or "upload.jsonl")[:255])
+    safe = get_valid_filename(file.filename) or "file"
+    django_file = content if isinstance(content, DjangoFile) else DjangoFile(content, name=safe)
+    file.storage_name = files_storage().save(f"{tenant.pk}/{file.pk}/{safe}", django_file)
+    file.bytes = files_storage().size(file.storage_name)
+    file.save()
+    return file
+
+
+def jsonl_store(*, tenant, filename: str, lines: Iterable[bytes], purpose: str) -> File:
+    """A JSONL file written through a temporary file on disk (constant memory), then stored."""
+    with tempfile.TemporaryFile() as spool:
+        for line in lines:
+            spool.write(line)
+            spool.write(b"\n")
+        spool.seek(0)
+        return file_store(tenant=tenant, content=DjangoFile(spool, name=filename), filename=filename,
+                          purpose=purpose)

@@ -13,8 +13,9 @@ import logging
 
 from celery import shared_task
 
+from apps.batches.models import BatchJob
 from apps.batches.runner import job_run
-from apps.batches.services import jobs_stale
+from apps.batches.selectors import jobs_stale
 
 logger = logging.getLogger(__name__)
 
@@ -25,8 +26,6 @@ def run(job_id: str) -> str:
     logger.info("batch job %s: %s", job_id, outcome)
     if outcome not in ("held", "tenant_busy", "lease_lost", "gone"):
         # The tenant's next job (if any waited for this one) starts now rather than at the next resume.
-        from apps.batches.models import BatchJob
-
         tenant_id = BatchJob.objects.filter(pk=job_id).values_list("tenant_id", flat=True).first()
         waiting = [pk for pk in jobs_stale() if BatchJob.objects.filter(pk=pk, tenant_id=tenant_id).exists()]
         if waiting:

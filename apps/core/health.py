@@ -2,18 +2,21 @@
 
 ``/healthz`` answers while the process runs, touching nothing. ``/readyz`` answers 200 only
 when the database answers, every migration is applied, the ``vector`` extension exists and
-the Celery broker accepts a connection; otherwise 503 with the failing checks named.
+the Celery broker accepts a connection, and no app's probe (:func:`readiness_probe_add`) says
+otherwise (the gateway's: a process draining after SIGTERM); else 503 with the failing checks named.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 
 from django.conf import settings
 from django.db import DEFAULT_DB_ALIAS, connections
 from django.db.migrations.executor import MigrationExecutor
 from django.http import JsonResponse
 from django.views.decorators.http import require_GET
+from kombu import Connection
 
 
 @require_GET
@@ -43,8 +46,6 @@ def _check_vector_extension() -> dict:
 
 
 def _check_broker() -> dict:
-    from kombu import Connection
-
     with Connection(settings.CELERY_BROKER_URL, connect_timeout=settings.READINESS_BROKER_TIMEOUT) as conn:
         conn.ensure_connection(max_retries=1, timeout=settings.READINESS_BROKER_TIMEOUT)
     return {"ok": True, "transport": conn.transport_cls if isinstance(conn.transport_cls, str) else "custom"}
@@ -57,6 +58,14 @@ _CHECKS = {
     "broker": _check_broker,
 }
 _NEEDS_DATABASE = {"migrations", "vector_extension"}
+# Checks other apps add: each returns its result, or None when it has nothing to say. Core knows
+# nothing of the apps built on it; they register here from their AppConfig.ready().
+_PROBES: dict[str, Callable[[], dict | None]] = {}
+
+
+def readiness_probe_add(name: str, probe: Callable[[], dict | None]) -> None:
+    """Add a check to ``/readyz``: ``probe()`` returns ``{"ok": bool, ...}``, or None to stay out."""
+    _PROBES[name] = probe
 
 
 @require_GET
@@ -75,9 +84,9 @@ def readyz(request) -> JsonResponse:
             if name == "database":
                 connections[DEFAULT_DB_ALIAS].close_if_unusable_or_obsolete()
         results[name]["ms"] = round((time.perf_counter() - started) * 1000, 1)
-    from apps.gateway.runtime import runtime
-
-    if runtime.draining:  # a balancer should stop sending here now
-        results["shutdown"] = {"ok": False, "error": "SIGTERM received: finishing the requests in flight"}
+    for name, probe in _PROBES.items():
+        result = probe()
+        if result is not None:
+            results[name] = result
     ready = all(result["ok"] for result in results.values())
     return JsonResponse({"status": "ready" if ready else "not ready", "checks": results}, status=200 if ready else 503)

@@ -19,7 +19,7 @@ _PIECE_CHARS = 32_000
 
 @lru_cache(maxsize=1)
 def _encoding():
-    import bpe_openai
+    import bpe_openai  # about a second to import: paid once, off the event loop (warm_up)
 
     return bpe_openai.get_encoding("o200k_base")
 

@@ -13,9 +13,17 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 
+import psycopg
+import redis
+import redis.asyncio as aioredis
 from django.conf import settings
 from django.db import connection, transaction
 from django.db.models.signals import m2m_changed, post_delete, post_save
+
+from apps.catalog.models import Model, ModelPrice, Provider
+from apps.gateway.database import conninfo
+from apps.routing.models import ComplexityIndicator, RoutingFallback, RoutingRule
+from apps.tenants.models import ApiKey, Tenant
 
 CHANNEL = "switchyard_config"
 logger = logging.getLogger(__name__)
@@ -31,8 +39,6 @@ def config_changed_publish(**_kwargs) -> None:
 
 
 def _redis_publish() -> None:
-    import redis
-
     try:
         client = redis.Redis.from_url(settings.REDIS_URL, socket_timeout=2)
         client.publish(CHANNEL, b"1")
@@ -43,10 +49,6 @@ def _redis_publish() -> None:
 
 def signals_connect() -> None:
     """Publish on every write to a table the gateway caches."""
-    from apps.catalog.models import Model, ModelPrice, Provider
-    from apps.routing.models import ComplexityIndicator, RoutingFallback, RoutingRule
-    from apps.tenants.models import ApiKey, Tenant
-
     for model in (ApiKey, Tenant, Provider, Model, ModelPrice, RoutingRule, RoutingFallback, ComplexityIndicator):
         post_save.connect(config_changed_publish, sender=model, dispatch_uid=f"bus-save-{model.__name__}")
         post_delete.connect(config_changed_publish, sender=model, dispatch_uid=f"bus-delete-{model.__name__}")
@@ -73,8 +75,6 @@ async def config_changes_listen(on_change: Callable[[], Awaitable[None]], *, ret
 
 
 async def _listen_redis(on_change: Callable[[], Awaitable[None]]) -> None:
-    import redis.asyncio as aioredis
-
     client = aioredis.Redis.from_url(settings.REDIS_URL)
     pubsub = client.pubsub()
     try:
@@ -89,10 +89,6 @@ async def _listen_redis(on_change: Callable[[], Awaitable[None]]) -> None:
 
 
 async def _listen_postgres(on_change: Callable[[], Awaitable[None]]) -> None:
-    import psycopg
-
-    from apps.gateway.database import conninfo
-
     async with await psycopg.AsyncConnection.connect(conninfo(), autocommit=True) as conn:
         await conn.execute(f"LISTEN {CHANNEL}")
         await on_change()

@@ -14,14 +14,13 @@ import logging
 
 from channels.layers import get_channel_layer
 
+from apps.core.live import live_group
+
+__all__ = ["live_group", "live_publish", "live_usage_event"]  # live_group: the WebSocket door joins it
+
 logger = logging.getLogger(__name__)
 
 _USAGE_FIELDS = ("request_id", "model", "cache", "cost", "usage", "latency_ms", "ttft_ms", "finish_reason")
-
-
-def live_group(tenant_id: int, topic: str = "usage") -> str:
-    """The channel-layer group of one tenant's live events of a topic (``usage`` or ``batch``)."""
-    return f"tenant.{tenant_id}.{topic}"
 
 
 def live_usage_event(done: dict) -> dict:

@@ -14,6 +14,8 @@ from channels.db import database_sync_to_async
 from django.conf import settings
 from django.http.cookie import parse_cookie
 
+from apps.tenants.models import ApiKey
+
 
 def _is_staff(user) -> bool:
     return bool(user is not None and user.is_authenticated and user.is_active and user.is_staff)
@@ -40,8 +42,6 @@ async def staff_user_from_cookies(cookie_header: str | None):
 
 def playground_keys() -> list:
     """Every key a staff user may pick: not revoked, tenant active (sync)."""
-    from apps.tenants.models import ApiKey
-
     return list(ApiKey.objects.select_related("tenant").filter(revoked_at__isnull=True, tenant__is_active=True)
                 .order_by("tenant__name", "name"))
 
@@ -49,8 +49,6 @@ def playground_keys() -> list:
 @database_sync_to_async
 def playground_key_prefix(key_id) -> str | None:
     """The visible prefix of key ``key_id`` (an int or a digit string), or None."""
-    from apps.tenants.models import ApiKey
-
     try:
         key_id = int(key_id)
     except (TypeError, ValueError):

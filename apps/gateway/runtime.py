@@ -17,12 +17,17 @@ from datetime import UTC, datetime, timedelta
 from functools import partial
 
 from django.conf import settings
+from django.db import close_old_connections
 
+from apps.cache.embedder import LocalEmbedder, MicroBatcher, RemoteEmbedder
+from apps.cache.store import CacheStore
 from apps.catalog.services import circuit_report, circuits_forget
-from apps.core import tokens
+from apps.core import metrics, tokens
 from apps.core.errors import AuthenticationFailed
 from apps.gateway.config_changes import config_changes_listen
+from apps.gateway.database import conninfo
 from apps.gateway.snapshot import KeyInfo, Snapshot, key_info_load, snapshot_load
+from apps.limits.enforce import limiter_open
 from apps.providers.breaker import OPEN, Breakers
 from apps.providers.transport import HttpTransport, Transport
 from apps.tenants.selectors import bearer_key
@@ -81,11 +86,6 @@ class Runtime:
             await loop.run_in_executor(self._db_executor, tokens.warm_up)
             await self.reload()
             self.usage.start()
-            from apps.cache.embedder import LocalEmbedder, MicroBatcher
-            from apps.cache.store import CacheStore
-            from apps.gateway.database import conninfo
-            from apps.limits.enforce import limiter_open
-
             database = await loop.run_in_executor(self._db_executor, conninfo)
             self.limiter = limiter_open(redis_url=settings.REDIS_URL, conninfo=database,
                                         lease_seconds=settings.LIMITS_LEASE_SECONDS)
@@ -195,8 +195,6 @@ class Runtime:
             return self.batcher
         batcher = self._remote_batchers.get(model)
         if batcher is None:
-            from apps.cache.embedder import MicroBatcher, RemoteEmbedder
-
             batcher = self._remote_batchers[model] = MicroBatcher(RemoteEmbedder(model, self.transport), max_batch=64,
                                                                   max_inflight=4,
                                                                   max_wait_ms=settings.CACHE_EMBED_WAIT_MS)
@@ -244,8 +242,6 @@ class Runtime:
                 logger.exception("timed config refresh failed")
 
     def _rows_observe(self, rows: list[dict]) -> None:
-        from apps.core import metrics
-
         # A row being observed is flushed again if a write fails: counted once here regardless.
         tenants = self.tenant_slugs
         models = self.snapshot.models if self.snapshot is not None else {}
@@ -324,17 +320,21 @@ def _local_embedder(factory):
 
 
 def _snapshot_load_fresh() -> Snapshot:
-    from django.db import close_old_connections
-
     close_old_connections()
     return snapshot_load()
 
 
 def _key_load_fresh(prefix: str) -> KeyInfo | None:
-    from django.db import close_old_connections
-
     close_old_connections()
     return key_info_load(prefix)
 
 
 runtime = Runtime()
+
+
+def draining_probe() -> dict | None:
+    """``/readyz``'s check of this process: failing once SIGTERM arrived, so a balancer stops
+    sending here while the requests in flight finish."""
+    if runtime.draining:
+        return {"ok": False, "error": "SIGTERM received: finishing the requests in flight"}
+    return None

@@ -16,6 +16,11 @@ from functools import cached_property
 
 from django.db.models import Prefetch
 
+from apps.catalog.models import Model, ModelPrice
+from apps.limits.spec import scope_limits
+from apps.routing.models import ComplexityIndicator, RoutingFallback, RoutingRule
+from apps.tenants.models import ApiKey
+
 
 @dataclass(frozen=True, slots=True)
 class ProviderInfo:
@@ -140,9 +145,6 @@ def _phrases_pattern(phrases: list[str]) -> re.Pattern | None:
 
 def snapshot_load() -> Snapshot:
     """Read the active catalog, rules and classifier phrases (sync; call from a thread)."""
-    from apps.catalog.models import Model, ModelPrice
-    from apps.routing.models import ComplexityIndicator, RoutingFallback, RoutingRule
-
     models: dict[str, ModelInfo] = {}
     providers: dict[int, ProviderInfo] = {}
     latest_prices = Prefetch("prices", queryset=ModelPrice.objects.order_by("-effective_from", "-id"))
@@ -210,9 +212,6 @@ def snapshot_load() -> Snapshot:
 
 def key_info_load(prefix: str) -> KeyInfo | None:
     """Read one key by its visible prefix (sync; call from a thread)."""
-    from apps.limits.spec import scope_limits
-    from apps.tenants.models import ApiKey
-
     key = ApiKey.objects.select_related("tenant", "tenant__cache_embedding_model").filter(prefix=prefix).first()
     if key is None:
         return None

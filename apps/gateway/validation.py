@@ -5,6 +5,7 @@ OpenAI's codes:
 
     invalid_json                 not JSON, not UTF-8, or not an object
     nesting_too_deep             arrays and objects nested more than MAX_NESTING levels
+                                 (apps/core/json_checks.py)
     unknown_parameter            a top-level field OpenAI's API does not define
     missing_required_parameter   no ``model``, ``messages`` or ``input``
     invalid_type                 a field of the wrong JSON type
@@ -24,12 +25,9 @@ import orjson
 
 from apps.core import tokens
 from apps.core.errors import BadRequest, ContextTooLong
+from apps.core.json_checks import nesting_check, nesting_too_deep
 
 ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
-
-# orjson refuses to write values nested 255 levels deep, and the cache and the Messages
-# translation wrap parts of a body a few levels deeper, so bodies are held well below that.
-MAX_NESTING = 64
 
 # Every top-level field of OpenAI's chat completion request, with the JSON types it may have
 # (None: checked below with its range, or any JSON value). ``null`` is accepted for each, as
@@ -91,52 +89,13 @@ def body_parse(raw: bytes) -> dict:
     except orjson.JSONDecodeError as exc:
         reason = str(exc)
         if "depth limit" in reason:
-            raise _too_deep() from None
+            raise nesting_too_deep() from None
         if "UTF-8" in reason:
             raise BadRequest("The request body is not valid UTF-8.", code="invalid_json") from None
         raise BadRequest(f"The request body is not valid JSON: {reason}", code="invalid_json") from None
     if not isinstance(body, dict):
         raise BadRequest(f"The request body must be a JSON object, not {json_type(body)}.", code="invalid_json")
     return body
-
-
-def _too_deep() -> BadRequest:
-    return BadRequest(f"The request body nests arrays and objects more than {MAX_NESTING} levels deep.",
-                      code="nesting_too_deep")
-
-
-def nesting_check(body: dict) -> None:
-    """Refuse a body nested more than :data:`MAX_NESTING` levels (the body itself is level 1).
-
-    One pass over the containers, strings and numbers untouched: a few microseconds for a
-    usual request, about one per message of a long conversation."""
-    stack = [(body, 1)]
-    pop, push = stack.pop, stack.append
-    while stack:
-        node, depth = pop()
-        if depth > MAX_NESTING:
-            raise _too_deep()
-        for child in node.values() if isinstance(node, dict) else node:
-            if isinstance(child, dict | list):
-                push((child, depth + 1))
-
-
-def nul_check(value, param: str | None) -> None:
-    """Refuse a NUL character in any string of ``value`` (object keys too): Postgres text and
-    jsonb cannot hold one, so what is stored must not carry it."""
-    stack = [value]
-    while stack:
-        node = stack.pop()
-        if isinstance(node, str):
-            if "\x00" in node:
-                raise BadRequest(f"'{param}' may not contain NUL characters (\\u0000)." if param else
-                                 "The request may not contain NUL characters (\\u0000).", param=param,
-                                 code="invalid_value")
-        elif isinstance(node, dict):
-            stack.extend(node)
-            stack.extend(node.values())
-        elif isinstance(node, list):
-            stack.extend(node)
 
 
 def fields_check(body: dict, fields: dict[str, tuple[type, ...] | None]) -> None:

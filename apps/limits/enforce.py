@@ -17,7 +17,17 @@ from dataclasses import dataclass, replace
 from decimal import Decimal
 
 from apps.core.errors import BudgetExceeded, LimitsUnavailable, RateLimited
-from apps.limits.counters import BUDGET, CONCURRENCY, KIND_NAMES, REQUESTS, Check, Counters, Usage
+from apps.limits.counters import (
+    BUDGET,
+    CONCURRENCY,
+    KIND_NAMES,
+    REQUESTS,
+    Check,
+    Counters,
+    PostgresCounters,
+    RedisCounters,
+    Usage,
+)
 from apps.limits.periods import NEVER_ENDS, minute_window, period_bounds
 from apps.limits.spec import ScopeLimits, nanos, usd
 
@@ -220,7 +230,5 @@ class Limiter:
 
 def limiter_open(*, redis_url: str, conninfo: str, lease_seconds: float) -> Limiter:
     """Redis counters when ``redis_url`` is set, else Postgres ones."""
-    from apps.limits.counters import PostgresCounters, RedisCounters
-
     counters = RedisCounters(redis_url) if redis_url else PostgresCounters(conninfo)
     return Limiter(counters, lease_seconds=lease_seconds)

@@ -7,12 +7,14 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
 
+import redis
 from django.conf import settings
 
 from apps.limits.counters import redis_keys
 from apps.limits.models import BudgetAlert, Counter
 from apps.limits.periods import minute_window, period_bounds
 from apps.limits.spec import scope_limits, usd
+from apps.tenants.models import ApiKey
 
 
 @dataclass(frozen=True)
@@ -39,8 +41,6 @@ class Spend:
 
 def _counts(scope: str, period: int) -> tuple[int, int]:
     if settings.REDIS_URL:
-        import redis
-
         client = redis.Redis.from_url(settings.REDIS_URL, socket_timeout=2)
         try:
             spent, reserved = client.hmget(redis_keys(scope, window=minute_window(time.time())[0], period=period)[2],
@@ -54,8 +54,6 @@ def _counts(scope: str, period: int) -> tuple[int, int]:
 
 def spend_current(obj, *, now: float | None = None) -> Spend | None:
     """The budget, spend and alert state of a Tenant or ApiKey this period; None without a budget."""
-    from apps.tenants.models import ApiKey
-
     is_key = isinstance(obj, ApiKey)
     limits = scope_limits(obj, tenant_id=obj.tenant_id if is_key else obj.pk, api_key_id=obj.pk if is_key else None)
     if limits is None or limits.budget is None:

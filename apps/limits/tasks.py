@@ -5,7 +5,8 @@ from __future__ import annotations
 from celery import shared_task
 from django.conf import settings
 
-from apps.limits.services import WebhookFailed, alert_webhook_send, counters_purge
+from apps.limits.purge import counters_purge
+from apps.limits.webhooks import WebhookFailed, alert_webhook_send
 
 
 @shared_task(name="limits.alert_deliver", bind=True)

@@ -28,24 +28,15 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+from typing import TYPE_CHECKING
 
 from aiohttp import web
 
-from apps.simulator.server import (
-    GARBAGE,
-    HEADERS,
-    NOT_JSON,
-    SSE_HEADERS,
-    Simulator,
-    _drop_connection,
-    _dumps,
-    _header_fault,
-    _knob,
-    _loads,
-    _seed,
-    answer_words,
-    prompt_tokens,
-)
+from apps.simulator.answers import answer_words, dumps, loads, prompt_tokens, seed, tool_input
+from apps.simulator.control import GARBAGE, HEADERS, NOT_JSON, SSE_HEADERS, drop_connection, header_fault, knob
+
+if TYPE_CHECKING:
+    from apps.simulator.server import Simulator
 
 _ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
                 404: "not_found_error", 413: "request_too_large", 429: "rate_limit_error", 500: "api_error",
@@ -55,7 +46,7 @@ _ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: 
 def error_response(status: int, message: str, headers: dict[str, str] | None = None) -> web.Response:
     kind = _ERROR_TYPES.get(status, "invalid_request_error" if status < 500 else "api_error")
     body = {"type": "error", "error": {"type": kind, "message": f"[simulated] {message}"}}
-    return web.Response(status=status, body=_dumps(body), content_type="application/json",
+    return web.Response(status=status, body=dumps(body), content_type="application/json",
                         headers={**HEADERS, **(headers or {})})
 
 
@@ -94,7 +85,7 @@ def cache_prefix(body: dict) -> tuple[str, int] | None:
     if not marked:
         return None
     prefix = sequence[: marked[-1] + 1]
-    digest = hashlib.blake2b(_dumps([item for _, item in prefix]), digest_size=12).hexdigest()
+    digest = hashlib.blake2b(dumps([item for _, item in prefix]), digest_size=12).hexdigest()
     return digest, _words_of([item for _, item in prefix]) * 4 // 3
 
 
@@ -111,21 +102,6 @@ def forced_tool(body: dict) -> dict | None:
     return None
 
 
-def tool_input(schema, words: list[str]) -> dict:
-    """Arguments for a tool from its JSON schema: words for strings, 42, true."""
-    properties = schema.get("properties") if isinstance(schema, dict) else None
-    values: dict = {}
-    for index, (name, spec) in enumerate((properties or {}).items()):
-        kind = spec.get("type") if isinstance(spec, dict) else None
-        if kind in ("integer", "number"):
-            values[name] = 42
-        elif kind == "boolean":
-            values[name] = True
-        else:
-            values[name] = words[index % len(words)].strip(" .?!").lower() if words else name
-    return values
-
-
 class MessagesAPI:
     """The handlers, sharing the chat endpoint's :class:`Simulator` (state, knobs, faults)."""
 
@@ -136,7 +112,7 @@ class MessagesAPI:
         if not request.headers.get("anthropic-version"):
             return None, error_response(400, "anthropic-version: header is required")
         try:
-            body = _loads(await request.read())
+            body = loads(await request.read())
         except ValueError:
             return None, error_response(400, "The request body is not valid JSON.")
         if not isinstance(body, dict):
@@ -152,7 +128,7 @@ class MessagesAPI:
         body, error = await self._body(request)
         if error:
             return error
-        return web.Response(body=_dumps({"input_tokens": prompt_tokens(conversation(body))}),
+        return web.Response(body=dumps({"input_tokens": prompt_tokens(conversation(body))}),
                             content_type="application/json", headers=HEADERS)
 
     async def create(self, request: web.Request) -> web.StreamResponse:
@@ -190,11 +166,11 @@ class MessagesAPI:
     async def _create(self, request: web.Request, body: dict, model: str, max_tokens: int) -> web.StreamResponse:
         state = self.simulator.state
         config = state.config
-        fault = _header_fault(request) or state.take_fault(model)
+        fault = header_fault(request) or state.take_fault(model)
         mode = fault.mode if fault is not None else None
-        ttft = _knob(request, "x-sim-ttft-ms", config.ttft_ms) / 1000
-        delay = _knob(request, "x-sim-chunk-delay-ms", config.chunk_delay_ms) / 1000
-        count = max(int(_knob(request, "x-sim-chunks", config.chunks)), 1)
+        ttft = knob(request, "x-sim-ttft-ms", config.ttft_ms) / 1000
+        delay = knob(request, "x-sim-chunk-delay-ms", config.chunk_delay_ms) / 1000
+        count = max(int(knob(request, "x-sim-chunks", config.chunks)), 1)
         stop = "end_turn"
         if max_tokens < count:
             count, stop = max_tokens, "max_tokens"
@@ -210,7 +186,7 @@ class MessagesAPI:
             await asyncio.sleep(ttft)
         if not stream:
             if mode == "cut":
-                return _drop_connection(request)
+                return drop_connection(request)
             if mode == "stall":
                 return await self.simulator.stall_json(request)
             if mode == "invalid_json":
@@ -221,12 +197,12 @@ class MessagesAPI:
         turns = conversation(body)
         words = answer_words(model, turns, count)
         tool = forced_tool(body)
-        ident = f"msg_sim{_seed(model, repr(turns)) % 10**12:012d}"
+        ident = f"msg_sim{seed(model, repr(turns)) % 10**12:012d}"
         if tool is not None:
             arguments = tool_input(tool.get("input_schema"), words)
-            blocks = [{"type": "tool_use", "id": f"toolu_sim{_seed(ident, tool['name']) % 10**10:010d}",
+            blocks = [{"type": "tool_use", "id": f"toolu_sim{seed(ident, tool['name']) % 10**10:010d}",
                        "name": tool["name"], "input": arguments}]
-            output, stop = len(_dumps(arguments)) // 4 + 1, "tool_use"
+            output, stop = len(dumps(arguments)) // 4 + 1, "tool_use"
         else:
             blocks = [{"type": "text", "text": "".join(words)}]
             output = len(words)
@@ -236,7 +212,7 @@ class MessagesAPI:
                       "stop_reason": stop, "stop_sequence": None, "usage": usage}
             if mode == "no_usage":
                 del answer["usage"]
-            return web.Response(body=_dumps(answer), content_type="application/json", headers=HEADERS)
+            return web.Response(body=dumps(answer), content_type="application/json", headers=HEADERS)
 
         response = web.StreamResponse(headers=SSE_HEADERS)
         await response.prepare(request)
@@ -252,10 +228,10 @@ class MessagesAPI:
             "stop_reason": None, "stop_sequence": None, "usage": start_usage}}
         if mode == "no_usage":
             del start["message"]["usage"]
-        head = b"event: message_start\ndata: " + _dumps(start) + b"\n\n"
+        head = b"event: message_start\ndata: " + dumps(start) + b"\n\n"
         if tool is not None:
             first = {**blocks[0], "input": {}}
-            pieces = _split(_dumps(blocks[0]["input"]).decode(), 3)
+            pieces = _split(dumps(blocks[0]["input"]).decode(), 3)
             delta_head = b'event: content_block_delta\ndata: {"type":"content_block_delta","index":0,"delta":' \
                          b'{"type":"input_json_delta","partial_json":'
         else:
@@ -263,23 +239,23 @@ class MessagesAPI:
             pieces = words
             delta_head = b'event: content_block_delta\ndata: {"type":"content_block_delta","index":0,"delta":' \
                          b'{"type":"text_delta","text":'
-        head += (b"event: content_block_start\ndata: " + _dumps(
+        head += (b"event: content_block_start\ndata: " + dumps(
             {"type": "content_block_start", "index": 0, "content_block": first}) + b"\n\n"
             + b'event: ping\ndata: {"type": "ping"}\n\n')
         await response.write(head)
         for index, piece in enumerate(pieces):
             if mode == "cut" and index == min(3, len(pieces) - 1):
-                _drop_connection(request)  # mid-answer: no message_delta, no message_stop
+                drop_connection(request)  # mid-answer: no message_delta, no message_stop
                 return response
             if mode == "stall" and index == min(3, len(pieces) - 1):
                 await self.simulator._hang(request)
                 return response
             if delay > 0 and index:
                 await asyncio.sleep(delay)
-            await response.write(delta_head + _dumps(piece) + b"}}\n\n")
+            await response.write(delta_head + dumps(piece) + b"}}\n\n")
         end_usage = {"output_tokens": output}
         tail = (b'event: content_block_stop\ndata: {"type":"content_block_stop","index":0}\n\n'
-                + b"event: message_delta\ndata: " + _dumps(
+                + b"event: message_delta\ndata: " + dumps(
                     {"type": "message_delta", "delta": {"stop_reason": stop, "stop_sequence": None},
                      **({} if mode == "no_usage" else {"usage": end_usage})}) + b"\n\n"
                 + b'event: message_stop\ndata: {"type":"message_stop"}\n\n')

@@ -15,15 +15,9 @@ Endpoints
 
     A ``tool_choice`` that forces a tool (``"required"`` or ``{"type": "function", ...}``)
     answers with one call of it (finish_reason "tool_calls"), its arguments built from the
-    tool's schema as ``apps.simulator.messages.tool_input`` does.
+    tool's schema as ``apps.simulator.answers.tool_input`` does.
 
-Formulas
-    content           ``chunks`` words drawn from a fixed list by a hash of (model, messages);
-                      a sentence ends with ". ", "? " or "! " every few words
-    prompt_tokens     words in every message's text * 4 // 3 + 3 per message
-    completion_tokens one per word produced (one word per stream chunk)
-    embeddings        a Gaussian vector seeded by a hash of the text, scaled to unit length;
-                      prompt_tokens = sum over the inputs of (words * 4 // 3 + 1)
+Formulas (content, token counts, embeddings): ``apps.simulator.answers``.
 
 Knobs (command line; per request through headers)
     --ttft-ms / x-sim-ttft-ms                 delay before the first byte (default 20)
@@ -32,7 +26,7 @@ Knobs (command line; per request through headers)
     --embedding-dims                          embedding length unless ``dimensions`` is sent (384)
     Embeddings answer without any delay.
 
-Faults (control API; the gateway cannot set headers on its upstream calls)
+Faults (``apps.simulator.control``; control API; the gateway cannot set headers on its upstream calls)
     POST   /_sim/faults  {"model": "<id>" | "*", "mode": "status" | "timeout" | "cut" |
                           "garbage" | "invalid_json" | "no_usage" | "linger", "status": 500, "count": 1
                           (-1 = until cleared), "retry_after": seconds,
@@ -70,152 +64,38 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
-import hashlib
-import random
 import struct
 import sys
 import time
-from dataclasses import dataclass, field
 
 from aiohttp import web
 
-try:
-    import orjson
-
-    def _dumps(value) -> bytes:
-        return orjson.dumps(value)
-
-    def _loads(raw: bytes):
-        return orjson.loads(raw)
-except ImportError:  # pragma: no cover - orjson is a project dependency
-    import json
-
-    def _dumps(value) -> bytes:
-        return json.dumps(value, separators=(",", ":")).encode()
-
-    def _loads(raw: bytes):
-        return json.loads(raw)
-
-
-MODELS = ("sim-mini", "sim-standard", "sim-premium", "sim-embed")
-WORDS = (
-    "switch", "yard", "signal", "train", "track", "route", "cache", "token", "model", "answer", "gateway",
-    "tenant", "budget", "stream", "batch", "vector", "prompt", "latency", "cost", "engine", "freight", "rail",
-    "station", "platform", "junction", "timetable", "carriage", "depot", "semaphore", "coupling", "ledger",
-    "python", "query", "result", "cheap", "fast", "simple", "careful", "exact", "steady",
+from apps.simulator.answers import (
+    MODELS,
+    answer_words,
+    dumps,
+    embedding_vector,
+    input_tokens,
+    loads,
+    prompt_tokens,
+    seed,
+    tool_input,
 )
-ENDINGS = (". ", "? ", "! ", ". ")
-HEADERS = {"x-simulated-upstream": "true"}
-SSE_HEADERS = {"x-simulated-upstream": "true", "Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
-FAULT_MODES = frozenset({"status", "timeout", "slow", "stall", "cut", "garbage", "invalid_json", "no_usage",
-                         "linger"})
-TIMEOUT_FAULT_SECONDS = 3600.0
-NOT_JSON = b"{this is not json"
-GARBAGE = b"this is not server-sent events\r\n\x00\xff garbage\n\n"
-
-
-@dataclass
-class SimulatorConfig:
-    """How the simulated upstream answers when a request sends no ``x-sim-*`` headers."""
-
-    ttft_ms: float = 20.0  # delay before the first byte of a chat answer
-    chunk_delay_ms: float = 0.0  # delay between two content chunks of a stream
-    chunks: int = 20  # words (= completion tokens = content chunks) in a chat answer
-    embedding_dims: int = 384  # length of an embedding unless the request asks for ``dimensions``
-
-
-@dataclass
-class Fault:
-    """A queued fault: ``count`` more matching requests fail (-1: until cleared)."""
-
-    model: str
-    mode: str
-    status: int = 500
-    count: int = 1
-    retry_after: float | None = None
-    delay: float = 5.0  # seconds before the first byte, for ``slow``
-
-
-@dataclass
-class SimulatorState:
-    """Mutable state of one server: its config, queued faults and request counters."""
-
-    config: SimulatorConfig
-    faults: list[Fault] = field(default_factory=list)
-    requests: int = 0
-    by_model: dict[str, int] = field(default_factory=dict)
-    in_flight: int = 0
-    max_in_flight: int = 0
-    stopping: bool = False
-    prompt_cache: set[str] = field(default_factory=set)  # prefixes the Messages API has cached
-
-    def take_fault(self, model: str) -> Fault | None:
-        """The oldest fault matching ``model`` (or ``*``), used up by one request."""
-        for fault in self.faults:
-            if fault.model in ("*", model):
-                if fault.count > 0:
-                    fault.count -= 1
-                    if fault.count == 0:
-                        self.faults.remove(fault)
-                return fault
-        return None
-
-
-def _seed(*parts: str) -> int:
-    return int.from_bytes(hashlib.blake2b("\x1f".join(parts).encode(), digest_size=8).digest(), "big")
-
-
-def _message_text(messages: list) -> str:
-    """The text of string contents and of text parts (or blocks); other parts have none to count."""
-    texts = []
-    for message in messages:
-        content = message.get("content") if isinstance(message, dict) else None
-        if isinstance(content, str):
-            texts.append(content)
-        elif isinstance(content, list):
-            texts.extend(p["text"] for p in content
-                         if isinstance(p, dict) and p.get("type") == "text" and isinstance(p.get("text"), str))
-    return "\n".join(texts)
-
-
-def prompt_tokens(messages: list) -> int:
-    """Words in the messages * 4 // 3, plus 3 per message."""
-    return len(_message_text(messages).split()) * 4 // 3 + 3 * len(messages)
-
-
-def input_tokens(text: str) -> int:
-    """Tokens of one embeddings input: words * 4 // 3 + 1."""
-    return len(text.split()) * 4 // 3 + 1
-
-
-def answer_words(model: str, messages: list, count: int) -> list[str]:
-    """The deterministic answer, one element per token/chunk (each carries its own spacing)."""
-    rng = random.Random(_seed(model, repr(messages)))
-    words: list[str] = []
-    sentence = 0
-    for index in range(count):
-        word = rng.choice(WORDS)
-        if sentence == 0:
-            word = word.capitalize()
-        sentence += 1
-        last = index == count - 1
-        if last:
-            word += "."
-        elif sentence >= 4 and rng.random() < 0.35:
-            word += rng.choice(ENDINGS).rstrip(" ") + " "
-            sentence = 0
-            words.append(word)
-            continue
-        words.append(word if last else word + " ")
-    return words
-
-
-def embedding_vector(text: str, dims: int) -> list[float]:
-    """A unit vector seeded by the text: the same text always gives the same vector."""
-    rng = random.Random(_seed("embedding", text))
-    values = [rng.gauss(0.0, 1.0) for _ in range(dims)]
-    norm = sum(v * v for v in values) ** 0.5 or 1.0
-    return [v / norm for v in values]
+from apps.simulator.control import (
+    GARBAGE,
+    HEADERS,
+    NOT_JSON,
+    SSE_HEADERS,
+    TIMEOUT_FAULT_SECONDS,
+    Fault,
+    SimulatorConfig,
+    SimulatorState,
+    drop_connection,
+    fault_from_body,
+    header_fault,
+    knob,
+)
+from apps.simulator.messages import messages_routes
 
 
 def _error(status: int, message: str, *, code: str | None = None, param: str | None = None,
@@ -224,60 +104,19 @@ def _error(status: int, message: str, *, code: str | None = None, param: str | N
     if status == 429:
         kind = "rate_limit_error"
     body = {"error": {"message": f"[simulated] {message}", "type": kind, "param": param, "code": code}}
-    return web.Response(status=status, body=_dumps(body), content_type="application/json",
+    return web.Response(status=status, body=dumps(body), content_type="application/json",
                         headers={**HEADERS, **(headers or {})})
-
-
-def _knob(request: web.Request, name: str, default: float) -> float:
-    raw = request.headers.get(name)
-    if raw is None:
-        return default
-    try:
-        return float(raw)
-    except ValueError:
-        return default
 
 
 async def _read_json(request: web.Request) -> tuple[dict, None] | tuple[None, web.Response]:
     raw = await request.read()
     try:
-        body = _loads(raw)
+        body = loads(raw)
     except ValueError:
         return None, _error(400, "The request body is not valid JSON.")
     if not isinstance(body, dict):
         return None, _error(400, "The request body must be a JSON object.")
     return body, None
-
-
-def _header_fault(request: web.Request) -> Fault | None:
-    raw = request.headers.get("x-sim-fault")
-    if not raw:
-        return None
-    mode, _, status = raw.partition(":")
-    if mode not in FAULT_MODES:
-        return None
-    return Fault(model="*", mode=mode, status=int(status) if status.isdigit() else 500)
-
-
-def _fault_from_body(body: dict) -> Fault | str:
-    """A fault from a control request, or what is wrong with it."""
-    mode = body.get("mode", "status")
-    if mode not in FAULT_MODES:
-        return f"'mode' must be one of {sorted(FAULT_MODES)}"
-    model = body.get("model", "*")
-    if not isinstance(model, str) or not model:
-        return "'model' must be a model id or '*'"
-    status, count, retry_after = body.get("status", 500), body.get("count", 1), body.get("retry_after")
-    if not isinstance(status, int) or isinstance(status, bool) or not 100 <= status <= 599:
-        return "'status' must be an HTTP status code"
-    if not isinstance(count, int) or isinstance(count, bool) or count == 0 or count < -1:
-        return "'count' must be a positive number of requests, or -1 for until cleared"
-    if retry_after is not None and (not isinstance(retry_after, (int, float)) or retry_after < 0):
-        return "'retry_after' must be a number of seconds"
-    delay = body.get("delay", 5.0)
-    if not isinstance(delay, (int, float)) or isinstance(delay, bool) or not 0 <= delay <= TIMEOUT_FAULT_SECONDS:
-        return "'delay' must be a number of seconds"
-    return Fault(model=model, mode=mode, status=status, count=count, retry_after=retry_after, delay=float(delay))
 
 
 def _fault_status(fault: Fault) -> web.Response:
@@ -297,13 +136,6 @@ def _forced_function(body: dict) -> dict | None:
     if isinstance(choice, dict) and isinstance(choice.get("function"), dict):
         return next((f for f in functions if f["name"] == choice["function"].get("name")), None)
     return None
-
-
-def _drop_connection(request: web.Request) -> web.Response:
-    """Close the connection with nothing more sent (the returned response goes nowhere)."""
-    if request.transport is not None:
-        request.transport.close()
-    return web.Response(status=500, headers=HEADERS)
 
 
 class Simulator:
@@ -342,7 +174,7 @@ class Simulator:
         body, error = await _read_json(request)
         if error:
             return error
-        fault = _fault_from_body(body)
+        fault = fault_from_body(body)
         if isinstance(fault, str):
             return _error(400, fault)
         self.state.faults.append(fault)
@@ -401,11 +233,11 @@ class Simulator:
 
     async def _chat(self, request: web.Request, body: dict, model: str, messages: list) -> web.StreamResponse:
         config = self.state.config
-        fault = _header_fault(request) or self.state.take_fault(model)
+        fault = header_fault(request) or self.state.take_fault(model)
         mode = fault.mode if fault is not None else None
-        ttft = _knob(request, "x-sim-ttft-ms", config.ttft_ms) / 1000
-        delay = _knob(request, "x-sim-chunk-delay-ms", config.chunk_delay_ms) / 1000
-        count = max(int(_knob(request, "x-sim-chunks", config.chunks)), 1)
+        ttft = knob(request, "x-sim-ttft-ms", config.ttft_ms) / 1000
+        delay = knob(request, "x-sim-chunk-delay-ms", config.chunk_delay_ms) / 1000
+        count = max(int(knob(request, "x-sim-chunks", config.chunks)), 1)
         limit = body.get("max_completion_tokens") or body.get("max_tokens")
         finish = "stop"
         if isinstance(limit, int) and 0 < limit < count:
@@ -422,7 +254,7 @@ class Simulator:
             await asyncio.sleep(ttft)
         if not stream:
             if mode == "cut":
-                return _drop_connection(request)
+                return drop_connection(request)
             if mode == "stall":
                 return await self.stall_json(request)
             if mode == "invalid_json":
@@ -434,7 +266,7 @@ class Simulator:
         p_tokens = prompt_tokens(messages)
         usage = {"prompt_tokens": p_tokens, "completion_tokens": len(words), "total_tokens": p_tokens + len(words),
                  "prompt_tokens_details": {"cached_tokens": 0}}
-        ident = f"chatcmpl-sim{_seed(model, repr(messages)) % 10**12:012d}"
+        ident = f"chatcmpl-sim{seed(model, repr(messages)) % 10**12:012d}"
         created = int(time.time())
         tool = _forced_function(body)
         if tool is not None:
@@ -449,7 +281,7 @@ class Simulator:
             }
             if mode == "no_usage":
                 del answer["usage"]
-            return web.Response(body=_dumps(answer), content_type="application/json", headers=HEADERS)
+            return web.Response(body=dumps(answer), content_type="application/json", headers=HEADERS)
 
         response = web.StreamResponse(headers=SSE_HEADERS)
         await response.prepare(request)
@@ -460,25 +292,25 @@ class Simulator:
             await response.write(b"data: " + NOT_JSON + b"\n\ndata: [DONE]\n\n")
             return response
         head = (b'{"id":"' + ident.encode() + b'","object":"chat.completion.chunk","created":'
-                + str(created).encode() + b',"model":' + _dumps(model)
+                + str(created).encode() + b',"model":' + dumps(model)
                 + b',"system_fingerprint":"switchyard-simulated","choices":[')
         await response.write(b"data: " + head + b'{"index":0,"delta":{"role":"assistant","content":""},'
                              b'"finish_reason":null}]}\n\n')
         for index, word in enumerate(words):
             if mode == "cut" and index == min(3, len(words) - 1):
-                _drop_connection(request)  # mid-answer: no final chunk, no [DONE]
+                drop_connection(request)  # mid-answer: no final chunk, no [DONE]
                 return response
             if mode == "stall" and index == min(3, len(words) - 1):
                 await self._hang(request)  # mid-answer: silence, the connection left open
                 return response
             if delay > 0 and index:
                 await asyncio.sleep(delay)
-            await response.write(b"data: " + head + b'{"index":0,"delta":{"content":' + _dumps(word)
+            await response.write(b"data: " + head + b'{"index":0,"delta":{"content":' + dumps(word)
                                  + b'},"finish_reason":null}]}\n\n')
         tail = b"data: " + head + b'{"index":0,"delta":{},"finish_reason":"' + finish.encode() + b'"}]}\n\n'
         options = body.get("stream_options")
         if isinstance(options, dict) and options.get("include_usage") and mode != "no_usage":
-            tail += b"data: " + head + b'],"usage":' + _dumps(usage) + b"}\n\n"
+            tail += b"data: " + head + b'],"usage":' + dumps(usage) + b"}\n\n"
         await response.write(tail + b"data: [DONE]\n\n")
         if mode == "linger":
             await self._hang(request)  # the stream is whole, but its response never ends
@@ -486,10 +318,8 @@ class Simulator:
 
     async def _tool_call(self, request, body, tool: dict, words, ident, created, model, usage, stream):
         """A forced tool call instead of text (JSON, or a stream of argument fragments)."""
-        from apps.simulator.messages import tool_input
-
-        arguments = _dumps(tool_input(tool.get("parameters"), words)).decode()
-        call_id = f"call_sim{_seed(ident, tool['name']) % 10**10:010d}"
+        arguments = dumps(tool_input(tool.get("parameters"), words)).decode()
+        call_id = f"call_sim{seed(ident, tool['name']) % 10**10:010d}"
         usage = {**usage, "completion_tokens": len(arguments) // 4 + 1}
         usage["total_tokens"] = usage["prompt_tokens"] + usage["completion_tokens"]
         if not stream:
@@ -498,7 +328,7 @@ class Simulator:
                           {"id": call_id, "type": "function",
                            "function": {"name": tool["name"], "arguments": arguments}}]},
                           "logprobs": None, "finish_reason": "tool_calls"}], "usage": usage}
-            return web.Response(body=_dumps(answer), content_type="application/json", headers=HEADERS)
+            return web.Response(body=dumps(answer), content_type="application/json", headers=HEADERS)
         response = web.StreamResponse(headers=SSE_HEADERS)
         await response.prepare(request)
         head = {"id": ident, "object": "chat.completion.chunk", "created": created, "model": model}
@@ -508,13 +338,13 @@ class Simulator:
                                                                                    "arguments": ""}}]},
                   {"tool_calls": [{"index": 0, "function": {"arguments": arguments[:half]}}]},
                   {"tool_calls": [{"index": 0, "function": {"arguments": arguments[half:]}}]}]
-        out = b"".join(b"data: " + _dumps({**head, "choices": [{"index": 0, "delta": d, "finish_reason": None}]})
+        out = b"".join(b"data: " + dumps({**head, "choices": [{"index": 0, "delta": d, "finish_reason": None}]})
                        + b"\n\n" for d in deltas)
-        out += b"data: " + _dumps({**head, "choices": [{"index": 0, "delta": {}, "finish_reason": "tool_calls"}]})
+        out += b"data: " + dumps({**head, "choices": [{"index": 0, "delta": {}, "finish_reason": "tool_calls"}]})
         out += b"\n\n"
         options = body.get("stream_options")
         if isinstance(options, dict) and options.get("include_usage"):
-            out += b"data: " + _dumps({**head, "choices": [], "usage": usage}) + b"\n\n"
+            out += b"data: " + dumps({**head, "choices": [], "usage": usage}) + b"\n\n"
         await response.write(out + b"data: [DONE]\n\n")
         return response
 
@@ -540,14 +370,14 @@ class Simulator:
             return _error(400, "'dimensions' must be an integer from 1 to 8192.", param="dimensions")
         self._enter(model)
         try:
-            fault = _header_fault(request) or self.state.take_fault(model)
+            fault = header_fault(request) or self.state.take_fault(model)
             mode = fault.mode if fault is not None else None
             if mode == "status":
                 return _fault_status(fault)
             if mode == "timeout":
                 return await self._hang(request)
             if mode == "cut":
-                return _drop_connection(request)
+                return drop_connection(request)
             if mode in ("invalid_json", "garbage"):
                 return web.Response(body=NOT_JSON, content_type="application/json", headers=HEADERS)
             as_base64 = body.get("encoding_format") == "base64"
@@ -561,7 +391,7 @@ class Simulator:
             answer: dict = {"object": "list", "data": data, "model": model}
             if mode != "no_usage":
                 answer["usage"] = {"prompt_tokens": tokens, "total_tokens": tokens}
-            return web.Response(body=_dumps(answer), content_type="application/json", headers=HEADERS)
+            return web.Response(body=dumps(answer), content_type="application/json", headers=HEADERS)
         finally:
             self.state.in_flight -= 1
 
@@ -581,8 +411,6 @@ def build_app(config: SimulatorConfig | None = None) -> web.Application:
     app.router.add_post("/v1/chat/completions", simulator.chat)
     app.router.add_post("/v1/embeddings", simulator.embeddings)
     app.router.add_get("/v1/models", simulator.models)
-    from apps.simulator.messages import messages_routes
-
     messages_routes(app, simulator)
     app.router.add_post("/_sim/faults", simulator.faults_add)
     app.router.add_delete("/_sim/faults", simulator.faults_clear)
@@ -594,7 +422,7 @@ def build_app(config: SimulatorConfig | None = None) -> web.Application:
 def run(host: str, port: int, config: SimulatorConfig) -> None:
     """Serve until interrupted (SIGINT/SIGTERM), on uvloop when it is installed."""
     try:
-        import uvloop
+        import uvloop  # optional: the asyncio loop serves where it is missing
 
         loop = uvloop.new_event_loop()
     except ImportError:  # pragma: no cover

@@ -13,9 +13,12 @@ from __future__ import annotations
 import asyncio
 import logging
 
+import psycopg
 from asgiref.sync import sync_to_async
+from django.db import DataError, IntegrityError, close_old_connections, transaction
 
 from apps.core.flushing import flush_timer_stop
+from apps.usage.models import RequestLog
 
 logger = logging.getLogger(__name__)
 
@@ -24,8 +27,6 @@ _OPTIONAL_REFERENCES = ("api_key_id", "model_id", "provider_id", "routing_rule_i
 
 
 def _copy_columns():
-    from apps.usage.models import RequestLog
-
     fields = [f for f in RequestLog._meta.concrete_fields if not f.primary_key]
     return RequestLog._meta.db_table, fields
 
@@ -50,11 +51,6 @@ def _without_nul(row: dict) -> dict:
 
 
 def _rows_write(rows: list[dict]) -> None:
-    import psycopg
-    from django.db import DataError, IntegrityError, close_old_connections, transaction
-
-    from apps.usage.models import RequestLog
-
     close_old_connections()
     try:
         _rows_copy(rows)

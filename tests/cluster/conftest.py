@@ -1,6 +1,6 @@
 """A real cluster for the cluster tests: two web replicas behind the balancer, two Celery
 workers and one beat, on the test database and the Redis at ``REDIS_URL``, built from the
-same :class:`~apps.core.cluster.ClusterPlan` that ``make cluster`` runs."""
+same :class:`~apps.devtools.cluster.ClusterPlan` that ``make cluster`` runs."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from apps.core.cluster import ClusterPlan, ProcessGroup
+from apps.devtools.cluster import ClusterPlan, ProcessGroup
 from tests.batches.conftest import slow_simulator  # noqa: F401 (a fixture for the batch test)
 from tests.gateway.conftest import World, usage_quiet, wait_until
 from tests.live import REPO, database_url_for_tests, free_port, http_json, wait_http

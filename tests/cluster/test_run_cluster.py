@@ -50,7 +50,7 @@ def test_it_starts_serves_and_stops_the_whole_cluster(transactional_db, tmp_path
         children = psutil.Process(runner.pid).children()
         names = " ".join(" ".join(child.cmdline()) for child in children)
         assert names.count("uvicorn") == 2 and names.count("celery -A config worker") == 2
-        assert names.count("celery -A config beat") == 1 and "apps.core.balancer" in names
+        assert names.count("celery -A config beat") == 1 and "apps.devtools.balancer" in names
         base = f"http://127.0.0.1:{port}"
         answer = httpx.post(base + "/v1/chat/completions", headers={"Authorization": f"Bearer {key}"}, timeout=30,
                             json={"model": "auto", "messages": [{"role": "user", "content": "What is Python?"}]})

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from django.conf import settings
 
+from apps.gateway.runtime import runtime
 from config import embedded_postgres
 
 REPO = Path(__file__).resolve().parents[2]
@@ -54,3 +55,13 @@ def test_it_reports_a_stopped_database_as_not_ready():
         assert checks["migrations"]["ok"] is False
     finally:
         shutil.rmtree(root, ignore_errors=True)
+
+
+def test_it_reports_a_process_draining_after_sigterm_as_not_ready(client, db, monkeypatch):
+    monkeypatch.setattr(runtime, "draining", True)
+    response = client.get("/readyz")
+    body = response.json()
+    assert response.status_code == 503, body
+    assert body["checks"]["shutdown"] == {"ok": False, "error": "SIGTERM received: finishing the requests in flight"}
+    monkeypatch.setattr(runtime, "draining", False)
+    assert "shutdown" not in client.get("/readyz").json()["checks"]

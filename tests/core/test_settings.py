@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -63,6 +64,27 @@ def test_it_refuses_production_that_trusts_every_clients_forwarded_for():
     done = _load_settings(SWITCHYARD_ENV="production", SECRET_KEY="s" * 60, DEBUG="0",
                           SWITCHYARD_ENCRYPTION_KEY="x" * 44, FORWARDED_ALLOW_IPS="10.0.0.2,10.1.0.0/16")
     assert done.returncode == 0, done.stderr
+
+
+def _installed_apps(**env: str) -> list[str]:
+    full = {**os.environ, "METRICS_TOKEN": METRICS_TOKEN, **env}
+    done = subprocess.run(
+        [sys.executable, "-c", "import django, json, os; os.environ['DJANGO_SETTINGS_MODULE']='config.settings'; "
+         "django.setup(); from django.apps import apps; print(json.dumps([a.name for a in apps.get_app_configs()]))"],
+        cwd=REPO, env=full, capture_output=True, text=True, timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def test_it_leaves_the_development_tools_out_of_production():
+    production = _installed_apps(SWITCHYARD_ENV="production", SECRET_KEY="s" * 60, DEBUG="0",
+                                 SWITCHYARD_ENCRYPTION_KEY="x" * 44)
+    assert "apps.gateway" in production and "apps.batches" in production
+    assert "apps.simulator" not in production
+    assert "apps.devtools" not in production
+    development = _installed_apps(SWITCHYARD_ENV="development")
+    assert {"apps.simulator", "apps.devtools"} <= set(development)
 
 
 def test_it_fails_loudly_on_a_bad_boolean_or_integer(monkeypatch):

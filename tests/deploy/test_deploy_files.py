@@ -84,7 +84,7 @@ def test_it_builds_a_non_root_image_with_cpu_torch():
 
 
 def test_it_runs_one_beat_and_workers_without_beat_in_the_local_cluster(tmp_path):
-    from apps.core.cluster import ClusterPlan
+    from apps.devtools.cluster import ClusterPlan
 
     commands = ClusterPlan(python="python", state_dir=tmp_path).commands()
     assert [name for name, argv in commands.items() if "beat" in argv] == ["beat"]
@@ -125,7 +125,7 @@ def test_it_believes_forwarded_addresses_from_the_proxy_alone_and_needs_a_metric
 
 
 def test_it_ignores_forwarded_headers_behind_the_local_clusters_tcp_balancer(tmp_path):
-    from apps.core.cluster import ClusterPlan
+    from apps.devtools.cluster import ClusterPlan
 
     commands = ClusterPlan(python="python", state_dir=tmp_path).commands()
     webs = [argv for name, argv in commands.items() if name.startswith("web")]

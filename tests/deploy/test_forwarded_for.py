@@ -295,7 +295,7 @@ def test_it_keeps_the_login_lockout_behind_the_shipped_nginx(production_gateway,
 def test_it_keeps_the_login_lockout_behind_the_local_clusters_balancer(operator, tmp_path):
     """``make cluster``'s TCP balancer copies the client's bytes, its own X-Forwarded-For included,
     to replicas that see the balancer's 127.0.0.1: they must not believe the header."""
-    from apps.core.cluster import ClusterPlan
+    from apps.devtools.cluster import ClusterPlan
 
     plan = ClusterPlan(python=sys.executable, state_dir=tmp_path, port=free_port(), web_ports=(free_port(),),
                        workers=0, upstream_port=None, check_every=0.5)

@@ -15,8 +15,9 @@ import pytest
 from django.conf import settings
 
 from apps.core.errors import BadRequest
+from apps.core.json_checks import MAX_NESTING
 from apps.gateway.dialects.anthropic.translate import COUNT_TOKENS_FIELDS, MESSAGES_FIELDS, messages_body_translate
-from apps.gateway.validation import CHAT_FIELDS, EMBEDDINGS_FIELDS, MAX_NESTING, chat_body_validate
+from apps.gateway.validation import CHAT_FIELDS, EMBEDDINGS_FIELDS, chat_body_validate
 
 PROMPT = [{"role": "user", "content": "Hi"}]
 DOORS = {

@@ -13,8 +13,8 @@ import httpx
 import openai
 import pytest
 
+from apps.simulator.answers import answer_words, prompt_tokens
 from apps.simulator.messages import conversation
-from apps.simulator.server import answer_words, prompt_tokens
 from tests.gateway.conftest import request_logs, wait_until
 
 CHUNKS = 12  # the test simulator's words per answer

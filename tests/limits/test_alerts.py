@@ -16,6 +16,7 @@ from apps.limits.models import BudgetAlert
 from apps.limits.periods import period_bounds
 from apps.limits.services import budget_alert_record
 from apps.limits.spec import nanos, scope_limits
+from apps.limits.webhooks import WebhookFailed, alert_webhook_send
 
 
 @pytest.fixture
@@ -102,8 +103,6 @@ def test_it_records_one_alert_per_scope_and_period(db, tenant_a, tenant_b, key_a
 
 
 def test_it_does_not_follow_a_webhook_redirect(db, tenant_a):
-    from apps.limits.services import WebhookFailed, alert_webhook_send
-
     followed: list[str] = []
 
     class Handler(BaseHTTPRequestHandler):

@@ -11,14 +11,8 @@ from django.http import HttpResponse
 from django.http.multipartparser import MultiPartParserError
 from django.views.decorators.csrf import csrf_exempt
 
-from apps.core.errors import (
-    BadRequest,
-    GatewayError,
-    MethodNotAllowed,
-    PayloadTooLarge,
-    error_response,
-)
-from apps.gateway.validation import nesting_check, nul_check
+from apps.core.errors import BadRequest, GatewayError, MethodNotAllowed, PayloadTooLarge, error_response
+from apps.core.json_checks import nesting_check, nul_check
 from apps.tenants.selectors import key_for_authorization
 
 MAX_LIMIT = 100

@@ -7,7 +7,7 @@
     DELETE /v1/files/{id}                                           -> {"id", "object": "file", "deleted": true}
 
 Uploads are spooled to disk by the server (never held in memory), held to the size limit as
-they arrive, chunked or not (:mod:`apps.batches.api.upload`), and copied to storage in chunks;
+they arrive, chunked or not (:mod:`apps.gateway.uploads`), and copied to storage in chunks;
 downloads are streamed from storage in 64 KiB pieces.
 """
 

@@ -4,7 +4,7 @@ Each hot path has a door (:mod:`.openai`, :mod:`.messages`) that parses the requ
 pipeline and renders the answer; this module authenticates with the door's credentials, runs
 it, and renders its errors in the door's dialect, in one place. Every other path goes to Django
 (admin, probes, DRF), its body held to ``GATEWAY_MAX_BODY_BYTES``; ``POST /v1/files`` is read
-in pieces as it arrives (:mod:`apps.batches.api.upload`). The app also owns the ASGI lifespan:
+in pieces as it arrives (:mod:`apps.gateway.uploads`). The app also owns the ASGI lifespan:
 start-up loads the config and starts the usage flusher; shut-down (after the server has drained
 in-flight requests) flushes the usage buffer.
 """
@@ -17,7 +17,6 @@ import time
 
 from django.conf import settings
 
-from apps.batches.api.upload import upload_pass
 from apps.core import metrics
 from apps.core.errors import Forbidden, GatewayError, MethodNotAllowed, PayloadTooLarge, error_body
 from apps.gateway.asgi_io import header, json_send, refusal_send
@@ -25,6 +24,7 @@ from apps.gateway.dialects.openai import OPENAI_CHAT
 from apps.gateway.doors import messages, openai
 from apps.gateway.doors.exchange import Exchange, Route
 from apps.gateway.runtime import runtime
+from apps.gateway.uploads import upload_pass
 from apps.providers.transport import UpstreamClientError
 
 logger = logging.getLogger(__name__)

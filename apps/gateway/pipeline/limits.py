@@ -16,8 +16,11 @@ import asyncio
 import dataclasses
 import logging
 
+from django.db import close_old_connections
+
 from apps.core import tokens
 from apps.core.errors import RateLimited
+from apps.limits.services import budget_alert_record
 from apps.limits.spec import nanos
 
 logger = logging.getLogger(__name__)
@@ -79,14 +82,10 @@ def limits_settle(runtime, call) -> None:
 async def _settle(runtime, reservation, used: int, cost: int) -> None:
     crossings = await runtime.limiter.settle(reservation, tokens=used, cost=cost)
     for crossing in crossings:
-        from apps.limits.services import budget_alert_record
-
         await asyncio.to_thread(_alert_record, budget_alert_record, crossing)
 
 
 def _alert_record(record, crossing) -> None:
-    from django.db import close_old_connections
-
     close_old_connections()
     try:
         record(limits=crossing.limits, period_start=crossing.period_start, spent=crossing.spent)

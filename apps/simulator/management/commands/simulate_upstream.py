@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from django.core.management.base import BaseCommand
 
-from apps.simulator.server import SimulatorConfig, run
+from apps.simulator.control import SimulatorConfig
+from apps.simulator.server import run
 
 
 class Command(BaseCommand):

@@ -23,8 +23,8 @@ from django.conf import settings
 from django.core.management import call_command
 from django.core.management.base import BaseCommand, CommandError
 
-from apps.core.cluster import ClusterPlan, ProcessGroup, redis_for_cluster
 from apps.core.demo import demo_seed
+from apps.devtools.cluster import ClusterPlan, ProcessGroup, redis_for_cluster
 from config import embedded_postgres
 from config.env import env_int, env_str
 

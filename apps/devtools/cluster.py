@@ -4,7 +4,7 @@ one beat, on one Postgres and one Redis.
 ``manage.py run_cluster`` (what ``make cluster`` calls) and the cluster tests both build their
 processes from :class:`ClusterPlan`, so the tests prove the layout the command starts. The
 processes are the ones a production deployment runs (``deploy/``); only the balancer is the
-small one from :mod:`apps.core.balancer` rather than nginx.
+small one from :mod:`apps.devtools.balancer` rather than nginx.
 
 Redis is required: it carries the Celery broker, the config-change messages, the rate-limit
 and budget counters and the channel layer that moves WebSocket events between replicas.
@@ -63,7 +63,7 @@ class ClusterPlan:
         commands["beat"] = [py, "-m", "celery", "-A", "config", "beat", "--loglevel", "INFO",
                             "--schedule", str(self.state_dir / "celerybeat-schedule"),
                             "--pidfile", str(self.state_dir / "beat.pid")]
-        commands["balancer"] = [py, "-m", "apps.core.balancer", "--listen", f"{self.host}:{self.port}",
+        commands["balancer"] = [py, "-m", "apps.devtools.balancer", "--listen", f"{self.host}:{self.port}",
                                 "--check-every", str(self.check_every),
                                 *[arg for port in self.web_ports for arg in ("--backend", f"127.0.0.1:{port}")]]
         return commands

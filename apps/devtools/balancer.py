@@ -10,7 +10,7 @@ next one. With no replica ready the client gets a plain 503.
 Production deployments put nginx (``deploy/nginx.conf``) or a cloud balancer here instead; this
 one exists so ``make cluster`` needs nothing but Python.
 
-    python -m apps.core.balancer --listen 127.0.0.1:8000 \
+    python -m apps.devtools.balancer --listen 127.0.0.1:8000 \
         --backend 127.0.0.1:8101 --backend 127.0.0.1:8102
 """
 
@@ -147,7 +147,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s balancer %(message)s")
     try:
-        import uvloop
+        import uvloop  # optional: the asyncio loop serves where it is missing
 
         uvloop.install()
     except ImportError:

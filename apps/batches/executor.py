@@ -1,0 +1,62 @@
+"""What a batch job needs from the gateway, declared here so that batches never imports it.
+
+The runner reads a job's lines, keeps its lease and writes its files; answering a line (or a
+reduce prompt) runs the gateway's pipeline with the job's key, as a live request would. The
+gateway provides that as a class named by ``settings.BATCH_EXECUTOR`` and loaded by
+:func:`executor_create`, as Django loads ``EMAIL_BACKEND``: the dependency points from the
+gateway to batches, never back.
+
+    executor = executor_create()
+    executor.key_load(api_key_id)        (sync, on the runner's database thread) -> usable?
+    await executor.open()                the worker's own runtime: snapshot, upstream sessions,
+                                         limits, cache, usage buffer
+    await executor.line_answer(...)      one input line -> its output or error line
+    await executor.chat(body, ...)       one reduce prompt -> the answer's text
+    await executor.close()
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from django.conf import settings
+from django.utils.module_loading import import_string
+
+
+class AnsweredLine(Protocol):
+    """One answered input line, ready for the output (or error) file."""
+
+    index: int
+    custom_id: str | None
+    is_error: bool
+    line: bytes
+
+
+class BatchExecutor(Protocol):
+    """Answers a job's lines and reduce prompts with the job's key."""
+
+    def key_load(self, api_key_id: int | None) -> bool:
+        """Load the job's key (sync: call from a thread); False when it is deleted, revoked or expired."""
+
+    async def open(self) -> None:
+        """Start what answering needs (after :meth:`key_load` returned True)."""
+
+    async def close(self) -> None:
+        """Stop what :meth:`open` started: flush usage, close upstream sessions."""
+
+    async def line_answer(self, *, job_id: str, endpoint: str, index: int, raw: bytes) -> AnsweredLine:
+        """Answer one input line; never raises for anything the line or the upstream did."""
+
+    async def chat(self, body: dict, *, request_id: str) -> str:
+        """The answer's text to one chat request; raises the gateway's error when it fails."""
+
+    def chat_context_windows(self) -> dict[str, int]:
+        """The context window of every chat model a request may name or be routed to."""
+
+    def line_expired(self, *, job_id: str, index: int, raw: bytes) -> bytes:
+        """The error-file line of a line left unanswered when the completion window ended."""
+
+
+def executor_create() -> BatchExecutor:
+    """A new executor of the class ``settings.BATCH_EXECUTOR`` names."""
+    return import_string(settings.BATCH_EXECUTOR)()
