@@ -48,6 +48,7 @@ from apps.batches.live import progress_publish
 from apps.batches.models import BatchJob, BatchLine, File
 from apps.batches.reduce import reduce_run
 from apps.batches.storage import lines_read
+from apps.core.completions import completion_text
 from apps.core.errors import GatewayError
 
 logger = logging.getLogger(__name__)
@@ -117,7 +118,7 @@ def _map_answers(job_id: str) -> list[str]:
     for line in BatchLine.objects.filter(job_id=job_id, is_error=False).order_by("index").values_list(
             "line", flat=True).iterator(chunk_size=2000):
         body = orjson.loads(line)["response"]["body"]
-        answers.append("".join((c.get("message") or {}).get("content") or "" for c in body.get("choices") or []))
+        answers.append(completion_text(body))
     return answers
 
 

@@ -1,6 +1,5 @@
-"""The cache's reads and writes on the hot path, through a psycopg async connection pool
-(no thread hop: measured here, a pgvector lookup served about 1,150 req/s through an async
-pool against 780-880 through ``database_sync_to_async``).
+"""The cache's reads and writes on the hot path, through a psycopg async connection pool: no
+thread hop per lookup, which ``database_sync_to_async`` would cost.
 
 Every query names the tenant and namespace in its WHERE clause. The nearest-neighbour query
 uses the HNSW index with pgvector's iterative scan (``hnsw.iterative_scan``), so a tenant

@@ -144,7 +144,7 @@ async def stream_relay(stream, receive, send, headers: list) -> None:
         nonlocal left
         if watching and not watcher.cancelled() and watcher.exception() is None:
             left = True
-            stream.ended_by_server = False
+            stream.client_left()
             task.cancel()
 
     watcher = asyncio.ensure_future(_disconnect_wait(receive))

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import time
 
-from apps.gateway.dialects.openai import completion_text
+from apps.core.completions import completion_text
 from apps.gateway.doors.batch_lines import LineResult, chat_line, line_answer, line_expired
 from apps.gateway.runtime import Runtime
 from apps.gateway.snapshot import KeyInfo, key_info_load

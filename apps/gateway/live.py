@@ -16,8 +16,6 @@ from channels.layers import get_channel_layer
 
 from apps.core.live import live_group
 
-__all__ = ["live_group", "live_publish", "live_usage_event"]  # live_group: the WebSocket door joins it
-
 logger = logging.getLogger(__name__)
 
 _USAGE_FIELDS = ("request_id", "model", "cache", "cost", "usage", "latency_ms", "ttft_ms", "finish_reason")

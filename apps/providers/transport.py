@@ -14,9 +14,9 @@ When every attempt failed, the client gets 429 (with Retry-After) if every provi
 rate-limiting, 504 if the last failure was a timeout, 502 otherwise; 503 (with Retry-After) when
 every model's circuit breaker was open (:mod:`apps.providers.breaker`) so none was tried.
 
-The OpenAI SDK is not used here: plain aiohttp measured several times faster on this path, and
-the lean client faster again (aiohttp's client was about a third of the gateway's time on a
-JSON answer under load). aiohttp's connection errors stay the base of the lean client's own.
+The OpenAI SDK is not used here, nor aiohttp's client: the lean client costs the gateway far
+less CPU per call (docs/benchmarks.md has the figures). aiohttp's connection errors stay the base
+of the lean client's own.
 """
 
 from __future__ import annotations

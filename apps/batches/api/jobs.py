@@ -21,6 +21,7 @@ from apps.batches.api.common import json_body, json_response, limit_param, list_
 from apps.batches.models import BatchJob
 from apps.batches.selectors import job_get, job_lines, jobs_list
 from apps.batches.services import job_cancel, map_reduce_create
+from apps.core.completions import completion_text
 
 MAP_REDUCE = BatchJob.Kind.MAP_REDUCE
 
@@ -43,7 +44,7 @@ def _item(index: int, custom_id: str | None, is_error: bool, line: str) -> dict:
     if is_error:
         error = parsed.get("error") or body.get("error") or {}
         return {"index": index, "custom_id": custom_id, "output": None, "error": error}
-    content = "".join((c.get("message") or {}).get("content") or "" for c in body.get("choices") or [])
+    content = completion_text(body)
     return {"index": index, "custom_id": custom_id, "output": content, "error": None}
 
 

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 
 import orjson
 
-from apps.core import tokens
+from apps.core.completions import completion_text
 from apps.core.errors import GatewayError, ModelNotFound, error_body
 from apps.gateway.dialects.base import Prepared, UpstreamRequest
 from apps.gateway.pipeline.stream import ChatStream
@@ -22,14 +22,6 @@ if TYPE_CHECKING:
     from apps.gateway.pipeline.call import Call
     from apps.gateway.runtime import Runtime
     from apps.providers.transport import ProviderStream
-
-
-def completion_text(completion: dict) -> str:
-    """The text of a chat.completion's choices (empty for a malformed one)."""
-    try:
-        return "".join((c.get("message") or {}).get("content") or "" for c in completion.get("choices") or [])
-    except AttributeError:
-        return ""
 
 
 def chat_payload(body: dict, upstream_id: str, *, stream: bool) -> bytes:
@@ -119,8 +111,7 @@ class OpenAIChat:
         if isinstance(usage, dict):
             call.set_usage(usage, fallback_prompt=0, fallback_completion=0)
         else:
-            call.set_usage(None, fallback_prompt=call.prompt_tokens_count(prepared.body["messages"]),
-                           fallback_completion=tokens.text_tokens(completion_text(parsed)))
+            call.usage_estimate(prepared.body["messages"], completion_text(parsed))
         return raw, parsed
 
     def stream_open(self, runtime: Runtime, call: Call, prepared: Prepared, opened: ProviderStream,

@@ -21,8 +21,9 @@ from dataclasses import dataclass
 
 import orjson
 
+from apps.core.completions import completion_text
 from apps.core.errors import BudgetExceeded, GatewayError, RateLimited
-from apps.gateway.dialects.openai import OPENAI_CHAT, completion_text
+from apps.gateway.dialects.openai import OPENAI_CHAT
 from apps.gateway.pipeline.run import ChatRequest, chat, embeddings
 from apps.providers.transport import UpstreamClientError
 

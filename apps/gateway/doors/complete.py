@@ -21,8 +21,9 @@ from django.http import HttpResponse, StreamingHttpResponse
 from rest_framework import serializers
 from rest_framework.views import APIView
 
+from apps.core.completions import completion_text
 from apps.core.errors import BadRequest, GatewayError, PayloadTooLarge, error_response
-from apps.gateway.dialects.openai import OPENAI_CHAT, completion_text
+from apps.gateway.dialects.openai import OPENAI_CHAT
 from apps.gateway.pipeline.run import ChatRequest, chat
 from apps.gateway.runtime import runtime
 from apps.gateway.validation import body_parse

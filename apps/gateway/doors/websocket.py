@@ -52,9 +52,10 @@ from apps.core.errors import (
     RateLimited,
     ServerShuttingDown,
 )
+from apps.core.live import live_group
 from apps.gateway.doors.chat_events import ChatEvents, error_event
 from apps.gateway.doors.socket_access import handshake_credentials, origin_allowed, staff_key
-from apps.gateway.live import live_group, live_publish, live_usage_event
+from apps.gateway.live import live_publish, live_usage_event
 from apps.gateway.runtime import runtime
 
 logger = logging.getLogger(__name__)

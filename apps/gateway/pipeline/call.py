@@ -99,6 +99,11 @@ class Call:
             headers += self.reservation.headers(cost=None if deferred else self.cost)
         return headers
 
+    def usage_estimate(self, messages: list, answer_text: str) -> None:
+        """Usage the provider did not report, counted here: the prompt and the answer's text."""
+        self.set_usage(None, fallback_prompt=self.prompt_tokens_count(messages),
+                       fallback_completion=tokens.text_tokens(answer_text))
+
     def set_usage(self, usage: dict | None, *, fallback_prompt: int, fallback_completion: int) -> None:
         if isinstance(usage, dict) and isinstance(usage.get("prompt_tokens"), int):
             self.input_tokens = usage["prompt_tokens"]

@@ -16,7 +16,6 @@ from typing import TYPE_CHECKING, Protocol
 import aiohttp
 import orjson
 
-from apps.core import tokens
 from apps.core.errors import GatewayError, UpstreamError, UpstreamTimeout, error_body
 from apps.gateway.pipeline.call import Call, money
 from apps.gateway.pipeline.usage import call_log, cut_short_status
@@ -118,8 +117,7 @@ class ChatStream:
         if self.usage is not None:
             self.call.set_usage(self.usage, fallback_prompt=0, fallback_completion=0)
         else:
-            self.call.set_usage(None, fallback_prompt=self.call.prompt_tokens_count(self.body["messages"]),
-                                fallback_completion=tokens.text_tokens(self.streamed_text()))
+            self.call.usage_estimate(self.body["messages"], self.streamed_text())
 
     def streamed_text(self) -> str:
         """The content streamed so far, assembled from the kept SSE events."""
@@ -209,6 +207,10 @@ class ChatStream:
             yield held + self.error_event(error)
             return
         self._end(None if self.upstream_failed else self)
+
+    def client_left(self) -> None:
+        """The door saw its client leave: a stream cut from here on is the client's doing."""
+        self.ended_by_server = False
 
     async def close(self) -> None:
         """End a stream its door never read (the request ended before the relay began): the

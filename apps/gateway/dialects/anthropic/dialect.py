@@ -32,7 +32,7 @@ from apps.gateway.dialects.anthropic.translate import (
     replayable,
 )
 from apps.gateway.dialects.base import Prepared, UpstreamRequest
-from apps.gateway.dialects.openai import completion_from_stream, completion_text, replay_parts
+from apps.gateway.dialects.openai import OPENAI_CHAT, completion_from_stream, replay_parts
 from apps.gateway.pipeline.call import Call
 from apps.gateway.pipeline.route import call_route
 from apps.gateway.pipeline.stream import ChatStream
@@ -117,17 +117,12 @@ class AnthropicMessages:
                 call.set_usage_anthropic(usage, fallback_prompt=0, fallback_completion=0)
             else:
                 text = "".join(b.get("text") or "" for b in parsed.get("content") or [] if isinstance(b, dict))
-                call.set_usage_anthropic(None, fallback_prompt=call.prompt_tokens_count(prepared.body["messages"]),
-                                         fallback_completion=tokens.text_tokens(text))
+                call.usage_estimate(prepared.body["messages"], text)
             cacheable = parsed.get("type") == "message" and replayable(parsed)
             completion = completion_from_message(parsed, completion_id=f"chatcmpl-{call.request_id}")
             return raw, completion if cacheable else None
-        usage = parsed.get("usage")
-        if isinstance(usage, dict):
-            call.set_usage(usage, fallback_prompt=0, fallback_completion=0)
-        else:
-            call.set_usage(None, fallback_prompt=call.prompt_tokens_count(prepared.body["messages"]),
-                           fallback_completion=tokens.text_tokens(completion_text(parsed)))
+        OPENAI_CHAT.json_answer(call, prepared, model, raw, parsed)  # prices it
+        if not isinstance(parsed.get("usage"), dict):
             parsed["usage"] = {"prompt_tokens": call.input_tokens, "completion_tokens": call.output_tokens,
                                "total_tokens": call.input_tokens + call.output_tokens}
         return orjson.dumps(message_from_completion(parsed, message_id=f"msg_{call.request_id}")), parsed

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import orjson
 
-from apps.core import tokens
 from apps.gateway.dialects.anthropic.translate import STOP_TO_FINISH
 from apps.gateway.pipeline.stream import ChatStream, line_find
 
@@ -81,8 +80,7 @@ class NativeMessagesStream(ChatStream):
         if isinstance(usage, dict) and isinstance(usage.get("input_tokens"), int):
             self.call.set_usage_anthropic(usage, fallback_prompt=0, fallback_completion=0)
         else:
-            self.call.set_usage_anthropic(None, fallback_prompt=self.call.prompt_tokens_count(self.body["messages"]),
-                                          fallback_completion=tokens.text_tokens(self.streamed_text()))
+            self.call.usage_estimate(self.body["messages"], self.streamed_text())
 
     def streamed_text(self) -> str:
         """The text streamed so far, from the kept events."""
