@@ -25,8 +25,9 @@ import asyncio
 import logging
 import math
 import re
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 import aiohttp
 import orjson
@@ -37,6 +38,9 @@ from apps.providers.breaker import Breakers
 from apps.providers.http1 import Http1Pool, Http1Response
 
 logger = logging.getLogger(__name__)
+
+M = TypeVar("M", bound="ModelRoute")
+T = TypeVar("T")
 
 RETRYABLE_STATUSES = frozenset({408, 409, 429, 500, 502, 503, 504})
 
@@ -88,10 +92,31 @@ def _error_code(body: bytes) -> str:
     return "upstream_client_error"
 
 
+class ProviderConfig(Protocol):
+    """What reaching a provider takes (the gateway's ``ProviderInfo`` is one)."""
+
+    id: int
+    name: str
+    kind: str  # "openai" (OpenAI-compatible) or "anthropic"
+    base_url: str
+    credential: str
+    timeout: float
+    max_concurrency: int
+
+
+class ModelRoute(Protocol):
+    """A model as the transport needs it: its name for errors, its id upstream, its provider
+    (the gateway's ``ModelInfo`` is one)."""
+
+    name: str
+    upstream_id: str
+    provider: ProviderConfig
+
+
 class ProviderStream(Protocol):
     """A provider's stream whose first bytes have arrived: from here on there is no falling back."""
 
-    model: object  # ModelInfo
+    model: ModelRoute
     first: bytes
 
     async def readany(self) -> bytes:
@@ -112,11 +137,11 @@ class Transport(Protocol):
 
     in_flight: int
 
-    async def post_json(self, model, path: str, body: bytes,
+    async def post_json(self, model: ModelRoute, path: str, body: bytes,
                         headers: dict[str, str] | None = None) -> tuple[bytes, dict]:
         """One non-stream attempt: the raw answer and its parsed JSON."""
 
-    async def open_stream(self, model, path: str, body: bytes,
+    async def open_stream(self, model: ModelRoute, path: str, body: bytes,
                           headers: dict[str, str] | None = None) -> ProviderStream:
         """Start a stream and wait for its first bytes."""
 
@@ -133,7 +158,7 @@ class HttpTransport:
         self._limits: dict[int, tuple[int, asyncio.Semaphore]] = {}
         self.in_flight = 0  # upstream calls holding a concurrency slot (JSON or open streams)
 
-    def http1(self, provider) -> Http1Pool:
+    def http1(self, provider: ProviderConfig) -> Http1Pool:
         """The keep-alive connections to this provider (JSON calls and streams go through them)."""
         pool = self._http1.get(provider.id)
         if pool is None or pool.base_url != provider.base_url:
@@ -142,7 +167,7 @@ class HttpTransport:
             pool = self._http1[provider.id] = Http1Pool(provider.base_url)
         return pool
 
-    def limit(self, provider) -> asyncio.Semaphore:
+    def limit(self, provider: ProviderConfig) -> asyncio.Semaphore:
         current = self._limits.get(provider.id)
         if current is None or current[0] != provider.max_concurrency:
             current = (provider.max_concurrency, asyncio.Semaphore(max(provider.max_concurrency, 1)))
@@ -154,7 +179,7 @@ class HttpTransport:
             h1.close()
         self._http1.clear()
 
-    async def post_json(self, model, path: str, body: bytes,
+    async def post_json(self, model: ModelRoute, path: str, body: bytes,
                         headers: dict[str, str] | None = None) -> tuple[bytes, dict]:
         """One non-stream attempt: the raw body and its parsed JSON (``headers`` add to the
         provider's own, e.g. the client's ``anthropic-beta``). The provider's timeout bounds the
@@ -187,7 +212,7 @@ class HttpTransport:
             raise UpstreamFailure("unexpected JSON from upstream")
         return raw, parsed
 
-    async def open_stream(self, model, path: str, body: bytes,
+    async def open_stream(self, model: ModelRoute, path: str, body: bytes,
                           headers: dict[str, str] | None = None) -> ProviderStream:
         """Start a stream and wait for its first bytes (so a failure before them can fall back).
 
@@ -227,7 +252,7 @@ ANTHROPIC_KIND = "anthropic"
 ANTHROPIC_VERSION = "2023-06-01"
 
 
-def _headers(provider, extra: dict[str, str] | None = None) -> dict[str, str]:
+def _headers(provider: ProviderConfig, extra: dict[str, str] | None = None) -> dict[str, str]:
     headers = {"Content-Type": "application/json"}
     if provider.kind == ANTHROPIC_KIND:
         headers["anthropic-version"] = ANTHROPIC_VERSION
@@ -250,7 +275,7 @@ def _retry_after(response) -> float | None:
         return None
 
 
-async def _classify_status(response, model) -> None:
+async def _classify_status(response: Http1Response, model: ModelRoute) -> None:
     """Raise for a non-200 answer: retryable failure or client error (whose body, passed back to
     the client, never carries our credential even when the provider echoes it)."""
     provider = model.provider
@@ -271,7 +296,7 @@ async def _classify_status(response, model) -> None:
 class OpenStream:
     """An HTTP stream whose first bytes have arrived."""
 
-    model: object
+    model: ModelRoute
     response: Http1Response
     first: bytes
     release: object  # the semaphore to release when the stream ends
@@ -312,8 +337,9 @@ def _stream_start_check(first: bytes) -> None:
             return
 
 
-async def with_fallbacks(chain, call, *, retries: int, backoff: float, breakers: Breakers | None = None,
-                         failures: list[str] | None = None):
+async def with_fallbacks(chain: Sequence[M], call: Callable[[M], Awaitable[T]], *, retries: int, backoff: float,
+                         breakers: Breakers | None = None,
+                         failures: list[str] | None = None) -> tuple[M, T, list[str]]:
     """Run ``call(model)`` over the chain: each model ``1 + retries`` times, then the next.
 
     Returns ``(model, result, failures)``; raises :class:`UpstreamError` (or
