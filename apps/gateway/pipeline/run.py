@@ -134,7 +134,11 @@ async def chat(runtime: Runtime, request: ChatRequest) -> Answer:
             def on_end(done: ChatStream | None) -> None:
                 cache_settle(runtime, call, plan, dialect.stream_completion(done) if done is not None else None)
 
-            stream = dialect.stream_open(runtime, call, prepared, opened, on_end)
+            try:
+                stream = dialect.stream_open(runtime, call, prepared, opened, on_end)
+            except BaseException:
+                await opened.close()  # its connection and concurrency slot go back
+                raise
             streaming = True
             return Answer(call, prepared, stream=stream)
         model, (raw, parsed) = await upstream_call(runtime, call, attempt)
