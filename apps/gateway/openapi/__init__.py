@@ -18,6 +18,7 @@ from functools import lru_cache
 
 import orjson
 
+from apps.gateway.openapi.messages_schemas import MESSAGES_SCHEMAS
 from apps.gateway.openapi.paths import error_responses, paths
 from apps.gateway.openapi.schemas import SCHEMAS
 
@@ -46,7 +47,7 @@ def document() -> dict:
                 "apiKey": {"type": "apiKey", "in": "header", "name": "x-api-key",
                            "description": "A tenant API key, as Anthropic's SDK sends it (`/v1/messages*` only)."},
             },
-            "schemas": SCHEMAS,
+            "schemas": {**SCHEMAS, **MESSAGES_SCHEMAS},
             "responses": error_responses(),
         },
     }

@@ -1,7 +1,7 @@
 """The component schemas of the tenant API's OpenAPI document: request and response bodies.
 
 Request schemas say what the gateway accepts, with the ranges its validators check
-(:mod:`apps.gateway.validation`, :mod:`apps.gateway.dialects.anthropic.translate`, the batch services);
+(:mod:`apps.gateway.validation`, the batch services; Anthropic's in :mod:`.messages_schemas`);
 response schemas say what every answer holds, loose where a provider's own answer is relayed
 as it came (fields are added to OpenAI's and Anthropic's objects over time).
 """
@@ -19,20 +19,20 @@ def _nullable(schema: dict) -> dict:
     return {"anyOf": [schema, {"type": "null"}]}
 
 
-def _int(low: int, high: int, description: str = "") -> dict:
+def int_schema(low: int, high: int, description: str = "") -> dict:
     schema: dict = {"type": "integer", "minimum": low, "maximum": high}
     if description:
         schema["description"] = description
     return schema
 
 
-def _number(low: float, high: float) -> dict:
+def number_schema(low: float, high: float) -> dict:
     return {"type": "number", "minimum": low, "maximum": high}
 
 
-_STRING = {"type": "string"}
-_OBJECT = {"type": "object"}
-_ARRAY = {"type": "array"}
+STRING = {"type": "string"}
+OBJECT = {"type": "object"}
+ARRAY = {"type": "array"}
 _TIMESTAMP = {"type": ["integer", "null"], "description": "Unix seconds."}
 _MONEY = {"type": "string", "description": "US dollars, as a decimal string.", "pattern": r"^-?\d+(\.\d+)?$"}
 
@@ -44,27 +44,16 @@ ERROR = {
     "properties": {"error": {
         "type": "object",
         "required": ["message", "type", "param", "code"],
-        "properties": {"message": _STRING, "type": _STRING, "param": {"type": ["string", "null"]},
+        "properties": {"message": STRING, "type": STRING, "param": {"type": ["string", "null"]},
                        "code": {"type": ["string", "null"]}},
     }},
-}
-ANTHROPIC_ERROR = {
-    "type": "object",
-    "description": "Anthropic's error shape; the gateway's own code is in the `x-switchyard-error-code` header.",
-    "required": ["type", "error"],
-    "properties": {
-        "type": {"const": "error"},
-        "error": {"type": "object", "required": ["type", "message"],
-                  "properties": {"type": _STRING, "message": _STRING}},
-        "request_id": _STRING,
-    },
 }
 
 _CONTENT_PART = {
     "type": "object",
     "description": "A content part: `{\"type\": \"text\", \"text\": ...}`, `image_url`, `input_audio`, `file`...",
     "required": ["type"],
-    "properties": {"type": _STRING, "text": _STRING},
+    "properties": {"type": STRING, "text": STRING},
 }
 CHAT_MESSAGE = {
     "type": "object",
@@ -72,8 +61,8 @@ CHAT_MESSAGE = {
     "required": ["role"],
     "properties": {
         "role": {"enum": ["system", "developer", "user", "assistant", "tool", "function"]},
-        "content": {"anyOf": [_STRING, {"type": "array", "items": _CONTENT_PART}, {"type": "null"}]},
-        "name": _STRING, "tool_calls": _ARRAY, "tool_call_id": _STRING,
+        "content": {"anyOf": [STRING, {"type": "array", "items": _CONTENT_PART}, {"type": "null"}]},
+        "name": STRING, "tool_calls": ARRAY, "tool_call_id": STRING,
     },
 }
 # Every field of OpenAI's chat completion request (apps.gateway.validation.CHAT_FIELDS); any
@@ -85,43 +74,43 @@ CHAT_REQUEST = {
     "properties": {
         "model": {"type": "string", "pattern": r"\S", "description": "A model name, an alias or `auto` (routed)."},
         "messages": {"type": "array", "minItems": 1, "items": ref("ChatMessage")},
-        "audio": _nullable(_OBJECT),
-        "frequency_penalty": _nullable(_number(-2, 2)),
+        "audio": _nullable(OBJECT),
+        "frequency_penalty": _nullable(number_schema(-2, 2)),
         "function_call": _nullable({"type": ["string", "object"]}),
-        "functions": _nullable(_ARRAY),
-        "logit_bias": _nullable(_OBJECT),
+        "functions": _nullable(ARRAY),
+        "logit_bias": _nullable(OBJECT),
         "logprobs": _nullable({"type": "boolean"}),
-        "max_completion_tokens": _nullable(_int(1, 10_000_000)),
-        "max_tokens": _nullable(_int(1, 10_000_000, "At most the model's own output limit (else 400).")),
+        "max_completion_tokens": _nullable(int_schema(1, 10_000_000)),
+        "max_tokens": _nullable(int_schema(1, 10_000_000, "At most the model's own output limit (else 400).")),
         "metadata": _nullable({"type": "object", "description": "`tags` (an array or a comma-separated string) "
                                                                 "feeds routing rules."}),
-        "modalities": _nullable(_ARRAY),
-        "moderation": _nullable(_OBJECT),
-        "n": _nullable(_int(1, 128)),
+        "modalities": _nullable(ARRAY),
+        "moderation": _nullable(OBJECT),
+        "n": _nullable(int_schema(1, 128)),
         "parallel_tool_calls": _nullable({"type": "boolean"}),
-        "prediction": _nullable(_OBJECT),
-        "presence_penalty": _nullable(_number(-2, 2)),
-        "prompt_cache_key": _nullable(_STRING),
-        "prompt_cache_options": _nullable(_OBJECT),
-        "prompt_cache_retention": _nullable(_STRING),
-        "reasoning_effort": _nullable(_STRING),
-        "response_format": _nullable(_OBJECT),
-        "safety_identifier": _nullable(_STRING),
-        "seed": _nullable(_int(-(2**63), 2**63 - 1)),
-        "service_tier": _nullable(_STRING),
-        "stop": _nullable({"anyOf": [_STRING, {"type": "array", "items": _STRING}]}),
+        "prediction": _nullable(OBJECT),
+        "presence_penalty": _nullable(number_schema(-2, 2)),
+        "prompt_cache_key": _nullable(STRING),
+        "prompt_cache_options": _nullable(OBJECT),
+        "prompt_cache_retention": _nullable(STRING),
+        "reasoning_effort": _nullable(STRING),
+        "response_format": _nullable(OBJECT),
+        "safety_identifier": _nullable(STRING),
+        "seed": _nullable(int_schema(-(2**63), 2**63 - 1)),
+        "service_tier": _nullable(STRING),
+        "stop": _nullable({"anyOf": [STRING, {"type": "array", "items": STRING}]}),
         "store": _nullable({"type": "boolean"}),
         "stream": _nullable({"type": "boolean", "description": "`true`: the answer is Server-Sent Events."}),
         "stream_options": _nullable({"type": "object", "properties": {"include_usage": {"type": "boolean"}}}),
-        "temperature": _nullable(_number(0, 2)),
+        "temperature": _nullable(number_schema(0, 2)),
         "tool_choice": _nullable({"type": ["string", "object"]}),
-        "tools": _nullable(_ARRAY),
-        "top_logprobs": _nullable(_int(0, 20)),
-        "top_p": _nullable(_number(0, 1)),
+        "tools": _nullable(ARRAY),
+        "top_logprobs": _nullable(int_schema(0, 20)),
+        "top_p": _nullable(number_schema(0, 1)),
         "user": _nullable({"type": "string", "description": "Also a cache namespace when the tenant keeps one "
                                                             "per end user."}),
-        "verbosity": _nullable(_STRING),
-        "web_search_options": _nullable(_OBJECT),
+        "verbosity": _nullable(STRING),
+        "web_search_options": _nullable(OBJECT),
     },
 }
 CHAT_COMPLETION = {
@@ -129,9 +118,9 @@ CHAT_COMPLETION = {
     "description": "The provider's answer as it came (or the cached one).",
     "required": ["id", "object", "choices"],
     "properties": {
-        "id": _STRING, "object": {"const": "chat.completion"}, "created": {"type": "integer"}, "model": _STRING,
+        "id": STRING, "object": {"const": "chat.completion"}, "created": {"type": "integer"}, "model": STRING,
         "choices": {"type": "array", "items": {"type": "object", "properties": {
-            "index": {"type": "integer"}, "message": _OBJECT, "finish_reason": {"type": ["string", "null"]}}}},
+            "index": {"type": "integer"}, "message": OBJECT, "finish_reason": {"type": ["string", "null"]}}}},
         "usage": {"type": "object", "properties": {
             "prompt_tokens": {"type": "integer"}, "completion_tokens": {"type": "integer"},
             "total_tokens": {"type": "integer"}}},
@@ -159,9 +148,9 @@ EMBEDDINGS_REQUEST = {
             {"type": "array", "minItems": 1, "items": {"type": "integer"}},
             {"type": "array", "minItems": 1, "items": {"type": "array", "minItems": 1, "items": {"type": "integer"}}},
         ]},
-        "dimensions": _nullable(_int(1, 65536)),
+        "dimensions": _nullable(int_schema(1, 65536)),
         "encoding_format": _nullable({"enum": ["float", "base64"]}),
-        "user": _nullable(_STRING),
+        "user": _nullable(STRING),
     },
 }
 EMBEDDINGS = {
@@ -171,8 +160,8 @@ EMBEDDINGS = {
         "object": {"const": "list"},
         "data": {"type": "array", "items": {"type": "object", "required": ["embedding"], "properties": {
             "object": {"const": "embedding"}, "index": {"type": "integer"},
-            "embedding": {"anyOf": [{"type": "array", "items": {"type": "number"}}, _STRING]}}}},
-        "model": _STRING, "usage": _OBJECT,
+            "embedding": {"anyOf": [{"type": "array", "items": {"type": "number"}}, STRING]}}}},
+        "model": STRING, "usage": OBJECT,
     },
 }
 
@@ -181,8 +170,8 @@ MODELS = {
     "required": ["object", "data"],
     "properties": {"object": {"const": "list"}, "data": {"type": "array", "items": {
         "type": "object", "required": ["id", "object", "owned_by"],
-        "properties": {"id": _STRING, "object": {"const": "model"}, "created": {"type": "integer"},
-                       "owned_by": _STRING,
+        "properties": {"id": STRING, "object": {"const": "model"}, "created": {"type": "integer"},
+                       "owned_by": STRING,
                        "switchyard": {"type": "object", "description": "Mode, tier, context window and prices "
                                                                       "per 1M tokens (`auto` has the mode only)."}},
     }}},
@@ -196,7 +185,7 @@ CACHE_STATS = {
         **{name: {"type": "integer", "minimum": 0} for name in (
             "entries", "valid", "expired", "hits", "hits_exact", "hits_semantic", "misses", "bypassed",
             "entry_hit_count")},
-        **{name: _number(0, 1) for name in ("hit_rate", "hit_rate_exact", "hit_rate_semantic")},
+        **{name: number_schema(0, 1) for name in ("hit_rate", "hit_rate_exact", "hit_rate_semantic")},
         "saved_cost": _MONEY,
         "semantic_ready": {"type": "boolean", "description": "Whether semantic lookups run yet (the embedding "
                                                              "model loads in the background)."},
@@ -207,89 +196,6 @@ CACHE_CLEARED = {
     "properties": {"object": {"const": "cache.cleared"}, "deleted": {"type": "integer", "minimum": 0}},
 }
 
-_TEXT_BLOCK = {"type": "object", "required": ["type", "text"],
-               "properties": {"type": {"const": "text"}, "text": _STRING}}
-_ANTHROPIC_MESSAGE = {
-    "type": "object",
-    "required": ["role", "content"],
-    "properties": {
-        "role": {"enum": ["user", "assistant"]},
-        "content": {"anyOf": [_STRING, {"type": "array", "items": {
-            "type": "object", "required": ["type"], "properties": {"type": _STRING},
-            "description": "text, image, tool_use, tool_result (translated for any provider); other block "
-                           "types reach native Anthropic providers only."}}]},
-    },
-}
-# The fields both Anthropic requests share, with the checks the translator makes.
-_ANTHROPIC_COMMON = {
-    "model": {"type": "string", "pattern": r"\S", "description": "A model name, an alias or `auto` (routed)."},
-    "messages": {"type": "array", "minItems": 1, "items": _ANTHROPIC_MESSAGE},
-    "system": {"anyOf": [_STRING, {"type": "array", "items": _TEXT_BLOCK}]},
-    "tools": {"type": "array", "items": {"type": "object", "required": ["name"], "properties": {"name": _STRING}}},
-    "tool_choice": {"type": "object", "required": ["type"],
-                    "properties": {"type": {"enum": ["auto", "any", "tool", "none"]}, "name": _STRING,
-                                   "disable_parallel_tool_use": {"type": "boolean"}}},
-}
-_NATIVE_ONLY = {"description": "Taken by native Anthropic providers only: a model without one answers 400."}
-MESSAGES_REQUEST = {
-    "type": "object",
-    "required": ["model", "max_tokens", "messages"],
-    "additionalProperties": False,
-    "properties": {
-        **_ANTHROPIC_COMMON,
-        "max_tokens": _int(1, 10_000_000),
-        "metadata": {"type": "object", "properties": {"user_id": _STRING, "tags": {
-            "description": "Routing tags, removed before a native provider sees the body."}}},
-        "stop_sequences": {"type": "array", "items": _STRING},
-        "stream": {"type": "boolean"},
-        "temperature": _number(0, 1),
-        "top_p": _number(0, 1),
-        "top_k": _int(0, 2**31 - 1),
-        "service_tier": _STRING,
-        **{name: _NATIVE_ONLY for name in (
-            "thinking", "container", "mcp_servers", "context_management", "cache_control", "inference_geo",
-            "output_config", "output_format", "speed", "diagnostics", "billing_policy", "compaction",
-            "fallback_credit_token", "fallbacks", "thread")},
-    },
-}
-COUNT_TOKENS_REQUEST = {
-    "type": "object",
-    "required": ["model", "messages"],
-    "additionalProperties": False,
-    "properties": {
-        **_ANTHROPIC_COMMON,
-        **{name: _NATIVE_ONLY for name in (
-            "thinking", "cache_control", "output_config", "output_format", "speed", "mcp_servers",
-            "context_management", "compaction", "billing_policy")},
-    },
-}
-ANTHROPIC_MESSAGE = {
-    "type": "object",
-    "required": ["id", "type", "role", "content", "model", "stop_reason", "usage"],
-    "properties": {
-        "id": _STRING, "type": {"const": "message"}, "role": {"const": "assistant"}, "model": _STRING,
-        "content": {"type": "array", "items": {"type": "object", "required": ["type"], "properties": {
-            "type": _STRING}}},
-        "stop_reason": {"type": ["string", "null"]}, "stop_sequence": {"type": ["string", "null"]},
-        "usage": {"type": "object", "required": ["input_tokens", "output_tokens"], "properties": {
-            "input_tokens": {"type": "integer"}, "output_tokens": {"type": "integer"},
-            "cache_creation_input_tokens": {"type": ["integer", "null"]},
-            "cache_read_input_tokens": {"type": ["integer", "null"]}}},
-    },
-}
-ANTHROPIC_EVENT = {
-    "type": "object",
-    "description": "One of Anthropic's stream events; `data:` is its JSON.",
-    "required": ["event", "data"],
-    "properties": {
-        "event": {"enum": ["message_start", "content_block_start", "ping", "content_block_delta",
-                           "content_block_stop", "message_delta", "message_stop", "error"]},
-        "data": {"type": "string", "minLength": 1},
-    },
-}
-TOKEN_COUNT = {"type": "object", "required": ["input_tokens"],
-               "properties": {"input_tokens": {"type": "integer", "minimum": 0}}}
-
 COMPLETE_REQUEST = {
     "type": "object",
     "required": ["prompt"],
@@ -298,13 +204,13 @@ COMPLETE_REQUEST = {
         "model": {"type": "string", "pattern": r"\S", "maxLength": 200, "default": "auto"},
         "use_cache": {"type": "boolean", "default": True},
         "stream": {"type": "boolean", "default": False},
-        "max_tokens": _int(1, 10_000_000),
+        "max_tokens": int_schema(1, 10_000_000),
         "system": {"type": "string", "maxLength": 100_000},
     },
 }
 _COMPLETE_FIELDS = {
-    "content": _STRING, "model_used": {"type": ["string", "null"]}, "cached": {"type": "boolean"},
-    "latency_ms": {"type": "number"}, "cost": _MONEY, "request_id": _STRING,
+    "content": STRING, "model_used": {"type": ["string", "null"]}, "cached": {"type": "boolean"},
+    "latency_ms": {"type": "number"}, "cost": _MONEY, "request_id": STRING,
     "tokens": {"type": "object", "required": ["input", "output"],
                "properties": {"input": {"type": "integer"}, "output": {"type": "integer"}}},
 }
@@ -333,7 +239,7 @@ USAGE = {
             **_USAGE_FIGURES,
             **{name: {"type": "integer", "minimum": 0} for name in (
                 "cache_hits_exact", "cache_hits_semantic", "cache_misses")},
-            "cache_hit_rate": _number(0, 1),
+            "cache_hit_rate": number_schema(0, 1),
             **{name: {"type": ["number", "null"]} for name in (
                 "latency_ms_p50", "latency_ms_p95", "ttft_ms_p50", "ttft_ms_p95")}}},
         "data": {"type": "array", "items": {
@@ -348,8 +254,8 @@ FILE = {
     "type": "object",
     "required": ["id", "object", "bytes", "created_at", "filename", "purpose", "status"],
     "properties": {
-        "id": _STRING, "object": {"const": "file"}, "bytes": {"type": "integer", "minimum": 0},
-        "created_at": {"type": "integer"}, "filename": _STRING, "purpose": _STRING, "status": _STRING,
+        "id": STRING, "object": {"const": "file"}, "bytes": {"type": "integer", "minimum": 0},
+        "created_at": {"type": "integer"}, "filename": STRING, "purpose": STRING, "status": STRING,
         "status_details": {"type": ["string", "null"]}, "expires_at": _TIMESTAMP,
     },
 }
@@ -364,7 +270,7 @@ FILE_UPLOAD = {
 }
 FILE_DELETED = {
     "type": "object", "required": ["id", "object", "deleted"],
-    "properties": {"id": _STRING, "object": {"const": "file"}, "deleted": {"const": True}},
+    "properties": {"id": STRING, "object": {"const": "file"}, "deleted": {"const": True}},
 }
 
 
@@ -396,10 +302,10 @@ BATCH_REQUEST = {
 }
 _STATUSES = ["validating", "in_progress", "finalizing", "completed", "failed", "expired", "cancelling", "cancelled"]
 _BATCH_FIELDS = {
-    "id": _STRING, "object": {"const": "batch"}, "endpoint": _STRING,
+    "id": STRING, "object": {"const": "batch"}, "endpoint": STRING,
     "errors": {"type": ["object", "null"], "description": "`{\"object\": \"list\", \"data\": [{code, message, param, "
                                                           "line}]}` when validation failed."},
-    "input_file_id": _STRING, "completion_window": _STRING, "status": {"enum": _STATUSES},
+    "input_file_id": STRING, "completion_window": STRING, "status": {"enum": _STATUSES},
     "output_file_id": {"type": ["string", "null"]}, "error_file_id": {"type": ["string", "null"]},
     "request_counts": {"type": "object", "required": ["total", "completed", "failed"], "properties": {
         name: {"type": "integer", "minimum": 0} for name in ("total", "completed", "failed")}},
@@ -439,13 +345,11 @@ MAP_REDUCE_JOB = {
 }
 
 SCHEMAS = {
-    "Error": ERROR, "AnthropicError": ANTHROPIC_ERROR,
+    "Error": ERROR,
     "ChatMessage": CHAT_MESSAGE, "ChatCompletionRequest": CHAT_REQUEST, "ChatCompletion": CHAT_COMPLETION,
     "ChatCompletionEvent": CHAT_EVENT,
     "EmbeddingsRequest": EMBEDDINGS_REQUEST, "Embeddings": EMBEDDINGS, "Models": MODELS,
     "CacheStats": CACHE_STATS, "CacheCleared": CACHE_CLEARED,
-    "MessagesRequest": MESSAGES_REQUEST, "CountTokensRequest": COUNT_TOKENS_REQUEST, "Message": ANTHROPIC_MESSAGE,
-    "MessageEvent": ANTHROPIC_EVENT, "TokenCount": TOKEN_COUNT,
     "CompleteRequest": COMPLETE_REQUEST, "CompletionSummary": COMPLETION_SUMMARY, "CompleteEvent": COMPLETE_EVENT,
     "Usage": USAGE,
     "File": FILE, "FileUpload": FILE_UPLOAD, "FileDeleted": FILE_DELETED, "FileList": page("File"),
