@@ -21,14 +21,12 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import functools
-import hashlib
 import logging
 import secrets
 import time
 from collections import deque
 from dataclasses import dataclass
 
-import orjson
 from django.conf import settings
 from django.db import close_old_connections, connections
 from django.db.models import F
@@ -45,10 +43,10 @@ from apps.batches.leases import (
     lines_record,
 )
 from apps.batches.live import progress_publish
-from apps.batches.models import BatchJob, BatchLine, File
+from apps.batches.models import BatchJob, File
 from apps.batches.reduce import reduce_run
-from apps.batches.storage import lines_read
-from apps.core.completions import completion_text
+from apps.batches.selectors import lines_answered, map_answers
+from apps.batches.storage import lines_check, lines_read, lines_take
 from apps.core.errors import GatewayError
 
 logger = logging.getLogger(__name__)
@@ -75,51 +73,6 @@ def _once(fn, *args, **kwargs):
 
 def _close_connections() -> None:
     connections.close_all()
-
-
-def _take(reader, count: int) -> list[tuple[int, int, bytes]]:
-    taken = []
-    for item in reader:
-        taken.append(item)
-        if len(taken) >= count:
-            break
-    return taken
-
-
-def _answered(job_id: str, first: int, last: int) -> set[int]:
-    return set(BatchLine.objects.filter(job_id=job_id, index__gte=first, index__lte=last)
-               .values_list("index", flat=True))
-
-
-def _lines_check(storage_name: str) -> tuple[int, tuple[str, int] | None]:
-    """The input's line count, and the first ``custom_id`` met twice (with its line), if any.
-
-    Lines that are not JSON are counted and left for the run, which answers them in the error
-    file; only a repeated ``custom_id`` fails the whole batch, as output lines are keyed by it.
-    """
-    count = 0
-    seen: set[bytes] = set()
-    for index, _offset, raw in lines_read(storage_name):
-        count += 1
-        try:
-            custom_id = orjson.loads(raw).get("custom_id")
-        except (orjson.JSONDecodeError, AttributeError):
-            continue
-        if isinstance(custom_id, str):
-            digest = hashlib.blake2b(custom_id.encode(), digest_size=16).digest()  # bounded memory per id
-            if digest in seen:
-                return count, (custom_id, index)
-            seen.add(digest)
-    return count, None
-
-
-def _map_answers(job_id: str) -> list[str]:
-    answers = []
-    for line in BatchLine.objects.filter(job_id=job_id, is_error=False).order_by("index").values_list(
-            "line", flat=True).iterator(chunk_size=2000):
-        body = orjson.loads(line)["response"]["body"]
-        answers.append(completion_text(body))
-    return answers
 
 
 @dataclass(slots=True)
@@ -274,7 +227,7 @@ class JobRunner:
         name = await self.db(lambda: self.job.input_file.storage_name if _file_exists(self.job) else None)
         duplicate = None
         try:
-            total, duplicate = await self.io(_lines_check, name) if name else (None, None)
+            total, duplicate = await self.io(lines_check, name) if name else (None, None)
         except FileNotFoundError:
             total = None
         if total is None:
@@ -305,11 +258,11 @@ class JobRunner:
         flusher = asyncio.ensure_future(self.flush_periodically())
         try:
             while self.stop_reason is None:
-                taken = await self.io(_take, reader, settings.BATCH_CHUNK_LINES)
+                taken = await self.io(lines_take, reader, settings.BATCH_CHUNK_LINES)
                 if not taken:
                     break
                 first, last = taken[0][0], taken[-1][0]
-                answered = await self.db(_answered, job.pk, first, last)
+                answered = await self.db(lines_answered, job.pk, first, last)
                 chunk = Chunk(start=(first, taken[0][1]), remaining=len(taken) - len(answered))
                 self.chunks.append(chunk)
                 self.end = (last + 1, taken[-1][1] + len(taken[-1][2]))
@@ -376,7 +329,7 @@ class JobRunner:
         await self.publish()
 
     async def reduce(self) -> dict | None:
-        answers = await self.db(_map_answers, self.job.pk)
+        answers = await self.db(map_answers, self.job.pk)
         if not answers:
             await self.fail("no_map_answers", "Every map call failed; there is nothing to reduce (see the error file).")
             return None
@@ -426,10 +379,10 @@ def _expired_lines(job: BatchJob, executor: BatchExecutor):
     reader = lines_read(name, offset=job.cursor_offset, first_index=job.cursor_line)
     try:
         while True:
-            taken = _take(reader, 2000)
+            taken = lines_take(reader, 2000)
             if not taken:
                 return
-            answered = _answered(job.pk, taken[0][0], taken[-1][0])
+            answered = lines_answered(job.pk, taken[0][0], taken[-1][0])
             for index, _offset, raw in taken:
                 if index not in answered:
                     yield executor.line_expired(job_id=job.pk, index=index, raw=raw)

@@ -3,10 +3,12 @@ Only :func:`jobs_stale`, beat's resumer's read, spans every tenant."""
 
 from __future__ import annotations
 
+import orjson
 from django.db.models import Q, QuerySet
 from django.utils import timezone
 
 from apps.batches.models import BatchJob, BatchLine, File
+from apps.core.completions import completion_text
 from apps.core.errors import BadRequest, NotFound
 
 MAX_PAGE = 10_000
@@ -70,3 +72,19 @@ def jobs_stale() -> list[str]:
     stale = BatchJob.objects.filter(status__in=BatchJob.ACTIVE).filter(
         Q(lease_until__isnull=True) | Q(lease_until__lt=timezone.now()))
     return list(stale.order_by("created_at").values_list("pk", flat=True))
+
+
+def lines_answered(job_id: str, first: int, last: int) -> set[int]:
+    """Which lines of a job, between two indexes, are already answered (a resumed run skips them)."""
+    return set(BatchLine.objects.filter(job_id=job_id, index__gte=first, index__lte=last)
+               .values_list("index", flat=True))
+
+
+def map_answers(job_id: str) -> list[str]:
+    """The texts of a map-reduce job's answered map calls, in input order."""
+    answers = []
+    for line in BatchLine.objects.filter(job_id=job_id, is_error=False).order_by("index").values_list(
+            "line", flat=True).iterator(chunk_size=2000):
+        body = orjson.loads(line)["response"]["body"]
+        answers.append(completion_text(body))
+    return answers

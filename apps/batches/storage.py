@@ -3,9 +3,11 @@ bytes), and streaming reads of JSONL from it."""
 
 from __future__ import annotations
 
+import hashlib
 import tempfile
 from collections.abc import Iterable, Iterator
 
+import orjson
 from django.core.files import File as DjangoFile
 from django.core.files.storage import storages
 from django.utils.text import get_valid_filename
@@ -53,3 +55,35 @@ def jsonl_store(*, tenant, filename: str, lines: Iterable[bytes], purpose: str) 
         spool.seek(0)
         return file_store(tenant=tenant, content=DjangoFile(spool, name=filename), filename=filename,
                           purpose=purpose)
+
+
+def lines_take(reader, count: int) -> list[tuple[int, int, bytes]]:
+    """The next ``count`` lines of a :func:`lines_read` reader (fewer at its end)."""
+    taken = []
+    for item in reader:
+        taken.append(item)
+        if len(taken) >= count:
+            break
+    return taken
+
+
+def lines_check(storage_name: str) -> tuple[int, tuple[str, int] | None]:
+    """The input's line count, and the first ``custom_id`` met twice (with its line), if any.
+
+    Lines that are not JSON are counted and left for the run, which answers them in the error
+    file; only a repeated ``custom_id`` fails the whole batch, as output lines are keyed by it.
+    """
+    count = 0
+    seen: set[bytes] = set()
+    for index, _offset, raw in lines_read(storage_name):
+        count += 1
+        try:
+            custom_id = orjson.loads(raw).get("custom_id")
+        except (orjson.JSONDecodeError, AttributeError):
+            continue
+        if isinstance(custom_id, str):
+            digest = hashlib.blake2b(custom_id.encode(), digest_size=16).digest()  # bounded memory per id
+            if digest in seen:
+                return count, (custom_id, index)
+            seen.add(digest)
+    return count, None
