@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import gc
 import hashlib
 import hmac
 import logging
@@ -100,9 +101,12 @@ class Runtime:
             # once it is there; exact lookups work from the first request).
             if settings.CACHE_LOCAL_EMBEDDER:
                 self._embedder_task = loop.run_in_executor(embedder._executor, embedder.load)
+                # What the model's load leaves behind lives as long as the process, like the rest.
+                self._embedder_task.add_done_callback(lambda _task: gc.freeze())
             self._tasks.append(loop.create_task(config_changes_listen(self.reload), name="config-listener"))
             self._tasks.append(loop.create_task(self._refresh_periodically(), name="config-refresh"))
             self.cache.hits_flush_start(1.0)
+            _heap_settle(settings.GC_YOUNG_THRESHOLD)
             self._started = True
 
     async def stop(self) -> None:
@@ -306,6 +310,30 @@ class Runtime:
         if info is not None:
             self.tenant_slugs[info.tenant_id] = info.tenant_slug
         return info
+
+
+_HEAP_SETTLED = False
+
+
+def _heap_settle(young_threshold: int) -> None:
+    """Keep the garbage collector from pausing the event loop, once per process.
+
+    A full (generation 2) collection walks every tracked object: with Django, the catalog and
+    the tokenizer loaded that is some 120,000 objects and 50-170 ms of CPU with the loop
+    stopped, and under load one ran about every second (objects of requests in flight
+    outlive two young collections and are promoted), which was most of the p99 at
+    concurrency 100. What start-up built is never garbage: frozen (``gc.freeze``), full
+    collections skip it and take 1-2 ms. A higher young threshold makes young collections
+    rare, so fewer short-lived objects are promoted at all; the hot path makes almost no
+    cycles (71,000 requests in 30 s left 165 objects for the collector), so memory does not grow.
+    """
+    global _HEAP_SETTLED
+    if _HEAP_SETTLED:
+        return
+    _HEAP_SETTLED = True
+    gc.set_threshold(young_threshold, *gc.get_threshold()[1:])
+    gc.collect()
+    gc.freeze()
 
 
 _LOCAL_EMBEDDER = None
