@@ -150,6 +150,9 @@ def words_close(a: str, b: str) -> bool:
     """Same word, same stem, or a typo of it (Damerau-Levenshtein within a length-based limit)."""
     if a == b or stem(a) == stem(b):
         return True
+    # "living" / "live", "used" / "use": the suffix took a silent e with it.
+    if any(x.endswith(("ing", "ed")) and stem(x) != x and stem(x) + "e" == y for x, y in ((a, b), (b, a))):
+        return True
     limit = min(_edits_allowed(a), _edits_allowed(b))
     if limit == 0 or abs(len(a) - len(b)) > limit or (a[0] != b[0] and a[:2] != b[1::-1]):
         return False
@@ -227,19 +230,61 @@ def _inversions(positions: list[int]) -> tuple[float, bool]:
     return (0.0 if rotation else inverted / pairs), rotation
 
 
-_SCOPE = frozenset("in on for with at by using about".split())
+_SCOPE = frozenset("in on for with at by using about within inside under during".split())
+# Modals by what they ask: whether something is possible or will happen ("could he still win",
+# "will he ever win") against what one ought to do ("should I", "must I"): a swap inside a class keeps
+# the intent, a swap across classes changes it ("can I change my username" is not "should I").
+MODAL_OUGHT = frozenset("should must shall ought".split())
+# Words that narrow a question to one extreme or one case: "the most followed", "only offline".
+NARROWING = frozenset("most least only best worst fastest cheapest biggest largest smallest first last top".split())
 
 
 def _scoped(prompt: Prompt, left: list[Word]) -> int:
-    """Left-over content words inside an added phrase ("in python", "for beginners"): a narrower question."""
+    """Content words inside phrases only this side adds ("in python", "on my phone", "for beginners").
+
+    Such a phrase narrows the question; it is counted only when all of it is left over, so a phrase
+    that merely moved ("In Python, how do I ...") counts nothing."""
     left_ids = {id(w) for w in left}
     count = 0
-    for index, word in enumerate(prompt.words):
-        if word.text in _SCOPE and id(word) in left_ids:
-            following = next((w for w in prompt.words[index + 1:index + 4] if w.kind != "function"), None)
-            if following is not None and following.kind == "content" and id(following) in left_ids:
-                count += 1
+    words = prompt.words
+    for index, word in enumerate(words):
+        if word.text not in _SCOPE or id(word) not in left_ids:
+            continue
+        phrase = []
+        for follower in words[index + 1:index + 5]:
+            if follower.kind in ("question", "modal", "role") or follower.text in _SCOPE:
+                break
+            phrase.append(follower)
+        content = [w for w in phrase if w.kind == "content"]
+        if content and all(id(w) in left_ids for w in content):
+            count += len(content)
     return count
+
+
+def modal_classes(words: list[Word]) -> set[str]:
+    """The classes of the modals among ``words``: "possible" (can, could, will ...) or "ought"."""
+    return {"ought" if w.text in MODAL_OUGHT else "possible" for w in words if w.kind == "modal"}
+
+
+@dataclass(frozen=True, slots=True)
+class Alignment:
+    left_a: list[Word]  # words of the first prompt that found no partner in the second
+    left_b: list[Word]
+    in_order: bool  # the aligned content words and numbers come in the same order on both sides
+
+    @property
+    def left_content(self) -> int:
+        return sum(w.kind == "content" for w in self.left_a + self.left_b)
+
+
+def pair_align(a: Prompt, b: Prompt) -> Alignment:
+    """What each prompt leaves over after aligning its words with the other's, and the order of the rest."""
+    positions_a, left_a = _aligned(a.words, b.words)
+    left_b = _aligned(b.words, a.words)[1]
+    inverted, rotation = _inversions([index for word, index in positions_a if word.kind in ("content", "number")])
+    return Alignment(left_a, left_b, inverted == 0.0 and rotation and
+                     all(x < y for x, y in itertools.pairwise(
+                         [index for word, index in positions_a if word.kind in ("content", "number")])))
 
 
 FEATURE_NAMES = (
@@ -247,7 +292,7 @@ FEATURE_NAMES = (
     "left_question", "question_strict_swap", "left_modal", "left_role", "left_function", "left_unknown",
     "matched_share_min", "inversions", "not_rotation", "substitution_sim", "left_cover_min", "left_cover_mean",
     "length_log_ratio", "left_number", "left_negation", "left_modal_min", "left_question_min",
-    "left_scoped",
+    "left_scoped", "added_only", "modal_cross", "modal_ought_one_side", "modal_same_class", "narrowing_one_side",
 )
 
 
@@ -269,6 +314,7 @@ def pair_features(a: Prompt, b: Prompt, vectors: WordVectors | None = None) -> n
     n_content_a = sum(w.kind == "content" for w in a.words) or 1
     n_content_b = sum(w.kind == "content" for w in b.words) or 1
     matched_share = min(1 - len(content_a) / n_content_a, 1 - len(content_b) / n_content_b)
+    modal_a, modal_b = modal_classes(left_a), modal_classes(left_b)
     # Order of the aligned content words and numbers only: function words move freely in a rewording.
     content_positions = [index for word, index in positions_a if word.kind in ("content", "number")]
     inverted, rotation = _inversions(content_positions)
@@ -298,4 +344,9 @@ def pair_features(a: Prompt, b: Prompt, vectors: WordVectors | None = None) -> n
         sum(w.kind == "number" for w in left_a + left_b), sum(w.kind == "negation" for w in left_a + left_b),
         min(sum(w.kind == "modal" for w in left_a), sum(w.kind == "modal" for w in left_b)),
         min(len(question_a), len(question_b)), _scoped(a, left_a) + _scoped(b, left_b),
+        float(max(len(content_a), len(content_b))) if min(len(content_a), len(content_b)) == 0 else 0.0,
+        float(bool(modal_a) and bool(modal_b) and not modal_a & modal_b),
+        float(("ought" in modal_a) != ("ought" in modal_b)),
+        float(bool(modal_a & modal_b)),
+        float(len({w.text for w in left_a} & NARROWING) + len({w.text for w in left_b} & NARROWING)),
     ], dtype=np.float32)

@@ -16,6 +16,9 @@ and counted in the quality benchmark):
              order      the names both sides share come in the same order
              roles      no word behind a different direction word on each side ("from paris")
              question   not two different question words among why, when, where, who
+             opposite   not a word on one side and its reverse on the other ("turn on" / "turn off")
+             modal      no modal left over on each side from a different class: "could he still
+                        win" asks what "will he ever win" asks, "can I" does not ask "should I"
     model    a logistic regression over what the two prompts leave over after aligning their
              words (``apps.cache.pair_features``): how many words, of which kind, how far a
              substitute is from the word it replaces in the local model's vector space, and
@@ -28,6 +31,9 @@ and counted in the quality benchmark):
 The model's score is calibrated on held-apart tuning data into operating points: a target
 precision of served hits (``precision=``, default ``DEFAULT_PRECISION``) maps to the score the
 candidate must reach.
+
+    long       a pair whose longer prompt has ``LONG_WORDS`` words or more is served only when no
+               content word is left over and the aligned words keep their order, whatever the score
 """
 
 from __future__ import annotations
@@ -43,6 +49,8 @@ from apps.cache.pair_features import (
     QUESTION_STRICT,
     ROLE,
     Prompt,
+    modal_classes,
+    pair_align,
     pair_features,
     prompt_parse,
     word_vectors,
@@ -51,6 +59,14 @@ from apps.cache.pair_features import (
 
 MODEL_FILE = DATA_DIR / "verifier_model.json"
 DEFAULT_PRECISION = 0.97
+# From this many words on (the longer prompt), a pair is served only when every content word aligns,
+# in the same order: on long sentences, swapping two words or adding a clause changes the meaning
+# while leaving almost every feature of the model unchanged (docs/benchmarks.md has the figures).
+LONG_WORDS = 15
+# Word pairs that turn a request into its reverse; "on" and "off" are function words to the model.
+OPPOSITES = (("on", "off"), ("up", "down"), ("enable", "disable"), ("open", "close"), ("start", "stop"),
+             ("buy", "sell"), ("upload", "download"), ("import", "export"), ("increase", "decrease"),
+             ("add", "remove"), ("lock", "unlock"), ("install", "uninstall"), ("encrypt", "decrypt"))
 
 
 @dataclass(frozen=True)
@@ -133,6 +149,14 @@ def guards_check(a: Prompt, b: Prompt) -> str:
     questions_b = {w.text for w in b.words} & QUESTION_STRICT
     if questions_a and questions_b and not questions_a & questions_b:
         return "question"
+    texts_a, texts_b = {w.text for w in a.words}, {w.text for w in b.words}
+    if any(x in texts_a and y in texts_b and x not in texts_b and y not in texts_a
+           for x, y in OPPOSITES + tuple((y, x) for x, y in OPPOSITES)):
+        return "opposite"
+    alignment = pair_align(a, b)
+    modals_a, modals_b = modal_classes(alignment.left_a), modal_classes(alignment.left_b)
+    if modals_a and modals_b and not modals_a & modals_b:
+        return "modal"
     return ""
 
 
@@ -173,6 +197,10 @@ def candidate_verify(query: str, cached: str, *, precision: float = DEFAULT_PREC
     if _MODEL is None:
         raise RuntimeError(f"{MODEL_FILE} is missing: run bench/verifier_train.py")
     score = _MODEL.score(pair_features(a, b))
-    if score >= _MODEL.threshold(precision):
-        return Verdict(True, score=score)
-    return Verdict(False, _model_reason(a, b), score)
+    if score < _MODEL.threshold(precision):
+        return Verdict(False, _model_reason(a, b), score)
+    if max(len(a.words), len(b.words)) >= LONG_WORDS:
+        alignment = pair_align(a, b)
+        if alignment.left_content or not alignment.in_order:
+            return Verdict(False, "long", score)
+    return Verdict(True, score=score)

@@ -102,7 +102,6 @@ def test_it_rejects_a_different_question_word(query, cached, reason):
     assert verdict.reason == reason
 
 
-@pytest.mark.xfail(strict=True, reason="known gap of the learned verifier at its default precision")
 @pytest.mark.parametrize(("query", "cached", "same"), [
     ("Could Bernie Sanders still become president?", "Will bernie sanders ever become president?", True),
     ("Who should I follow on Instagram?", "Who is the most followed on Instagram?", False),
