@@ -1,239 +1,206 @@
-"""Verification of a semantic cache candidate: is it the same question, or a near miss?
+"""Verification of a semantic cache candidate: does the stored answer answer the new prompt?
 
 Embedding similarity scores "train times from Paris to Rome" and "from Rome to Paris" as
-near-identical, and the same for a changed number, name or a negation. A candidate that
-passed the similarity threshold is served only if every check below agrees; otherwise the
-first failing check is the rejection reason (logged, and counted in the quality benchmark).
+near-identical, and the same for a changed number, name, question word or a negation, while a
+rewording with synonyms or extra words may score lower than either. A candidate that passed the
+tenant's similarity threshold goes through two stages; a rejection carries its reason (logged,
+and counted in the quality benchmark):
 
-    numbers      the same numbers (digits or spelled out), as a multiset
-    quotes       the same quoted strings
-    negation     the same polarity (count of negation words, mod 2)
-    entities     every name-like term of one side (capitalised mid-sentence, acronyms, mixed
-                 letters and digits) appears in the other
-    order        the names both sides share come in the same order
-    roles        the same (direction word, term) pairs: "from paris", "to rome"
-    content      no content word of one side is missing from the other, except filler; typos
-                 (one or two edits, by length) and word forms (plural, -ing, -ed) still match
-    word order   the content words (and the numbers) come in the same order, except that one
-                 phrase may move to the front or the back ("in Python, how do I sort a list");
-                 swapping words in the middle ("butter with oil" / "oil with butter") fails
+    guards   slots that must be equal on both sides, each kept because it rejects near misses
+             on the tuning data at almost no cost in true rewordings (``bench/verifier_train.py``
+             prints that count for each):
+             numbers    the same numbers (digits or cardinal words), as a multiset
+             quotes     the same quoted strings
+             negation   the same polarity (count of negation words, mod 2)
+             entities   no name-like word left over on both sides (one name replaced by another)
+             order      the names both sides share come in the same order
+             roles      no word behind a different direction word on each side ("from paris")
+             question   not two different question words among why, when, where, who
+             opposite   not a word on one side and its reverse on the other ("turn on" / "turn off")
+             modal      no modal left over on each side from a different class: "could he still
+                        win" asks what "will he ever win" asks, "can I" does not ask "should I"
+    model    a logistic regression over what the two prompts leave over after aligning their
+             words (``apps.cache.pair_features``): how many words, of which kind, how far a
+             substitute is from the word it replaces in the local model's vector space, and
+             which words they are. It is trained by ``bench/verifier_train.py`` (fixed seed) on
+             the tuning halves of the project's prompt pairs and of the public paraphrase sets,
+             and shipped as ``data/verifier_model.json``; nothing is trained at run time. Its
+             rejection reason is the kind of word that is left over: question, modal,
+             entities, roles or content.
 
-The checks are deliberately strict: a missed hit costs one upstream call, a wrong hit serves
-a wrong answer.
+The model's score is calibrated on held-apart tuning data into operating points: a target
+precision of served hits (``precision=``, default ``DEFAULT_PRECISION``) maps to the score the
+candidate must reach.
+
+    long       a pair whose longer prompt has ``LONG_WORDS`` words or more is served only when no
+               content word is left over and the aligned words keep their order, whatever the score
 """
 
 from __future__ import annotations
 
-import itertools
-import re
-from collections import Counter
+import json
+import math
 from dataclasses import dataclass
-from functools import lru_cache
 
-_CONTRACTIONS = {
-    "what's": "what is", "how's": "how is", "where's": "where is", "who's": "who is", "it's": "it is",
-    "that's": "that is", "there's": "there is", "i'm": "i am", "you're": "you are", "we're": "we are",
-    "they're": "they are", "can't": "can not", "won't": "will not", "don't": "do not", "doesn't": "does not",
-    "didn't": "did not", "isn't": "is not", "aren't": "are not", "wasn't": "was not", "weren't": "were not",
-    "shouldn't": "should not", "wouldn't": "would not", "couldn't": "could not", "haven't": "have not",
-    "hasn't": "has not", "i'd": "i would", "i've": "i have", "let's": "let us", "cannot": "can not",
-}
-_NUMBER_WORDS = {
-    "zero": "0", "one": "1", "two": "2", "three": "3", "four": "4", "five": "5", "six": "6", "seven": "7",
-    "eight": "8", "nine": "9", "ten": "10", "eleven": "11", "twelve": "12", "thirteen": "13", "fourteen": "14",
-    "fifteen": "15", "sixteen": "16", "seventeen": "17", "eighteen": "18", "nineteen": "19", "twenty": "20",
-    "thirty": "30", "forty": "40", "fifty": "50", "hundred": "100", "thousand": "1000", "million": "1000000",
-    "first": "1", "second": "2", "third": "3", "fourth": "4", "fifth": "5", "half": "0.5", "dozen": "12",
-}
-_NEGATIONS = frozenset({"not", "no", "never", "none", "nobody", "nothing", "neither", "nor", "without",
-                        "nowhere", "hardly", "n't"})
-_ROLE_WORDS = frozenset({"from", "to", "into", "than", "versus", "vs", "before", "after", "between",
-                         "toward", "towards", "onto", "over", "under", "against", "via"})
-# Words that carry no meaning of their own in a prompt: stop words, politeness, hedges.
-_FILLER = frozenset("""
-a an the this that these those is are was were be been being am do does did doing have has had having
-i me my mine you your yours we us our he him his she her it its they them their what which who whom
-whose when where why how whether if then else so and or but of in on at by for with about as
-into through during above below up down out off again further once here there all any both each
-few more most other some such only own same too very can will just should would could may might must
-shall please pls plz kindly hey hi hello hiya thanks thank cheers ok okay well also really actually
-basically quickly quick simply just tell know want wanted like need needed help give show let
-wonder wondering curious question asking ask explain me? could would you can anyone somebody someone
-one get got getting go going make sure exactly maybe perhaps probably i'd i'm
-""".split())
-_CURLY_APOSTROPHE = "\u2019"
-_WORD = re.compile(r"[a-z0-9]+(?:[.'][a-z0-9]+)*")
-_TOKEN = re.compile(r"[A-Za-z0-9]+(?:[.'\-][A-Za-z0-9]+)*|[.!?]")
-_SENTENCE_ENDS = frozenset(".!?")
-_QUOTED = re.compile("\"([^\"]{1,200})\"|\u201c([^\u201d]{1,200})\u201d|'([^']{2,200})'(?![a-z])")
-_NUMERIC = re.compile(r"^\d+(?:[.,]\d+)*$")
+import numpy as np
+
+from apps.cache.pair_features import (
+    DATA_DIR,
+    QUESTION_STRICT,
+    ROLE,
+    Prompt,
+    modal_classes,
+    pair_align,
+    pair_features,
+    prompt_parse,
+    word_vectors,
+    words_close,
+)
+
+MODEL_FILE = DATA_DIR / "verifier_model.json"
+DEFAULT_PRECISION = 0.97
+# From this many words on (the longer prompt), a pair is served only when every content word aligns,
+# in the same order: on long sentences, swapping two words or adding a clause changes the meaning
+# while leaving almost every feature of the model unchanged (docs/benchmarks.md has the figures).
+LONG_WORDS = 15
+# Word pairs that turn a request into its reverse; "on" and "off" are function words to the model.
+OPPOSITES = (("on", "off"), ("up", "down"), ("enable", "disable"), ("open", "close"), ("start", "stop"),
+             ("buy", "sell"), ("upload", "download"), ("import", "export"), ("increase", "decrease"),
+             ("add", "remove"), ("lock", "unlock"), ("install", "uninstall"), ("encrypt", "decrypt"))
 
 
 @dataclass(frozen=True)
 class Verdict:
     ok: bool
     reason: str = ""
+    score: float | None = None  # the model's probability that the pair asks the same thing
 
 
 @dataclass(frozen=True)
-class _Parsed:
-    words: tuple[str, ...]
-    numbers: Counter
-    number_order: tuple[str, ...]
-    quotes: frozenset[str]
-    negations: int
-    entities: tuple[str, ...]
-    roles: frozenset[tuple[str, str]]
-    content: tuple[str, ...]
+class _Model:
+    weights: np.ndarray
+    mean: np.ndarray
+    scale: np.ndarray
+    operating_points: tuple[tuple[float, float], ...]  # (precision, minimum score), ascending precision
+
+    def score(self, features: np.ndarray) -> float:
+        z = float(((features - self.mean) / self.scale) @ self.weights)
+        return 1.0 / (1.0 + math.exp(-max(min(z, 40.0), -40.0)))
+
+    def threshold(self, precision: float) -> float:
+        for target, minimum in self.operating_points:
+            if target >= precision:
+                return minimum
+        return self.operating_points[-1][1]
 
 
-def _stem(word: str) -> str:
-    for suffix in ("ingly", "ing", "edly", "ed", "ies", "es", "s", "ly"):
-        if word.endswith(suffix) and len(word) - len(suffix) >= 3:
-            word = word[: -len(suffix)]
-            break
-    return word
+def model_load(path=MODEL_FILE) -> _Model:
+    """The verifier's weights and operating points, as written by ``bench/verifier_train.py``."""
+    data = json.loads(path.read_text())
+    return _Model(weights=np.asarray(data["weights"], dtype=np.float64),
+                  mean=np.asarray(data["mean"], dtype=np.float64),
+                  scale=np.asarray(data["scale"], dtype=np.float64),
+                  operating_points=tuple(sorted((float(p), float(t)) for p, t in data["operating_points"].items())))
 
 
-def _normalise(text: str) -> str:
-    text = text.replace(_CURLY_APOSTROPHE, "'").lower()
-    text = re.sub(r"[a-z]+'[a-z]+", lambda m: _CONTRACTIONS.get(m.group(0), m.group(0).replace("'s", "")), text)
-    return text
+_MODEL = model_load() if MODEL_FILE.exists() else None
+word_vectors() if _MODEL is not None else None  # load the word table now, not on the first request
 
 
-@lru_cache(maxsize=4096)
-def _parse(text: str) -> _Parsed:
-    quotes = frozenset(
-        (a or b or c).strip().lower() for a, b, c in _QUOTED.findall(text) if (a or b or c).strip()
-    )
-    entities: list[str] = []
-    sentence_start = True
-    for term in _TOKEN.findall(text.replace(_CURLY_APOSTROPHE, "'")):
-        if term in _SENTENCE_ENDS:
-            sentence_start = True
+def _roles(prompt: Prompt) -> dict[str, str]:
+    """Each content word behind a direction word (up to two function words between): its role."""
+    roles: dict[str, str] = {}
+    words = prompt.words
+    for index, word in enumerate(words):
+        if word.text not in ROLE:
             continue
-        name_like = (
-            (term[0].isupper() and not sentence_start and term.lower() not in _FILLER)
-            or (len(term) > 1 and term.isupper() and term.isalpha())
-            or (any(c.isdigit() for c in term) and any(c.isalpha() for c in term))
-        )
-        if name_like and term != "I":
-            entities.append(term.lower().split("'")[0])
-        sentence_start = False
-    words = tuple(_WORD.findall(_normalise(text)))
-    numbers: Counter = Counter()
-    number_order: list[str] = []
-    negations = 0
-    roles: set[tuple[str, str]] = set()
-    content: list[str] = []
-    for index, word in enumerate(words):
-        number = _NUMBER_WORDS.get(word) or (word.replace(",", "") if _NUMERIC.match(word) else None)
-        if number is not None:
-            numbers[number] += 1
-            number_order.append(number)
-        if word in _NEGATIONS:
-            negations += 1
-        if word in _ROLE_WORDS:
-            following = next((w for w in words[index + 1:] if w not in _FILLER), None)
-            if following is not None:
-                roles.add((word, _stem(following)))
-        if word not in _FILLER and word not in _NEGATIONS and word not in _ROLE_WORDS and number is None:
-            content.append(word)
-    return _Parsed(words=words, numbers=numbers, number_order=tuple(number_order), quotes=quotes, negations=negations,
-                   entities=tuple(dict.fromkeys(entities)), roles=frozenset(roles), content=tuple(content))
+        for follower in words[index + 1:index + 4]:
+            if follower.kind == "content":
+                roles.setdefault(follower.stem, word.text)
+                break
+            if follower.kind != "function":
+                break
+    return roles
 
 
-def _edits_allowed(word: str) -> int:
-    return 0 if len(word) < 5 else 1 if len(word) < 9 else 2
+def guards_check(a: Prompt, b: Prompt) -> str:
+    """The first slot that differs between the prompts, or "" (see the module docstring)."""
+    if sorted(w.number for w in a.words if w.number) != sorted(w.number for w in b.words if w.number):
+        return "numbers"
+    if a.quotes != b.quotes:
+        return "quotes"
+    if sum(w.kind == "negation" for w in a.words) % 2 != sum(w.kind == "negation" for w in b.words) % 2:
+        return "negation"
+    names_a = [w for w in a.words if w.entity]
+    names_b = [w for w in b.words if w.entity]
+    if (any(not any(words_close(n.text, w.text) for w in b.words) for n in names_a)
+            and any(not any(words_close(n.text, w.text) for w in a.words) for n in names_b)):
+        return "entities"
+    shared = list(dict.fromkeys(n.stem for n in names_a + names_b))
+    position_a = {s: next((i for i, w in enumerate(a.words) if words_close(s, w.stem)), -1) for s in shared}
+    position_b = {s: next((i for i, w in enumerate(b.words) if words_close(s, w.stem)), -1) for s in shared}
+    shared = [s for s in shared if position_a[s] >= 0 and position_b[s] >= 0]
+    if sorted(shared, key=position_a.__getitem__) != sorted(shared, key=position_b.__getitem__):
+        return "order"
+    roles_a, roles_b = _roles(a), _roles(b)
+    if any(term in roles_b and roles_b[term] != role for term, role in roles_a.items()):
+        return "roles"
+    questions_a = {w.text for w in a.words} & QUESTION_STRICT
+    questions_b = {w.text for w in b.words} & QUESTION_STRICT
+    if questions_a and questions_b and not questions_a & questions_b:
+        return "question"
+    texts_a, texts_b = {w.text for w in a.words}, {w.text for w in b.words}
+    if any(x in texts_a and y in texts_b and x not in texts_b and y not in texts_a
+           for x, y in OPPOSITES + tuple((y, x) for x, y in OPPOSITES)):
+        return "opposite"
+    alignment = pair_align(a, b)
+    modals_a, modals_b = modal_classes(alignment.left_a), modal_classes(alignment.left_b)
+    if modals_a and modals_b and not modals_a & modals_b:
+        return "modal"
+    return ""
 
 
-@lru_cache(maxsize=65536)
-def _close(a: str, b: str) -> bool:
-    """Same word, same stem, or a typo of it (Damerau-Levenshtein within a length-based limit)."""
-    if a == b or _stem(a) == _stem(b):
-        return True
-    limit = min(_edits_allowed(a), _edits_allowed(b))
-    if limit == 0 or abs(len(a) - len(b)) > limit or (a[0] != b[0] and a[:2] != b[1::-1]):
-        return False
-    previous2: list[int] | None = None
-    previous = list(range(len(b) + 1))
-    for i, ca in enumerate(a, 1):
-        current = [i] + [0] * len(b)
-        for j, cb in enumerate(b, 1):
-            cost = ca != cb
-            current[j] = min(previous[j] + 1, current[j - 1] + 1, previous[j - 1] + cost)
-            if previous2 is not None and i > 1 and j > 1 and ca == b[j - 2] and a[i - 2] == cb:
-                current[j] = min(current[j], previous2[j - 2] + 1)
-        previous2, previous = previous, current
-        if min(previous) > limit:
-            return False
-    return previous[-1] <= limit
+def _model_reason(a: Prompt, b: Prompt) -> str:
+    texts_a = {w.text for w in a.words}
+    texts_b = {w.text for w in b.words}
+    left = [w for w in a.words if w.text not in texts_b] + [w for w in b.words if w.text not in texts_a]
+    kinds = {w.kind for w in left}
+    for kind in ("question", "modal"):
+        if kind in kinds:
+            return kind
+    if any(w.entity for w in left):
+        return "entities"
+    if "role" in kinds:
+        return "roles"
+    return "content"
 
 
-def _missing(words: tuple[str, ...], others: tuple[str, ...]) -> list[str]:
-    return [w for w in words if not any(_close(w, o) for o in others)]
+def candidate_score(query: str, cached: str) -> float:
+    """The model's probability that the two prompts ask the same thing (guards not applied)."""
+    if _MODEL is None:
+        raise RuntimeError(f"{MODEL_FILE} is missing: run bench/verifier_train.py")
+    return _MODEL.score(pair_features(prompt_parse(query), prompt_parse(cached)))
 
 
-def _position(term: str, words: tuple[str, ...]) -> int:
-    for index, word in enumerate(words):
-        if _close(term, word):
-            return index
-    return -1
+def candidate_verify(query: str, cached: str, *, precision: float = DEFAULT_PRECISION) -> Verdict:
+    """Whether the answer stored for ``cached`` answers ``query`` (see the module docstring).
 
-
-def candidate_verify(query: str, cached: str) -> Verdict:
-    """Whether ``cached`` asks the same thing as ``query`` (see the module docstring)."""
+    ``precision`` is the share of served hits that should be right; a higher target serves fewer."""
     if query.strip().lower() == cached.strip().lower():
         return Verdict(True)
-    a, b = _parse(query), _parse(cached)
-    if a.numbers != b.numbers:
-        return Verdict(False, "numbers")
-    if a.quotes != b.quotes:
-        return Verdict(False, "quotes")
-    if a.negations % 2 != b.negations % 2:
-        return Verdict(False, "negation")
-    if _missing(a.entities, b.words) or _missing(b.entities, a.words):
-        return Verdict(False, "entities")
-    shared = [e for e in dict.fromkeys(a.entities + b.entities) if _position(e, a.words) >= 0
-              and _position(e, b.words) >= 0]
-    if len(shared) > 1:
-        order_a = sorted(shared, key=lambda e: _position(e, a.words))
-        order_b = sorted(shared, key=lambda e: _position(e, b.words))
-        if order_a != order_b:
-            return Verdict(False, "order")
-    if {(r, t) for r, t in a.roles} != {(r, t) for r, t in b.roles} and not _roles_close(a.roles, b.roles):
-        return Verdict(False, "roles")
-    if _missing(a.content, b.content) or _missing(b.content, a.content):
-        return Verdict(False, "content")
-    if a.number_order != b.number_order and not _rotation([b.number_order.index(n) for n in a.number_order]):
-        return Verdict(False, "order")
-    if not _rotation(_positions(a.content, b.content)):
-        return Verdict(False, "order")
-    return Verdict(True)
-
-
-def _positions(words: tuple[str, ...], others: tuple[str, ...]) -> list[int]:
-    """Where each word of ``words`` sits in ``others`` (each position used once)."""
-    used: set[int] = set()
-    positions: list[int] = []
-    for word in words:
-        for index, other in enumerate(others):
-            if index not in used and _close(word, other):
-                used.add(index)
-                positions.append(index)
-                break
-    return positions
-
-
-def _rotation(sequence: list[int]) -> bool:
-    """Sorted, or sorted after moving one leading or trailing run to the other end."""
-    descents = sum(1 for x, y in itertools.pairwise(sequence) if y < x)
-    if descents == 0:
-        return True
-    return descents == 1 and sequence[-1] < sequence[0]
-
-
-def _roles_close(a: frozenset, b: frozenset) -> bool:
-    if len(a) != len(b):
-        return False
-    return all(any(ra == rb and _close(ta, tb) for rb, tb in b) for ra, ta in a)
+    a, b = prompt_parse(query), prompt_parse(cached)
+    if [w.text for w in a.words] == [w.text for w in b.words] and a.quotes == b.quotes:
+        return Verdict(True)  # casing and punctuation only
+    reason = guards_check(a, b)
+    if reason:
+        return Verdict(False, reason)
+    if _MODEL is None:
+        raise RuntimeError(f"{MODEL_FILE} is missing: run bench/verifier_train.py")
+    score = _MODEL.score(pair_features(a, b))
+    if score < _MODEL.threshold(precision):
+        return Verdict(False, _model_reason(a, b), score)
+    if max(len(a.words), len(b.words)) >= LONG_WORDS:
+        alignment = pair_align(a, b)
+        if alignment.left_content or not alignment.in_order:
+            return Verdict(False, "long", score)
+    return Verdict(True, score=score)

@@ -78,3 +78,54 @@ def test_it_caps_a_huge_max_age_and_reads_a_malformed_one_as_zero():
     assert cache_control_parse('max-age="600"').max_age == 600
     for value in ("-1", "abc", "", "\u00b2", "1.5"):
         assert cache_control_parse(f"max-age={value}").max_age == 0, value
+
+
+@pytest.mark.parametrize(("query", "cached"), [
+    ("Can you explain what machine learning is?", "What is machine learning?"),
+    ("I prefer to live with a small family", "I prefer living with a small family"),
+    ("How do I recycle e-waste?", "How do I recycle E-Wastes?"),
+    ("How many people live in a city of 1,000,000?", "How many people live in a city of 1000000?"),
+])
+def test_it_accepts_rewordings_the_rule_list_rejected(query, cached):
+    assert candidate_verify(query, cached).ok
+    assert candidate_verify(cached, query).ok
+
+
+@pytest.mark.parametrize(("query", "cached", "reason"), [
+    ("Why did the Berlin Wall fall?", "When did the Berlin Wall fall?", "question"),
+    ("Where was Einstein born?", "When was Einstein born?", "question"),
+    ("What is liquid nitrogen?", "How do you get liquid nitrogen?", "question"),
+])
+def test_it_rejects_a_different_question_word(query, cached, reason):
+    verdict = candidate_verify(query, cached)
+    assert not verdict.ok
+    assert verdict.reason == reason
+
+
+@pytest.mark.parametrize(("query", "cached", "same"), [
+    ("Could Bernie Sanders still become president?", "Will bernie sanders ever become president?", True),
+    ("Who should I follow on Instagram?", "Who is the most followed on Instagram?", False),
+])
+def test_it_decides_the_modal_examples(query, cached, same):
+    assert candidate_verify(query, cached).ok is same
+
+
+def test_it_loads_the_same_model_and_scores_deterministically():
+    from apps.cache import verify
+
+    again = verify.model_load()
+    assert (again.weights == verify._MODEL.weights).all()
+    assert again.operating_points == verify._MODEL.operating_points
+    pair = ("Can you explain what machine learning is?", "What is machine learning?")
+    assert verify.candidate_score(*pair) == verify.candidate_score(*pair)
+    assert verify.candidate_score(*pair) == verify.candidate_score(*reversed(pair))
+
+
+def test_it_asks_more_of_a_candidate_for_a_higher_precision():
+    pair = ("Can you explain what machine learning is?", "What is machine learning?")
+    verdict = candidate_verify(*pair)
+    assert verdict.ok
+    assert verdict.score is not None
+    stricter = candidate_verify(*pair, precision=0.99)
+    assert not stricter.ok
+    assert stricter.reason

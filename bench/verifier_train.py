@@ -1,0 +1,216 @@
+"""Train the semantic cache's verifier (``apps.cache.verify``) and write its data files.
+
+    python bench/verifier_train.py [--words] [--data-dir ../shared/data]
+
+Deterministic: the same data and model give the same files byte for byte.
+
+1. ``--words`` (or when the file is missing): the static word table
+   ``apps/cache/data/verifier_words.npz``: every whole-word entry of all-MiniLM-L6-v2's vocabulary,
+   embedded alone by the local model, centred, reduced by PCA to ``DIMS`` dimensions, unit norm,
+   stored as int8.
+2. Features of the tuning half of every pair set (``bench.cache_quality.split``, fixed seed;
+   the other halves are never read here): the project's prompt pairs (both files) with all of
+   ``bench/data/prompt_tuning_extra.tsv`` (pairs written for training only), and samples
+   of PAWS-Wiki and MRPC, weighted down because news and Wikipedia sentences are not prompts.
+   Pairs a guard rejects are left out (the model only sees what passes the guards), as are pairs
+   under cosine ``MIN_COSINE`` (never candidates).
+3. A logistic regression with L2 penalty fitted by Newton's method (no randomness), then its
+   operating points: out-of-fold scores on the prompt pairs of the tuning half with cosine at
+   least the default threshold give, for each target precision and each prompt set, the lowest
+   score that reaches it; the stricter of the sets is kept.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import sys
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+from apps.cache import verify  # noqa: E402
+from apps.cache.pair_features import FEATURE_NAMES, WORDS_FILE, WordVectors, pair_features, prompt_parse  # noqa: E402
+from bench.cache_quality import (  # noqa: E402
+    Pair,
+    mrpc_pairs,
+    own_pairs,
+    paws_pairs,
+    question_pairs,
+    split,
+    triple_pairs,
+)
+
+DIMS = 64
+SEED = 7
+MIN_COSINE = 0.6
+DEFAULT_THRESHOLD = 0.80  # the tenant default (apps.tenants.models.Tenant.cache_similarity_threshold)
+L2 = 10.0
+PUBLIC_SAMPLE = {"paws": 1500, "mrpc": 500}
+PUBLIC_WEIGHT = 0.1
+EXTRA_FILE = "prompt_tuning_extra.tsv"
+TARGETS = (0.90, 0.95, 0.97, 0.98, 0.99)
+
+
+def words_build(path: Path) -> None:
+    from apps.cache.embedder import LocalEmbedder, _weights_dir
+
+    vocab = (_weights_dir() / "vocab.txt").read_text(encoding="utf-8").split("\n")
+    words = [w for w in vocab if w.isalpha() and w.isascii()]
+    embedder = LocalEmbedder(backend="onnx")
+    vectors = np.concatenate([np.asarray(embedder.embed_sync(words[i:i + 512])) for i in range(0, len(words), 512)])
+    vectors = vectors.astype(np.float64)
+    centred = vectors - vectors.mean(axis=0)
+    _, eigenvectors = np.linalg.eigh(centred.T @ centred)
+    basis = eigenvectors[:, ::-1][:, :DIMS]
+    basis *= np.sign(basis[np.abs(basis).argmax(axis=0), range(DIMS)])  # a fixed sign per axis
+    reduced = centred @ basis
+    reduced /= np.linalg.norm(reduced, axis=1, keepdims=True)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    np.savez_compressed(path, words=np.frombuffer("\n".join(words).encode(), dtype=np.uint8),
+                        vectors=np.round(reduced * 127).astype(np.int8))
+    print(f"wrote {path}: {len(words)} words x {DIMS} dims")
+
+
+def cosines(pairs: list[Pair]) -> np.ndarray:
+    from apps.cache.embedder import LocalEmbedder
+
+    embedder = LocalEmbedder()
+    texts = sorted({p.a for p in pairs} | {p.b for p in pairs})
+    vectors = {}
+    for start in range(0, len(texts), 256):
+        batch = texts[start:start + 256]
+        vectors.update(zip(batch, embedder.embed_sync(batch), strict=True))
+    return np.array([float(vectors[p.a] @ vectors[p.b]) for p in pairs])
+
+
+def fit(x: np.ndarray, y: np.ndarray, w: np.ndarray, l2: float = L2) -> np.ndarray:
+    """Weighted L2 logistic regression by Newton's method (bias column 0 not penalised)."""
+    beta = np.zeros(x.shape[1])
+    penalty = np.full(x.shape[1], l2)
+    penalty[0] = 0.0
+    for _ in range(50):
+        p = 1 / (1 + np.exp(-np.clip(x @ beta, -40, 40)))
+        gradient = x.T @ (w * (p - y)) + penalty * beta
+        hessian = (x * (w * p * (1 - p))[:, None]).T @ x + np.diag(penalty) + 1e-9 * np.eye(x.shape[1])
+        step = np.linalg.solve(hessian, gradient)
+        beta -= step
+        if np.abs(step).max() < 1e-8:
+            break
+    return beta
+
+
+def standardise(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    mean = x.mean(axis=0)
+    scale = x.std(axis=0)
+    mean[0], scale[0] = 0.0, 1.0  # the bias column
+    scale[scale < 1e-6] = 1.0
+    return mean, scale
+
+
+def operating_points(scores: np.ndarray, labels: np.ndarray) -> dict[str, float]:
+    """For each target precision, the lowest score whose served pairs reach it."""
+    order = np.argsort(-scores, kind="stable")
+    points = {}
+    for target in TARGETS:
+        best = float(scores.max()) + 1e-6
+        served = correct = 0
+        for index in order:
+            served += 1
+            correct += labels[index]
+            if correct / served >= target:
+                best = float(scores[index])
+        points[f"{target:.2f}"] = round(best, 6)
+    return points
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data-dir", type=Path, default=REPO.parent / "shared" / "data")
+    parser.add_argument("--words", action="store_true", help="rebuild the static word table")
+    args = parser.parse_args()
+    if args.words or not WORDS_FILE.exists():
+        words_build(WORDS_FILE)
+    vectors = WordVectors(WORDS_FILE)
+
+    # The tuning-only pairs (written to train the verifier, never reported) join the tuning halves;
+    # their groups are offset so that they never share a fold with a prompt of the other files.
+    extra = [Pair(p.a, p.b, p.duplicate, p.kind, p.group + 5000) for p in triple_pairs(EXTRA_FILE)]
+    own = split(own_pairs())[0] + extra
+    questions = split(question_pairs())[0]
+    prompt_like = own + questions
+    public = []
+    for name, loader in (("paws", paws_pairs), ("mrpc", mrpc_pairs)):
+        tuning = split(loader(args.data_dir))[0]
+        public += random.Random(SEED).sample(tuning, PUBLIC_SAMPLE[name])
+    pairs = prompt_like + public
+    weights = np.array([1.0] * len(prompt_like) + [PUBLIC_WEIGHT] * len(public))
+    sims = cosines(pairs)
+
+    # Each guard, one at a time, on the prompt pairs of the tuning half above the default threshold.
+    print("guards on tuning prompt pairs (cosine >= 0.80): near misses caught / duplicates lost")
+    candidates = [p for p, s in zip(pairs[:len(prompt_like)], sims, strict=False) if s >= DEFAULT_THRESHOLD]
+    caught: dict[str, list[int]] = {}
+    for pair in candidates:
+        reason = verify.guards_check(prompt_parse(pair.a), prompt_parse(pair.b))
+        if reason:
+            caught.setdefault(reason, [0, 0])[pair.duplicate] += 1
+    for reason, (misses, duplicates) in sorted(caught.items()):
+        print(f"  {reason:9s} {misses:4d} / {duplicates}")
+
+    keep = [i for i, p in enumerate(pairs)
+            if sims[i] >= MIN_COSINE and not verify.guards_check(prompt_parse(p.a), prompt_parse(p.b))]
+    x = np.array([pair_features(prompt_parse(pairs[i].a), prompt_parse(pairs[i].b), vectors) for i in keep],
+                 dtype=np.float64)
+    y = np.array([float(pairs[i].duplicate) for i in keep])
+    w = weights[keep]
+    mean, scale = standardise(x)
+    z = (x - mean) / scale
+
+    # Out-of-fold scores for the operating points: folds by the pair's group, so a prompt's
+    # rewording and near miss are never scored by a model that saw the other.
+    groups = np.array([pairs[i].group + (1000 if i >= len(own) else 0) if i < len(prompt_like) else -1 - i
+                       for i in keep])
+    folds = np.array([hash_fold(g) for g in groups])
+    oof = np.zeros(len(keep))
+    for fold in range(5):
+        test = folds == fold
+        beta = fit(z[~test], y[~test], w[~test])
+        oof[test] = 1 / (1 + np.exp(-np.clip(z[test] @ beta, -40, 40)))
+    # One operating point per prompt set (the project's pairs with the tuning-only ones, and the
+    # support-queue pairs), and the stricter of the two: a target must hold for each kind of prompt,
+    # not only on their pooled average.
+    points: dict[str, float] = {}
+    for first, last in ((0, len(own)), (len(own), len(prompt_like))):
+        calibration = np.array([first <= i < last and sims[i] >= DEFAULT_THRESHOLD for i in keep])
+        for target, minimum in operating_points(oof[calibration], y[calibration]).items():
+            points[target] = max(points.get(target, 0.0), minimum)
+    beta = fit(z, y, w)
+    print(f"trained on {len(keep)} pairs ({int(y.sum())} duplicates), {x.shape[1]} features; "
+          f"operating points {points}")
+    names = list(FEATURE_NAMES)
+    top = sorted(zip(names, beta, strict=True), key=lambda item: -abs(item[1]))[:12]
+    print("largest weights:", ", ".join(f"{n} {b:+.2f}" for n, b in top))
+    verify.MODEL_FILE.write_text(json.dumps({
+        "about": "apps.cache.verify's logistic regression, written by bench/verifier_train.py",
+        "features": names, "weights": [round(float(b), 6) for b in beta],
+        "mean": [round(float(m), 6) for m in mean], "scale": [round(float(s), 6) for s in scale],
+        "operating_points": points,
+        "trained_on": {"pairs": len(keep), "duplicates": int(y.sum()), "prompt_pairs": len(prompt_like),
+                       "public_pairs": len(public), "public_weight": PUBLIC_WEIGHT, "l2": L2, "seed": SEED},
+    }, indent=1) + "\n")
+    print(f"wrote {verify.MODEL_FILE}")
+
+
+def hash_fold(group: int) -> int:
+    return random.Random(SEED * 1_000_003 + int(group)).randrange(5)
+
+
+if __name__ == "__main__":
+    main()
