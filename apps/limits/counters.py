@@ -102,8 +102,11 @@ end
 local out = {denied, kind}
 for i = 0, n - 1 do
   local a, k = 7 + i * 5, i * 6
-  local rpm, tpm, budget, conc, bttl = tonumber(ARGV[a]), tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2]),
+  local rpm, tpm, budget, conc, pend = tonumber(ARGV[a]), tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2]),
     tonumber(ARGV[a + 3]), tonumber(ARGV[a + 4])
+  -- A budget period's counters outlive its end by a day; a lifetime budget's (pend 0) never expire.
+  local bttl = 0
+  if pend > 0 then bttl = pend - now + 86400000 end
   local s = seen[i + 1]
   if denied == 0 then
     if rpm >= 0 then
@@ -176,39 +179,83 @@ def redis_keys(scope: str, *, window: int, period: int) -> tuple[str, str, str, 
             f"{base}:b:{period}:z", f"{base}:b:{period}:h")
 
 
-class RedisCounters:
-    def __init__(self, url: str) -> None:
-        import redis.asyncio as aioredis
+@dataclass(slots=True)
+class _RedisPlan:
+    checks: list[Check]
+    reserve_keys: bytes  # key count and keys, encoded
+    reserve_args: bytes  # each scope's limits and budget period end, encoded
+    reserve_count: int
+    settle_keys: bytes
+    settle_args: bytes
+    settle_count: int
 
-        self.client = aioredis.Redis.from_url(url, max_connections=64)
-        self._reserve = self.client.register_script(_RESERVE_LUA)
-        self._settle = self.client.register_script(_SETTLE_LUA)
+
+def _bulk(value: int | str) -> bytes:
+    data = b"%d" % value if type(value) is int else value.encode()
+    return b"$%d\r\n%s\r\n" % (len(data), data)
+
+
+_WINDOW_TTL = _bulk(120_000)  # a minute's counters live two minutes
+
+
+class RedisCounters:
+    def __init__(self, url: str, *, timeout: float = 5.0, settle_delay: float = 0.002) -> None:
+        from apps.limits.resp import RedisLink, Script
+
+        self._reserve, self._settle = Script(_RESERVE_LUA), Script(_SETTLE_LUA)
+        self.link = RedisLink(url, scripts=(self._reserve, self._settle), timeout=timeout)
+        # A settlement can wait a moment to share its write with the next reservation (one
+        # write a request instead of two); Redis still runs the commands in the order sent.
+        self.settle_delay = settle_delay
+        self._plans: dict[tuple[int, int], _RedisPlan] = {}
+
+    def _plan(self, checks: list[Check], window: int) -> _RedisPlan:
+        """The encoded keys and limits of ``checks`` in minute ``window``: the same for every
+        request of a key in that minute, so encoded once (``checks`` come from the limiter's
+        cache, the same list while the limits and the budget periods stay the same)."""
+        plan = self._plans.get((id(checks), window))
+        if plan is not None and plan.checks is checks:
+            return plan
+        from apps.limits.resp import encode_args
+
+        reserve_keys, reserve_args, settle_keys, settle_args = [], [], [], []
+        for check in checks:
+            lim = check.limits
+            keys = redis_keys(lim.scope, window=window, period=check.period)
+            reserve_keys.extend(keys)
+            settle_keys.extend(keys[1:])
+            period_end = 0 if check.period_end == float("inf") else int(check.period_end * 1000)
+            reserve_args.extend([_limit(lim.rpm), _limit(lim.tpm), _limit(lim.budget), _limit(lim.concurrency),
+                                 period_end])
+            settle_args.extend([_limit(lim.tpm), _limit(lim.budget), _limit(lim.concurrency)])
+        if len(self._plans) >= 4096:
+            self._plans.clear()
+        plan = _RedisPlan(
+            checks=checks,
+            reserve_keys=encode_args([len(reserve_keys), *reserve_keys]), reserve_args=encode_args(reserve_args),
+            reserve_count=1 + len(reserve_keys) + 6 + len(reserve_args),
+            settle_keys=encode_args([len(settle_keys), *settle_keys]), settle_args=encode_args(settle_args),
+            settle_count=1 + len(settle_keys) + 4 + len(settle_args))
+        self._plans[(id(checks), window)] = plan
+        return plan
 
     async def reserve(self, *, request_id, now_ms, window, lease_ms, checks, tokens, cost):
-        keys: list[str] = []
-        args: list[int | str] = [now_ms, request_id, lease_ms, 120_000, tokens, cost]
-        for check in checks:
-            lim = check.limits
-            keys.extend(redis_keys(lim.scope, window=window, period=check.period))
-            budget_ttl = 0 if check.period_end == float("inf") else int(check.period_end * 1000) - now_ms + 86_400_000
-            args.extend([_limit(lim.rpm), _limit(lim.tpm), _limit(lim.budget), _limit(lim.concurrency), budget_ttl])
-        out = await self._reserve(keys=keys, args=args)
+        plan = self._plan(checks, window)
+        body = b"".join((plan.reserve_keys, _bulk(now_ms), _bulk(request_id), _bulk(lease_ms), _WINDOW_TTL,
+                         _bulk(tokens), _bulk(cost), plan.reserve_args))
+        out = await self.link.run(self._reserve, plan.reserve_count, body)
         usages = [Usage(*out[2 + i * 5: 7 + i * 5]) for i in range(len(checks))]
-        return int(out[0]) - 1, int(out[1]), usages
+        return out[0] - 1, out[1], usages
 
     async def settle(self, *, request_id, window, checks, tokens_delta, reserved, actual):
-        keys: list[str] = []
-        args: list[int | str] = [request_id, tokens_delta, reserved, actual]
-        for check in checks:
-            lim = check.limits
-            _req, tok, bud, conc, leases, costs = redis_keys(lim.scope, window=window, period=check.period)
-            keys.extend([tok, bud, conc, leases, costs])
-            args.extend([_limit(lim.tpm), _limit(lim.budget), _limit(lim.concurrency)])
-        out = await self._settle(keys=keys, args=args)
-        return [(int(out[i * 2]), int(out[i * 2 + 1])) for i in range(len(checks))]
+        plan = self._plan(checks, window)
+        body = b"".join((plan.settle_keys, _bulk(request_id), _bulk(tokens_delta), _bulk(reserved), _bulk(actual),
+                         plan.settle_args))
+        out = await self.link.run(self._settle, plan.settle_count, body, defer=self.settle_delay)
+        return [(out[i * 2], out[i * 2 + 1]) for i in range(len(checks))]
 
     async def close(self) -> None:
-        await self.client.aclose()
+        await self.link.close()
 
 
 # --- Postgres ------------------------------------------------------------------------------
