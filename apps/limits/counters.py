@@ -67,8 +67,9 @@ local seen, denied, kind = {}, 0, 0
 for i = 0, n - 1 do
   local a, k = 7 + i * 5, i * 6
   local rpm, tpm, budget, conc = tonumber(ARGV[a]), tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2]), tonumber(ARGV[a + 3])
-  local req = tonumber(redis.call('GET', KEYS[k + 1]) or '0')
-  local tok = tonumber(redis.call('GET', KEYS[k + 2]) or '0')
+  local req, tok = 0, 0
+  if rpm >= 0 then req = tonumber(redis.call('GET', KEYS[k + 1]) or '0') end
+  if tpm >= 0 then tok = tonumber(redis.call('GET', KEYS[k + 2]) or '0') end
   if budget >= 0 then
     -- Reservations whose request never settled (its process died) are given back.
     local gone = redis.call('ZRANGEBYSCORE', KEYS[k + 5], '-inf', now)
@@ -84,8 +85,11 @@ for i = 0, n - 1 do
       end
     end
   end
-  local b = redis.call('HMGET', KEYS[k + 3], 'spent', 'reserved')
-  local spent, reserved = tonumber(b[1] or '0'), tonumber(b[2] or '0')
+  local spent, reserved, fresh = 0, 0, false
+  if budget >= 0 then
+    local b = redis.call('HMGET', KEYS[k + 3], 'spent', 'reserved')
+    spent, reserved, fresh = tonumber(b[1] or '0'), tonumber(b[2] or '0'), not b[1] and not b[2]
+  end
   local inflight = 0
   if conc >= 0 then
     redis.call('ZREMRANGEBYSCORE', KEYS[k + 4], '-inf', now)
@@ -97,7 +101,7 @@ for i = 0, n - 1 do
     elseif budget >= 0 and spent + reserved >= budget then denied, kind = i + 1, 3
     elseif conc >= 0 and inflight >= conc then denied, kind = i + 1, 4 end
   end
-  seen[i + 1] = {req, tok, spent, reserved, inflight}
+  seen[i + 1] = {req, tok, spent, reserved, inflight, fresh}
 end
 local out = {denied, kind}
 for i = 0, n - 1 do
@@ -115,14 +119,15 @@ for i = 0, n - 1 do
     end
     if tpm >= 0 then
       s[2] = redis.call('INCRBY', KEYS[k + 2], tokens)
-      if redis.call('PTTL', KEYS[k + 2]) < 0 then redis.call('PEXPIRE', KEYS[k + 2], wttl) end
+      -- New (or at zero, when a new expiry does no harm): it expires after its minute.
+      if s[2] == tokens then redis.call('PEXPIRE', KEYS[k + 2], wttl) end
     end
     if budget >= 0 then
       s[4] = redis.call('HINCRBY', KEYS[k + 3], 'reserved', cost)
       redis.call('ZADD', KEYS[k + 5], now + lease, rid)
       redis.call('HSET', KEYS[k + 6], rid, cost)
-      if bttl > 0 and redis.call('PTTL', KEYS[k + 3]) < 0 then redis.call('PEXPIRE', KEYS[k + 3], bttl) end
       if bttl > 0 then
+        if s[6] then redis.call('PEXPIRE', KEYS[k + 3], bttl) end  -- the period's first reservation
         redis.call('PEXPIRE', KEYS[k + 5], bttl)
         redis.call('PEXPIRE', KEYS[k + 6], bttl)
       end
@@ -150,8 +155,8 @@ for i = 0, n - 1 do
   end
   local before, after = -1, -1
   if budget >= 0 and redis.call('EXISTS', KEYS[k + 2]) == 1 then
-    before = tonumber(redis.call('HGET', KEYS[k + 2], 'spent') or '0')
     after = redis.call('HINCRBY', KEYS[k + 2], 'spent', actual)
+    before = after - actual
     -- What this request still holds (nothing if its lease expired and was given back).
     if redis.call('ZREM', KEYS[k + 4], rid) == 1 then
       local held = tonumber(redis.call('HGET', KEYS[k + 5], rid) or '0')
