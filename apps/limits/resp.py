@@ -244,11 +244,14 @@ class RedisLink:
         self._watchdog: asyncio.TimerHandle | None = None
 
     async def _connection(self) -> _Protocol:
+        loop = asyncio.get_running_loop()
+        if self.loop is not loop:
+            # A connection belongs to the event loop that opened it: another loop opens its own.
+            self.loop, self._protocol, self._opening, self._watchdog = loop, None, None, None
         protocol = self._protocol
         if protocol is not None:
             return protocol
         if self._opening is None:
-            self.loop = asyncio.get_running_loop()
             self._opening = asyncio.ensure_future(self._open())
         opening = self._opening
         try:
@@ -276,10 +279,7 @@ class RedisLink:
             setup.append(("SELECT", self.db))
         setup += [("SCRIPT", "LOAD", script.source) for script in self.scripts]
         try:
-            for reply in await asyncio.wait_for(
-                    asyncio.gather(*[protocol.send(_encode(args)) for args in setup]), self.timeout):
-                if isinstance(reply, RedisReplyError):
-                    raise reply
+            await asyncio.wait_for(asyncio.gather(*[protocol.send(_encode(args)) for args in setup]), self.timeout)
         except BaseException as exc:
             protocol.fail(exc)
             raise RedisUnavailable(f"Redis refused the connection's setup: {exc!r}") from exc
@@ -318,7 +318,9 @@ class RedisLink:
         """Run ``script`` on ``body``, ``count`` arguments already encoded (key count, keys,
         args). With ``defer``, the command may wait up to that many seconds to share a write
         with the next one (its place among the commands stays the same)."""
-        protocol = self._protocol or await self._connection()
+        protocol = self._protocol
+        if protocol is None or self.loop is not asyncio.get_running_loop():
+            protocol = await self._connection()
         try:
             return await protocol.send(script.evalsha(count, body), defer=defer)
         except RedisReplyError as exc:

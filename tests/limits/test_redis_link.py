@@ -114,3 +114,21 @@ async def test_it_sends_a_script_redis_does_not_know_in_full(redis_url):
         assert await link.evalsha(unknown, [], ["six"]) == [1, b"two", [3], b"six"]  # an error spoils nothing
     finally:
         await link.close()
+
+
+async def test_it_refuses_with_limits_unavailable_when_redis_refuses_the_password(redis_url):
+    with_password = redis_url.replace("redis://", "redis://:not-the-password@", 1)
+    limiter = Limiter(RedisCounters(with_password), lease_seconds=60)
+    try:
+        with pytest.raises(LimitsUnavailable):
+            await limiter.reserve((scope(rpm=5),), request_id=rid(), tokens=0, cost=0)
+    finally:
+        await limiter.close()
+
+
+def test_it_opens_a_connection_for_each_event_loop_that_uses_it(redis_url):
+    """A batch worker runs each job in its own event loop."""
+    link = RedisLink(redis_url)
+    script = Script("return tonumber(ARGV[1]) + 1")
+    assert asyncio.run(link.evalsha(script, [], [1])) == 2
+    assert asyncio.run(link.evalsha(script, [], [2])) == 3
