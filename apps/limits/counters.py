@@ -1,6 +1,9 @@
-"""The two counter stores. Each reservation and each settlement is one atomic round trip.
+"""The two counter stores. Each reservation and each settlement is one atomic step.
 
-    RedisCounters      Lua scripts (``REDIS_URL`` set): each script runs alone on the server
+    RedisCounters      Lua scripts (``REDIS_URL`` set): each script runs alone on the server,
+                       sent over one pipelined connection per process (``apps.limits.resp``);
+                       a settlement waits up to ``settle_delay`` to share a write with the next
+                       reservation, and Redis runs them in the order sent
     PostgresCounters   SQL functions (migration 0002) that lock the scope's counter rows in one
                        fixed order, check every limit, then update, in one statement
 
