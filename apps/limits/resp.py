@@ -6,7 +6,8 @@ connection pool, retry and observability layers and its reply parser; this one o
 what the scripts need:
 
 - one connection, commands written back to back without waiting for replies (Redis answers
-  them in order), the commands of one event-loop turn sent in one write;
+  them in order): the first command of an event-loop turn is written at once (a reservation
+  waits for nothing), the turn's others in one write when it ends;
 - ``EVALSHA`` with the script loaded when the connection opens, ``EVAL`` once if the server
   has forgotten it (``NOSCRIPT``);
 - a command is sent at most once: a connection lost, or a reply later than ``timeout``, fails
@@ -123,8 +124,9 @@ class _Protocol(asyncio.Protocol):
         self.transport = transport
 
     def send(self, command: bytes, *, defer: float = 0.0) -> asyncio.Future:
-        """Queue ``command``; it is written at the end of this event-loop turn, or with
-        ``defer`` within that many seconds, with the next command that cannot wait."""
+        """Send ``command``: the first of an event-loop turn at once, the others of the turn
+        together when it ends; with ``defer``, within that many seconds, along with the next
+        command that cannot wait."""
         if self.lost is not None:
             raise RedisUnavailable("connection lost") from self.lost
         future = self.link.loop.create_future()
@@ -132,6 +134,7 @@ class _Protocol(asyncio.Protocol):
         self.outgoing.append(command)
         if not defer:
             if not self.flush_soon:
+                self._flush()
                 self.flush_soon = True
                 self.link.loop.call_soon(self._flush)
         elif self.flush_later is None and not self.flush_soon:
