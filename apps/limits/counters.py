@@ -19,6 +19,7 @@ import asyncio
 from dataclasses import dataclass
 from typing import Protocol
 
+from apps.limits.resp import RedisLink, Script, encode_args
 from apps.limits.spec import ScopeLimits
 
 REQUESTS, TOKENS, BUDGET, CONCURRENCY = 1, 2, 3, 4
@@ -208,8 +209,6 @@ _WINDOW_TTL = _bulk(120_000)  # a minute's counters live two minutes
 
 class RedisCounters:
     def __init__(self, url: str, *, timeout: float = 5.0, settle_delay: float = 0.002) -> None:
-        from apps.limits.resp import RedisLink, Script
-
         self._reserve, self._settle = Script(_RESERVE_LUA), Script(_SETTLE_LUA)
         self.link = RedisLink(url, scripts=(self._reserve, self._settle), timeout=timeout)
         # A settlement can wait a moment to share its write with the next reservation (one
@@ -224,8 +223,6 @@ class RedisCounters:
         plan = self._plans.get((id(checks), window))
         if plan is not None and plan.checks is checks:
             return plan
-        from apps.limits.resp import encode_args
-
         reserve_keys, reserve_args, settle_keys, settle_args = [], [], [], []
         for check in checks:
             lim = check.limits
