@@ -77,7 +77,7 @@ async def test_it_refuses_with_limits_unavailable_when_redis_cannot_be_reached()
 
 async def test_it_gives_up_on_a_redis_that_stops_answering_then_reconnects(redis_url):
     proxy = Proxy(redis_url)
-    counters = RedisCounters(await proxy.start(), timeout=0.5)
+    counters = RedisCounters(await proxy.start(), timeout=2)
     limiter = Limiter(counters, lease_seconds=60)
     lim = scope(rpm=5, concurrency=3)
     try:
