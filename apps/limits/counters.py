@@ -1,6 +1,9 @@
-"""The two counter stores. Each reservation and each settlement is one atomic round trip.
+"""The two counter stores. Each reservation and each settlement is one atomic step.
 
-    RedisCounters      Lua scripts (``REDIS_URL`` set): each script runs alone on the server
+    RedisCounters      Lua scripts (``REDIS_URL`` set): each script runs alone on the server,
+                       sent over one pipelined connection per process (``apps.limits.resp``);
+                       a settlement waits up to ``settle_delay`` to share a write with the next
+                       reservation, and Redis runs them in the order sent
     PostgresCounters   SQL functions (migration 0002) that lock the scope's counter rows in one
                        fixed order, check every limit, then update, in one statement
 
@@ -16,6 +19,7 @@ import asyncio
 from dataclasses import dataclass
 from typing import Protocol
 
+from apps.limits.resp import RedisLink, Script, encode_args
 from apps.limits.spec import ScopeLimits
 
 REQUESTS, TOKENS, BUDGET, CONCURRENCY = 1, 2, 3, 4
@@ -67,8 +71,9 @@ local seen, denied, kind = {}, 0, 0
 for i = 0, n - 1 do
   local a, k = 7 + i * 5, i * 6
   local rpm, tpm, budget, conc = tonumber(ARGV[a]), tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2]), tonumber(ARGV[a + 3])
-  local req = tonumber(redis.call('GET', KEYS[k + 1]) or '0')
-  local tok = tonumber(redis.call('GET', KEYS[k + 2]) or '0')
+  local req, tok = 0, 0
+  if rpm >= 0 then req = tonumber(redis.call('GET', KEYS[k + 1]) or '0') end
+  if tpm >= 0 then tok = tonumber(redis.call('GET', KEYS[k + 2]) or '0') end
   if budget >= 0 then
     -- Reservations whose request never settled (its process died) are given back.
     local gone = redis.call('ZRANGEBYSCORE', KEYS[k + 5], '-inf', now)
@@ -84,8 +89,11 @@ for i = 0, n - 1 do
       end
     end
   end
-  local b = redis.call('HMGET', KEYS[k + 3], 'spent', 'reserved')
-  local spent, reserved = tonumber(b[1] or '0'), tonumber(b[2] or '0')
+  local spent, reserved, fresh = 0, 0, false
+  if budget >= 0 then
+    local b = redis.call('HMGET', KEYS[k + 3], 'spent', 'reserved')
+    spent, reserved, fresh = tonumber(b[1] or '0'), tonumber(b[2] or '0'), not b[1] and not b[2]
+  end
   local inflight = 0
   if conc >= 0 then
     redis.call('ZREMRANGEBYSCORE', KEYS[k + 4], '-inf', now)
@@ -97,13 +105,16 @@ for i = 0, n - 1 do
     elseif budget >= 0 and spent + reserved >= budget then denied, kind = i + 1, 3
     elseif conc >= 0 and inflight >= conc then denied, kind = i + 1, 4 end
   end
-  seen[i + 1] = {req, tok, spent, reserved, inflight}
+  seen[i + 1] = {req, tok, spent, reserved, inflight, fresh}
 end
 local out = {denied, kind}
 for i = 0, n - 1 do
   local a, k = 7 + i * 5, i * 6
-  local rpm, tpm, budget, conc, bttl = tonumber(ARGV[a]), tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2]),
+  local rpm, tpm, budget, conc, pend = tonumber(ARGV[a]), tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2]),
     tonumber(ARGV[a + 3]), tonumber(ARGV[a + 4])
+  -- A budget period's counters outlive its end by a day; a lifetime budget's (pend 0) never expire.
+  local bttl = 0
+  if pend > 0 then bttl = pend - now + 86400000 end
   local s = seen[i + 1]
   if denied == 0 then
     if rpm >= 0 then
@@ -112,14 +123,15 @@ for i = 0, n - 1 do
     end
     if tpm >= 0 then
       s[2] = redis.call('INCRBY', KEYS[k + 2], tokens)
-      if redis.call('PTTL', KEYS[k + 2]) < 0 then redis.call('PEXPIRE', KEYS[k + 2], wttl) end
+      -- New (or at zero, when a new expiry does no harm): it expires after its minute.
+      if s[2] == tokens then redis.call('PEXPIRE', KEYS[k + 2], wttl) end
     end
     if budget >= 0 then
       s[4] = redis.call('HINCRBY', KEYS[k + 3], 'reserved', cost)
       redis.call('ZADD', KEYS[k + 5], now + lease, rid)
       redis.call('HSET', KEYS[k + 6], rid, cost)
-      if bttl > 0 and redis.call('PTTL', KEYS[k + 3]) < 0 then redis.call('PEXPIRE', KEYS[k + 3], bttl) end
       if bttl > 0 then
+        if s[6] then redis.call('PEXPIRE', KEYS[k + 3], bttl) end  -- the period's first reservation
         redis.call('PEXPIRE', KEYS[k + 5], bttl)
         redis.call('PEXPIRE', KEYS[k + 6], bttl)
       end
@@ -147,8 +159,8 @@ for i = 0, n - 1 do
   end
   local before, after = -1, -1
   if budget >= 0 and redis.call('EXISTS', KEYS[k + 2]) == 1 then
-    before = tonumber(redis.call('HGET', KEYS[k + 2], 'spent') or '0')
     after = redis.call('HINCRBY', KEYS[k + 2], 'spent', actual)
+    before = after - actual
     -- What this request still holds (nothing if its lease expired and was given back).
     if redis.call('ZREM', KEYS[k + 4], rid) == 1 then
       local held = tonumber(redis.call('HGET', KEYS[k + 5], rid) or '0')
@@ -176,39 +188,79 @@ def redis_keys(scope: str, *, window: int, period: int) -> tuple[str, str, str, 
             f"{base}:b:{period}:z", f"{base}:b:{period}:h")
 
 
-class RedisCounters:
-    def __init__(self, url: str) -> None:
-        import redis.asyncio as aioredis
+@dataclass(slots=True)
+class _RedisPlan:
+    checks: list[Check]
+    reserve_keys: bytes  # key count and keys, encoded
+    reserve_args: bytes  # each scope's limits and budget period end, encoded
+    reserve_count: int
+    settle_keys: bytes
+    settle_args: bytes
+    settle_count: int
 
-        self.client = aioredis.Redis.from_url(url, max_connections=64)
-        self._reserve = self.client.register_script(_RESERVE_LUA)
-        self._settle = self.client.register_script(_SETTLE_LUA)
+
+def _bulk(value: int | str) -> bytes:
+    data = b"%d" % value if type(value) is int else value.encode()
+    return b"$%d\r\n%s\r\n" % (len(data), data)
+
+
+_WINDOW_TTL = _bulk(120_000)  # a minute's counters live two minutes
+
+
+class RedisCounters:
+    def __init__(self, url: str, *, timeout: float = 5.0, settle_delay: float = 0.002) -> None:
+        self._reserve, self._settle = Script(_RESERVE_LUA), Script(_SETTLE_LUA)
+        self.link = RedisLink(url, scripts=(self._reserve, self._settle), timeout=timeout)
+        # A settlement can wait a moment to share its write with the next reservation (one
+        # write a request instead of two); Redis still runs the commands in the order sent.
+        self.settle_delay = settle_delay
+        self._plans: dict[tuple[int, int], _RedisPlan] = {}
+
+    def _plan(self, checks: list[Check], window: int) -> _RedisPlan:
+        """The encoded keys and limits of ``checks`` in minute ``window``: the same for every
+        request of a key in that minute, so encoded once (``checks`` come from the limiter's
+        cache, the same list while the limits and the budget periods stay the same)."""
+        plan = self._plans.get((id(checks), window))
+        if plan is not None and plan.checks is checks:
+            return plan
+        reserve_keys, reserve_args, settle_keys, settle_args = [], [], [], []
+        for check in checks:
+            lim = check.limits
+            keys = redis_keys(lim.scope, window=window, period=check.period)
+            reserve_keys.extend(keys)
+            settle_keys.extend(keys[1:])
+            period_end = 0 if check.period_end == float("inf") else int(check.period_end * 1000)
+            reserve_args.extend([_limit(lim.rpm), _limit(lim.tpm), _limit(lim.budget), _limit(lim.concurrency),
+                                 period_end])
+            settle_args.extend([_limit(lim.tpm), _limit(lim.budget), _limit(lim.concurrency)])
+        if len(self._plans) >= 4096:
+            self._plans.clear()
+        plan = _RedisPlan(
+            checks=checks,
+            reserve_keys=encode_args([len(reserve_keys), *reserve_keys]), reserve_args=encode_args(reserve_args),
+            reserve_count=1 + len(reserve_keys) + 6 + len(reserve_args),
+            settle_keys=encode_args([len(settle_keys), *settle_keys]), settle_args=encode_args(settle_args),
+            settle_count=1 + len(settle_keys) + 4 + len(settle_args))
+        self._plans[(id(checks), window)] = plan
+        return plan
 
     async def reserve(self, *, request_id, now_ms, window, lease_ms, checks, tokens, cost):
-        keys: list[str] = []
-        args: list[int | str] = [now_ms, request_id, lease_ms, 120_000, tokens, cost]
-        for check in checks:
-            lim = check.limits
-            keys.extend(redis_keys(lim.scope, window=window, period=check.period))
-            budget_ttl = 0 if check.period_end == float("inf") else int(check.period_end * 1000) - now_ms + 86_400_000
-            args.extend([_limit(lim.rpm), _limit(lim.tpm), _limit(lim.budget), _limit(lim.concurrency), budget_ttl])
-        out = await self._reserve(keys=keys, args=args)
+        plan = self._plan(checks, window)
+        body = b"".join((plan.reserve_keys, _bulk(now_ms), _bulk(request_id), _bulk(lease_ms), _WINDOW_TTL,
+                         _bulk(tokens), _bulk(cost), plan.reserve_args))
+        out = await self.link.run(self._reserve, plan.reserve_count, body)
         usages = [Usage(*out[2 + i * 5: 7 + i * 5]) for i in range(len(checks))]
-        return int(out[0]) - 1, int(out[1]), usages
+        return out[0] - 1, out[1], usages
 
     async def settle(self, *, request_id, window, checks, tokens_delta, reserved, actual):
-        keys: list[str] = []
-        args: list[int | str] = [request_id, tokens_delta, reserved, actual]
-        for check in checks:
-            lim = check.limits
-            _req, tok, bud, conc, leases, costs = redis_keys(lim.scope, window=window, period=check.period)
-            keys.extend([tok, bud, conc, leases, costs])
-            args.extend([_limit(lim.tpm), _limit(lim.budget), _limit(lim.concurrency)])
-        out = await self._settle(keys=keys, args=args)
-        return [(int(out[i * 2]), int(out[i * 2 + 1])) for i in range(len(checks))]
+        plan = self._plan(checks, window)
+        body = b"".join((plan.settle_keys, _bulk(request_id), _bulk(tokens_delta), _bulk(reserved), _bulk(actual),
+                         plan.settle_args))
+        out = await self.link.run(self._settle, plan.settle_count, body, defer=self.settle_delay)
+        return [(out[i * 2], out[i * 2 + 1]) for i in range(len(checks))]
 
     async def close(self) -> None:
-        await self.client.aclose()
+        await self.link.close()
 
 
 # --- Postgres ------------------------------------------------------------------------------

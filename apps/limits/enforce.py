@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from decimal import Decimal
 
 from apps.core.errors import BudgetExceeded, LimitsUnavailable, RateLimited
@@ -76,16 +76,16 @@ class Reservation:
         """The limit headers of an answer. With ``cost`` (an answer whose cost is known when its
         headers leave), the budget left counts that cost instead of the request's own hold, an
         upper bound that can exceed all the money left; a stream's answer counts the hold."""
-        usages = self.usages
         if cost is not None and self.cost:
-            usages = [replace(usage, reserved=max(usage.reserved - self.cost, 0) + nanos(cost))
-                      if check.limits.budget is not None else usage
-                      for check, usage in zip(self.checks, usages, strict=True)]
-        return limit_headers(self.checks, usages, now=self.now, window_end=self.window_end)
+            return limit_headers(self.checks, self.usages, now=self.now, window_end=self.window_end,
+                                 hold=self.cost, actual=nanos(cost))
+        return limit_headers(self.checks, self.usages, now=self.now, window_end=self.window_end)
 
 
 def _money(value: int) -> bytes:
-    return f"{usd(value).normalize():f}".encode()
+    """Nano-dollars as the shortest exact decimal: ``0``, ``0.0025``, ``10``."""
+    whole, fraction = divmod(value, 1_000_000_000)
+    return b"%d.%s" % (whole, (b"%09d" % fraction).rstrip(b"0")) if fraction else b"%d" % whole
 
 
 def money_text(value: int) -> str:
@@ -94,44 +94,51 @@ def money_text(value: int) -> str:
     return f"{amount.quantize(Decimal('0.01')) if amount.as_tuple().exponent > -2 else amount:f}"
 
 
-def _tightest(checks: list[Check], usages: list[Usage], limit_of, used_of) -> tuple[Check, int, int] | None:
-    best = None
-    for check, usage in zip(checks, usages, strict=True):
-        limit = limit_of(check.limits)
-        if limit is None:
-            continue
-        remaining = max(limit - used_of(usage), 0)
-        if best is None or remaining < best[2]:
-            best = (check, limit, remaining)
-    return best
-
-
-def limit_headers(checks: list[Check], usages: list[Usage], *, now: float,
-                  window_end: float) -> list[tuple[bytes, bytes]]:
+def limit_headers(checks: list[Check], usages: list[Usage], *, now: float, window_end: float, hold: int = 0,
+                  actual: int | None = None) -> list[tuple[bytes, bytes]]:
     """OpenAI's ``x-ratelimit-*`` headers plus Switchyard's budget and concurrency ones, each
-    from the scope with the least left."""
+    from the scope with the least left (the first such scope on a tie). With ``actual``, a
+    budget counts ``actual`` nano-dollars in place of the ``hold`` the request reserved."""
+    requests = tokens = budget = concurrency = None  # (check, limit, remaining) of the tightest scope
+    for check, usage in zip(checks, usages, strict=True):
+        lim = check.limits
+        if lim.rpm is not None:
+            left = max(lim.rpm - usage.requests, 0)
+            if requests is None or left < requests[2]:
+                requests = (check, lim.rpm, left)
+        if lim.tpm is not None:
+            left = max(lim.tpm - usage.tokens, 0)
+            if tokens is None or left < tokens[2]:
+                tokens = (check, lim.tpm, left)
+        if lim.budget is not None:
+            reserved = usage.reserved if actual is None else max(usage.reserved - hold, 0) + actual
+            left = max(lim.budget - usage.spent - reserved, 0)
+            if budget is None or left < budget[2]:
+                budget = (check, lim.budget, left)
+        if lim.concurrency is not None:
+            left = max(lim.concurrency - usage.inflight, 0)
+            if concurrency is None or left < concurrency[2]:
+                concurrency = (check, lim.concurrency, left)
     headers: list[tuple[bytes, bytes]] = []
-    reset = duration(window_end - now).encode()
-    for name, limit_of, used_of in (
-        (b"requests", lambda lim: lim.rpm, lambda u: u.requests),
-        (b"tokens", lambda lim: lim.tpm, lambda u: u.tokens),
-    ):
-        tight = _tightest(checks, usages, limit_of, used_of)
-        if tight is not None:
-            headers += [(b"x-ratelimit-limit-" + name, str(tight[1]).encode()),
-                        (b"x-ratelimit-remaining-" + name, str(tight[2]).encode()),
-                        (b"x-ratelimit-reset-" + name, reset)]
-    tight = _tightest(checks, usages, lambda lim: lim.budget, lambda u: u.spent + u.reserved)
-    if tight is not None:
-        check, limit, remaining = tight
+    if requests is not None or tokens is not None:
+        reset = duration(window_end - now).encode()
+        if requests is not None:
+            headers += [(b"x-ratelimit-limit-requests", b"%d" % requests[1]),
+                        (b"x-ratelimit-remaining-requests", b"%d" % requests[2]),
+                        (b"x-ratelimit-reset-requests", reset)]
+        if tokens is not None:
+            headers += [(b"x-ratelimit-limit-tokens", b"%d" % tokens[1]),
+                        (b"x-ratelimit-remaining-tokens", b"%d" % tokens[2]),
+                        (b"x-ratelimit-reset-tokens", reset)]
+    if budget is not None:
+        check, limit, remaining = budget
         headers += [(b"x-switchyard-budget-limit", _money(limit)),
                     (b"x-switchyard-budget-remaining", _money(remaining))]
         if check.period_end != NEVER_ENDS:
             headers.append((b"x-switchyard-budget-reset", duration(check.period_end - now).encode()))
-    tight = _tightest(checks, usages, lambda lim: lim.concurrency, lambda u: u.inflight)
-    if tight is not None:
-        headers += [(b"x-switchyard-concurrency-limit", str(tight[1]).encode()),
-                    (b"x-switchyard-concurrency-remaining", str(tight[2]).encode())]
+    if concurrency is not None:
+        headers += [(b"x-switchyard-concurrency-limit", b"%d" % concurrency[1]),
+                    (b"x-switchyard-concurrency-remaining", b"%d" % concurrency[2])]
     return headers
 
 
@@ -185,16 +192,34 @@ class Limiter:
     def __init__(self, counters: Counters, *, lease_seconds: float = 900.0) -> None:
         self.counters = counters
         self.lease_ms = int(lease_seconds * 1000)
+        self._checks: dict[int, tuple[tuple[ScopeLimits, ...], list[Check], float, float]] = {}
+
+    def _checks_for(self, limits: tuple[ScopeLimits, ...], now: float) -> list[Check]:
+        """The scopes' checks in lock order with their budget periods at ``now``; kept per
+        ``limits`` (a key's limits are one tuple until its settings change) until a period ends,
+        so that a request neither sorts nor computes calendar dates."""
+        cached = self._checks.get(id(limits))
+        if cached is not None and cached[0] is limits and cached[2] <= now < cached[3]:
+            return cached[1]
+        checks, start, end = [], -math.inf, math.inf
+        for lim in sorted(limits, key=lambda s: s.scope):  # one lock order everywhere
+            if lim.budget is None:
+                checks.append(Check(limits=lim, period=0, period_end=0.0))
+                continue
+            period, period_end = period_bounds(lim.period, lim.tz, now)
+            checks.append(Check(limits=lim, period=period, period_end=period_end))
+            start, end = max(start, period), min(end, period_end)
+        if len(self._checks) >= 4096:
+            self._checks.clear()
+        self._checks[id(limits)] = (limits, checks, start, end)
+        return checks
 
     async def reserve(self, limits: tuple[ScopeLimits, ...], *, request_id: str, tokens: int,
                       cost: int) -> Reservation:
         """Reserve in every scope at once, or raise :class:`RateLimited` / :class:`BudgetExceeded`."""
         now = _now()
         window, window_end = minute_window(now)
-        checks = []
-        for lim in sorted(limits, key=lambda s: s.scope):  # one lock order everywhere
-            period, period_end = period_bounds(lim.period, lim.tz, now) if lim.budget is not None else (0, 0.0)
-            checks.append(Check(limits=lim, period=period, period_end=period_end))
+        checks = self._checks_for(limits, now)
         try:
             denied, kind, usages = await self.counters.reserve(
                 request_id=request_id, now_ms=int(now * 1000), window=window, lease_ms=self.lease_ms,
