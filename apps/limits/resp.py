@@ -213,7 +213,7 @@ class Script:
 
     def __init__(self, source: str) -> None:
         self.source = source.encode()
-        self.sha = hashlib.sha1(self.source).hexdigest().encode()  # noqa: S324 (Redis names scripts by SHA1)
+        self.sha = hashlib.sha1(self.source, usedforsecurity=False).hexdigest().encode()  # Redis names scripts by SHA1
         self._evalsha = b"$7\r\nEVALSHA\r\n$40\r\n" + self.sha + b"\r\n"
         self._eval = b"$4\r\nEVAL\r\n$%d\r\n%s\r\n" % (len(self.source), self.source)
 
