@@ -26,7 +26,6 @@ import logging
 import math
 import re
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
 from typing import Protocol, TypeVar
 
 import aiohttp
@@ -292,21 +291,21 @@ async def _classify_status(response: Http1Response, model: ModelRoute) -> None:
                               model=model)
 
 
-@dataclass(slots=True)
 class OpenStream:
-    """An HTTP stream whose first bytes have arrived."""
+    """An HTTP stream whose first bytes have arrived. Its reads are the response's own methods,
+    not wrappers: a stream is read once per upstream write, dozens of times an answer."""
 
-    model: ModelRoute
-    response: Http1Response
-    first: bytes
-    release: object  # the semaphore to release when the stream ends
-    transport: HttpTransport
+    __slots__ = ("end_wait", "first", "model", "readany", "release", "response", "transport")
 
-    async def readany(self) -> bytes:
-        return await self.response.readany()
-
-    async def end_wait(self, seconds: float) -> None:
-        await self.response.end_wait(seconds)
+    def __init__(self, *, model: ModelRoute, response: Http1Response, first: bytes, release: asyncio.Semaphore,
+                 transport: HttpTransport) -> None:
+        self.model = model
+        self.response = response
+        self.first = first
+        self.release = release  # the concurrency slot, given back when the stream ends
+        self.transport = transport
+        self.readany = response.readany
+        self.end_wait = response.end_wait
 
     async def close(self) -> None:
         self.response.release()
