@@ -273,14 +273,8 @@ async def run(args) -> str:
         await wait_http(f"http://127.0.0.1:{sy_port}/v1/models", headers=auth)
         targets.append(Target("Switchyard", f"http://127.0.0.1:{sy_port}/v1/chat/completions", auth, switchyard))
         if args.baseline:
-            tree = trees.enter_context(baseline_checkout(args.baseline))
-            base_port = free_port()
-            before = start([PY, "-m", "uvicorn", "config.asgi:application", "--host", "127.0.0.1", "--port",
-                            str(base_port), "--loop", "uvloop", "--http", "httptools", "--no-access-log"],
-                           env={"HF_HUB_OFFLINE": "1", "DEBUG": "0", **baseline_env()},
-                           log=logs / "baseline.log", cwd=tree)
+            before, base_port = await baseline_start(args.baseline, trees, logs, auth)
             procs.append(before)
-            await wait_http(f"http://127.0.0.1:{base_port}/v1/models", headers=auth, proc=before)
             targets.append(Target(baseline_name(args), f"http://127.0.0.1:{base_port}/v1/chat/completions", auth,
                                   before))
 
@@ -338,6 +332,19 @@ async def run(args) -> str:
         for proc in reversed(procs):
             stop(proc)
         trees.close()
+
+
+async def baseline_start(ref: str, trees: contextlib.ExitStack, logs: Path,
+                         headers: dict) -> tuple[subprocess.Popen, int]:
+    """A second gateway from ``ref``'s code (a temporary work tree on this checkout's data),
+    answering; its process and port."""
+    tree = trees.enter_context(baseline_checkout(ref))
+    port = free_port()
+    proc = start([PY, "-m", "uvicorn", "config.asgi:application", "--host", "127.0.0.1", "--port", str(port),
+                  "--loop", "uvloop", "--http", "httptools", "--no-access-log"],
+                 env={"HF_HUB_OFFLINE": "1", "DEBUG": "0", **baseline_env()}, log=logs / "baseline.log", cwd=tree)
+    await wait_http(f"http://127.0.0.1:{port}/v1/models", headers=headers, proc=proc)
+    return proc, port
 
 
 def baseline_name(args) -> str:

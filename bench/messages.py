@@ -43,8 +43,8 @@ import aiohttp
 import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from gateway import LITELLM_VENV, PY, REPO, free_port, pct, start, stop, wait_http
-from report import baseline_checkout, baseline_env, baseline_rows, section_write, uvloop_install
+from gateway import LITELLM_VENV, PY, REPO, baseline_start, free_port, pct, start, stop, wait_http
+from report import baseline_rows, section_write, uvloop_install
 
 DELTAS = 64
 NATIVE_SETUP = """
@@ -201,15 +201,8 @@ async def run(args) -> tuple[str, list[str]]:
                     Target("Switchyard, translated (OpenAI-compatible provider)", sy, "sim-mini", auth,
                            proc=switchyard)]
         if args.baseline:
-            tree = trees.enter_context(baseline_checkout(args.baseline))
-            base_port = free_port()
-            before = start([PY, "-m", "uvicorn", "config.asgi:application", "--host", "127.0.0.1", "--port",
-                            str(base_port), "--loop", "uvloop", "--http", "httptools", "--no-access-log"],
-                           env={"HF_HUB_OFFLINE": "1", "DEBUG": "0", **baseline_env()},
-                           log=logs / "baseline.log", cwd=tree)
+            before, base_port = await baseline_start(args.baseline, trees, logs, {"Authorization": f"Bearer {key}"})
             procs.append(before)
-            await wait_http(f"http://127.0.0.1:{base_port}/v1/models", headers={"Authorization": f"Bearer {key}"},
-                            proc=before)
             base = f"http://127.0.0.1:{base_port}/v1/messages"
             targets += [Target(f"Switchyard @{args.baseline}, native provider", base, "sim-claude", auth, proc=before),
                         Target(f"Switchyard @{args.baseline}, translated (OpenAI-compatible provider)", base,

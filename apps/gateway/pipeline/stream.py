@@ -101,13 +101,18 @@ class ChatStream:
             return b"", buffer
         out, carry = buffer[: cut + 2], buffer[cut + 2:]
         self._keep(out)
+        return self._read(out), carry
+
+    def _read(self, out: bytes) -> bytes:
+        """Read whole relayed events for usage and the stream's end (OpenAI's chat events here;
+        another protocol's stream overrides this); return what goes out."""
         if self.usage is None and _USAGE_EVENT.search(out):
             out = self._take_usage(out)
         at = line_find(out, _DONE)
         if at >= 0:
             self.done = True
             out = out[:at] + self._cost_comment() + out[at:]
-        return out, carry
+        return out
 
     def _cost_comment(self) -> bytes:
         self._settle()

@@ -38,19 +38,14 @@ class NativeMessagesStream(ChatStream):
         super().__init__(runtime, call, body, opened, **options)
         self.replayable = True  # only text and tool_use blocks: the cache can keep it
 
-    def _relay(self, buffer: bytes) -> tuple[bytes, bytes]:
-        cut = buffer.rfind(b"\n\n")
-        if cut < 0:
-            return b"", buffer
-        out, carry = buffer[: cut + 2], buffer[cut + 2:]
-        self._keep(out)
+    def _read(self, out: bytes) -> bytes:
         if _START in out or _DELTA in out or _ERROR in out:
             self._read_events(out)
         at = line_find(out, _STOP)
         if at >= 0:
             self.done = True
             out = out[:at] + self._cost_comment() + out[at:]
-        return out, carry
+        return out
 
     def _read_events(self, out: bytes) -> None:
         for event in out.split(b"\n\n"):
