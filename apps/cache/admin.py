@@ -13,7 +13,7 @@ from apps.core.confirm import Doomed, action_confirmation, action_confirmed
 
 @admin.register(CacheEntry)
 class CacheEntryAdmin(admin.ModelAdmin):
-    list_display = ("short_prompt", "tenant", "namespace", "model_name", "hit_count", "cost", "saved",
+    list_display = ("short_prompt", "tenant", "namespace", "model_name", "hit_count", "wrong_hits", "cost", "saved",
                     "created_at", "expires_at", "last_hit_at")
     list_filter = ("tenant", "model")
     list_select_related = ("tenant",)
@@ -21,7 +21,7 @@ class CacheEntryAdmin(admin.ModelAdmin):
     exclude = ("embedding",)
     readonly_fields = ("tenant", "namespace", "request_hash", "context_hash", "prompt_text", "response", "model",
                        "model_name", "input_tokens", "output_tokens", "cost", "created_at", "expires_at", "hit_count",
-                       "last_hit_at")
+                       "last_hit_at", "wrong_hits", "min_similarity")
     ordering = ("-id",)  # newest first along the primary key: no sort over the table
     # The filtered count stays exact, unlike the request log's: "select all N" before a purge must
     # say the true N, and TTLs and eviction keep this table bounded.

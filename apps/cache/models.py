@@ -32,6 +32,10 @@ class CacheEntry(models.Model):
     expires_at = models.DateTimeField()
     hit_count = models.PositiveIntegerField(default=0)
     last_hit_at = models.DateTimeField(null=True, blank=True)
+    # Raised by feedback that one of its semantic hits was wrong: a prompt must be at least this
+    # similar for the entry to answer it (exact hits are not affected).
+    min_similarity = models.FloatField(null=True, blank=True)
+    wrong_hits = models.PositiveIntegerField(default=0, db_default=0)
 
     class Meta:
         verbose_name_plural = "cache entries"

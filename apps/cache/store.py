@@ -36,6 +36,12 @@ class CachedAnswer:
     created_at: datetime
     similarity: float | None
     prompt_text: str
+    min_similarity: float | None = None  # the entry's own bar, raised by feedback on a wrong hit
+
+
+# How far above a wrong semantic hit's similarity an entry's bar goes: a prompt embedded again
+# (in another batch of the micro-batcher) may differ in the last digits, never by this much.
+WRONG_HIT_MARGIN = 0.002
 
 
 def _configurer(max_scan_tuples: int | None, ef_search: int):
@@ -127,7 +133,7 @@ class CacheStore:
         if max_age is not None:
             where += " AND created_at > now() - make_interval(secs => %s)"
             params.append(max_age)
-        columns = "id, response, cost, model_name, created_at, prompt_text"
+        columns = "id, response, cost, model_name, created_at, prompt_text, min_similarity"
         # Only these constant clauses are formatted into the SQL; every value is a parameter.
         async with self.pool.connection() as conn:
             rows = await (await conn.execute(
@@ -139,7 +145,7 @@ class CacheStore:
                     f"FROM cache_cacheentry WHERE {where} LIMIT %s) AS own ORDER BY embedding <=> %s LIMIT %s",
                     [vector, *params, EXACT_FALLBACK_ROWS, vector, limit])).fetchall()
         answers = [CachedAnswer(id=r[0], response=r[1], cost=r[2], model_name=r[3], created_at=r[4],
-                                similarity=float(r[6]), prompt_text=r[5]) for r in rows]
+                                similarity=float(r[7]), prompt_text=r[5], min_similarity=r[6]) for r in rows]
         # The iterative scan's relaxed order may bring a row a little out of place; callers stop at
         # the first candidate under the threshold, so they must see the closest first.
         answers.sort(key=lambda answer: answer.similarity, reverse=True)
@@ -210,6 +216,25 @@ class CacheStore:
             "hit_rate_semantic": round(semantic / looked_up, 4) if looked_up else 0.0,
             "saved_cost": str(saved),
         }
+
+    async def wrong_hit(self, *, tenant_id: int, entry_id: int, outcome: str, similarity: float | None) -> str:
+        """A client says this entry's hit was wrong; what was done (one tenant's entry only).
+
+        An exact hit served the entry's own prompt, so its answer is bad: the entry is removed (the
+        next request goes upstream and stores a new one). A semantic hit served a prompt the entry
+        does not answer: the entry stays for its own prompt and closer rewordings, and its bar
+        rises just above the wrong hit's similarity, so that prompt and anything further away
+        never get it again."""
+        async with self.pool.connection() as conn:
+            if outcome == "exact" or similarity is None:
+                cursor = await conn.execute("DELETE FROM cache_cacheentry WHERE id = %s AND tenant_id = %s",
+                                            [entry_id, tenant_id])
+                return "entry_removed" if cursor.rowcount else "entry_gone"
+            cursor = await conn.execute(
+                "UPDATE cache_cacheentry SET min_similarity = GREATEST(coalesce(min_similarity, 0), %s), "
+                "wrong_hits = wrong_hits + 1 WHERE id = %s AND tenant_id = %s",
+                [min(similarity + WRONG_HIT_MARGIN, 1.0 + WRONG_HIT_MARGIN), entry_id, tenant_id])
+            return "entry_demoted" if cursor.rowcount else "entry_gone"
 
     async def clear(self, tenant_id: int) -> int:
         async with self.pool.connection() as conn:

@@ -20,7 +20,7 @@ from django.utils.formats import date_format
 from django.utils.text import capfirst
 
 from apps.catalog.models import Model
-from apps.usage.models import RequestLog
+from apps.usage.models import Feedback, RequestLog
 
 
 class CappedCountPaginator(Paginator):
@@ -173,4 +173,30 @@ class RequestLogAdmin(admin.ModelAdmin):
         return False
 
     def has_delete_permission(self, request, obj=None) -> bool:
+        return False
+
+
+@admin.register(Feedback)
+class FeedbackAdmin(admin.ModelAdmin):
+    """What clients said about their requests (``POST /v1/cache/feedback`` and ``/v1/feedback``)."""
+
+    list_display = ("created_at", "request_id", "tenant", "kind", "score", "model_used", "cache_outcome",
+                    "cache_similarity", "action")
+    list_filter = ("kind", "cache_outcome", "action", "tenant")
+    list_select_related = ("tenant",)
+    search_fields = ("request_id",)
+    show_facets = admin.ShowFacets.NEVER
+    list_per_page = 100
+
+    def get_search_results(self, request, queryset, search_term):
+        term = search_term.strip()
+        return (queryset.filter(request_id=term) if term else queryset), False
+
+    def get_readonly_fields(self, request, obj=None):
+        return [field.name for field in self.model._meta.fields]
+
+    def has_add_permission(self, request) -> bool:
+        return False
+
+    def has_change_permission(self, request, obj=None) -> bool:
         return False

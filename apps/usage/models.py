@@ -40,6 +40,8 @@ class RequestLog(models.Model):
     )
     cache_outcome = models.CharField(max_length=10, choices=CacheOutcome.choices, default=CacheOutcome.MISS)
     cache_similarity = models.FloatField(null=True, blank=True)
+    # The cache entry that answered a hit (no foreign key: the entry may be evicted, the row stays).
+    cache_entry_id = models.BigIntegerField(null=True, blank=True)
     input_tokens = models.PositiveIntegerField(default=0)
     cached_tokens = models.PositiveIntegerField(default=0)
     # Input tokens written to the provider's prompt cache (Anthropic's cache_creation_input_tokens),
@@ -73,3 +75,42 @@ class RequestLog(models.Model):
 
     def __str__(self) -> str:
         return self.request_id
+
+
+class Feedback(models.Model):
+    """What a client said about one of its requests, kept against its usage row.
+
+    ``cache``: whether a cache hit answered the prompt (``POST /v1/cache/feedback``); a wrong hit
+    also removes or demotes the entry that served it. ``outcome``: how good the answer was, a
+    score in [0, 1] (``POST /v1/feedback``), the outcomes routing learns from. One of each kind
+    per request: a second report replaces the first.
+    """
+
+    class Kind(models.TextChoices):
+        CACHE = "cache", "cache hit"
+        OUTCOME = "outcome", "answer quality"
+
+    tenant = models.ForeignKey("tenants.Tenant", on_delete=models.CASCADE, related_name="feedback")
+    api_key = models.ForeignKey("tenants.ApiKey", null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    request_id = models.CharField(max_length=64)
+    kind = models.CharField(max_length=10, choices=Kind.choices)
+    score = models.FloatField(help_text="1 = right or good, 0 = wrong or bad.")
+    comment = models.TextField(blank=True, default="")
+    # Copied from the usage row when the feedback arrived.
+    model_used = models.CharField(max_length=200, blank=True, default="")
+    cache_outcome = models.CharField(max_length=10, blank=True, default="")
+    cache_similarity = models.FloatField(null=True, blank=True)
+    cache_entry_id = models.BigIntegerField(null=True, blank=True)
+    action = models.CharField(max_length=32, blank=True, default="", help_text="What it did to the cache entry.")
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        verbose_name_plural = "feedback"
+        ordering = ["-created_at"]
+        constraints = [
+            models.UniqueConstraint(fields=["tenant", "request_id", "kind"], name="feedback_one_per_request_kind")
+        ]
+        indexes = [models.Index(fields=["tenant", "kind", "-created_at"], name="feedback_tenant_kind_time")]
+
+    def __str__(self) -> str:
+        return f"{self.kind} {self.request_id} {self.score:g}"

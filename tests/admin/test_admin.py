@@ -28,7 +28,7 @@ from apps.tenants.models import ApiKey, Tenant
 from apps.tenants.selectors import key_authenticate
 from apps.tenants.services import key_create
 from apps.usage.admin import CappedCountPaginator
-from apps.usage.models import RequestLog
+from apps.usage.models import Feedback, RequestLog
 
 REGISTERED = sorted(admin.site._registry, key=lambda model: model._meta.label)
 EMBEDDING_VALUE = 0.0123456789
@@ -47,6 +47,8 @@ def populated(tenant_a, key_a, provider, cheap_model, premium_model, admin_user,
                               embedding=[EMBEDDING_VALUE] * 384, model=cheap_model, model_name="sim-mini")
     RequestLog.objects.create(tenant=tenant_a, api_key=key_a.api_key, request_id="req-1", model=cheap_model,
                               model_used="sim-mini", price=cheap_model.prices.get())
+    Feedback.objects.create(tenant=tenant_a, api_key=key_a.api_key, request_id="req-1", kind="outcome", score=0.5,
+                            model_used="sim-mini")
     BudgetAlert.objects.create(tenant=tenant_a, scope=f"t:{tenant_a.pk}", period_start=timezone.now(),
                                threshold_percent=80, spent_usd=Decimal("8"), budget_usd=Decimal("10"))
     upload = File.objects.create(tenant=tenant_a, purpose="batch", filename="in.jsonl", bytes=10,

@@ -176,3 +176,17 @@ def request_logs(expected: int, *, timeout: float = DEADLINE, **filters):
 
     wait_until(lambda: RequestLog.objects.filter(**filters).count() >= expected, timeout=timeout)
     return list(RequestLog.objects.filter(**filters).order_by("created_at"))
+
+
+def cache_stats(world, key) -> dict:
+    import httpx
+
+    return httpx.get(world.gateway.v1 + "/cache/stats", headers={"Authorization": f"Bearer {key}"}).json()
+
+
+@pytest.fixture
+def semantic(world):
+    """The world, once the gateway's embedding model has loaded (semantic lookups run)."""
+    assert wait_until(lambda: cache_stats(world, world.key_a).get("semantic_ready"), timeout=120, interval=0.5), \
+        "the embedding model never loaded"
+    return world

@@ -11,6 +11,7 @@ import openai
 import pytest
 from django.utils import timezone
 
+from tests.gateway.conftest import cache_stats as stats
 from tests.gateway.conftest import request_logs, wait_until
 
 
@@ -25,21 +26,10 @@ def ask(world, prompt: str, *, key=None, model="sim-mini", headers=None, **extra
     return raw.headers, raw.parse()
 
 
-def stats(world, key) -> dict:
-    return httpx.get(world.gateway.v1 + "/cache/stats", headers={"Authorization": f"Bearer {key}"}).json()
-
-
 def entries(tenant) -> int:
     from apps.cache.models import CacheEntry
 
     return CacheEntry.objects.filter(tenant=tenant).count()
-
-
-@pytest.fixture
-def semantic(world):
-    assert wait_until(lambda: stats(world, world.key_a).get("semantic_ready"), timeout=120, interval=0.5), \
-        "the embedding model never loaded"
-    return world
 
 
 def test_it_serves_an_identical_request_from_the_cache_at_no_cost(world):

@@ -231,6 +231,33 @@ def _cache_clear(t: Tenants) -> None:
     assert t.a("GET", "/v1/cache/stats").json()["entries"] == before
 
 
+def _cache_feedback(t: Tenants) -> None:
+    from apps.cache.models import CacheEntry
+    from apps.usage.models import Feedback
+
+    body = {"request_id": t.request_id, "correct": False}
+    # A's request was answered upstream: A is told so (its row is found), B is told it does not exist.
+    mine = t.a("POST", "/v1/cache/feedback", json=body)
+    assert (mine.status_code, mine.json()["error"]["code"]) == (400, "not_a_cache_hit"), mine.text
+    theirs = t.b("POST", "/v1/cache/feedback", json=body)
+    assert (theirs.status_code, theirs.json()["error"]["code"]) == (404, "request_not_found"), theirs.text
+    entry = CacheEntry.objects.get(tenant=t.world.tenant_a)
+    assert (entry.min_similarity, entry.wrong_hits) == (None, 0)
+    assert not Feedback.objects.filter(kind="cache").exists()
+
+
+def _feedback(t: Tenants) -> None:
+    from apps.usage.models import Feedback
+
+    theirs = t.b("POST", "/v1/feedback", json={"request_id": t.request_id, "score": 0})
+    assert (theirs.status_code, theirs.json()["error"]["code"]) == (404, "request_not_found"), theirs.text
+    assert not Feedback.objects.filter(request_id=t.request_id).exists()
+    mine = t.a("POST", "/v1/feedback", json={"request_id": t.request_id, "score": 1})
+    assert mine.status_code == 200, mine.text
+    (kept,) = Feedback.objects.filter(request_id=t.request_id)
+    assert (kept.tenant_id, kept.score) == (t.world.tenant_a.pk, 1.0)
+
+
 # route (Django's, without the leading slash) or hot path -> (methods it answers, the check)
 ATTACKS = {
     "v1/files": (("GET", "POST"), _files),
@@ -254,6 +281,8 @@ ATTACKS = {
     "/v1/models": (("GET",), _models),
     "/v1/cache/stats": (("GET",), _cache_stats),
     "/v1/cache/clear": (("POST",), _cache_clear),
+    "/v1/cache/feedback": (("POST",), _cache_feedback),
+    "/v1/feedback": (("POST",), _feedback),
 }
 
 

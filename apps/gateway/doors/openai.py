@@ -1,11 +1,13 @@
-"""The OpenAI doors: ``/v1/chat/completions`` (JSON and SSE), ``/v1/embeddings``, ``/v1/models``
-and the tenant's cache endpoints. Each parses, asks the pipeline, and renders."""
+"""The OpenAI doors: ``/v1/chat/completions`` (JSON and SSE), ``/v1/embeddings``, ``/v1/models``,
+the tenant's cache endpoints and feedback on a request. Each parses, asks the pipeline (or the
+store), and renders."""
 
 from __future__ import annotations
 
 import orjson
+from django.conf import settings
 
-from apps.core.errors import MethodNotAllowed
+from apps.core.errors import BadRequest, MethodNotAllowed
 from apps.gateway.asgi_io import body_read, chunks_send, header, json_send, stream_relay
 from apps.gateway.dialects.openai import OPENAI_CHAT, replay_sse
 from apps.gateway.doors.exchange import Exchange, Route
@@ -13,6 +15,7 @@ from apps.gateway.pipeline.run import ChatRequest, chat, embeddings
 from apps.gateway.runtime import Runtime
 from apps.gateway.snapshot import KeyInfo
 from apps.gateway.validation import body_parse
+from apps.usage.feedback import feedback_parse, feedback_save, row_wait, usage_row_find
 
 
 def _method(scope, allowed: str) -> None:
@@ -88,6 +91,42 @@ async def cache_clear(runtime: Runtime, x: Exchange, key: KeyInfo) -> None:
     await json_send(x.send, 200, orjson.dumps({"object": "cache.cleared", "deleted": deleted}))
 
 
+async def _feedback(runtime: Runtime, x: Exchange, key: KeyInfo, kind: str):
+    _method(x.scope, "POST")
+    body = feedback_parse(body_parse(await body_read(x.receive)), kind=kind)
+    row = await usage_row_find(runtime.cache.pool, tenant_id=key.tenant_id, request_id=body.request_id,
+                               wait=row_wait(body.request_id, settings.USAGE_FLUSH_INTERVAL))
+    return body, row
+
+
+async def cache_feedback(runtime: Runtime, x: Exchange, key: KeyInfo) -> None:
+    """``POST /v1/cache/feedback``: was a cache hit the answer to its prompt? A wrong exact hit
+    removes its entry; a wrong semantic hit raises the entry's bar above that hit's similarity."""
+    body, row = await _feedback(runtime, x, key, "cache")
+    if row.cache_outcome not in ("exact", "semantic"):
+        raise BadRequest(f"request '{row.request_id}' was not answered from the cache (cache: {row.cache_outcome})",
+                         param="request_id", code="not_a_cache_hit")
+    action = "recorded"
+    if body.score == 0:
+        action = "entry_unknown" if row.cache_entry_id is None else await runtime.cache.wrong_hit(
+            tenant_id=key.tenant_id, entry_id=row.cache_entry_id, outcome=row.cache_outcome,
+            similarity=row.cache_similarity)
+    await feedback_save(runtime.cache.pool, tenant_id=key.tenant_id, api_key_id=key.id, kind="cache", body=body,
+                        row=row, action=action)
+    await json_send(x.send, 200, orjson.dumps({
+        "object": "cache.feedback", "request_id": row.request_id, "correct": body.score == 1,
+        "cache": row.cache_outcome, "similarity": row.cache_similarity, "action": action}))
+
+
+async def outcome_feedback(runtime: Runtime, x: Exchange, key: KeyInfo) -> None:
+    """``POST /v1/feedback``: how good an answer was, kept against its usage row."""
+    body, row = await _feedback(runtime, x, key, "outcome")
+    await feedback_save(runtime.cache.pool, tenant_id=key.tenant_id, api_key_id=key.id, kind="outcome", body=body,
+                        row=row, action="")
+    await json_send(x.send, 200, orjson.dumps({
+        "object": "feedback", "request_id": row.request_id, "score": body.score, "model": row.model_used}))
+
+
 def _bearer(scope) -> str | None:
     return header(scope, b"authorization")
 
@@ -99,5 +138,7 @@ ROUTES = {
         ("/v1/models", models_list),
         ("/v1/cache/stats", cache_stats),
         ("/v1/cache/clear", cache_clear),
+        ("/v1/cache/feedback", cache_feedback),
+        ("/v1/feedback", outcome_feedback),
     )
 }

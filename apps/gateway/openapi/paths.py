@@ -145,6 +145,18 @@ def paths() -> dict:
             "cacheClear", "Delete every cache entry of the calling tenant.",
             _ok("How many entries were deleted.", "CacheCleared") | _errors(401),
         )},
+        "/v1/cache/feedback": {"post": _op(
+            "cacheFeedback", "Say whether a cache hit answered its prompt. A wrong exact hit removes its entry; a "
+                             "wrong semantic hit stops the entry answering prompts as far from its own.",
+            _ok("What was done.", "CacheFeedback") | _errors(400, 401, 404),
+            requestBody=_body("CacheFeedbackRequest", {"wrong": {"request_id": "req_0123456789abcdef",
+                                                                 "correct": False}}),
+        )},
+        "/v1/feedback": {"post": _op(
+            "feedback", "Score an answer (0 bad to 1 good), kept against the request's usage row.",
+            _ok("The score as kept.", "Feedback") | _errors(400, 401, 404),
+            requestBody=_body("FeedbackRequest", {"score": {"request_id": "req_0123456789abcdef", "score": 0.8}}),
+        )},
         "/v1/messages": {"post": _op(
             "createMessage", "Anthropic's Messages API: JSON, or Anthropic's stream events with `stream: true`.",
             _ok("The message.", "Message", stream="MessageEvent", headers=True) | messages_errors,

@@ -196,6 +196,51 @@ CACHE_CLEARED = {
     "properties": {"object": {"const": "cache.cleared"}, "deleted": {"type": "integer", "minimum": 0}},
 }
 
+_REQUEST_ID = {"type": "string", "minLength": 1, "maxLength": 64,
+               "description": "The `x-switchyard-request-id` header of the answer."}
+_COMMENT = {"type": ["string", "null"], "maxLength": 4000}
+
+CACHE_FEEDBACK_REQUEST = {
+    "type": "object", "required": ["request_id", "correct"],
+    "properties": {
+        "request_id": _REQUEST_ID,
+        "correct": {"type": "boolean", "description": "Whether the cached answer answered the prompt."},
+        "comment": _COMMENT,
+    },
+}
+
+CACHE_FEEDBACK = {
+    "type": "object", "required": ["object", "request_id", "correct", "cache", "action"],
+    "properties": {
+        "object": {"const": "cache.feedback"},
+        "request_id": STRING,
+        "correct": {"type": "boolean"},
+        "cache": {"enum": ["exact", "semantic"], "description": "How the request was answered from the cache."},
+        "similarity": {"type": ["number", "null"]},
+        "action": {"enum": ["recorded", "entry_removed", "entry_demoted", "entry_gone", "entry_unknown"],
+                   "description": "What a wrong hit did to its entry: removed (an exact hit), demoted (a "
+                                  "semantic hit: the entry no longer answers prompts this far from its own), "
+                                  "gone (evicted already), unknown (shared from an identical request in "
+                                  "flight); a right hit is only recorded."},
+    },
+}
+
+FEEDBACK_REQUEST = {
+    "type": "object", "required": ["request_id", "score"],
+    "properties": {
+        "request_id": _REQUEST_ID,
+        "score": {"anyOf": [number_schema(0, 1), {"type": "boolean"}],
+                  "description": "How good the answer was: 0 (bad) to 1 (good); true is 1, false 0."},
+        "comment": _COMMENT,
+    },
+}
+
+FEEDBACK = {
+    "type": "object", "required": ["object", "request_id", "score", "model"],
+    "properties": {"object": {"const": "feedback"}, "request_id": STRING, "score": number_schema(0, 1),
+                   "model": {"type": "string", "description": "The model that answered."}},
+}
+
 COMPLETE_REQUEST = {
     "type": "object",
     "required": ["prompt"],
@@ -350,6 +395,8 @@ SCHEMAS = {
     "ChatCompletionEvent": CHAT_EVENT,
     "EmbeddingsRequest": EMBEDDINGS_REQUEST, "Embeddings": EMBEDDINGS, "Models": MODELS,
     "CacheStats": CACHE_STATS, "CacheCleared": CACHE_CLEARED,
+    "CacheFeedbackRequest": CACHE_FEEDBACK_REQUEST, "CacheFeedback": CACHE_FEEDBACK,
+    "FeedbackRequest": FEEDBACK_REQUEST, "Feedback": FEEDBACK,
     "CompleteRequest": COMPLETE_REQUEST, "CompletionSummary": COMPLETION_SUMMARY, "CompleteEvent": COMPLETE_EVENT,
     "Usage": USAGE,
     "File": FILE, "FileUpload": FILE_UPLOAD, "FileDeleted": FILE_DELETED, "FileList": page("File"),

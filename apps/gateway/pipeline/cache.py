@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING
 
 from apps.cache.fingerprint import CacheControl, Fingerprint, cache_control_parse, cacheable, fingerprint
 from apps.cache.store import CachedAnswer
-from apps.cache.verify import candidate_verify
+from apps.cache.verify import Verdict, candidate_verify
 from apps.gateway.pipeline.call import Call
 from apps.gateway.pipeline.usage import call_log
 
@@ -67,6 +67,7 @@ def cache_plan(call, body: dict, *, cache_control: str | None, namespace: str | 
 def _hit(call, answer: CachedAnswer, kind: str) -> CachedAnswer:
     call.cache = kind
     call.cache_similarity = answer.similarity
+    call.cache_entry = answer.id or None  # 0: shared by an identical request before its save
     call.saved_cost = answer.cost
     call.cache_age = max(int((datetime.now(UTC) - answer.created_at).total_seconds()), 0)
     return answer
@@ -103,7 +104,10 @@ async def cache_lookup(runtime, call, plan: CachePlan) -> CachedAnswer | None:
             for candidate in candidates:
                 if candidate.similarity < call.key.cache_threshold:
                     break
-                verdict = candidate_verify(fp.prompt_text, candidate.prompt_text)
+                if candidate.min_similarity is not None and candidate.similarity < candidate.min_similarity:
+                    verdict = Verdict(False, "feedback")  # the entry served a wrong hit this far away
+                else:
+                    verdict = candidate_verify(fp.prompt_text, candidate.prompt_text)
                 if verdict.ok:
                     runtime.cache.hit(candidate.id)
                     _release(runtime, plan, candidate)  # requests waiting on this one share the hit

@@ -63,6 +63,7 @@ class Call:
     failures: list = field(default_factory=list)
     cache: str = "miss"  # miss | exact | semantic | bypass
     cache_similarity: float | None = None
+    cache_entry: int | None = None  # the entry that answered a hit
     saved_cost: Decimal = _ZERO
     cache_age: int | None = None
     baseline: ModelInfo | None = None  # what routing is compared with: the model asked for, or the dearest
@@ -172,6 +173,7 @@ class Call:
             "is_stream": self.stream,
             "cache_outcome": self.cache,
             "cache_similarity": self.cache_similarity,
+            "cache_entry_id": self.cache_entry,
             "saved_cost": self.saved_cost,
             "routing_saved_cost": self._routing_saved(),
             "status_code": self.status,
