@@ -95,6 +95,7 @@ class KeyInfo:
     usable: bool
     cache_enabled: bool = True
     cache_threshold: float = 0.80
+    cache_precision: float = 0.97
     cache_ttl: int = 86400
     cache_max_temperature: float = 0.0
     cache_tool_calls: bool = False
@@ -224,7 +225,8 @@ def key_info_load(prefix: str) -> KeyInfo | None:
         expires_at=key.expires_at.timestamp() if key.expires_at else None,
         usable=key.revoked_at is None and key.tenant.is_active,
         cache_enabled=key.tenant.cache_enabled, cache_threshold=key.tenant.cache_similarity_threshold,
-        cache_ttl=key.tenant.cache_ttl_seconds, cache_max_temperature=key.tenant.cache_max_temperature,
+        cache_precision=key.tenant.cache_verify_precision, cache_ttl=key.tenant.cache_ttl_seconds,
+        cache_max_temperature=key.tenant.cache_max_temperature,
         cache_tool_calls=key.tenant.cache_tool_calls, cache_namespace_by_user=key.tenant.cache_namespace_by_user,
         cache_embedding_model=key.tenant.cache_embedding_model.name if key.tenant.cache_embedding_model_id else None,
         limits=limits,

@@ -26,6 +26,12 @@ class Tenant(LimitSettings):
         default=0.80, validators=[MinValueValidator(0.0), MaxValueValidator(1.0)],
         help_text="Cosine similarity a semantic candidate must reach (0-1) before verification."
     )
+    cache_verify_precision = models.FloatField(
+        default=0.97, choices=[(0.90, "0.90"), (0.95, "0.95"), (0.97, "0.97"), (0.98, "0.98"), (0.99, "0.99")],
+        verbose_name="semantic hit precision",
+        help_text="Share of semantic hits that must answer their prompt: the verifier's operating point, "
+        "calibrated on held-out data (higher serves fewer hits; docs/benchmarks.md has what each target reaches).",
+    )
     cache_ttl_seconds = models.PositiveIntegerField(default=86400, help_text="How long a cached answer lives.")
     cache_max_temperature = models.FloatField(
         default=0.0, help_text="Requests with a higher temperature are not cached (unset counts as 0)."

@@ -302,3 +302,29 @@ def test_it_embeds_with_the_tenants_own_embeddings_model(world):
     ask(world, "Embed me locally", key=world.key_b)
     assert wait_until(lambda: entries(world.tenant_b) == 1)
     assert world.simulator.stats()["by_model"].get("sim-embed", 0) == 1
+
+
+def test_each_tenant_gets_the_verifier_precision_it_chose(world):
+    """A rewording the verifier serves at a 0.90 precision target but not at 0.99: one tenant at
+    each target, each with the same prompt cached, sees its own choice applied."""
+    from apps.cache.verify import candidate_verify
+
+    base = "Train times from Paris to Rome tomorrow"
+    rewordings = ["Hey, train times from Paris to Rome tomorrow?",
+                  "What are the train times from Paris to Rome tomorrow?",
+                  "Show me tomorrow's train times from Paris to Rome",
+                  "When do trains leave Paris for Rome tomorrow?"]
+    between = [q for q in rewordings
+               if candidate_verify(q, base, precision=0.90).ok and not candidate_verify(q, base, precision=0.99).ok]
+    assert between, "no rewording lies between the two operating points: pick others"
+    world.tenant_a.cache_verify_precision = 0.99
+    world.tenant_a.save()
+    world.tenant_b.cache_verify_precision = 0.90
+    world.tenant_b.save()
+    assert wait_until(lambda: stats(world, world.key_a).get("semantic_ready"), timeout=120, interval=0.5)
+    for key, tenant in ((world.key_a, world.tenant_a), (world.key_b, world.tenant_b)):
+        ask(world, base, key=key)
+        assert wait_until(lambda tenant=tenant: entries(tenant) == 1)
+    assert ask(world, between[0], key=world.key_a)[0]["x-switchyard-cache"] == "miss"
+    headers, _ = ask(world, between[0], key=world.key_b)
+    assert headers["x-switchyard-cache"] == "hit-semantic"

@@ -107,7 +107,8 @@ async def cache_lookup(runtime, call, plan: CachePlan) -> CachedAnswer | None:
                 if candidate.min_similarity is not None and candidate.similarity < candidate.min_similarity:
                     verdict = Verdict(False, "feedback")  # the entry served a wrong hit this far away
                 else:
-                    verdict = candidate_verify(fp.prompt_text, candidate.prompt_text)
+                    verdict = candidate_verify(fp.prompt_text, candidate.prompt_text,
+                                               precision=call.key.cache_precision)
                 if verdict.ok:
                     runtime.cache.hit(candidate.id)
                     _release(runtime, plan, candidate)  # requests waiting on this one share the hit
