@@ -1,0 +1,244 @@
+"""Routing quality: does the learned router send the strong model the prompts that need it?
+
+    python bench/routing.py [--data ../shared/data/routing] [--write docs/benchmarks.md]
+    python bench/routing.py --train FILES --test FILES
+
+Data: per-prompt outcomes in RouteLLM's CSV format (``prompt`` and one True/False column per
+model: did it answer correctly). The weaker model (lower mean) is the cheap one, the other the
+strong one. Prompts that RouteLLM found in public router training data
+(``mmlu_contaminated_prompts.jsonl``) are left out, as its evaluation does.
+
+Each router gives every test prompt a score (higher: the strong model is needed more); sending
+the top share of prompts to the strong model, from none to all, traces how much of the two
+models' accuracy gap is recovered: APGR is its mean (random routing: 0.5), CPT(50%) and CPT(80%)
+the strong-model share needed to recover half and 80% of the gap.
+
+    random       a seeded random score
+    complexity   the gateway's default classifier (apps.routing.engine) with the demo's indicator
+                 phrases: complex before moderate before simple
+    learned      apps.routing.learned.NeighbourRouter on the local model's embeddings (the ones
+                 the cache computes): estimated strong minus weak chance of a right answer
+
+Without ``--train``/``--test`` the subjects are split in two by a fixed seed: the router's
+parameters were chosen on the first half (``--tune`` prints that grid); every figure written is
+from the second half, by 5-fold cross-validation inside it (the router learns from four folds of
+those subjects and routes the fifth), and across halves (it learns from the tuning subjects and
+routes the held-out ones: a router trained elsewhere).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import hashlib
+import json
+import os
+import random
+import sys
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+from apps.routing.engine import complexity_classify  # noqa: E402
+from apps.routing.learned import NeighbourRouter, Outcomes, apgr, strong_share_for  # noqa: E402
+from bench.report import section_write  # noqa: E402
+
+csv.field_size_limit(sys.maxsize)
+CONTAMINATED = "mmlu_contaminated_prompts.jsonl"
+TIER_ORDER = {"simple": 0, "moderate": 1, "complex": 2}
+CACHE_DIR = REPO / "var" / "bench"
+
+
+@dataclass
+class Table:
+    prompts: list[str]
+    groups: list[str]  # the file (subject) each prompt came from
+    weak: np.ndarray
+    strong: np.ndarray
+    names: tuple[str, str]  # (weak model, strong model)
+
+    def take(self, rows: np.ndarray) -> Table:
+        return Table([self.prompts[i] for i in rows], [self.groups[i] for i in rows], self.weak[rows],
+                     self.strong[rows], self.names)
+
+
+def table_load(files: list[Path]) -> Table:
+    contaminated: set[str] = set()
+    for folder in {f.parent for f in files}:
+        path = folder / CONTAMINATED
+        if path.exists():
+            contaminated |= {json.loads(line)["eval_prompt"] for line in path.read_text().splitlines() if line}
+    prompts, groups, columns = [], [], None
+    outcomes: list[list[bool]] = []
+    for path in files:
+        with path.open(encoding="utf-8", newline="") as handle:
+            reader = csv.DictReader(handle)
+            models = [name for name in reader.fieldnames if name != "prompt"]
+            if columns is None:
+                columns = models
+            elif models != columns:
+                raise SystemExit(f"{path}: columns {models} differ from {columns}")
+            for row in reader:
+                if row["prompt"] in contaminated:
+                    continue
+                prompts.append(row["prompt"])
+                groups.append(path.stem)
+                outcomes.append([row[name].strip().lower() == "true" for name in models])
+    if columns is None or len(columns) != 2:
+        raise SystemExit("the files must have a prompt column and two model columns")
+    values = np.asarray(outcomes, dtype=np.float64)
+    weak_index = int(np.argmin(values.mean(axis=0)))
+    strong_index = 1 - weak_index
+    return Table(prompts, groups, values[:, weak_index], values[:, strong_index],
+                 (columns[weak_index], columns[strong_index]))
+
+
+def vectors_for(prompts: list[str]) -> np.ndarray:
+    """The local model's embeddings (kept under var/bench, keyed by the prompts' digest)."""
+    digest = hashlib.sha256("\x00".join(prompts).encode()).hexdigest()[:16]
+    path = CACHE_DIR / f"routing-vectors-{digest}.npy"
+    if path.exists():
+        return np.load(path)
+    from apps.cache.embedder import LocalEmbedder
+
+    embedder = LocalEmbedder(threads=2)
+    started = time.perf_counter()
+    vectors = []
+    # Short prompts first: a batch pads to its longest prompt.
+    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
+    for start in range(0, len(order), 32):
+        batch = order[start:start + 32]
+        vectors.extend(zip(batch, embedder.embed_sync([prompts[i] for i in batch]), strict=True))
+    result = np.stack([vector for _, vector in sorted(vectors, key=lambda pair: pair[0])])
+    CACHE_DIR.mkdir(parents=True, exist_ok=True)
+    np.save(path, result)
+    print(f"embedded {len(prompts)} prompts in {time.perf_counter() - started:.0f} s", file=sys.stderr)
+    return result
+
+
+def complexity_scores(prompts: list[str]) -> np.ndarray:
+    import django
+
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
+    django.setup()  # the demo's phrases are defined next to the models; nothing here opens the database
+    from apps.core.demo import DEFAULT_INDICATORS
+    from apps.gateway.snapshot import _phrases_pattern
+
+    simple = _phrases_pattern(list(DEFAULT_INDICATORS["simple"]))
+    complex_ = _phrases_pattern(list(DEFAULT_INDICATORS["complex"]))
+    return np.array([TIER_ORDER[complexity_classify(p, simple, complex_)] for p in prompts], dtype=np.float64)
+
+
+def learned_scores(train: Table, train_vectors: np.ndarray, test_vectors: np.ndarray, **params) -> np.ndarray:
+    outcomes = Outcomes(vectors=train_vectors, scores=np.stack([train.weak, train.strong], axis=1).astype(np.float32),
+                        models=train.names)
+    estimates = NeighbourRouter(outcomes, **params).estimate_many(test_vectors)
+    return estimates[:, 1] - estimates[:, 0]
+
+
+def cross_validated(table: Table, vectors: np.ndarray, *, folds: int = 5, seed: int = 11, **params) -> np.ndarray:
+    """Each prompt's learned score from a router that learned from the other folds."""
+    fold = np.random.default_rng(seed).permutation(len(table.prompts)) % folds
+    scores = np.zeros(len(table.prompts))
+    for f in range(folds):
+        train, test = np.flatnonzero(fold != f), np.flatnonzero(fold == f)
+        scores[test] = learned_scores(table.take(train), vectors[train], vectors[test], **params)
+    return scores
+
+
+def summary(scores: np.ndarray, table: Table) -> dict:
+    value, curve = apgr(scores, table.weak, table.strong)
+    return {"apgr": value, "cpt50": strong_share_for(curve, 0.5), "cpt80": strong_share_for(curve, 0.8)}
+
+
+def subjects_split(table: Table, seed: int = 5) -> tuple[np.ndarray, np.ndarray]:
+    subjects = sorted(set(table.groups))
+    random.Random(seed).shuffle(subjects)
+    tuning = set(subjects[: len(subjects) // 2])
+    rows = np.arange(len(table.groups))
+    mask = np.array([g in tuning for g in table.groups])
+    return rows[mask], rows[~mask]
+
+
+GRID = [{"k": k, "power": p, "prior_weight": a} for k in (20, 50, 100, 200) for p in (1.0, 8.0, 32.0)
+        for a in (0.5, 2.0)]
+
+
+def tune(table: Table, vectors: np.ndarray) -> None:
+    for params in GRID:
+        scores = cross_validated(table, vectors, **params)
+        print(params, f"APGR {summary(scores, table)['apgr']:.3f}")
+
+
+def row(name: str, figures: dict, share_strong: float | None = None) -> str:
+    return f"| {name} | {figures['apgr']:.3f} | {figures['cpt50']:.1%} | {figures['cpt80']:.1%} |"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data" / "routing")
+    parser.add_argument("--train", type=Path, nargs="*")
+    parser.add_argument("--test", type=Path, nargs="*")
+    parser.add_argument("--tune", action="store_true", help="print the parameter grid on the tuning subjects")
+    parser.add_argument("--write", type=Path)
+    args = parser.parse_args()
+    started = time.perf_counter()
+    lines = []
+    if args.train or args.test:
+        if not (args.train and args.test):
+            parser.error("--train and --test go together")
+        train, test = table_load(args.train), table_load(args.test)
+        train_vectors, test_vectors = vectors_for(train.prompts), vectors_for(test.prompts)
+        lines.append(f"Trained on {len(train.prompts)} prompts, routed {len(test.prompts)}.\n")
+        lines += ["| router | APGR | CPT(50%) | CPT(80%) |", "|---|---|---|---|"]
+        rng = np.random.default_rng(3)
+        lines.append(row("random", summary(rng.random(len(test.prompts)), test)))
+        lines.append(row("complexity", summary(complexity_scores(test.prompts), test)))
+        lines.append(row("learned", summary(learned_scores(train, train_vectors, test_vectors), test)))
+        print("\n".join(lines))
+        return
+    table = table_load(sorted(args.data.glob("*.csv")))
+    vectors = vectors_for(table.prompts)
+    tuning_rows, held_rows = subjects_split(table)
+    tuning, held = table.take(tuning_rows), table.take(held_rows)
+    if args.tune:
+        tune(tuning, vectors[tuning_rows])
+        return
+    held_vectors = vectors[held_rows]
+    random_scores = np.random.default_rng(3).random(len(held.prompts))
+    lines.append(f"Command: `python bench/routing.py --write docs/benchmarks.md`. Run "
+                 f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC. Data: `../shared/data/routing/` ({len(table.prompts):,} "
+                 f"prompts of {len(set(table.groups))} MMLU subjects, contaminated prompts left out); weak model "
+                 f"`{table.names[0]}` (accuracy {table.weak.mean():.3f}), strong `{table.names[1]}` "
+                 f"({table.strong.mean():.3f}). The router's parameters were chosen on "
+                 f"{len(set(tuning.groups))} subjects ({len(tuning.prompts):,} prompts); every figure is on the "
+                 f"other {len(set(held.groups))} ({len(held.prompts):,} prompts: weak {held.weak.mean():.3f}, "
+                 f"strong {held.strong.mean():.3f}).\n")
+    lines += ["| router (held-out subjects) | APGR | CPT(50%) | CPT(80%) |", "|---|---|---|---|"]
+    lines.append(row("random", summary(random_scores, held)))
+    lines.append(row("complexity classifier (the default rules)", summary(complexity_scores(held.prompts), held)))
+    cv = summary(cross_validated(held, held_vectors), held)
+    lines.append(row("learned, 5-fold inside the held-out subjects (the tenant's own traffic)", cv))
+    across = summary(learned_scores(tuning, vectors[tuning_rows], held_vectors), held)
+    lines.append(row("learned from the tuning subjects only (trained elsewhere)", across))
+    lines.append("")
+    lines += ["| target | result | measured |", "|---|---|---|",
+              f"| offline APGR >= 0.65 on held-out folds | {'PASS' if cv['apgr'] >= 0.65 else 'FAIL'} | "
+              f"{cv['apgr']:.3f} |"]
+    lines.append(f"\n({time.perf_counter() - started:.0f} s)")
+    text = "\n".join(lines)
+    print(text)
+    if args.write:
+        section_write(args.write, "bench/routing.py", "<!-- bench/routing.py:start -->\n"
+                      "## Routing quality (`bench/routing.py`)\n\n" + text + "\n<!-- bench/routing.py:end -->\n")
+
+
+if __name__ == "__main__":
+    main()
