@@ -27,6 +27,7 @@ from apps.core import metrics, tokens
 from apps.core.errors import AuthenticationFailed
 from apps.gateway.config_changes import config_changes_listen
 from apps.gateway.database import conninfo
+from apps.gateway.learned_routers import LearnedRouters
 from apps.gateway.snapshot import KeyInfo, Snapshot, key_info_load, snapshot_load
 from apps.limits.enforce import limiter_open
 from apps.providers.breaker import OPEN, Breakers
@@ -63,6 +64,7 @@ class Runtime:
         self._key_loads: dict[str, asyncio.Future] = {}
         self._reload_watchers: set = set()  # callbacks of open WebSockets, run after each reload
         self.cache = None  # CacheStore, opened at start
+        self.routers = LearnedRouters()  # tenants' learned routers, read through the cache store's pool
         self.limiter = None  # apps.limits.enforce.Limiter, opened at start
         self.batcher = None  # MicroBatcher over the local embedder
         self.inflight: dict[tuple, asyncio.Future] = {}
@@ -92,6 +94,7 @@ class Runtime:
                                         lease_seconds=settings.LIMITS_LEASE_SECONDS)
             self.cache = CacheStore(database)
             await self.cache.open()
+            self.routers.pool = self.cache.pool
             embedder = _local_embedder(lambda: LocalEmbedder(
                 backend=settings.CACHE_EMBED_BACKEND, threads=settings.CACHE_EMBED_THREADS,
                 models_dir=settings.VAR_DIR / "models"))

@@ -81,6 +81,9 @@ class RuleInfo:
     tags: frozenset[str]
     weight: int
     chain: tuple[ModelInfo, ...]
+    learned: bool = False  # the learned router chooses within the chain (apps.gateway.pipeline.route)
+    quality_target: float = 0.95
+    explore_share: float = 0.05
 
 
 @dataclass(frozen=True, slots=True)
@@ -190,7 +193,8 @@ def snapshot_load() -> Snapshot:
             match_tier=rule.match_tier, min_prompt_tokens=rule.min_prompt_tokens,
             max_prompt_tokens=rule.max_prompt_tokens,
             tags=frozenset(str(tag) for tag in (rule.match_tags or []) if isinstance(tag, str | int)),
-            weight=rule.weight, chain=clean,
+            weight=rule.weight, chain=clean, learned=rule.learned, quality_target=rule.quality_target,
+            explore_share=rule.explore_share,
         )
         if rule.tenant_id is None:
             global_rules.append(info)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from django.contrib import admin
 
 from apps.core.confirm import TenantCountedDelete
-from apps.routing.models import ComplexityIndicator, RoutingFallback, RoutingRule
+from apps.routing.models import ComplexityIndicator, RouteOutcome, RoutingFallback, RoutingRule
 
 
 class RoutingFallbackInline(admin.TabularInline):
@@ -18,7 +18,8 @@ class RoutingFallbackInline(admin.TabularInline):
 
 @admin.register(RoutingRule)
 class RoutingRuleAdmin(TenantCountedDelete, admin.ModelAdmin):
-    list_display = ("name", "scope", "priority", "match_model", "match_tier", "target", "weight", "is_active")
+    list_display = ("name", "scope", "priority", "match_model", "match_tier", "target", "learned", "weight",
+                    "is_active")
     list_filter = ("is_active", "match_tier", ("tenant", admin.EmptyFieldListFilter), "tenant")
     list_select_related = ("tenant", "target")
     search_fields = ("name", "match_model")
@@ -30,6 +31,9 @@ class RoutingRuleAdmin(TenantCountedDelete, admin.ModelAdmin):
             "fields": ("match_model", "match_tier", "min_prompt_tokens", "max_prompt_tokens", "match_tags"),
         }),
         ("Target", {"fields": ("target",)}),
+        ("Learned routing (the target and its fallbacks are the candidates)", {
+            "fields": ("learned", "quality_target", "explore_share"),
+        }),
         ("Audit", {"fields": ("created_at", "updated_at")}),
     )
     inlines = [RoutingFallbackInline]
@@ -45,3 +49,32 @@ class ComplexityIndicatorAdmin(admin.ModelAdmin):
     list_editable = ("phrase", "tier", "is_active")
     list_filter = ("tier", "is_active")
     search_fields = ("phrase",)
+
+
+@admin.register(RouteOutcome)
+class RouteOutcomeAdmin(admin.ModelAdmin):
+    """What learned rules routed, and the feedback each answer got: the tenants' routers."""
+
+    list_display = ("created_at", "request_id", "tenant", "rule", "model_name", "score", "explored")
+    list_filter = ("explored", ("score", admin.EmptyFieldListFilter), "tenant")
+    list_select_related = ("tenant", "rule")
+    search_fields = ("request_id",)
+    exclude = ("embedding",)
+    show_facets = admin.ShowFacets.NEVER
+    list_per_page = 100
+
+    def get_queryset(self, request):
+        return super().get_queryset(request).defer("embedding")
+
+    def get_search_results(self, request, queryset, search_term):
+        term = search_term.strip()
+        return (queryset.filter(request_id=term) if term else queryset), False
+
+    def get_readonly_fields(self, request, obj=None):
+        return [field.name for field in self.model._meta.fields if field.name != "embedding"]
+
+    def has_add_permission(self, request) -> bool:
+        return False
+
+    def has_change_permission(self, request, obj=None) -> bool:
+        return False

@@ -33,6 +33,7 @@ class Route:
     chain: tuple  # ModelInfo, in the order to try
     rule_id: int | None
     tier: str | None
+    learned: object = None  # the matched rule when it routes by what it learned (RuleInfo)
 
 
 def _rule_matches(rule, requested: str, tier_of, prompt_tokens: int, tags: frozenset[str]) -> bool:
@@ -71,7 +72,7 @@ def route_resolve(snapshot, *, tenant_id: int, requested: str, prompt_text: str,
             matched.append(rule)
     if matched:
         rule = matched[0] if len(matched) == 1 else random.choices(matched, [r.weight for r in matched])[0]
-        return Route(chain=rule.chain, rule_id=rule.id, tier=tier)
+        return Route(chain=rule.chain, rule_id=rule.id, tier=tier, learned=rule if rule.learned else None)
 
     model = snapshot.models.get(requested)
     if model is not None:

@@ -29,6 +29,7 @@ import numpy as np
 DEFAULT_K = 100
 DEFAULT_POWER = 1.0  # weights are similarity ** power
 DEFAULT_PRIOR_WEIGHT = 0.5
+MIN_NEIGHBOURS = 5
 
 
 @dataclass(frozen=True)
@@ -69,13 +70,21 @@ class NeighbourRouter:
 
     def estimate_many(self, vectors: np.ndarray, prior: np.ndarray | None = None) -> np.ndarray:
         """(q, models) estimates for ``vectors`` (q, d); ``prior`` (q, models) or None for the means."""
+        return self.estimate_with_evidence(vectors, prior)[0]
+
+    def estimate_with_evidence(self, vectors: np.ndarray,
+                               prior: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """The estimates and, per model, the evidence behind them: the summed weight of the known
+        outcomes among the neighbours (0 where nothing near is known: the estimate is the prior)."""
         queries = np.atleast_2d(np.asarray(vectors, dtype=np.float32))
         base = np.broadcast_to(self.means if prior is None else prior, (queries.shape[0], len(self.models)))
         n = self._vectors.shape[0]
         if n == 0:
-            return np.array(base, dtype=np.float64)
+            return np.array(base, dtype=np.float64), np.zeros(base.shape)
         sims = queries @ self._vectors.T
-        k = min(self.k, n)
+        # While little is known the neighbourhood shrinks with it (at most a quarter of the table):
+        # ten close prompts say more than those ten plus thirty unrelated ones.
+        k = min(self.k, max(MIN_NEIGHBOURS, n // 4), n)
         nearest = np.argpartition(-sims, k - 1, axis=1)[:, :k] if k < n else np.tile(np.arange(n), (len(queries), 1))
         weights = np.maximum(np.take_along_axis(sims, nearest, axis=1), 0.0).astype(np.float64) ** self.power
         known = self._known[nearest]  # (q, k, models)
@@ -87,7 +96,7 @@ class NeighbourRouter:
         unit = np.max(weights, axis=1, initial=0.0)[:, None]
         unit = np.where(unit > 0, unit, 1.0)
         strength = self.prior_weight * unit
-        return (totals + strength * base) / (mass + strength)
+        return (totals + strength * base) / (mass + strength), mass
 
     def estimate(self, vector: np.ndarray, prior: np.ndarray | None = None) -> np.ndarray:
         return self.estimate_many(vector[None, :], None if prior is None else prior[None, :])[0]

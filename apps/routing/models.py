@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 from django.core.exceptions import ObjectDoesNotExist, ValidationError
+from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
 from django.utils import timezone
+from pgvector.django import VectorField
 
 from apps.catalog.models import Model
 
@@ -33,6 +35,17 @@ class RoutingRule(models.Model):
     )
     target = models.ForeignKey(Model, on_delete=models.PROTECT, related_name="+")
     weight = models.PositiveIntegerField(default=100, help_text="Share among rules of equal priority.")
+    learned = models.BooleanField(
+        default=False, db_default=False, verbose_name="learned routing",
+        help_text="Choose among the target and its fallbacks, per prompt, the cheapest model expected to keep "
+        "the quality target, from the tenant's feedback on similar prompts (POST /v1/feedback).")
+    quality_target = models.FloatField(
+        default=0.95, db_default=0.95, validators=[MinValueValidator(0.5), MaxValueValidator(1.0)],
+        help_text="Learned routing: keep at least this share of the best candidate's expected quality (0.5-1).")
+    explore_share = models.FloatField(
+        default=0.05, db_default=0.05, validators=[MinValueValidator(0.0), MaxValueValidator(0.5)],
+        help_text="Learned routing: share of requests sent to the candidate the router knows least about, "
+        "so that it keeps learning (0-0.5).")
     is_active = models.BooleanField(default=True)
     created_at = models.DateTimeField(default=timezone.now, editable=False)
     updated_at = models.DateTimeField(auto_now=True)
@@ -106,3 +119,25 @@ def _model_or_none(row: models.Model, field: str):
         return getattr(row, field)
     except ObjectDoesNotExist:
         return None
+
+
+class RouteOutcome(models.Model):
+    """A request a learned rule routed: its prompt's embedding, the model that answered, and
+    (once the client sends ``POST /v1/feedback``) how good the answer was. The learned router of
+    the tenant is these rows; no tenant reads another's."""
+
+    tenant = models.ForeignKey("tenants.Tenant", on_delete=models.CASCADE, related_name="+")
+    request_id = models.CharField(max_length=64)
+    rule = models.ForeignKey(RoutingRule, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    model_name = models.CharField(max_length=200)
+    embedding = VectorField(dimensions=384)
+    score = models.FloatField(null=True, blank=True)
+    explored = models.BooleanField(default=False)
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["tenant", "request_id"], name="route_outcome_unique_request")]
+        indexes = [models.Index(fields=["tenant", "-created_at"], name="route_outcome_tenant_time")]
+
+    def __str__(self) -> str:
+        return f"{self.request_id} {self.model_name}"

@@ -23,7 +23,7 @@ from apps.cache.models import CacheEntry
 from apps.catalog.models import Model, ModelPrice, Provider
 from apps.limits.models import BudgetAlert
 from apps.reporting.models import TenantMember
-from apps.routing.models import ComplexityIndicator, RoutingFallback, RoutingRule
+from apps.routing.models import ComplexityIndicator, RouteOutcome, RoutingFallback, RoutingRule
 from apps.tenants.models import ApiKey, Tenant
 from apps.tenants.selectors import key_authenticate
 from apps.tenants.services import key_create
@@ -41,6 +41,8 @@ def populated(tenant_a, key_a, provider, cheap_model, premium_model, admin_user,
     TenantMember.objects.create(user=member, tenant=tenant_a)
     rule = RoutingRule.objects.create(name="simple", match_tier="simple", target=cheap_model)
     RoutingFallback.objects.create(rule=rule, model=premium_model)
+    RouteOutcome.objects.create(tenant=tenant_a, request_id="req-1", rule=rule, model_name="sim-mini",
+                                embedding=[EMBEDDING_VALUE] * 384, score=1.0)
     ComplexityIndicator.objects.create(phrase="what is", tier="simple")
     CacheEntry.objects.create(tenant=tenant_a, request_hash="h" * 64, prompt_text="What is Python?",
                               response={"choices": []}, expires_at=timezone.now() + timedelta(days=1),
@@ -437,6 +439,7 @@ def test_it_saves_a_rules_fallbacks_in_order(admin_client, tenant_a, cheap_model
     response = admin_client.post(_url(RoutingRule, "add"), {
         "name": "complex", "tenant": tenant_a.pk, "priority": "10", "is_active": "on", "weight": "100",
         "match_model": "auto", "match_tier": "complex", "match_tags": "[]", "target": premium_model.pk,
+        "quality_target": "0.95", "explore_share": "0.05",
         "fallbacks-TOTAL_FORMS": "2", "fallbacks-INITIAL_FORMS": "0", "fallbacks-MIN_NUM_FORMS": "0",
         "fallbacks-MAX_NUM_FORMS": "1000",
         "fallbacks-0-position": "2", "fallbacks-0-model": cheap_model.pk,

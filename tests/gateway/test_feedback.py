@@ -85,7 +85,8 @@ def test_an_answers_score_is_kept_against_its_usage_row(world):
     # Sent at once: the usage row is still in the buffer, and the endpoint waits for it.
     answer = post(world, "/feedback", {"request_id": request_id, "score": 0.25, "comment": "too long"})
     assert answer.status_code == 200, answer.text
-    assert answer.json() == {"object": "feedback", "request_id": request_id, "score": 0.25, "model": "sim-standard"}
+    assert answer.json() == {"object": "feedback", "request_id": request_id, "score": 0.25, "model": "sim-standard",
+                             "learned_routing": False}
     assert post(world, "/feedback", {"request_id": request_id, "score": True}).status_code == 200
     (kept,) = Feedback.objects.filter(request_id=request_id)
     assert (kept.kind, kept.score, kept.model_used, kept.tenant_id) == ("outcome", 1.0, "sim-standard",

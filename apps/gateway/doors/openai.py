@@ -119,12 +119,16 @@ async def cache_feedback(runtime: Runtime, x: Exchange, key: KeyInfo) -> None:
 
 
 async def outcome_feedback(runtime: Runtime, x: Exchange, key: KeyInfo) -> None:
-    """``POST /v1/feedback``: how good an answer was, kept against its usage row."""
+    """``POST /v1/feedback``: how good an answer was, kept against its usage row, and scored for
+    the tenant's learned router when a learned rule routed the request."""
     body, row = await _feedback(runtime, x, key, "outcome")
     await feedback_save(runtime.cache.pool, tenant_id=key.tenant_id, api_key_id=key.id, kind="outcome", body=body,
                         row=row, action="")
+    learned = await runtime.routers.score(tenant_id=key.tenant_id, request_id=row.request_id,
+                                          model_name=row.model_used, score=body.score)
     await json_send(x.send, 200, orjson.dumps({
-        "object": "feedback", "request_id": row.request_id, "score": body.score, "model": row.model_used}))
+        "object": "feedback", "request_id": row.request_id, "score": body.score, "model": row.model_used,
+        "learned_routing": learned}))
 
 
 def _bearer(scope) -> str | None:

@@ -238,7 +238,10 @@ FEEDBACK_REQUEST = {
 FEEDBACK = {
     "type": "object", "required": ["object", "request_id", "score", "model"],
     "properties": {"object": {"const": "feedback"}, "request_id": STRING, "score": number_schema(0, 1),
-                   "model": {"type": "string", "description": "The model that answered."}},
+                   "model": {"type": "string", "description": "The model that answered."},
+                   "learned_routing": {"type": "boolean",
+                                       "description": "Whether a learned rule routed the request: its router "
+                                                      "learns from this score."}},
 }
 
 COMPLETE_REQUEST = {

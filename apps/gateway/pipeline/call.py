@@ -46,6 +46,8 @@ class Call:
     requested_model: str = ""
     chain: tuple = ()
     rule_id: int | None = None
+    learned_rule: object = None  # RuleInfo of a learned rule that matched: the router picks within the chain
+    route_reason: str = ""  # why the learned router chose (x-switchyard-route-reason)
     model: ModelInfo | None = None
     stream: bool = False
     input_tokens: int = 0
@@ -96,6 +98,8 @@ class Call:
             headers.append((b"x-switchyard-cache-similarity", f"{self.cache_similarity:.4f}".encode()))
         if self.cache_age is not None:
             headers.append((b"age", str(self.cache_age).encode()))
+        if self.route_reason:
+            headers.append((b"x-switchyard-route-reason", self.route_reason.encode("ascii", "replace")))
         if self.reservation is not None:
             headers += self.reservation.headers(cost=None if deferred else self.cost)
         return headers
@@ -160,6 +164,7 @@ class Call:
             "model_id": model.id if model else None,
             "provider_id": model.provider.id if model else None,
             "routing_rule_id": self.rule_id,
+            "route_reason": self.route_reason[:200],
             "price_id": model.price_id if model else None,
             "input_tokens": self.input_tokens,
             "cached_tokens": self.cached_tokens,

@@ -30,7 +30,7 @@ from apps.gateway.dialects.base import Dialect, Prepared
 from apps.gateway.pipeline.cache import cache_hit_log, cache_lookup, cache_plan, cache_settle
 from apps.gateway.pipeline.call import Call
 from apps.gateway.pipeline.limits import limits_reserve, limits_settle
-from apps.gateway.pipeline.route import call_route
+from apps.gateway.pipeline.route import call_route, call_route_learned
 from apps.gateway.pipeline.stream import ChatStream
 from apps.gateway.pipeline.upstream import Attempt, answer_done, upstream_call
 from apps.gateway.pipeline.usage import call_fail, call_log, cut_short_status
@@ -112,6 +112,8 @@ async def chat(runtime: Runtime, request: ChatRequest) -> Answer:
         call.stream = bool(prepared.body.get("stream"))
         call_route(runtime, call, prepared.body, request.tags, mode="chat", dialect=dialect,
                    native_only=prepared.native_only)
+        if call.learned_rule is not None:
+            await call_route_learned(runtime, call, prepared.body)
         await limits_reserve(runtime, call, prepared.body)
         dialect.routed(call, prepared)
     except GatewayError as exc:
