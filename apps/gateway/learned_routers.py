@@ -1,7 +1,8 @@
 """Each tenant's learned router, held by a gateway process and kept fresh from Postgres.
 
 A tenant's router is its scored :class:`apps.routing.models.RouteOutcome` rows (the newest
-``max_rows``), read into an :class:`apps.routing.learned.NeighbourRouter`. A process loads it on
+``max_rows``: the estimate reads every vector once per request, and 5,000 of them keep it under
+a millisecond; ``bench/routing.py`` measures it), read into an :class:`apps.routing.learned.NeighbourRouter`. A process loads it on
 the tenant's first learned request and reloads it in the background once it is ``refresh``
 seconds old, so feedback given through any replica reaches every replica within seconds; a
 request never waits for a reload, only for the first load. There is nothing else to train: the
@@ -35,7 +36,7 @@ def _array(value) -> np.ndarray:
 
 
 class LearnedRouters:
-    def __init__(self, *, refresh: float = 5.0, max_rows: int = 20_000) -> None:
+    def __init__(self, *, refresh: float = 5.0, max_rows: int = 5_000) -> None:
         self.refresh = refresh
         self.max_rows = max_rows
         self.pool = None  # the gateway's async Postgres pool, set at start
