@@ -25,6 +25,8 @@ class SimulatorConfig:
     chunk_delay_ms: float = 0.0  # delay between two content chunks of a stream
     chunks: int = 20  # words (= completion tokens = content chunks) in a chat answer
     embedding_dims: int = 384  # length of an embedding unless the request asks for ``dimensions``
+    # (model, prompt) -> whether that model answers that prompt correctly (apps.simulator.outcomes)
+    outcomes: dict = field(default_factory=dict)
 
 
 @dataclass

@@ -34,6 +34,7 @@ from aiohttp import web
 
 from apps.simulator.answers import answer_words, dumps, loads, prompt_tokens, seed, tool_input
 from apps.simulator.control import GARBAGE, HEADERS, NOT_JSON, SSE_HEADERS, drop_connection, header_fault, knob
+from apps.simulator.outcomes import graded
 
 if TYPE_CHECKING:
     from apps.simulator.server import Simulator
@@ -195,7 +196,7 @@ class MessagesAPI:
                 return web.Response(body=GARBAGE, content_type="text/plain", headers=HEADERS)
 
         turns = conversation(body)
-        words = answer_words(model, turns, count)
+        words = graded(answer_words(model, turns, count), config.outcomes, model, body.get("messages") or [])
         tool = forced_tool(body)
         ident = f"msg_sim{seed(model, repr(turns)) % 10**12:012d}"
         if tool is not None:

@@ -67,6 +67,7 @@ import base64
 import struct
 import sys
 import time
+from pathlib import Path
 
 from aiohttp import web
 
@@ -96,6 +97,7 @@ from apps.simulator.control import (
     knob,
 )
 from apps.simulator.messages import messages_routes
+from apps.simulator.outcomes import graded, outcomes_load
 
 
 def _error(status: int, message: str, *, code: str | None = None, param: str | None = None,
@@ -262,7 +264,7 @@ class Simulator:
             if mode == "garbage":
                 return web.Response(body=GARBAGE, content_type="text/plain", headers=HEADERS)
 
-        words = answer_words(model, messages, count)
+        words = graded(answer_words(model, messages, count), config.outcomes, model, messages)
         p_tokens = prompt_tokens(messages)
         usage = {"prompt_tokens": p_tokens, "completion_tokens": len(words), "total_tokens": p_tokens + len(words),
                  "prompt_tokens_details": {"cached_tokens": 0}}
@@ -441,6 +443,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--chunk-delay-ms", type=float, default=SimulatorConfig.chunk_delay_ms)
     p.add_argument("--chunks", type=int, default=SimulatorConfig.chunks)
     p.add_argument("--embedding-dims", type=int, default=SimulatorConfig.embedding_dims)
+    p.add_argument("--outcomes", type=Path, nargs="*", default=[],
+                   help="CSV files of known outcomes (prompt, then one True/False column per model)")
+    p.add_argument("--outcome-model", action="append", default=[], metavar="NAME=COLUMN",
+                   help="answer as NAME the way COLUMN of the outcomes says (repeatable)")
     return p
 
 
@@ -448,7 +454,8 @@ def main(argv: list[str] | None = None) -> None:
     """``python -m apps.simulator.server --port N [--ttft-ms ...]``."""
     args = parser().parse_args(argv)
     run(args.host, args.port, SimulatorConfig(ttft_ms=args.ttft_ms, chunk_delay_ms=args.chunk_delay_ms,
-                                              chunks=args.chunks, embedding_dims=args.embedding_dims))
+                                              chunks=args.chunks, embedding_dims=args.embedding_dims,
+                                              outcomes=outcomes_load(args.outcomes, args.outcome_model)))
 
 
 if __name__ == "__main__":

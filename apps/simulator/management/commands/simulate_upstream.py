@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from django.core.management.base import BaseCommand
 
 from apps.simulator.control import SimulatorConfig
+from apps.simulator.outcomes import outcomes_load
 from apps.simulator.server import run
 
 
@@ -22,8 +25,13 @@ class Command(BaseCommand):
                             help="words (completion tokens) in a chat answer")
         parser.add_argument("--embedding-dims", type=int, default=SimulatorConfig.embedding_dims,
                             help="embedding length unless a request sends 'dimensions'")
+        parser.add_argument("--outcomes", type=Path, nargs="*", default=[],
+                            help="CSV files of known outcomes (prompt, then one True/False column per model)")
+        parser.add_argument("--outcome-model", action="append", default=[], metavar="NAME=COLUMN",
+                            help="answer as NAME the way COLUMN of the outcomes says (repeatable)")
 
     def handle(self, *args, host: str, port: int, ttft_ms: float, chunk_delay_ms: float, chunks: int,
-               embedding_dims: int, **options) -> None:
+               embedding_dims: int, outcomes: list, outcome_model: list, **options) -> None:
         run(host, port, SimulatorConfig(ttft_ms=ttft_ms, chunk_delay_ms=chunk_delay_ms, chunks=chunks,
-                                        embedding_dims=embedding_dims))
+                                        embedding_dims=embedding_dims,
+                                        outcomes=outcomes_load(outcomes, outcome_model)))
