@@ -62,6 +62,8 @@ def test_it_sends_each_prompt_to_the_cheapest_model_its_outcomes_say_is_enough(l
     assert easy.status_code == 200, easy.text
     assert easy.headers["x-switchyard-model"] == "sim-mini", easy.headers["x-switchyard-route-reason"]
     assert easy.headers["x-switchyard-route-reason"].startswith("learned: sim-mini expected")
+    estimates = dict(item.split("=") for item in easy.headers["x-switchyard-route-estimates"].split(";"))
+    assert float(estimates["sim-mini"]) >= 0.9 * float(estimates["sim-premium"])
     hard = _ask(world, world.key_a, "Prove that the square root of 11 is irrational.")
     assert hard.headers["x-switchyard-model"] == "sim-premium"
     assert hard.headers["x-switchyard-route-reason"].startswith("learned: sim-premium expected")

@@ -48,6 +48,7 @@ class Call:
     rule_id: int | None = None
     learned_rule: object = None  # RuleInfo of a learned rule that matched: the router picks within the chain
     route_reason: str = ""  # why the learned router chose (x-switchyard-route-reason)
+    route_estimates: str = ""  # its estimate per candidate, "model=0.912;..." (x-switchyard-route-estimates)
     model: ModelInfo | None = None
     stream: bool = False
     input_tokens: int = 0
@@ -100,6 +101,8 @@ class Call:
             headers.append((b"age", str(self.cache_age).encode()))
         if self.route_reason:
             headers.append((b"x-switchyard-route-reason", self.route_reason.encode("ascii", "replace")))
+        if self.route_estimates:
+            headers.append((b"x-switchyard-route-estimates", self.route_estimates.encode("ascii", "replace")))
         if self.reservation is not None:
             headers += self.reservation.headers(cost=None if deferred else self.cost)
         return headers

@@ -88,6 +88,8 @@ async def call_route_learned(runtime: Runtime, call: Call, body: dict) -> None:
     estimate = np.array([estimates[0][c] if c >= 0 else np.nan for c in columns])
     known = np.array([evidence[0][c] if c >= 0 else 0.0 for c in columns])
     counts = [tenant.counts.get(m.name, 0) for m in chain]
+    call.route_estimates = ";".join(f"{m.name}={e:.3f}" for m, e in zip(chain, estimate, strict=True)
+                                    if not np.isnan(e))
     explore = rule.explore_share > 0 and random.random() < rule.explore_share  # nosec B311
     if min(counts) < MIN_OUTCOMES:
         pick = int(np.argmin(counts)) if explore else 0
