@@ -2,8 +2,9 @@
 
 A tenant's router is its scored :class:`apps.routing.models.RouteOutcome` rows (the newest
 ``max_rows``: the estimate reads every vector once per request, and 5,000 of them keep it under
-a millisecond; ``bench/routing.py`` measures it), read into an :class:`apps.routing.learned.NeighbourRouter`. A process loads it on
-the tenant's first learned request and reloads it in the background once it is ``refresh``
+a millisecond; ``bench/routing.py`` measures it), read into an
+:class:`apps.routing.learned.NeighbourRouter`. A process loads it on the tenant's first learned
+request and reloads it in the background once it is ``refresh``
 seconds old, so feedback given through any replica reaches every replica within seconds; a
 request never waits for a reload, only for the first load. There is nothing else to train: the
 outcomes are the model.
