@@ -168,6 +168,7 @@ def main() -> None:
     parser.add_argument("--layers", type=int, default=3)
     parser.add_argument("--epochs", type=int, default=4)
     parser.add_argument("--lr", type=float, default=LEARNING_RATE)
+    parser.add_argument("--prompt-weight", type=float, default=PROMPT_WEIGHT)
     parser.add_argument("--limit", type=int, default=0, help="at most this many public pairs per set (0: all)")
     args = parser.parse_args()
     import torch
@@ -183,7 +184,7 @@ def main() -> None:
     for name, rows in sets.items():
         if args.limit and name in ("paws", "mrpc"):
             rows = random.Random(SEED).sample(rows, min(args.limit, len(rows)))
-        weight = PROMPT_WEIGHT if name in ("own", "questions") else PUBLIC_WEIGHT
+        weight = args.prompt_weight if name in ("own", "questions") else PUBLIC_WEIGHT
         for pair, key in rows:
             if fold_of(key) == CALIBRATION_FOLD:
                 calibration.setdefault(name, []).append(pair)
@@ -227,7 +228,7 @@ def main() -> None:
         "about": "bench/cross_encoder.py's operating points, written by bench/verifier_cross_train.py",
         "operating_points": points, "calibration": report,
         "trained_on": {"pairs": len(train_rows), "layers": args.layers, "epochs": args.epochs, "lr": args.lr,
-                       "seed": SEED, "prompt_weight": PROMPT_WEIGHT, "public_weight": PUBLIC_WEIGHT,
+                       "seed": SEED, "prompt_weight": args.prompt_weight, "public_weight": PUBLIC_WEIGHT,
                        "limit": args.limit,
                        "seconds": round(trained)},
     }, indent=1) + "\n")
