@@ -94,7 +94,7 @@ class Runtime:
             await self.cache.open()
             embedder = _local_embedder(lambda: LocalEmbedder(
                 backend=settings.CACHE_EMBED_BACKEND, threads=settings.CACHE_EMBED_THREADS,
-                models_dir=settings.VAR_DIR / "models"))
+                precision=settings.CACHE_EMBED_PRECISION, models_dir=settings.VAR_DIR / "models"))
             self.batcher = MicroBatcher(embedder, max_batch=settings.CACHE_EMBED_BATCH,
                                         max_wait_ms=settings.CACHE_EMBED_WAIT_MS)
             # The model takes seconds to load: requests never wait for it (semantic lookups start
