@@ -202,6 +202,9 @@ BATCH_MAX_LINES = env_int("BATCH_MAX_LINES", 100_000, minimum=1)
 # each provider's own concurrency limit applies on top, per worker process.
 BATCH_TENANT_CONCURRENCY = env_int("BATCH_TENANT_CONCURRENCY", 32, minimum=1)
 BATCH_CHUNK_LINES = env_int("BATCH_CHUNK_LINES", 500, minimum=1)
+# Cores for the local embedder in a worker running batch jobs (every line is embedded for the
+# cache; a worker has no event loop serving callers to keep a core for).
+BATCH_EMBED_THREADS = env_int("BATCH_EMBED_THREADS", 2, minimum=1)
 # A running job's worker renews its lease every second; a job whose lease ran out (its worker
 # died) is picked up again by beat's resumer every BATCH_RESUME_EVERY seconds.
 BATCH_LEASE_SECONDS = env_float("BATCH_LEASE_SECONDS", 30.0)
