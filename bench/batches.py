@@ -7,9 +7,11 @@ and the worker's peak memory.
 Starts the simulated upstream (every chat answer after ``--latency-ms``), one Celery worker
 (solo pool, ``BATCH_TENANT_CONCURRENCY=--concurrency``) and submits a batch of ``--lines``
 distinct prompts through the services the API uses, as a tenant of its own in the development
-database (created once, reused). The ideal wall time is ``lines x latency / concurrency``: every
-slot busy all the time. The worker's resident memory (with its children) is sampled every
-200 ms. The simulator's peak in-flight count is checked against the limit.
+database (created once, reused; its cache is purged before each run, so that a run with the cache
+on embeds, looks up and stores every line instead of finding the last run's answers). The ideal
+wall time is ``lines x latency / concurrency``: every slot busy all the time. The worker's
+resident memory (with its children) is sampled every 200 ms. The simulator's peak in-flight count
+is checked against the limit.
 """
 
 from __future__ import annotations
@@ -71,6 +73,7 @@ def _rss(proc: psutil.Process) -> int:
 def _tenant(upstream_v1: str, *, cache: bool):
     from decimal import Decimal
 
+    from apps.cache.services import cache_purge
     from apps.catalog.models import Model, Provider
     from apps.tenants.models import Tenant
     from apps.tenants.services import key_create, tenant_create
@@ -79,6 +82,7 @@ def _tenant(upstream_v1: str, *, cache: bool):
                                                                                   slug="bench-batches")
     tenant.cache_enabled = cache
     tenant.save()
+    cache_purge(tenant_id=tenant.pk)
     provider, _ = Provider.objects.update_or_create(name="bench-batches-sim", defaults={
         "kind": Provider.Kind.SIMULATED, "base_url": upstream_v1, "max_concurrency": 1000, "timeout_seconds": 30})
     Model.objects.update_or_create(name="bench-batch-mini", defaults={
