@@ -206,6 +206,9 @@ class _OnnxModel:
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
         options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
+        # Idle intra-op threads sleep instead of spinning: with two threads on a busy machine the
+        # spinning cost about 1.5 ms of CPU per prompt (int8: 4.1-4.5 against 2.6-2.9 ms).
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self.session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
     def _run(self, ids: list[list[int]]) -> np.ndarray:
