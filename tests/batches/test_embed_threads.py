@@ -4,8 +4,10 @@ cacheable line is embedded, and the worker has no callers waiting on its event l
 from __future__ import annotations
 
 import asyncio
+import threading
 
 import pytest
+from django.db import connections
 
 from apps.gateway import runtime as runtime_module
 from apps.gateway.batch_executor import GatewayBatchExecutor
@@ -24,6 +26,17 @@ def test_it_gives_the_batch_worker_s_embedder_its_own_thread_count(settings, mon
         try:
             return executor.runtime.batcher.embedder.threads
         finally:
+            # The runtime's two database threads each close their connection (one call each),
+            # so that the test database can be dropped.
+            barrier = threading.Barrier(2)
+
+            def close_connections():
+                barrier.wait(10)
+                connections.close_all()
+
+            loop = asyncio.get_running_loop()
+            await asyncio.gather(*(loop.run_in_executor(executor.runtime._db_executor, close_connections)
+                                   for _ in range(2)))
             await executor.close()
 
     assert asyncio.run(open_and_close()) == 3
