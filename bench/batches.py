@@ -7,9 +7,11 @@ and the worker's peak memory.
 Starts the simulated upstream (every chat answer after ``--latency-ms``), one Celery worker
 (solo pool, ``BATCH_TENANT_CONCURRENCY=--concurrency``) and submits a batch of ``--lines``
 distinct prompts through the services the API uses, as a tenant of its own in the development
-database (created once, reused). The ideal wall time is ``lines x latency / concurrency``: every
-slot busy all the time. The worker's resident memory (with its children) is sampled every
-200 ms. The simulator's peak in-flight count is checked against the limit.
+database (created once, reused; its cache is purged before each run, so that a run with the cache
+on embeds, looks up and stores every line instead of finding the last run's answers). The ideal
+wall time is ``lines x latency / concurrency``: every slot busy all the time. The worker's
+resident memory (with its children) is sampled every 200 ms. The simulator's peak in-flight count
+is checked against the limit.
 """
 
 from __future__ import annotations
@@ -61,6 +63,14 @@ def _wait(url: str, proc: subprocess.Popen) -> None:
     raise RuntimeError(f"{url} did not come up")
 
 
+def _cpu(proc: psutil.Process) -> float:
+    """CPU seconds of the worker and its children so far (less moved by other load than wall time)."""
+    try:
+        return sum(sum(p.cpu_times()[:2]) for p in (proc, *proc.children(recursive=True)))
+    except psutil.Error:
+        return 0.0
+
+
 def _rss(proc: psutil.Process) -> int:
     try:
         return proc.memory_info().rss + sum(child.memory_info().rss for child in proc.children(recursive=True))
@@ -71,6 +81,7 @@ def _rss(proc: psutil.Process) -> int:
 def _tenant(upstream_v1: str, *, cache: bool):
     from decimal import Decimal
 
+    from apps.cache.services import cache_purge
     from apps.catalog.models import Model, Provider
     from apps.tenants.models import Tenant
     from apps.tenants.services import key_create, tenant_create
@@ -79,6 +90,7 @@ def _tenant(upstream_v1: str, *, cache: bool):
                                                                                   slug="bench-batches")
     tenant.cache_enabled = cache
     tenant.save()
+    cache_purge(tenant_id=tenant.pk)
     provider, _ = Provider.objects.update_or_create(name="bench-batches-sim", defaults={
         "kind": Provider.Kind.SIMULATED, "base_url": upstream_v1, "max_concurrency": 1000, "timeout_seconds": 30})
     Model.objects.update_or_create(name="bench-batch-mini", defaults={
@@ -123,11 +135,14 @@ def run(args) -> dict:
         _get(base + "/_sim/stats")
         urllib.request.urlopen(urllib.request.Request(base + "/_sim/reset", data=b"{}", method="POST"), timeout=10)
         submitted = time.monotonic()
+        cpu_start = _cpu(watched)
         job = batch_create(tenant=tenant, api_key=key, input_file_id=upload.pk, endpoint="/v1/chat/completions")
         peak = idle_rss
         last_print = 0.0
+        cpu = 0.0
         while True:
             peak = max(peak, _rss(watched))
+            cpu = _cpu(watched) or cpu
             job.refresh_from_db()
             if job.status in ("completed", "failed", "expired", "cancelled"):
                 break
@@ -148,7 +163,8 @@ def run(args) -> dict:
                 "wall_s": wall, "in_progress_s": running,
                 "finalizing_s": (job.completed_at - job.finalizing_at).total_seconds(), "ideal_s": ideal,
                 "upstream_requests": stats["requests"], "max_in_flight": stats["max_in_flight"],
-                "idle_rss_mb": idle_rss / 2**20, "peak_rss_mb": peak / 2**20}
+                "idle_rss_mb": idle_rss / 2**20, "peak_rss_mb": peak / 2**20, "worker_cpu_s": cpu - cpu_start,
+                "load_average": os.getloadavg()[0]}
     finally:
         for proc in (worker, simulator):
             if proc is not None and proc.poll() is None:
@@ -164,7 +180,8 @@ def _section(results: list[dict]) -> str:
         f"| {r['lines']:,} | {r['latency_ms']} ms | {r['concurrency']} | {'on' if r['cache'] else 'off'} | "
         f"{r['ideal_s']:.1f} s | {r['in_progress_s']:.1f} s ({r['ideal_s'] / r['in_progress_s']:.0%} of ideal "
         f"speed) | {r['finalizing_s']:.1f} s | {r['wall_s']:.1f} s | {r['max_in_flight']} | "
-        f"{r['idle_rss_mb']:.0f} MB | {r['peak_rss_mb']:.0f} MB |" for r in results)
+        f"{r['idle_rss_mb']:.0f} MB | {r['peak_rss_mb']:.0f} MB | {r['worker_cpu_s']:.1f} s | "
+        f"{r['load_average']:.1f} |" for r in results)
     return ("<!-- bench/batches.py:start -->\n## Batch jobs (`bench/batches.py`)\n\n"
             f"Command: `python bench/batches.py --both --write docs/benchmarks.md`. Run "
             f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC on {os.cpu_count()} cores, one Celery worker (solo pool), "
@@ -172,9 +189,12 @@ def _section(results: list[dict]) -> str:
             "Ideal: lines x upstream latency / concurrency limit (every slot busy all the time). "
             "*Running* is from `in_progress` to `finalizing`; *wall* from the submit to `completed` "
             "(validation and writing the output file included). Peak in flight is the simulator's count; "
-            "memory is the worker's resident set with its children, before the job and at its peak.\n\n"
+            "memory is the worker's resident set with its children, before the job and at its peak; worker "
+            "CPU is its CPU time during the job (Postgres's is not counted), and the load average is the "
+            "machine's at the end of the job (other work shares the cores).\n\n"
             "| lines | upstream latency | concurrency | cache | ideal | running | finalizing | wall | "
-            "peak in flight | worker RSS idle | worker RSS peak |\n|---|---|---|---|---|---|---|---|---|---|---|\n"
+            "peak in flight | worker RSS idle | worker RSS peak | worker CPU | load average |\n"
+            "|---|---|---|---|---|---|---|---|---|---|---|---|---|\n"
             f"{rows}\n<!-- bench/batches.py:end -->\n")
 
 

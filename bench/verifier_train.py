@@ -63,7 +63,7 @@ def words_build(path: Path) -> None:
 
     vocab = (_weights_dir() / "vocab.txt").read_text(encoding="utf-8").split("\n")
     words = [w for w in vocab if w.isalpha() and w.isascii()]
-    embedder = LocalEmbedder(backend="onnx")
+    embedder = LocalEmbedder(backend="onnx", precision="fp32")  # the shipped word table's vectors
     vectors = np.concatenate([np.asarray(embedder.embed_sync(words[i:i + 512])) for i in range(0, len(words), 512)])
     vectors = vectors.astype(np.float64)
     centred = vectors - vectors.mean(axis=0)
@@ -81,7 +81,7 @@ def words_build(path: Path) -> None:
 def cosines(pairs: list[Pair]) -> np.ndarray:
     from apps.cache.embedder import LocalEmbedder
 
-    embedder = LocalEmbedder()
+    embedder = LocalEmbedder(backend="onnx", precision="fp32")  # what the shipped weights were trained on
     texts = sorted({p.a for p in pairs} | {p.b for p in pairs})
     vectors = {}
     for start in range(0, len(texts), 256):

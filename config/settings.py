@@ -202,6 +202,9 @@ BATCH_MAX_LINES = env_int("BATCH_MAX_LINES", 100_000, minimum=1)
 # each provider's own concurrency limit applies on top, per worker process.
 BATCH_TENANT_CONCURRENCY = env_int("BATCH_TENANT_CONCURRENCY", 32, minimum=1)
 BATCH_CHUNK_LINES = env_int("BATCH_CHUNK_LINES", 500, minimum=1)
+# Cores for the local embedder in a worker running batch jobs (every line is embedded for the
+# cache; a worker has no event loop serving callers to keep a core for).
+BATCH_EMBED_THREADS = env_int("BATCH_EMBED_THREADS", 2, minimum=1)
 # A running job's worker renews its lease every second; a job whose lease ran out (its worker
 # died) is picked up again by beat's resumer every BATCH_RESUME_EVERY seconds.
 BATCH_LEASE_SECONDS = env_float("BATCH_LEASE_SECONDS", 30.0)
@@ -270,10 +273,16 @@ CIRCUIT_FAILURES = env_int("CIRCUIT_FAILURES", 5, minimum=1)
 CIRCUIT_COOLDOWN = env_float("CIRCUIT_COOLDOWN", 30.0)
 CACHE_EMBED_BATCH = env_int("CACHE_EMBED_BATCH", 64, minimum=1)
 # The local embedder: "onnx" (ONNX Runtime, the default) or "torch" (sentence-transformers);
-# both give the same vectors. CACHE_EMBED_THREADS: intra-op threads for one batch.
+# both give the same vectors. CACHE_EMBED_THREADS: cores for one batch.
 CACHE_EMBED_BACKEND = env_str("CACHE_EMBED_BACKEND", "onnx")
 if CACHE_EMBED_BACKEND not in ("onnx", "torch"):
     raise ImproperlyConfigured(f"CACHE_EMBED_BACKEND must be onnx or torch, not {CACHE_EMBED_BACKEND!r}")
+# The ONNX graph's weights: "int8" (quantised, the default: about 1.8x less CPU per prompt, vectors
+# about 0.99 cosine of fp32's, so stored vectors stay comparable) or "fp32" (sentence-transformers'
+# own vectors). docs/benchmarks.md has the figures.
+CACHE_EMBED_PRECISION = env_str("CACHE_EMBED_PRECISION", "int8")
+if CACHE_EMBED_PRECISION not in ("int8", "fp32"):
+    raise ImproperlyConfigured(f"CACHE_EMBED_PRECISION must be int8 or fp32, not {CACHE_EMBED_PRECISION!r}")
 CACHE_EMBED_THREADS = env_int("CACHE_EMBED_THREADS", 1, minimum=1)
 CACHE_EMBED_WAIT_MS = env_float("CACHE_EMBED_WAIT_MS", 0.0)
 # HNSW candidates examined per nearest-neighbour query (pgvector's hnsw.ef_search): higher

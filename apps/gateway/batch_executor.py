@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import time
 
+from django.conf import settings
+
 from apps.core.completions import completion_text
 from apps.gateway.doors.batch_lines import LineResult, chat_line, line_answer, line_expired
 from apps.gateway.runtime import Runtime
@@ -27,7 +29,7 @@ class GatewayBatchExecutor:
         return self.key is not None and self.key.is_usable(time.time())
 
     async def open(self) -> None:
-        self.runtime = Runtime()
+        self.runtime = Runtime(embed_threads=settings.BATCH_EMBED_THREADS)
         await self.runtime.start()
 
     async def close(self) -> None:

@@ -43,7 +43,8 @@ _NEGATIVE_CACHE_LIMIT = 10_000
 
 
 class Runtime:
-    def __init__(self) -> None:
+    def __init__(self, *, embed_threads: int | None = None) -> None:
+        self.embed_threads = embed_threads or settings.CACHE_EMBED_THREADS
         self.snapshot: Snapshot | None = None
         self.keys: dict[str, KeyInfo | None] = {}
         self.tenant_slugs: dict[int, str] = {}  # for metric labels; survives key-cache reloads
@@ -96,8 +97,8 @@ class Runtime:
             await self.cache.open()
             self.routers.pool = self.cache.pool
             embedder = _local_embedder(lambda: LocalEmbedder(
-                backend=settings.CACHE_EMBED_BACKEND, threads=settings.CACHE_EMBED_THREADS,
-                models_dir=settings.VAR_DIR / "models"))
+                backend=settings.CACHE_EMBED_BACKEND, threads=self.embed_threads,
+                precision=settings.CACHE_EMBED_PRECISION, models_dir=settings.VAR_DIR / "models"))
             self.batcher = MicroBatcher(embedder, max_batch=settings.CACHE_EMBED_BATCH,
                                         max_wait_ms=settings.CACHE_EMBED_WAIT_MS)
             # The model takes seconds to load: requests never wait for it (semantic lookups start
