@@ -39,11 +39,12 @@ from bench.report import section_write  # noqa: E402
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from apps.cache.embedder import LocalEmbedder  # noqa: E402
-from apps.cache.verify import candidate_verify  # noqa: E402
+from apps.cache.verify import DEFAULT_PRECISION, candidate_verify  # noqa: E402
 from bench.verify_rules import candidate_verify as rules_verify  # noqa: E402
 
 THRESHOLDS = [0.70, 0.75, 0.80, 0.85, 0.90, 0.95]
 DEFAULT_THRESHOLD = 0.80  # apps.tenants.models.Tenant.cache_similarity_threshold
+PRECISION_TARGETS = (0.90, 0.95, 0.97, 0.98, 0.99)  # apps.tenants.models.Tenant.cache_verify_precision
 
 
 @dataclass
@@ -175,6 +176,13 @@ def evaluate(name: str, pairs: list[Pair], embedder: LocalEmbedder) -> tuple[str
         lines.append("Its errors at the default threshold, by kind of pair (a duplicate kind is a missed "
                      "rewording, a near-miss kind a false hit): "
                      + ", ".join(f"{kind} {count}" for kind, count in kinds.most_common()) + ".")
+    targets = []
+    for target in PRECISION_TARGETS:
+        chosen = new if target == DEFAULT_PRECISION else [candidate_verify(p.a, p.b, precision=target) for p in report]
+        measured = score(report, sims, DEFAULT_THRESHOLD, chosen)
+        targets.append(f"{target:.2f}: {measured.precision:.3f} / {measured.recall:.3f}")
+    lines.append("The precision a tenant chooses (*semantic hit precision*) against what it gets here, at the "
+                 "default threshold, as target: precision / recall: " + "; ".join(targets) + ".")
     lines.append(f"({time.perf_counter() - started:.0f} s)\n")
     at_default = score(report, sims, DEFAULT_THRESHOLD, new)
     rules_default = score(report, sims, DEFAULT_THRESHOLD, old)
