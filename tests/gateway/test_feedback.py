@@ -38,7 +38,7 @@ def test_a_wrong_semantic_hit_raises_its_entrys_bar_and_a_wrong_exact_hit_remove
         "cache.feedback", "semantic", "entry_demoted", False)
     entry.refresh_from_db()
     assert entry.wrong_hits == 1
-    assert similarity < entry.min_similarity <= similarity + 0.02 + 1e-6
+    assert similarity < entry.min_similarity <= similarity + 0.02 + 1e-4  # the header rounds to 4 places
     (kept,) = Feedback.objects.filter(tenant=world.tenant_a, kind="cache")
     assert (kept.score, kept.cache_entry_id, kept.comment) == (0.0, entry.pk, "asked about another day")
 
