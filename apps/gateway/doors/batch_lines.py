@@ -16,6 +16,7 @@ limits and budgets, the cache, cost (at the model's batch discount) and a usage 
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from dataclasses import dataclass
 
@@ -45,6 +46,9 @@ class LineInvalid(Exception):
         super().__init__(message)
         self.code = code
         self.message = message
+
+
+logger = logging.getLogger(__name__)
 
 
 def request_id_for(job_id: str, index: int) -> str:
@@ -131,6 +135,12 @@ async def line_answer(runtime, key, *, job_id: str, endpoint: str, index: int, r
                 answer = {"error": {"message": error.body.decode(errors="replace")[:2000], "type": "upstream_error",
                                     "param": None, "code": None}}
             status = error.status
+            break
+        except Exception:
+            # A fault of the gateway's own: the line fails with the reason logged, never vanishes
+            # from the job's counts and files.
+            logger.exception("batch line %s of %s failed inside the gateway", index, job_id)
+            status, answer = 500, GatewayError().body()
             break
     ok = status == 200
     line = orjson.dumps({"id": line_id, "custom_id": custom_id,
