@@ -243,6 +243,7 @@ CELERY_BEAT_SCHEDULE: dict = {
     "usage-rollup": {"task": "reporting.rollup", "schedule": env_float("USAGE_ROLLUP_EVERY", 10.0)},
     "usage-prune": {"task": "usage.prune", "schedule": env_float("USAGE_PRUNE_EVERY", 3600.0)},
     "batches-resume": {"task": "batches.resume", "schedule": BATCH_RESUME_EVERY},
+    "routing-priors": {"task": "routing.priors_refresh", "schedule": env_float("ROUTING_PRIORS_EVERY", 60.0)},
 }
 
 if REDIS_URL:

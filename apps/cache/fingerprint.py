@@ -46,10 +46,21 @@ def _digest(value) -> str:
     return hashlib.sha256(orjson.dumps(value, option=orjson.OPT_SORT_KEYS)).hexdigest()
 
 
+def _last_user(messages: list) -> int:
+    return max((i for i, m in enumerate(messages) if m.get("role") == "user"), default=len(messages) - 1)
+
+
+def prompt_text(body: dict) -> str:
+    """The text a prompt is embedded by (the last user message's): the semantic cache's and the
+    learned router's, so that one embedding serves both."""
+    messages = body.get("messages") or []
+    return _text(messages[_last_user(messages)].get("content")).strip() if messages else ""
+
+
 def fingerprint(body: dict) -> Fingerprint:
     """The cache identity of a validated chat completion body."""
     messages = body["messages"]
-    last_user = max((i for i, m in enumerate(messages) if m.get("role") == "user"), default=len(messages) - 1)
+    last_user = _last_user(messages)
     parameters = {name: body[name] for name in ANSWER_PARAMETERS if body.get(name) is not None}
     context = {
         "model": body["model"],

@@ -43,7 +43,7 @@ class GatewayBatchExecutor:
         return await line_answer(self.runtime, self.key, job_id=job_id, endpoint=endpoint, index=index, raw=raw)
 
     async def chat(self, body: dict, *, request_id: str) -> str:
-        _request_id, answer = await chat_line(self.runtime, self.key, body, (request_id, "batch:/v1/chat/completions"))
+        _call, answer = await chat_line(self.runtime, self.key, body, (request_id, "batch:/v1/chat/completions"))
         return completion_text(answer)
 
     def chat_context_windows(self) -> dict[str, int]:

@@ -6,8 +6,9 @@ a millisecond; ``bench/routing.py`` measures it), read into an
 :class:`apps.routing.learned.NeighbourRouter`. A process loads it on the tenant's first learned
 request and reloads it in the background once it is ``refresh``
 seconds old, so feedback given through any replica reaches every replica within seconds; a
-request never waits for a reload, only for the first load. There is nothing else to train: the
-outcomes are the model.
+request never waits for a reload, only for the first load. The global priors
+(:class:`apps.routing.models.ModelPrior`, written by the ``routing.priors_refresh`` task) come
+with it. There is nothing else to train: the outcomes are the model.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ class TenantRouter:
     router: NeighbourRouter
     counts: dict[str, int]  # scored outcomes per model
     loaded_at: float
+    priors: dict[str, float]  # the global prior per model (apps.routing.models.ModelPrior)
 
 
 def _array(value) -> np.ndarray:
@@ -64,6 +66,8 @@ class LearnedRouters:
             rows = await (await conn.execute(
                 "SELECT embedding, model_name, score FROM routing_routeoutcome WHERE tenant_id = %s "
                 "AND score IS NOT NULL ORDER BY created_at DESC LIMIT %s", [tenant_id, self.max_rows])).fetchall()
+            priors = dict(await (await conn.execute(
+                "SELECT model_name, score FROM routing_modelprior")).fetchall())
         models = tuple(sorted({row[1] for row in rows}))
         column = {name: i for i, name in enumerate(models)}
         vectors = (np.stack([_array(row[0]) for row in rows]).astype(np.float32) if rows
@@ -73,20 +77,24 @@ class LearnedRouters:
         for i, (_vector, name, score) in enumerate(rows):
             scores[i, column[name]] = score
             counts[name] = counts.get(name, 0) + 1
-        loaded = TenantRouter(NeighbourRouter(Outcomes(vectors, scores, models)), counts, time.monotonic())
+        loaded = TenantRouter(NeighbourRouter(Outcomes(vectors, scores, models)), counts, time.monotonic(), priors)
         self._routers[tenant_id] = loaded
         return loaded
 
     async def record(self, *, tenant_id: int, request_id: str, rule_id: int | None, model_name: str,
-                     vector: np.ndarray, explored: bool) -> None:
-        """Keep a learned request's prompt vector and model, for its feedback to score."""
+                     vector: np.ndarray, explored: bool, estimate: float | None = None, best_model: str = "",
+                     best_estimate: float | None = None) -> None:
+        """Keep a learned request's prompt vector, model and what the router expected of it, for
+        its feedback to score."""
         try:
             async with self.pool.connection() as conn:
                 await conn.execute(
                     "INSERT INTO routing_routeoutcome (tenant_id, request_id, rule_id, model_name, embedding, "
-                    "explored, created_at) VALUES (%s, %s, %s, %s, %s, %s, now()) "
+                    "explored, estimate, best_model, best_estimate, created_at) "
+                    "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, now()) "
                     "ON CONFLICT (tenant_id, request_id) DO NOTHING",
-                    [tenant_id, request_id, rule_id, model_name, vector, explored])
+                    [tenant_id, request_id, rule_id, model_name, vector, explored, estimate, best_model,
+                     best_estimate])
         except Exception:
             logger.exception("route outcome of %s not recorded", request_id)
 

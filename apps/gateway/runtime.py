@@ -184,11 +184,12 @@ class Runtime:
         async with self._circuit_lock:  # FIFO: the last transition is the one left in the table
             await asyncio.get_running_loop().run_in_executor(self._db_executor, report)
 
-    def spawn(self, coroutine) -> None:
+    def spawn(self, coroutine) -> asyncio.Future:
         """Run work off the response path; shutdown waits for it."""
         task = asyncio.ensure_future(coroutine)
         self._background.add(task)
         task.add_done_callback(self._background_done)
+        return task
 
     def _background_done(self, task: asyncio.Task) -> None:
         self._background.discard(task)

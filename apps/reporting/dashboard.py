@@ -2,7 +2,8 @@
 tenants or one, over today, 7 days, 30 days or a chosen range. Staff only (the admin's login).
 
 It reads only the rollups (never the request log), daily buckets for ranges of more than two
-days and hourly ones otherwise. Charts are SVG drawn here on the server: no script, nothing
+days and hourly ones otherwise, and the learned routes of the range (their feedback and the
+router's estimates: the quality that routing savings cost). Charts are SVG drawn here on the server: no script, nothing
 fetched from elsewhere.
 """
 
@@ -19,6 +20,7 @@ from django.utils.safestring import mark_safe
 
 from apps.limits.selectors import spend_current
 from apps.reporting.selectors import REPORT_EARLIEST, REPORT_LATEST, usage_grouped, usage_series, usage_totals
+from apps.routing.selectors import learned_quality
 from apps.tenants.models import ApiKey, Tenant
 
 RANGES = {"today": "Today", "7d": "7 days", "30d": "30 days", "custom": "Custom"}
@@ -104,5 +106,7 @@ def dashboard(request):
         "by_model": by_model, "top_keys": top_keys, "period": period, "budgets": budgets,
         "savings_share": (totals.saved_cost / (totals.cost + totals.saved_cost)
                           if totals.cost + totals.saved_cost else Decimal(0)),
+        "unrouted_cost": totals.cost + totals.routing_saved_cost,
+        "learned": learned_quality(tenant_id=tenant_id, start=start, end=end),
     }
     return render(request, "admin/dashboard.html", context)

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from django.contrib import admin
+from django.contrib import admin, messages
 
 from apps.core.confirm import TenantCountedDelete
-from apps.routing.models import ComplexityIndicator, RouteOutcome, RoutingFallback, RoutingRule
+from apps.routing.models import ComplexityIndicator, ModelPrior, RouteOutcome, RoutingFallback, RoutingRule
+from apps.routing.services import outcomes_score
 
 
 class RoutingFallbackInline(admin.TabularInline):
@@ -55,8 +56,10 @@ class ComplexityIndicatorAdmin(admin.ModelAdmin):
 class RouteOutcomeAdmin(admin.ModelAdmin):
     """What learned rules routed, and the feedback each answer got: the tenants' routers."""
 
-    list_display = ("created_at", "request_id", "tenant", "rule", "model_name", "score", "explored")
+    list_display = ("created_at", "request_id", "tenant", "rule", "model_name", "score", "estimate", "best_model",
+                    "explored")
     list_filter = ("explored", ("score", admin.EmptyFieldListFilter), "tenant")
+    actions = ("grade_good", "grade_bad")
     list_select_related = ("tenant", "rule")
     search_fields = ("request_id",)
     exclude = ("embedding",)
@@ -72,6 +75,36 @@ class RouteOutcomeAdmin(admin.ModelAdmin):
 
     def get_readonly_fields(self, request, obj=None):
         return [field.name for field in self.model._meta.fields if field.name != "embedding"]
+
+    def has_add_permission(self, request) -> bool:
+        return False
+
+    def has_change_permission(self, request, obj=None) -> bool:
+        return False
+
+    def _grade(self, request, queryset, score: float) -> None:
+        graded = outcomes_score(queryset, score=score, by=request.user.get_username())
+        self.message_user(request, f"{graded} answer(s) graded {score:g}: the tenants' routers learn from them "
+                                   "within seconds.", messages.SUCCESS)
+
+    @admin.action(description="Grade the selected answers good (score 1)", permissions=["grade"])
+    def grade_good(self, request, queryset):
+        self._grade(request, queryset, 1.0)
+
+    @admin.action(description="Grade the selected answers bad (score 0)", permissions=["grade"])
+    def grade_bad(self, request, queryset):
+        self._grade(request, queryset, 0.0)
+
+    def has_grade_permission(self, request) -> bool:
+        return request.user.has_perm("routing.view_routeoutcome") and request.user.has_perm("usage.add_feedback")
+
+
+@admin.register(ModelPrior)
+class ModelPriorAdmin(admin.ModelAdmin):
+    """What every tenant's feedback says of each model (the ``routing.priors_refresh`` task writes it)."""
+
+    list_display = ("model_name", "score", "outcomes", "tenants", "updated_at")
+    search_fields = ("model_name",)
 
     def has_add_permission(self, request) -> bool:
         return False

@@ -102,6 +102,24 @@ class NeighbourRouter:
         return self.estimate_many(vector[None, :], None if prior is None else prior[None, :])[0]
 
 
+# A global prior counts as this many of the tenant's own outcomes of that model: a new tenant
+# follows what everyone's feedback says of each model, and its own feedback outweighs that once
+# it has a few dozen outcomes.
+PRIOR_OUTCOMES = 20
+
+
+def prior_blend(own_mean: float | None, own_count: int, global_mean: float | None, *,
+                weight: float = PRIOR_OUTCOMES) -> float | None:
+    """A model's prior for a tenant: its own mean outcome shrunk toward the global prior (the
+    global prior alone with no own outcomes; the own mean alone with no global prior; None with
+    neither)."""
+    if global_mean is None:
+        return own_mean if own_count > 0 else None
+    if own_count <= 0 or own_mean is None:
+        return global_mean
+    return (own_mean * own_count + global_mean * weight) / (own_count + weight)
+
+
 def model_pick(estimates: np.ndarray, costs: np.ndarray, *, target: float) -> int:
     """The index of the cheapest model whose estimate is at least ``target`` of the best one's."""
     best = float(np.max(estimates))

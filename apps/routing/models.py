@@ -133,11 +133,36 @@ class RouteOutcome(models.Model):
     embedding = VectorField(dimensions=384)
     score = models.FloatField(null=True, blank=True)
     explored = models.BooleanField(default=False)
+    # What the router expected when it chose: the chosen model's estimate, and the candidate it
+    # rated best with that one's (the dashboard weighs the quality kept against the money saved).
+    estimate = models.FloatField(null=True, blank=True)
+    best_model = models.CharField(max_length=200, blank=True, default="", db_default="")
+    best_estimate = models.FloatField(null=True, blank=True)
     created_at = models.DateTimeField(default=timezone.now)
 
     class Meta:
         constraints = [models.UniqueConstraint(fields=["tenant", "request_id"], name="route_outcome_unique_request")]
-        indexes = [models.Index(fields=["tenant", "-created_at"], name="route_outcome_tenant_time")]
+        indexes = [models.Index(fields=["tenant", "-created_at"], name="route_outcome_tenant_time"),
+                   models.Index(fields=["created_at"], name="route_outcome_time")]
 
     def __str__(self) -> str:
         return f"{self.request_id} {self.model_name}"
+
+
+class ModelPrior(models.Model):
+    """What every tenant's feedback says of a model, on average: the prior a tenant's learned
+    router leans on for a model it has little feedback on. Written by the ``routing.priors_refresh``
+    task from the scored :class:`RouteOutcome` rows of at least two tenants (each tenant weighs the
+    same, however much feedback it sends); it holds no prompt and no tenant's own figure."""
+
+    model_name = models.CharField(max_length=200, unique=True)
+    score = models.FloatField(help_text="Mean of the tenants' mean outcomes, 0-1.")
+    outcomes = models.PositiveIntegerField(help_text="Scored outcomes behind it.")
+    tenants = models.PositiveIntegerField(help_text="Tenants behind it.")
+    updated_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        verbose_name = "model prior"
+
+    def __str__(self) -> str:
+        return f"{self.model_name} {self.score:.3f}"

@@ -30,7 +30,9 @@ async def messages_create(runtime: Runtime, x: Exchange, key: KeyInfo) -> None:
     x.chat = ChatRequest(key, body_parse(await body_read(x.receive)), ANTHROPIC_MESSAGES, x.started,
                          cache_control=header(scope, b"cache-control"),
                          namespace=header(scope, b"x-switchyard-cache-namespace"),
-                         tags=header(scope, b"x-switchyard-tags"), forwarded=forwarded_headers(scope))
+                         tags=header(scope, b"x-switchyard-tags"),
+                         quality_target=header(scope, b"x-switchyard-quality-target"),
+                         forwarded=forwarded_headers(scope))
     answer = await chat(runtime, x.chat)
     call = answer.call
     headers = [(b"request-id", call.request_id.encode()), *call.headers()]

@@ -29,7 +29,8 @@ async def chat_completions(runtime: Runtime, x: Exchange, key: KeyInfo) -> None:
     x.chat = ChatRequest(key, body_parse(await body_read(receive)), OPENAI_CHAT, x.started,
                          cache_control=header(scope, b"cache-control"),
                          namespace=header(scope, b"x-switchyard-cache-namespace"),
-                         tags=header(scope, b"x-switchyard-tags"))
+                         tags=header(scope, b"x-switchyard-tags"),
+                         quality_target=header(scope, b"x-switchyard-quality-target"))
     answer = await chat(runtime, x.chat)
     call = answer.call
     try:

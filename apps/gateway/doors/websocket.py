@@ -303,9 +303,15 @@ class ChatConsumer(AsyncWebsocketConsumer):
                 await self._error(request_id, BadRequest(f"'{name}' must be a string.", param=name))
                 return
             options[name] = value
+        target = message.get("quality_target")
+        if target is not None and (isinstance(target, bool) or not isinstance(target, int | float)):
+            await self._error(request_id, BadRequest("'quality_target' must be a number from 0 to 1.",
+                                                     param="quality_target"))
+            return
         run = ChatEvents(self.gateway_runtime, key, body, request_id=request_id,
                       sentences=bool(message.get("sentences")), cache_control=options["cache_control"],
-                      namespace=options["cache_namespace"], tags=options["tags"])
+                      namespace=options["cache_namespace"], tags=options["tags"],
+                      quality_target=None if target is None else repr(float(target)))
         task = asyncio.ensure_future(self._run(run))
         self.runs[request_id] = (task, run)
         # Counted until the task is done, even one cancelled before it ever ran.

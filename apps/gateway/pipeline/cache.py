@@ -97,7 +97,7 @@ async def cache_lookup(runtime, call, plan: CachePlan) -> CachedAnswer | None:
         _lead(runtime, plan)
         if fp.prompt_text and runtime.semantic_ready(call.key) and await runtime.cache.context_has_entries(
                 tenant_id=tenant, namespace=plan.namespace, context_hash=fp.context_hash):
-            plan.vector = await runtime.batcher_for(call.key).embed_one(fp.prompt_text)
+            plan.vector = await _prompt_vector(runtime, call, fp.prompt_text)
             candidates = await runtime.cache.nearest(
                 tenant_id=tenant, namespace=plan.namespace, context_hash=fp.context_hash, vector=plan.vector,
                 max_age=plan.control.max_age)
@@ -120,6 +120,13 @@ async def cache_lookup(runtime, call, plan: CachePlan) -> CachedAnswer | None:
         plan.key = (tenant, plan.namespace, fp.request_hash)
         _lead(runtime, plan)
     return None
+
+
+async def _prompt_vector(runtime, call, text: str):
+    """The prompt's embedding: the one the route step computed for the same text, or a new one."""
+    if call.prompt_vector is not None and call.prompt_vector[0] == text:
+        return call.prompt_vector[1]
+    return await runtime.batcher_for(call.key).embed_one(text)
 
 
 def _lead(runtime, plan: CachePlan) -> None:
@@ -165,7 +172,7 @@ async def _save(runtime, call, plan: CachePlan, response: dict) -> None:
     try:
         vector = plan.vector
         if vector is None and plan.fp.prompt_text and runtime.semantic_ready(call.key):
-            vector = await runtime.batcher_for(call.key).embed_one(plan.fp.prompt_text)
+            vector = await _prompt_vector(runtime, call, plan.fp.prompt_text)
         usage = response.get("usage") if isinstance(response.get("usage"), dict) else {}
         await runtime.cache.save(
             tenant_id=call.key.tenant_id, namespace=plan.namespace, request_hash=plan.fp.request_hash,

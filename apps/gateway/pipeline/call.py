@@ -49,6 +49,8 @@ class Call:
     learned_rule: object = None  # RuleInfo of a learned rule that matched: the router picks within the chain
     route_reason: str = ""  # why the learned router chose (x-switchyard-route-reason)
     route_estimates: str = ""  # its estimate per candidate, "model=0.912;..." (x-switchyard-route-estimates)
+    route_recorded: object = None  # the task keeping a learned route's outcome row (feedback waits for it)
+    prompt_vector: tuple | None = None  # (text, embedding) of the prompt, once a step embedded it
     model: ModelInfo | None = None
     stream: bool = False
     input_tokens: int = 0

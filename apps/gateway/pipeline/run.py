@@ -30,7 +30,7 @@ from apps.gateway.dialects.base import Dialect, Prepared
 from apps.gateway.pipeline.cache import cache_hit_log, cache_lookup, cache_plan, cache_settle
 from apps.gateway.pipeline.call import Call
 from apps.gateway.pipeline.limits import limits_reserve, limits_settle
-from apps.gateway.pipeline.route import call_route, call_route_learned
+from apps.gateway.pipeline.route import call_route, call_route_learned, quality_target_parse
 from apps.gateway.pipeline.stream import ChatStream
 from apps.gateway.pipeline.upstream import Attempt, answer_done, upstream_call
 from apps.gateway.pipeline.usage import call_fail, call_log, cut_short_status
@@ -54,6 +54,7 @@ class ChatRequest:
     cache_control: str | None = None
     namespace: str | None = None
     tags: str | None = None
+    quality_target: str | None = None  # x-switchyard-quality-target, for a learned rule
     forwarded: dict[str, str] = field(default_factory=dict)
     batch_line: tuple[str, str] | None = None  # (request id, endpoint) of a batch job's line
     # Set by the pipeline once the request is validated, routed and within its limits (None
@@ -112,8 +113,9 @@ async def chat(runtime: Runtime, request: ChatRequest) -> Answer:
         call.stream = bool(prepared.body.get("stream"))
         call_route(runtime, call, prepared.body, request.tags, mode="chat", dialect=dialect,
                    native_only=prepared.native_only)
+        target = quality_target_parse(request.quality_target)
         if call.learned_rule is not None:
-            await call_route_learned(runtime, call, prepared.body)
+            await call_route_learned(runtime, call, prepared.body, target)
         await limits_reserve(runtime, call, prepared.body)
         dialect.routed(call, prepared)
     except GatewayError as exc:
