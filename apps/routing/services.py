@@ -39,12 +39,12 @@ def outcomes_score(outcomes, *, score: float, by: str) -> int:
     and a feedback row as ``POST /v1/feedback`` would keep (a later grade replaces it)."""
     from apps.usage.models import Feedback
 
-    rows = list(outcomes.only("tenant_id", "request_id", "model_name"))
+    rows = list(outcomes.select_related(None).values_list("pk", "tenant_id", "request_id", "model_name"))
     with transaction.atomic():
-        for outcome in rows:
+        for _pk, tenant_id, request_id, model_name in rows:
             Feedback.objects.update_or_create(
-                tenant_id=outcome.tenant_id, request_id=outcome.request_id, kind=Feedback.Kind.OUTCOME,
+                tenant_id=tenant_id, request_id=request_id, kind=Feedback.Kind.OUTCOME,
                 defaults={"score": score, "comment": f"graded in the admin by {by}"[:4000], "api_key": None,
-                          "model_used": outcome.model_name, "action": "admin grade", "created_at": timezone.now()})
-        RouteOutcome.objects.filter(pk__in=[outcome.pk for outcome in rows]).update(score=score)
+                          "model_used": model_name, "action": "admin grade", "created_at": timezone.now()})
+        RouteOutcome.objects.filter(pk__in=[row[0] for row in rows]).update(score=score)
     return len(rows)

@@ -100,3 +100,84 @@ def test_no_tenant_learns_from_anothers_outcomes(learned):
     assert refused.status_code == 404
     a_route.refresh_from_db()
     assert a_route.score == 1.0
+
+
+def _ask_with(world, key: str, prompt: str, **headers) -> httpx.Response:
+    return httpx.post(world.gateway.v1 + "/chat/completions",
+                      headers={"Authorization": f"Bearer {key}", "Cache-Control": "no-store", **headers},
+                      json={"model": "smart", "messages": [{"role": "user", "content": prompt}]}, timeout=30)
+
+
+def test_a_request_chooses_its_own_quality_target(learned):
+    world = learned
+    proof = "Prove that the square root of 11 is irrational."
+    assert _ask(world, world.key_a, proof).headers["x-switchyard-model"] == "sim-premium"
+    cheap = _ask_with(world, world.key_a, proof, **{"x-switchyard-quality-target": "0"})
+    assert cheap.status_code == 200, cheap.text
+    assert cheap.headers["x-switchyard-model"] == "sim-mini"
+    assert "target 0.00 of best" in cheap.headers["x-switchyard-route-reason"]
+    for bad in ("1.5", "-0.1", "most", "nan"):
+        refused = _ask_with(world, world.key_a, proof, **{"x-switchyard-quality-target": bad})
+        assert refused.status_code == 400, bad
+        assert refused.json()["error"]["param"] == "x-switchyard-quality-target"
+
+
+def test_a_new_tenant_leans_on_the_global_prior_which_no_single_tenant_makes(learned):
+    from apps.routing.models import ModelPrior
+    from apps.routing.services import priors_refresh
+
+    world = learned
+    assert priors_refresh() == 0  # only tenant A has outcomes: its own figures are never published
+    assert not ModelPrior.objects.exists()
+    assert priors_refresh(min_tenants=1) == 2
+    priors = dict(ModelPrior.objects.values_list("model_name", "score"))
+    assert priors == {"sim-premium": 1.0, "sim-mini": 0.5}
+
+    def routed(**headers):
+        answer = _ask_with(world, world.key_b, "What's the capital city of Chile?", **headers)
+        assert answer.status_code == 200, answer.text
+        return answer if "global prior" in answer.headers["x-switchyard-route-reason"] else None
+
+    # Tenant B has no outcome of its own: the prior says the premium model is the one to keep 0.9
+    # of the best quality, and that the mini model keeps half of it.
+    answer = wait_until(routed, timeout=20)
+    assert answer, "the new priors never reached the gateway"
+    assert answer.headers["x-switchyard-model"] == "sim-premium"
+    assert answer.headers["x-switchyard-route-reason"].endswith("global prior for sim-premium, sim-mini")
+    assert routed(**{"x-switchyard-quality-target": "0.5"}).headers["x-switchyard-model"] == "sim-mini"
+
+
+def test_routing_savings_are_counted_against_the_best_candidate(learned):
+    from apps.routing.models import RouteOutcome
+
+    world = learned
+    answer = _ask(world, world.key_a, "Which city is the capital of Chile?")
+    assert answer.headers["x-switchyard-model"] == "sim-mini"
+    request_id = answer.headers["x-switchyard-request-id"]
+    [row] = request_logs(1, tenant=world.tenant_a, request_id=request_id)
+    premium = world.models["sim-premium"].prices.order_by("-effective_from", "-id").first()
+    at_best = premium.cost(input_tokens=row.input_tokens, cached_tokens=row.cached_tokens,
+                           output_tokens=row.output_tokens)
+    assert row.cost > 0 and at_best > row.cost
+    assert row.routing_saved_cost == at_best - row.cost
+    outcome = wait_until(lambda: RouteOutcome.objects.filter(request_id=request_id).first())
+    assert outcome.best_model == "sim-premium"
+    assert outcome.estimate >= 0.9 * outcome.best_estimate > 0
+
+
+def _prompts_embedded(world) -> float:
+    text = httpx.get(world.gateway.base + "/metrics", timeout=10).text
+    return next(float(line.split()[-1]) for line in text.splitlines()
+                if line.startswith("switchyard_embedding_batch_size_sum"))
+
+
+def test_the_route_and_the_cache_share_one_embedding_of_the_prompt(learned):
+    world = learned
+    before = _prompts_embedded(world)
+    answer = _ask(world, world.key_a, "Which city is the capital of Norway?")
+    assert answer.headers["x-switchyard-cache"] == "miss"
+    # The answer is saved for semantic hits with the vector the route computed.
+    hit = wait_until(lambda: (lambda r: r if r.headers["x-switchyard-cache"] != "miss" else None)(
+        _ask(world, world.key_a, "Which city is the capital of Norway?")))
+    assert hit.headers["x-switchyard-cache"] == "hit-exact"
+    assert _prompts_embedded(world) - before == 2  # the first request once, the exact hit's route once

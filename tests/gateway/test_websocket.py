@@ -241,6 +241,10 @@ async def test_it_sends_error_events_and_keeps_the_socket_open(gateway, world, s
     assert (await ws.receive_json_from())["error"]["param"] == "id"
     await ws.send_json_to({"type": "launch"})
     assert (await ws.receive_json_from())["error"]["param"] == "type"
+    for target in ("high", 1.5, True):
+        await ws.send_json_to({**chat("5", "Hi"), "quality_target": target})
+        event = await ws.receive_json_from()
+        assert (event["id"], event["status"], event["error"]["param"]) == ("5", 400, "quality_target")
     world.simulator.fault(model="*", mode="status", status=500, count=100)
     await ws.send_json_to(chat("4", "Hi"))
     event = await ws.receive_json_from()

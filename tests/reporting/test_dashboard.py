@@ -58,6 +58,42 @@ def test_it_narrows_to_one_tenant(client, staff, logged, tenant_a, tenant_b, key
     assert key_b.api_key.prefix not in page  # the other tenant's key is not among the top keys
 
 
+def _route(tenant, request_id, model, *, score=None, estimate=None, best_estimate=None, explored=False):
+    from apps.routing.models import RouteOutcome
+
+    return RouteOutcome.objects.create(
+        tenant=tenant, request_id=request_id, model_name=model, embedding=[0.0] * 383 + [1.0], score=score,
+        estimate=estimate, best_model="sim-premium", best_estimate=best_estimate, explored=explored,
+        created_at=datetime(2026, 11, 2, 12, tzinfo=UTC))
+
+
+def test_it_weighs_learned_routing_savings_against_the_quality_kept(client, staff, logged, tenant_a, tenant_b):
+    _route(tenant_a, "r1", "sim-mini", score=1.0, estimate=0.9, best_estimate=1.0)
+    _route(tenant_a, "r2", "sim-mini", score=0.0, estimate=0.9, best_estimate=1.0)
+    _route(tenant_a, "r3", "sim-mini", estimate=0.8, best_estimate=1.0, explored=True)
+    _route(tenant_a, "r4", "sim-premium", score=1.0, estimate=1.0, best_estimate=1.0)
+    _route(tenant_b, "r5", "sim-mini", score=0.0, estimate=0.1, best_estimate=1.0)
+    page = client.get("/admin/dashboard/", {**PARAMS, "tenant": tenant_a.pk}).content.decode()
+    summary = page[page.index('id="sy-learned-summary"'):page.index('id="sy-learned"')]
+    assert "4 requests routed by learned rules" in summary
+    assert "Measured quality of the 3 rated answers: <strong>0.667</strong>" in summary
+    assert "estimate for the unrated ones: 0.800" in summary
+    assert "best candidate: <strong>70%</strong>" in summary  # (1 + 0 + 0.8 + 1) / 4
+    table = page[page.index('id="sy-learned"'):]
+    assert "<tr><td>sim-mini</td><td>3</td><td>1</td><td>2</td>\n<td>0.500</td><td>0.800</td></tr>" in table
+    # Every tenant: tenant B's route counts too.
+    everyone = client.get("/admin/dashboard/", PARAMS).content.decode()
+    assert "5 requests routed by learned rules" in everyone
+    spend = RequestLog.objects.filter(tenant=tenant_a)
+    without = sum((r.cost + r.routing_saved_cost for r in spend), Decimal(0))
+    assert _money(without) in page[page.index('id="sy-unrouted"'):]
+
+
+def test_it_says_when_no_learned_rule_routed(client, staff, logged):
+    page = client.get("/admin/dashboard/", PARAMS).content.decode()
+    assert "No request was routed by a learned rule in this range." in page
+
+
 @pytest.mark.parametrize("is_staff", [False, None])
 def test_it_is_refused_to_anyone_but_staff(client, db, is_staff):
     if is_staff is not None:

@@ -304,7 +304,8 @@ class ChatConsumer(AsyncWebsocketConsumer):
                 return
             options[name] = value
         target = message.get("quality_target")
-        if target is not None and (isinstance(target, bool) or not isinstance(target, int | float)):
+        if target is not None and (isinstance(target, bool) or not isinstance(target, int | float)
+                                   or not 0 <= target <= 1):
             await self._error(request_id, BadRequest("'quality_target' must be a number from 0 to 1.",
                                                      param="quality_target"))
             return

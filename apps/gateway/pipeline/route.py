@@ -97,8 +97,10 @@ async def call_route_learned(runtime: Runtime, call: Call, body: dict, quality_t
     chain = call.chain
     target = rule.quality_target if quality_target is None else quality_target
     if not runtime.semantic_ready(call.key):
-        call.route_reason = "learned: rule order (the embedding model is still loading)"
-        return
+        if not (call.batch and runtime.semantic_possible(call.key)):
+            call.route_reason = "learned: rule order (the embedding model is still loading)"
+            return
+        await runtime.embedder_loaded()  # a batch line can wait for the model it learns with
     text = prompt_text(body)
     vector = await runtime.batcher_for(call.key).embed_one(text)
     call.prompt_vector = (text, vector)
