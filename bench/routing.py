@@ -290,6 +290,7 @@ def live(table: Table, stream: int, *, quality_target: float = 0.95, explore: fl
     finally:
         for proc in reversed(procs):
             stop(proc)
+    spend, kept = _honest_savings(tenant.pk)
     half = stream // 2
     second = chosen.take(np.arange(half, stream))
     value, curve = apgr(np.array(scores[half:]), second.weak, second.strong)
@@ -306,9 +307,30 @@ def live(table: Table, stream: int, *, quality_target: float = 0.95, explore: fl
              f"| served by the strong model | {figures['strong_share']:.1%} |",
              f"| accuracy served | {figures['accuracy']:.3f} (weak only {figures['weak']:.3f}, strong only "
              f"{figures['strong']:.3f}) |",
+             f"| spend, and without routing (every answer on the best candidate) | ${spend[0]:.4f} / "
+             f"${spend[1]:.4f} ({1 - spend[0] / spend[1]:.1%} saved) |" if spend[1] else "| spend | none |",
+             f"| the dashboard's quality behind it: rated answers' mean score, quality kept | "
+             f"{kept.mean_score:.3f}, {kept.kept:.3f} |" if kept.kept is not None else "| quality kept | none |",
              "| how it chose, whole stream | " + ", ".join(f"{k or '(none)'} {v}" for k, v in sorted(reasons.items()))
              + " |"]
     return lines, figures
+
+
+def _honest_savings(tenant_id: int):
+    """What the dashboard shows for the tenant: its spend against spend without routing, and the
+    measured quality of the routed answers (the bench rated every one) against the best candidate."""
+    from datetime import timedelta
+
+    from django.db.models import Sum
+
+    from apps.routing.selectors import learned_quality
+    from apps.usage.models import RequestLog
+
+    totals = RequestLog.objects.filter(tenant_id=tenant_id).aggregate(cost=Sum("cost"), saved=Sum("routing_saved_cost"))
+    cost, saved = float(totals["cost"] or 0), float(totals["saved"] or 0)
+    now = datetime.now(UTC)
+    return (cost, cost + saved), learned_quality(tenant_id=tenant_id, start=now - timedelta(days=1),
+                                                 end=now + timedelta(hours=1))
 
 
 def row(name: str, figures: dict, share_strong: float | None = None) -> str:

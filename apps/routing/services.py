@@ -8,6 +8,7 @@ from django.db import connection, transaction
 from django.utils import timezone
 
 from apps.routing.models import ModelPrior, RouteOutcome
+from apps.usage.models import Feedback
 
 PRIOR_MIN_TENANTS = 2  # a prior is never one tenant's own figure
 PRIOR_WINDOW = timedelta(days=30)
@@ -37,8 +38,6 @@ def priors_refresh(*, min_tenants: int = PRIOR_MIN_TENANTS, window: timedelta = 
 def outcomes_score(outcomes, *, score: float, by: str) -> int:
     """An operator's grade of learned routes' answers (the admin's actions): each outcome's score,
     and a feedback row as ``POST /v1/feedback`` would keep (a later grade replaces it)."""
-    from apps.usage.models import Feedback
-
     rows = list(outcomes.select_related(None).values_list("pk", "tenant_id", "request_id", "model_name"))
     with transaction.atomic():
         for _pk, tenant_id, request_id, model_name in rows:
