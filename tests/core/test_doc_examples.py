@@ -110,6 +110,28 @@ def test_it_runs_every_block_but_the_listed_few():
     assert len(RUNNABLE) >= 20
 
 
+def _anchor(heading: str) -> str:
+    """GitHub's anchor for a heading: lower case, punctuation dropped, spaces to hyphens."""
+    return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+
+
+def test_it_links_only_to_pages_and_headings_that_exist():
+    broken = []
+    for path in DOCS:
+        for target in re.findall(r"\]\(([^)\s]+)\)", path.read_text()):
+            if re.match(r"^[a-z]+:", target):
+                continue  # a URL
+            file, _, anchor = target.partition("#")
+            linked = (path.parent / file).resolve() if file else path
+            if not linked.exists():
+                broken.append(f"{path.name}: {target}")
+            elif anchor and linked.suffix == ".md":
+                headings = re.findall(r"^#+ (.+)$", linked.read_text(), flags=re.MULTILINE)
+                if anchor not in {_anchor(h) for h in headings}:
+                    broken.append(f"{path.name}: {target}")
+    assert not broken, f"links to nothing: {broken}"
+
+
 def test_it_finds_the_blocks_a_page_holds(tmp_path):
     page = tmp_path / "page.md"
     page.write_text("# t\n\n```bash\necho one\n```\n\ntext\n\n<!-- not run: starts a server -->\n"
