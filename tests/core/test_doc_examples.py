@@ -5,8 +5,10 @@ database seeded with the demo (``seed_demo``).
 Conventions the docs follow (docs/testing.md says the same for their writers):
 
 - Every fenced block names its language. Blocks in ``bash``, ``sh``, ``console`` (the lines
-  after ``$ ``) and ``python`` are run; ``json``, ``text`` and ``js`` blocks show data, output
-  or browser code and are not.
+  after ``$ ``) and ``python`` are run; ``js`` blocks run in Chromium on a page of the gateway,
+  logged in as the demo admin, and pass once they ``console.log`` (with ``key: 1``, the demo
+  key's id on a fresh database, replaced by its id here); ``json`` and ``text`` blocks show data
+  or output and are not run.
 - Examples reach the gateway through ``$SWITCHYARD_URL`` (no ``/v1``) and ``$SWITCHYARD_KEY``
   (a tenant key), which the README tells a reader to export; here they name the live gateway
   and the demo key.
@@ -33,8 +35,9 @@ import pytest
 from tests.live import REPO, database_url_for_tests, stop_process
 
 DOCS = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
-RUN = {"bash", "sh", "console", "python"}
-SHOWN = {"json", "text", "js"}
+RUN = {"bash", "sh", "console", "python", "js"}
+SHOWN = {"json", "text"}
+CHROMIUM = "/usr/bin/chromium"
 NOT_RUN_MARK = re.compile(r"^<!--\s*not run:\s*(?P<why>\S.*?)\s*-->$")
 
 # (file, how the first line of the block starts) of every block that is not run: keep this short.
@@ -149,6 +152,9 @@ class Platform:
     env: dict
     workdir: Path
     logs: list[Path]
+    base: str
+    session: str  # the demo admin's session cookie
+    key_id: int  # the demo key's
 
 
 @pytest.fixture(scope="module")
@@ -159,6 +165,7 @@ def platform(django_db_setup, django_db_blocker, simulator_process, tmp_path_fac
     from django.test import override_settings
 
     from apps.core.demo import demo_seed
+    from apps.tenants.models import ApiKey
     from tests.gateway.conftest import gateway_start, gateway_stop
 
     workdir = tmp_path_factory.mktemp("docs")
@@ -168,6 +175,8 @@ def platform(django_db_setup, django_db_blocker, simulator_process, tmp_path_fac
     with django_db_blocker.unblock():
         with override_settings(VAR_DIR=workdir / "var"):
             credentials = demo_seed(upstream_url=simulator_process.v1)
+        session = _logged_in("admin")
+        key_id = ApiKey.objects.get(tenant__slug="demo").pk
         common = {"DATABASE_URL": database_url_for_tests(), "CELERY_BROKER_URL": settings.CELERY_BROKER_URL,
                   "BATCH_FILES_DIR": str(files), "CACHE_LOCAL_EMBEDDER": "0", "HF_HUB_OFFLINE": "1",
                   "PYTHONUNBUFFERED": "1"}
@@ -181,11 +190,46 @@ def platform(django_db_setup, django_db_blocker, simulator_process, tmp_path_fac
         env.update(common, SWITCHYARD_URL=gateway.base, SWITCHYARD_KEY=credentials.api_key,
                    PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
         try:
-            yield Platform(env=env, workdir=workdir, logs=[gateway.log_path, worker_log])
+            yield Platform(env=env, workdir=workdir, logs=[gateway.log_path, worker_log], base=gateway.base,
+                           session=session, key_id=key_id)
         finally:
             stop_process(worker, timeout=20)
             gateway_stop(gateway)
             call_command("flush", interactive=False, verbosity=0)
+
+
+def _logged_in(username: str) -> str:
+    from django.contrib.auth import get_user_model
+    from django.test import Client
+
+    client = Client()
+    client.force_login(get_user_model().objects.get(username=username))
+    return client.cookies["sessionid"].value
+
+
+def run_in_browser(block: Block, platform: Platform) -> dict:
+    """Run a ``js`` block on the playground's page; what it logged first."""
+    from playwright.sync_api import sync_playwright
+
+    assert "key: 1," in block.code, "a js block names the demo key as `key: 1,`"
+    code = block.code.replace("key: 1,", f"key: {platform.key_id},")
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM,
+                                             args=["--no-sandbox", "--disable-background-networking"])
+        try:
+            context = browser.new_context()
+            context.add_cookies([{"name": "sessionid", "value": platform.session, "url": platform.base}])
+            page = context.new_page()
+            errors: list[str] = []
+            page.on("pageerror", lambda error: errors.append(str(error)))
+            page.goto(platform.base + "/playground/")
+            with page.expect_console_message(lambda message: message.type == "log",
+                                             timeout=BLOCK_TIMEOUT * 1000) as logged:
+                page.add_script_tag(content=code)
+            assert not errors, errors
+            return logged.value.args[0].json_value()
+        finally:
+            browser.close()
 
 
 BASH_PRELUDE = 'set -euo pipefail\ncurl() { command curl --fail-with-body "$@"; }\n'
@@ -204,6 +248,11 @@ def command_for(block: Block) -> list[str]:
 @pytest.mark.django_db
 @pytest.mark.parametrize("block", RUNNABLE, ids=[block.id for block in RUNNABLE])
 def test_the_example_runs(block: Block, platform: Platform):
+    if block.lang == "js":
+        if not os.path.exists(CHROMIUM):
+            pytest.skip(f"no system Chromium at {CHROMIUM} (apt-get install chromium)")
+        assert run_in_browser(block, platform)
+        return
     done = subprocess.run(command_for(block), cwd=platform.workdir, env=platform.env, capture_output=True,
                           text=True, timeout=BLOCK_TIMEOUT, check=False)
     if done.returncode != 0:
