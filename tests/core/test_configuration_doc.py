@@ -3,7 +3,8 @@
 A variable is read where ``config/`` or ``apps/`` (or ``.ci/``, for ``make lint``) passes its name
 as a literal to one of ``config/env.py``'s readers, to ``os.environ.get``, ``os.getenv``,
 ``os.environ.setdefault`` or ``os.environ[...]``. It is documented when a row of one of the
-page's tables names it, in backquotes, in its first cell.
+page's tables names it, in backquotes, in its first cell, and the row's default shows the value
+the code falls back on wherever that is a literal.
 """
 
 from __future__ import annotations
@@ -87,3 +88,56 @@ def test_it_documents_every_variable_the_code_reads():
 def test_it_documents_nothing_the_code_does_not_read():
     stale = sorted(documented() - read_by_code().keys())
     assert not stale, f"docs/configuration.md lists variables nothing reads: {stale}"
+
+
+def _constant(node: ast.AST):
+    """The value of an expression made of literals only (``4 * 1024 * 1024``), else None."""
+    if not all(isinstance(part, (ast.Constant, ast.BinOp, ast.operator, ast.UnaryOp, ast.unaryop))
+               for part in ast.walk(node)):
+        return None
+    return eval(compile(ast.Expression(node), "<default>", "eval"))  # noqa: S307  # nosec B307  # literals only
+
+
+def defaults_in_code() -> dict[str, object]:
+    defaults = {}
+    for folder in SOURCES:
+        for path in sorted(folder.rglob("*.py")):
+            for node in ast.walk(ast.parse(path.read_text())):
+                if not (isinstance(node, ast.Call) and len(node.args) >= 2):
+                    continue
+                func = node.func
+                reader = isinstance(func, ast.Name) and func.id in READERS
+                environ_get = isinstance(func, ast.Attribute) and func.attr == "get" and _is_environ(func.value)
+                if (reader or environ_get) and (name := _literal(node.args[0])):
+                    value = _constant(node.args[1])
+                    if value is not None and value != "":
+                        defaults[name] = value
+    return defaults
+
+
+def documented_defaults() -> dict[str, str]:
+    defaults = {}
+    for line in DOC.read_text().splitlines():
+        cells = [cell.strip() for cell in line.split("|")[1:-1]]
+        if len(cells) < 3 or not cells[0].startswith("`"):
+            continue
+        names = re.findall(r"`([A-Z][A-Z0-9_]+)`", cells[0])
+        values = cells[1].split(" / ")
+        for index, name in enumerate(names):
+            defaults[name] = values[index] if len(values) == len(names) else cells[1]
+    return defaults
+
+
+def _shown(value: object) -> str:
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    return f"`{value}`"
+
+
+def test_it_gives_the_defaults_the_code_has():
+    documented = documented_defaults()
+    wrong = {name: (documented[name], _shown(value)) for name, value in defaults_in_code().items()
+             if _shown(value) not in documented[name]}
+    assert not wrong, f"docs/configuration.md's default differs from the code's: {wrong}"
