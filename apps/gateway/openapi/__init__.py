@@ -9,7 +9,7 @@ generator sees, and the document is the contract the tests hold the code to
 
 Not in it: ``GET /v1/stream`` (the playground's EventSource, for a logged-in staff user, not a
 tenant key), ``GET /metrics`` (operators), and the WebSocket door ``/ws/v1/chat`` (not
-expressible in OpenAPI; the README documents its messages).
+expressible in OpenAPI; docs/streaming.md documents its messages).
 """
 
 from __future__ import annotations
