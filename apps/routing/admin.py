@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import json
+
+from django import forms
 from django.contrib import admin, messages
+from django.db.models import Prefetch
 
 from apps.core.confirm import TenantCountedDelete
 from apps.routing.models import ComplexityIndicator, ModelPrior, RouteOutcome, RoutingFallback, RoutingRule
 from apps.routing.services import outcomes_score
+from apps.tenants.models import Tenant
 
 
 class RoutingFallbackInline(admin.TabularInline):
@@ -15,19 +20,88 @@ class RoutingFallbackInline(admin.TabularInline):
     fields = ("position", "model")
     ordering = ("position", "id")
     autocomplete_fields = ("model",)
+    verbose_name = "fallback (tried in order of position, lowest first)"
+    verbose_name_plural = "fallbacks, tried in order of position after the target fails"
+
+
+class TagsField(forms.CharField):
+    """Tags as the operator types them, ``batch, internal``; stored as a JSON list."""
+
+    def prepare_value(self, value):
+        if isinstance(value, list):
+            return ", ".join(str(tag) for tag in value)
+        return value
+
+    def to_python(self, value):
+        text = super().to_python(value)
+        if isinstance(text, list):
+            return text
+        text = (text or "").strip()
+        if text.startswith("["):  # a JSON list, as the field used to take
+            try:
+                parsed = json.loads(text)
+            except ValueError:
+                raise forms.ValidationError("Tags are comma-separated: batch, internal.") from None
+            if not isinstance(parsed, list) or not all(isinstance(tag, str) for tag in parsed):
+                raise forms.ValidationError("Tags are comma-separated: batch, internal.")
+            text = ",".join(parsed)
+        tags = [tag.strip() for tag in text.split(",") if tag.strip()]
+        if any(len(tag) > 100 for tag in tags):
+            raise forms.ValidationError("A tag is at most 100 characters.")
+        return list(dict.fromkeys(tags))
+
+
+class RoutingRuleForm(forms.ModelForm):
+    match_tags = TagsField(required=False, label="Match tags",
+                           help_text="Comma-separated, e.g. <code>batch, internal</code>: a request matches when "
+                                     "it carries every one (x-switchyard-tags). Empty: any request.")
+
+    class Meta:
+        model = RoutingRule
+        fields = ("name", "tenant", "priority", "is_active", "weight", "match_model", "match_tier",
+                  "min_prompt_tokens", "max_prompt_tokens", "match_tags", "target", "learned", "quality_target",
+                  "explore_share")
+        help_texts = {
+            "match_tier": "The prompt's complexity as the classifier reads it (simple, moderate, complex; "
+                          "Routing, Complexity indicators). Empty: any prompt.",
+            "priority": "Lower runs first. A tenant's own rules are tried before global ones; among rules of "
+                        "the first matching priority one is drawn by weight.",
+        }
+
+
+class ScopeFilter(admin.SimpleListFilter):
+    """One filter for where a rule applies: every tenant (global) or one tenant."""
+
+    title = "scope"
+    parameter_name = "scope"
+
+    def lookups(self, request, model_admin):
+        tenants = Tenant.objects.filter(routing_rules__isnull=False).distinct().order_by("name")
+        return [("global", "Global (every tenant)"), *((str(t.pk), t.name) for t in tenants)]
+
+    def queryset(self, request, queryset):
+        value = self.value()
+        if value == "global":
+            return queryset.filter(tenant__isnull=True)
+        if value and value.isdigit():
+            return queryset.filter(tenant_id=int(value))
+        return queryset
 
 
 @admin.register(RoutingRule)
 class RoutingRuleAdmin(TenantCountedDelete, admin.ModelAdmin):
-    list_display = ("name", "scope", "priority", "match_model", "match_tier", "target", "learned", "weight",
-                    "is_active")
-    list_filter = ("is_active", "match_tier", ("tenant", admin.EmptyFieldListFilter), "tenant")
+    form = RoutingRuleForm
+    list_display = ("name", "scope", "priority", "match_model", "match_tier", "target", "fallback_chain", "learned",
+                    "weight", "is_active")
+    list_filter = ("is_active", "match_tier", ScopeFilter)
     list_select_related = ("tenant", "target")
     search_fields = ("name", "match_model")
     autocomplete_fields = ("tenant", "target")
     readonly_fields = ("created_at", "updated_at")
     fieldsets = (
-        (None, {"fields": ("name", "tenant", "priority", "is_active", "weight")}),
+        (None, {"fields": ("name", "tenant", "priority", "is_active", "weight"),
+                "description": "A tenant's rules are tried before the global ones (no tenant), each group by "
+                               "ascending priority; the first rule whose conditions all match routes the request."}),
         ("Conditions (empty matches anything)", {
             "fields": ("match_model", "match_tier", "min_prompt_tokens", "max_prompt_tokens", "match_tags"),
         }),
@@ -39,9 +113,17 @@ class RoutingRuleAdmin(TenantCountedDelete, admin.ModelAdmin):
     )
     inlines = [RoutingFallbackInline]
 
+    def get_queryset(self, request):
+        return super().get_queryset(request).prefetch_related(
+            Prefetch("fallbacks", queryset=RoutingFallback.objects.select_related("model").order_by("position", "id")))
+
     @admin.display(description="scope", ordering="tenant__name")
     def scope(self, rule: RoutingRule) -> str:
         return rule.tenant.name if rule.tenant_id else "global"
+
+    @admin.display(description="then (fallbacks in order)")
+    def fallback_chain(self, rule: RoutingRule) -> str:
+        return " → ".join(f"{n}. {fallback.model.name}" for n, fallback in enumerate(rule.fallbacks.all(), 1)) or "-"
 
 
 @admin.register(ComplexityIndicator)
