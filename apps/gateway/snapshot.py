@@ -97,6 +97,7 @@ class KeyInfo:
     expires_at: float | None
     usable: bool
     cache_enabled: bool = True
+    cache_semantic: bool = True  # semantic hits too, not only exact ones
     cache_threshold: float = 0.80
     cache_precision: float = 0.97
     cache_ttl: int = 86400
@@ -228,7 +229,8 @@ def key_info_load(prefix: str) -> KeyInfo | None:
         allowed_models=allowed or None,
         expires_at=key.expires_at.timestamp() if key.expires_at else None,
         usable=key.revoked_at is None and key.tenant.is_active,
-        cache_enabled=key.tenant.cache_enabled, cache_threshold=key.tenant.cache_similarity_threshold,
+        cache_enabled=key.tenant.cache_enabled, cache_semantic=key.tenant.cache_semantic,
+        cache_threshold=key.tenant.cache_similarity_threshold,
         cache_precision=key.tenant.cache_verify_precision, cache_ttl=key.tenant.cache_ttl_seconds,
         cache_max_temperature=key.tenant.cache_max_temperature,
         cache_tool_calls=key.tenant.cache_tool_calls, cache_namespace_by_user=key.tenant.cache_namespace_by_user,

@@ -105,7 +105,7 @@ class TenantAdmin(admin.ModelAdmin):
                                "Apply to all the tenant's keys together; a key's own limits apply on top."}),
         ("Budget alerts", {"fields": ("alert_webhook_url", "alert_webhook_secret")}),
         ("Request log", {"fields": ("log_retention_days",)}),
-        ("Semantic cache", {"fields": ("cache_enabled", "cache_similarity_threshold", "cache_verify_precision",
+        ("Cache", {"fields": ("cache_enabled", "cache_semantic", "cache_similarity_threshold", "cache_verify_precision",
                                        "cache_ttl_seconds",
                                        "cache_max_temperature", "cache_tool_calls", "cache_namespace_by_user",
                                        "cache_embedding_model", "cache_max_entries")}),

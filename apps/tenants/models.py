@@ -21,7 +21,13 @@ class Tenant(LimitSettings):
     name = models.CharField(max_length=200)
     slug = models.SlugField(max_length=64, unique=True)
     is_active = models.BooleanField(default=True)
-    cache_enabled = models.BooleanField(default=True)
+    cache_enabled = models.BooleanField(
+        default=True, verbose_name="cache enabled",
+        help_text="Off: no answer is read from or written to the cache, exact or semantic.")
+    cache_semantic = models.BooleanField(
+        default=True, db_default=True, verbose_name="semantic hits",
+        help_text="Off: only exact repeats of a request are answered from the cache; prompts are not embedded "
+        "for it.")
     cache_similarity_threshold = models.FloatField(
         default=0.80, validators=[MinValueValidator(0.0), MaxValueValidator(1.0)],
         help_text="Cosine similarity a semantic candidate must reach (0-1) before verification."

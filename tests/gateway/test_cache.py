@@ -328,3 +328,23 @@ def test_each_tenant_gets_the_verifier_precision_it_chose(world):
     assert ask(world, between[0], key=world.key_a)[0]["x-switchyard-cache"] == "miss"
     headers, _ = ask(world, between[0], key=world.key_b)
     assert headers["x-switchyard-cache"] == "hit-semantic"
+
+
+def test_a_tenant_can_keep_exact_hits_and_turn_semantic_hits_off(semantic):
+    """Semantic hits off: the same prompt cached for both tenants, a rewording hits for the tenant
+    that keeps them and misses for the one that turned them off, whose exact repeats still hit and
+    whose entry is saved without an embedding."""
+    from apps.cache.models import CacheEntry
+
+    world = semantic
+    world.tenant_a.cache_semantic = False
+    world.tenant_a.save()
+    base, reworded = "Train times from Paris to Rome tomorrow", "Hey, train times from Paris to Rome tomorrow?"
+    for key, tenant in ((world.key_a, world.tenant_a), (world.key_b, world.tenant_b)):
+        ask(world, base, key=key)
+        assert wait_until(lambda tenant=tenant: entries(tenant) == 1)
+    assert wait_until(lambda: CacheEntry.objects.filter(tenant=world.tenant_b, embedding__isnull=False).exists())
+    assert ask(world, reworded, key=world.key_b)[0]["x-switchyard-cache"] == "hit-semantic"
+    assert ask(world, reworded, key=world.key_a)[0]["x-switchyard-cache"] == "miss"
+    assert ask(world, base, key=world.key_a)[0]["x-switchyard-cache"] == "hit-exact"
+    assert CacheEntry.objects.filter(tenant=world.tenant_a, embedding__isnull=False).count() == 0

@@ -95,7 +95,8 @@ async def cache_lookup(runtime, call, plan: CachePlan) -> CachedAnswer | None:
             if shared is not None:
                 return _hit(call, shared, "exact")
         _lead(runtime, plan)
-        if fp.prompt_text and runtime.semantic_ready(call.key) and await runtime.cache.context_has_entries(
+        if fp.prompt_text and call.key.cache_semantic and runtime.semantic_ready(call.key) and \
+                await runtime.cache.context_has_entries(
                 tenant_id=tenant, namespace=plan.namespace, context_hash=fp.context_hash):
             plan.vector = await _prompt_vector(runtime, call, fp.prompt_text)
             candidates = await runtime.cache.nearest(
@@ -171,7 +172,7 @@ def cache_settle(runtime, call, plan: CachePlan | None, response: dict | None) -
 async def _save(runtime, call, plan: CachePlan, response: dict) -> None:
     try:
         vector = plan.vector
-        if vector is None and plan.fp.prompt_text and runtime.semantic_ready(call.key):
+        if vector is None and plan.fp.prompt_text and call.key.cache_semantic and runtime.semantic_ready(call.key):
             vector = await _prompt_vector(runtime, call, plan.fp.prompt_text)
         usage = response.get("usage") if isinstance(response.get("usage"), dict) else {}
         await runtime.cache.save(
@@ -184,7 +185,7 @@ async def _save(runtime, call, plan: CachePlan, response: dict) -> None:
         )
     finally:
         _forget(runtime, plan)  # committed (an exact lookup finds it from now on) or failed
-    if vector is None and plan.fp.prompt_text and runtime.semantic_possible(call.key):
+    if vector is None and plan.fp.prompt_text and call.key.cache_semantic and runtime.semantic_possible(call.key):
         # Saved for exact hits at once; semantic hits once the model (still loading) embeds it.
         await runtime.embedder_loaded()
         await runtime.cache.embed_later(tenant_id=call.key.tenant_id, namespace=plan.namespace,
