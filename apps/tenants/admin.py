@@ -6,9 +6,14 @@ from __future__ import annotations
 from django import forms
 from django.contrib import admin, messages
 from django.contrib.admin.utils import unquote
+from django.core.exceptions import PermissionDenied
 from django.db.models import Count, Exists, OuterRef, Q
+from django.http import HttpResponseRedirect
+from django.shortcuts import get_object_or_404
+from django.template.response import TemplateResponse
+from django.urls import path, reverse
 from django.utils import timezone
-from django.utils.html import format_html
+from django.utils.html import format_html, format_html_join
 
 from apps.cache.services import cache_purge
 from apps.core.confirm import Doomed, TenantCountedDelete, action_confirmation, action_confirmed
@@ -21,6 +26,8 @@ admin.site.site_header = "Switchyard"
 admin.site.site_title = "Switchyard admin"
 admin.site.index_title = "Operate the gateway"
 
+
+_NEW_KEY_SESSION = "switchyard_new_api_key"
 
 _LIMIT_FIELDS = ("rpm_limit", "tpm_limit", "concurrency_limit", "budget_usd", "budget_period", "budget_timezone",
                  "budget_alert_percent", "spend_this_period")
@@ -98,9 +105,9 @@ class TenantAdmin(admin.ModelAdmin):
     list_filter = ("is_active", "cache_enabled")
     search_fields = ("name", "slug")
     prepopulated_fields = {"slug": ("name",)}
-    readonly_fields = ("created_at", "updated_at", "spend_this_period")
+    readonly_fields = ("created_at", "updated_at", "spend_this_period", "shortcuts")
     fieldsets = (
-        (None, {"fields": ("name", "slug", "is_active")}),
+        (None, {"fields": ("name", "slug", "is_active", "shortcuts")}),
         ("Limits and budget", {"fields": _LIMIT_FIELDS, "description":
                                "Apply to all the tenant's keys together; a key's own limits apply on top."}),
         ("Budget alerts", {"fields": ("alert_webhook_url", "alert_webhook_secret")}),
@@ -117,6 +124,22 @@ class TenantAdmin(admin.ModelAdmin):
     @admin.display(description="spend this period")
     def spend_this_period(self, tenant: Tenant) -> str:
         return _spend(tenant)
+
+    @admin.display(description="go to")
+    def shortcuts(self, tenant: Tenant) -> str:
+        """Everything of this tenant's, one click away (nothing before the tenant is saved)."""
+        if tenant.pk is None:
+            return "-"
+        links = (
+            (reverse("admin:tenants_apikey_add") + f"?tenant={tenant.pk}", "Add an API key"),
+            (reverse("admin:tenants_apikey_changelist") + f"?tenant__id__exact={tenant.pk}", "API keys"),
+            (reverse("admin:routing_routingrule_changelist") + f"?scope={tenant.pk}", "Routing rules"),
+            (reverse("admin:cache_cacheentry_changelist") + f"?tenant__id__exact={tenant.pk}", "Cache entries"),
+            (reverse("admin:usage_requestlog_changelist") + f"?tenant__id__exact={tenant.pk}", "Request log"),
+            (reverse("admin:usage_feedback_changelist") + f"?tenant__id__exact={tenant.pk}", "Feedback"),
+            (reverse("dashboard") + f"?tenant={tenant.pk}", "Spend and savings (dashboard)"),
+        )
+        return format_html_join(" · ", '<a href="{}">{}</a>', links)
 
     def has_purge_cache_permission(self, request) -> bool:
         return request.user.has_perm("cache.delete_cacheentry")
@@ -179,9 +202,10 @@ class ApiKeyAdmin(TenantCountedDelete, admin.ModelAdmin):
     search_fields = ("prefix", "name", "tenant__name", "tenant__slug")
     autocomplete_fields = ("tenant",)
     filter_horizontal = ("allowed_models",)
-    readonly_fields = ("prefix", "tenant", "created_at", "revoked_at", "last_used_at", "spend_this_period")
+    readonly_fields = ("prefix", "tenant", "created_at", "revoked_at", "revoke_link", "last_used_at",
+                       "spend_this_period")
     fields = ("tenant", "name", "prefix", "expires_at", "allowed_models", *_LIMIT_FIELDS, "created_at",
-              "revoked_at", "last_used_at")
+              "revoked_at", "revoke_link", "last_used_at")
     actions = ["revoke_selected"]
 
     @admin.display(description="spend this period")
@@ -214,13 +238,56 @@ class ApiKeyAdmin(TenantCountedDelete, admin.ModelAdmin):
         obj.pk = created.api_key.pk
         obj._state.adding = False
         obj.prefix = created.api_key.prefix
-        messages.warning(
-            request,
-            format_html(
-                "New API key for {}: <code>{}</code> Copy it now: it is shown only this once and "
-                "cannot be recovered.", created.api_key.tenant, created.secret,
-            ),
-        )
+        # Shown once, on the page the add form leads to (response_add), then gone from the session.
+        request.session[_NEW_KEY_SESSION] = {"pk": obj.pk, "secret": created.secret}
+
+    def response_add(self, request, obj, post_url_continue=None):
+        return HttpResponseRedirect(reverse("admin:tenants_apikey_created", args=[obj.pk]))
+
+    def get_urls(self):
+        own = [
+            path("<int:pk>/created/", self.admin_site.admin_view(self.created_view), name="tenants_apikey_created"),
+            path("<int:pk>/revoke/", self.admin_site.admin_view(self.revoke_view), name="tenants_apikey_revoke"),
+        ]
+        return own + super().get_urls()
+
+    def created_view(self, request, pk: int):
+        """The new key's secret, once: a reload (or anyone else's session) finds it gone."""
+        key = get_object_or_404(ApiKey.objects.select_related("tenant"), pk=pk)
+        if not self.has_view_permission(request, key):
+            raise PermissionDenied
+        shown = request.session.get(_NEW_KEY_SESSION) or {}
+        secret = shown.get("secret") if shown.get("pk") == key.pk else None
+        if secret is not None:
+            del request.session[_NEW_KEY_SESSION]
+        return TemplateResponse(request, "admin/tenants/apikey/created.html", {
+            **self.admin_site.each_context(request), "title": f"API key {key.prefix}… created", "opts": self.opts,
+            "key": key, "secret": secret,
+            "change_url": reverse("admin:tenants_apikey_change", args=[key.pk])})
+
+    def revoke_view(self, request, pk: int):
+        """Revoke one key, after a page that says what it does."""
+        key = get_object_or_404(ApiKey.objects.select_related("tenant"), pk=pk)
+        if not self.has_change_permission(request, key):
+            raise PermissionDenied
+        change_url = reverse("admin:tenants_apikey_change", args=[key.pk])
+        if request.method == "POST" and key.revoked_at is None:
+            key_revoke(api_key=key)
+            self.message_user(request, f"Revoked {key.prefix}…: it stops authenticating within seconds.",
+                              messages.SUCCESS)
+            return HttpResponseRedirect(change_url)
+        return TemplateResponse(request, "admin/tenants/apikey/revoke.html", {
+            **self.admin_site.each_context(request), "title": f"Revoke API key {key.prefix}…", "opts": self.opts,
+            "key": key, "change_url": change_url})
+
+    @admin.display(description="revoke")
+    def revoke_link(self, key: ApiKey) -> str:
+        if key.pk is None:
+            return "-"
+        if key.revoked_at is not None:
+            return "revoked"
+        return format_html('<a class="button" href="{}">Revoke this key…</a>',
+                           reverse("admin:tenants_apikey_revoke", args=[key.pk]))
 
     def save_related(self, request, form, formsets, change) -> None:
         if change:

@@ -23,7 +23,7 @@ from apps.cache.models import CacheEntry
 from apps.catalog.models import Model, ModelPrice, Provider
 from apps.limits.models import BudgetAlert
 from apps.reporting.models import TenantMember
-from apps.routing.models import ComplexityIndicator, RouteOutcome, RoutingFallback, RoutingRule
+from apps.routing.models import ComplexityIndicator, ModelPrior, RouteOutcome, RoutingFallback, RoutingRule
 from apps.tenants.models import ApiKey, Tenant
 from apps.tenants.selectors import key_authenticate
 from apps.tenants.services import key_create
@@ -43,6 +43,7 @@ def populated(tenant_a, key_a, provider, cheap_model, premium_model, admin_user,
     RoutingFallback.objects.create(rule=rule, model=premium_model)
     RouteOutcome.objects.create(tenant=tenant_a, request_id="req-1", rule=rule, model_name="sim-mini",
                                 embedding=[EMBEDDING_VALUE] * 384, score=1.0)
+    ModelPrior.objects.create(model_name="sim-mini", score=0.8, outcomes=40, tenants=2)
     ComplexityIndicator.objects.create(phrase="what is", tier="simple")
     CacheEntry.objects.create(tenant=tenant_a, request_hash="h" * 64, prompt_text="What is Python?",
                               response={"choices": []}, expires_at=timezone.now() + timedelta(days=1),
@@ -186,9 +187,9 @@ def test_it_shows_a_new_keys_secret_exactly_once(admin_client, tenant_a, cheap_m
     assert response.status_code == 200
     html = response.content.decode()
     key = ApiKey.objects.get(name="from-admin")
-    start = html.index(key.prefix)
-    secret = html[start:].split("<", 1)[0]
-    assert len(secret) > 40
+    assert response.redirect_chain[-1][0] == reverse("admin:tenants_apikey_created", args=[key.pk])
+    secret = html.split('id="sy-new-key" type="text" readonly value="', 1)[1].split('"', 1)[0]
+    assert secret.startswith(key.prefix) and len(secret) > 40
     assert "only this once" in html
     authenticated = key_authenticate(secret)
     assert authenticated.tenant == tenant_a
