@@ -45,7 +45,7 @@ class Command(BaseCommand):
         upstream_url = f"http://127.0.0.1:{upstream_port}/v1"
 
         call_command("migrate", interactive=False, verbosity=0)
-        credentials = demo_seed(upstream_url=upstream_url)
+        credentials = demo_seed(upstream_url=upstream_url, repoint=True)
 
         python = sys.executable
         var_dir = Path(settings.VAR_DIR)
