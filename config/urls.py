@@ -7,6 +7,7 @@ from django.contrib.auth import views as auth_views
 from django.urls import include, path, re_path
 
 from apps.core import health
+from apps.core.landing import landing
 from apps.gateway.api.not_found import KNOWN_ENDPOINTS, api_not_found
 from apps.gateway.api.openapi import openapi_json
 from apps.gateway.doors.complete import CompleteView
@@ -31,6 +32,7 @@ urlpatterns = [
     path("account/logout/", auth_views.LogoutView.as_view(next_page="/account/login/"), name="account-logout"),
     path("account/usage/", tenant_usage, name="account-usage"),
     path("admin/", admin.site.urls),
+    path("", landing, name="landing"),
     # Last: API paths nothing above serves answer JSON with a hint, not Django's HTML 404.
     re_path(r"^v1(?:/.*)?$", api_not_found),
     re_path(r"^(?:{})/?$".format("|".join(KNOWN_ENDPOINTS)), api_not_found),
