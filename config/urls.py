@@ -8,7 +8,7 @@ from django.urls import include, path, re_path
 
 from apps.core import health
 from apps.core.landing import landing
-from apps.gateway.api.not_found import KNOWN_ENDPOINTS, api_not_found
+from apps.gateway.api.not_found import UNPREFIXED, V1_MISSES, api_not_found
 from apps.gateway.api.openapi import openapi_json
 from apps.gateway.doors.complete import CompleteView
 from apps.gateway.doors.eventsource import stream
@@ -34,6 +34,6 @@ urlpatterns = [
     path("admin/", admin.site.urls),
     path("", landing, name="landing"),
     # Last: API paths nothing above serves answer JSON with a hint, not Django's HTML 404.
-    re_path(r"^v1(?:/.*)?$", api_not_found),
-    re_path(r"^(?:{})/?$".format("|".join(KNOWN_ENDPOINTS)), api_not_found),
+    re_path(V1_MISSES, api_not_found),
+    re_path(UNPREFIXED, api_not_found),
 ]

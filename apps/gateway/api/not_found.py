@@ -14,19 +14,19 @@ from django.views.decorators.csrf import csrf_exempt
 
 from apps.core.errors import NotFound, error_response
 
-# Paths a client reaches with the SDK's base URL set without /v1 (what it appends to the base).
-KNOWN_ENDPOINTS = (
-    "chat/completions", "embeddings", "models", "messages", "messages/count_tokens", "files", "batches",
-    "cache/stats", "cache/clear", "cache/feedback", "feedback", "usage", "complete",
-)
+# The first segment of each API path, as a client reaches it with the SDK's base URL set without
+# /v1 (what the SDK appends to the base): ``chat/completions``, ``files/<id>``, ...
+KNOWN_HEADS = ("chat", "embeddings", "models", "messages", "files", "batches", "jobs", "cache", "feedback", "usage",
+               "complete", "openapi.json")
+# The URLconf's patterns for this view (config/urls.py): last, after every route that serves.
+V1_MISSES = r"^v1(?:/.*)?$"
+UNPREFIXED = r"^(?:{})(?:/.*)?$".format("|".join(head.replace(".", r"\.") for head in KNOWN_HEADS))
 _MAIN = "POST /v1/chat/completions, POST /v1/embeddings, GET /v1/models, POST /v1/messages"
 
 
 def _known(rest: str) -> bool:
-    """``rest`` (a path after ``/v1/``, no leading slash) is an endpoint the API serves, or one of
-    its objects (``files/<id>``, ``batches/<id>``)."""
-    head = rest.split("/", 1)[0]
-    return rest in KNOWN_ENDPOINTS or head in ("files", "batches", "jobs", "models")
+    """``rest`` (a path after ``/v1/``, no leading slash) starts like one the API serves."""
+    return rest.split("/", 1)[0] in KNOWN_HEADS
 
 
 def miss_hint(path: str, base: str) -> str:
