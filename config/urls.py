@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from django.contrib import admin
 from django.contrib.auth import views as auth_views
-from django.urls import include, path
+from django.urls import include, path, re_path
 
 from apps.core import health
+from apps.core.landing import landing
+from apps.gateway.api.not_found import UNPREFIXED, V1_MISSES, api_not_found
 from apps.gateway.api.openapi import openapi_json
 from apps.gateway.doors.complete import CompleteView
 from apps.gateway.doors.eventsource import stream
@@ -30,4 +32,8 @@ urlpatterns = [
     path("account/logout/", auth_views.LogoutView.as_view(next_page="/account/login/"), name="account-logout"),
     path("account/usage/", tenant_usage, name="account-usage"),
     path("admin/", admin.site.urls),
+    path("", landing, name="landing"),
+    # Last: API paths nothing above serves answer JSON with a hint, not Django's HTML 404.
+    re_path(V1_MISSES, api_not_found),
+    re_path(UNPREFIXED, api_not_found),
 ]

@@ -4,7 +4,12 @@ that send simple prompts to the cheap model.
 
 Idempotent: running it again creates nothing twice. Because only a key's hash is stored, the
 demo key's secret and the admin password are kept in ``var/demo-credentials.json`` (mode
-0600, development only) so that ``make run`` can print them on every start.
+0600, development only) so that ``make run`` and ``manage.py demo_credentials`` can print them
+again.
+
+An existing demo provider keeps its base URL unless the caller repoints it (``make run`` does,
+to the port its simulated upstream listens on; ``seed_demo --upstream-url`` does): seeding by
+hand while the platform runs must not send the running platform's requests elsewhere.
 """
 
 from __future__ import annotations
@@ -60,6 +65,8 @@ class DemoCredentials:
     admin_username: str
     admin_password: str
     api_key: str
+    upstream_url: str = ""
+    key_minted: bool = False  # the saved key no longer worked: this one was made just now
 
 
 def _credentials_path() -> Path:
@@ -82,8 +89,12 @@ def _save(data: dict) -> None:
 
 
 @transaction.atomic
-def demo_seed(*, upstream_url: str | None = None) -> DemoCredentials:
-    """Create (or find) everything the demo needs and return the credentials to print."""
+def demo_seed(*, upstream_url: str | None = None, repoint: bool = False) -> DemoCredentials:
+    """Create (or find) everything the demo needs and return the credentials to print.
+
+    ``upstream_url`` is the simulated provider's base URL when it is created (default
+    ``SIMULATED_UPSTREAM_URL``); an existing provider is moved to it only with ``repoint``.
+    """
     saved = _load_saved()
     upstream_url = upstream_url or settings.SIMULATED_UPSTREAM_URL
 
@@ -101,8 +112,8 @@ def demo_seed(*, upstream_url: str | None = None) -> DemoCredentials:
         name="simulated",
         defaults={"kind": Provider.Kind.SIMULATED, "base_url": upstream_url, "timeout_seconds": 30.0},
     )
-    if not created and provider.kind == Provider.Kind.SIMULATED and provider.base_url != upstream_url:
-        provider.base_url = upstream_url  # follows UPSTREAM_PORT between runs
+    if repoint and not created and provider.kind == Provider.Kind.SIMULATED and provider.base_url != upstream_url:
+        provider.base_url = upstream_url
         provider.save(update_fields=["base_url", "updated_at"])
 
     models: dict[str, Model] = {}
@@ -142,4 +153,36 @@ def demo_seed(*, upstream_url: str | None = None) -> DemoCredentials:
         api_key = key_create(tenant=tenant, name="demo").secret
 
     _save({"admin_username": DEMO_ADMIN_USERNAME, "admin_password": password, "api_key": api_key})
-    return DemoCredentials(admin_username=DEMO_ADMIN_USERNAME, admin_password=password, api_key=api_key)
+    return DemoCredentials(admin_username=DEMO_ADMIN_USERNAME, admin_password=password, api_key=api_key,
+                           upstream_url=provider.base_url)
+
+
+class DemoNotSeeded(Exception):
+    """There is no demo tenant to print credentials for."""
+
+
+def demo_credentials_read() -> DemoCredentials:
+    """The demo's credentials as the last seed saved them, checked against the database.
+
+    The admin password is given while it still logs in. The key is given while it still
+    authenticates; otherwise (revoked, deleted, or the file is gone) a fresh demo key is made,
+    saved, and marked ``key_minted``: a stored key is only a hash and cannot be shown again.
+    """
+    tenant = Tenant.objects.filter(slug=DEMO_TENANT_SLUG).first()
+    if tenant is None:
+        raise DemoNotSeeded("No demo tenant: run 'manage.py seed_demo' (or 'make run') first.")
+    saved = _load_saved()
+    admin = get_user_model().objects.filter(username=DEMO_ADMIN_USERNAME).first()
+    shown = saved.get("admin_password") or ""
+    if admin is None:
+        shown = "(no such user: run 'manage.py seed_demo')"
+    elif not shown or not admin.check_password(shown):
+        shown = f"(changed since the seed: 'manage.py changepassword {DEMO_ADMIN_USERNAME}' sets a new one)"
+    api_key = saved.get("api_key")
+    minted = not api_key or key_authenticate(api_key) is None
+    if minted:
+        api_key = key_create(tenant=tenant, name="demo").secret
+        _save({**saved, "admin_username": DEMO_ADMIN_USERNAME, "api_key": api_key})
+    provider = Provider.objects.filter(name="simulated").first()
+    return DemoCredentials(admin_username=DEMO_ADMIN_USERNAME, admin_password=shown, api_key=api_key,
+                           upstream_url=provider.base_url if provider else "", key_minted=minted)

@@ -285,6 +285,7 @@ class Runtime:
         if not info.is_usable(time.time()):
             raise AuthenticationFailed("This API key is revoked or expired, or its tenant is inactive.",
                                        code="key_revoked_or_expired")
+        self.usage.keys_used.seen(info.id)  # written by the usage flush, at most once a minute
         return info
 
     def reload_watch(self, callback) -> None:

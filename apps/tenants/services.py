@@ -5,10 +5,12 @@ from __future__ import annotations
 import hashlib
 import secrets
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
 from django.db import transaction
 from django.utils import timezone
 
+from apps.tenants.last_used import KeysUsed
 from apps.tenants.models import ApiKey, Tenant
 
 KEY_PREFIX = "sk-sy-"
@@ -65,3 +67,38 @@ def tenant_create(*, name: str, slug: str, **fields) -> Tenant:
     tenant.full_clean()
     tenant.save(force_insert=True)
     return tenant
+
+
+_api_uses = KeysUsed()  # the management API's (files, batches, usage) in this process
+
+
+def key_use_note(*, api_key: ApiKey) -> None:
+    """A management API request used ``api_key``: its last use is written at most once a minute
+    per key and process (the gateway's doors note theirs through the usage buffer instead)."""
+    _api_uses.seen(api_key.pk)
+    used = _api_uses.due()
+    if used:
+        keys_last_used_record(used=used)
+
+
+def keys_last_used_record(*, used: dict[int, float]) -> int:
+    """Move each key's ``last_used_at`` forward to its time in ``used`` (key id -> epoch seconds),
+    in one statement; never backwards, since processes flush in any order. Returns the rows moved.
+
+    A plain UPDATE, not ``save()``: a key's last use is not a config change, and must not tell
+    every gateway to reload its keys."""
+    if not used:
+        return 0
+    from django.db import connection
+
+    ids = list(used)
+    times = [datetime.fromtimestamp(used[key_id], UTC) for key_id in ids]
+    table = ApiKey._meta.db_table
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"UPDATE {table} AS k SET last_used_at = u.at "  # noqa: S608  # nosec B608  # the model's own table name
+            "FROM unnest(%s::bigint[], %s::timestamptz[]) AS u(id, at) "
+            "WHERE k.id = u.id AND (k.last_used_at IS NULL OR k.last_used_at < u.at)",
+            [ids, times],
+        )
+        return cursor.rowcount

@@ -4,11 +4,17 @@ The log grows by one row per request, so every part of the changelist is bounded
 choices come from small tables or fixed lists, the row count stops at a cap, the date
 hierarchy reads two timestamps instead of a DISTINCT over every row, facet counts are off,
 and the page's foreign keys are joined, not fetched row by row.
+
+The list shows what an operator reads first (model, cache outcome, cost, latency, status and
+error code) in compact columns that fit a 1400-pixel window beside the filters, the request ID
+last (tokens and the rest are on each row's page). Filters: time, tenant, key, model, status,
+error code, cache outcome, stream.
 """
 
 from __future__ import annotations
 
-from datetime import date
+from datetime import date, timedelta
+from decimal import Decimal
 from functools import cached_property
 
 from django.contrib import admin
@@ -20,6 +26,8 @@ from django.utils.formats import date_format
 from django.utils.text import capfirst
 
 from apps.catalog.models import Model
+from apps.tenants.models import ApiKey
+from apps.tenants.services import KEY_PREFIX
 from apps.usage.models import Feedback, RequestLog
 
 
@@ -137,13 +145,74 @@ class StatusCodeFilter(admin.SimpleListFilter):
         return queryset
 
 
+class CreatedAtFilter(admin.DateFieldListFilter):
+    """Django's time filter with the recent spans an operator looks at first."""
+
+    def __init__(self, field, request, params, model, model_admin, field_path) -> None:
+        super().__init__(field, request, params, model, model_admin, field_path)
+        now = timezone.now()
+        recent = [(title, {self.lookup_kwarg_since: str(now - span)})
+                  for title, span in (("Past hour", timedelta(hours=1)), ("Past 24 hours", timedelta(days=1)))]
+        self.links = (self.links[0], *recent, *self.links[1:])
+
+
+class KeyFilter(admin.SimpleListFilter):
+    """Choices from the keys table (the chosen tenant's keys when a tenant is chosen), newest
+    first and at most :attr:`limit` of them; any key can still be chosen by id in the URL or
+    found by its prefix in the search box."""
+
+    title = "API key"
+    parameter_name = "key"
+    limit = 50
+
+    def lookups(self, request, model_admin):
+        keys = ApiKey.objects.select_related("tenant").order_by("-created_at")
+        tenant = request.GET.get("tenant__id__exact")
+        if tenant and tenant.isdigit():
+            keys = keys.filter(tenant_id=int(tenant))
+        return [(str(key.pk), f"{key.prefix}… ({key.name}, {key.tenant.name})") for key in keys[: self.limit]]
+
+    def queryset(self, request, queryset):
+        value = self.value()
+        return queryset.filter(api_key_id=int(value)) if value and value.isdigit() else queryset
+
+
+class ErrorCodeFilter(admin.SimpleListFilter):
+    """Any error, none, or one code of those a request's row can carry: a fixed list, not a
+    DISTINCT over the log (another code can be given in the URL)."""
+
+    title = "error code"
+    parameter_name = "error_code"
+    CODES = (
+        "rate_limit_exceeded", "budget_exceeded", "concurrency_limit_exceeded", "max_tokens_per_request",
+        "limits_unavailable", "model_not_found", "model_not_allowed", "context_length_exceeded", "invalid_request",
+        "upstream_error", "upstream_timeout", "upstream_unavailable", "upstream_rate_limited",
+        "upstream_client_error", "upstream_stream_cut", "upstream_stream_error", "client_closed_request",
+        "server_shutdown",
+    )
+
+    def lookups(self, request, model_admin):
+        return [("any", "Any error"), ("none", "No error")] + [(code, code) for code in self.CODES]
+
+    def queryset(self, request, queryset):
+        value = self.value()
+        if value == "any":
+            return queryset.exclude(error_code="")
+        if value == "none":
+            return queryset.filter(error_code="")
+        return queryset.filter(error_code=value) if value else queryset
+
+
 @admin.register(RequestLog)
 class RequestLogAdmin(admin.ModelAdmin):
-    list_display = ("created_at", "request_id", "tenant", "key_prefix", "requested_model", "model_used",
-                    "cache_outcome", "input_tokens", "output_tokens", "cost", "latency_ms", "status_code")
-    list_filter = ("cache_outcome", StatusCodeFilter, "is_stream", "tenant", ModelUsedFilter, "created_at")
+    list_display = ("when", "tenant", "key_prefix", "model_column", "cache_column", "cost_column", "latency_column",
+                    "status", "error_column", "request_id")
+    list_filter = (("created_at", CreatedAtFilter), "tenant", KeyFilter, ModelUsedFilter, StatusCodeFilter,
+                   ErrorCodeFilter, "cache_outcome", "is_stream")
     list_select_related = ("tenant", "api_key")
     search_fields = ("request_id",)  # searched exactly, below
+    search_help_text = ("An exact request ID (the x-switchyard-request-id header, req_…) or an API key's "
+                        f"prefix ({KEY_PREFIX}…); for anything else, use the filters.")
     date_hierarchy = "created_at"
     show_full_result_count = False
     show_facets = admin.ShowFacets.NEVER  # a facet is a COUNT per choice over the log
@@ -155,16 +224,58 @@ class RequestLogAdmin(admin.ModelAdmin):
         return RequestLogChangeList
 
     def get_search_results(self, request, queryset, search_term):
-        """An exact, index-backed match: Django's ``=request_id`` is case-insensitive, a full scan."""
+        """Exact, index-backed matches: Django's ``=request_id`` is case-insensitive, a full scan."""
         term = search_term.strip()
-        return (queryset.filter(request_id=term) if term else queryset), False
+        if not term:
+            return queryset, False
+        if term.startswith(KEY_PREFIX):
+            return queryset.filter(api_key__prefix=term.rstrip("…")), False
+        return queryset.filter(request_id=term), False
 
     def get_readonly_fields(self, request, obj=None):
         return [field.name for field in self.model._meta.fields]
 
+    @admin.display(description="time", ordering="created_at")
+    def when(self, log: RequestLog) -> str:
+        """Month, day and time: the year is the date hierarchy's, above the list."""
+        return timezone.localtime(log.created_at).strftime("%m-%d %H:%M:%S")
+
+    @admin.display(description="status", ordering="status_code")
+    def status(self, log: RequestLog) -> int:
+        return log.status_code
+
     @admin.display(description="key", ordering="api_key__prefix")
     def key_prefix(self, log: RequestLog) -> str:
         return log.api_key.prefix if log.api_key_id else "-"
+
+    @admin.display(description="model", ordering="model_used")
+    def model_column(self, log: RequestLog) -> str:
+        """The model that answered, and the one asked for when it differs (``auto``, an alias)."""
+        if log.requested_model and log.requested_model != log.model_used:
+            return f"{log.model_used or '-'} ({log.requested_model})"
+        return log.model_used or "-"
+
+    @admin.display(description="cache", ordering="cache_outcome")
+    def cache_column(self, log: RequestLog) -> str:
+        if log.cache_outcome == RequestLog.CacheOutcome.SEMANTIC and log.cache_similarity is not None:
+            return f"semantic {log.cache_similarity:.3f}"
+        return log.cache_outcome
+
+    @admin.display(description="cost", ordering="cost")
+    def cost_column(self, log: RequestLog) -> str:
+        """Dollars to six places, without trailing zeros (the row keeps ten)."""
+        shown = log.cost.quantize(Decimal("0.000001"))
+        if not shown:
+            return "<$0.000001" if log.cost > 0 else "$0"
+        return f"${shown.normalize():f}"
+
+    @admin.display(description="latency", ordering="latency_ms")
+    def latency_column(self, log: RequestLog) -> str:
+        return f"{log.latency_ms:,.0f} ms"
+
+    @admin.display(description="error", ordering="error_code")
+    def error_column(self, log: RequestLog) -> str:
+        return log.error_code or "-"
 
     def has_add_permission(self, request) -> bool:
         return False

@@ -6,6 +6,10 @@ thread. :meth:`UsageBuffer.close` flushes what is left; the ASGI lifespan calls 
 shutdown, after the server has finished its in-flight requests, so a SIGTERM loses no row
 (a flush under way when the server stops is finished first, never cut off).
 A failed flush keeps its rows and retries them on the next round.
+
+Each flush also writes the API keys' last use (:mod:`apps.tenants.last_used`): requests note
+their key in :attr:`UsageBuffer.keys_used`, and a key's ``last_used_at`` is written at most once
+a minute, in one statement, never on the request's path.
 """
 
 from __future__ import annotations
@@ -18,6 +22,8 @@ from asgiref.sync import sync_to_async
 from django.db import DataError, IntegrityError, close_old_connections, transaction
 
 from apps.core.flushing import flush_timer_stop
+from apps.tenants.last_used import KeysUsed
+from apps.tenants.services import keys_last_used_record
 from apps.usage.models import RequestLog
 
 logger = logging.getLogger(__name__)
@@ -74,6 +80,11 @@ def _rows_write(rows: list[dict]) -> None:
                              row.get("request_id"))
 
 
+def _keys_write(used: dict[int, float]) -> None:
+    close_old_connections()
+    keys_last_used_record(used=used)
+
+
 class UsageBuffer:
     def __init__(self, *, interval: float = 1.0, max_rows: int = 500) -> None:
         self.interval = interval
@@ -85,6 +96,7 @@ class UsageBuffer:
         self.written = 0
         # Called with each batch before it is written (metrics); must be quick and never raise.
         self.observer = None
+        self.keys_used = KeysUsed()
 
     def __len__(self) -> int:
         return len(self._rows)
@@ -111,9 +123,10 @@ class UsageBuffer:
             self._wake.clear()
             await self.flush()
 
-    async def flush(self) -> int:
+    async def flush(self, *, closing: bool = False) -> int:
         """Write everything buffered so far; returns the number of rows written."""
         async with self._flush_lock:
+            await self._keys_flush(everything=closing)
             if not self._rows:
                 return 0
             rows, self._rows = self._rows, []
@@ -131,12 +144,22 @@ class UsageBuffer:
             self.written += len(rows)
             return len(rows)
 
+    async def _keys_flush(self, *, everything: bool) -> None:
+        used = self.keys_used.due(everything=everything)
+        if not used:
+            return
+        try:
+            await sync_to_async(_keys_write, thread_sensitive=False)(used)
+        except Exception:
+            logger.exception("writing %d keys' last use failed; kept for the next round", len(used))
+            self.keys_used.retry(used)
+
     async def close(self) -> None:
         if self._task is not None:
             await flush_timer_stop(self._task, self._flush_lock)
             self._task = None
         for _attempt in range(3):
-            await self.flush()
+            await self.flush(closing=True)
             if not self._rows:
                 return
             await asyncio.sleep(0.5)

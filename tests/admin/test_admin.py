@@ -270,7 +270,8 @@ def test_it_lists_request_logs_in_a_constant_number_of_bounded_queries(admin_cli
     now = timezone.localtime()
     views = [{}, {"tenant__id__exact": tenant_a.pk, "status_code": "5xx", "model_used": "sim-mini"},
              {"created_at__year": now.year}, {"created_at__year": now.year, "created_at__month": now.month},
-             {"q": "req-7"}, {"p": 2}]
+             {"q": "req-7"}, {"p": 2}, {"key": key_b.api_key.pk, "error_code": "any"},
+             {"q": key_a.api_key.prefix}, {"created_at__gte": str(now - timedelta(hours=1))}]
     _logs(100, tenants, keys, models)
     small = _log_pages(admin_client, views)
     _logs(9_900, tenants, keys, models, start=100)
@@ -306,6 +307,44 @@ def test_it_finds_a_request_log_by_its_exact_id(admin_client, tenant_a, tenant_b
     _logs(30, [tenant_a, tenant_b], [key_a.api_key, key_b.api_key], [cheap_model, premium_model])
     rows = admin_client.get(_url(RequestLog, "changelist"), {"q": " req-1 "}).context["cl"].result_list
     assert [row.request_id for row in rows] == ["req-1"]
+
+
+def test_it_filters_request_logs_by_key_and_error_code_and_finds_them_by_key_prefix(
+        admin_client, tenant_a, tenant_b, key_a, key_b, cheap_model, premium_model):
+    _logs(30, [tenant_a, tenant_b], [key_a.api_key, key_b.api_key], [cheap_model, premium_model])
+    RequestLog.objects.filter(status_code=429).update(error_code="rate_limit_exceeded")
+    RequestLog.objects.filter(status_code=502).update(error_code="upstream_timeout")
+
+    def rows(**params):
+        return admin_client.get(_url(RequestLog, "changelist"), params).context["cl"].result_list
+
+    assert {row.api_key_id for row in rows(key=key_b.api_key.pk)} == {key_b.api_key.pk}
+    assert len(rows(key=key_b.api_key.pk)) == 15
+    assert {row.api_key_id for row in rows(q=key_a.api_key.prefix)} == {key_a.api_key.pk}
+    assert {row.error_code for row in rows(error_code="any")} == {"rate_limit_exceeded", "upstream_timeout"}
+    assert {row.error_code for row in rows(error_code="none")} == {""}
+    assert {row.status_code for row in rows(error_code="upstream_timeout")} == {502}
+    page = admin_client.get(_url(RequestLog, "changelist"), {"tenant__id__exact": tenant_a.pk}).content.decode()
+    assert f"?key={key_a.api_key.pk}&amp;tenant__id__exact={tenant_a.pk}" in page
+    assert f"key={key_b.api_key.pk}" not in page  # the key filter offers the chosen tenant's keys
+    assert "An exact request ID" in page
+
+
+def test_it_shows_model_cache_outcome_cost_latency_and_error_code_columns(admin_client, tenant_a, key_a,
+                                                                           cheap_model):
+    RequestLog.objects.create(tenant=tenant_a, api_key=key_a.api_key, request_id="req-shown", requested_model="auto",
+                              model_used="sim-mini", cache_outcome="semantic", cache_similarity=0.91234,
+                              cost=Decimal("0.0000123456"), latency_ms=1234.4, status_code=502,
+                              error_code="upstream_timeout")
+    RequestLog.objects.create(tenant=tenant_a, api_key=key_a.api_key, request_id="req-tiny", model_used="sim-mini",
+                              cost=Decimal("0.0000000042"))
+    html = admin_client.get(_url(RequestLog, "changelist")).content.decode()
+    for cell in ('<td class="field-model_column">sim-mini (auto)</td>',
+                 '<td class="field-cache_column">semantic 0.912</td>', '<td class="field-cost_column">$0.000012</td>',
+                 '<td class="field-latency_column">1,234 ms</td>', '<td class="field-status">502</td>',
+                 '<td class="field-error_column">upstream_timeout</td>',
+                 '<td class="field-cost_column">&lt;$0.000001</td>'):
+        assert cell in html
 
 
 def test_it_drills_down_request_logs_by_year_month_and_day(admin_client, tenant_a, key_a):

@@ -19,6 +19,7 @@ import json
 import httpx
 import pytest
 
+from apps.gateway.api.not_found import UNPREFIXED, V1_MISSES
 from apps.gateway.doors.http import HOT_PATHS
 from tests.gateway.conftest import request_logs, wait_until
 from tests.routes import Route, routes
@@ -28,6 +29,7 @@ SKIPPED_PREFIXES = {
     "admin/": "the operators' site: staff only, every page tested in tests/admin",
 }
 SKIPPED = {
+    "": "the start page: the same page for anyone, no key taken, no tenant data",
     "healthz": "a probe: the same answer for anyone, no tenant data",
     "readyz": "a probe: the same answer for anyone, no tenant data",
     "v1/openapi.json": "the API's public description: the same document for anyone, no tenant data",
@@ -258,8 +260,22 @@ def _feedback(t: Tenants) -> None:
     assert (kept.tenant_id, kept.score) == (t.world.tenant_a.pk, 1.0)
 
 
+def _misses(t: Tenants) -> None:
+    # A wrong URL's answer (JSON with a hint) is the same whoever asks and whatever A owns: B
+    # learns nothing of A's file from a near miss on its path, and deletes nothing.
+    for path in ("/v1/files/{}/", "/files/{}", "/v1/v1/files/{}", "/v1/files/{}/contents"):
+        for method in ("GET", "DELETE"):
+            theirs = t.b(method, path.format(t.file_id))
+            made_up = t.b(method, path.format("file-made-up"))
+            assert (theirs.status_code, theirs.json()["error"]["code"]) == (404, "unknown_url"), theirs.text
+            assert theirs.text.replace(t.file_id, "file-made-up") == made_up.text
+            assert theirs.text == t.a(method, path.format(t.file_id)).text
+
+
 # route (Django's, without the leading slash) or hot path -> (methods it answers, the check)
 ATTACKS = {
+    V1_MISSES: (("GET", "POST", "PUT", "PATCH", "DELETE"), _misses),
+    UNPREFIXED: (("GET", "POST", "PUT", "PATCH", "DELETE"), _misses),
     "v1/files": (("GET", "POST"), _files),
     "v1/files/<str:file_id>": (("GET", "DELETE"), _attack_ids),
     "v1/files/<str:file_id>/content": (("GET",), _attack_ids),

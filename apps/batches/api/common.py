@@ -14,6 +14,7 @@ from django.views.decorators.csrf import csrf_exempt
 from apps.core.errors import BadRequest, GatewayError, MethodNotAllowed, PayloadTooLarge, error_response
 from apps.core.json_checks import nesting_check, nul_check
 from apps.tenants.selectors import key_for_authorization
+from apps.tenants.services import key_use_note
 
 MAX_LIMIT = 100
 
@@ -23,7 +24,9 @@ def json_response(payload: dict, status: int = 200) -> HttpResponse:
 
 
 def _key(request):
-    return key_for_authorization(request.headers.get("Authorization"))
+    key = key_for_authorization(request.headers.get("Authorization"))
+    key_use_note(api_key=key)
+    return key
 
 
 def tenant_endpoint(methods: tuple[str, ...]):

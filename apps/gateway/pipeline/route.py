@@ -21,6 +21,9 @@ if TYPE_CHECKING:
     from apps.gateway.runtime import Runtime
 
 
+MODELS_HINT = "GET /v1/models lists the models this key may use; model 'auto' routes a chat prompt for you."
+
+
 def call_route(runtime: Runtime, call: Call, body: dict, tags_header: str | None, *, mode: str,
                dialect: Dialect | None = None, native_only: str | None = None) -> None:
     """Resolve ``body``'s model to ``call.chain`` (raises a :class:`GatewayError` when nothing fits).
@@ -41,10 +44,10 @@ def call_route(runtime: Runtime, call: Call, body: dict, tags_header: str | None
         prompt_tokens=tokens.prompt_tokens_rough(prompt_text), tags=tags_from(body, tags_header),
     )
     if route is None:
-        raise ModelNotFound(f"The model '{requested}' does not exist.", param="model")
+        raise ModelNotFound(f"The model '{requested}' does not exist. {MODELS_HINT}", param="model")
     chain = tuple(m for m in route.chain if m.mode == mode)
     if not chain:
-        raise ModelNotFound(f"The model '{requested}' cannot serve {mode} requests.", param="model")
+        raise ModelNotFound(f"The model '{requested}' cannot serve {mode} requests. {MODELS_HINT}", param="model")
     if dialect is not None and mode == "chat":
         chain = dialect.reachable(chain, requested=requested, native_only=native_only)
     if allowed is not None:

@@ -23,6 +23,7 @@ from rest_framework.views import APIView
 from apps.core.errors import BadRequest, GatewayError, error_response
 from apps.reporting.selectors import GROUPS, REPORT_EARLIEST, REPORT_LATEST, usage_grouped, usage_totals
 from apps.tenants.selectors import key_for_authorization, key_prefixes
+from apps.tenants.services import key_use_note
 from apps.usage.selectors import request_log_rows
 
 MAX_RANGE = timedelta(days=400)
@@ -72,7 +73,9 @@ def _range(params) -> tuple[datetime, datetime]:
 
 
 def _tenant_key(request):
-    return key_for_authorization(request.headers.get("Authorization"))
+    key = key_for_authorization(request.headers.get("Authorization"))
+    key_use_note(api_key=key)
+    return key
 
 
 class UsageView(APIView):

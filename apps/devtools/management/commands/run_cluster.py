@@ -75,7 +75,7 @@ class Command(BaseCommand):
             if redis_command:
                 group.start("redis", redis_command, env=env, cwd=settings.BASE_DIR)
             call_command("migrate", interactive=False, verbosity=0)
-            credentials = demo_seed(upstream_url=f"http://127.0.0.1:{upstream_port}/v1")
+            credentials = demo_seed(upstream_url=f"http://127.0.0.1:{upstream_port}/v1", repoint=True)
             group.start_all(plan.commands(), env=env, cwd=settings.BASE_DIR)
             self._wait_ready(plan, group, ready_timeout)
             self._banner(plan, redis_url, credentials, state_dir)
