@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from django import forms
-from django.contrib import admin
+from django.contrib import admin, messages
 from django.db.models import Exists, OuterRef
 from django.utils.html import format_html, format_html_join
 
 from apps.catalog.models import Model, ModelPrice, Provider, ProviderCircuit
+from apps.catalog.services import provider_check, rules_using
 from apps.usage.models import RequestLog
 
 
@@ -31,6 +32,15 @@ class ProviderForm(forms.ModelForm):
         # Never hold the stored secret as the field's initial value: nothing can render it, and a
         # blank submission is "unchanged" rather than a change logged in the history.
         self.initial["credential"] = ""
+        field = self.fields.get("credential")
+        if field is not None:
+            if self.instance.pk is None:
+                field.help_text = "Write-only: stored encrypted and never shown again. Empty: no credential."
+            elif self.instance.credential:
+                field.help_text = ("A credential is set (write-only, never shown). Type a new one to replace it; "
+                                   "leave blank to keep it.")
+            else:
+                field.help_text = "No credential is set. Write-only: stored encrypted and never shown again."
 
     def clean(self) -> dict:
         cleaned = super().clean()
@@ -43,8 +53,32 @@ class ProviderForm(forms.ModelForm):
         return cleaned
 
 
+class ModelForm(forms.ModelForm):
+    """Prices typed in, with their unit: a new model starts with none rather than a silent zero."""
+
+    class Meta:
+        model = Model
+        fields = "__all__"  # noqa: DJ007 (every field of the model is the operator's to set)
+        labels = {
+            "input_price_per_million": "Input price (USD per 1M tokens)",
+            "cached_input_price_per_million": "Cached input price (USD per 1M tokens)",
+            "output_price_per_million": "Output price (USD per 1M tokens)",
+            "cache_write_price_per_million": "Cache write price (USD per 1M tokens)",
+        }
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        for name in ("input_price_per_million", "output_price_per_million"):
+            field = self.fields.get(name)
+            if field is not None:
+                field.required = True
+                if self.instance.pk is None:
+                    self.initial[name] = None
+
+
 class ModelInline(admin.TabularInline):
     model = Model
+    form = ModelForm
     extra = 0
     show_change_link = True
     fields = ("name", "upstream_id", "mode", "tier", "input_price_per_million", "cached_input_price_per_million",
@@ -59,13 +93,25 @@ class ProviderAdmin(admin.ModelAdmin):
     list_filter = ("kind", "is_active")
     search_fields = ("name", "base_url")
     readonly_fields = ("credential_state", "circuits_table", "created_at", "updated_at")
-    fieldsets = (
-        (None, {"fields": ("name", "kind", "base_url", "timeout_seconds", "max_concurrency", "is_active")}),
-        ("Credential", {"fields": ("credential_state", "credential", "clear_credential")}),
-        ("Circuit breakers", {"fields": ("circuits_table",)}),
-        ("Audit", {"fields": ("created_at", "updated_at")}),
-    )
     inlines = [ModelInline]
+    actions = ["test_connection"]
+
+    def get_fieldsets(self, request, obj=None):
+        # One credential field: a new provider has nothing to keep or clear.
+        credential = ("credential", "clear_credential") if obj is not None and obj.credential else ("credential",)
+        return (
+            (None, {"fields": ("name", "kind", "base_url", "timeout_seconds", "max_concurrency", "is_active")}),
+            ("Credential", {"fields": credential}),
+            *((("Circuit breakers", {"fields": ("circuits_table",)}),
+               ("Audit", {"fields": ("created_at", "updated_at")})) if obj is not None else ()),
+        )
+
+    @admin.action(description="Test the connection (list the provider's models)", permissions=["view"])
+    def test_connection(self, request, queryset) -> None:
+        for provider in queryset:
+            result = provider_check(provider)
+            self.message_user(request, f"{provider.name}: {result.summary}",
+                              messages.SUCCESS if result.ok else messages.ERROR)
 
     def get_queryset(self, request):
         return super().get_queryset(request).prefetch_related("circuits__model")
@@ -123,6 +169,7 @@ class ModelPriceInline(admin.TabularInline):
 
 @admin.register(Model)
 class ModelAdmin(admin.ModelAdmin):
+    form = ModelForm
     list_display = ("name", "upstream_id", "provider", "mode", "tier", "input_price_per_million",
                     "cached_input_price_per_million", "output_price_per_million", "cache_write_price_per_million",
                     "batch_discount_percent", "is_free", "is_active")
@@ -131,6 +178,15 @@ class ModelAdmin(admin.ModelAdmin):
     search_fields = ("name", "upstream_id")
     readonly_fields = ("created_at", "updated_at")
     inlines = [ModelPriceInline]
+
+    def save_model(self, request, obj, form, change) -> None:
+        super().save_model(request, obj, form, change)
+        if change and "is_active" in form.changed_data and not obj.is_active:
+            rules = rules_using(obj)
+            if rules:
+                self.message_user(request, format_html(
+                    "{} is deactivated, and active routing rules use it: {}. Their requests now go to their "
+                    "other models (check those models' prices).", obj.name, ", ".join(rules)), messages.WARNING)
 
     def get_deleted_objects(self, objs, request):
         """Refuse models whose prices priced requests, before loading those requests.

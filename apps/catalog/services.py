@@ -1,12 +1,17 @@
-"""Writes to the catalog made by the gateway itself (circuit breaker reports)."""
+"""Writes to the catalog made by the gateway itself (circuit breaker reports), and the admin's
+checks of a provider and of what uses a model."""
 
 from __future__ import annotations
 
+import time
+from dataclasses import dataclass
 from datetime import datetime
 
+import httpx
 from django.db import close_old_connections
+from django.db.models import Q
 
-from apps.catalog.models import Model, ProviderCircuit
+from apps.catalog.models import Model, Provider, ProviderCircuit
 
 
 def circuit_report(*, provider_id: int, model_id: int, process: str, state: str, consecutive_failures: int,
@@ -27,3 +32,43 @@ def circuits_forget(*, process: str) -> int:
     close_old_connections()
     deleted, _ = ProviderCircuit.objects.filter(process=process).delete()
     return deleted
+
+
+@dataclass(frozen=True, slots=True)
+class ProviderCheck:
+    ok: bool
+    summary: str
+
+
+def provider_check(provider: Provider, *, timeout: float = 5.0) -> ProviderCheck:
+    """List the provider's models with its own credential: is it reachable, and does it take the key?"""
+    url = provider.base_url.rstrip("/") + "/models"
+    headers = {"user-agent": "switchyard-admin-check"}
+    if provider.kind == Provider.Kind.ANTHROPIC:
+        headers |= {"anthropic-version": "2023-06-01", **({"x-api-key": provider.credential} if provider.credential
+                                                          else {})}
+    elif provider.credential:
+        headers["authorization"] = f"Bearer {provider.credential}"
+    started = time.perf_counter()
+    try:
+        response = httpx.get(url, headers=headers, timeout=min(timeout, float(provider.timeout_seconds)))
+    except httpx.HTTPError as exc:
+        return ProviderCheck(False, f"could not reach {url}: {type(exc).__name__} {exc}".strip())
+    elapsed = (time.perf_counter() - started) * 1000
+    if response.status_code != 200:
+        return ProviderCheck(False, f"GET {url} answered {response.status_code} in {elapsed:.0f} ms: "
+                                    f"{response.text[:200]}")
+    try:
+        listed = response.json().get("data")
+    except ValueError:
+        listed = None
+    count = f"{len(listed)} models listed" if isinstance(listed, list) else "no model list in the answer"
+    return ProviderCheck(True, f"GET {url} answered 200 in {elapsed:.0f} ms, {count}.")
+
+
+def rules_using(model: Model) -> list[str]:
+    """The names of active routing rules whose target or fallback is ``model``."""
+    from apps.routing.models import RoutingRule  # routing depends on the catalog, not the other way round
+
+    return list(RoutingRule.objects.filter(Q(target=model) | Q(fallbacks__model=model), is_active=True)
+                .distinct().order_by("name").values_list("name", flat=True))

@@ -53,6 +53,8 @@ def signals_connect() -> None:
         post_save.connect(config_changed_publish, sender=model, dispatch_uid=f"bus-save-{model.__name__}")
         post_delete.connect(config_changed_publish, sender=model, dispatch_uid=f"bus-delete-{model.__name__}")
     m2m_changed.connect(config_changed_publish, sender=ApiKey.allowed_models.through, dispatch_uid="bus-key-models")
+    m2m_changed.connect(config_changed_publish, sender=Tenant.allowed_models.through,
+                        dispatch_uid="bus-tenant-models")
 
 
 async def config_changes_listen(on_change: Callable[[], Awaitable[None]], *, retry_seconds: float = 1.0) -> None:

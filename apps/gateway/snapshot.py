@@ -216,17 +216,26 @@ def snapshot_load() -> Snapshot:
     )
 
 
+def _allowed(key_models: frozenset[str], tenant_models: frozenset[str]) -> frozenset[str] | None:
+    """The models a key may use: None for every one; a set, possibly empty, when the key or its
+    tenant has an allow-list (both: only the models on both)."""
+    if key_models and tenant_models:
+        return key_models & tenant_models
+    return key_models or tenant_models or None
+
+
 def key_info_load(prefix: str) -> KeyInfo | None:
     """Read one key by its visible prefix (sync; call from a thread)."""
     key = ApiKey.objects.select_related("tenant", "tenant__cache_embedding_model").filter(prefix=prefix).first()
     if key is None:
         return None
-    allowed = frozenset(key.allowed_models.values_list("name", flat=True))
+    allowed = _allowed(frozenset(key.allowed_models.values_list("name", flat=True)),
+                       frozenset(key.tenant.allowed_models.values_list("name", flat=True)))
     limits = tuple(lim for lim in (scope_limits(key, tenant_id=key.tenant_id, api_key_id=key.pk),
                                    scope_limits(key.tenant, tenant_id=key.tenant_id, api_key_id=None)) if lim)
     return KeyInfo(
         id=key.pk, prefix=key.prefix, key_hash=key.key_hash, tenant_id=key.tenant_id, tenant_slug=key.tenant.slug,
-        allowed_models=allowed or None,
+        allowed_models=allowed,
         expires_at=key.expires_at.timestamp() if key.expires_at else None,
         usable=key.revoked_at is None and key.tenant.is_active,
         cache_enabled=key.tenant.cache_enabled, cache_semantic=key.tenant.cache_semantic,

@@ -111,6 +111,7 @@ class TenantAdmin(admin.ModelAdmin):
         ("Limits and budget", {"fields": _LIMIT_FIELDS, "description":
                                "Apply to all the tenant's keys together; a key's own limits apply on top."}),
         ("Budget alerts", {"fields": ("alert_webhook_url", "alert_webhook_secret")}),
+        ("Models", {"fields": ("allowed_models",)}),
         ("Request log", {"fields": ("log_retention_days",)}),
         ("Cache", {"fields": ("cache_enabled", "cache_semantic", "cache_similarity_threshold", "cache_verify_precision",
                                        "cache_ttl_seconds",
@@ -120,6 +121,7 @@ class TenantAdmin(admin.ModelAdmin):
     )
     inlines = [ApiKeyInline]
     actions = ["purge_cache"]
+    filter_horizontal = ("allowed_models",)
 
     @admin.display(description="spend this period")
     def spend_this_period(self, tenant: Tenant) -> str:

@@ -21,6 +21,10 @@ class Tenant(LimitSettings):
     name = models.CharField(max_length=200)
     slug = models.SlugField(max_length=64, unique=True)
     is_active = models.BooleanField(default=True)
+    allowed_models = models.ManyToManyField(
+        "catalog.Model", blank=True, related_name="+", verbose_name="models allowed",
+        help_text="Empty: every active model. Otherwise the tenant's keys may use only these (a key's own list "
+        "narrows it further).")
     cache_enabled = models.BooleanField(
         default=True, verbose_name="cache enabled",
         help_text="Off: no answer is read from or written to the cache, exact or semantic.")

@@ -174,6 +174,30 @@ def test_it_raises_permission_denied_for_a_model_the_key_may_not_use(world):
     assert sdk.chat.completions.create(model="sim-mini", messages=[{"role": "user", "content": "x"}]).choices
 
 
+def test_a_tenants_allow_list_binds_every_key_and_narrows_a_keys_own(world):
+    from apps.tenants.models import ApiKey
+
+    world.tenant_b.allowed_models.set([world.models["sim-mini"], world.models["sim-premium"]])
+    tenant_b, tenant_a = client(world, key=world.key_b), client(world)
+
+    def listed(sdk) -> list[str]:
+        return sorted(m.id for m in sdk.models.list() if m.id != "auto")
+
+    assert wait_until(lambda: listed(tenant_b) == ["sim-mini", "sim-premium"])
+    assert "sim-standard" in listed(tenant_a)  # the other tenant keeps every model
+    with pytest.raises(openai.PermissionDeniedError):
+        tenant_b.chat.completions.create(model="sim-standard", messages=[{"role": "user", "content": "x"}])
+    assert tenant_b.chat.completions.create(model="sim-premium", messages=[{"role": "user", "content": "x"}]).choices
+    # A key's own list narrows the tenant's; lists that share nothing leave the key no model at all.
+    key = ApiKey.objects.get(tenant=world.tenant_b)
+    key.allowed_models.set([world.models["sim-premium"], world.models["sim-standard"]])
+    assert wait_until(lambda: listed(tenant_b) == ["sim-premium"])
+    key.allowed_models.set([world.models["sim-standard"]])
+    assert wait_until(lambda: listed(tenant_b) == [])
+    with pytest.raises(openai.PermissionDeniedError):
+        tenant_b.chat.completions.create(model="sim-mini", messages=[{"role": "user", "content": "x"}])
+
+
 def test_it_answers_413_for_an_oversized_body(world):
     sdk = client(world)
     with pytest.raises(openai.APIStatusError) as caught:

@@ -1,0 +1,84 @@
+"""Providers and models as an operator edits them: one write-only credential field, a connection
+test against the provider itself, prices typed with their unit, and a warning when a deactivated
+model leaves routing rules' traffic to their other models."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+from django.contrib.messages import get_messages
+from django.urls import reverse
+
+from apps.catalog.models import Model, Provider
+from apps.routing.models import RoutingFallback, RoutingRule
+from tests.live import REPO, free_port, stop_process, wait_http
+
+
+@pytest.fixture(scope="module")
+def simulator_url():
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "apps.simulator.server", "--host", "127.0.0.1", "--port",
+                             str(port)], cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    base = f"http://127.0.0.1:{port}/v1"
+    wait_http(base + "/models", proc=proc)
+    yield base
+    stop_process(proc)
+
+
+def _messages(response) -> list[str]:
+    return [str(message) for message in get_messages(response.wsgi_request)]
+
+
+def test_a_connection_test_reaches_the_provider_or_says_why_not(admin_client, simulator_url):
+    live = Provider.objects.create(name="live", kind=Provider.Kind.OPENAI, base_url=simulator_url, credential="sk-x")
+    dead = Provider.objects.create(name="dead", kind=Provider.Kind.OPENAI, base_url=f"http://127.0.0.1:{free_port()}/v1")
+    response = admin_client.post(reverse("admin:catalog_provider_changelist"), {
+        "action": "test_connection", "_selected_action": [live.pk, dead.pk]}, follow=True)
+    said = _messages(response)
+    assert any(m.startswith(f"live: GET {simulator_url}/models answered 200") and "models listed" in m for m in said)
+    assert any(m.startswith("dead: could not reach") for m in said), said
+
+
+def test_a_provider_has_one_credential_field(admin_client, provider):
+    add = admin_client.get(reverse("admin:catalog_provider_add")).content.decode()
+    assert 'name="credential"' in add
+    assert 'name="clear_credential"' not in add and "Leave blank to keep" not in add
+    assert "stored encrypted and never shown again" in add
+    change = admin_client.get(reverse("admin:catalog_provider_change", args=[provider.pk])).content.decode()
+    assert "A credential is set" in change and 'name="clear_credential"' in change
+    assert "sk-upstream-secret" not in change
+
+
+def test_a_new_models_prices_are_typed_in_with_their_unit(admin_client, provider):
+    page = admin_client.get(reverse("admin:catalog_model_add")).content.decode()
+    assert "Input price (USD per 1M tokens)" in page and "Output price (USD per 1M tokens)" in page
+    form = {"name": "new-model", "upstream_id": "new-model", "provider": provider.pk, "mode": "chat",
+            "cached_input_price_per_million": "0", "batch_discount_percent": "0", "context_window": "1000",
+            "max_output_tokens": "100", "tier": "simple", "is_active": "on",
+            "prices-TOTAL_FORMS": "0", "prices-INITIAL_FORMS": "0", "prices-MIN_NUM_FORMS": "0",
+            "prices-MAX_NUM_FORMS": "1000"}
+    refused = admin_client.post(reverse("admin:catalog_model_add"), form)
+    assert refused.status_code == 200 and not Model.objects.filter(name="new-model").exists()
+    saved = admin_client.post(reverse("admin:catalog_model_add"), {
+        **form, "input_price_per_million": "1.5", "output_price_per_million": "6"})
+    assert saved.status_code == 302, saved.content.decode()[:3000]
+    assert Model.objects.get(name="new-model").input_price_per_million == 1.5
+
+
+def test_deactivating_a_model_that_rules_use_warns_which(admin_client, cheap_model, premium_model):
+    RoutingRule.objects.create(name="cheap first", target=cheap_model)
+    other = RoutingRule.objects.create(name="premium first", target=premium_model)
+    RoutingFallback.objects.create(rule=other, model=cheap_model)
+    RoutingRule.objects.create(name="retired", target=cheap_model, is_active=False)
+    url = reverse("admin:catalog_model_change", args=[cheap_model.pk])
+    form = {name: value for name, value in admin_client.get(url).context["adminform"].form.initial.items()
+            if value is not None and name not in ("id", "created_at", "updated_at", "is_active")}
+    form |= {"provider": cheap_model.provider_id, "prices-TOTAL_FORMS": "0", "prices-INITIAL_FORMS": "0",
+             "prices-MIN_NUM_FORMS": "0", "prices-MAX_NUM_FORMS": "1000"}
+    response = admin_client.post(url, form, follow=True)
+    cheap_model.refresh_from_db()
+    assert not cheap_model.is_active
+    warning = [m for m in _messages(response) if "is deactivated" in m]
+    assert warning and "cheap first, premium first" in warning[0] and "retired" not in warning[0]
