@@ -129,7 +129,7 @@ def test_it_never_shows_the_provider_credential(admin_client, provider):
     changelist = admin_client.get(_url(Provider, "changelist")).content.decode()
     assert '<td class="field-credential_state">set</td>' in changelist
     change = admin_client.get(_url(Provider, "change", provider.pk)).content.decode()
-    assert '<div class="readonly">set</div>' in change
+    assert "A credential is set" in change
     assert "sk-upstream-secret" not in _stored_credential()
 
 
@@ -158,7 +158,7 @@ def test_it_keeps_the_credential_on_a_blank_change_and_replaces_it_on_a_new_one(
     assert admin_client.post(url, _provider_post(provider, clear_credential="on")).status_code == 302
     provider.refresh_from_db()
     assert provider.credential == ""
-    assert '<div class="readonly">not set</div>' in admin_client.get(url).content.decode()
+    assert "No credential is set" in admin_client.get(url).content.decode()
 
 
 def test_it_refuses_a_new_credential_and_clear_together(admin_client, provider):

@@ -61,3 +61,21 @@ def test_it_prints_where_everything_is_again_once_start_up_has_finished(transact
             proc.send_signal(signal.SIGTERM)
             proc.wait(timeout=60)
     assert "Stopped." in output()
+
+
+def test_the_worker_relay_leaves_out_routine_lines_and_celerys_cold_shutdown_advice():
+    import io
+    import threading
+
+    from apps.devtools.management.commands.run_platform import _relay
+
+    lines = [b"[2026-12-06 10:00:00,000: INFO/MainProcess] celery@host ready.\n",
+             b"[2026-12-06 10:00:01,000: INFO/MainProcess] Task reporting.rollup[ab-12] received\n",
+             b"[2026-12-06 10:00:02,000: WARNING/MainProcess] worker: Hitting Ctrl+C again will initiate cold "
+             b"shutdown, terminating all running tasks!\n",
+             b"[2026-12-06 10:00:03,000: ERROR/MainProcess] Task batches.run[cd-34] raised ValueError\n"]
+    for quiet, kept in ((True, [0, 3]), (False, [0, 1, 3])):
+        out, ready = io.BytesIO(), threading.Event()
+        _relay(io.BytesIO(b"".join(lines)), ready, quiet=quiet, out=out)
+        assert ready.is_set()
+        assert out.getvalue() == b"".join(lines[i] for i in kept)

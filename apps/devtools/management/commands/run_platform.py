@@ -166,6 +166,9 @@ READY_MARK = b" ready."  # what a Celery worker logs once it consumes tasks ("ce
 # and succeeded): left out of the terminal unless --verbose-worker, so the banner stays in view.
 # Failures, warnings and tracebacks always pass.
 ROUTINE = re.compile(rb"INFO/[^\]]*\] (Scheduler: Sending due task |Task \S+ received$|Task \S+ succeeded in )")
+# Celery's own advice on a first Ctrl-C: here a single Ctrl-C already stops everything cleanly,
+# and a second one would only cut that short.
+COLD_SHUTDOWN = re.compile(rb"Hitting Ctrl\+C again will (initiate|terminate)")
 
 
 def _relay(stream, ready: threading.Event, *, quiet: bool = True, out=None) -> None:
@@ -174,7 +177,7 @@ def _relay(stream, ready: threading.Event, *, quiet: bool = True, out=None) -> N
     for line in iter(stream.readline, b""):
         if not ready.is_set() and READY_MARK in line:
             ready.set()
-        if quiet and ROUTINE.search(line.rstrip(b"\r\n")):
+        if (quiet and ROUTINE.search(line.rstrip(b"\r\n"))) or COLD_SHUTDOWN.search(line):
             continue
         out.write(line)
         out.flush()
