@@ -257,3 +257,21 @@ def test_it_never_shows_one_tenants_response_to_another(world):
         theirs.responses.create(model="sim-mini", input="Go on", previous_response_id=response.id)
     assert refused.value.body["code"] == "previous_response_not_found"
     assert mine.responses.retrieve(response.id).output_text == response.output_text  # still there, untouched
+
+
+def test_it_ends_a_failing_stream_with_an_error_event(world):
+    world.simulator.fault(model="sim-mini", mode="cut", count=1)
+    events = raw_events(world, {"model": "sim-mini", "input": "This stream will be cut"})
+    for event in events:
+        EVENTS.validate_python(event)
+    assert events[0]["type"] == "response.created"
+    assert events[-1]["type"] == "error" and events[-1]["code"] == "upstream_stream_cut"
+    assert [event["sequence_number"] for event in events] == list(range(len(events)))
+    (row,) = request_logs(1, tenant=world.tenant_a, endpoint="/v1/responses")
+    assert row.status_code == 502 and row.error_code == "upstream_stream_cut"
+    world.simulator.fault(model="sim-mini", mode="cut", count=1)
+    with client(world).responses.stream(model="sim-mini", input="A stream cut again") as stream:
+        kinds = [event.type for event in stream]
+        assert kinds[-1] == "error"
+        with pytest.raises(RuntimeError, match=r"response\.completed"):
+            stream.get_final_response()
