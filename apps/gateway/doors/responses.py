@@ -124,8 +124,6 @@ async def responses_create(runtime: Runtime, x: Exchange, key: KeyInfo) -> None:
 
 
 async def _find(runtime: Runtime, key: KeyInfo, response_id: str) -> Stored | None:
-    if len(response_id) > _MAX_ID:
-        return None
     return await response_find(runtime.cache.pool, tenant_id=key.tenant_id, response_id=response_id)
 
 
@@ -150,8 +148,7 @@ async def response_item(runtime: Runtime, x: Exchange, key: KeyInfo) -> None:
         _, stored = await _stored(runtime, x, key)
         await json_send(x.send, 200, orjson.dumps(stored.response))
         return
-    if len(response_id) > _MAX_ID or not await response_delete(runtime.cache.pool, tenant_id=key.tenant_id,
-                                                                response_id=response_id):
+    if not await response_delete(runtime.cache.pool, tenant_id=key.tenant_id, response_id=response_id):
         raise _not_found(response_id)
     await json_send(x.send, 200, orjson.dumps({"id": response_id, "object": "response", "deleted": True}))
 
