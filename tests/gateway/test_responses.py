@@ -275,3 +275,41 @@ def test_it_ends_a_failing_stream_with_an_error_event(world):
         assert kinds[-1] == "error"
         with pytest.raises(RuntimeError, match=r"response\.completed"):
             stream.get_final_response()
+
+
+CLOCK = {"type": "function", "name": "get_time", "description": "The local time in a city.",
+         "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}
+
+
+def test_it_answers_parallel_function_calls_and_takes_their_results_back(world):
+    sdk = client(world)
+    asked = sdk.responses.create(model="sim-mini", input="Weather and time in Lima?", tools=[WEATHER, CLOCK],
+                                 tool_choice="required")
+    assert [item.type for item in asked.output] == ["function_call", "function_call"]
+    assert [item.name for item in asked.output] == ["get_weather", "get_time"]
+    assert len({item.call_id for item in asked.output}) == len({item.id for item in asked.output}) == 2
+    results = [{"type": "function_call_output", "call_id": item.call_id, "output": "fine"} for item in asked.output]
+    answered = sdk.responses.create(model="sim-mini", previous_response_id=asked.id, input=results,
+                                    tools=[WEATHER, CLOCK])
+    assert answered.output_text
+    one = sdk.responses.create(model="sim-mini", input="Weather and time in Lima?", tools=[WEATHER, CLOCK],
+                               tool_choice="required", parallel_tool_calls=False)
+    assert [item.name for item in one.output] == ["get_weather"]
+
+    events = raw_events(world, {"model": "sim-mini", "input": "Weather and time in Quito?",
+                                "tools": [WEATHER, CLOCK], "tool_choice": "required"})
+    for event in events:
+        EVENTS.validate_python(event)
+    added = [event for event in events if event["type"] == "response.output_item.added"]
+    done = [event for event in events if event["type"] == "response.output_item.done"]
+    assert [(event["output_index"], event["item"]["name"]) for event in added] == [(0, "get_weather"),
+                                                                                   (1, "get_time")]
+    assert [event["output_index"] for event in done] == [0, 1]
+    final = events[-1]["response"]
+    assert [item["name"] for item in final["output"]] == ["get_weather", "get_time"]
+    for index, item in enumerate(final["output"]):
+        fragments = [event["delta"] for event in events
+                     if event["type"] == "response.function_call_arguments.delta" and event["output_index"] == index]
+        assert "".join(fragments) == item["arguments"] and json.loads(item["arguments"])["city"]
+    stored = sdk.responses.retrieve(final["id"])
+    assert [item.call_id for item in stored.output] == [item["call_id"] for item in final["output"]]
