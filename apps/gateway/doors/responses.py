@@ -15,7 +15,7 @@ import orjson
 
 from apps.core.errors import BadRequest, MethodNotAllowed, NotFound
 from apps.gateway.asgi_io import body_read, chunks_send, header, json_send, stream_relay
-from apps.gateway.dialects.responses.dialect import RESPONSES, Responses
+from apps.gateway.dialects.responses.dialect import RESPONSES
 from apps.gateway.dialects.responses.translate import items_stored, response_id_of
 from apps.gateway.doors.exchange import Exchange, Route
 from apps.gateway.pipeline.run import ChatRequest, chat
@@ -206,5 +206,3 @@ ROUTES = {
     CANCEL: Route(response_cancel, RESPONSES, _bearer),
     INPUT_ITEMS: Route(response_input_items, RESPONSES, _bearer),
 }
-
-__all__ = ["ROUTES", "Responses", "route_path"]

@@ -4,7 +4,7 @@ and its stored responses), with the checks its translator makes
 
 from __future__ import annotations
 
-from apps.gateway.openapi.schemas import OBJECT, STRING, int_schema, number_schema, ref
+from apps.gateway.openapi.schemas import OBJECT, STRING, int_schema, number_schema
 
 _NULLABLE_STRING = {"type": ["string", "null"]}
 _TEXT_PART = {"type": "object", "required": ["type", "text"],
@@ -142,5 +142,3 @@ RESPONSES_SCHEMAS = {
     "ResponsesRequest": RESPONSES_REQUEST, "Response": RESPONSE, "ResponseEvent": RESPONSE_EVENT,
     "ResponseDeleted": RESPONSE_DELETED, "ResponseInputItems": INPUT_ITEMS,
 }
-
-__all__ = ["RESPONSES_SCHEMAS", "ref"]
