@@ -75,8 +75,11 @@ RESPONSES_REQUEST = {
         "truncation": {"enum": ["auto", "disabled"]},
         "include": {"type": "array", "items": STRING},
         "background": {"const": False, **_NOT_YET},
-        "conversation": _NOT_YET,
-        "prompt": _NOT_YET,
+        "prompt_cache_options": {"type": "object", "description": "Accepted; not sent on."},
+        "prompt_cache_retention": {"type": "string", "description": "Accepted; not sent on."},
+        "background_options": {"type": "object", "description": "Accepted; no response runs in the background."},
+        **{name: _NOT_YET for name in ("conversation", "prompt", "moderation", "context_management",
+                                       "access_programs", "image")},
     },
 }
 _USAGE = {

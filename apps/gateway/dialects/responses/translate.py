@@ -26,7 +26,7 @@ from apps.core.json_checks import nesting_check
 from apps.gateway.validation import fields_check, int_check, invalid_type, missing, model_field, number_check
 
 # Every top-level field of OpenAI's create-response request, with the JSON types it may take
-# (None: checked below). Fields in ``_REFUSED`` are known but not served yet.
+# (None: checked below). Those in ``_NOT_YET`` are known but not served yet.
 RESPONSES_FIELDS: dict[str, tuple[type, ...] | None] = {
     "model": None, "input": (str, list), "instructions": (str,), "max_output_tokens": None,
     "temperature": None, "top_p": None, "text": (dict,), "tools": (list,), "tool_choice": (str, dict),
@@ -34,8 +34,15 @@ RESPONSES_FIELDS: dict[str, tuple[type, ...] | None] = {
     "stream_options": (dict,), "metadata": (dict,), "previous_response_id": (str,), "user": (str,),
     "safety_identifier": (str,), "prompt_cache_key": (str,), "service_tier": (str,), "truncation": (str,),
     "include": (list,), "background": (bool,), "top_logprobs": None, "max_tool_calls": None,
-    "conversation": (str, dict), "prompt": (dict,),
+    "conversation": (str, dict), "prompt": (dict,), "prompt_cache_options": (dict,),
+    "prompt_cache_retention": (str,), "background_options": (dict,), "moderation": (dict,),
+    "context_management": (list,), "access_programs": (dict,), "image": (dict,),
 }
+# Known fields this gateway cannot honour yet: refused when set, never silently dropped.
+_NOT_YET = (("background", "A background response"), ("conversation", "A conversation object"),
+            ("prompt", "A stored prompt template"), ("moderation", "Moderation of a response"),
+            ("context_management", "Context management"), ("access_programs", "An access program"),
+            ("image", "Request-level image options"))
 MESSAGE_ROLES = frozenset({"user", "system", "developer", "assistant"})
 REASONING_EFFORTS = frozenset({"none", "minimal", "low", "medium", "high", "xhigh"})
 _STATUS_BY_FINISH = {"length": ("incomplete", "max_output_tokens"),
@@ -210,8 +217,7 @@ def responses_body_translate(body: dict, history: list[dict] | None = None) -> d
     model = model_field(body)
     if body.get("input") is None:
         raise missing("input")
-    for name, what in (("background", "A background response"), ("conversation", "A conversation object"),
-                       ("prompt", "A stored prompt template")):
+    for name, what in _NOT_YET:
         if body.get(name):
             raise _not_supported(name, what)
     int_check(body, "max_output_tokens", 1, 10_000_000)
