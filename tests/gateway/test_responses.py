@@ -313,3 +313,24 @@ def test_it_answers_parallel_function_calls_and_takes_their_results_back(world):
         assert "".join(fragments) == item["arguments"] and json.loads(item["arguments"])["city"]
     stored = sdk.responses.retrieve(final["id"])
     assert [item.call_id for item in stored.output] == [item["call_id"] for item in final["output"]]
+
+
+def test_it_holds_a_key_to_its_rate_limit(world):
+    from apps.tenants.services import key_create
+    from tests.gateway.test_limits import _limits_set, _same_minute, _seen
+
+    _limits_set(world.tenant_a, rpm_limit=50)
+    strict = key_create(tenant=world.tenant_a, name="strict", rpm_limit=2).secret
+    other = key_create(tenant=world.tenant_a, name="other").secret
+    _same_minute(20)  # the warm-up and the requests below share one clock minute, however slow
+    assert _seen(world.gateway.base, other, "x-ratelimit-limit-requests")
+    sdk = client(world, strict)
+    for n in range(2):
+        raw = sdk.responses.with_raw_response.create(model="sim-mini", input=f"Limited {n}")
+        assert raw.headers["x-ratelimit-limit-requests"] == "2"
+    with pytest.raises(openai.RateLimitError) as refused:
+        sdk.responses.create(model="sim-mini", input="One too many")
+    assert refused.value.body["code"] == "rate_limit_exceeded"
+    assert 1 <= int(refused.value.response.headers["retry-after"]) <= 60
+    rows = request_logs(3, tenant=world.tenant_a, endpoint="/v1/responses")
+    assert sorted(row.status_code for row in rows) == [200, 200, 429]
