@@ -67,6 +67,7 @@ INSTALLED_APPS = [
     "apps.reporting",
     "apps.gateway",
     "apps.batches",
+    "apps.responses",
 ]
 # Development tools: the simulated upstream (``manage.py simulate_upstream``) and
 # ``run_platform``, ``run_cluster`` and its balancer (``make run``, ``make cluster``). Never
@@ -242,6 +243,7 @@ CELERY_BEAT_SCHEDULE: dict = {
     "limits-purge-counters": {"task": "limits.purge_counters", "schedule": env_float("LIMITS_PURGE_EVERY", 600.0)},
     "usage-rollup": {"task": "reporting.rollup", "schedule": env_float("USAGE_ROLLUP_EVERY", 10.0)},
     "usage-prune": {"task": "usage.prune", "schedule": env_float("USAGE_PRUNE_EVERY", 3600.0)},
+    "responses-prune": {"task": "responses.prune", "schedule": env_float("USAGE_PRUNE_EVERY", 3600.0)},
     "batches-resume": {"task": "batches.resume", "schedule": BATCH_RESUME_EVERY},
     "routing-priors": {"task": "routing.priors_refresh", "schedule": env_float("ROUTING_PRIORS_EVERY", 60.0)},
 }

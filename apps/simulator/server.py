@@ -15,7 +15,9 @@ Endpoints
 
     A ``tool_choice`` that forces a tool (``"required"`` or ``{"type": "function", ...}``)
     answers with one call of it (finish_reason "tool_calls"), its arguments built from the
-    tool's schema as ``apps.simulator.answers.tool_input`` does.
+    tool's schema as ``apps.simulator.answers.tool_input`` does. ``"required"`` with several
+    tools calls each of them once, in parallel (only the first with ``parallel_tool_calls:
+    false``).
 
 Formulas (content, token counts, embeddings): ``apps.simulator.answers``.
 
@@ -126,18 +128,19 @@ def _fault_status(fault: Fault) -> web.Response:
     return _error(fault.status, f"injected fault: status {fault.status}", code="simulated_fault", headers=headers)
 
 
-def _forced_function(body: dict) -> dict | None:
-    """The function a ``tool_choice`` forces, if any."""
+def _forced_functions(body: dict) -> list[dict]:
+    """The functions a ``tool_choice`` forces: every tool for ``"required"`` (the first only
+    when parallel calls are off), the named one for ``{"type": "function", ...}``."""
     choice = body.get("tool_choice")
     functions = [t.get("function") for t in body.get("tools") or [] if isinstance(t, dict)]
     functions = [f for f in functions if isinstance(f, dict) and isinstance(f.get("name"), str)]
     if not functions:
-        return None
+        return []
     if choice == "required":
-        return functions[0]
+        return functions if body.get("parallel_tool_calls") is not False else functions[:1]
     if isinstance(choice, dict) and isinstance(choice.get("function"), dict):
-        return next((f for f in functions if f["name"] == choice["function"].get("name")), None)
-    return None
+        return [f for f in functions if f["name"] == choice["function"].get("name")][:1]
+    return []
 
 
 class Simulator:
@@ -270,9 +273,9 @@ class Simulator:
                  "prompt_tokens_details": {"cached_tokens": 0}}
         ident = f"chatcmpl-sim{seed(model, repr(messages)) % 10**12:012d}"
         created = int(time.time())
-        tool = _forced_function(body)
-        if tool is not None:
-            return await self._tool_call(request, body, tool, words, ident, created, model, usage, stream)
+        tools = _forced_functions(body)
+        if tools:
+            return await self._tool_calls(request, body, tools, words, ident, created, model, usage, stream)
         if not stream:
             answer = {
                 "id": ident, "object": "chat.completion", "created": created, "model": model,
@@ -318,28 +321,31 @@ class Simulator:
             await self._hang(request)  # the stream is whole, but its response never ends
         return response
 
-    async def _tool_call(self, request, body, tool: dict, words, ident, created, model, usage, stream):
-        """A forced tool call instead of text (JSON, or a stream of argument fragments)."""
-        arguments = dumps(tool_input(tool.get("parameters"), words)).decode()
-        call_id = f"call_sim{seed(ident, tool['name']) % 10**10:010d}"
-        usage = {**usage, "completion_tokens": len(arguments) // 4 + 1}
+    async def _tool_calls(self, request, body, tools: list[dict], words, ident, created, model, usage, stream):
+        """Forced tool calls instead of text (JSON, or a stream of argument fragments)."""
+        calls = [{"id": f"call_sim{seed(ident, tool['name']) % 10**10:010d}", "type": "function",
+                  "function": {"name": tool["name"], "arguments": dumps(tool_input(tool.get("parameters"),
+                                                                                   words)).decode()}}
+                 for tool in tools]
+        usage = {**usage, "completion_tokens": sum(len(c["function"]["arguments"]) // 4 + 1 for c in calls)}
         usage["total_tokens"] = usage["prompt_tokens"] + usage["completion_tokens"]
         if not stream:
             answer = {"id": ident, "object": "chat.completion", "created": created, "model": model,
-                      "choices": [{"index": 0, "message": {"role": "assistant", "content": None, "tool_calls": [
-                          {"id": call_id, "type": "function",
-                           "function": {"name": tool["name"], "arguments": arguments}}]},
-                          "logprobs": None, "finish_reason": "tool_calls"}], "usage": usage}
+                      "choices": [{"index": 0, "message": {"role": "assistant", "content": None, "tool_calls": calls},
+                                   "logprobs": None, "finish_reason": "tool_calls"}], "usage": usage}
             return web.Response(body=dumps(answer), content_type="application/json", headers=HEADERS)
         response = web.StreamResponse(headers=SSE_HEADERS)
         await response.prepare(request)
         head = {"id": ident, "object": "chat.completion.chunk", "created": created, "model": model}
-        half = len(arguments) // 2
-        deltas = [{"role": "assistant", "content": None, "tool_calls": [
-                      {"index": 0, "id": call_id, "type": "function", "function": {"name": tool["name"],
-                                                                                   "arguments": ""}}]},
-                  {"tool_calls": [{"index": 0, "function": {"arguments": arguments[:half]}}]},
-                  {"tool_calls": [{"index": 0, "function": {"arguments": arguments[half:]}}]}]
+        deltas: list[dict] = []
+        for index, call in enumerate(calls):
+            arguments = call["function"]["arguments"]
+            half = len(arguments) // 2
+            first = {"role": "assistant", "content": None} if index == 0 else {}
+            deltas += [{**first, "tool_calls": [{"index": index, "id": call["id"], "type": "function",
+                                                 "function": {"name": call["function"]["name"], "arguments": ""}}]},
+                       {"tool_calls": [{"index": index, "function": {"arguments": arguments[:half]}}]},
+                       {"tool_calls": [{"index": index, "function": {"arguments": arguments[half:]}}]}]
         out = b"".join(b"data: " + dumps({**head, "choices": [{"index": 0, "delta": d, "finish_reason": None}]})
                        + b"\n\n" for d in deltas)
         out += b"data: " + dumps({**head, "choices": [{"index": 0, "delta": {}, "finish_reason": "tool_calls"}]})

@@ -1,4 +1,4 @@
-"""Bad input on the three body-taking hot doors (chat completions, embeddings, messages) against a
+"""Bad input on the four body-taking hot doors (chat completions, embeddings, messages, responses) against a
 live gateway: each is refused with a clear 4xx naming the parameter and OpenAI's code (in
 Anthropic's shape on /v1/messages, the code in ``x-switchyard-error-code``), never a 5xx."""
 
@@ -11,12 +11,14 @@ import anthropic.types.message_create_params as anthropic_params
 import httpx
 import openai.types.chat.completion_create_params as chat_params
 import openai.types.embedding_create_params as embedding_params
+import openai.types.responses.response_create_params as response_params
 import pytest
 from django.conf import settings
 
 from apps.core.errors import BadRequest
 from apps.core.json_checks import MAX_NESTING
 from apps.gateway.dialects.anthropic.translate import COUNT_TOKENS_FIELDS, MESSAGES_FIELDS, messages_body_translate
+from apps.gateway.dialects.responses.translate import RESPONSES_FIELDS
 from apps.gateway.validation import CHAT_FIELDS, EMBEDDINGS_FIELDS, chat_body_validate
 
 PROMPT = [{"role": "user", "content": "Hi"}]
@@ -24,9 +26,10 @@ DOORS = {
     "chat": ("/v1/chat/completions", {"model": "sim-mini", "messages": PROMPT}),
     "embeddings": ("/v1/embeddings", {"model": "sim-embed", "input": "Hi"}),
     "messages": ("/v1/messages", {"model": "sim-mini", "max_tokens": 16, "messages": PROMPT}),
+    "responses": ("/v1/responses", {"model": "sim-mini", "input": "Hi"}),
 }
 # A field of each door's body that holds any JSON, to nest inside.
-NESTABLE = {"chat": "metadata", "embeddings": "input", "messages": "metadata"}
+NESTABLE = {"chat": "metadata", "embeddings": "input", "messages": "metadata", "responses": "metadata"}
 
 
 def send(world, door: str, body: dict | bytes) -> httpx.Response:
@@ -91,7 +94,7 @@ def test_it_refuses_valid_json_nested_deeper_than_the_limit(world):
 def test_it_answers_a_body_nested_up_to_the_limit(world):
     # The body is level 1, metadata level 2, its lists levels 3 to MAX_NESTING.
     nested = json.loads("[" * (MAX_NESTING - 2) + '"x"' + "]" * (MAX_NESTING - 2))
-    for door in ("chat", "messages"):
+    for door in ("chat", "messages", "responses"):
         response = send(world, door, with_fields(door, metadata={"note": nested}))
         assert response.status_code == 200, response.text
         deeper = send(world, door, with_fields(door, metadata={"note": [nested]}))
@@ -107,7 +110,7 @@ def test_it_refuses_a_body_that_is_not_utf8(world):
 
 def test_it_refuses_huge_integers(world):
     for door in DOORS:
-        name = "dimensions" if door == "embeddings" else "max_tokens"
+        name = {"embeddings": "dimensions", "responses": "max_output_tokens"}.get(door, "max_tokens")
         for value in (10**30, 2**63):
             response = send(world, door, with_fields(door, **{name: value}))
             assert_refused(response, door, code="integer_above_max_value", param=name)
@@ -124,6 +127,9 @@ NEGATIVE = [
     ("messages", "max_tokens", -1, "integer_below_min_value"),
     ("messages", "temperature", -1, "decimal_below_min_value"),
     ("messages", "top_k", -1, "integer_below_min_value"),
+    ("responses", "max_output_tokens", 0, "integer_below_min_value"),
+    ("responses", "temperature", -1, "decimal_below_min_value"),
+    ("responses", "top_p", -0.1, "decimal_below_min_value"),
 ]
 
 
@@ -151,6 +157,13 @@ WRONG_TYPES = [
     ("messages", "model", 5, "invalid_type"),
     ("messages", "stream", "yes", "invalid_type"),
     ("messages", "max_tokens", "16", "invalid_type"),
+    ("responses", "input", 5, "invalid_type"),
+    ("responses", "model", 5, "invalid_type"),
+    ("responses", "stream", "yes", "invalid_type"),
+    ("responses", "store", "no", "invalid_type"),
+    ("responses", "tools", {"type": "function"}, "invalid_type"),
+    ("responses", "previous_response_id", 5, "invalid_type"),
+    ("responses", "instructions", ["Be brief."], "invalid_type"),
 ]
 
 
@@ -224,6 +237,7 @@ def test_it_allows_every_field_the_official_sdks_send():
     assert _fields_of(anthropic_params.MessageCreateParamsStreaming) - headers_only <= MESSAGES_FIELDS
     assert _fields_of(anthropic_count_params.MessageCountTokensParams) - headers_only <= COUNT_TOKENS_FIELDS
     assert {"temperature", "top_p", "top_k"} <= MESSAGES_FIELDS  # older SDKs send them; Anthropic takes them
+    assert _fields_of(response_params.ResponseCreateParamsStreaming) == set(RESPONSES_FIELDS)
 
 
 def test_it_checks_each_allowed_chat_field_for_its_json_type():
@@ -252,6 +266,10 @@ def test_it_answers_405_with_the_methods_a_path_takes(world):
         ("DELETE", "/v1/cache/stats", "GET"),
         ("GET", "/v1/cache/clear", "POST"),
         ("GET", "/v1/messages", "POST"),
+        ("GET", "/v1/responses", "POST"),
+        ("POST", "/v1/responses/resp_x", "GET, DELETE"),
+        ("GET", "/v1/responses/resp_x/cancel", "POST"),
+        ("DELETE", "/v1/responses/resp_x/input_items", "GET"),
         ("PATCH", "/v1/files", "GET, POST"),
         ("POST", "/v1/files/file-x", "GET, DELETE"),
         ("GET", "/v1/batches/batch_x/cancel", "POST"),

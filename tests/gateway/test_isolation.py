@@ -1,7 +1,7 @@
 """Tenant isolation, walked over every route of the tenant API.
 
-Tenant A owns a file, a batch, a map-reduce job, usage rows and rollups, a cache entry and a
-routing alias. Every route of Django's URLconf (through its includes) and every hot path of the
+Tenant A owns a file, a batch, a map-reduce job, usage rows and rollups, a cache entry, a
+routing alias and a stored response. Every route of Django's URLconf (through its includes) and every hot path of the
 gateway is called with tenant B's key, once per method the route answers, with A's ids put in
 its parameters: B gets 404 for A's objects, lists without them, figures without them, and its
 cache calls leave A's cache as it was. Each check first shows that A does see what B must not.
@@ -88,6 +88,10 @@ def tenants(world):
     usage_rollup()  # the first run marks the rows, the next sums them (rows still being written are left)
     usage_rollup()
     t.key_prefix_a = world.tenant_a.api_keys.get().prefix
+    response = t.a("POST", "/v1/responses", json={"model": "sim-mini", "input": PROMPT + " Stored."},
+                   headers={"Cache-Control": "no-store"})  # A's one cache entry stays the chat answer
+    assert response.status_code == 200, response.text
+    t.response_id = response.json()["id"]
     t.jobs_status = dict(BatchJob.objects.values_list("pk", "status"))
     return t
 
@@ -272,6 +276,37 @@ def _misses(t: Tenants) -> None:
             assert theirs.text == t.a(method, path.format(t.file_id)).text
 
 
+def _responses(t: Tenants) -> None:
+    # B cannot continue A's conversation: refused exactly as an unknown id is.
+    body = {"model": "sim-mini", "input": "Go on", "previous_response_id": t.response_id}
+    theirs = t.b("POST", "/v1/responses", json=body)
+    unknown = t.b("POST", "/v1/responses", json={**body, "previous_response_id": "resp_" + "0" * 24})
+    assert (theirs.status_code, theirs.json()["error"]["code"]) == (400, "previous_response_not_found"), theirs.text
+    assert theirs.json()["error"]["message"].replace(t.response_id, "?") == \
+        unknown.json()["error"]["message"].replace("resp_" + "0" * 24, "?")
+    assert t.a("POST", "/v1/responses", json=body).status_code == 200
+    assert t.b("POST", "/v1/responses", json={"model": "acme-alias", "input": "Hi"}).status_code == 404
+
+
+def _stored_response(path: str, methods: tuple[str, ...], mine: int):
+    """A stored response's path: A gets ``mine`` (200, or 400 for cancelling a finished one),
+    B gets 404 for every method the path takes, 405 for the others."""
+
+    def attack(t: Tenants) -> None:
+        here = path.replace("<response_id>", t.response_id)
+        assert t.a(methods[0], here).status_code == mine, f"A reaches its own {here}"
+        for method in METHODS:
+            answer = t.b(method, here, json={} if method in ("POST", "PUT", "PATCH") else None)
+            if method in methods:
+                assert answer.status_code == 404, (method, here, answer.status_code, answer.text)
+                assert answer.json()["error"]["code"] == "response_not_found"
+            else:
+                assert answer.status_code == 405, (method, here, answer.status_code)
+        assert t.a("GET", f"/v1/responses/{t.response_id}").status_code == 200  # B's DELETE took nothing
+
+    return methods, attack
+
+
 # route (Django's, without the leading slash) or hot path -> (methods it answers, the check)
 ATTACKS = {
     V1_MISSES: (("GET", "POST", "PUT", "PATCH", "DELETE"), _misses),
@@ -299,6 +334,11 @@ ATTACKS = {
     "/v1/cache/clear": (("POST",), _cache_clear),
     "/v1/cache/feedback": (("POST",), _cache_feedback),
     "/v1/feedback": (("POST",), _feedback),
+    "/v1/responses": (("POST",), _responses),
+    "/v1/responses/<response_id>": _stored_response("/v1/responses/<response_id>", ("GET", "DELETE"), 200),
+    "/v1/responses/<response_id>/cancel": _stored_response("/v1/responses/<response_id>/cancel", ("POST",), 400),
+    "/v1/responses/<response_id>/input_items": _stored_response("/v1/responses/<response_id>/input_items",
+                                                                ("GET",), 200),
 }
 
 

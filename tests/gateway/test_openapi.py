@@ -29,6 +29,7 @@ from schemathesis.specs.openapi.checks import (
 )
 
 from apps.gateway.dialects.anthropic.translate import COUNT_TOKENS_FIELDS, MESSAGES_FIELDS
+from apps.gateway.dialects.responses.translate import RESPONSES_FIELDS
 from apps.gateway.openapi import document
 from apps.gateway.validation import CHAT_FIELDS, EMBEDDINGS_FIELDS
 
@@ -60,7 +61,8 @@ def test_it_serves_the_document_without_a_key(world):
 def test_it_documents_exactly_the_fields_the_validators_take():
     schemas = document()["components"]["schemas"]
     for name, fields in (("ChatCompletionRequest", CHAT_FIELDS), ("EmbeddingsRequest", EMBEDDINGS_FIELDS),
-                         ("MessagesRequest", MESSAGES_FIELDS), ("CountTokensRequest", COUNT_TOKENS_FIELDS)):
+                         ("MessagesRequest", MESSAGES_FIELDS), ("CountTokensRequest", COUNT_TOKENS_FIELDS),
+                         ("ResponsesRequest", RESPONSES_FIELDS)):
         assert set(schemas[name]["properties"]) == set(fields), name
         assert schemas[name]["additionalProperties"] is False, name
 

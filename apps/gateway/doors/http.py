@@ -1,6 +1,6 @@
 """The HTTP front: a plain ASGI app that answers the hot endpoints itself, ahead of Django.
 
-Each hot path has a door (:mod:`.openai`, :mod:`.messages`) that parses the request, asks the
+Each hot path has a door (:mod:`.openai`, :mod:`.messages`, :mod:`.responses`) that parses the request, asks the
 pipeline and renders the answer; this module authenticates with the door's credentials, runs
 it, and renders its errors in the door's dialect, in one place. Every other path goes to Django
 (admin, probes, DRF), its body held to ``GATEWAY_MAX_BODY_BYTES``; ``POST /v1/files`` is read
@@ -21,7 +21,7 @@ from apps.core import metrics
 from apps.core.errors import Forbidden, GatewayError, MethodNotAllowed, PayloadTooLarge, error_body
 from apps.gateway.asgi_io import header, json_send, refusal_send
 from apps.gateway.dialects.openai import OPENAI_CHAT
-from apps.gateway.doors import messages, openai
+from apps.gateway.doors import messages, openai, responses
 from apps.gateway.doors.exchange import Exchange, Route
 from apps.gateway.runtime import runtime
 from apps.gateway.uploads import upload_pass
@@ -32,9 +32,19 @@ logger = logging.getLogger(__name__)
 ROUTES: dict[str, Route] = {
     **openai.ROUTES,
     **messages.ROUTES,
+    **responses.ROUTES,  # its paths with an id are templates: ``route_find`` matches them
     "/metrics": Route(None, OPENAI_CHAT, lambda scope: None),  # answered before authentication
 }
 HOT_PATHS = frozenset(ROUTES)
+
+
+def route_find(path: str) -> Route | None:
+    """The door serving ``path``, or None (Django serves it)."""
+    route = ROUTES.get(path)
+    if route is None and path.startswith(responses.PREFIX):
+        template = responses.route_path(path)
+        route = ROUTES[template] if template is not None else None
+    return route
 
 
 async def _send_error(send, error: GatewayError) -> None:
@@ -52,8 +62,9 @@ class GatewayHTTP:
 
     async def __call__(self, scope, receive, send) -> None:
         kind = scope["type"]
-        if kind == "http" and scope["path"] in HOT_PATHS:
-            await self.handle(scope, receive, send)
+        route = route_find(scope["path"]) if kind == "http" else None
+        if route is not None:
+            await self.handle(scope, receive, send, route)
         elif kind == "http" and scope["path"] == "/v1/files" and scope["method"] == "POST":
             await upload_pass(self.django_app, scope, receive, send)  # held to the size limit as it is read
         elif kind == "lifespan":
@@ -114,11 +125,10 @@ class GatewayHTTP:
                 await send({"type": "lifespan.shutdown.complete"})
                 return
 
-    async def handle(self, scope, receive, send) -> None:
+    async def handle(self, scope, receive, send, route: Route) -> None:
         """A hot path: authenticate with the door's credentials, run the door, render its errors."""
         started = time.perf_counter()
         path = scope["path"]
-        route = ROUTES[path]
         x = Exchange(scope, receive, send, started)
         try:
             await runtime.start()

@@ -20,11 +20,12 @@ import orjson
 
 from apps.gateway.openapi.messages_schemas import MESSAGES_SCHEMAS
 from apps.gateway.openapi.paths import error_responses, paths
+from apps.gateway.openapi.responses_schemas import RESPONSES_SCHEMAS
 from apps.gateway.openapi.schemas import SCHEMAS
 
 _DESCRIPTION = """\
-Switchyard's tenant API: OpenAI's chat completions, embeddings, models, files and batches, and
-Anthropic's Messages API, behind one tenant key.
+Switchyard's tenant API: OpenAI's chat completions, Responses API, embeddings, models, files and
+batches, and Anthropic's Messages API, behind one tenant key.
 
 Errors are OpenAI's `{"error": {"message", "type", "param", "code"}}` (Anthropic's
 `{"type": "error", "error": {"type", "message"}}` on `/v1/messages*`). A body field the API does
@@ -47,7 +48,7 @@ def document() -> dict:
                 "apiKey": {"type": "apiKey", "in": "header", "name": "x-api-key",
                            "description": "A tenant API key, as Anthropic's SDK sends it (`/v1/messages*` only)."},
             },
-            "schemas": {**SCHEMAS, **MESSAGES_SCHEMAS},
+            "schemas": {**SCHEMAS, **MESSAGES_SCHEMAS, **RESPONSES_SCHEMAS},
             "responses": error_responses(),
         },
     }

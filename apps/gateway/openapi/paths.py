@@ -174,6 +174,40 @@ def paths() -> dict:
             security=_ANTHROPIC_SECURITY,
             requestBody=_body("CountTokensRequest", {"prompt": {"model": "auto", "messages": _PROMPT}}),
         )},
+        "/v1/responses": {"post": _op(
+            "createResponse", "OpenAI's Responses API: JSON, or its typed stream events with `stream: true`. "
+                              "Stored for the calling tenant unless `store` is false.",
+            _ok("The response.", "Response", stream="ResponseEvent", headers=True) | upstream_errors,
+            requestBody=_body("ResponsesRequest", {
+                "routed": {"model": "auto", "input": "What is Python?"},
+                "streamed": {"model": "auto", "instructions": "Be brief.", "input": _PROMPT, "stream": True}}),
+        )},
+        "/v1/responses/{response_id}": {
+            "parameters": [_path_param("response_id", "A stored response of the calling tenant (another tenant's "
+                                                      "answers 404).")],
+            "get": _op("getResponse", "A stored response, as it was answered.",
+                       _ok("The response.", "Response") | _errors(401, 404)),
+            "delete": _op("deleteResponse", "Delete a stored response.",
+                          _ok("Deleted.", "ResponseDeleted") | _errors(401, 404)),
+        },
+        "/v1/responses/{response_id}/cancel": {
+            "parameters": [_path_param("response_id", "A stored response of the calling tenant.")],
+            "post": _op("cancelResponse", "Cancel a background response. None runs in the background here: a "
+                                          "stored response has finished, and answers 400.",
+                        _errors(400, 401, 404)),
+        },
+        "/v1/responses/{response_id}/input_items": {
+            "parameters": [_path_param("response_id", "A stored response of the calling tenant.")],
+            "get": _op("listResponseInputItems", "The input items of a stored response (not those of the "
+                                                 "conversation it continued).",
+                       _ok("A page of items.", "ResponseInputItems") | _errors(400, 401, 404),
+                       parameters=[_query("limit", {"type": "integer", "minimum": 1, "maximum": 100, "default": 20},
+                                          "Items per page."),
+                                   _query("order", {"enum": ["asc", "desc"], "default": "desc"}, "By position."),
+                                   _AFTER, _query("before", {"type": "string"}, "An item id: the items before it."),
+                                   _query("include", {"type": "array", "items": {"type": "string"}},
+                                          "Accepted; nothing more is included.")]),
+        },
         "/v1/complete": {"post": _op(
             "complete", "The simple form of a completion: one prompt in, the text and its figures out.",
             _ok("The answer, or with `stream: true` its events.", "CompletionSummary", stream="CompleteEvent",

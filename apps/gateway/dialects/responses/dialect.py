@@ -1,0 +1,143 @@
+"""The Responses API as a dialect: the same routing, limits, cache, fallbacks, cost and usage
+row as ``/v1/chat/completions``; only the bodies differ. Every provider is sent the chat form
+(providers serving Responses natively are not passed the client's body yet).
+
+A request continuing a stored conversation (``previous_response_id``) is prepared by a dialect
+made for it (:meth:`Responses.continuing`), holding the conversation's items: the door reads
+them from the store before it hands the request to the pipeline.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+import orjson
+
+from apps.core.errors import GatewayError, ModelNotFound
+from apps.gateway.dialects.base import Prepared, UpstreamRequest
+from apps.gateway.dialects.openai import OPENAI_CHAT, completion_from_stream, replay_parts
+from apps.gateway.dialects.responses.sse import ResponsesFromOpenAI
+from apps.gateway.dialects.responses.translate import (
+    chat_payload,
+    response_from_completion,
+    response_id_of,
+    response_shell,
+    response_usage,
+    responses_body_translate,
+    usage_from_chat,
+)
+from apps.gateway.pipeline.stream import ChatStream
+from apps.gateway.snapshot import ModelInfo
+from apps.providers.transport import ANTHROPIC_KIND, UpstreamClientError
+
+if TYPE_CHECKING:
+    from apps.gateway.pipeline.call import Call
+    from apps.gateway.runtime import Runtime
+    from apps.providers.transport import ProviderStream
+
+ENDPOINT = "/v1/responses"
+
+
+def usage_of(call: Call) -> dict:
+    """What a finished call used, in the Responses shape."""
+    return response_usage(call.input_tokens, call.cached_tokens, call.output_tokens,
+                          written=call.cache_write_tokens)
+
+
+class Responses:
+    """``POST /v1/responses``."""
+
+    name = "responses"
+    endpoint = ENDPOINT
+
+    def __init__(self, *, history: list[dict] | None = None, previous_response_id: str | None = None) -> None:
+        self.history = history
+        self.previous_response_id = previous_response_id
+
+    def continuing(self, previous_response_id: str, history: list[dict]) -> Responses:
+        """The dialect of a request continuing the conversation whose items are ``history``."""
+        return Responses(history=history, previous_response_id=previous_response_id)
+
+    def shell(self, call: Call, original: dict, model: str) -> dict:
+        return response_shell(original, response_id=response_id_of(call.request_id), model=model,
+                              previous_response_id=self.previous_response_id)
+
+    def prepare(self, body: dict, forwarded: dict[str, str]) -> Prepared:
+        return Prepared(body=responses_body_translate(body, self.history), original=body)
+
+    def reachable(self, chain: tuple[ModelInfo, ...], *, requested: str,
+                  native_only: str | None) -> tuple[ModelInfo, ...]:
+        reachable = tuple(m for m in chain if m.provider.kind != ANTHROPIC_KIND)
+        if not reachable:
+            raise ModelNotFound(f"The model '{requested}' is served by an Anthropic Messages API provider, which "
+                                "/v1/responses does not reach yet: call POST /v1/messages.", param="model")
+        return reachable
+
+    def routed(self, call: Call, prepared: Prepared) -> None:
+        return None
+
+    def upstream_request(self, prepared: Prepared, model: ModelInfo, *, stream: bool) -> UpstreamRequest:
+        payload = prepared.payloads.get(model.id)
+        if payload is None:
+            payload = prepared.payloads[model.id] = chat_payload(prepared.body, model.upstream_id)
+        return UpstreamRequest("/chat/completions", payload)
+
+    def refusal(self, exc: UpstreamClientError, model: ModelInfo) -> UpstreamClientError:
+        return exc  # already in OpenAI's error shape
+
+    def json_answer(self, call: Call, prepared: Prepared, model: ModelInfo, raw: bytes,
+                    parsed: dict) -> tuple[bytes, dict | None]:
+        OPENAI_CHAT.json_answer(call, prepared, model, raw, parsed)  # prices it
+        usage = usage_of(call)
+        reported = usage_from_chat(parsed.get("usage"))
+        usage["output_tokens_details"] = reported["output_tokens_details"]
+        response = response_from_completion(parsed, self.shell(call, prepared.original, model.name), usage=usage)
+        return orjson.dumps(response), parsed
+
+    def stream_open(self, runtime: Runtime, call: Call, prepared: Prepared, opened: ProviderStream,
+                    on_end: Callable[[ChatStream | None], None]) -> ChatStream:
+        translator = ResponsesFromOpenAI(shell=self.shell(call, prepared.original, opened.model.name),
+                                         usage_of=lambda: usage_of(call))
+        return ChatStream(runtime, call, prepared.body, opened, translator=translator, error_event=translator.error,
+                          on_end=on_end)
+
+    def stream_completion(self, stream: ChatStream) -> dict | None:
+        """None when the stream called tools (what a text replay cannot rebuild)."""
+        translator = stream.translator
+        if translator is not None and translator.tools:
+            return None
+        return completion_from_stream(stream)
+
+    def error_render(self, error: GatewayError, request_id: str | None) -> tuple[int, bytes, list]:
+        return OPENAI_CHAT.error_render(error, request_id)
+
+    def request_id_headers(self, request_id: str | None) -> list[tuple[bytes, bytes]]:
+        return OPENAI_CHAT.request_id_headers(request_id)
+
+    def replay_response(self, call: Call, original: dict, completion: dict) -> dict:
+        """A cached chat.completion as this request's response object."""
+        return response_from_completion(completion, self.shell(call, original, call.model.name if call.model
+                                                               else completion.get("model") or ""))
+
+    def replay_events(self, call: Call, original: dict, completion: dict) -> tuple[list[bytes], dict]:
+        """A cached chat.completion as a Responses stream in several chunks (the text in parts,
+        then its tool calls), each passed through the translator a live stream uses; and the
+        response the stream ends with."""
+        choice = (completion.get("choices") or [{}])[0]
+        message = choice.get("message") or {}
+        deltas: list[dict] = [{"role": "assistant", "content": ""}]
+        deltas += [{"content": part} for part in replay_parts(message.get("content") or "")]
+        deltas += [{"tool_calls": [{**tool_call, "index": index}]}
+                   for index, tool_call in enumerate(message.get("tool_calls") or [])]
+        events = [{"choices": [{"index": 0, "delta": delta, "finish_reason": None}]} for delta in deltas]
+        events.append({"choices": [{"index": 0, "delta": {}, "finish_reason": choice.get("finish_reason") or "stop"}]})
+        usage = usage_from_chat(completion.get("usage"))
+        model = call.model.name if call.model else completion.get("model") or ""
+        translator = ResponsesFromOpenAI(shell=self.shell(call, original, model), usage_of=lambda: dict(usage))
+        chunks = [translator.translate(b"data: " + orjson.dumps(event) + b"\n\n") for event in events]
+        chunks.append(translator.translate(b"data: [DONE]\n\n"))
+        return [chunk for chunk in chunks if chunk], translator.response
+
+
+RESPONSES = Responses()
