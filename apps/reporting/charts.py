@@ -29,13 +29,12 @@ def _steps(first: datetime, end: datetime, step: str) -> Iterator[datetime]:
         first = _next_month(first) if step == "month" else first + timedelta(**{f"{step}s": 1})
 
 
-def _labels(bucket: datetime, step: str, first: bool) -> tuple[str | list[str], str]:
+def _labels(bucket: datetime, step: str) -> tuple[str, str]:
     """The axis label and the tooltip's title of a bucket."""
     if step == "hour":
-        hour = f"{bucket:%H}:00"
         title = f"{bucket:%a %Y-%m-%d %H}:00 to {bucket + timedelta(hours=1):%H}:00 UTC"
-        # The day under its first hour, so that two days of hours read without a doubt.
-        return ([hour, f"{bucket:%b} {bucket.day}"] if first or bucket.hour == 0 else hour), title
+        # A day's first hour is labelled with the day, so that two days of hours read without a doubt.
+        return (f"{bucket:%b} {bucket.day}" if bucket.hour == 0 else f"{bucket:%H}:00"), title
     if step == "day":
         return f"{bucket:%b} {bucket.day}", f"{bucket:%a %Y-%m-%d} (UTC)"
     return f"{bucket:%b %Y}", f"{bucket:%B %Y}"
@@ -58,7 +57,7 @@ def chart_data(series: list[dict], *, start: datetime, end: datetime, period: st
         n = index[_month_start(row["bucket"]) if step == "month" else row["bucket"]]
         for name in SUMS:
             sums[name][n] += row[name]
-    labels = [_labels(bucket, step, n == 0) for n, bucket in enumerate(buckets)]
+    labels = [_labels(bucket, step) for bucket in buckets]
     return {
         "step": step, "whole_range": (first, last) == (start, end),
         "labels": [label for label, _ in labels], "titles": [title for _, title in labels],

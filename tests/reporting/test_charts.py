@@ -31,10 +31,10 @@ def test_it_puts_every_day_of_the_range_on_the_axis_with_zeros_for_empty_ones():
     assert data["hit_rate"] == [0, 0, 0.5, 0, 0, 0, 0] and data["lookups"][2] == 2 and data["errors"][2] == 1
 
 
-def test_it_puts_every_hour_of_a_day_on_the_axis_and_names_the_day_under_its_first_hour():
+def test_it_puts_every_hour_of_a_day_on_the_axis_and_names_the_day_at_its_first_hour():
     data = chart_data([_row(DAY + timedelta(hours=5))], start=DAY, end=DAY + timedelta(days=1), period="hour")
     assert data["step"] == "hour" and len(data["labels"]) == 24
-    assert data["labels"][0] == ["00:00", "Nov 2"] and data["labels"][23] == "23:00"
+    assert data["labels"][:2] == ["Nov 2", "01:00"] and data["labels"][23] == "23:00"
     assert data["titles"][5] == "Mon 2026-11-02 05:00 to 06:00 UTC"
     assert data["requests"] == [0] * 5 + [3] + [0] * 18
 

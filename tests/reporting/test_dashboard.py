@@ -113,7 +113,7 @@ def test_it_puts_every_hour_of_a_short_range_on_the_axis(client, staff, logged):
     page = client.get("/admin/dashboard/", {"range": "custom", "start": "2026-11-02", "end": "2026-11-03"})
     charts = _chart_data(page.content.decode())
     assert charts["step"] == "hour" and len(charts["labels"]) == 48
-    assert charts["labels"][:2] == [["00:00", "Nov 2"], "01:00"] and charts["labels"][24] == ["00:00", "Nov 3"]
+    assert charts["labels"][:2] == ["Nov 2", "01:00"] and charts["labels"][24] == "Nov 3"
     assert charts["titles"][13] == "Mon 2026-11-02 13:00 to 14:00 UTC"
     hours = RequestLog.objects.filter(created_at__gte=datetime(2026, 11, 2, tzinfo=UTC))
     assert sum(charts["requests"]) == hours.count()

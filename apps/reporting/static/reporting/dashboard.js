@@ -25,6 +25,7 @@
   }
   const percent = (rate) => Math.round(rate * 100) + "%";
   const count = (n, one, many) => n + " " + (n === 1 ? one : many);
+  const dayOfHours = (tick) => data.step === "hour" && Boolean(tick) && !String(tick.label).includes(":");
 
   // Writes each bucket's value (the stack's total) above its bar, turned upright where the bar
   // is narrower than the text.
@@ -100,13 +101,17 @@
         animation: false,
         maintainAspectRatio: false,
         // Room above the tallest bar for its value.
-        layout: { padding: { top: max ? 34 : 8 } },
+        layout: { padding: { top: max ? 40 : 8 } },
         interaction: { mode: "index", intersect: false },
         scales: {
           x: {
             stacked: stacked,
             grid: { display: false },
-            ticks: { autoSkip: false, maxRotation: 90, color: ink, font: { size: 11 } },
+            // Every bucket labelled; on an axis of hours, the days (labels without a colon) in bold.
+            ticks: {
+              autoSkip: false, maxRotation: 90, color: ink,
+              font: (context) => ({ size: 11, weight: dayOfHours(context.tick) ? "bold" : "normal" }),
+            },
           },
           y: {
             stacked: stacked,
