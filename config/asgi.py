@@ -20,7 +20,8 @@ from django.core.asgi import get_asgi_application
 
 django_asgi_app = get_asgi_application()
 if settings.SERVE_STATIC:
-    # The admin's CSS and JS, served by the app itself so one process is the whole web tier.
+    # The admin's and the dashboard's CSS and JS (Chart.js), served by the app itself so one
+    # process is the whole web tier.
     django_asgi_app = ASGIStaticFilesHandler(django_asgi_app)
 
 from channels.auth import AuthMiddlewareStack  # noqa: E402

@@ -3,8 +3,9 @@ tenants or one, over today, 7 days, 30 days or a chosen range. Staff only (the a
 
 It reads only the rollups (never the request log), daily buckets for ranges of more than two
 days and hourly ones otherwise, and the learned routes of the range (their feedback and the
-router's estimates: the quality that routing savings cost). Charts are SVG drawn here on the server: no script, nothing
-fetched from elsewhere.
+router's estimates: the quality that routing savings cost). The charts' figures go into the page
+as JSON and Chart.js, served from the project's static files, draws them: nothing is fetched
+from elsewhere.
 """
 
 from __future__ import annotations
@@ -15,11 +16,18 @@ from decimal import Decimal
 from django.contrib import admin
 from django.shortcuts import render
 from django.utils.dateparse import parse_date
-from django.utils.html import format_html, format_html_join
-from django.utils.safestring import mark_safe
+from django.utils.http import urlencode
 
 from apps.limits.selectors import spend_current
-from apps.reporting.selectors import REPORT_EARLIEST, REPORT_LATEST, usage_grouped, usage_series, usage_totals
+from apps.reporting.charts import chart_data
+from apps.reporting.selectors import (
+    REPORT_EARLIEST,
+    REPORT_LATEST,
+    usage_by_tenant,
+    usage_grouped,
+    usage_series,
+    usage_totals,
+)
 from apps.routing.selectors import learned_quality
 from apps.tenants.models import ApiKey, Tenant
 
@@ -48,23 +56,14 @@ def _range(params, now: datetime) -> tuple[str, datetime, datetime]:
     return choice, midnight - timedelta(days=days - 1), midnight + timedelta(days=1)
 
 
-def _bars(points: list[tuple[str, float]], *, width: int = 720, height: int = 160, money: bool = True):
-    """A bar chart as inline SVG."""
-    if not points:
-        return mark_safe('<p class="help">No requests in this range.</p>')  # nosec B308  # a constant
-    points = [(label, float(value)) for label, value in points]
-    top = max(value for _, value in points) or 1.0
-    step = width / len(points)
-    bars = format_html_join("", '<rect x="{}" y="{}" width="{}" height="{}" fill="#417690">'
-                            "<title>{}: {}</title></rect>",
-                            ((f"{i * step + 1:.1f}", f"{height - value / top * (height - 20):.1f}",
-                              f"{max(step - 2, 1):.1f}", f"{value / top * (height - 20):.1f}", label,
-                              f"${value:,.4f}" if money else f"{value:.1%}")
-                             for i, (label, value) in enumerate(points)))
-    peak = f"${top:,.4f}" if money else f"{top:.0%}"
-    return format_html('<svg class="sy-chart" viewBox="0 0 {} {}" width="100%" height="{}" role="img">'
-                       '<text x="4" y="12" font-size="11" fill="#666">max {}</text>{}</svg>', width, height, height,
-                       peak, bars)
+def _by_tenant(names: dict[int, str], params, *, start: datetime, end: datetime, period: str) -> list[dict]:
+    """Every tenant's figures, each with a link to the dashboard narrowed to it."""
+    rows = usage_by_tenant(start=start, end=end, period=period)
+    kept = {name: params[name] for name in ("range", "start", "end") if params.get(name)}
+    for row in rows:
+        row["name"] = names.get(row["tenant_id"], f"tenant {row['tenant_id']}")
+        row["link"] = "?" + urlencode({**kept, "tenant": row["tenant_id"]})
+    return rows
 
 
 @admin.site.admin_view
@@ -81,7 +80,6 @@ def dashboard(request):
     period = "hour" if end - start <= timedelta(days=2) else "day"
     totals = usage_totals(tenant_id=tenant_id, start=start, end=end, period=period)
     series = usage_series(tenant_id=tenant_id, start=start, end=end, period=period)
-    label = "%H:00" if period == "hour" else "%m-%d"
     by_model = usage_grouped(tenant_id=tenant_id, start=start, end=end, group_by="model", period=period)[:10]
     top_keys = usage_grouped(tenant_id=tenant_id, start=start, end=end, group_by="key", period=period)[:10]
     names = {pk: f"{prefix}… ({name}, {tenant})" for pk, prefix, name, tenant in ApiKey.objects.filter(
@@ -101,8 +99,9 @@ def dashboard(request):
         "tenants": tenants, "tenant_id": tenant_id, "totals": totals, "hit_rate": totals.hit_rate,
         "exact_rate": totals.hits_exact / max(totals.hits_exact + totals.hits_semantic + totals.misses, 1),
         "semantic_rate": totals.hits_semantic / max(totals.hits_exact + totals.hits_semantic + totals.misses, 1),
-        "spend_chart": _bars([(row["bucket"].strftime(label), float(row["cost"])) for row in series]),
-        "hit_chart": _bars([(row["bucket"].strftime(label), row["hit_rate"]) for row in series], money=False),
+        "charts": chart_data(series, start=start, end=end, period=period),
+        "by_tenant": None if tenant_id else _by_tenant(dict(tenants), request.GET, start=start, end=end,
+                                                       period=period),
         "by_model": by_model, "top_keys": top_keys, "period": period, "budgets": budgets,
         "savings_share": (totals.saved_cost / (totals.cost + totals.saved_cost)
                           if totals.cost + totals.saved_cost else Decimal(0)),

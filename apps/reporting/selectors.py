@@ -124,19 +124,40 @@ def usage_totals(*, tenant_id: int | None, start: datetime, end: datetime, perio
 
 
 def usage_series(*, tenant_id: int | None, start: datetime, end: datetime, period: str) -> list[dict]:
-    """Per bucket: requests, cost, saved cost and cache hit rate, oldest first."""
+    """Per bucket that has rows: requests, errors, cost, savings by the cache and by routing,
+    cache hits, cache lookups and hit rate, oldest first."""
     where, params = _where(tenant_id, start, end, _totals_period(period))  # constant SQL, values as parameters
     with connection.cursor() as cursor:
         cursor.execute(
-            "SELECT bucket, sum(requests), sum(cost), sum(saved_cost), "  # noqa: S608  # nosec B608
-            "coalesce(sum(requests) FILTER (WHERE cache_outcome IN ('exact', 'semantic')), 0), "
-            "coalesce(sum(requests) FILTER (WHERE cache_outcome IN ('exact', 'semantic', 'miss')), 0) "
-            f"FROM reporting_usagerollup WHERE {where} GROUP BY bucket ORDER BY bucket", params)
+            "SELECT bucket, sum(requests), sum(errors), sum(cost), sum(saved_cost), sum(routing_saved_cost), "  # noqa: S608  # nosec B608
+            f"{_LOOKUPS} FROM reporting_usagerollup WHERE {where} GROUP BY bucket ORDER BY bucket", params)
         rows = cursor.fetchall()
-    # Postgres sums bigints as numeric: the rate is made a float here, whatever the counts.
-    return [{"bucket": bucket, "requests": int(requests), "cost": Decimal(cost), "saved_cost": Decimal(saved),
-             "hit_rate": int(hits) / int(looked_up) if looked_up else 0.0}
-            for bucket, requests, cost, saved, hits, looked_up in rows]
+    return [{"bucket": bucket, **_figures(*figures)} for bucket, *figures in rows]
+
+
+def usage_by_tenant(*, start: datetime, end: datetime, period: str) -> list[dict]:
+    """Per tenant with rows in [start, end): the figures of :func:`usage_series`, largest spend
+    first. Every tenant's figures: for staff views only."""
+    where, params = _where(None, start, end, _totals_period(period))  # constant SQL, values as parameters
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT tenant_id, sum(requests), sum(errors), sum(cost), sum(saved_cost), sum(routing_saved_cost), "  # noqa: S608  # nosec B608
+            f"{_LOOKUPS} FROM reporting_usagerollup WHERE {where} GROUP BY tenant_id "
+            "ORDER BY sum(cost) DESC, tenant_id", params)
+        rows = cursor.fetchall()
+    return [{"tenant_id": tenant_id, **_figures(*figures)} for tenant_id, *figures in rows]
+
+
+# Cache hits, and lookups (hits and misses: a bypass or a refusal looked nothing up).
+_LOOKUPS = ("coalesce(sum(requests) FILTER (WHERE cache_outcome IN ('exact', 'semantic')), 0), "
+            "coalesce(sum(requests) FILTER (WHERE cache_outcome IN ('exact', 'semantic', 'miss')), 0)")
+
+
+def _figures(requests, errors, cost, saved, routing_saved, hits, looked_up) -> dict:
+    # Postgres sums bigints as numeric: counts are made ints, and the rate a float, here.
+    return {"requests": int(requests), "errors": int(errors), "cost": Decimal(cost), "saved_cost": Decimal(saved),
+            "routing_saved_cost": Decimal(routing_saved), "hits": int(hits), "lookups": int(looked_up),
+            "hit_rate": int(hits) / int(looked_up) if looked_up else 0.0}
 
 
 def usage_grouped(*, tenant_id: int | None, start: datetime, end: datetime, group_by: str,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import http.client
+import json
 import random
 from datetime import UTC, datetime, timedelta
 from decimal import ROUND_HALF_UP, Decimal
@@ -39,6 +40,20 @@ def _money(value: Decimal) -> str:
     return f"${value.quantize(Decimal('0.0001'), rounding=ROUND_HALF_UP)}"
 
 
+def _chart_data(page: str) -> dict:
+    """The charts' figures, as the page hands them to Chart.js."""
+    start = page.index(">", page.index('<script id="sy-chart-data"')) + 1
+    return json.loads(page[start:page.index("</script>", start)])
+
+
+def _day_sums(field: str, **filters) -> dict[str, Decimal]:
+    sums: dict[str, Decimal] = {}
+    for row in RequestLog.objects.filter(**filters):
+        day = f"{row.created_at:%b} {row.created_at.day}"
+        sums[day] = sums.get(day, Decimal(0)) + getattr(row, field)
+    return sums
+
+
 def test_it_shows_all_tenants_figures_to_staff(client, staff, logged):
     response = client.get("/admin/dashboard/", PARAMS)
     assert response.status_code == 200
@@ -46,7 +61,62 @@ def test_it_shows_all_tenants_figures_to_staff(client, staff, logged):
     total = sum((r.cost for r in RequestLog.objects.all()), Decimal(0))
     assert _money(total) in page
     assert f'<div class="sy-value">{RequestLog.objects.count()}</div>' in page
-    assert page.count("<rect ") >= 2  # the daily spend and hit-rate charts, drawn on the server
+    # One bucket per day of the range, the empty third day as zeros, for Chart.js served from here.
+    charts = _chart_data(page)
+    assert charts["step"] == "day" and charts["labels"] == ["Nov 1", "Nov 2", "Nov 3"]
+    for field, series in (("cost", "spend"), ("saved_cost", "cache_saved"), ("routing_saved_cost", "routing_saved")):
+        sums = _day_sums(field)
+        assert charts[series] == pytest.approx([float(sums.get(day, 0)) for day in charts["labels"]]), field
+    assert charts["requests"][2] == charts["lookups"][2] == 0 and charts["hit_rate"][2] == 0.0
+    assert sum(charts["requests"]) == RequestLog.objects.count()
+    for name in ("sy-spend-chart", "sy-savings-chart", "sy-hits-chart"):
+        assert f'<canvas id="{name}"' in page
+    assert '<script src="/static/reporting/vendor/chartjs/chart.umd.min.js">' in page
+
+
+def test_it_tables_spend_and_savings_per_tenant_when_all_are_shown(client, staff, logged, tenant_a, tenant_b):
+    page = client.get("/admin/dashboard/", PARAMS).content.decode()
+    table = page[page.index('id="sy-tenants"'):]
+    table = table[:table.index("</table>")]
+    rows = table.split("<tr>")[2:]
+    assert len(rows) == 2
+    for tenant in (tenant_a, tenant_b):
+        own = RequestLog.objects.filter(tenant=tenant)
+        row = next(row for row in rows if f">{tenant.name}</a>" in row)
+        assert f"tenant={tenant.pk}" in row and "range=custom" in row  # narrows the same range to the tenant
+        cells = [_money(sum((getattr(r, field) for r in own), Decimal(0)))
+                 for field in ("cost", "saved_cost", "routing_saved_cost")]
+        assert f"<td>{own.count()}</td><td>{own.filter(status_code__gte=400).count()}</td>" in row
+        assert "<td>" + "</td><td>".join(cells) + "</td>" in row
+    # Largest spend first.
+    spends = [sum((r.cost for r in RequestLog.objects.filter(tenant=t)), Decimal(0)) for t in (tenant_a, tenant_b)]
+    first = (tenant_a, tenant_b)[spends.index(max(spends))]
+    assert f">{first.name}</a>" in rows[0]
+    # One tenant shown: no table of every tenant.
+    narrowed = client.get("/admin/dashboard/", {**PARAMS, "tenant": tenant_a.pk}).content.decode()
+    assert 'id="sy-tenants"' not in narrowed
+
+
+def test_it_names_requests_refused_before_routing_instead_of_a_blank_model(client, staff, logged):
+    page = client.get("/admin/dashboard/", PARAMS).content.decode()
+    models = page[page.index('id="sy-models"'):]
+    models = models[:models.index("</table>")]
+    refused = RequestLog.objects.filter(model_used="")
+    assert refused.exists()  # the fixture logs some
+    row = models[models.index("no model (refused before routing)"):]
+    row = row[:row.index("</tr>")]
+    assert f"<td>{refused.count()}</td><td>{refused.filter(status_code__gte=400).count()}</td>" in row
+    assert "(none)" not in page
+
+
+def test_it_puts_every_hour_of_a_short_range_on_the_axis(client, staff, logged):
+    page = client.get("/admin/dashboard/", {"range": "custom", "start": "2026-11-02", "end": "2026-11-03"})
+    charts = _chart_data(page.content.decode())
+    assert charts["step"] == "hour" and len(charts["labels"]) == 48
+    assert charts["labels"][:2] == ["Nov 2", "01:00"] and charts["labels"][24] == "Nov 3"
+    assert charts["titles"][13] == "Mon 2026-11-02 13:00 to 14:00 UTC"
+    hours = RequestLog.objects.filter(created_at__gte=datetime(2026, 11, 2, tzinfo=UTC))
+    assert sum(charts["requests"]) == hours.count()
 
 
 def test_it_narrows_to_one_tenant(client, staff, logged, tenant_a, tenant_b, key_b):
@@ -176,9 +246,13 @@ def test_it_draws_every_chart_for_misses_only_hits_only_and_empty_tenants(gatewa
         for chosen in within + beyond:
             status, page = _live_page(gateway_process, cookie, {**chosen, "tenant": tenant.pk if tenant else ""})
             assert status == 200, (spread, tenant, chosen, page[:2000])
-            charts = page[page.index("<h2>Spend per"):page.index('<div class="sy-columns">')]
-            assert charts.count("<svg") == (2 if seen else 0), (spread, tenant, chosen)
-            assert charts.count("No requests in this range.") == (0 if seen else 2), (spread, tenant, chosen)
+            charts = page[page.index('<div id="sy-charts">'):page.index('<div class="sy-columns">')]
+            assert charts.count("<canvas") == (3 if seen else 0), (spread, tenant, chosen)
+            assert charts.count("No requests in this range.") == (0 if seen else 1), (spread, tenant, chosen)
+            if seen and chosen["range"] != "custom":
+                # Every hour of today, every day of 7 or 30, whether it had requests or not.
+                buckets = {"today": 24, "7d": 7, "30d": 30}[chosen["range"]]
+                assert len(_chart_data(page)["labels"]) == buckets, (spread, tenant, chosen)
             assert f'<div class="sy-value">{hit_rate if seen else "0%"}</div>' in page, (spread, tenant, chosen)
             if chosen in beyond:
                 assert 'value="7d" selected' in page, chosen
