@@ -10,10 +10,14 @@ STAMP := $(VENV)/.installed
 .PHONY: run cluster test lint install clean-db
 
 $(STAMP): requirements.txt requirements-dev.txt
+	@echo "==> [1/3] Creating the virtualenv in $(VENV)"
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check -r requirements-dev.txt
+	@echo "==> [2/3] Installing the pinned packages (the first time: a few minutes, about 2 GB with PyTorch CPU)"
+	$(BIN)/python -m pip install --disable-pip-version-check --progress-bar off -r requirements-dev.txt
+	@echo "==> [3/3] Exporting the embedding model to ONNX (fp32 and int8) in var/models"
 	HF_HUB_OFFLINE=1 $(BIN)/python -m apps.cache.embedder
 	touch $(STAMP)
+	@echo "==> Installed."
 
 install: $(STAMP)
 
