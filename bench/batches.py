@@ -71,6 +71,23 @@ def _cpu(proc: psutil.Process) -> float:
         return 0.0
 
 
+def _postgres_cpu() -> dict[int, float]:
+    """CPU seconds of each process of the development database (the postmaster's children)."""
+    from django.conf import settings
+
+    try:
+        postmaster = psutil.Process(int((settings.VAR_DIR / "pg" / "postmaster.pid").read_text().split()[0]))
+        times = {}
+        for child in postmaster.children():
+            try:
+                times[child.pid] = sum(child.cpu_times()[:2])
+            except psutil.Error:
+                pass
+        return times
+    except (OSError, ValueError, psutil.Error):
+        return {}
+
+
 def _rss(proc: psutil.Process) -> int:
     try:
         return proc.memory_info().rss + sum(child.memory_info().rss for child in proc.children(recursive=True))
@@ -136,6 +153,8 @@ def run(args) -> dict:
         urllib.request.urlopen(urllib.request.Request(base + "/_sim/reset", data=b"{}", method="POST"), timeout=10)
         submitted = time.monotonic()
         cpu_start = _cpu(watched)
+        postgres_start = _postgres_cpu()
+        postgres_seen = dict(postgres_start)  # sampled while the job runs: its connections close at its end
         job = batch_create(tenant=tenant, api_key=key, input_file_id=upload.pk, endpoint="/v1/chat/completions")
         peak = idle_rss
         last_print = 0.0
@@ -143,6 +162,7 @@ def run(args) -> dict:
         while True:
             peak = max(peak, _rss(watched))
             cpu = _cpu(watched) or cpu
+            postgres_seen.update(_postgres_cpu())
             job.refresh_from_db()
             if job.status in ("completed", "failed", "expired", "cancelled"):
                 break
@@ -154,6 +174,8 @@ def run(args) -> dict:
                       f"{time.monotonic() - submitted:.0f}s rss {peak / 2**20:.0f} MB", flush=True)
             time.sleep(0.2)
         wall = time.monotonic() - submitted
+        postgres_seen.update(_postgres_cpu())
+        postgres_cpu = sum(seconds - postgres_start.get(pid, 0.0) for pid, seconds in postgres_seen.items())
         stats = _get(base + "/_sim/stats")
         job = BatchJob.objects.get(pk=job.pk)
         running = (job.finalizing_at - job.in_progress_at).total_seconds()
@@ -164,6 +186,7 @@ def run(args) -> dict:
                 "finalizing_s": (job.completed_at - job.finalizing_at).total_seconds(), "ideal_s": ideal,
                 "upstream_requests": stats["requests"], "max_in_flight": stats["max_in_flight"],
                 "idle_rss_mb": idle_rss / 2**20, "peak_rss_mb": peak / 2**20, "worker_cpu_s": cpu - cpu_start,
+                "postgres_cpu_s": postgres_cpu,
                 "load_average": os.getloadavg()[0]}
     finally:
         for proc in (worker, simulator):
