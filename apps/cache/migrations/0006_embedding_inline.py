@@ -1,0 +1,18 @@
+from __future__ import annotations
+
+from django.db import migrations
+
+
+class Migration(migrations.Migration):
+    """Keep an entry's embedding in its row. pgvector stores vectors EXTERNAL: a row past about
+    2 kB (a 384-dimension vector is 1.5 kB, the response the rest) had its vector moved to the
+    TOAST table, so a search that reads a context's rows instead of the HNSW index fetched
+    every vector through the TOAST index, several buffers a row the planner does not count
+    (docs/benchmarks.md, batch jobs). MAIN moves the other columns out first. Rows written
+    before keep their storage until rewritten."""
+
+    dependencies = [("cache", "0005_feedback")]
+    operations = [
+        migrations.RunSQL("ALTER TABLE cache_cacheentry ALTER COLUMN embedding SET STORAGE MAIN",
+                          "ALTER TABLE cache_cacheentry ALTER COLUMN embedding SET STORAGE EXTERNAL"),
+    ]
