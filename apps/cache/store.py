@@ -13,34 +13,18 @@ import logging
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
-from typing import NamedTuple
 
 import numpy as np
 import orjson
-import psycopg
 from django.conf import settings
 from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool
 
-from apps.cache.coalesce import Coalescer
 from apps.core.flushing import flush_timer_stop
 
 logger = logging.getLogger(__name__)
 
 EXACT_FALLBACK_ROWS = 20_000
-
-# Many answers in one statement, each column an array (see ``CacheStore.save``).
-SAVE_SQL = (
-    "INSERT INTO cache_cacheentry (tenant_id, namespace, request_hash, context_hash, prompt_text, embedding, "
-    "response, model_id, model_name, input_tokens, output_tokens, cost, created_at, expires_at, hit_count) "
-    "SELECT *, 0 FROM unnest(%s::bigint[], %s::text[], %s::text[], %s::text[], %s::text[], %s::vector[], "
-    "%s::jsonb[], %s::bigint[], %s::text[], %s::int[], %s::int[], %s::numeric[], %s::timestamptz[], "
-    "%s::timestamptz[]) "
-    "ON CONFLICT (tenant_id, namespace, request_hash) DO UPDATE SET response = EXCLUDED.response, "
-    "embedding = EXCLUDED.embedding, cost = EXCLUDED.cost, model_id = EXCLUDED.model_id, "
-    "model_name = EXCLUDED.model_name, input_tokens = EXCLUDED.input_tokens, "
-    "output_tokens = EXCLUDED.output_tokens, created_at = EXCLUDED.created_at, "
-    "expires_at = EXCLUDED.expires_at")
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,27 +44,6 @@ class CachedAnswer:
 # differently against an entry: up to 0.013 apart in a measurement of four pairs, each embedded
 # alone and in six batches of eight; the bar stays clear of that.
 WRONG_HIT_MARGIN = 0.02
-
-
-class _Lookup(NamedTuple):
-    tenant_id: int
-    namespace: str
-    request_hash: str
-    context_hash: str | None
-    max_age: int | None
-
-
-# One request's exact lookup, and its context check: the parts of one statement that answers the
-# lookups of many requests, each with its own values, so the planner chooses an index for each
-# as it would for that query alone.
-_LOOKUP_EXACT = (
-    "(SELECT %s::int, id, response, cost, model_name, created_at, prompt_text, false FROM cache_cacheentry "
-    "WHERE tenant_id = %s AND namespace = %s AND request_hash = %s AND expires_at > now(){max_age})")
-_LOOKUP_CONTEXT = (
-    "(SELECT %s::int, NULL::bigint, NULL::jsonb, NULL::numeric, NULL, NULL::timestamptz, NULL, true "
-    "FROM cache_cacheentry WHERE tenant_id = %s AND namespace = %s AND context_hash = %s "
-    "AND expires_at > now() LIMIT 1)")
-_MAX_AGE = " AND created_at > now() - make_interval(secs => %s)"
 
 
 def _configurer(max_scan_tuples: int | None, ef_search: int):
@@ -109,9 +72,6 @@ class CacheStore:
         self._hits: dict[int, int] = {}
         self._hits_lock = asyncio.Lock()
         self._hits_task: asyncio.Task | None = None
-        self._lookups: Coalescer[_Lookup, tuple[CachedAnswer | None, bool]] = Coalescer(self._lookups_run,
-                                                                                       max_inflight=2)
-        self._saves: Coalescer[tuple, Exception | None] = Coalescer(self._saves_write)
 
     async def open(self) -> None:
         await self.pool.open(wait=True, timeout=30)
@@ -132,41 +92,26 @@ class CacheStore:
         if self._hits_task is not None:
             await flush_timer_stop(self._hits_task, self._hits_lock)
             self._hits_task = None
-        await self._saves.drain()
         await self.hits_flush()
         await self.pool.close()
 
-    async def lookup(self, *, tenant_id: int, namespace: str, request_hash: str, context_hash: str | None,
-                     max_age: int | None) -> tuple[CachedAnswer | None, bool]:
-        """The live entry of this very request, or None; and, when ``context_hash`` is given,
-        whether any live entry shares that context (without one, embedding the prompt now is
-        wasted). Lookups of requests in flight together go as one statement."""
-        return await self._lookups.submit(_Lookup(tenant_id, namespace, request_hash, context_hash, max_age))
-
-    async def _lookups_run(self, lookups: list[_Lookup]) -> list[tuple[CachedAnswer | None, bool]]:
-        parts, params = [], []
-        for index, lookup in enumerate(lookups):
-            parts.append(_LOOKUP_EXACT.format(max_age="" if lookup.max_age is None else _MAX_AGE))
-            params += [index, lookup.tenant_id, lookup.namespace, lookup.request_hash]
-            if lookup.max_age is not None:
-                params.append(lookup.max_age)
-            if lookup.context_hash is not None:
-                parts.append(_LOOKUP_CONTEXT)
-                params += [index, lookup.tenant_id, lookup.namespace, lookup.context_hash]
+    async def exact(self, *, tenant_id: int, namespace: str, request_hash: str,
+                    max_age: int | None) -> CachedAnswer | None:
+        query = ("SELECT id, response, cost, model_name, created_at, prompt_text FROM cache_cacheentry "
+                 "WHERE tenant_id = %s AND namespace = %s AND request_hash = %s AND expires_at > now()")
+        params: list = [tenant_id, namespace, request_hash]
+        if max_age is not None:
+            query += " AND created_at > now() - make_interval(secs => %s)"
+            params.append(max_age)
         async with self.pool.connection() as conn:
-            rows = await (await conn.execute(" UNION ALL ".join(parts), params)).fetchall()
-        answers: list[CachedAnswer | None] = [None] * len(lookups)
-        contexts = [False] * len(lookups)
-        for index, entry_id, response, cost, model_name, created_at, prompt_text, context_row in rows:
-            if context_row:
-                contexts[index] = True
-            else:
-                answers[index] = CachedAnswer(id=entry_id, response=response, cost=cost, model_name=model_name,
-                                              created_at=created_at, similarity=None, prompt_text=prompt_text)
-        return list(zip(answers, contexts, strict=True))
+            row = await (await conn.execute(query, params)).fetchone()
+        if row is None:
+            return None
+        return CachedAnswer(id=row[0], response=row[1], cost=row[2], model_name=row[3], created_at=row[4],
+                            similarity=None, prompt_text=row[5])
 
     async def context_has_entries(self, *, tenant_id: int, namespace: str, context_hash: str) -> bool:
-        """Whether any live entry shares this context (see :meth:`lookup`)."""
+        """Whether any live entry shares this context: without one, embedding the prompt now is wasted."""
         async with self.pool.connection() as conn:
             row = await (await conn.execute(
                 "SELECT 1 FROM cache_cacheentry WHERE tenant_id = %s AND namespace = %s AND context_hash = %s "
@@ -211,39 +156,20 @@ class CacheStore:
     async def save(self, *, tenant_id: int, namespace: str, request_hash: str, context_hash: str,
                    prompt_text: str, vector: np.ndarray | None, response: dict, model_id: int | None,
                    model_name: str, input_tokens: int, output_tokens: int, cost: Decimal, ttl_seconds: int) -> None:
-        """Store an answer; returns once it is committed (an exact lookup finds it from then on).
-
-        Saves that arrive while one is being written go together in the next statement: one
-        commit, so one WAL flush, for all of them."""
         now = datetime.now(UTC)
-        error = await self._saves.submit((tenant_id, namespace, request_hash, context_hash, prompt_text, vector,
-                                          Jsonb(response), model_id, model_name, input_tokens, output_tokens, cost,
-                                          now, now + timedelta(seconds=ttl_seconds)))
-        if error is not None:
-            raise error
-
-    async def _saves_write(self, rows: list[tuple]) -> list[Exception | None]:
-        """Write ``rows`` in one statement; each row's error, or None (see :meth:`save`)."""
-        # One statement cannot update a row twice: of two saves of the same request, the later wins,
-        # as it would have written second.
-        latest = list({(row[0], row[1], row[2]): row for row in rows}.values())
         async with self.pool.connection() as conn:
-            try:
-                await conn.execute(SAVE_SQL, [list(column) for column in zip(*latest, strict=True)])
-                return [None] * len(rows)
-            except (psycopg.IntegrityError, psycopg.DataError):
-                if len(rows) == 1:
-                    raise
-            # A tenant or model deleted since its request, or text Postgres refuses: one row by
-            # one, so that it fails alone.
-            errors: list[Exception | None] = []
-            for row in rows:
-                try:
-                    await conn.execute(SAVE_SQL, [[value] for value in row])
-                    errors.append(None)
-                except (psycopg.IntegrityError, psycopg.DataError) as exc:
-                    errors.append(exc)
-            return errors
+            await conn.execute(
+                "INSERT INTO cache_cacheentry (tenant_id, namespace, request_hash, context_hash, prompt_text, "
+                "embedding, response, model_id, model_name, input_tokens, output_tokens, cost, created_at, "
+                "expires_at, hit_count) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, 0) "
+                "ON CONFLICT (tenant_id, namespace, request_hash) DO UPDATE SET response = EXCLUDED.response, "
+                "embedding = EXCLUDED.embedding, cost = EXCLUDED.cost, model_id = EXCLUDED.model_id, "
+                "model_name = EXCLUDED.model_name, input_tokens = EXCLUDED.input_tokens, "
+                "output_tokens = EXCLUDED.output_tokens, created_at = EXCLUDED.created_at, "
+                "expires_at = EXCLUDED.expires_at",
+                [tenant_id, namespace, request_hash, context_hash, prompt_text, vector, Jsonb(response), model_id,
+                 model_name, input_tokens, output_tokens, cost, now, now + timedelta(seconds=ttl_seconds)],
+            )
 
     async def embed_later(self, *, tenant_id: int, namespace: str, request_hash: str, vector: np.ndarray) -> None:
         async with self.pool.connection() as conn:

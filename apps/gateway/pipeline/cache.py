@@ -3,10 +3,9 @@
     plan     is this request cacheable (tenant on, policy, Cache-Control)? its fingerprint and
              namespace (``x-switchyard-cache-namespace``, or the ``user`` field when the tenant
              keeps a cache per end user)
-    lookup   exact hash, and whether any entry shares the conversation's context (one query);
-             then an identical request already upstream (wait for it and share its answer
-             instead of paying twice); then, if an entry shares the context (otherwise the
-             embedding is computed after the response, for the save),
+    lookup   exact hash; then an identical request already upstream (wait for it and share its
+             answer instead of paying twice); then, if any entry shares the conversation's
+             context (otherwise the embedding is computed after the response, for the save),
              the nearest neighbour of the last user message's embedding, same tenant, namespace
              and context, at or above the tenant's threshold, accepted only if
              ``apps.cache.verify`` agrees it is the same question
@@ -79,10 +78,8 @@ async def cache_lookup(runtime, call, plan: CachePlan) -> CachedAnswer | None:
     tenant = call.key.tenant_id
     fp = plan.fp
     if plan.control.lookup:
-        semantic = bool(fp.prompt_text) and runtime.semantic_ready(call.key)
-        answer, context_known = await runtime.cache.lookup(
-            tenant_id=tenant, namespace=plan.namespace, request_hash=fp.request_hash,
-            context_hash=fp.context_hash if semantic else None, max_age=plan.control.max_age)
+        answer = await runtime.cache.exact(tenant_id=tenant, namespace=plan.namespace, request_hash=fp.request_hash,
+                                         max_age=plan.control.max_age)
         if answer is not None:
             runtime.cache.hit(answer.id)
             return _hit(call, answer, "exact")
@@ -97,11 +94,9 @@ async def cache_lookup(runtime, call, plan: CachePlan) -> CachedAnswer | None:
                 shared = None
             if shared is not None:
                 return _hit(call, shared, "exact")
-            if semantic:  # entries may have come while this request waited
-                context_known = await runtime.cache.context_has_entries(
-                    tenant_id=tenant, namespace=plan.namespace, context_hash=fp.context_hash)
         _lead(runtime, plan)
-        if semantic and context_known:
+        if fp.prompt_text and runtime.semantic_ready(call.key) and await runtime.cache.context_has_entries(
+                tenant_id=tenant, namespace=plan.namespace, context_hash=fp.context_hash):
             plan.vector = await runtime.batcher_for(call.key).embed_one(fp.prompt_text)
             candidates = await runtime.cache.nearest(
                 tenant_id=tenant, namespace=plan.namespace, context_hash=fp.context_hash, vector=plan.vector,
