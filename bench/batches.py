@@ -10,8 +10,8 @@ distinct prompts through the services the API uses, as a tenant of its own in th
 database (created once, reused; its cache is purged before each run, so that a run with the cache
 on embeds, looks up and stores every line instead of finding the last run's answers). The ideal
 wall time is ``lines x latency / concurrency``: every slot busy all the time. The worker's
-resident memory (with its children) is sampled every 200 ms. The simulator's peak in-flight count
-is checked against the limit.
+resident memory (with its children) and the development database's CPU time are sampled every
+200 ms. The simulator's peak in-flight count is checked against the limit.
 """
 
 from __future__ import annotations
@@ -204,7 +204,7 @@ def _section(results: list[dict]) -> str:
         f"{r['ideal_s']:.1f} s | {r['in_progress_s']:.1f} s ({r['ideal_s'] / r['in_progress_s']:.0%} of ideal "
         f"speed) | {r['finalizing_s']:.1f} s | {r['wall_s']:.1f} s | {r['max_in_flight']} | "
         f"{r['idle_rss_mb']:.0f} MB | {r['peak_rss_mb']:.0f} MB | {r['worker_cpu_s']:.1f} s | "
-        f"{r['load_average']:.1f} |" for r in results)
+        f"{r['postgres_cpu_s']:.1f} s | {r['load_average']:.1f} |" for r in results)
     return ("<!-- bench/batches.py:start -->\n## Batch jobs (`bench/batches.py`)\n\n"
             f"Command: `python bench/batches.py --both --write docs/benchmarks.md`. Run "
             f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC on {os.cpu_count()} cores, one Celery worker (solo pool), "
@@ -213,11 +213,12 @@ def _section(results: list[dict]) -> str:
             "*Running* is from `in_progress` to `finalizing`; *wall* from the submit to `completed` "
             "(validation and writing the output file included). Peak in flight is the simulator's count; "
             "memory is the worker's resident set with its children, before the job and at its peak; worker "
-            "CPU is its CPU time during the job (Postgres's is not counted), and the load average is the "
-            "machine's at the end of the job (other work shares the cores).\n\n"
+            "CPU is its CPU time during the job, database CPU that of the development database's processes "
+            "(sampled while the job runs), and the load average is the machine's at the end of the job "
+            "(other work shares the cores).\n\n"
             "| lines | upstream latency | concurrency | cache | ideal | running | finalizing | wall | "
-            "peak in flight | worker RSS idle | worker RSS peak | worker CPU | load average |\n"
-            "|---|---|---|---|---|---|---|---|---|---|---|---|---|\n"
+            "peak in flight | worker RSS idle | worker RSS peak | worker CPU | database CPU | load average |\n"
+            "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n"
             f"{rows}\n<!-- bench/batches.py:end -->\n")
 
 
