@@ -10,7 +10,8 @@
     │   fp32 graph's weight matrices quantised, checked against the fp32 graph's vectors when
     │   quantised; activations are scaled per run, so a text's vector moves slightly with the
     │   others in its batch) or "fp32" (sentence-transformers' vectors); "torch":
-    │   sentence-transformers itself.
+    │   sentence-transformers itself. Or, as model "static" (``CACHE_EMBED_MODEL``, the cache's
+    │   lookups only), the token table distilled from it (``apps.cache.static_model``).
     └── RemoteEmbedder: any OpenAI-compatible ``/embeddings`` endpoint (a catalog model of
         mode "embedding"), selectable per tenant
 

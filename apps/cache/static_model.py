@@ -13,8 +13,8 @@ so its few steps are done here), from the weights on disk, once, at install or f
        Zipf's law over its rank in the vocabulary (frequent tokens count less)
 
 A text's vector is then the mean of its tokens' rows (no special tokens), normalised: a table
-look-up, thousands of prompts a millisecond apart instead of a few hundred a second.
-``docs/benchmarks.md`` ("Cheaper embeddings for the lookup") measures what it costs in quality.
+look-up instead of a transformer run. ``docs/benchmarks.md`` ("Cheaper embeddings for the
+lookup") measures what that gains in speed and costs in quality.
 """
 
 from __future__ import annotations
