@@ -3,13 +3,15 @@
     python bench/cache_perf.py [--write docs/benchmarks.md] [--rows 1000000] [--shape prompts|embeddings|isotropic]
     python bench/cache_perf.py --parts nn --rows 1000000      # one part: hits, embedding or nn
     python bench/cache_perf.py --parts hits --precisions fp32,int8   # hits with each graph, one after the other
+    python bench/cache_perf.py --parts hits --models minilm,static   # hits with each CACHE_EMBED_MODEL
 
 1. Hit latency through Switchyard with a slow upstream (500 ms to first token): an exact hit
    and a semantic hit (a reworded prompt) at concurrency 20, against the overhead of a plain
    proxied request (Switchyard latency minus direct latency, cache bypassed).
 2. Embedding throughput of the local model: one prompt per call against the micro-batcher
-   fed by 64 concurrent callers, torch and both ONNX graphs (fp32, int8) side by side, and how
-   close the int8 graph's vectors are to the fp32 graph's.
+   fed by 64 concurrent callers, torch, both ONNX graphs (fp32, int8) and the static table
+   (``CACHE_EMBED_MODEL=static``) side by side, and how close the int8 graph's vectors are to
+   the fp32 graph's.
 3. Nearest-neighbour queries on the HNSW index with ``--rows`` entries in one tenant and ten in
    another: p50/p99 latency of the tenant-filtered query, and recall@1 against exact search.
 """
@@ -68,7 +70,7 @@ def body(prompt: str) -> dict:
     return {"model": "sim-mini", "messages": [{"role": "user", "content": prompt}]}
 
 
-async def hit_latency(n: int = 400, precision: str | None = None) -> str:
+async def hit_latency(n: int = 400, precision: str | None = None, model: str | None = None) -> str:
     logs = Path(tempfile.mkdtemp(prefix="sy-cache-"))
     procs = []
     try:
@@ -83,7 +85,8 @@ async def hit_latency(n: int = 400, precision: str | None = None) -> str:
         port = free_port()
         procs.append(start([PY, "-m", "uvicorn", "config.asgi:application", "--port", str(port), "--loop", "uvloop",
                             "--http", "httptools", "--no-access-log"],
-                           env={"DEBUG": "0", **({"CACHE_EMBED_PRECISION": precision} if precision else {})},
+                           env={"DEBUG": "0", **({"CACHE_EMBED_PRECISION": precision} if precision else {}),
+                                **({"CACHE_EMBED_MODEL": model} if model else {})},
                            log=logs / "sy.log"))
         base = f"http://127.0.0.1:{port}/v1"
         auth = {"Authorization": f"Bearer {key}"}
@@ -133,7 +136,7 @@ async def hit_latency(n: int = 400, precision: str | None = None) -> str:
     exact1_ms = [ms for ms, kind in exact1 if kind == "hit-exact"]
     semantic1_ms = [ms for ms, kind in semantic1 if kind == "hit-semantic"]
     overhead = statistics.median(differences)
-    graph = f", {precision} graph" if precision else ""
+    graph = (f", {precision} graph" if precision else "") + (f", CACHE_EMBED_MODEL={model}" if model else "")
     lines = [
         f"| exact hit, one request at a time{graph} | {pct(exact1_ms, 50):.2f} | {pct(exact1_ms, 95):.2f} | "
         f"{len(exact1_ms)}/{len(exact1)} hit |",
@@ -171,19 +174,21 @@ async def embedding_throughput(n: int = 512) -> tuple[str, list]:
     from apps.cache.embedder import LocalEmbedder, MicroBatcher
 
     texts = [f"How do I configure feature number {i} of the product?" for i in range(n)]
-    variants = {"torch": ("torch", "fp32"), "fp32": ("onnx", "fp32"), "int8": ("onnx", "int8")}
+    variants = {"torch": ("torch", "fp32"), "fp32": ("onnx", "fp32"), "int8": ("onnx", "int8"),
+                "static": ("onnx", "int8")}
     single: dict[str, float] = {}
     embedders = {}
     for name, (backend, precision) in variants.items():
-        embedder = embedders[name] = LocalEmbedder(backend=backend, precision=precision)
+        embedder = embedders[name] = LocalEmbedder(backend=backend, precision=precision,
+                                                   model="static" if name == "static" else "minilm")
         embedder.load()
         embedder.embed_sync(texts[:8])  # warm up
         t0 = time.perf_counter()
         for text in texts[: n // 4]:
             await embedder.embed([text])
         single[name] = (n // 4) / (time.perf_counter() - t0)
-    batched: dict[str, list[float]] = {"fp32": [], "int8": []}
-    sizes: dict[str, list[int]] = {"fp32": [], "int8": []}
+    batched: dict[str, list[float]] = {"fp32": [], "int8": [], "static": []}
+    sizes: dict[str, list[int]] = {"fp32": [], "int8": [], "static": []}
     for _round in range(2):  # in turns, so that a change in the machine's load falls on both
         for name in batched:
             batcher = MicroBatcher(embedders[name], max_batch=64, max_wait_ms=3)
@@ -208,6 +213,11 @@ async def embedding_throughput(n: int = 512) -> tuple[str, list]:
             f"{statistics.mean(sizes['int8']):.0f} on average) | {rate['int8']:.0f} prompts/s "
             f"({' and '.join(f'{v:.0f}' for v in batched['int8'])}; {rate['int8'] / rate['fp32']:.2f}x fp32 "
             f"batched, {ratio:.1f}x int8 one at a time, {rate['int8'] / single['torch']:.1f}x torch one at a time) |\n"
+            f"| embedding, one prompt per call, static table distilled from the model (CACHE_EMBED_MODEL=static) "
+            f"| {single['static']:.0f} prompts/s |\n"
+            f"| embedding, static table micro-batched (64 concurrent callers, batches of "
+            f"{statistics.mean(sizes['static']):.0f} on average) | {rate['static']:.0f} prompts/s "
+            f"({' and '.join(f'{v:.0f}' for v in batched['static'])} in two turns) |\n"
             f"| cosine between the int8 and fp32 graphs' vectors of the same text ({len(probe)} texts) | "
             f"mean {agreement.mean():.4f}, least {agreement.min():.4f} |\n"
             f"| resident memory of a process with the model loaded, torch | {_backend_memory('torch'):.0f} MiB |\n"
@@ -480,7 +490,7 @@ def nearest_neighbour(rows: int, shape_kind: str = "embeddings", queries: int = 
                             "WHERE tenant_id = %s", [f"bench:{shape_kind}", big.pk]).fetchone()
         if have != (rows, rows):
             _nn_load(conn, rows, big.pk, small.pk, shape)
-        from apps.cache.models import CacheEntry
+        from apps.cache.models import LOCAL_MODEL, CacheEntry
 
         model_index = next(i for i in CacheEntry._meta.indexes if i.name == "cache_entry_embedding_hnsw")
         index = index or (model_index.m, model_index.ef_construction)
@@ -507,19 +517,19 @@ def nearest_neighbour(rows: int, shape_kind: str = "embeddings", queries: int = 
         try:
             for query in warmup:
                 await store.nearest(tenant_id=big.pk, namespace="", context_hash="", vector=query, max_age=None,
-                                    limit=1)
+                                    embedding_model=LOCAL_MODEL, limit=1)
             timings, found = [], []
             for query in queries_big:
                 t0 = time.perf_counter()
                 answer = await store.nearest(tenant_id=big.pk, namespace="", context_hash="", vector=query,
-                                             max_age=None, limit=1)
+                                             embedding_model=LOCAL_MODEL, max_age=None, limit=1)
                 timings.append((time.perf_counter() - t0) * 1000)
                 found.append((answer[0].id, 1 - answer[0].similarity) if answer else (-1, 2.0))
             small_times, small_found = [], 0
             for query in small_queries * 5:
                 t0 = time.perf_counter()
                 answer = await store.nearest(tenant_id=small.pk, namespace="", context_hash="", vector=query,
-                                             max_age=None, limit=1)
+                                             embedding_model=LOCAL_MODEL, max_age=None, limit=1)
                 small_times.append((time.perf_counter() - t0) * 1000)
                 small_found += bool(answer) and answer[0].similarity > 0.999
             return timings, found, small_times, small_found
@@ -584,6 +594,9 @@ def main() -> None:
                         help="build the HNSW index with these parameters instead of the migration's")
     parser.add_argument("--precisions", default=None, metavar="fp32,int8",
                         help="hits: run the gateway with each of these graphs (CACHE_EMBED_PRECISION) in turn")
+    parser.add_argument("--models", default=None, metavar="minilm,static",
+                        help="hits: run the gateway with each of these cache embedding models (CACHE_EMBED_MODEL) in "
+                        "turn")
     parser.add_argument("--write", type=Path, default=None)
     args = parser.parse_args()
     parts = [part for part in PART_TITLES if part in args.parts.split(",")]
@@ -592,12 +605,14 @@ def main() -> None:
         if part == "hits":
             texts, checks = [], []
             for precision in args.precisions.split(",") if args.precisions else [None]:
-                text, part_checks = asyncio.run(hit_latency(precision=precision))
-                texts.append(text)
-                checks += part_checks
+                for model in args.models.split(",") if args.models else [None]:
+                    text, part_checks = asyncio.run(hit_latency(precision=precision, model=model))
+                    texts.append(text)
+                    checks += part_checks
             text = ("| measure (upstream 500 ms to first token; closed loop) | p50 ms | p95 ms | share |\n"
                     "|---|---|---|---|\n" + "\n".join(texts))
             command += f" --precisions {args.precisions}" if args.precisions else ""
+            command += f" --models {args.models}" if args.models else ""
         elif part == "embedding":
             text, checks = asyncio.run(embedding_throughput())
             text = "| measure | result |\n|---|---|\n" + text

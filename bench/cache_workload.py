@@ -1,6 +1,6 @@
 """A repeated-intent workload through the semantic cache's lookup, in memory.
 
-    python bench/cache_workload.py [--requests 800] [--write docs/benchmarks.md]
+    python bench/cache_workload.py [--requests 800] [--write docs/benchmarks.md] [--model static]
 
 ``bench/data/workload_intents.tsv`` holds intents in several wordings; several intents differ from
 another by one slot. Requests draw an intent by Zipf popularity (exponent ``ZIPF``, fixed seed) and
@@ -29,7 +29,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from apps.cache.embedder import LocalEmbedder  # noqa: E402
+from apps.cache.embedder import MODELS, LocalEmbedder  # noqa: E402
 from apps.cache.verify import candidate_verify  # noqa: E402
 from bench.report import section_write  # noqa: E402
 
@@ -92,13 +92,17 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--requests", type=int, default=800)
     parser.add_argument("--write", type=Path, default=None)
+    parser.add_argument("--model", choices=MODELS, default="minilm", help="the local model (CACHE_EMBED_MODEL)")
     args = parser.parse_args()
+    if args.write and args.model != "minilm":
+        parser.error("--write records the default model's figures only")
     intents = intents_load()
     requests = requests_draw(intents, args.requests)
     texts = sorted({w for ws in intents.values() for w in ws})
-    vectors = dict(zip(texts, LocalEmbedder().embed_sync(texts), strict=True))
-    lines = [f"{len(intents)} intents, {len(texts)} wordings, {args.requests} requests (Zipf {ZIPF}, seed {SEED}), "
-             f"threshold {THRESHOLD}, up to {CANDIDATES} candidates.\n",
+    embedder = LocalEmbedder(model=args.model)
+    vectors = dict(zip(texts, embedder.embed_sync(texts), strict=True))
+    lines = [f"Embedder: {embedder.name}. {len(intents)} intents, {len(texts)} wordings, {args.requests} requests "
+             f"(Zipf {ZIPF}, seed {SEED}), threshold {THRESHOLD}, up to {CANDIDATES} candidates.\n",
              "| lookup | hit rate | right hits / ideal | false hits |", "|---|---|---|---|"]
     for name, verify in (("cosine only", False), ("cosine + verifier (default policy)", True)):
         result = run(requests, vectors, verify)

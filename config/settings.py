@@ -287,6 +287,13 @@ CACHE_EMBED_PRECISION = env_str("CACHE_EMBED_PRECISION", "int8")
 if CACHE_EMBED_PRECISION not in ("int8", "fp32"):
     raise ImproperlyConfigured(f"CACHE_EMBED_PRECISION must be int8 or fp32, not {CACHE_EMBED_PRECISION!r}")
 CACHE_EMBED_THREADS = env_int("CACHE_EMBED_THREADS", 1, minimum=1)
+# The semantic cache's local model: "minilm" (all-MiniLM-L6-v2, the default) or "static" (a token
+# table distilled from it: a look-up instead of a transformer run, at a cost in quality that
+# docs/benchmarks.md measures). The learned router keeps all-MiniLM-L6-v2 either way; entries
+# record their model and are only compared with vectors of the same one.
+CACHE_EMBED_MODEL = env_str("CACHE_EMBED_MODEL", "minilm")
+if CACHE_EMBED_MODEL not in ("minilm", "static"):
+    raise ImproperlyConfigured(f"CACHE_EMBED_MODEL must be minilm or static, not {CACHE_EMBED_MODEL!r}")
 CACHE_EMBED_WAIT_MS = env_float("CACHE_EMBED_WAIT_MS", 0.0)
 # HNSW candidates examined per nearest-neighbour query (pgvector's hnsw.ef_search): higher
 # finds the true nearest more often and costs more per lookup (docs/operations.md); at a million

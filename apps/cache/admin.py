@@ -21,7 +21,7 @@ class CacheEntryAdmin(admin.ModelAdmin):
     exclude = ("embedding",)
     readonly_fields = ("tenant", "namespace", "request_hash", "context_hash", "prompt_text", "response", "model",
                        "model_name", "input_tokens", "output_tokens", "cost", "created_at", "expires_at", "hit_count",
-                       "last_hit_at", "wrong_hits", "min_similarity")
+                       "last_hit_at", "wrong_hits", "min_similarity", "embedding_model")
     ordering = ("-id",)  # newest first along the primary key: no sort over the table
     # The filtered count stays exact, unlike the request log's: "select all N" before a purge must
     # say the true N, and TTLs and eviction keep this table bounded.

@@ -10,7 +10,8 @@
     │   fp32 graph's weight matrices quantised, checked against the fp32 graph's vectors when
     │   quantised; activations are scaled per run, so a text's vector moves slightly with the
     │   others in its batch) or "fp32" (sentence-transformers' vectors); "torch":
-    │   sentence-transformers itself.
+    │   sentence-transformers itself. Or, as model "static" (``CACHE_EMBED_MODEL``, the cache's
+    │   lookups only), the token table distilled from it (``apps.cache.static_model``).
     └── RemoteEmbedder: any OpenAI-compatible ``/embeddings`` endpoint (a catalog model of
         mode "embedding"), selectable per tenant
 
@@ -34,12 +35,16 @@ from typing import Protocol
 import numpy as np
 import orjson
 
+from apps.cache.static_model import STATIC_FILE, StaticModel, static_distill
 from apps.core.metrics import EMBED_BATCH
 
 logger = logging.getLogger(__name__)
 
 DIMENSIONS = 384
 BACKENDS = ("onnx", "torch")
+# "minilm": the transformer; "static": a token table distilled from it (apps.cache.static_model).
+MODELS = ("minilm", "static")
+NAMES = {"minilm": "local:all-MiniLM-L6-v2", "static": "local:all-MiniLM-L6-v2-static"}
 PRECISIONS = ("int8", "fp32")
 ONNX_FILES = {"fp32": "all-MiniLM-L6-v2.onnx", "int8": "all-MiniLM-L6-v2.int8.onnx"}
 ONNX_FILE = ONNX_FILES["fp32"]
@@ -230,13 +235,17 @@ class _OnnxModel:
 
 
 class LocalEmbedder:
-    """all-MiniLM-L6-v2 on the CPU, one model per process."""
+    """all-MiniLM-L6-v2 on the CPU, one model per process: the transformer ("minilm") or the
+    static table distilled from it ("static"; ``backend`` and ``precision`` do not apply)."""
 
     dimensions = DIMENSIONS
-    name = "local:all-MiniLM-L6-v2"
 
     def __init__(self, *, backend: str | None = None, threads: int | None = None,
-                 models_dir: Path | None = None, precision: str | None = None) -> None:
+                 models_dir: Path | None = None, precision: str | None = None, model: str | None = None) -> None:
+        self.model = model or "minilm"
+        if self.model not in MODELS:
+            raise ValueError(f"the local model must be one of {', '.join(MODELS)}, not {self.model!r}")
+        self.name = NAMES[self.model]
         self.backend = backend or os.environ.get("CACHE_EMBED_BACKEND", "onnx")
         if self.backend not in BACKENDS:
             raise ValueError(f"CACHE_EMBED_BACKEND must be one of {', '.join(BACKENDS)}, not {self.backend!r}")
@@ -255,6 +264,8 @@ class LocalEmbedder:
         about ten more on the first start of a machine with the ONNX backend (the export)."""
         if self._model is None:
             with self._lock:
+                if self._model is None and self.model == "static":
+                    self._model = self._static()
                 if self._model is None and self.backend == "onnx":
                     try:
                         self._model = self._onnx()
@@ -286,9 +297,20 @@ class LocalEmbedder:
                         self.precision, wanted = "fp32", path
         return _OnnxModel(wanted, threads=self.threads)
 
+    def _static(self) -> StaticModel:
+        import fasteners
+
+        path = self.models_dir / STATIC_FILE
+        if not path.exists():
+            self.models_dir.mkdir(parents=True, exist_ok=True)
+            with fasteners.InterProcessLock(str(self.models_dir / f"{STATIC_FILE}.lock")):
+                if not path.exists():
+                    static_distill(path, weights=_weights_dir(), threads=self.threads)
+        return StaticModel(path, weights=_weights_dir())
+
     def embed_sync(self, texts: list[str]) -> list[np.ndarray]:
         model = self.load()
-        if self.backend == "onnx":
+        if self.model == "static" or self.backend == "onnx":
             vectors = model.encode(texts)
         else:
             vectors = model.encode(texts, batch_size=max(len(texts), 1), normalize_embeddings=True,
@@ -387,7 +409,9 @@ class MicroBatcher:
                 self._dispatch()  # what arrived meanwhile goes now, as one batch
 
 
-if __name__ == "__main__":  # python -m apps.cache.embedder: export the ONNX graphs ahead of the first start
+if __name__ == "__main__":  # python -m apps.cache.embedder: export the ONNX graphs (and distill the static
+    # table) ahead of the first start
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     for precision in PRECISIONS:
         LocalEmbedder(backend="onnx", precision=precision).load()
+    LocalEmbedder(model="static", threads=os.cpu_count() or 1).load()  # the distillation: all cores at install

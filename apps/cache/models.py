@@ -9,6 +9,9 @@ from django.utils import timezone
 from pgvector.django import HnswIndex, VectorField
 
 EMBEDDING_DIMENSIONS = 384
+# apps.cache.embedder.NAMES["minilm"]; also the label of rows saved before entries recorded their
+# model (the local model made them unless their tenant had chosen an embeddings model).
+LOCAL_MODEL = "local:all-MiniLM-L6-v2"
 
 
 class CacheEntry(models.Model):
@@ -22,6 +25,10 @@ class CacheEntry(models.Model):
     )
     prompt_text = models.TextField()
     embedding = VectorField(dimensions=EMBEDDING_DIMENSIONS, null=True, blank=True)
+    # The embedder that made ``embedding`` (``Embedder.name``): a lookup compares only vectors of
+    # its own model, so changing the model (CACHE_EMBED_MODEL, a tenant's embeddings model)
+    # never matches a prompt against another model's vectors.
+    embedding_model = models.CharField(max_length=200, default=LOCAL_MODEL, db_default=LOCAL_MODEL)
     response = models.JSONField()
     model = models.ForeignKey("catalog.Model", null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
     model_name = models.CharField(max_length=200, blank=True, default="")

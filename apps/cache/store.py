@@ -119,8 +119,9 @@ class CacheStore:
         return row is not None
 
     async def nearest(self, *, tenant_id: int, namespace: str, context_hash: str, vector: np.ndarray,
-                      max_age: int | None, limit: int = 5) -> list[CachedAnswer]:
-        """The closest live entries of this tenant, namespace and context, closest first.
+                      embedding_model: str, max_age: int | None, limit: int = 5) -> list[CachedAnswer]:
+        """The closest live entries of this tenant, namespace and context whose vectors
+        ``embedding_model`` made (as ``vector``), closest first.
 
         The HNSW index answers first. Its iterative scan gives up after ``hnsw.max_scan_tuples``
         index tuples, so when another tenant owns most of the table a small tenant's search can
@@ -130,8 +131,8 @@ class CacheStore:
         to scan.
         """
         where = ("tenant_id = %s AND namespace = %s AND context_hash = %s AND expires_at > now() "
-                 "AND embedding IS NOT NULL")
-        params: list = [tenant_id, namespace, context_hash]
+                 "AND embedding IS NOT NULL AND embedding_model = %s")
+        params: list = [tenant_id, namespace, context_hash, embedding_model]
         if max_age is not None:
             where += " AND created_at > now() - make_interval(secs => %s)"
             params.append(max_age)
@@ -154,28 +155,32 @@ class CacheStore:
         return answers
 
     async def save(self, *, tenant_id: int, namespace: str, request_hash: str, context_hash: str,
-                   prompt_text: str, vector: np.ndarray | None, response: dict, model_id: int | None,
-                   model_name: str, input_tokens: int, output_tokens: int, cost: Decimal, ttl_seconds: int) -> None:
+                   prompt_text: str, vector: np.ndarray | None, embedding_model: str, response: dict,
+                   model_id: int | None, model_name: str, input_tokens: int, output_tokens: int, cost: Decimal,
+                   ttl_seconds: int) -> None:
         now = datetime.now(UTC)
         async with self.pool.connection() as conn:
             await conn.execute(
                 "INSERT INTO cache_cacheentry (tenant_id, namespace, request_hash, context_hash, prompt_text, "
-                "embedding, response, model_id, model_name, input_tokens, output_tokens, cost, created_at, "
-                "expires_at, hit_count) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, 0) "
-                "ON CONFLICT (tenant_id, namespace, request_hash) DO UPDATE SET response = EXCLUDED.response, "
-                "embedding = EXCLUDED.embedding, cost = EXCLUDED.cost, model_id = EXCLUDED.model_id, "
+                "embedding, embedding_model, response, model_id, model_name, input_tokens, output_tokens, cost, "
+                "created_at, expires_at, hit_count) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, "
+                "%s, 0) ON CONFLICT (tenant_id, namespace, request_hash) DO UPDATE SET response = EXCLUDED.response, "
+                "embedding = EXCLUDED.embedding, embedding_model = EXCLUDED.embedding_model, cost = EXCLUDED.cost, "
+                "model_id = EXCLUDED.model_id, "
                 "model_name = EXCLUDED.model_name, input_tokens = EXCLUDED.input_tokens, "
                 "output_tokens = EXCLUDED.output_tokens, created_at = EXCLUDED.created_at, "
                 "expires_at = EXCLUDED.expires_at",
-                [tenant_id, namespace, request_hash, context_hash, prompt_text, vector, Jsonb(response), model_id,
+                [tenant_id, namespace, request_hash, context_hash, prompt_text, vector, embedding_model,
+                 Jsonb(response), model_id,
                  model_name, input_tokens, output_tokens, cost, now, now + timedelta(seconds=ttl_seconds)],
             )
 
-    async def embed_later(self, *, tenant_id: int, namespace: str, request_hash: str, vector: np.ndarray) -> None:
+    async def embed_later(self, *, tenant_id: int, namespace: str, request_hash: str, vector: np.ndarray,
+                          embedding_model: str) -> None:
         async with self.pool.connection() as conn:
-            await conn.execute("UPDATE cache_cacheentry SET embedding = %s WHERE tenant_id = %s AND namespace = %s "
-                               "AND request_hash = %s AND embedding IS NULL",
-                               [vector, tenant_id, namespace, request_hash])
+            await conn.execute("UPDATE cache_cacheentry SET embedding = %s, embedding_model = %s WHERE tenant_id = %s "
+                               "AND namespace = %s AND request_hash = %s AND embedding IS NULL",
+                               [vector, embedding_model, tenant_id, namespace, request_hash])
 
     def hit(self, entry_id: int) -> None:
         """Count a hit in memory; :meth:`hits_flush` writes the counts in one statement.

@@ -67,10 +67,12 @@ class Runtime:
         self.cache = None  # CacheStore, opened at start
         self.routers = LearnedRouters()  # tenants' learned routers, read through the cache store's pool
         self.limiter = None  # apps.limits.enforce.Limiter, opened at start
-        self.batcher = None  # MicroBatcher over the local embedder
+        self.batcher = None  # MicroBatcher over the local embedder (all-MiniLM-L6-v2)
+        self.cache_batcher = None  # the cache's local embedder (CACHE_EMBED_MODEL): the same unless "static"
         self.inflight: dict[tuple, asyncio.Future] = {}
         self._background: set[asyncio.Task] = set()
-        self._embedder_task: asyncio.Task | None = None
+        self._embedder_task: asyncio.Future | None = None
+        self._cache_embedder_task: asyncio.Future | None = None
         self._remote_batchers: dict = {}
         # Config reads run here: two long-lived threads, so their database connections are
         # reused instead of opened per load.
@@ -96,17 +98,25 @@ class Runtime:
             self.cache = CacheStore(database)
             await self.cache.open()
             self.routers.pool = self.cache.pool
-            embedder = _local_embedder(lambda: LocalEmbedder(
+            embedder = _local_embedder("minilm", lambda: LocalEmbedder(
                 backend=settings.CACHE_EMBED_BACKEND, threads=self.embed_threads,
                 precision=settings.CACHE_EMBED_PRECISION, models_dir=settings.VAR_DIR / "models"))
             self.batcher = MicroBatcher(embedder, max_batch=settings.CACHE_EMBED_BATCH,
                                         max_wait_ms=settings.CACHE_EMBED_WAIT_MS)
+            self.cache_batcher = self.batcher
             # The model takes seconds to load: requests never wait for it (semantic lookups start
             # once it is there; exact lookups work from the first request).
             if settings.CACHE_LOCAL_EMBEDDER:
-                self._embedder_task = loop.run_in_executor(embedder._executor, embedder.load)
-                # What the model's load leaves behind lives as long as the process, like the rest.
-                self._embedder_task.add_done_callback(lambda _task: gc.freeze())
+                self._embedder_task = self._embedder_load(embedder)
+            self._cache_embedder_task = self._embedder_task
+            if settings.CACHE_EMBED_MODEL != "minilm":
+                cache_embedder = _local_embedder(settings.CACHE_EMBED_MODEL, lambda: LocalEmbedder(
+                    model=settings.CACHE_EMBED_MODEL, threads=self.embed_threads,
+                    models_dir=settings.VAR_DIR / "models"))
+                self.cache_batcher = MicroBatcher(cache_embedder, max_batch=settings.CACHE_EMBED_BATCH,
+                                                  max_wait_ms=settings.CACHE_EMBED_WAIT_MS)
+                if settings.CACHE_LOCAL_EMBEDDER:
+                    self._cache_embedder_task = self._embedder_load(cache_embedder)
             self._tasks.append(loop.create_task(config_changes_listen(self.reload), name="config-listener"))
             self._tasks.append(loop.create_task(self._refresh_periodically(), name="config-refresh"))
             self.cache.hits_flush_start(1.0)
@@ -196,12 +206,20 @@ class Runtime:
         if not task.cancelled() and task.exception() is not None:
             logger.error("background task failed", exc_info=task.exception())
 
-    def batcher_for(self, key):
-        """The tenant's embeddings model when it chose one (and it is active), else the local model."""
+    def _embedder_load(self, embedder: LocalEmbedder) -> asyncio.Future:
+        task = asyncio.get_running_loop().run_in_executor(embedder._executor, embedder.load)
+        # What the model's load leaves behind lives as long as the process, like the rest.
+        task.add_done_callback(lambda _task: gc.freeze())
+        return task
+
+    def batcher_for(self, key, *, cache: bool = False):
+        """The tenant's embeddings model when it chose one (and it is active), else the local
+        model: for the cache's lookups (``cache``) the one ``CACHE_EMBED_MODEL`` names, for the
+        learned router all-MiniLM-L6-v2 (its outcomes were embedded by it)."""
         name = key.cache_embedding_model
         model = self.snapshot.models.get(name) if name else None
         if model is None or model.mode != "embedding":
-            return self.batcher
+            return self.cache_batcher if cache else self.batcher
         batcher = self._remote_batchers.get(model)
         if batcher is None:
             batcher = self._remote_batchers[model] = MicroBatcher(RemoteEmbedder(model, self.transport), max_batch=64,
@@ -209,21 +227,26 @@ class Runtime:
                                                                   max_wait_ms=settings.CACHE_EMBED_WAIT_MS)
         return batcher
 
-    def semantic_ready(self, key) -> bool:
-        return self.batcher_for(key) is not self.batcher or self.embedder_ready()
+    def semantic_ready(self, key, *, cache: bool = False) -> bool:
+        batcher = self.batcher_for(key, cache=cache)
+        if batcher is self.batcher or batcher is self.cache_batcher:
+            return self.embedder_ready(cache=cache)
+        return True
 
-    def semantic_possible(self, key) -> bool:
+    def semantic_possible(self, key, *, cache: bool = False) -> bool:
         """Can this key's prompts ever be embedded here: its tenant's own embeddings model, or the
         local model unless ``CACHE_LOCAL_EMBEDDER`` is off (then the cache is exact-only)."""
-        return self.batcher_for(key) is not self.batcher or settings.CACHE_LOCAL_EMBEDDER
+        batcher = self.batcher_for(key, cache=cache)
+        return (batcher is not self.batcher and batcher is not self.cache_batcher) or settings.CACHE_LOCAL_EMBEDDER
 
-    def embedder_ready(self) -> bool:
-        return self._embedder_task is not None and self._embedder_task.done() and not (
-            self._embedder_task.exception())
+    def embedder_ready(self, *, cache: bool = False) -> bool:
+        task = self._cache_embedder_task if cache else self._embedder_task
+        return task is not None and task.done() and not task.exception()
 
-    async def embedder_loaded(self) -> None:
-        if self._embedder_task is not None:
-            await asyncio.shield(self._embedder_task)
+    async def embedder_loaded(self, *, cache: bool = False) -> None:
+        task = self._cache_embedder_task if cache else self._embedder_task
+        if task is not None:
+            await asyncio.shield(task)
 
     async def reload(self) -> None:
         """Reload the snapshot and forget cached keys (after a change anywhere)."""
@@ -342,15 +365,15 @@ def _heap_settle(young_threshold: int) -> None:
     gc.freeze()
 
 
-_LOCAL_EMBEDDER = None
+_LOCAL_EMBEDDERS: dict[str, LocalEmbedder] = {}
 
 
-def _local_embedder(factory):
-    """One local model per process, kept across restarts of the runtime (it takes seconds to load)."""
-    global _LOCAL_EMBEDDER
-    if _LOCAL_EMBEDDER is None:
-        _LOCAL_EMBEDDER = factory()
-    return _LOCAL_EMBEDDER
+def _local_embedder(model: str, factory) -> LocalEmbedder:
+    """One local model of each kind per process, kept across restarts of the runtime (the
+    transformer takes seconds to load)."""
+    if model not in _LOCAL_EMBEDDERS:
+        _LOCAL_EMBEDDERS[model] = factory()
+    return _LOCAL_EMBEDDERS[model]
 
 
 def _snapshot_load_fresh() -> Snapshot:

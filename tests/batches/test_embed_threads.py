@@ -18,7 +18,7 @@ def test_it_gives_the_batch_worker_s_embedder_its_own_thread_count(settings, mon
     settings.BATCH_EMBED_THREADS = 3
     settings.CACHE_EMBED_THREADS = 1
     settings.CACHE_LOCAL_EMBEDDER = False  # the thread count is what is checked, not the model's load
-    monkeypatch.setattr(runtime_module, "_LOCAL_EMBEDDER", None)
+    monkeypatch.setattr(runtime_module, "_LOCAL_EMBEDDERS", {})
 
     async def open_and_close():
         executor = GatewayBatchExecutor()

@@ -12,6 +12,7 @@ import psycopg
 import pytest
 from pgvector.psycopg import register_vector
 
+from apps.cache.models import LOCAL_MODEL
 from apps.cache.store import CacheStore
 from apps.gateway.database import conninfo
 
@@ -51,7 +52,7 @@ def _search(tenant, queries, **store_options):
         await store.open()
         try:
             return [await store.nearest(tenant_id=tenant.pk, namespace="", context_hash="", vector=query,
-                                        max_age=None) for query in queries]
+                                        embedding_model=LOCAL_MODEL, max_age=None) for query in queries]
         finally:
             await store.close()
 

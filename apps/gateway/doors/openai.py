@@ -82,7 +82,7 @@ async def models_list(runtime: Runtime, x: Exchange, key: KeyInfo) -> None:
 async def cache_stats(runtime: Runtime, x: Exchange, key: KeyInfo) -> None:
     _method(x.scope, "GET")
     stats = await runtime.cache.stats(key.tenant_id)
-    stats["semantic_ready"] = runtime.semantic_ready(key)
+    stats["semantic_ready"] = runtime.semantic_ready(key, cache=True)
     await json_send(x.send, 200, orjson.dumps(stats))
 
 

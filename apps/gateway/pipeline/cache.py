@@ -95,13 +95,13 @@ async def cache_lookup(runtime, call, plan: CachePlan) -> CachedAnswer | None:
             if shared is not None:
                 return _hit(call, shared, "exact")
         _lead(runtime, plan)
-        if fp.prompt_text and call.key.cache_semantic and runtime.semantic_ready(call.key) and \
+        if fp.prompt_text and call.key.cache_semantic and runtime.semantic_ready(call.key, cache=True) and \
                 await runtime.cache.context_has_entries(
                 tenant_id=tenant, namespace=plan.namespace, context_hash=fp.context_hash):
             plan.vector = await _prompt_vector(runtime, call, fp.prompt_text)
             candidates = await runtime.cache.nearest(
                 tenant_id=tenant, namespace=plan.namespace, context_hash=fp.context_hash, vector=plan.vector,
-                max_age=plan.control.max_age)
+                embedding_model=_embedding_model(runtime, call), max_age=plan.control.max_age)
             for candidate in candidates:
                 if candidate.similarity < call.key.cache_threshold:
                     break
@@ -124,10 +124,17 @@ async def cache_lookup(runtime, call, plan: CachePlan) -> CachedAnswer | None:
 
 
 async def _prompt_vector(runtime, call, text: str):
-    """The prompt's embedding: the one the route step computed for the same text, or a new one."""
-    if call.prompt_vector is not None and call.prompt_vector[0] == text:
+    """The prompt's embedding: the one the route step computed for the same text with the same
+    model, or a new one."""
+    batcher = runtime.batcher_for(call.key, cache=True)
+    if call.prompt_vector is not None and call.prompt_vector[0] == text and batcher is runtime.batcher_for(call.key):
         return call.prompt_vector[1]
-    return await runtime.batcher_for(call.key).embed_one(text)
+    return await batcher.embed_one(text)
+
+
+def _embedding_model(runtime, call) -> str:
+    """The name entries record for the vectors this call's lookups compare."""
+    return runtime.batcher_for(call.key, cache=True).embedder.name
 
 
 def _lead(runtime, plan: CachePlan) -> None:
@@ -172,12 +179,14 @@ def cache_settle(runtime, call, plan: CachePlan | None, response: dict | None) -
 async def _save(runtime, call, plan: CachePlan, response: dict) -> None:
     try:
         vector = plan.vector
-        if vector is None and plan.fp.prompt_text and call.key.cache_semantic and runtime.semantic_ready(call.key):
+        if vector is None and plan.fp.prompt_text and call.key.cache_semantic and \
+                runtime.semantic_ready(call.key, cache=True):
             vector = await _prompt_vector(runtime, call, plan.fp.prompt_text)
         usage = response.get("usage") if isinstance(response.get("usage"), dict) else {}
         await runtime.cache.save(
             tenant_id=call.key.tenant_id, namespace=plan.namespace, request_hash=plan.fp.request_hash,
-            context_hash=plan.fp.context_hash, prompt_text=plan.fp.prompt_text, vector=vector, response=response,
+            context_hash=plan.fp.context_hash, prompt_text=plan.fp.prompt_text, vector=vector,
+            embedding_model=_embedding_model(runtime, call), response=response,
             model_id=call.model.id if call.model else None, model_name=call.model.name if call.model else "",
             input_tokens=usage.get("prompt_tokens") or call.input_tokens,
             output_tokens=usage.get("completion_tokens") or call.output_tokens, cost=call.cost,
@@ -185,12 +194,15 @@ async def _save(runtime, call, plan: CachePlan, response: dict) -> None:
         )
     finally:
         _forget(runtime, plan)  # committed (an exact lookup finds it from now on) or failed
-    if vector is None and plan.fp.prompt_text and call.key.cache_semantic and runtime.semantic_possible(call.key):
+    if vector is None and plan.fp.prompt_text and call.key.cache_semantic and \
+            runtime.semantic_possible(call.key, cache=True):
         # Saved for exact hits at once; semantic hits once the model (still loading) embeds it.
-        await runtime.embedder_loaded()
+        await runtime.embedder_loaded(cache=True)
+        batcher = runtime.batcher_for(call.key, cache=True)
         await runtime.cache.embed_later(tenant_id=call.key.tenant_id, namespace=plan.namespace,
                                       request_hash=plan.fp.request_hash,
-                                      vector=await runtime.batcher_for(call.key).embed_one(plan.fp.prompt_text))
+                                      vector=await batcher.embed_one(plan.fp.prompt_text),
+                                      embedding_model=batcher.embedder.name)
 
 
 def cache_hit_log(runtime: Runtime, call: Call, answer: CachedAnswer) -> None:
