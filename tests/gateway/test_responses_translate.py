@@ -44,7 +44,7 @@ def events(raw: bytes) -> list[dict]:
 def translator(**original) -> ResponsesFromOpenAI:
     shell = response_shell({"model": "m", "input": "x", **original}, response_id="resp_abc", model="m",
                            created_at=1)
-    return ResponsesFromOpenAI(shell=shell, usage_of=lambda: response_usage(7, 2, 5))
+    return ResponsesFromOpenAI(frame=shell, usage_of=lambda: response_usage(7, 2, 5))
 
 
 def test_it_copies_escaped_text_verbatim_and_decodes_it_once_at_the_end():

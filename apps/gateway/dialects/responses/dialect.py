@@ -97,7 +97,7 @@ class Responses:
 
     def stream_open(self, runtime: Runtime, call: Call, prepared: Prepared, opened: ProviderStream,
                     on_end: Callable[[ChatStream | None], None]) -> ChatStream:
-        translator = ResponsesFromOpenAI(shell=self.shell(call, prepared.original, opened.model.name),
+        translator = ResponsesFromOpenAI(frame=self.shell(call, prepared.original, opened.model.name),
                                          usage_of=lambda: usage_of(call))
         return ChatStream(runtime, call, prepared.body, opened, translator=translator, error_event=translator.error,
                           on_end=on_end)
@@ -134,7 +134,7 @@ class Responses:
         events.append({"choices": [{"index": 0, "delta": {}, "finish_reason": choice.get("finish_reason") or "stop"}]})
         usage = usage_from_chat(completion.get("usage"))
         model = call.model.name if call.model else completion.get("model") or ""
-        translator = ResponsesFromOpenAI(shell=self.shell(call, original, model), usage_of=lambda: dict(usage))
+        translator = ResponsesFromOpenAI(frame=self.shell(call, original, model), usage_of=lambda: dict(usage))
         chunks = [translator.translate(b"data: " + orjson.dumps(event) + b"\n\n") for event in events]
         chunks.append(translator.translate(b"data: [DONE]\n\n"))
         return [chunk for chunk in chunks if chunk], translator.response

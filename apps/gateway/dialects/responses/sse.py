@@ -61,12 +61,12 @@ class _Item:
 class ResponsesFromOpenAI:
     """The translation of one stream; feed it whole SSE events with :meth:`translate`.
 
-    ``shell`` is the response object with no output (:func:`.translate.response_shell`);
+    ``frame`` is the response object with no output (:func:`.translate.response_shell`);
     ``usage_of`` gives the Responses-shaped usage at ``[DONE]``.
     """
 
-    def __init__(self, *, shell: dict, usage_of: Callable[[], dict]) -> None:
-        self.shell = shell
+    def __init__(self, *, frame: dict, usage_of: Callable[[], dict]) -> None:
+        self.shell = frame
         self.usage_of = usage_of
         self.sequence = 0
         self.started = False
@@ -76,7 +76,7 @@ class ResponsesFromOpenAI:
         self.finish_reason: str | None = None
         self.reasoning_tokens = 0
         self.response: dict | None = None  # the finished response, once the stream has ended
-        self._suffix = shell["id"].removeprefix("resp_")
+        self._suffix = frame["id"].removeprefix("resp_")
         self._delta_head = b""
 
     @property
