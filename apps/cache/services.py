@@ -2,42 +2,26 @@
 
 from __future__ import annotations
 
-from django.db import connection
-
 from apps.cache.models import CacheEntry
+from apps.core.deletes import delete_in_batches
 from apps.tenants.models import Tenant
 
 
 def cache_evict_expired(*, batch_size: int = 5000) -> int:
     """Delete expired entries, ``batch_size`` rows per statement, each its own short transaction."""
-    deleted = 0
-    while True:
-        with connection.cursor() as cursor:
-            cursor.execute(
-                "DELETE FROM cache_cacheentry WHERE id IN (SELECT id FROM cache_cacheentry "
-                "WHERE expires_at <= now() LIMIT %s FOR UPDATE SKIP LOCKED)", [batch_size])
-            count = cursor.rowcount
-        deleted += count
-        if count < batch_size:
-            return deleted
+    return delete_in_batches(
+        "DELETE FROM cache_cacheentry WHERE id IN (SELECT id FROM cache_cacheentry "
+        "WHERE expires_at <= now() LIMIT %s FOR UPDATE SKIP LOCKED)", [], batch_size=batch_size)
 
 
 def cache_enforce_limits(*, batch_size: int = 5000) -> int:
     """For tenants with a maximum entry count, drop the least recently hit entries beyond it."""
-    deleted = 0
-    for tenant_id, limit in Tenant.objects.filter(cache_max_entries__isnull=False).values_list(
-            "id", "cache_max_entries"):
-        while True:
-            with connection.cursor() as cursor:
-                cursor.execute(
-                    "DELETE FROM cache_cacheentry WHERE id IN (SELECT id FROM cache_cacheentry WHERE tenant_id = %s "
-                    "ORDER BY coalesce(last_hit_at, created_at) DESC OFFSET %s LIMIT %s)",
-                    [tenant_id, limit, batch_size])
-                count = cursor.rowcount
-            deleted += count
-            if count < batch_size:
-                break
-    return deleted
+    return sum(delete_in_batches(
+        "DELETE FROM cache_cacheentry WHERE id IN (SELECT id FROM cache_cacheentry WHERE tenant_id = %s "
+        "ORDER BY coalesce(last_hit_at, created_at) DESC OFFSET %s LIMIT %s)", [tenant_id, limit],
+        batch_size=batch_size)
+        for tenant_id, limit in Tenant.objects.filter(cache_max_entries__isnull=False).values_list(
+            "id", "cache_max_entries"))
 
 
 def cache_purge(*, tenant_id: int, model_name: str | None = None) -> int:

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import hmac
+from datetime import datetime, timedelta
 
 from django.utils import timezone
 
 from apps.core.errors import AuthenticationFailed
-from apps.tenants.models import ApiKey
+from apps.tenants.models import ApiKey, Tenant
 from apps.tenants.services import KEY_PREFIX, key_hash, key_prefix
 
 
@@ -48,3 +49,9 @@ def key_authenticate(raw_key: str, *, now=None) -> ApiKey | None:
 def key_prefixes(*, tenant_id: int) -> dict[int, str]:
     """The visible prefix of each of the tenant's keys, revoked ones included, by key id."""
     return dict(ApiKey.objects.filter(tenant_id=tenant_id).values_list("pk", "prefix"))
+
+
+def retention_cutoffs(now: datetime) -> list[tuple[int, datetime]]:
+    """Each tenant that limits its log retention, and the time before which its records go."""
+    return [(tenant_id, now - timedelta(days=days)) for tenant_id, days in Tenant.objects.filter(
+        log_retention_days__isnull=False).values_list("pk", "log_retention_days")]

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-from datetime import timedelta
-
-from django.db import connection
 from django.utils import timezone
 
-from apps.tenants.models import Tenant
+from apps.core.deletes import delete_in_batches
+from apps.tenants.selectors import retention_cutoffs
 
 
 def _now():
@@ -20,18 +18,8 @@ def usage_prune(*, batch_size: int = 5000) -> int:
     watermark), so the dashboard's history stays whole. Batches of ``batch_size`` rows, each its
     own short transaction found through the tenant-and-time index, so no long lock holds back
     the usage writers."""
-    deleted = 0
-    for tenant_id, days in Tenant.objects.filter(log_retention_days__isnull=False).values_list(
-            "pk", "log_retention_days"):
-        cutoff = _now() - timedelta(days=days)
-        while True:
-            with connection.cursor() as cursor:
-                cursor.execute(
-                    "DELETE FROM usage_requestlog WHERE id IN (SELECT id FROM usage_requestlog WHERE tenant_id = %s "
-                    "AND created_at < %s AND id <= (SELECT coalesce(max(last_id), 0) FROM reporting_rollupwatermark) "
-                    "ORDER BY created_at LIMIT %s)", [tenant_id, cutoff, batch_size])
-                count = cursor.rowcount
-            deleted += count
-            if count < batch_size:
-                break
-    return deleted
+    return sum(delete_in_batches(
+        "DELETE FROM usage_requestlog WHERE id IN (SELECT id FROM usage_requestlog WHERE tenant_id = %s "
+        "AND created_at < %s AND id <= (SELECT coalesce(max(last_id), 0) FROM reporting_rollupwatermark) "
+        "ORDER BY created_at LIMIT %s)", [tenant_id, cutoff], batch_size=batch_size)
+        for tenant_id, cutoff in retention_cutoffs(_now()))

@@ -6,19 +6,17 @@ models; and the learned router keeping the transformer while the cache uses the 
 from __future__ import annotations
 
 import asyncio
-import threading
 from decimal import Decimal
 
 import numpy as np
 import pytest
-from django.db import connections
 
 from apps.cache.embedder import NAMES, LocalEmbedder
 from apps.cache.models import LOCAL_MODEL, CacheEntry
 from apps.cache.store import CacheStore
 from apps.gateway import runtime as runtime_module
-from apps.gateway.batch_executor import GatewayBatchExecutor
 from apps.gateway.database import conninfo
+from tests.batch_executor import with_batch_executor
 
 TEXTS = ["What is the capital of France?", "Tell me the capital city of France.",
          "How many legs does a spider have?", "Write a haiku about autumn rain in Kyoto."]
@@ -95,26 +93,10 @@ def test_it_gives_the_cache_the_static_model_and_the_learned_router_the_transfor
     settings.CACHE_LOCAL_EMBEDDER = False  # which model serves whom is checked, not their load
     monkeypatch.setattr(runtime_module, "_LOCAL_EMBEDDERS", {})
 
-    async def open_and_close():
-        executor = GatewayBatchExecutor()
-        await executor.open()
-        try:
-            runtime = executor.runtime
-            key = await runtime.authenticate(f"Bearer {key_a.secret}")
-            return (runtime.batcher_for(key, cache=True).embedder.name, runtime.batcher_for(key).embedder.name,
-                    runtime.semantic_possible(key, cache=True))
-        finally:
-            # The runtime's two database threads each close their connection (one call each),
-            # so that the test database can be dropped.
-            barrier = threading.Barrier(2)
+    async def models(executor):
+        runtime = executor.runtime
+        key = await runtime.authenticate(f"Bearer {key_a.secret}")
+        return (runtime.batcher_for(key, cache=True).embedder.name, runtime.batcher_for(key).embedder.name,
+                runtime.semantic_possible(key, cache=True))
 
-            def close_connections():
-                barrier.wait(10)
-                connections.close_all()
-
-            loop = asyncio.get_running_loop()
-            await asyncio.gather(*(loop.run_in_executor(executor.runtime._db_executor, close_connections)
-                                   for _ in range(2)))
-            await executor.close()
-
-    assert asyncio.run(open_and_close()) == (NAMES["static"], NAMES["minilm"], False)
+    assert with_batch_executor(models) == (NAMES["static"], NAMES["minilm"], False)

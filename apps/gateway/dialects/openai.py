@@ -24,16 +24,40 @@ if TYPE_CHECKING:
     from apps.providers.transport import ProviderStream
 
 
-def chat_payload(body: dict, upstream_id: str, *, stream: bool) -> bytes:
-    """``body`` as an OpenAI-compatible provider is sent it: its model id, and usage asked of a
-    stream (recorded whether or not the client sees it)."""
-    out = dict(body)
+def chat_payload(body: dict, upstream_id: str, *, stream: bool, drop: tuple[str, ...] = ()) -> bytes:
+    """``body`` as an OpenAI-compatible provider is sent it: its model id, without the fields in
+    ``drop`` (a translating dialect's own), and usage asked of a stream (recorded whether or not
+    the client sees it)."""
+    out = {name: value for name, value in body.items() if name not in drop} if drop else dict(body)
     out["model"] = upstream_id
     if stream:
+        out["stream"] = True
         options = dict(out.get("stream_options") or {})
         options["include_usage"] = True
         out["stream_options"] = options
     return orjson.dumps(out)
+
+
+def openai_compatible(chain: tuple[ModelInfo, ...], *, requested: str, door: str = "") -> tuple[ModelInfo, ...]:
+    """The models of ``chain`` a chat-completions request can be sent to (a native Anthropic
+    provider cannot take one), or a 404 naming the door that does reach them."""
+    reachable = tuple(m for m in chain if m.provider.kind != ANTHROPIC_KIND)
+    if not reachable:
+        raise ModelNotFound(f"The model '{requested}' is served by an Anthropic Messages API provider"
+                            f"{door}: call POST /v1/messages.", param="model")
+    return reachable
+
+
+def event_chunk(event: bytes) -> dict | None:
+    """The JSON object of one OpenAI-style SSE event (``data: {...}``), or None for anything else."""
+    start = event.find(b"data:")
+    if start < 0:
+        return None
+    try:
+        chunk = orjson.loads(event[start + 5:])
+    except orjson.JSONDecodeError:
+        return None
+    return chunk if isinstance(chunk, dict) else None
 
 
 def completion_from_stream(stream: ChatStream) -> dict:
@@ -87,11 +111,7 @@ class OpenAIChat:
 
     def reachable(self, chain: tuple[ModelInfo, ...], *, requested: str,
                   native_only: str | None) -> tuple[ModelInfo, ...]:
-        reachable = tuple(m for m in chain if m.provider.kind != ANTHROPIC_KIND)
-        if not reachable:
-            raise ModelNotFound(f"The model '{requested}' is served by an Anthropic Messages API provider: "
-                                "call POST /v1/messages.", param="model")
-        return reachable
+        return openai_compatible(chain, requested=requested)
 
     def routed(self, call: Call, prepared: Prepared) -> None:
         return None

@@ -6,6 +6,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from apps.gateway.asgi_io import header
 from apps.gateway.dialects.base import Dialect
 
 if TYPE_CHECKING:
@@ -34,3 +35,12 @@ class Route:
     handler: Callable[[Runtime, Exchange, KeyInfo], Awaitable[None]]
     dialect: Dialect  # renders the door's errors
     credentials: Callable[[dict], str | None]  # the ``Bearer ...`` value the door was sent
+
+
+def chat_options(scope) -> dict[str, str | None]:
+    """A chat request's options as an HTTP door reads them from its headers (the keywords of
+    :class:`apps.gateway.pipeline.run.ChatRequest`): every HTTP door takes the same ones."""
+    return {"cache_control": header(scope, b"cache-control"),
+            "namespace": header(scope, b"x-switchyard-cache-namespace"),
+            "tags": header(scope, b"x-switchyard-tags"),
+            "quality_target": header(scope, b"x-switchyard-quality-target")}

@@ -9,7 +9,7 @@ from apps.core.errors import MethodNotAllowed
 from apps.gateway.asgi_io import body_read, chunks_send, header, json_send, stream_relay
 from apps.gateway.dialects.anthropic.dialect import ANTHROPIC_MESSAGES, count_tokens, forwarded_headers, replay_chunks
 from apps.gateway.dialects.anthropic.translate import message_from_completion
-from apps.gateway.doors.exchange import Exchange, Route
+from apps.gateway.doors.exchange import Exchange, Route, chat_options
 from apps.gateway.pipeline.run import ChatRequest, chat
 from apps.gateway.runtime import Runtime
 from apps.gateway.snapshot import KeyInfo
@@ -28,11 +28,7 @@ async def messages_create(runtime: Runtime, x: Exchange, key: KeyInfo) -> None:
     if scope["method"] != "POST":
         raise MethodNotAllowed(allowed=("POST",))
     x.chat = ChatRequest(key, body_parse(await body_read(x.receive)), ANTHROPIC_MESSAGES, x.started,
-                         cache_control=header(scope, b"cache-control"),
-                         namespace=header(scope, b"x-switchyard-cache-namespace"),
-                         tags=header(scope, b"x-switchyard-tags"),
-                         quality_target=header(scope, b"x-switchyard-quality-target"),
-                         forwarded=forwarded_headers(scope))
+                         forwarded=forwarded_headers(scope), **chat_options(scope))
     answer = await chat(runtime, x.chat)
     call = answer.call
     headers = [(b"request-id", call.request_id.encode()), *call.headers()]

@@ -10,7 +10,7 @@ from django.conf import settings
 from apps.core.errors import BadRequest, MethodNotAllowed
 from apps.gateway.asgi_io import body_read, chunks_send, header, json_send, stream_relay
 from apps.gateway.dialects.openai import OPENAI_CHAT, replay_sse
-from apps.gateway.doors.exchange import Exchange, Route
+from apps.gateway.doors.exchange import Exchange, Route, chat_options
 from apps.gateway.pipeline.run import ChatRequest, chat, embeddings
 from apps.gateway.runtime import Runtime
 from apps.gateway.snapshot import KeyInfo
@@ -27,10 +27,7 @@ async def chat_completions(runtime: Runtime, x: Exchange, key: KeyInfo) -> None:
     scope, receive, send = x.scope, x.receive, x.send
     _method(scope, "POST")
     x.chat = ChatRequest(key, body_parse(await body_read(receive)), OPENAI_CHAT, x.started,
-                         cache_control=header(scope, b"cache-control"),
-                         namespace=header(scope, b"x-switchyard-cache-namespace"),
-                         tags=header(scope, b"x-switchyard-tags"),
-                         quality_target=header(scope, b"x-switchyard-quality-target"))
+                         **chat_options(scope))
     answer = await chat(runtime, x.chat)
     call = answer.call
     try:

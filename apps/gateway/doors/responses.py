@@ -17,7 +17,7 @@ from apps.core.errors import BadRequest, MethodNotAllowed, NotFound
 from apps.gateway.asgi_io import body_read, chunks_send, header, json_send, stream_relay
 from apps.gateway.dialects.responses.dialect import RESPONSES
 from apps.gateway.dialects.responses.translate import items_stored, response_id_of
-from apps.gateway.doors.exchange import Exchange, Route
+from apps.gateway.doors.exchange import Exchange, Route, chat_options
 from apps.gateway.pipeline.run import ChatRequest, chat
 from apps.gateway.runtime import Runtime
 from apps.gateway.snapshot import KeyInfo
@@ -89,10 +89,7 @@ async def responses_create(runtime: Runtime, x: Exchange, key: KeyInfo) -> None:
         history = stored.context
         dialect = RESPONSES.continuing(previous, history)
     x.chat = ChatRequest(key, body, dialect, x.started,
-                         cache_control=header(scope, b"cache-control"),
-                         namespace=header(scope, b"x-switchyard-cache-namespace"),
-                         tags=header(scope, b"x-switchyard-tags"),
-                         quality_target=header(scope, b"x-switchyard-quality-target"))
+                         **chat_options(scope))
     answer = await chat(runtime, x.chat)
     call = answer.call
     store = body.get("store") is not False

@@ -24,7 +24,6 @@ from apps.gateway.dialects.anthropic.native import NativeMessagesStream
 from apps.gateway.dialects.anthropic.sse import AnthropicFromOpenAI
 from apps.gateway.dialects.anthropic.translate import (
     anthropic_usage,
-    chat_payload,
     completion_from_message,
     message_from_completion,
     messages_body_translate,
@@ -32,7 +31,7 @@ from apps.gateway.dialects.anthropic.translate import (
     replayable,
 )
 from apps.gateway.dialects.base import Prepared, UpstreamRequest
-from apps.gateway.dialects.openai import OPENAI_CHAT, completion_from_stream, replay_parts
+from apps.gateway.dialects.openai import OPENAI_CHAT, chat_payload, completion_from_stream, replay_parts
 from apps.gateway.pipeline.call import Call
 from apps.gateway.pipeline.route import call_route
 from apps.gateway.pipeline.stream import ChatStream
@@ -97,7 +96,8 @@ class AnthropicMessages:
             if _native(model):
                 payload = native_payload(prepared.original, model.upstream_id)
             else:
-                payload = chat_payload(prepared.body, model.upstream_id, stream=stream)
+                payload = chat_payload(prepared.body, model.upstream_id, stream=stream,
+                                       drop=("metadata", "native_parameters"))
             prepared.payloads[model.id] = payload
         if _native(model):
             return UpstreamRequest("/messages", payload, prepared.forwarded)

@@ -25,6 +25,7 @@ import re
 import orjson
 
 from apps.gateway.dialects.anthropic.translate import FINISH_TO_STOP, anthropic_usage
+from apps.gateway.dialects.openai import event_chunk
 
 _TEXT_DELTA = re.compile(rb'"delta":\s*\{\s*"content"\s*:\s*("[^"\\]*(?:\\.[^"\\]*)*")\s*\}')
 _FINISH_NULL = re.compile(rb'"finish_reason":\s*null')
@@ -146,14 +147,8 @@ class AnthropicFromOpenAI:
             self._text_prefix = None
 
     def _slow(self, event: bytes, out: list[bytes]) -> None:
-        start = event.find(b"data:")
-        if start < 0:
-            return
-        try:
-            chunk = orjson.loads(event[start + 5:])
-        except orjson.JSONDecodeError:
-            return
-        if not isinstance(chunk, dict):
+        chunk = event_chunk(event)
+        if chunk is None:
             return
         if isinstance(chunk.get("usage"), dict):
             self.usage = anthropic_usage(chunk["usage"])

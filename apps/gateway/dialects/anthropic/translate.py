@@ -291,16 +291,6 @@ def messages_body_translate(body: dict, *, count_only: bool = False) -> tuple[di
     return chat, translation.unsupported
 
 
-def chat_payload(chat: dict, upstream_id: str, *, stream: bool) -> bytes:
-    """The body sent to an OpenAI-compatible provider."""
-    payload = {name: value for name, value in chat.items() if name not in ("metadata", "native_parameters")}
-    payload["model"] = upstream_id
-    if stream:
-        payload["stream"] = True
-        payload["stream_options"] = {"include_usage": True}
-    return orjson.dumps(payload)
-
-
 def native_payload(body: dict, upstream_id: str) -> bytes:
     """The client's own body for a native Anthropic provider, with the upstream model id (and
     without Switchyard's routing tags, which Anthropic would refuse)."""

@@ -14,12 +14,17 @@ from typing import TYPE_CHECKING
 
 import orjson
 
-from apps.core.errors import GatewayError, ModelNotFound
+from apps.core.errors import GatewayError
 from apps.gateway.dialects.base import Prepared, UpstreamRequest
-from apps.gateway.dialects.openai import OPENAI_CHAT, completion_from_stream, replay_parts
+from apps.gateway.dialects.openai import (
+    OPENAI_CHAT,
+    chat_payload,
+    completion_from_stream,
+    openai_compatible,
+    replay_parts,
+)
 from apps.gateway.dialects.responses.sse import ResponsesFromOpenAI
 from apps.gateway.dialects.responses.translate import (
-    chat_payload,
     response_from_completion,
     response_id_of,
     response_shell,
@@ -29,7 +34,7 @@ from apps.gateway.dialects.responses.translate import (
 )
 from apps.gateway.pipeline.stream import ChatStream
 from apps.gateway.snapshot import ModelInfo
-from apps.providers.transport import ANTHROPIC_KIND, UpstreamClientError
+from apps.providers.transport import UpstreamClientError
 
 if TYPE_CHECKING:
     from apps.gateway.pipeline.call import Call
@@ -68,11 +73,7 @@ class Responses:
 
     def reachable(self, chain: tuple[ModelInfo, ...], *, requested: str,
                   native_only: str | None) -> tuple[ModelInfo, ...]:
-        reachable = tuple(m for m in chain if m.provider.kind != ANTHROPIC_KIND)
-        if not reachable:
-            raise ModelNotFound(f"The model '{requested}' is served by an Anthropic Messages API provider, which "
-                                "/v1/responses does not reach yet: call POST /v1/messages.", param="model")
-        return reachable
+        return openai_compatible(chain, requested=requested, door=", which /v1/responses does not reach yet")
 
     def routed(self, call: Call, prepared: Prepared) -> None:
         return None
@@ -80,7 +81,8 @@ class Responses:
     def upstream_request(self, prepared: Prepared, model: ModelInfo, *, stream: bool) -> UpstreamRequest:
         payload = prepared.payloads.get(model.id)
         if payload is None:
-            payload = prepared.payloads[model.id] = chat_payload(prepared.body, model.upstream_id)
+            payload = prepared.payloads[model.id] = chat_payload(prepared.body, model.upstream_id, stream=stream,
+                                                                 drop=("metadata",))
         return UpstreamRequest("/chat/completions", payload)
 
     def refusal(self, exc: UpstreamClientError, model: ModelInfo) -> UpstreamClientError:

@@ -28,6 +28,7 @@ from collections.abc import Callable
 import orjson
 
 from apps.core.errors import GatewayError
+from apps.gateway.dialects.openai import event_chunk
 from apps.gateway.dialects.responses.translate import function_call_item, message_item
 
 _TEXT_DELTA = re.compile(rb'"delta":\s*\{\s*"content"\s*:\s*("[^"\\]*(?:\\.[^"\\]*)*")\s*\}')
@@ -156,14 +157,8 @@ class ResponsesFromOpenAI:
         self._event("response.output_item.done", {"output_index": item.index, "item": done}, out)
 
     def _slow(self, event: bytes, out: list[bytes]) -> None:
-        start = event.find(b"data:")
-        if start < 0:
-            return
-        try:
-            chunk = orjson.loads(event[start + 5:])
-        except orjson.JSONDecodeError:
-            return
-        if not isinstance(chunk, dict):
+        chunk = event_chunk(event)
+        if chunk is None:
             return
         usage = chunk.get("usage")
         if isinstance(usage, dict) and isinstance(usage.get("completion_tokens_details"), dict):

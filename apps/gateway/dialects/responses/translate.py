@@ -19,8 +19,6 @@ from __future__ import annotations
 
 import time
 
-import orjson
-
 from apps.core.errors import BadRequest
 from apps.core.json_checks import nesting_check
 from apps.gateway.validation import fields_check, int_check, invalid_type, missing, model_field, number_check
@@ -266,13 +264,6 @@ def responses_body_translate(body: dict, history: list[dict] | None = None) -> d
         chat["stream"] = True
         chat["stream_options"] = {"include_usage": True}  # the stream's usage reaches its translator
     return chat
-
-
-def chat_payload(chat: dict, upstream_id: str) -> bytes:
-    """The body sent to an OpenAI-compatible provider (routing tags are the gateway's own)."""
-    payload = {name: value for name, value in chat.items() if name != "metadata"}
-    payload["model"] = upstream_id
-    return orjson.dumps(payload)
 
 
 def response_id_of(request_id: str) -> str:
