@@ -9,13 +9,13 @@ STAMP := $(VENV)/.installed
 
 .PHONY: run cluster test lint install clean-db
 
-$(STAMP): requirements.txt requirements-dev.txt
+$(STAMP): requirements.txt requirements-dev.txt requirements-export.txt
 	@echo "==> [1/3] Creating the virtualenv in $(VENV)"
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	@echo "==> [2/3] Installing the pinned packages (the first time: a few minutes, about 2 GB with PyTorch CPU)"
+	@echo "==> [2/3] Installing the pinned packages (the first time: a minute or two, about 1.2 GB)"
 	$(BIN)/python -m pip install --disable-pip-version-check --progress-bar off -r requirements-dev.txt
-	@echo "==> [3/3] Exporting the embedding model to ONNX (fp32 and int8) in var/models"
-	HF_HUB_OFFLINE=1 $(BIN)/python -m apps.cache.embedder
+	@echo "==> [3/3] Exporting the embedding model to var/models (once: PyTorch in a throwaway virtualenv, a minute or two)"
+	HF_HUB_OFFLINE=1 $(BIN)/python -m apps.cache.export
 	touch $(STAMP)
 	@echo "==> Installed."
 
@@ -35,7 +35,7 @@ test: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/bandit -q -r apps config -c pyproject.toml
-	$(BIN)/python .ci/audit.py requirements.txt requirements-dev.txt
+	$(BIN)/python .ci/audit.py requirements.txt requirements-dev.txt requirements-export.txt
 
 clean-db:
 	$(BIN)/python -c "from pathlib import Path; from config.embedded_postgres import stop, default_pgdata; stop(default_pgdata(Path('.').resolve()))"

@@ -11,7 +11,8 @@
 2. Embedding throughput of the local model: one prompt per call against the micro-batcher
    fed by 64 concurrent callers, torch, both ONNX graphs (fp32, int8) and the static table
    (``CACHE_EMBED_MODEL=static``) side by side, and how close the int8 graph's vectors are to
-   the fp32 graph's.
+   the fp32 graph's. The torch rows need PyTorch in the virtualenv
+   (``.venv/bin/pip install -r requirements-export.txt``; the runtime does not carry it).
 3. Nearest-neighbour queries on the HNSW index with ``--rows`` entries in one tenant and ten in
    another: p50/p99 latency of the tenant-filtered query, and recall@1 against exact search.
 """

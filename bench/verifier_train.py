@@ -59,9 +59,9 @@ TARGETS = (0.90, 0.95, 0.97, 0.98, 0.99)
 
 
 def words_build(path: Path) -> None:
-    from apps.cache.embedder import LocalEmbedder, _weights_dir
+    from apps.cache.embedder import LocalEmbedder, tokenizer_dir
 
-    vocab = (_weights_dir() / "vocab.txt").read_text(encoding="utf-8").split("\n")
+    vocab = (tokenizer_dir() / "vocab.txt").read_text(encoding="utf-8").split("\n")
     words = [w for w in vocab if w.isalpha() and w.isascii()]
     embedder = LocalEmbedder(backend="onnx", precision="fp32")  # the shipped word table's vectors
     vectors = np.concatenate([np.asarray(embedder.embed_sync(words[i:i + 512])) for i in range(0, len(words), 512)])

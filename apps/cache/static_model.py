@@ -82,14 +82,14 @@ class StaticModel:
     """The distilled table plus the model's tokenizer: ``encode(texts)`` is what
     ``apps.cache.embedder._OnnxModel.encode`` is, without a transformer."""
 
-    def __init__(self, path: Path, *, weights: Path) -> None:
+    def __init__(self, path: Path, *, tokenizer: Path) -> None:
         from tokenizers import Tokenizer
 
         stored = np.load(path)
         self.table = stored["table"]
         self.rows = stored["rows"]
-        self.unknown = int(self.rows[json.loads((weights / "tokenizer.json").read_text())["model"]["vocab"]["[UNK]"]])
-        self.tokenizer = Tokenizer.from_file(str(weights / "tokenizer.json"))
+        self.unknown = int(self.rows[json.loads((tokenizer / "tokenizer.json").read_text())["model"]["vocab"]["[UNK]"]])
+        self.tokenizer = Tokenizer.from_file(str(tokenizer / "tokenizer.json"))
         self.tokenizer.no_truncation()
         self.tokenizer.no_padding()
 

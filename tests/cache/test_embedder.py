@@ -19,6 +19,7 @@ from apps.cache.embedder import (
     _quantize_dynamic,
     onnx_quantize,
 )
+from apps.cache.export import REFERENCE_FILE, REFERENCE_TEXTS
 
 TEXTS = ["What is the capital of France?", "Tell me the capital city of France.",
          "How many legs does a spider have?", "Write a haiku about autumn rain in Kyoto."]
@@ -43,10 +44,13 @@ def fp32_embedder():
 
 
 def test_it_gives_the_same_vectors_with_onnx_runtime_as_with_sentence_transformers(fp32_embedder):
+    # sentence-transformers' own vectors, written by the export (PyTorch is not in the runtime)
+    stored = np.load(fp32_embedder.models_dir / REFERENCE_FILE)
+    texts, reference = [str(text) for text in stored["texts"]], stored["vectors"]
+    assert texts == REFERENCE_TEXTS and reference.shape == (len(texts), 384)
     assert fp32_embedder.backend == "onnx"  # not the fallback
-    fast = np.array(fp32_embedder.embed_sync(TEXTS))
-    reference = np.array(LocalEmbedder(backend="torch").embed_sync(TEXTS))
-    assert fast.shape == (len(TEXTS), 384)
+    fast = np.array(fp32_embedder.embed_sync(texts))
+    assert fast.shape == (len(texts), 384)
     assert np.allclose(np.linalg.norm(fast, axis=1), 1.0, atol=1e-5)
     assert np.min(np.sum(fast * reference, axis=1)) > 0.9999
 
@@ -163,3 +167,22 @@ def test_it_sends_a_lone_prompt_at_once_and_batches_what_arrives_while_the_model
     assert float(lone @ onnx_embedder.embed_sync([TEXTS[0]])[0]) > 0.9999
     # One alone, one alone again (the model was idle), then the twenty that queued behind it.
     assert sizes == [1, 1, 20]
+
+
+def test_it_says_to_run_the_export_when_the_model_files_are_missing(tmp_path, monkeypatch):
+    monkeypatch.setenv("SWITCHYARD_VAR_DIR", str(tmp_path))
+    with pytest.raises(RuntimeError, match=r"make install.*apps\.cache\.export"):
+        embedder_module.tokenizer_dir()
+    # without PyTorch (the runtime's case) a missing graph is refused the same way, not exported
+    monkeypatch.setattr(embedder_module.importlib.util, "find_spec", lambda name: None)
+    with pytest.raises(RuntimeError, match=r"make install.*apps\.cache\.export"):
+        LocalEmbedder(backend="onnx", precision="fp32").embed_sync(["hello"])
+    assert list(tmp_path.iterdir()) in ([], [tmp_path / "models"])
+
+
+def test_it_exports_nothing_when_every_file_is_there(fp32_embedder, capsys):
+    from apps.cache import export
+
+    assert export.missing(fp32_embedder.models_dir) == []
+    export.main([])
+    assert "files are in" in capsys.readouterr().out
