@@ -12,7 +12,7 @@ STAMP := $(VENV)/.installed
 $(STAMP): requirements.txt requirements-dev.txt requirements-export.txt
 	@echo "==> [1/3] Creating the virtualenv in $(VENV)"
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	@echo "==> [2/3] Installing the pinned packages (the first time: a minute or two, about 1.2 GB)"
+	@echo "==> [2/3] Installing the pinned packages (the first time: a minute or two, about 1 GB)"
 	$(BIN)/python -m pip install --disable-pip-version-check --progress-bar off -r requirements-dev.txt
 	@echo "==> [3/3] Exporting the embedding model to var/models (once: PyTorch in a throwaway virtualenv, a minute or two)"
 	HF_HUB_OFFLINE=1 $(BIN)/python -m apps.cache.export
