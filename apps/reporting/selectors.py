@@ -20,15 +20,22 @@ GROUPS = {"model": "model_name", "key": "api_key_id", "day": "bucket", "outcome"
 
 
 def histogram_percentile(histogram: list[int], q: float) -> float | None:
-    """The upper bound of the bucket holding the q-th percentile (None for no rows)."""
+    """The q-th percentile read from a histogram (None for no rows): in the bucket that holds it,
+    interpolated linearly between the bucket's bounds by the rank's place among the bucket's
+    requests (as Prometheus' ``histogram_quantile`` does). Always inside the true percentile's
+    bucket; a percentile in the open last bucket is reported as its lower bound."""
     total = sum(histogram)
     if not total:
         return None
     rank, seen = q / 100 * total, 0
     for index, count in enumerate(histogram):
+        if count and seen + count >= rank:
+            lower = float(LATENCY_BOUNDS_MS[index - 1]) if index else 0.0
+            if index >= len(LATENCY_BOUNDS_MS):
+                return lower
+            share = max(rank - seen, 0) / count
+            return round(lower + (LATENCY_BOUNDS_MS[index] - lower) * share, 1)
         seen += count
-        if seen >= rank and count:
-            return float(LATENCY_BOUNDS_MS[index]) if index < len(LATENCY_BOUNDS_MS) else float(LATENCY_BOUNDS_MS[-1])
     return float(LATENCY_BOUNDS_MS[-1])
 
 

@@ -10,30 +10,11 @@ from datetime import UTC, datetime, timedelta
 
 from django.contrib.auth.decorators import login_required
 from django.shortcuts import redirect, render
-from django.utils.html import format_html, format_html_join
-from django.utils.safestring import mark_safe
 
+from apps.reporting.charts import chart_data
 from apps.reporting.dashboard import _range
 from apps.reporting.models import TenantMember
 from apps.reporting.selectors import usage_grouped, usage_series, usage_totals
-
-
-def _bars(points: list[tuple[str, float]], *, width: int = 720, height: int = 160):
-    """A bar chart of dollars as inline SVG."""
-    if not points:
-        return mark_safe('<p class="help">No requests in this range.</p>')  # nosec B308  # a constant
-    points = [(label, float(value)) for label, value in points]
-    top = max(value for _, value in points) or 1.0
-    step = width / len(points)
-    bars = format_html_join("", '<rect x="{}" y="{}" width="{}" height="{}" fill="#417690">'
-                            "<title>{}: {}</title></rect>",
-                            ((f"{i * step + 1:.1f}", f"{height - value / top * (height - 20):.1f}",
-                              f"{max(step - 2, 1):.1f}", f"{value / top * (height - 20):.1f}", label,
-                              f"${value:,.4f}")
-                             for i, (label, value) in enumerate(points)))
-    return format_html('<svg class="sy-chart" viewBox="0 0 {} {}" width="100%" height="{}" role="img">'
-                       '<text x="4" y="12" font-size="11" fill="#666">max {}</text>{}</svg>', width, height, height,
-                       f"${top:,.4f}", bars)
 
 
 @login_required(login_url="/account/login/")
@@ -48,11 +29,10 @@ def tenant_usage(request):
     period = "hour" if end - start <= timedelta(days=2) else "day"
     totals = usage_totals(tenant_id=tenant.pk, start=start, end=end, period=period)
     series = usage_series(tenant_id=tenant.pk, start=start, end=end, period=period)
-    label = "%H:00" if period == "hour" else "%m-%d"
     return render(request, "account/usage.html", {
         "tenant": tenant, "choice": choice, "start": start.date(), "end": (end - timedelta(days=1)).date(),
         "totals": totals, "period": period,
-        "spend_chart": _bars([(row["bucket"].strftime(label), float(row["cost"])) for row in series]),
+        "charts": chart_data(series, start=start, end=end, period=period),
         "by_model": usage_grouped(tenant_id=tenant.pk, start=start, end=end, group_by="model", period=period),
         "by_key": usage_grouped(tenant_id=tenant.pk, start=start, end=end, group_by="key", period=period),
         "keys": dict(tenant.api_keys.values_list("pk", "name")),

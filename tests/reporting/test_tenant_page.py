@@ -67,3 +67,18 @@ def test_it_logs_a_member_in_through_the_form(client, db, tenant_a):
     assert response.status_code == 302 and response["Location"] == "/account/usage/"
     assert client.get("/account/usage/").status_code == 200
     assert client.post("/account/login/", {"username": "formuser", "password": "wrong"}).status_code == 200
+
+
+def test_it_charts_the_members_own_tenant_on_a_full_axis(client, logged, tenant_a):
+    import json
+    import re
+
+    _member(client, tenant_a)
+    page = client.get("/account/usage/", PARAMS).content.decode()
+    data = json.loads(re.search(r'<script id="sy-chart-data" type="application/json">(.*?)</script>', page,
+                                re.S).group(1))
+    own = RequestLog.objects.filter(tenant=tenant_a)
+    assert data["step"] == "day" and data["labels"] == ["Nov 1", "Nov 2", "Nov 3"]  # every day of the range
+    assert sum(data["requests"]) == own.count()
+    assert sum(data["spend"]) == pytest.approx(float(sum(r.cost for r in own)), abs=1e-9)
+    assert "/static/reporting/vendor/chartjs/chart.umd.min.js" in page and "<svg" not in page

@@ -1,4 +1,6 @@
-/* The operators' dashboard's charts (templates/admin/dashboard.html).
+/* The usage charts of the operators' dashboard (templates/admin/dashboard.html) and of a
+ * tenant's own usage page (templates/account/usage.html); a page draws the charts it has a
+ * canvas for.
  *
  * The page carries its figures as JSON in #sy-chart-data, one entry per bucket of the time
  * axis, empty buckets as zeros (apps/reporting/charts.py); Chart.js, served from the project's
@@ -93,7 +95,9 @@
   }
 
   function draw(id, { datasets, format, tick, lines, max, stacked }) {
-    return new Chart(document.getElementById(id), {
+    const canvas = document.getElementById(id);
+    if (!canvas) return null;
+    return new Chart(canvas, {
       type: "bar",
       data: { labels: data.labels, datasets },
       plugins: [valueLabels],
