@@ -69,6 +69,33 @@ class UsageRollup(models.Model):
         return f"{self.tenant_id} {self.period} {self.bucket:%Y-%m-%d %H:%M}"
 
 
+class AttributionRollup(models.Model):
+    """A day of one tenant's requests by end user and tag set, summed from the log by the same
+    runs as :class:`UsageRollup` (``/v1/usage?group_by=user|tags``). A request counts once, under
+    its end user ("" for none) and its sorted tags ({} for none), so every grouping sums to the
+    tenant's total."""
+
+    bucket = models.DateTimeField(help_text="Start of the day (UTC).")
+    tenant = models.ForeignKey("tenants.Tenant", on_delete=models.CASCADE, related_name="attribution_rollups")
+    end_user = models.CharField(max_length=256, blank=True, default="")
+    tags = ArrayField(models.CharField(max_length=100), blank=True, default=list)
+    requests = models.BigIntegerField(default=0)
+    errors = models.BigIntegerField(default=0)
+    input_tokens = models.BigIntegerField(default=0)
+    cached_tokens = models.BigIntegerField(default=0)
+    output_tokens = models.BigIntegerField(default=0)
+    cost = models.DecimalField(**_MONEY)
+    saved_cost = models.DecimalField(**_MONEY)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["bucket", "tenant", "end_user", "tags"],
+                                               name="attribution_rollup_unique")]
+        indexes = [models.Index(fields=["tenant", "bucket"], name="attribution_rollup_tenant_time")]
+
+    def __str__(self) -> str:
+        return f"{self.tenant_id} {self.bucket:%Y-%m-%d} {self.end_user or '-'} {self.tags}"
+
+
 class RollupWatermark(models.Model):
     """How far into RequestLog (by id) the rollups have summed, and the next safe point.
 

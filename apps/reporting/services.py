@@ -58,6 +58,23 @@ ON CONFLICT (period, bucket, tenant_id, api_key_id, model_name, cache_outcome) D
 """  # noqa: S608  # nosec B608  # only constants are formatted in; values are parameters
 
 
+# The same slice of the log by day, end user and tag set (apps.reporting.models.AttributionRollup).
+_ATTRIBUTION = """
+INSERT INTO reporting_attributionrollup AS r (
+    bucket, tenant_id, end_user, tags, requests, errors, input_tokens, cached_tokens, output_tokens, cost, saved_cost)
+SELECT date_trunc('day', created_at, 'UTC'), tenant_id, end_user, tags, count(*),
+       count(*) FILTER (WHERE status_code >= 400), sum(input_tokens), sum(cached_tokens), sum(output_tokens),
+       sum(cost), sum(saved_cost)
+FROM usage_requestlog WHERE id > %(low)s AND id <= %(high)s
+GROUP BY 1, tenant_id, end_user, tags
+ON CONFLICT (bucket, tenant_id, end_user, tags) DO UPDATE SET
+    requests = r.requests + EXCLUDED.requests, errors = r.errors + EXCLUDED.errors,
+    input_tokens = r.input_tokens + EXCLUDED.input_tokens, cached_tokens = r.cached_tokens + EXCLUDED.cached_tokens,
+    output_tokens = r.output_tokens + EXCLUDED.output_tokens, cost = r.cost + EXCLUDED.cost,
+    saved_cost = r.saved_cost + EXCLUDED.saved_cost
+"""
+
+
 @transaction.atomic
 def usage_rollup(*, max_rows: int = 200_000) -> int:
     """Sum the next slice of RequestLog into the rollups; returns how many log rows it summed.
@@ -77,6 +94,7 @@ def usage_rollup(*, max_rows: int = 200_000) -> int:
             for period, trunc, per_key in (("hour", "hour", True), ("day", "day", True), ("tday", "day", False)):
                 cursor.execute(_INSERT, {"period": period, "trunc": trunc, "per_key": per_key, "low": low,
                                          "high": high})
+            cursor.execute(_ATTRIBUTION, {"low": low, "high": high})
             cursor.execute("SELECT count(*) FROM usage_requestlog WHERE id > %s AND id <= %s", [low, high])
             summed = cursor.fetchone()[0]
             mark.last_id = high

@@ -40,16 +40,23 @@ def _copy_columns():
 def _rows_copy(rows: list[dict]) -> None:
     """One ``COPY ... FROM STDIN``: several times cheaper in CPU than building model instances."""
     from django.db import connection, transaction
+    from django.db.models import JSONField
     from psycopg import sql
+    from psycopg.types.json import Jsonb
 
     table, fields = _copy_columns()
     defaults = {f.attname: f.get_default() for f in fields}
     names = [f.attname for f in fields]
+    json_at = [index for index, f in enumerate(fields) if isinstance(f, JSONField)]
     statement = sql.SQL("COPY {} ({}) FROM STDIN").format(
         sql.Identifier(table), sql.SQL(", ").join(sql.Identifier(f.column) for f in fields))
     with transaction.atomic(), connection.cursor() as cursor, cursor.cursor.copy(statement) as copy:
         for row in rows:
-            copy.write_row([row[name] if name in row else defaults[name] for name in names])
+            values = [row[name] if name in row else defaults[name] for name in names]
+            for index in json_at:
+                if values[index] is not None:
+                    values[index] = Jsonb(values[index])
+            copy.write_row(values)
 
 
 def _without_nul(row: dict) -> dict:

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from decimal import Decimal
 
+from django.contrib.postgres.fields import ArrayField
 from django.db import models
+from django.db.models import Q
 from django.utils import timezone
 
 _MONEY = {"max_digits": 16, "decimal_places": 10, "default": Decimal("0")}
@@ -64,6 +66,14 @@ class RequestLog(models.Model):
     # What went wrong upstream on the way to this answer (or error): each failed attempt, a
     # skipped open circuit, a stream broken mid-way, as "model: reason; ...".
     upstream_failures = models.TextField(blank=True, default="", db_default="")
+    # Who and what the request was for, as the client said (apps.gateway.attribution): the
+    # OpenAI ``user`` field (Anthropic's ``metadata.user_id``), the request's tags (``metadata.tags``
+    # and ``x-switchyard-tags``, sorted), its ``metadata``, and its session
+    # (``x-switchyard-session-id`` or ``metadata.session_id``).
+    end_user = models.CharField(max_length=256, blank=True, default="", db_default="")
+    tags = ArrayField(models.CharField(max_length=100), blank=True, default=list, db_default=[])
+    metadata = models.JSONField(null=True, blank=True)
+    session_id = models.CharField(max_length=128, blank=True, default="", db_default="")
     created_at = models.DateTimeField(default=timezone.now)
 
     class Meta:
@@ -72,6 +82,9 @@ class RequestLog(models.Model):
             models.Index(fields=["tenant", "-created_at"], name="request_log_tenant_time"),
             models.Index(fields=["api_key", "-created_at"], name="request_log_key_time"),
             models.Index(fields=["-created_at"], name="request_log_time"),
+            # A session's requests, in order (only rows that name a session are indexed).
+            models.Index(fields=["tenant", "session_id", "created_at"], name="request_log_session",
+                         condition=~Q(session_id="")),
         ]
 
     def __str__(self) -> str:

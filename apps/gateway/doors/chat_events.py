@@ -57,7 +57,8 @@ class ChatEvents:
 
     def __init__(self, runtime, key, body: dict, *, request_id, sentences: bool = False,
                  cache_control: str | None = None, namespace: str | None = None, tags: str | None = None,
-                 quality_target: str | None = None, started: float | None = None) -> None:
+                 session: str | None = None, quality_target: str | None = None,
+                 started: float | None = None) -> None:
         self.runtime = runtime
         self.key = key
         self.body = body
@@ -66,6 +67,7 @@ class ChatEvents:
         self.cache_control = cache_control
         self.namespace = namespace
         self.tags = tags
+        self.session = session
         self.quality_target = quality_target
         self.started = started if started is not None else time.perf_counter()
         self.request: ChatRequest | None = None
@@ -79,7 +81,8 @@ class ChatEvents:
         # The parsed body goes in as it is: the validator refuses what no JSON writer takes
         # (a body nested past orjson's limit), which serializing it first would crash on.
         self.request = ChatRequest(self.key, body, OPENAI_CHAT, self.started, cache_control=self.cache_control,
-                                   namespace=self.namespace, tags=self.tags, quality_target=self.quality_target)
+                                   namespace=self.namespace, tags=self.tags, session=self.session,
+                                   quality_target=self.quality_target)
         try:
             answer = await chat(self.runtime, self.request)
         except GatewayError as error:

@@ -43,4 +43,5 @@ def chat_options(scope) -> dict[str, str | None]:
     return {"cache_control": header(scope, b"cache-control"),
             "namespace": header(scope, b"x-switchyard-cache-namespace"),
             "tags": header(scope, b"x-switchyard-tags"),
+            "session": header(scope, b"x-switchyard-session-id"),
             "quality_target": header(scope, b"x-switchyard-quality-target")}

@@ -10,7 +10,7 @@ Authentication, in the order tried (the key never goes in the URL, which access 
    from a staff user logged in to Django on the same origin (the playground).
 
 Client messages: ``chat.request`` (``id``, ``body``, optional ``sentences``, ``cache_control``,
-``cache_namespace``, ``tags``), ``cancel`` (``id``), ``subscribe`` (``topic: "usage"``: live
+``cache_namespace``, ``tags``, ``session_id``), ``cancel`` (``id``), ``subscribe`` (``topic: "usage"``: live
 events of the key's tenant through the channel layer), ``ping``. Several requests run at once;
 each event carries its request's ``id``.
 
@@ -297,7 +297,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
         if key is None:
             return
         options = {}
-        for name in ("cache_control", "cache_namespace", "tags"):
+        for name in ("cache_control", "cache_namespace", "tags", "session_id"):
             value = message.get(name)
             if value is not None and not isinstance(value, str):
                 await self._error(request_id, BadRequest(f"'{name}' must be a string.", param=name))
@@ -311,7 +311,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
             return
         run = ChatEvents(self.gateway_runtime, key, body, request_id=request_id,
                       sentences=bool(message.get("sentences")), cache_control=options["cache_control"],
-                      namespace=options["cache_namespace"], tags=options["tags"],
+                      namespace=options["cache_namespace"], tags=options["tags"], session=options["session_id"],
                       quality_target=None if target is None else repr(float(target)))
         task = asyncio.ensure_future(self._run(run))
         self.runs[request_id] = (task, run)

@@ -15,6 +15,8 @@ from decimal import Decimal
 
 from apps.core import tokens
 from apps.core.errors import GatewayError
+from apps.gateway.attribution import NONE as NO_ATTRIBUTION
+from apps.gateway.attribution import Attribution
 from apps.gateway.snapshot import KeyInfo, ModelInfo
 
 _ZERO = Decimal(0)
@@ -75,6 +77,7 @@ class Call:
     reservation: object = None  # apps.limits.enforce.Reservation when the key or tenant has limits
     refusal: GatewayError | None = None  # a token or budget refusal, raised unless the cache answers
     batch: bool = False  # a line of a batch job: priced with the model's batch discount
+    attribution: Attribution = NO_ATTRIBUTION  # end user, tags, metadata, session (apps.gateway.attribution)
     prompt_counted: int | None = field(default=None, init=False, repr=False)
     logged: bool = field(default=False, init=False, repr=False)  # its row is written once, however it ends
 
@@ -189,5 +192,9 @@ class Call:
             "status_code": self.status,
             "error_code": self.error_code[:64],
             "upstream_failures": "; ".join(self.failures)[:2000] if self.failures else "",
+            "end_user": self.attribution.end_user,
+            "tags": list(self.attribution.tags),
+            "metadata": self.attribution.metadata,
+            "session_id": self.attribution.session_id,
             "created_at": datetime.now(UTC),
         }

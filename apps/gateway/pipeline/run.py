@@ -26,6 +26,7 @@ import orjson
 from apps.cache.store import CachedAnswer
 from apps.core import tokens
 from apps.core.errors import GatewayError
+from apps.gateway.attribution import attribution_from
 from apps.gateway.dialects.base import Dialect, Prepared
 from apps.gateway.pipeline.cache import cache_hit_log, cache_lookup, cache_plan, cache_settle
 from apps.gateway.pipeline.call import Call
@@ -54,6 +55,7 @@ class ChatRequest:
     cache_control: str | None = None
     namespace: str | None = None
     tags: str | None = None
+    session: str | None = None  # x-switchyard-session-id
     quality_target: str | None = None  # x-switchyard-quality-target, for a learned rule
     forwarded: dict[str, str] = field(default_factory=dict)
     batch_line: tuple[str, str] | None = None  # (request id, endpoint) of a batch job's line
@@ -110,6 +112,7 @@ async def chat(runtime: Runtime, request: ChatRequest) -> Answer:
     call = call_new(request.key, dialect.endpoint, request.started, request.batch_line)
     try:
         prepared = dialect.prepare(request.body, request.forwarded)
+        call.attribution = attribution_from(prepared.body, request.tags, request.session)
         call.stream = bool(prepared.body.get("stream"))
         call_route(runtime, call, prepared.body, request.tags, mode="chat", dialect=dialect,
                    native_only=prepared.native_only)
@@ -170,6 +173,7 @@ async def embeddings(runtime: Runtime, key: KeyInfo, body: dict, *, started: flo
     call = call_new(key, "/v1/embeddings", started, batch_line)
     try:
         embeddings_body_validate(body)
+        call.attribution = attribution_from(body, None, None)
         call_route(runtime, call, body, None, mode="embedding")
         embeddings_tokens_check(body, context_window=max(model.context_window for model in call.chain))
         await limits_reserve(runtime, call, body, mode="embedding")

@@ -21,7 +21,15 @@ from django.utils.dateparse import parse_date, parse_datetime
 from rest_framework.views import APIView
 
 from apps.core.errors import BadRequest, GatewayError, error_response
-from apps.reporting.selectors import GROUPS, REPORT_EARLIEST, REPORT_LATEST, usage_grouped, usage_totals
+from apps.reporting.selectors import (
+    ATTRIBUTION_GROUPS,
+    GROUPS,
+    REPORT_EARLIEST,
+    REPORT_LATEST,
+    attribution_grouped,
+    usage_grouped,
+    usage_totals,
+)
 from apps.tenants.selectors import key_for_authorization, key_prefixes
 from apps.tenants.services import key_use_note
 from apps.usage.selectors import request_log_rows
@@ -30,12 +38,12 @@ MAX_RANGE = timedelta(days=400)
 EXPORT_COLUMNS = ["created_at", "request_id", "api_key_prefix", "endpoint", "requested_model", "model_used",
                   "cache_outcome", "input_tokens", "cached_tokens", "cache_write_tokens", "output_tokens", "cost",
                   "saved_cost", "routing_saved_cost",
-                  "latency_ms", "ttft_ms", "status_code", "error_code"]
+                  "latency_ms", "ttft_ms", "status_code", "error_code", "end_user", "tags", "session_id"]
 # The log's fields behind the columns (api_key_id becomes the key's visible prefix).
 _FIELDS = ["created_at", "request_id", "api_key_id", "endpoint", "requested_model", "model_used", "cache_outcome",
            "input_tokens", "cached_tokens", "cache_write_tokens", "output_tokens", "cost", "saved_cost",
            "routing_saved_cost", "latency_ms",
-           "ttft_ms", "status_code", "error_code"]
+           "ttft_ms", "status_code", "error_code", "end_user", "tags", "session_id"]
 
 
 def _when(value: str | None, name: str) -> datetime | None:
@@ -87,17 +95,22 @@ class UsageView(APIView):
             key = _tenant_key(request)
             start, end = _range(request.query_params)
             group_by = request.query_params.get("group_by") or "day"
-            if group_by not in GROUPS:
-                raise BadRequest(f"'group_by' must be one of {', '.join(GROUPS)}", param="group_by")
+            if group_by not in GROUPS and group_by not in ATTRIBUTION_GROUPS:
+                raise BadRequest(f"'group_by' must be one of {', '.join([*GROUPS, *ATTRIBUTION_GROUPS])}",
+                                 param="group_by")
         except GatewayError as error:
             return error_response(error)
         tenant_id = key.tenant_id
         # Whole days are read from the daily rollups (24 times fewer rows), anything else hourly.
         period = "day" if start == _midnight(start) and end == _midnight(end) else "hour"
-        data = usage_grouped(tenant_id=tenant_id, start=start, end=end, group_by=group_by, period=period)
+        if group_by in ATTRIBUTION_GROUPS:
+            data = attribution_grouped(tenant_id=tenant_id, start=start, end=end, group_by=group_by)
+        else:
+            data = usage_grouped(tenant_id=tenant_id, start=start, end=end, group_by=group_by, period=period)
         for row in data:
             for money in ("cost", "saved_cost", "routing_saved_cost"):
-                row[money] = str(row[money])
+                if money in row:
+                    row[money] = str(row[money])
             if isinstance(row["group"], datetime):
                 row["group"] = row["group"].date().isoformat()
         body = {"object": "usage", "start": start.isoformat(), "end": end.isoformat(),
@@ -126,9 +139,11 @@ def csv_chunks(rows, prefixes: dict[int, str], *, lines_per_chunk: int = 1000):
     out = _Lines()
     writer = csv.writer(out)
     writer.writerow(EXPORT_COLUMNS)
-    for count, (created_at, request_id, key_id, *middle, latency, ttft, status, error) in enumerate(rows, 1):
+    for count, (created_at, request_id, key_id, *middle, latency, ttft, status, error, end_user, tags,
+                session) in enumerate(rows, 1):
         writer.writerow([created_at.isoformat(), request_id, prefixes.get(key_id, ""), *middle, f"{latency:.2f}",
-                         "" if ttft is None else f"{ttft:.2f}", status, error])
+                         "" if ttft is None else f"{ttft:.2f}", status, error, end_user, ",".join(tags or ()),
+                         session])
         if count % lines_per_chunk == 0:
             yield out.take()
     yield out.take()
