@@ -41,15 +41,15 @@ class StreamTranslator(Protocol):
 
 
 class TranslatorChain:
-    """Two translators in a row: a provider's events to chat chunks, then to the client's events."""
+    """Two translators in a row: a provider's events to chat chunks, then to the client's events.
+    It reads as the client's translator (its other attributes are the second's)."""
 
     def __init__(self, first: StreamTranslator, second: StreamTranslator) -> None:
         self.first = first
         self.second = second
 
-    @property
-    def tools(self) -> bool:
-        return bool(getattr(self.second, "tools", False))
+    def __getattr__(self, name: str):
+        return getattr(self.second, name)
 
     def translate(self, data: bytes) -> bytes:
         out = self.first.translate(data)
