@@ -281,3 +281,22 @@ def test_it_answers_responses_with_function_tools(native, stream):
     _first, second = request_logs(2, tenant=world.tenant_a, endpoint="/v1/responses")
     assert (second.model_used, second.is_stream, second.input_tokens) == (NATIVE, stream, answered.usage.input_tokens)
     assert second.cost == price.cost(input_tokens=second.input_tokens, cached_tokens=0, output_tokens=CHUNKS)
+
+
+@pytest.mark.parametrize("model", [NATIVE, "sim-mini"])
+def test_it_sends_responses_input_images_to_either_kind_of_provider(native, model):
+    world = native
+    sdk = client(world)
+    response = sdk.responses.create(model=model, input=[{"role": "user", "content": [
+        {"type": "input_text", "text": "Which yard is this?"},
+        {"type": "input_image", "image_url": f"data:image/png;base64,{PIXEL}"},
+        {"type": "input_image", "image_url": "https://example.com/yard.jpg", "detail": "high"}]}])
+    assert response.status == "completed" and response.output_text
+    if model == NATIVE:
+        sent = world.simulator.last_messages()
+        assert [b["type"] for b in sent["messages"][0]["content"]] == ["text", "image", "image"]
+        assert sent["messages"][0]["content"][1]["source"] == {"type": "base64", "media_type": "image/png",
+                                                               "data": PIXEL}
+        assert response.output_text == expected_text(sent)
+    items = sdk.responses.input_items.list(response.id)
+    assert [part.type for part in items.data[0].content] == ["input_text", "input_image", "input_image"]
