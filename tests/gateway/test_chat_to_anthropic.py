@@ -300,3 +300,52 @@ def test_it_sends_responses_input_images_to_either_kind_of_provider(native, mode
         assert response.output_text == expected_text(sent)
     items = sdk.responses.input_items.list(response.id)
     assert [part.type for part in items.data[0].content] == ["input_text", "input_image", "input_image"]
+
+
+def test_it_reaches_the_provider_from_the_other_doors_on_the_chat_pipeline(native):
+    import asyncio
+
+    from websockets.asyncio.client import connect
+
+    world = native
+    auth = {"Authorization": f"Bearer {world.key_a}"}
+    simple = httpx.post(world.gateway.v1 + "/complete", headers=auth, timeout=30,
+                        json={"prompt": "Name a depot", "model": NATIVE, "use_cache": False})
+    assert simple.status_code == 200, simple.text
+    sent = world.simulator.last_messages()
+    assert simple.json()["content"] == expected_text(sent) and simple.json()["model_used"] == NATIVE
+
+    async def socket() -> tuple[str, dict]:
+        url = world.gateway.base.replace("http://", "ws://") + "/ws/v1/chat"
+        async with connect(url, additional_headers=auth) as ws:
+            assert json.loads(await ws.recv())["type"] == "ready"
+            await ws.send(json.dumps({"type": "chat.request", "id": "r1", "cache_control": "no-store", "body": {
+                "model": NATIVE, "messages": [{"role": "user", "content": "Name a signal box"}]}}))
+            text = ""
+            while True:
+                event = json.loads(await asyncio.wait_for(ws.recv(), 30))
+                if event["type"] == "delta":
+                    text += event["content"]
+                elif event["type"] in ("done", "error"):
+                    return text, event
+
+    text, done = asyncio.run(socket())
+    assert done["type"] == "done", done
+    sent = world.simulator.last_messages()
+    assert text == expected_text(sent) and done["usage"]["completion_tokens"] == CHUNKS
+    assert done["finish_reason"] == "stop" and done["model"] == NATIVE
+
+
+def test_it_ends_a_stream_cut_midway_with_an_openai_error_event(native):
+    world = native
+    world.simulator.fault(model="sim-mini", mode="cut")
+    body = {"model": NATIVE, "stream": True, "messages": [{"role": "user", "content": "Go"}]}
+    with httpx.stream("POST", world.gateway.v1 + "/chat/completions", timeout=30, json=body,
+                      headers={"Authorization": f"Bearer {world.key_a}"}) as answer:
+        assert answer.status_code == 200
+        events = [json.loads(line[6:]) for line in answer.iter_lines() if line.startswith("data: {")]
+    assert events[0]["choices"][0]["delta"]["role"] == "assistant"
+    assert events[-1]["error"]["code"] == "upstream_stream_cut"
+    (row,) = request_logs(1, tenant=world.tenant_a, endpoint="/v1/chat/completions")
+    assert (row.status_code, row.error_code, row.model_used) == (502, "upstream_stream_cut", NATIVE)
+    assert row.output_tokens > 0  # billed for what was produced
