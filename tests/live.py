@@ -140,6 +140,10 @@ class Simulator:
     def stats(self) -> dict:
         return http_json("GET", self.base + "/_sim/stats")[1]
 
+    def last_messages(self) -> dict | None:
+        """The body of the last request the simulated Messages API received."""
+        return http_json("GET", self.base + "/_sim/last_messages")[1]
+
 
 
 

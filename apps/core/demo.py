@@ -1,6 +1,7 @@
 """The demo platform: a superuser, the ``demo`` tenant and its key, the simulated provider
-with three chat models at realistic price tiers and one embedding model, and routing rules
-that send simple prompts to the cheap model.
+with three chat models at realistic price tiers and one embedding model, routing rules that
+send simple prompts to the cheap model, and ``sim-claude``: the same simulated upstream seen as
+a native Anthropic Messages API provider (``simulated-anthropic``), with prompt-cache prices.
 
 Idempotent: running it again creates nothing twice. Because only a key's hash is stored, the
 demo key's secret and the admin password are kept in ``var/demo-credentials.json`` (mode
@@ -42,6 +43,9 @@ DEMO_MODELS = [
     ("sim-premium", Model.Tier.COMPLEX, Model.Mode.CHAT, ("15.00", "7.50", "60.00"), 200000, 100000),
     ("sim-embed", Model.Tier.SIMPLE, Model.Mode.EMBEDDING, ("0.02", "0.02", "0"), 8191, 0),
 ]
+
+# The native Anthropic model: (name, upstream id, input, cached input, cache write, output), like Claude Sonnet.
+DEMO_ANTHROPIC_MODEL = ("sim-claude", "sim-mini", "3.00", "0.30", "3.75", "15.00")
 
 # (name, tier matched, target, fallbacks, priority)
 DEMO_RULES = [
@@ -115,6 +119,22 @@ def demo_seed(*, upstream_url: str | None = None, repoint: bool = False) -> Demo
     if repoint and not created and provider.kind == Provider.Kind.SIMULATED and provider.base_url != upstream_url:
         provider.base_url = upstream_url
         provider.save(update_fields=["base_url", "updated_at"])
+
+    anthropic, created = Provider.objects.get_or_create(
+        name="simulated-anthropic",
+        defaults={"kind": Provider.Kind.ANTHROPIC, "base_url": upstream_url, "timeout_seconds": 30.0},
+    )
+    if repoint and not created and anthropic.kind == Provider.Kind.ANTHROPIC and anthropic.base_url != upstream_url:
+        anthropic.base_url = upstream_url
+        anthropic.save(update_fields=["base_url", "updated_at"])
+    name, upstream_id, *prices = DEMO_ANTHROPIC_MODEL
+    if not Model.objects.filter(name=name).exists():
+        Model.objects.create(
+            name=name, upstream_id=upstream_id, provider=anthropic, tier=Model.Tier.MODERATE,
+            input_price_per_million=Decimal(prices[0]), cached_input_price_per_million=Decimal(prices[1]),
+            cache_write_price_per_million=Decimal(prices[2]), output_price_per_million=Decimal(prices[3]),
+            context_window=200000, max_output_tokens=8192,
+        )
 
     models: dict[str, Model] = {}
     for name, tier, mode, prices, context, max_out in DEMO_MODELS:

@@ -53,6 +53,7 @@ class SimulatorState:
     max_in_flight: int = 0
     stopping: bool = False
     prompt_cache: set[str] = field(default_factory=set)  # prefixes the Messages API has cached
+    last_messages: dict | None = None  # the last Messages request's body, for tests to read
 
     def take_fault(self, model: str) -> Fault | None:
         """The oldest fault matching ``model`` (or ``*``), used up by one request."""

@@ -18,15 +18,25 @@ Prompt caching, deterministic: the content up to the last block marked ``cache_c
 The first request with a prefix reports them as ``cache_creation_input_tokens``, later ones as
 ``cache_read_input_tokens`` (until ``/_sim/reset``); ``input_tokens`` is the rest.
 
-Tools: with ``tool_choice`` ``{"type": "any"}`` or ``{"type": "tool", "name": ...}`` the answer
-is one ``tool_use`` block for that tool (the first for ``any``), its input built from the
-tool's schema (strings are words of the answer, numbers 42, booleans true), stop reason
-``tool_use``; streamed as ``input_json_delta`` fragments.
+Tools: with ``tool_choice`` ``{"type": "tool", "name": ...}`` the answer is one ``tool_use``
+block for that tool; with ``{"type": "any"}`` one for each tool, in parallel (the first only
+with ``disable_parallel_tool_use``). Inputs are built from the tool's schema (strings are words
+of the answer, numbers 42, booleans true), stop reason ``tool_use``; streamed as
+``input_json_delta`` fragments, one content block per call.
+
+Requests are checked as Anthropic checks them (:func:`request_problem`), so a translation that
+sends what Anthropic refuses fails here too: roles, block types and their fields (image sources
+base64 of png/jpeg/gif/webp or an http(s) URL), every ``tool_use`` answered by a
+``tool_result`` first thing in the next user turn, ``temperature`` at most 1, tools with an
+``input_schema``, a ``tool_choice`` naming a tool that exists. ``GET /_sim/last_messages`` gives
+the last Messages request's body as it arrived.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 import hashlib
 from typing import TYPE_CHECKING
 
@@ -90,16 +100,99 @@ def cache_prefix(body: dict) -> tuple[str, int] | None:
     return digest, _words_of([item for _, item in prefix]) * 4 // 3
 
 
-def forced_tool(body: dict) -> dict | None:
-    """The tool a ``tool_choice`` of ``any`` or ``tool`` forces, if any."""
+def forced_tools(body: dict) -> list[dict]:
+    """The tools a ``tool_choice`` of ``any`` (each, or the first) or ``tool`` forces."""
     choice = body.get("tool_choice")
     tools = [t for t in body.get("tools") or [] if isinstance(t, dict) and isinstance(t.get("name"), str)]
     if not isinstance(choice, dict) or not tools:
-        return None
+        return []
     if choice.get("type") == "any":
-        return tools[0]
+        return tools[:1] if choice.get("disable_parallel_tool_use") else tools
     if choice.get("type") == "tool":
-        return next((t for t in tools if t["name"] == choice.get("name")), None)
+        return [t for t in tools if t["name"] == choice.get("name")][:1]
+    return []
+
+
+_IMAGE_TYPES = frozenset({"image/png", "image/jpeg", "image/gif", "image/webp"})
+
+
+def _block_problem(block, role: str, where: str) -> str | None:
+    if not isinstance(block, dict) or not isinstance(block.get("type"), str):
+        return f"{where}: a content block needs a 'type'"
+    kind = block["type"]
+    if kind == "text":
+        return None if isinstance(block.get("text"), str) and block["text"] else \
+            f"{where}: text content blocks must be non-empty"
+    if kind == "image":
+        source = block.get("source") if isinstance(block.get("source"), dict) else {}
+        if source.get("type") == "url" and str(source.get("url", "")).startswith(("http://", "https://")):
+            return None
+        if source.get("type") != "base64" or source.get("media_type") not in _IMAGE_TYPES:
+            return f"{where}.source: a base64 png, jpeg, gif or webp image, or an http(s) url, is required"
+        try:
+            base64.b64decode(source.get("data") or "", validate=True)
+        except (binascii.Error, ValueError):
+            return f"{where}.source.data: not valid base64"
+        return None
+    if kind == "tool_use":
+        if role != "assistant":
+            return f"{where}: tool_use blocks belong to assistant turns"
+        if not (isinstance(block.get("id"), str) and isinstance(block.get("name"), str)
+                and isinstance(block.get("input"), dict)):
+            return f"{where}: a tool_use block needs 'id', 'name' and an object 'input'"
+    if kind == "tool_result" and role != "user":
+        return f"{where}: tool_result blocks belong to user turns"
+    return None
+
+
+def request_problem(body: dict) -> str | None:
+    """What Anthropic's API would refuse in a Messages request (the checks a translation can
+    get wrong), or None."""
+    temperature = body.get("temperature")
+    if temperature is not None and not (isinstance(temperature, int | float) and 0 <= temperature <= 1):
+        return "temperature: must be between 0 and 1"
+    names = set()
+    for index, tool in enumerate(body.get("tools") or []):
+        if not isinstance(tool, dict) or not isinstance(tool.get("name"), str):
+            return f"tools.{index}: a tool needs a 'name'"
+        names.add(tool["name"])
+        schema = tool.get("input_schema")
+        if tool.get("type") in (None, "custom") and not (isinstance(schema, dict) and schema.get("type") == "object"):
+            return f"tools.{index}.input_schema: an object schema is required"
+    choice = body.get("tool_choice")
+    if choice is not None:
+        if not isinstance(choice, dict) or choice.get("type") not in ("auto", "any", "tool", "none"):
+            return "tool_choice: must be {'type': 'auto' | 'any' | 'tool' | 'none'}"
+        if choice["type"] == "tool" and choice.get("name") not in names:
+            return "tool_choice.name: no tool of that name"
+    waiting: set[str] = set()  # tool_use ids the next user turn must answer
+    for index, message in enumerate(body["messages"]):
+        where = f"messages.{index}"
+        role = message.get("role") if isinstance(message, dict) else None
+        if role not in ("user", "assistant"):
+            return f"{where}.role: must be 'user' or 'assistant'"
+        content = message.get("content")
+        blocks = [{"type": "text", "text": content}] if isinstance(content, str) and content else content
+        if isinstance(content, str):
+            blocks = [] if not content and role == "assistant" and index == len(body["messages"]) - 1 else blocks
+        if not isinstance(blocks, list) or (not blocks and not isinstance(content, str)):
+            return f"{where}.content: a string or a non-empty array of content blocks"
+        answered = [b.get("tool_use_id") for b in blocks if isinstance(b, dict) and b.get("type") == "tool_result"]
+        if waiting:
+            if role != "user" or set(answered) != waiting:
+                return (f"{where}: tool_use ids were found without tool_result blocks immediately after: "
+                        f"{', '.join(sorted(waiting - set(answered)))}")
+            if any(b.get("type") != "tool_result" for b in blocks[:len(answered)]):
+                return f"{where}: tool_result blocks must come first in the user turn"
+        elif answered:
+            return f"{where}: a tool_result block answers no tool_use of the previous turn"
+        for number, block in enumerate(blocks):
+            problem = _block_problem(block, role, f"{where}.content.{number}")
+            if problem:
+                return problem
+        waiting = {b["id"] for b in blocks if b.get("type") == "tool_use"}
+    if waiting:
+        return "messages: the last assistant turn's tool_use blocks are not answered"
     return None
 
 
@@ -122,7 +215,16 @@ class MessagesAPI:
             return None, error_response(400, "model: Field required")
         if not isinstance(body.get("messages"), list) or not body["messages"]:
             return None, error_response(400, "messages: Field required")
+        self.simulator.state.last_messages = body
+        problem = request_problem(body)
+        if problem:
+            return None, error_response(400, problem)
         return body, None
+
+    async def last(self, request: web.Request) -> web.Response:
+        """``GET /_sim/last_messages``: the last Messages request's body (null before the first)."""
+        return web.Response(body=dumps(self.simulator.state.last_messages), content_type="application/json",
+                            headers=HEADERS)
 
     async def count_tokens(self, request: web.Request) -> web.Response:
         """``POST /v1/messages/count_tokens``."""
@@ -197,13 +299,12 @@ class MessagesAPI:
 
         turns = conversation(body)
         words = graded(answer_words(model, turns, count), config.outcomes, model, body.get("messages") or [])
-        tool = forced_tool(body)
+        tools = forced_tools(body)
         ident = f"msg_sim{seed(model, repr(turns)) % 10**12:012d}"
-        if tool is not None:
-            arguments = tool_input(tool.get("input_schema"), words)
+        if tools:
             blocks = [{"type": "tool_use", "id": f"toolu_sim{seed(ident, tool['name']) % 10**10:010d}",
-                       "name": tool["name"], "input": arguments}]
-            output, stop = len(dumps(arguments)) // 4 + 1, "tool_use"
+                       "name": tool["name"], "input": tool_input(tool.get("input_schema"), words)} for tool in tools]
+            output, stop = sum(len(dumps(b["input"])) // 4 + 1 for b in blocks), "tool_use"
         else:
             blocks = [{"type": "text", "text": "".join(words)}]
             output = len(words)
@@ -229,34 +330,38 @@ class MessagesAPI:
             "stop_reason": None, "stop_sequence": None, "usage": start_usage}}
         if mode == "no_usage":
             del start["message"]["usage"]
-        head = b"event: message_start\ndata: " + dumps(start) + b"\n\n"
-        if tool is not None:
-            first = {**blocks[0], "input": {}}
-            pieces = _split(dumps(blocks[0]["input"]).decode(), 3)
-            delta_head = b'event: content_block_delta\ndata: {"type":"content_block_delta","index":0,"delta":' \
-                         b'{"type":"input_json_delta","partial_json":'
-        else:
-            first = {"type": "text", "text": ""}
-            pieces = words
-            delta_head = b'event: content_block_delta\ndata: {"type":"content_block_delta","index":0,"delta":' \
-                         b'{"type":"text_delta","text":'
-        head += (b"event: content_block_start\ndata: " + dumps(
-            {"type": "content_block_start", "index": 0, "content_block": first}) + b"\n\n"
-            + b'event: ping\ndata: {"type": "ping"}\n\n')
-        await response.write(head)
-        for index, piece in enumerate(pieces):
-            if mode == "cut" and index == min(3, len(pieces) - 1):
+        # Every block's events in order: its start (the first with a ping after it), its deltas
+        # (words of text, or three fragments of a tool's input), its stop.
+        events: list[bytes] = []
+        for number, block in enumerate(blocks):
+            if block["type"] == "tool_use":
+                first = {**block, "input": {}}
+                pieces = _split(dumps(block["input"]).decode(), 3)
+                kind, field = b"input_json_delta", b"partial_json"
+            else:
+                first, pieces, kind, field = {"type": "text", "text": ""}, words, b"text_delta", b"text"
+            events.append(b"event: content_block_start\ndata: " + dumps(
+                {"type": "content_block_start", "index": number, "content_block": first}) + b"\n\n"
+                + (b'event: ping\ndata: {"type": "ping"}\n\n' if number == 0 else b""))
+            head = (b'event: content_block_delta\ndata: {"type":"content_block_delta","index":' + str(number).encode()
+                    + b',"delta":{"type":"' + kind + b'","' + field + b'":')
+            events += [head + dumps(piece) + b"}}\n\n" for piece in pieces]
+            events.append(b'event: content_block_stop\ndata: {"type":"content_block_stop","index":'
+                          + str(number).encode() + b"}\n\n")
+        await response.write(b"event: message_start\ndata: " + dumps(start) + b"\n\n" + events[0])
+        deltas = events[1:-1]
+        for index, event in enumerate(deltas):
+            if mode == "cut" and index == min(3, len(deltas) - 1):
                 drop_connection(request)  # mid-answer: no message_delta, no message_stop
                 return response
-            if mode == "stall" and index == min(3, len(pieces) - 1):
+            if mode == "stall" and index == min(3, len(deltas) - 1):
                 await self.simulator._hang(request)
                 return response
             if delay > 0 and index:
                 await asyncio.sleep(delay)
-            await response.write(delta_head + dumps(piece) + b"}}\n\n")
+            await response.write(event)
         end_usage = {"output_tokens": output}
-        tail = (b'event: content_block_stop\ndata: {"type":"content_block_stop","index":0}\n\n'
-                + b"event: message_delta\ndata: " + dumps(
+        tail = (events[-1] + b"event: message_delta\ndata: " + dumps(
                     {"type": "message_delta", "delta": {"stop_reason": stop, "stop_sequence": None},
                      **({} if mode == "no_usage" else {"usage": end_usage})}) + b"\n\n"
                 + b'event: message_stop\ndata: {"type":"message_stop"}\n\n')
@@ -276,3 +381,4 @@ def messages_routes(app: web.Application, simulator: Simulator) -> None:
     api = MessagesAPI(simulator)
     app.router.add_post("/v1/messages", api.create)
     app.router.add_post("/v1/messages/count_tokens", api.count_tokens)
+    app.router.add_get("/_sim/last_messages", api.last)

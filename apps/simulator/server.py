@@ -201,6 +201,7 @@ class Simulator:
         s = self.state
         s.faults.clear()
         s.prompt_cache.clear()
+        s.last_messages = None
         s.requests = 0
         s.by_model = {}
         s.max_in_flight = s.in_flight

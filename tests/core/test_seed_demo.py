@@ -56,8 +56,11 @@ def test_it_seeds_a_working_demo(db, isolated_var):
     assert user.is_superuser
     assert user.check_password(printed["admin password"].strip())
     assert Provider.objects.get(name="simulated").base_url == "http://127.0.0.1:18001/v1"
-    chat = Model.objects.filter(mode=Model.Mode.CHAT).order_by("input_price_per_million")
+    chat = Model.objects.filter(mode=Model.Mode.CHAT, provider__name="simulated").order_by("input_price_per_million")
     assert [m.tier for m in chat] == ["simple", "moderate", "complex"]
+    claude = Model.objects.get(name="sim-claude")
+    assert claude.provider.kind == Provider.Kind.ANTHROPIC and claude.provider.base_url == "http://127.0.0.1:18001/v1"
+    assert claude.cache_write_price_per_million > claude.input_price_per_million > claude.cached_input_price_per_million
     assert chat[0].input_price_per_million < chat[1].input_price_per_million < chat[2].input_price_per_million
     simple_rule = RoutingRule.objects.get(match_tier="simple", tenant=None)
     assert simple_rule.target == chat[0]
@@ -94,8 +97,10 @@ def test_it_keeps_an_existing_providers_url_unless_asked_to_move_it(db, isolated
     call_command("seed_demo", stdout=out)
     assert Provider.objects.get(name="simulated").base_url == "http://127.0.0.1:18001/v1"
     assert _printed(out)["demo upstream"] == "http://127.0.0.1:18001/v1"
+    assert Provider.objects.get(name="simulated-anthropic").base_url == "http://127.0.0.1:18001/v1"
     call_command("seed_demo", "--upstream-url", "http://127.0.0.1:18002/v1", stdout=StringIO())
     assert Provider.objects.get(name="simulated").base_url == "http://127.0.0.1:18002/v1"
+    assert Provider.objects.get(name="simulated-anthropic").base_url == "http://127.0.0.1:18002/v1"
 
 
 @pytest.fixture

@@ -215,7 +215,7 @@ def test_it_refuses_bad_input_with_openais_errors(world):
         "temperature": ({"model": "sim-mini", "input": "x", "temperature": 3}, "decimal_above_max_value"),
         "input[0].role": ({"model": "sim-mini", "input": [{"role": "robot", "content": "x"}]}, "invalid_value"),
         "input[0].content[0]": ({"model": "sim-mini", "input": [{"role": "user", "content": [
-            {"type": "input_image", "image_url": "https://example.com/a.png"}]}]}, "unsupported_parameter"),
+            {"type": "input_file", "file_id": "file-1"}]}]}, "unsupported_parameter"),
         "tools[0].type": ({"model": "sim-mini", "input": "x", "tools": [{"type": "web_search"}]},
                           "unsupported_parameter"),
         "text.format.schema": ({"model": "sim-mini", "input": "x", "text": {"format": {"type": "json_schema",

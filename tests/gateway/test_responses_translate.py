@@ -142,7 +142,29 @@ def test_it_sends_parallel_calls_and_their_results_as_one_assistant_turn():
     assert chat["tools"] == [{"type": "function", "function": {"name": "f"}}]
 
 
+def test_it_sends_input_images_as_chat_image_parts():
+    chat = responses_body_translate({"model": "m", "input": [{"role": "user", "content": [
+        {"type": "input_text", "text": "What is this?"},
+        {"type": "input_image", "image_url": "https://example.com/a.png", "detail": "low"},
+        {"type": "input_image", "image_url": "data:image/png;base64,AAAA"}]},
+        {"role": "user", "content": [{"type": "input_text", "text": "Briefly."}]}]})
+    assert chat["messages"] == [
+        {"role": "user", "content": [
+            {"type": "text", "text": "What is this?"},
+            {"type": "image_url", "image_url": {"url": "https://example.com/a.png", "detail": "low"}},
+            {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}}]},
+        {"role": "user", "content": "Briefly."}]
+
+
 @pytest.mark.parametrize(("body", "param"), [
+    ({"input": [{"role": "user", "content": [{"type": "input_image", "file_id": "file-1"}]}]},
+     "input[0].content[0].file_id"),
+    ({"input": [{"role": "user", "content": [{"type": "input_image", "image_url": "ftp://x"}]}]},
+     "input[0].content[0].image_url"),
+    ({"input": [{"role": "user", "content": [{"type": "input_image", "image_url": "https://x", "detail": "max"}]}]},
+     "input[0].content[0].detail"),
+    ({"input": [{"role": "developer", "content": [{"type": "input_image", "image_url": "https://x"}]}]},
+     "input[0].content[0]"),
     ({"input": []}, "input"),
     ({"input": [{"type": "function_call", "name": "f", "arguments": "{}"}]}, "input[0].call_id"),
     ({"input": [{"type": "function_call_output", "call_id": "a"}]}, "input[0].output"),

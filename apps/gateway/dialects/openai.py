@@ -1,6 +1,8 @@
 """OpenAI's chat completions, the pipeline's own form: requests go to OpenAI-compatible
 providers as they came (the model id swapped, usage always asked of a stream), answers come
-back byte for byte."""
+back byte for byte. A native Anthropic provider is sent the request translated to its Messages
+API, and its answers (JSON or stream) and refusals come back translated
+(:mod:`apps.gateway.dialects.anthropic.from_chat`, :mod:`~apps.gateway.dialects.anthropic.chat_sse`)."""
 
 from __future__ import annotations
 
@@ -11,7 +13,16 @@ from typing import TYPE_CHECKING
 import orjson
 
 from apps.core.completions import completion_text
-from apps.core.errors import GatewayError, ModelNotFound, error_body
+from apps.core.errors import GatewayError, error_body
+from apps.gateway.dialects.anthropic.chat_sse import NativeChatStream
+from apps.gateway.dialects.anthropic.from_chat import (
+    chat_usage,
+    completion_of_message,
+    json_tool_name,
+    messages_request,
+    openai_error_body,
+)
+from apps.gateway.dialects.anthropic.native import message_priced
 from apps.gateway.dialects.base import Prepared, UpstreamRequest
 from apps.gateway.pipeline.stream import ChatStream
 from apps.gateway.snapshot import ModelInfo
@@ -38,14 +49,9 @@ def chat_payload(body: dict, upstream_id: str, *, stream: bool, drop: tuple[str,
     return orjson.dumps(out)
 
 
-def openai_compatible(chain: tuple[ModelInfo, ...], *, requested: str, door: str = "") -> tuple[ModelInfo, ...]:
-    """The models of ``chain`` a chat-completions request can be sent to (a native Anthropic
-    provider cannot take one), or a 404 naming the door that does reach them."""
-    reachable = tuple(m for m in chain if m.provider.kind != ANTHROPIC_KIND)
-    if not reachable:
-        raise ModelNotFound(f"The model '{requested}' is served by an Anthropic Messages API provider"
-                            f"{door}: call POST /v1/messages.", param="model")
-    return reachable
+def native(model: ModelInfo) -> bool:
+    """Whether ``model``'s provider speaks Anthropic's Messages API (reached by translation)."""
+    return model.provider.kind == ANTHROPIC_KIND
 
 
 def event_chunk(event: bytes) -> dict | None:
@@ -91,6 +97,9 @@ def replay_sse(response: dict, *, include_usage: bool) -> list[bytes]:
                                      "finish_reason": None}]}]
     events += [{**head, "choices": [{"index": 0, "delta": {"content": part}, "finish_reason": None}]}
                for part in replay_parts(content)]
+    events += [{**head, "choices": [{"index": 0, "delta": {"tool_calls": [{**call, "index": index}]},
+                                     "finish_reason": None}]}
+               for index, call in enumerate((choice.get("message") or {}).get("tool_calls") or [])]
     events.append({**head, "choices": [{"index": 0, "delta": {}, "finish_reason": choice.get("finish_reason")
                                         or "stop"}]})
     if include_usage and isinstance(response.get("usage"), dict):
@@ -98,9 +107,24 @@ def replay_sse(response: dict, *, include_usage: bool) -> list[bytes]:
     return [b"data: " + orjson.dumps(event) + b"\n\n" for event in events] + [b"data: [DONE]\n\n"]
 
 
+def chat_usage_of(call: Call) -> dict:
+    """What a finished call used, in chat's shape."""
+    return chat_usage(call.input_tokens, call.cached_tokens, call.cache_write_tokens, call.output_tokens)
+
+
+def native_request(prepared: Prepared, model: ModelInfo, *, stream: bool) -> UpstreamRequest:
+    """The request for a native Anthropic provider, translated once per model."""
+    payload = prepared.payloads.get(model.id)
+    if payload is None:
+        payload = prepared.payloads[model.id] = messages_request(prepared.body, model.upstream_id, stream=stream,
+                                                                 max_tokens=model.max_output_tokens)
+    return UpstreamRequest("/messages", payload)
+
+
 class OpenAIChat:
     """``POST /v1/chat/completions`` (and the doors built on it: WebSocket, EventSource,
-    ``/v1/complete``, batch lines)."""
+    ``/v1/complete``, batch lines, and ``/v1/responses`` through its chat form). Every provider
+    kind is reachable: a native Anthropic one by translation."""
 
     name = "openai"
     endpoint = "/v1/chat/completions"
@@ -111,22 +135,32 @@ class OpenAIChat:
 
     def reachable(self, chain: tuple[ModelInfo, ...], *, requested: str,
                   native_only: str | None) -> tuple[ModelInfo, ...]:
-        return openai_compatible(chain, requested=requested)
+        return chain
 
     def routed(self, call: Call, prepared: Prepared) -> None:
         return None
 
     def upstream_request(self, prepared: Prepared, model: ModelInfo, *, stream: bool) -> UpstreamRequest:
+        if native(model):
+            return native_request(prepared, model, stream=stream)
         payload = prepared.payloads.get(model.id)
         if payload is None:
             payload = prepared.payloads[model.id] = chat_payload(prepared.body, model.upstream_id, stream=stream)
         return UpstreamRequest("/chat/completions", payload)
 
     def refusal(self, exc: UpstreamClientError, model: ModelInfo) -> UpstreamClientError:
-        return exc
+        if not native(model):
+            return exc
+        return UpstreamClientError(exc.status, openai_error_body(exc.status, exc.body), "application/json",
+                                   model=exc.model, code=exc.code)
 
     def json_answer(self, call: Call, prepared: Prepared, model: ModelInfo, raw: bytes,
                     parsed: dict) -> tuple[bytes, dict | None]:
+        if native(model):
+            message_priced(call, prepared.body["messages"], parsed)
+            completion = completion_of_message(parsed, completion_id=f"chatcmpl-{call.request_id}",
+                                               json_tool=json_tool_name(prepared.body), usage=chat_usage_of(call))
+            return orjson.dumps(completion), completion
         usage = parsed.get("usage")
         if isinstance(usage, dict):
             call.set_usage(usage, fallback_prompt=0, fallback_completion=0)
@@ -135,12 +169,20 @@ class OpenAIChat:
         return raw, parsed
 
     def stream_open(self, runtime: Runtime, call: Call, prepared: Prepared, opened: ProviderStream,
-                    on_end: Callable[[ChatStream | None], None]) -> ChatStream:
-        return ChatStream(runtime, call, prepared.body, opened, on_end=on_end)
+                    on_end: Callable[[ChatStream | None], None], *, translator=None,
+                    error_event: Callable[[GatewayError], bytes] | None = None) -> ChatStream:
+        """The stream over ``opened``: chat chunks, or with ``translator`` the client's own events
+        made of them (a translating dialect's)."""
+        if native(opened.model):
+            return NativeChatStream(runtime, call, prepared.body, opened, usage_of=lambda: chat_usage_of(call),
+                                    translator=translator, error_event=error_event, on_end=on_end)
+        return ChatStream(runtime, call, prepared.body, opened, translator=translator, error_event=error_event,
+                          on_end=on_end)
 
     def stream_completion(self, stream: ChatStream) -> dict | None:
+        if isinstance(stream, NativeChatStream):
+            return stream.completion(chat_usage_of(stream.call))
         return completion_from_stream(stream)
-
     def error_render(self, error: GatewayError, request_id: str | None) -> tuple[int, bytes, list]:
         headers = self.request_id_headers(request_id)
         headers.extend((name.lower().encode(), value.encode()) for name, value in error.headers.items())

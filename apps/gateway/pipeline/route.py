@@ -28,8 +28,8 @@ def call_route(runtime: Runtime, call: Call, body: dict, tags_header: str | None
                dialect: Dialect | None = None, native_only: str | None = None) -> None:
     """Resolve ``body``'s model to ``call.chain`` (raises a :class:`GatewayError` when nothing fits).
 
-    ``dialect`` decides which providers the request can be sent to (an OpenAI chat request
-    never reaches a provider that speaks only Anthropic's Messages API); ``native_only`` names
+    ``dialect`` decides which providers the request can be sent to (an Anthropic request using
+    what only Anthropic's API takes goes only to native Anthropic providers); ``native_only`` names
     request features only a provider speaking the client's own protocol takes (for the error).
     """
     snapshot = runtime.snapshot

@@ -40,6 +40,25 @@ class StreamTranslator(Protocol):
     def content_started(self) -> bool: ...
 
 
+class TranslatorChain:
+    """Two translators in a row: a provider's events to chat chunks, then to the client's events.
+    It reads as the client's translator (its other attributes are the second's)."""
+
+    def __init__(self, first: StreamTranslator, second: StreamTranslator) -> None:
+        self.first = first
+        self.second = second
+
+    def __getattr__(self, name: str):
+        return getattr(self.second, name)
+
+    def translate(self, data: bytes) -> bytes:
+        out = self.first.translate(data)
+        return self.second.translate(out) if out else b""
+
+    def content_started(self) -> bool:
+        return self.second.content_started()
+
+
 class ChatStream:
     """A started stream: iterate it for the bytes to send; it logs itself when it ends."""
 

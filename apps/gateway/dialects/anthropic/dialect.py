@@ -20,7 +20,7 @@ from django.conf import settings
 from apps.core import tokens
 from apps.core.errors import AuthenticationFailed, BadRequest, GatewayError
 from apps.gateway.dialects.anthropic.errors import error_event, error_render, upstream_error_translate
-from apps.gateway.dialects.anthropic.native import NativeMessagesStream
+from apps.gateway.dialects.anthropic.native import NativeMessagesStream, message_priced
 from apps.gateway.dialects.anthropic.sse import AnthropicFromOpenAI
 from apps.gateway.dialects.anthropic.translate import (
     anthropic_usage,
@@ -112,12 +112,7 @@ class AnthropicMessages:
     def json_answer(self, call: Call, prepared: Prepared, model: ModelInfo, raw: bytes,
                     parsed: dict) -> tuple[bytes, dict | None]:
         if _native(model):
-            usage = parsed.get("usage")
-            if isinstance(usage, dict) and isinstance(usage.get("input_tokens"), int):
-                call.set_usage_anthropic(usage, fallback_prompt=0, fallback_completion=0)
-            else:
-                text = "".join(b.get("text") or "" for b in parsed.get("content") or [] if isinstance(b, dict))
-                call.usage_estimate(prepared.body["messages"], text)
+            message_priced(call, prepared.body["messages"], parsed)
             cacheable = parsed.get("type") == "message" and replayable(parsed)
             completion = completion_from_message(parsed, completion_id=f"chatcmpl-{call.request_id}")
             return raw, completion if cacheable else None

@@ -20,7 +20,7 @@ _STOP = b"event: message_stop"
 _ERROR = b"event: error"
 
 
-def _data(event: bytes) -> dict | None:
+def event_data(event: bytes) -> dict | None:
     start = event.find(b"\ndata:")
     if start < 0:
         return None
@@ -29,6 +29,16 @@ def _data(event: bytes) -> dict | None:
     except orjson.JSONDecodeError:
         return None
     return parsed if isinstance(parsed, dict) else None
+
+
+def message_priced(call, messages: list, message: dict) -> None:
+    """Price ``call`` from a native Anthropic message's usage (counted here when it has none)."""
+    usage = message.get("usage")
+    if isinstance(usage, dict) and isinstance(usage.get("input_tokens"), int):
+        call.set_usage_anthropic(usage, fallback_prompt=0, fallback_completion=0)
+    else:
+        text = "".join(b.get("text") or "" for b in message.get("content") or [] if isinstance(b, dict))
+        call.usage_estimate(messages, text)
 
 
 class NativeMessagesStream(ChatStream):
@@ -50,12 +60,12 @@ class NativeMessagesStream(ChatStream):
     def _read_events(self, out: bytes) -> None:
         for event in out.split(b"\n\n"):
             if event.startswith(_START):
-                data = _data(event)
+                data = event_data(event)
                 message = data.get("message") if data else None
                 if isinstance(message, dict) and isinstance(message.get("usage"), dict):
                     self.usage = dict(message["usage"])
             elif event.startswith(_DELTA):
-                data = _data(event) or {}
+                data = event_data(event) or {}
                 usage = data.get("usage")
                 if isinstance(usage, dict):
                     merged = dict(self.usage or {})
@@ -82,13 +92,13 @@ class NativeMessagesStream(ChatStream):
         parts: list[str] = []
         for event in b"".join(self.kept).split(b"\n\n"):
             if event.startswith(b"event: content_block_delta"):
-                delta = (_data(event) or {}).get("delta") or {}
+                delta = (event_data(event) or {}).get("delta") or {}
                 if delta.get("type") == "text_delta" and isinstance(delta.get("text"), str):
                     parts.append(delta["text"])
                 elif delta.get("type") != "input_json_delta":
                     self.replayable = False
             elif event.startswith(b"event: content_block_start"):
-                block = (_data(event) or {}).get("content_block") or {}
+                block = (event_data(event) or {}).get("content_block") or {}
                 if block.get("type") != "text":
                     self.replayable = False
         return "".join(parts)

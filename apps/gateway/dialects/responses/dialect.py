@@ -1,6 +1,8 @@
 """The Responses API as a dialect: the same routing, limits, cache, fallbacks, cost and usage
-row as ``/v1/chat/completions``; only the bodies differ. Every provider is sent the chat form
-(providers serving Responses natively are not passed the client's body yet).
+row as ``/v1/chat/completions``; only the bodies differ. Every provider is sent the chat form as
+the chat dialect sends it (a native Anthropic provider by translation, its answers read back as
+chat) and the chat answer is written as a response (providers serving Responses natively are
+not passed the client's body yet).
 
 A request continuing a stored conversation (``previous_response_id``) is prepared by a dialect
 made for it (:meth:`Responses.continuing`), holding the conversation's items: the door reads
@@ -16,13 +18,7 @@ import orjson
 
 from apps.core.errors import GatewayError
 from apps.gateway.dialects.base import Prepared, UpstreamRequest
-from apps.gateway.dialects.openai import (
-    OPENAI_CHAT,
-    chat_payload,
-    completion_from_stream,
-    openai_compatible,
-    replay_parts,
-)
+from apps.gateway.dialects.openai import OPENAI_CHAT, chat_payload, native, native_request, replay_parts
 from apps.gateway.dialects.responses.sse import ResponsesFromOpenAI
 from apps.gateway.dialects.responses.translate import (
     response_from_completion,
@@ -73,12 +69,14 @@ class Responses:
 
     def reachable(self, chain: tuple[ModelInfo, ...], *, requested: str,
                   native_only: str | None) -> tuple[ModelInfo, ...]:
-        return openai_compatible(chain, requested=requested, door=", which /v1/responses does not reach yet")
+        return chain
 
     def routed(self, call: Call, prepared: Prepared) -> None:
         return None
 
     def upstream_request(self, prepared: Prepared, model: ModelInfo, *, stream: bool) -> UpstreamRequest:
+        if native(model):
+            return native_request(prepared, model, stream=stream)
         payload = prepared.payloads.get(model.id)
         if payload is None:
             payload = prepared.payloads[model.id] = chat_payload(prepared.body, model.upstream_id, stream=stream,
@@ -86,30 +84,30 @@ class Responses:
         return UpstreamRequest("/chat/completions", payload)
 
     def refusal(self, exc: UpstreamClientError, model: ModelInfo) -> UpstreamClientError:
-        return exc  # already in OpenAI's error shape
+        return OPENAI_CHAT.refusal(exc, model)
 
     def json_answer(self, call: Call, prepared: Prepared, model: ModelInfo, raw: bytes,
                     parsed: dict) -> tuple[bytes, dict | None]:
-        OPENAI_CHAT.json_answer(call, prepared, model, raw, parsed)  # prices it
+        _chat, completion = OPENAI_CHAT.json_answer(call, prepared, model, raw, parsed)  # prices it
         usage = usage_of(call)
-        reported = usage_from_chat(parsed.get("usage"))
+        reported = usage_from_chat(completion.get("usage"))
         usage["output_tokens_details"] = reported["output_tokens_details"]
-        response = response_from_completion(parsed, self.shell(call, prepared.original, model.name), usage=usage)
-        return orjson.dumps(response), parsed
+        response = response_from_completion(completion, self.shell(call, prepared.original, model.name), usage=usage)
+        return orjson.dumps(response), completion
 
     def stream_open(self, runtime: Runtime, call: Call, prepared: Prepared, opened: ProviderStream,
                     on_end: Callable[[ChatStream | None], None]) -> ChatStream:
         translator = ResponsesFromOpenAI(frame=self.shell(call, prepared.original, opened.model.name),
                                          usage_of=lambda: usage_of(call))
-        return ChatStream(runtime, call, prepared.body, opened, translator=translator, error_event=translator.error,
-                          on_end=on_end)
+        return OPENAI_CHAT.stream_open(runtime, call, prepared, opened, on_end, translator=translator,
+                                       error_event=translator.error)
 
     def stream_completion(self, stream: ChatStream) -> dict | None:
         """None when the stream called tools (what a text replay cannot rebuild)."""
         translator = stream.translator
         if translator is not None and translator.tools:
             return None
-        return completion_from_stream(stream)
+        return OPENAI_CHAT.stream_completion(stream)
 
     def error_render(self, error: GatewayError, request_id: str | None) -> tuple[int, bytes, list]:
         return OPENAI_CHAT.error_render(error, request_id)

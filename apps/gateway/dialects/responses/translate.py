@@ -51,13 +51,36 @@ def _not_supported(param: str, what: str) -> BadRequest:
     return BadRequest(f"{what} is not supported by this gateway yet.", param=param, code="unsupported_parameter")
 
 
-def _text_parts(content, where: str, role: str) -> str:
-    """The text of a message item's content: a string or a list of text parts."""
+def _image_part(part: dict, where: str) -> dict:
+    """An ``input_image`` part as a chat ``image_url`` part (an http(s) or ``data:`` URL)."""
+    url = part.get("image_url")
+    if url is None:
+        if part.get("file_id") is not None:
+            raise _not_supported(f"{where}.file_id", "An image given by file_id")
+        raise missing(f"{where}.image_url")
+    if not isinstance(url, str):
+        raise invalid_type(f"{where}.image_url", "a string (an http(s) or data: URL)", url)
+    if not url.startswith(("https://", "http://", "data:")):
+        raise BadRequest(f"Invalid '{where}.image_url': expected an http(s) URL or a base64 data: URL.",
+                         param=f"{where}.image_url", code="invalid_value")
+    image: dict = {"url": url}
+    detail = part.get("detail")
+    if detail is not None:
+        if not isinstance(detail, str) or detail not in ("auto", "low", "high"):
+            raise BadRequest(f"Invalid value for '{where}.detail': expected 'auto', 'low' or 'high'.",
+                             param=f"{where}.detail", code="invalid_value")
+        image["detail"] = detail
+    return {"type": "image_url", "image_url": image}
+
+
+def _text_parts(content, where: str, role: str, *, images: bool = False) -> str | list[dict]:
+    """The text of a message item's content (a string or a list of text parts); with ``images``
+    (a user message's), content holding ``input_image`` parts is a list of chat parts."""
     if isinstance(content, str):
         return content
     if not isinstance(content, list):
         raise invalid_type(f"{where}.content", "a string or an array of content parts", content)
-    texts = []
+    parts: list[dict] = []
     for index, part in enumerate(content):
         here = f"{where}.content[{index}]"
         if not isinstance(part, dict):
@@ -66,15 +89,19 @@ def _text_parts(content, where: str, role: str) -> str:
         if kind in ("input_text", "output_text"):
             if not isinstance(part.get("text"), str):
                 raise invalid_type(f"{here}.text", "a string", part.get("text"))
-            texts.append(part["text"])
+            parts.append({"type": "text", "text": part["text"]})
         elif kind == "refusal" and role == "assistant" and isinstance(part.get("refusal"), str):
-            texts.append(part["refusal"])
+            parts.append({"type": "text", "text": part["refusal"]})
+        elif kind == "input_image" and images:
+            parts.append(_image_part(part, here))
         elif kind in ("input_image", "input_file", "input_audio"):
             raise _not_supported(here, f"An '{kind}' content part")
         else:
             raise BadRequest(f"Invalid value for '{here}.type': expected 'input_text' or 'output_text'.",
                              param=f"{here}.type", code="invalid_value")
-    return "".join(texts)
+    if any(part["type"] != "text" for part in parts):
+        return parts
+    return "".join(part["text"] for part in parts)
 
 
 def _string(item: dict, name: str, where: str) -> str:
@@ -117,7 +144,7 @@ def items_to_messages(items: list, *, param: str = "input") -> list[dict]:
                                  "system, user.", param=f"{where}.role", code="invalid_value")
             if "content" not in item:
                 raise missing(f"{where}.content")
-            text = _text_parts(item["content"], where, role)
+            text = _text_parts(item["content"], where, role, images=role == "user")
             messages.append({"role": "system" if role == "developer" else role, "content": text})
         elif kind == "function_call":
             call = {"id": _string(item, "call_id", where), "type": "function",
