@@ -1,7 +1,7 @@
 """Cross-process invalidation of the gateway's in-process config.
 
-When an admin (or any code) saves or deletes a key, tenant, provider, model, price, rule or
-classifier phrase, a message goes out; every gateway process listening reloads its snapshot
+When an admin (or any code) saves or deletes a key, tenant, provider, model, price, rule,
+classifier phrase or tag/end-user limit, a message goes out; every gateway process listening reloads its snapshot
 and forgets its cached keys. Redis pub/sub carries it when ``REDIS_URL`` is set, Postgres
 ``NOTIFY`` otherwise. A Postgres notification is sent inside the writing transaction, so it is
 delivered only if that transaction commits; the Redis message is sent on commit.
@@ -22,6 +22,7 @@ from django.db.models.signals import m2m_changed, post_delete, post_save
 
 from apps.catalog.models import Model, ModelPrice, Provider
 from apps.gateway.database import conninfo
+from apps.limits.models import AttributionLimit
 from apps.routing.models import ComplexityIndicator, RoutingFallback, RoutingRule
 from apps.tenants.models import ApiKey, Tenant
 
@@ -49,7 +50,8 @@ def _redis_publish() -> None:
 
 def signals_connect() -> None:
     """Publish on every write to a table the gateway caches."""
-    for model in (ApiKey, Tenant, Provider, Model, ModelPrice, RoutingRule, RoutingFallback, ComplexityIndicator):
+    for model in (ApiKey, Tenant, Provider, Model, ModelPrice, RoutingRule, RoutingFallback, ComplexityIndicator,
+                  AttributionLimit):
         post_save.connect(config_changed_publish, sender=model, dispatch_uid=f"bus-save-{model.__name__}")
         post_delete.connect(config_changed_publish, sender=model, dispatch_uid=f"bus-delete-{model.__name__}")
     m2m_changed.connect(config_changed_publish, sender=ApiKey.allowed_models.through, dispatch_uid="bus-key-models")

@@ -17,7 +17,8 @@ from functools import cached_property
 from django.db.models import Prefetch
 
 from apps.catalog.models import Model, ModelPrice
-from apps.limits.spec import scope_limits
+from apps.limits.models import AttributionLimit
+from apps.limits.spec import attribution_scope_limits, scope_limits
 from apps.routing.models import ComplexityIndicator, RoutingFallback, RoutingRule
 from apps.tenants.models import ApiKey
 
@@ -106,6 +107,8 @@ class KeyInfo:
     cache_namespace_by_user: bool = False
     cache_embedding_model: str | None = None
     limits: tuple = ()  # ScopeLimits of the key and of its tenant that set any (apps.limits.spec)
+    # The tenant's limits per tag and end user: {("tag" | "user", value): ScopeLimits}
+    attribution_limits: dict = field(default_factory=dict)
 
     def is_usable(self, now: float) -> bool:
         return self.usable and (self.expires_at is None or self.expires_at > now)
@@ -233,6 +236,8 @@ def key_info_load(prefix: str) -> KeyInfo | None:
                        frozenset(key.tenant.allowed_models.values_list("name", flat=True)))
     limits = tuple(lim for lim in (scope_limits(key, tenant_id=key.tenant_id, api_key_id=key.pk),
                                    scope_limits(key.tenant, tenant_id=key.tenant_id, api_key_id=None)) if lim)
+    attribution = {(row.kind, row.value): lim for row in AttributionLimit.objects.filter(tenant_id=key.tenant_id)
+                   if (lim := attribution_scope_limits(row)) is not None}
     return KeyInfo(
         id=key.pk, prefix=key.prefix, key_hash=key.key_hash, tenant_id=key.tenant_id, tenant_slug=key.tenant.slug,
         allowed_models=allowed,
@@ -244,5 +249,5 @@ def key_info_load(prefix: str) -> KeyInfo | None:
         cache_max_temperature=key.tenant.cache_max_temperature,
         cache_tool_calls=key.tenant.cache_tool_calls, cache_namespace_by_user=key.tenant.cache_namespace_by_user,
         cache_embedding_model=key.tenant.cache_embedding_model.name if key.tenant.cache_embedding_model_id else None,
-        limits=limits,
+        limits=limits, attribution_limits=attribution,
     )

@@ -1,11 +1,12 @@
-"""Budget alerts in the admin: read-only, filterable by tenant."""
+"""Budget alerts in the admin (read-only, filterable by tenant), and the limits of a tenant's
+tags and end users."""
 
 from __future__ import annotations
 
 from django.contrib import admin
 
 from apps.core.confirm import TenantCountedDelete
-from apps.limits.models import BudgetAlert
+from apps.limits.models import AttributionLimit, BudgetAlert
 
 
 @admin.register(BudgetAlert)
@@ -21,3 +22,21 @@ class BudgetAlertAdmin(TenantCountedDelete, admin.ModelAdmin):
 
     def has_change_permission(self, request, obj=None) -> bool:
         return False
+
+
+@admin.register(AttributionLimit)
+class AttributionLimitAdmin(TenantCountedDelete, admin.ModelAdmin):
+    list_display = ("tenant", "kind", "value", "rpm_limit", "tpm_limit", "concurrency_limit", "budget_usd",
+                    "budget_period", "created_at")
+    list_filter = ("kind", "tenant")
+    list_select_related = ("tenant",)
+    search_fields = ("value", "tenant__name", "tenant__slug")
+    autocomplete_fields = ("tenant",)
+    fieldsets = (
+        (None, {"fields": ("tenant", "kind", "value"),
+                "description": "Requests carrying this tag (metadata.tags or x-switchyard-tags), or sent for this "
+                               "end user (the body's user field), must pass these limits as well as their key's "
+                               "and tenant's."}),
+        ("Limits and budget", {"fields": ("rpm_limit", "tpm_limit", "concurrency_limit", "budget_usd",
+                                          "budget_period", "budget_timezone")}),
+    )

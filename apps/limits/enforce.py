@@ -143,6 +143,8 @@ def limit_headers(checks: list[Check], usages: list[Usage], *, now: float, windo
 
 
 def _who(limits: ScopeLimits) -> str:
+    if limits.label:
+        return limits.label
     return "this API key" if limits.api_key_id is not None else "this tenant"
 
 

@@ -59,6 +59,40 @@ class LimitSettings(models.Model):
                                                    self.budget_usd))
 
 
+class AttributionLimit(LimitSettings):
+    """Limits and a budget for one tag or one end user of a tenant: every request carrying the
+    tag (``metadata.tags`` or ``x-switchyard-tags``), or sent for the end user (the body's
+    ``user``), must pass them too, counted by the same atomic counters as the tenant's and the
+    key's. No alerts: ``budget_alert_percent`` is not used here."""
+
+    class Kind(models.TextChoices):
+        TAG = "tag", "Tag"
+        USER = "user", "End user"
+
+    tenant = models.ForeignKey("tenants.Tenant", on_delete=models.CASCADE, related_name="attribution_limits")
+    kind = models.CharField(max_length=8, choices=Kind.choices, default=Kind.TAG)
+    value = models.CharField(max_length=256, help_text="The tag (at most 100 characters) or the end user's id, "
+                             "exactly as clients send it.")
+    created_at = models.DateTimeField(default=timezone.now, editable=False)
+
+    class Meta:
+        verbose_name = "tag or end-user limit"
+        ordering = ["tenant", "kind", "value"]
+        constraints = [models.UniqueConstraint(fields=["tenant", "kind", "value"], name="attribution_limit_unique")]
+
+    def __str__(self) -> str:
+        return f"{self.get_kind_display()} {self.value!r} of tenant {self.tenant_id}"
+
+    def clean(self) -> None:
+        self.value = (self.value or "").strip()
+        if not self.value:
+            raise ValidationError({"value": "Name the tag or the end user."})
+        if self.kind == self.Kind.TAG and (len(self.value) > 100 or "," in self.value):
+            raise ValidationError({"value": "A tag is at most 100 characters, without commas."})
+        if not self.has_limits():
+            raise ValidationError("Set at least one limit or a budget.")
+
+
 class Counter(models.Model):
     """One counter of the Postgres path: a minute window, a budget period or a concurrency lock."""
 

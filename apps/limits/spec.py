@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import math
 from dataclasses import dataclass
 from decimal import ROUND_CEILING, Decimal
@@ -31,6 +32,7 @@ class ScopeLimits:
     period: str
     tz: ZoneInfo
     alert_at: int | None  # nano-dollars
+    label: str = ""  # who a refusal names, when not the key or the tenant ("tag 'eval'")
 
     @property
     def needs_estimate(self) -> bool:
@@ -51,3 +53,19 @@ def scope_limits(obj, *, tenant_id: int, api_key_id: int | None) -> ScopeLimits 
         concurrency=obj.concurrency_limit, budget=budget, period=obj.budget_period,
         tz=ZoneInfo(obj.budget_timezone or "UTC"), alert_at=alert_at,
     )
+
+
+def attribution_scope_limits(limit) -> ScopeLimits | None:
+    """The limits of an AttributionLimit row (a tenant's tag or end user), or None when it sets
+    none. Its counters are the tenant's own for that tag or user: scope ``a:<tenant>:<t|u>:<digest>``
+    (at most 32 characters, as the counters' scope columns hold)."""
+    if not limit.has_limits():
+        return None
+    digest = hashlib.sha256(limit.value.encode()).hexdigest()[:16]
+    name = "tag" if limit.kind == "tag" else "end user"
+    return ScopeLimits(
+        scope=f"a:{limit.tenant_id}:{limit.kind[0]}:{digest}", tenant_id=limit.tenant_id, api_key_id=None,
+        rpm=limit.rpm_limit, tpm=limit.tpm_limit, concurrency=limit.concurrency_limit,
+        budget=nanos(Decimal(limit.budget_usd)) if limit.budget_usd is not None else None,
+        period=limit.budget_period, tz=ZoneInfo(limit.budget_timezone or "UTC"), alert_at=None,
+        label=f"{name} {limit.value!r}")

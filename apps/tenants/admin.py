@@ -139,6 +139,8 @@ class TenantAdmin(admin.ModelAdmin):
             (reverse("admin:cache_cacheentry_changelist") + f"?tenant__id__exact={tenant.pk}", "Cache entries"),
             (reverse("admin:usage_requestlog_changelist") + f"?tenant__id__exact={tenant.pk}", "Request log"),
             (reverse("admin:usage_feedback_changelist") + f"?tenant__id__exact={tenant.pk}", "Feedback"),
+            (reverse("admin:limits_attributionlimit_changelist") + f"?tenant__id__exact={tenant.pk}",
+             "Tag and end-user limits"),
             (reverse("dashboard") + f"?tenant={tenant.pk}", "Spend and savings (dashboard)"),
         )
         return format_html_join(" · ", '<a href="{}">{}</a>', links)

@@ -34,8 +34,16 @@ def _output_cap(body: dict, chain) -> int:
 
 
 async def limits_reserve(runtime, call, body: dict, *, mode: str = "chat") -> None:
-    """Reserve this request in its key's and tenant's counters, or raise a 429."""
+    """Reserve this request in its key's and tenant's counters, and those of its tags and end user
+    that the tenant limits, or raise a 429."""
     limits = call.key.limits
+    by_attribution = call.key.attribution_limits
+    if by_attribution:
+        attribution = call.attribution
+        wanted = [("tag", tag) for tag in attribution.tags]
+        if attribution.end_user:
+            wanted.append(("user", attribution.end_user))
+        limits += tuple(by_attribution[name] for name in wanted if name in by_attribution)
     if not limits:
         return
     estimate = cost = 0
