@@ -19,16 +19,22 @@ from functools import cached_property
 
 from django.contrib import admin
 from django.contrib.admin.views.main import ChangeList
+from django.core.exceptions import PermissionDenied
 from django.core.paginator import Paginator
 from django.db.models import Max, Min
+from django.http import Http404
+from django.template.response import TemplateResponse
+from django.urls import path, reverse
 from django.utils import timezone
 from django.utils.formats import date_format
+from django.utils.html import format_html
 from django.utils.text import capfirst
 
 from apps.catalog.models import Model
 from apps.tenants.models import ApiKey
 from apps.tenants.services import KEY_PREFIX
 from apps.usage.models import Feedback, RequestLog
+from apps.usage.sessions import session_timeline, sessions_recent
 
 
 class CappedCountPaginator(Paginator):
@@ -233,7 +239,43 @@ class RequestLogAdmin(admin.ModelAdmin):
         return queryset.filter(request_id=term), False
 
     def get_readonly_fields(self, request, obj=None):
-        return [field.name for field in self.model._meta.fields]
+        return [*(field.name for field in self.model._meta.fields), "session_timeline"]
+
+    @admin.display(description="session timeline")
+    def session_timeline(self, log: RequestLog) -> str:
+        if not log.session_id:
+            return "-"
+        return format_html('<a href="{}">Every request of session {}</a>', reverse(
+            "admin:usage_requestlog_session", args=[log.tenant_id, log.session_id]), log.session_id)
+
+    def get_urls(self):
+        own = [
+            path("sessions/", self.admin_site.admin_view(self.sessions_view), name="usage_requestlog_sessions"),
+            path("sessions/<int:tenant_id>/<path:session_id>/", self.admin_site.admin_view(self.session_view),
+                 name="usage_requestlog_session"),
+        ]
+        return own + super().get_urls()
+
+    def sessions_view(self, request):
+        """The latest sessions of the last 7 days, of every tenant or of one (``?tenant=``)."""
+        if not self.has_view_permission(request):
+            raise PermissionDenied
+        tenant_id = request.GET.get("tenant")
+        tenant_id = int(tenant_id) if tenant_id and tenant_id.isdigit() else None
+        return TemplateResponse(request, "admin/usage/requestlog/sessions.html", {
+            **self.admin_site.each_context(request), "title": "Sessions of the last 7 days", "opts": self.opts,
+            "sessions": sessions_recent(tenant_id=tenant_id), "tenant_id": tenant_id})
+
+    def session_view(self, request, tenant_id: int, session_id: str):
+        """One session as a timeline of its requests."""
+        if not self.has_view_permission(request):
+            raise PermissionDenied
+        spans, totals = session_timeline(tenant_id=tenant_id, session_id=session_id)
+        if not spans:
+            raise Http404("No request of this tenant has this session id.")
+        return TemplateResponse(request, "admin/usage/requestlog/session.html", {
+            **self.admin_site.each_context(request), "title": f"Session {session_id}", "opts": self.opts,
+            "spans": spans, "totals": totals, "tenant": spans[0].log.tenant, "session_id": session_id})
 
     @admin.display(description="time", ordering="created_at")
     def when(self, log: RequestLog) -> str:

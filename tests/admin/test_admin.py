@@ -21,7 +21,7 @@ from django.utils import timezone
 from apps.batches.models import BatchJob, File
 from apps.cache.models import CacheEntry
 from apps.catalog.models import Model, ModelPrice, Provider
-from apps.limits.models import BudgetAlert
+from apps.limits.models import AttributionLimit, BudgetAlert
 from apps.reporting.models import TenantMember
 from apps.routing.models import ComplexityIndicator, ModelPrior, RouteOutcome, RoutingFallback, RoutingRule
 from apps.tenants.models import ApiKey, Tenant
@@ -54,6 +54,7 @@ def populated(tenant_a, key_a, provider, cheap_model, premium_model, admin_user,
                             model_used="sim-mini")
     BudgetAlert.objects.create(tenant=tenant_a, scope=f"t:{tenant_a.pk}", period_start=timezone.now(),
                                threshold_percent=80, spent_usd=Decimal("8"), budget_usd=Decimal("10"))
+    AttributionLimit.objects.create(tenant=tenant_a, kind="tag", value="eval", budget_usd=Decimal("5"))
     upload = File.objects.create(tenant=tenant_a, purpose="batch", filename="in.jsonl", bytes=10,
                                  storage_name="x/in.jsonl")
     BatchJob.objects.create(tenant=tenant_a, endpoint="/v1/chat/completions", input_file=upload, total=10,
