@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Callable, Iterable
 
 from apps.limits.resp import RedisLink, RedisReplyError, RedisUnavailable, Script
@@ -135,7 +136,8 @@ class PoolSync:
         deployments = list({d.deployment_id: d for d in self.deployments()}.values())
         if not deployments:
             return
-        args: list = [self.process, now_ms, int(self.interval * 4000) + 1000, minute, pools.alpha, len(deployments)]
+        args: list = [self.process, now_ms, int(self.interval * 4000) + 1000, minute, repr(pools.alpha),
+                      len(deployments)]
         taken = []
         for deployment in deployments:
             state = pools.state(deployment)
@@ -191,13 +193,12 @@ def _known(value: int | None) -> int:
     return -1 if value is None else value
 
 
-def pool_state_read(redis_url: str, deployment_ids: Iterable[int]) -> dict[int, dict]:
-    """Every process's view of ``deployment_ids`` as Redis holds it (for the admin; sync)."""
-    import time
+def pool_state_read(redis_url: str, deployment_ids: Iterable[int], *, live_seconds: float) -> dict[int, dict]:
+    """``deployment_ids`` as every process shares them in Redis (for the admin; sync); a
+    process that has not reported for ``live_seconds`` no longer counts."""
+    import redis  # the admin's occasional read: the general client is enough (imported only there)
 
-    import redis  # the admin's occasional read: the general client is enough
-
-    client = redis.Redis.from_url(redis_url)
+    client = redis.Redis.from_url(redis_url, socket_timeout=2)
     try:
         now = time.time()
         result = {}
@@ -208,7 +209,7 @@ def pool_state_read(redis_url: str, deployment_ids: Iterable[int]) -> dict[int, 
             total = 0
             for value in flights.values():
                 count, _, at = value.decode().partition(":")
-                if int(at or 0) / 1000 >= now - 60:
+                if int(at or 0) / 1000 >= now - live_seconds:
                     total += int(count)
             result[dep] = {
                 "in_flight": total,
@@ -217,5 +218,7 @@ def pool_state_read(redis_url: str, deployment_ids: Iterable[int]) -> dict[int, 
                 "sent_this_minute": int(client.get(f"{key}:m:{int(now // 60)}") or 0),
             }
         return result
+    except redis.RedisError as exc:
+        raise ConnectionError(str(exc)) from exc
     finally:
         client.close()
