@@ -117,9 +117,10 @@ class OpenAIChat:
         return None
 
     def upstream_request(self, prepared: Prepared, model: ModelInfo, *, stream: bool) -> UpstreamRequest:
-        payload = prepared.payloads.get(model.id)
+        key = (model.id, model.deployment_id)  # a pooled model's deployments each name it their way
+        payload = prepared.payloads.get(key)
         if payload is None:
-            payload = prepared.payloads[model.id] = chat_payload(prepared.body, model.upstream_id, stream=stream)
+            payload = prepared.payloads[key] = chat_payload(prepared.body, model.upstream_id, stream=stream)
         return UpstreamRequest("/chat/completions", payload)
 
     def refusal(self, exc: UpstreamClientError, model: ModelInfo) -> UpstreamClientError:
