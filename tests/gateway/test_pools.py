@@ -105,6 +105,30 @@ def test_it_spreads_requests_by_weight_and_the_usage_row_names_the_deployment(po
     assert headers["x-switchyard-deployment"] == f"{east.pk} sim-east/east"
 
 
+def test_streams_are_counted_in_flight_until_they_end(pool):
+    import openai
+
+    client = openai.OpenAI(base_url=pool.gateway.v1, api_key=pool.key_a, max_retries=0,
+                           default_headers={"Cache-Control": "no-store"})
+    for i in range(12):
+        stream = client.chat.completions.create(model="pool-chat", stream=True,
+                                                messages=[{"role": "user", "content": f"stream {i}"}])
+        assert "".join(chunk.choices[0].delta.content or "" for chunk in stream if chunk.choices)
+    rows = request_logs(12, tenant=pool.tenant_a)
+    assert {row.deployment_id for row in rows} <= {d.pk for d in pool.deployments.values()}
+    assert sum(reached(pool).values()) == 12
+    if REDIS_URL:
+        from apps.providers.pool_sync import pool_state_read
+
+        used = {row.deployment_id for row in rows}
+
+        def settled() -> bool:
+            live = pool_state_read(REDIS_URL, used, live_seconds=5)
+            # Nothing left in flight once every stream has ended (a stream's end must be counted).
+            return all(state["in_flight"] == 0 and state["latency_ms"] for state in live.values())
+        assert wait_until(settled)
+
+
 def test_a_model_without_deployments_is_served_by_its_own_provider(pool):
     answer = ask(pool, "plain", model="sim-mini")
     assert answer.status_code == 200 and "x-switchyard-deployment" not in answer.headers

@@ -83,7 +83,7 @@ class Responses:
         payload = prepared.payloads.get(key)
         if payload is None:
             payload = prepared.payloads[key] = chat_payload(prepared.body, model.upstream_id, stream=stream,
-                                                                 drop=("metadata",))
+                                                            drop=("metadata",))
         return UpstreamRequest("/chat/completions", payload)
 
     def refusal(self, exc: UpstreamClientError, model: ModelInfo) -> UpstreamClientError:
