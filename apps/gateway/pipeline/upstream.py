@@ -38,11 +38,16 @@ async def upstream_call(runtime: Runtime, call: Call, attempt: Attempt) -> tuple
     except GatewayError as exc:
         call_fail(runtime, call, exc)
         raise
+    chain = call.chain
+    if any(m.deployments for m in chain):
+        try:
+            chain = pool_chain(runtime, chain)
+        except GatewayError as exc:
+            call.model = call.chain[0]
+            call_fail(runtime, call, exc)
+            raise
     call.upstream_started = time.perf_counter()
     try:
-        chain = call.chain
-        if any(m.deployments for m in chain):
-            chain = pool_chain(runtime, chain)
         model, result, call.failures = await with_fallbacks(
             chain, attempt, retries=settings.GATEWAY_RETRIES, backoff=settings.GATEWAY_RETRY_BACKOFF,
             breakers=runtime.breakers, pools=runtime.pools, failures=call.failures)
