@@ -8,8 +8,9 @@ its deployments in the order its strategy gives; a model without any stays itsel
     lowest_latency  lowest moving average of the time to the first byte (a stream) or to the
                     whole answer (JSON)
     most_headroom   the largest share of its rate limits left: the provider's own
-                    ``x-ratelimit-remaining-requests/-tokens`` headers, and the deployment's RPM
-                    against the requests sent to it this minute
+                    ``x-ratelimit-remaining-requests/-tokens`` headers (refilling at the limit's
+                    pace since seen), and the deployment's RPM against the requests sent to it
+                    this minute
 
 Ties, under every strategy, are broken at random by weight. Whatever the strategy:
 
@@ -122,21 +123,27 @@ class Pools:
     def headroom(self, deployment, state: DeploymentState, now: float) -> float:
         """The share (0 to 1) of the deployment's tightest rate limit left: requests by its RPM
         and by the provider's remaining-requests header, tokens by the remaining-tokens header
-        (against its TPM, else the highest value the header has shown). 1 when nothing is known."""
+        (against its TPM, else the highest value the header has shown). 1 when nothing is known.
+
+        A header's figure is taken to refill at the limit's pace since it was seen (a full
+        limit a minute), so that a deployment left alone after a busy minute is not judged by
+        its last, stale figure for long."""
         shares = []
         minute = int(now // 60)
         if deployment.rpm:
             used = state.sent if state.minute == minute else 0
             shares.append((deployment.rpm - used) / deployment.rpm)
-        if now - state.headers_at < HEADERS_FRESH:
+        age = now - state.headers_at
+        if age < HEADERS_FRESH:
             if state.remaining_requests is not None:
                 limit = deployment.rpm or state.requests_peak
                 if limit:
-                    shares.append((state.remaining_requests - state.sent_since_headers) / limit)
+                    left = state.remaining_requests - state.sent_since_headers + limit * age / 60
+                    shares.append(min(left, limit) / limit)
             if state.remaining_tokens is not None:
                 limit = deployment.tpm or state.tokens_peak
                 if limit:
-                    shares.append(state.remaining_tokens / limit)
+                    shares.append(min(state.remaining_tokens + limit * age / 60, limit) / limit)
         return min(shares) if shares else 1.0
 
     def retry_in(self, chain: Iterable) -> float:

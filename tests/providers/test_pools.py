@@ -107,6 +107,21 @@ def test_it_sends_where_the_most_rate_limit_is_left():
     assert labels(pools.order(model)) == ["p0", "p1", "p2"]
 
 
+def test_a_rate_limit_header_refills_at_the_limits_pace():
+    clock = Clock()
+    clock.now = 1_800_000_000.0 - 1_800_000_000.0 % 60  # the start of a minute
+    model = pooled(MOST_HEADROOM, rpm=(100, 100, 100))
+    pools = Pools(clock=clock)
+    d0, d1, d2 = model.deployments
+    pools.headers_seen(d0, {"x-ratelimit-remaining-requests": "10"})
+    pools.headers_seen(d1, {"x-ratelimit-remaining-requests": "50"})
+    pools.headers_seen(d2, {"x-ratelimit-remaining-requests": "60"})
+    assert labels(pools.order(model)) == ["p2", "p1", "p0"]
+    clock.now += 30  # d0: 10 + 50 = 60 of 100 (the others capped at the limit)
+    assert pools.headroom(d0, pools.state(d0), clock.now) == pytest.approx(0.6)
+    assert pools.headroom(d1, pools.state(d1), clock.now) == pytest.approx(1.0)
+
+
 def test_a_deployment_at_its_rpm_goes_last_until_the_next_minute():
     clock = Clock()
     model = pooled(WEIGHTED, weights=(100, 1, 1), rpm=(2, None, None))
