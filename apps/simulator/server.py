@@ -41,7 +41,8 @@ Faults (``apps.simulator.control``; control API; the gateway cannot set headers 
                           (the oldest matching fault first)
     DELETE /_sim/faults  clear them
     GET    /_sim/stats   {"requests", "by_model", "in_flight", "max_in_flight", "faults",
-                          "per_minute" (requests taken by model and minute, with --rpm), "rate_limited"}
+                          and with --rpm "per_minute" (requests taken by model and minute),
+                          "rate_limited"}
     POST   /_sim/reset   zero the stats and clear the faults
     Header ``x-sim-fault: <mode>[:<status>]`` injects a fault into one direct request.
 
@@ -198,9 +199,11 @@ class Simulator:
     async def stats(self, request: web.Request) -> web.Response:
         """``GET /_sim/stats``: requests served (in total and by model) and concurrency."""
         s = self.state
-        return web.json_response({"requests": s.requests, "by_model": s.by_model, "in_flight": s.in_flight,
-                                  "max_in_flight": s.max_in_flight, "faults": len(s.faults),
-                                  "per_minute": s.per_minute, "rate_limited": s.rate_limited}, headers=HEADERS)
+        stats = {"requests": s.requests, "by_model": s.by_model, "in_flight": s.in_flight,
+                 "max_in_flight": s.max_in_flight, "faults": len(s.faults)}
+        if s.config.rpm:
+            stats |= {"per_minute": s.per_minute, "rate_limited": s.rate_limited}
+        return web.json_response(stats, headers=HEADERS)
 
     async def reset(self, request: web.Request) -> web.Response:
         """``POST /_sim/reset``: zero the counters and clear the faults."""
