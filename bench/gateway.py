@@ -70,6 +70,7 @@ class Target:
     url: str  # full chat completions URL
     headers: dict = field(default_factory=dict)
     proc: subprocess.Popen | None = None
+    model: str = "sim-mini"
 
 
 @dataclass
@@ -127,7 +128,7 @@ async def closed_loop(target: Target, *, concurrency: int, duration: float, stre
                 if now >= stop:
                     return
                 n += 1
-                body = {"model": "sim-mini", "messages": [
+                body = {"model": target.model, "messages": [
                     {"role": "user", "content": f"Benchmark prompt {worker_id}-{n}"}]}
                 if stream:
                     body["stream"] = True
@@ -358,7 +359,7 @@ async def _send_n(target: Target, total: int, concurrency: int = 50) -> int:
             nonlocal sent
             while sent < total:
                 sent += 1
-                body = {"model": "sim-mini", "messages": [{"role": "user", "content": f"memory {worker_id}-{sent}"}]}
+                body = {"model": target.model, "messages": [{"role": "user", "content": f"memory {worker_id}-{sent}"}]}
                 async with session.post(target.url, json=body) as response:
                     await response.read()
 

@@ -274,6 +274,12 @@ if not UPSTREAM_STREAM_IDLE_TIMEOUT > 0:
 # the cooldown (apps/providers/breaker.py).
 CIRCUIT_FAILURES = env_int("CIRCUIT_FAILURES", 5, minimum=1)
 CIRCUIT_COOLDOWN = env_float("CIRCUIT_COOLDOWN", 30.0)
+# Deployment pools (apps.providers.pools): how long a deployment that answered 429 without a
+# Retry-After is left out, and how often each process shares its pools' state through Redis.
+POOL_COOLDOWN = env_float("POOL_COOLDOWN", 60.0)
+POOL_SYNC_INTERVAL = env_float("POOL_SYNC_INTERVAL", 0.25)
+if not POOL_SYNC_INTERVAL > 0:
+    raise ImproperlyConfigured(f"POOL_SYNC_INTERVAL={POOL_SYNC_INTERVAL!r} must be above 0 seconds")
 CACHE_EMBED_BATCH = env_int("CACHE_EMBED_BATCH", 64, minimum=1)
 # The local embedder: "onnx" (ONNX Runtime, the default) or "torch" (sentence-transformers);
 # both give the same vectors. CACHE_EMBED_THREADS: cores for one batch.

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+
 from django import forms
+from django.conf import settings
 from django.contrib import admin, messages
 from django.db.models import Exists, OuterRef
 from django.utils.html import format_html, format_html_join
 
-from apps.catalog.models import Model, ModelPrice, Provider, ProviderCircuit
+from apps.catalog.models import Deployment, Model, ModelPrice, Provider, ProviderCircuit
 from apps.catalog.services import provider_check, rules_using
+from apps.providers.pool_sync import pool_state_read
 from apps.usage.models import RequestLog
 
 
@@ -167,6 +171,15 @@ class ModelPriceInline(admin.TabularInline):
         return False
 
 
+class DeploymentInline(admin.TabularInline):
+    model = Deployment
+    extra = 0
+    fields = ("provider", "upstream_id", "region", "weight", "rpm", "tpm", "input_price_per_million",
+              "cached_input_price_per_million", "output_price_per_million", "is_active")
+    verbose_name_plural = ("deployments (empty: the model's own provider serves it; otherwise these do, picked by "
+                           "the pool strategy)")
+
+
 @admin.register(Model)
 class ModelAdmin(admin.ModelAdmin):
     form = ModelForm
@@ -176,8 +189,36 @@ class ModelAdmin(admin.ModelAdmin):
     list_filter = ("provider", "tier", "mode", "is_free", "is_active")
     list_select_related = ("provider",)
     search_fields = ("name", "upstream_id")
-    readonly_fields = ("created_at", "updated_at")
-    inlines = [ModelPriceInline]
+    readonly_fields = ("pool_state", "created_at", "updated_at")
+    inlines = [DeploymentInline, ModelPriceInline]
+
+    @admin.display(description="deployments now")
+    def pool_state(self, model: Model) -> str:
+        """Each deployment's live state, as every gateway process shares it through Redis."""
+        deployments = list(model.deployments.select_related("provider")) if model.pk else []
+        if not deployments:
+            return "no deployments: the model's own provider serves every request"
+        if not settings.REDIS_URL:
+            return ("shared only through Redis (REDIS_URL): without it each gateway process keeps its own "
+                    "in flight, cooldowns and latency")
+        try:
+            live = pool_state_read(settings.REDIS_URL, [d.pk for d in deployments],
+                                   live_seconds=settings.POOL_SYNC_INTERVAL * 4 + 1)
+        except OSError as exc:
+            return f"Redis did not answer: {exc}"
+        rows = []
+        for d in deployments:
+            state = live.get(d.pk) or {}
+            until = state.get("cooling_until")
+            latency = state.get("latency_ms")
+            rows.append((d.label, "yes" if d.is_active else "no", state.get("in_flight", 0),
+                         datetime.fromtimestamp(until, UTC).strftime("%Y-%m-%d %H:%M:%S UTC") if until else "-",
+                         f"{latency:.1f} ms" if latency is not None else "-", state.get("sent_this_minute", 0)))
+        body = format_html_join("", "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+                                rows)
+        return format_html(
+            "<table><thead><tr><th>deployment</th><th>active</th><th>in flight</th><th>cooling down until</th>"
+            "<th>recent latency</th><th>requests this minute</th></tr></thead><tbody>{}</tbody></table>", body)
 
     def save_model(self, request, obj, form, change) -> None:
         super().save_model(request, obj, form, change)

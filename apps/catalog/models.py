@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from decimal import Decimal
 
+from django.core.exceptions import ValidationError
 from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models, transaction
 from django.utils import timezone
@@ -103,6 +104,12 @@ class Model(models.Model):
         CHAT = "chat", "Chat"
         EMBEDDING = "embedding", "Embedding"
 
+    class PoolStrategy(models.TextChoices):
+        WEIGHTED = "weighted", "Weighted (random by weight)"
+        LEAST_BUSY = "least_busy", "Least busy (fewest requests in flight)"
+        LOWEST_LATENCY = "lowest_latency", "Lowest latency (moving average)"
+        MOST_HEADROOM = "most_headroom", "Most headroom (rate limits left)"
+
     name = models.CharField(max_length=200, unique=True, help_text="The name clients ask for.")
     upstream_id = models.CharField(max_length=200, help_text="The model id the provider knows.")
     provider = models.ForeignKey(Provider, on_delete=models.PROTECT, related_name="models")
@@ -119,6 +126,9 @@ class Model(models.Model):
         default=False, verbose_name="free",
         help_text="Bill nothing for this model (a local or internal one). Otherwise it needs an input or an output "
         "price: a model with neither would answer for free by mistake.")
+    pool_strategy = models.CharField(
+        max_length=20, choices=PoolStrategy.choices, default=PoolStrategy.WEIGHTED,
+        help_text="How a request picks one of the model's deployments (when it has any).")
     is_active = models.BooleanField(default=True)
     created_at = models.DateTimeField(default=timezone.now, editable=False)
     updated_at = models.DateTimeField(auto_now=True)
@@ -160,6 +170,52 @@ class Model(models.Model):
             cache_write_price_per_million=self.cache_write_price_per_million,
             batch_discount_percent=self.batch_discount_percent,
         )
+
+
+class Deployment(models.Model):
+    """One place a model is served: a provider (with its credential), the id it knows the model
+    by, and what it can take. A model with active deployments is served by them, picked by the
+    model's ``pool_strategy``; a model with none is served by its own provider, as one
+    deployment would be."""
+
+    model = models.ForeignKey(Model, on_delete=models.CASCADE, related_name="deployments")
+    provider = models.ForeignKey(Provider, on_delete=models.PROTECT, related_name="deployments")
+    upstream_id = models.CharField(max_length=200, blank=True, default="",
+                                   help_text="The model id this provider knows. Empty: the model's own.")
+    region = models.CharField(max_length=100, blank=True, default="", help_text="A label, e.g. eu-west.")
+    weight = models.PositiveIntegerField(default=1, validators=[MinValueValidator(1)],
+                                         help_text="Share of traffic under the weighted strategy (and tie-breaks).")
+    rpm = models.PositiveIntegerField(null=True, blank=True, verbose_name="RPM",
+                                      help_text="Requests per minute it takes. Empty: no limit known.")
+    tpm = models.PositiveIntegerField(null=True, blank=True, verbose_name="TPM",
+                                      help_text="Tokens per minute it takes. Empty: no limit known.")
+    input_price_per_million = models.DecimalField(**_PRICE, null=True, blank=True,
+                                                  help_text="Empty: the model's input price.")
+    cached_input_price_per_million = models.DecimalField(**_PRICE, null=True, blank=True,
+                                                         help_text="Empty: the model's cached input price.")
+    output_price_per_million = models.DecimalField(**_PRICE, null=True, blank=True,
+                                                   help_text="Empty: the model's output price.")
+    is_active = models.BooleanField(default=True)
+    created_at = models.DateTimeField(default=timezone.now, editable=False)
+
+    class Meta:
+        ordering = ["model", "id"]
+
+    def __str__(self) -> str:
+        return self.label
+
+    @property
+    def label(self) -> str:
+        """How the deployment is named on usage rows and in the admin: provider, region."""
+        provider = self.provider.name if self.provider_id else "?"
+        return f"{provider}/{self.region}" if self.region else provider
+
+    def clean(self) -> None:
+        anthropic = Provider.Kind.ANTHROPIC
+        if self.model_id and self.provider_id and (
+                (self.provider.kind == anthropic) != (self.model.provider.kind == anthropic)):
+            raise ValidationError({"provider": "A deployment's provider must speak the same API as the model's own "
+                                               "(Anthropic's Messages API, or OpenAI's chat completions)."})
 
 
 class ModelPrice(models.Model):

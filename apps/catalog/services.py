@@ -18,7 +18,8 @@ def circuit_report(*, provider_id: int, model_id: int, process: str, state: str,
                    last_failure: str, retry_at: datetime | None, changed_at: datetime) -> None:
     """Record a process's circuit for a model of a provider (one deleted meanwhile is skipped)."""
     close_old_connections()
-    if not Model.objects.filter(pk=model_id, provider_id=provider_id).exists():
+    served = Q(provider_id=provider_id) | Q(deployments__provider_id=provider_id)  # its own, or a deployment's
+    if not Model.objects.filter(served, pk=model_id).exists():
         return
     ProviderCircuit.objects.update_or_create(
         provider_id=provider_id, model_id=model_id, process=process,

@@ -20,7 +20,7 @@ from django.conf import settings
 from django.db import connection, transaction
 from django.db.models.signals import m2m_changed, post_delete, post_save
 
-from apps.catalog.models import Model, ModelPrice, Provider
+from apps.catalog.models import Deployment, Model, ModelPrice, Provider
 from apps.gateway.database import conninfo
 from apps.limits.models import AttributionLimit
 from apps.routing.models import ComplexityIndicator, RoutingFallback, RoutingRule
@@ -50,8 +50,8 @@ def _redis_publish() -> None:
 
 def signals_connect() -> None:
     """Publish on every write to a table the gateway caches."""
-    for model in (ApiKey, Tenant, Provider, Model, ModelPrice, RoutingRule, RoutingFallback, ComplexityIndicator,
-                  AttributionLimit):
+    for model in (ApiKey, Tenant, Provider, Model, Deployment, ModelPrice, RoutingRule, RoutingFallback,
+                  ComplexityIndicator, AttributionLimit):
         post_save.connect(config_changed_publish, sender=model, dispatch_uid=f"bus-save-{model.__name__}")
         post_delete.connect(config_changed_publish, sender=model, dispatch_uid=f"bus-delete-{model.__name__}")
     m2m_changed.connect(config_changed_publish, sender=ApiKey.allowed_models.through, dispatch_uid="bus-key-models")

@@ -31,6 +31,8 @@ from apps.gateway.learned_routers import LearnedRouters
 from apps.gateway.snapshot import KeyInfo, Snapshot, key_info_load, snapshot_load
 from apps.limits.enforce import limiter_open
 from apps.providers.breaker import OPEN, Breakers
+from apps.providers.pool_sync import PoolSync
+from apps.providers.pools import Pools
 from apps.providers.transport import HttpTransport, Transport
 from apps.tenants.selectors import bearer_key
 from apps.tenants.services import KEY_PREFIX, key_prefix
@@ -53,6 +55,9 @@ class Runtime:
         self.breakers = Breakers(threshold=settings.CIRCUIT_FAILURES, cooldown=settings.CIRCUIT_COOLDOWN,
                                  on_change=self._circuit_changed)
         self.process_name = f"{socket.gethostname()}:{os.getpid()}"
+        self.pools = Pools(cooldown=settings.POOL_COOLDOWN)
+        self.transport.pools = self.pools
+        self.pool_sync: PoolSync | None = None  # with Redis: the pools shared by every process
         self._circuit_lock: asyncio.Lock | None = None
         self.draining = False  # SIGTERM received: requests cut from here on are the server's doing
         self.socket_runs = 0  # requests in flight on WebSockets
@@ -119,6 +124,10 @@ class Runtime:
                     self._cache_embedder_task = self._embedder_load(cache_embedder)
             self._tasks.append(loop.create_task(config_changes_listen(self.reload), name="config-listener"))
             self._tasks.append(loop.create_task(self._refresh_periodically(), name="config-refresh"))
+            if settings.REDIS_URL:
+                self.pool_sync = PoolSync(self.pools, redis_url=settings.REDIS_URL, process=self.process_name,
+                                          interval=settings.POOL_SYNC_INTERVAL, deployments=self._deployments)
+                self._tasks.append(loop.create_task(self.pool_sync.run(), name="pool-sync"))
             self.cache.hits_flush_start(1.0)
             _heap_settle(settings.GC_YOUNG_THRESHOLD)
             self._started = True
@@ -141,6 +150,8 @@ class Runtime:
             await self.cache.close()
         if self.limiter is not None:
             await self.limiter.close()
+        if self.pool_sync is not None:
+            await self.pool_sync.close()
         self._started = False
 
     def drain_on_sigterm(self) -> None:
@@ -175,6 +186,13 @@ class Runtime:
         while self.socket_runs > 0 and time.monotonic() < deadline:  # noqa: ASYNC110
             await asyncio.sleep(0.02)
         then(signum, frame)
+
+    def _deployments(self) -> list:
+        """Every deployment of the snapshot's pooled models (what the pools share)."""
+        snapshot = self.snapshot
+        if snapshot is None:
+            return []
+        return [d for m in snapshot.models.values() for d in m.deployments]
 
     def _circuit_changed(self, model, circuit) -> None:
         """Report a breaker's transition to the database, off the request path and in order."""

@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import re
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from decimal import Decimal
 from functools import cached_property
 
 from django.db.models import Prefetch
 
-from apps.catalog.models import Model, ModelPrice
+from apps.catalog.models import Deployment, Model, ModelPrice, Provider
 from apps.limits.models import AttributionLimit
 from apps.limits.spec import attribution_scope_limits, scope_limits
 from apps.routing.models import ComplexityIndicator, RoutingFallback, RoutingRule
@@ -50,6 +50,16 @@ class ModelInfo:
     max_output_tokens: int
     cache_write_price: Decimal | None = None  # None: the input price
     batch_discount: Decimal = Decimal(0)  # percent off for lines of batch jobs
+    # A pooled model: its active deployments (each a ModelInfo of the same model with the
+    # deployment's provider, upstream id and prices) and how one is picked (apps.providers.pools).
+    deployments: tuple[ModelInfo, ...] = ()
+    strategy: str = "weighted"
+    # A deployment: its id and label, and what it takes (None: not known).
+    deployment_id: int | None = None
+    deployment_label: str = ""
+    weight: int = 1
+    rpm: int | None = None
+    tpm: int | None = None
 
     def cost(self, input_tokens: int, cached_tokens: int, output_tokens: int, cache_write_tokens: int = 0, *,
              batch: bool = False) -> Decimal:
@@ -144,6 +154,28 @@ def _optional_decimal(value) -> Decimal | None:
     return None if value is None else Decimal(value)
 
 
+def _same_api(kind: str, model_kind: str) -> bool:
+    """A deployment must speak the API its model's requests are written for."""
+    return (kind == Provider.Kind.ANTHROPIC) == (model_kind == Provider.Kind.ANTHROPIC)
+
+
+def _deployment_info(model: ModelInfo, deployment: Deployment, provider: ProviderInfo) -> ModelInfo:
+    """``model`` as served by ``deployment``: its provider, upstream id, prices and capacity."""
+
+    def price(override, default: Decimal) -> Decimal:
+        return default if override is None else Decimal(override)
+
+    return replace(
+        model, provider=provider, upstream_id=deployment.upstream_id or model.upstream_id,
+        input_price=price(deployment.input_price_per_million, model.input_price),
+        cached_input_price=price(deployment.cached_input_price_per_million, model.cached_input_price),
+        output_price=price(deployment.output_price_per_million, model.output_price),
+        deployment_id=deployment.pk,
+        deployment_label=f"{provider.name}/{deployment.region}" if deployment.region else provider.name,
+        weight=max(deployment.weight, 1), rpm=deployment.rpm or None, tpm=deployment.tpm or None,
+    )
+
+
 def _phrases_pattern(phrases: list[str]) -> re.Pattern | None:
     if not phrases:
         return None
@@ -156,19 +188,25 @@ def snapshot_load() -> Snapshot:
     models: dict[str, ModelInfo] = {}
     providers: dict[int, ProviderInfo] = {}
     latest_prices = Prefetch("prices", queryset=ModelPrice.objects.order_by("-effective_from", "-id"))
-    for model in Model.objects.filter(is_active=True, provider__is_active=True).select_related(
-        "provider"
-    ).prefetch_related(latest_prices):
-        provider = providers.get(model.provider_id)
-        if provider is None:
-            p = model.provider
-            provider = providers[p.pk] = ProviderInfo(
+    deployments = Prefetch("deployments", queryset=Deployment.objects.filter(
+        is_active=True, provider__is_active=True).select_related("provider").order_by("id"))
+
+    def provider_info(p: Provider) -> ProviderInfo:
+        info = providers.get(p.pk)
+        if info is None:
+            info = providers[p.pk] = ProviderInfo(
                 id=p.pk, name=p.name, kind=p.kind, base_url=p.base_url.rstrip("/"), credential=p.credential,
                 timeout=p.timeout_seconds, max_concurrency=p.max_concurrency,
             )
+        return info
+
+    for model in Model.objects.filter(is_active=True, provider__is_active=True).select_related(
+        "provider"
+    ).prefetch_related(latest_prices, deployments):
+        provider = provider_info(model.provider)
         versions = list(model.prices.all())
         price = versions[0] if versions else None
-        models[model.name] = ModelInfo(
+        info = ModelInfo(
             id=model.pk, name=model.name, upstream_id=model.upstream_id, provider=provider, mode=model.mode,
             tier=model.tier, price_id=price.pk if price else None,
             input_price=Decimal(price.input_price_per_million if price else model.input_price_per_million),
@@ -180,7 +218,11 @@ def snapshot_load() -> Snapshot:
             cache_write_price=_optional_decimal(
                 price.cache_write_price_per_million if price else model.cache_write_price_per_million),
             batch_discount=Decimal(price.batch_discount_percent if price else model.batch_discount_percent),
+            strategy=model.pool_strategy,
         )
+        pool = tuple(_deployment_info(info, d, provider_info(d.provider)) for d in model.deployments.all()
+                     if _same_api(d.provider.kind, provider.kind))
+        models[model.name] = replace(info, deployments=pool) if pool else info
     by_id = {info.id: info for info in models.values()}
 
     global_rules: list[RuleInfo] = []

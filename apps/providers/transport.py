@@ -25,6 +25,7 @@ import asyncio
 import logging
 import math
 import re
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Protocol, TypeVar
 
@@ -35,6 +36,7 @@ from django.conf import settings
 from apps.core.errors import RateLimited, UpstreamError, UpstreamTimeout, UpstreamUnavailable
 from apps.providers.breaker import Breakers
 from apps.providers.http1 import Http1Pool, Http1Response
+from apps.providers.pools import Pools
 
 logger = logging.getLogger(__name__)
 
@@ -156,6 +158,8 @@ class HttpTransport:
         self._http1: dict[int, Http1Pool] = {}
         self._limits: dict[int, tuple[int, asyncio.Semaphore]] = {}
         self.in_flight = 0  # upstream calls holding a concurrency slot (JSON or open streams)
+        # Deployment pools: told of each call to a deployment (its time, its rate-limit headers).
+        self.pools: Pools | None = None
 
     def http1(self, provider: ProviderConfig) -> Http1Pool:
         """The keep-alive connections to this provider (JSON calls and streams go through them)."""
@@ -184,25 +188,37 @@ class HttpTransport:
         provider's own, e.g. the client's ``anthropic-beta``). The provider's timeout bounds the
         whole call, connection to the answer's last byte."""
         provider = model.provider
-        async with self.limit(provider):
-            self.in_flight += 1
-            response = None
-            try:
-                async with asyncio.timeout(provider.timeout):
-                    response = await self.http1(provider).post(
-                        path, body, _headers(provider, headers), connect_timeout=min(provider.timeout, 10.0),
-                        first_byte_timeout=None, read_timeout=None)
-                    if response.status != 200:
-                        await _classify_status(response, model)
-                    raw = await response.read()
-            except TimeoutError as exc:
-                raise UpstreamFailure("timeout", timeout=True) from exc
-            except aiohttp.ClientError as exc:
-                raise UpstreamFailure(f"connection: {type(exc).__name__}") from exc
-            finally:
-                if response is not None:
-                    response.release()  # kept alive when read to its end, closed otherwise
-                self.in_flight -= 1
+        pools = self.pools if getattr(model, "deployment_id", None) is not None else None
+        if pools is not None:
+            pools.sent(model)
+            began = time.perf_counter()
+        try:
+            async with self.limit(provider):
+                self.in_flight += 1
+                response = None
+                try:
+                    async with asyncio.timeout(provider.timeout):
+                        response = await self.http1(provider).post(
+                            path, body, _headers(provider, headers), connect_timeout=min(provider.timeout, 10.0),
+                            first_byte_timeout=None, read_timeout=None)
+                        if pools is not None:
+                            pools.headers_seen(model, response.headers)
+                        if response.status != 200:
+                            await _classify_status(response, model)
+                        raw = await response.read()
+                except TimeoutError as exc:
+                    raise UpstreamFailure("timeout", timeout=True) from exc
+                except aiohttp.ClientError as exc:
+                    raise UpstreamFailure(f"connection: {type(exc).__name__}") from exc
+                finally:
+                    if response is not None:
+                        response.release()  # kept alive when read to its end, closed otherwise
+                    self.in_flight -= 1
+            if pools is not None:
+                pools.measured(model, (time.perf_counter() - began) * 1000)
+        finally:
+            if pools is not None:
+                pools.done(model)
         try:
             parsed = orjson.loads(raw)
         except orjson.JSONDecodeError as exc:
@@ -219,27 +235,41 @@ class HttpTransport:
         wait for the first bytes, ``UPSTREAM_STREAM_IDLE_TIMEOUT`` (or the provider's timeout when
         lower) each silence after them."""
         provider = model.provider
+        pools = self.pools if getattr(model, "deployment_id", None) is not None else None
+        if pools is not None:
+            pools.sent(model)
+            began = time.perf_counter()
         limit = self.limit(provider)
-        await limit.acquire()
-        self.in_flight += 1
         response = None
+        acquired = False
         try:
+            await limit.acquire()
+            acquired = True
+            self.in_flight += 1
             response = await self.http1(provider).post(
                 path, body, _headers(provider, headers), connect_timeout=min(provider.timeout, 10.0),
                 first_byte_timeout=provider.timeout,
                 read_timeout=min(provider.timeout, settings.UPSTREAM_STREAM_IDLE_TIMEOUT))
+            if pools is not None:
+                pools.headers_seen(model, response.headers)
             if response.status != 200:
                 await _classify_status(response, model)
             first = await response.content.readany(provider.timeout)
             if not first:
                 raise UpstreamFailure("stream closed before its first byte")
             _stream_start_check(first)
-            return OpenStream(model=model, response=response, first=first, release=limit, transport=self)
+            if pools is not None:
+                pools.measured(model, (time.perf_counter() - began) * 1000)
+            return OpenStream(model=model, response=response, first=first, release=limit, transport=self,
+                              pools=pools)
         except BaseException as exc:
             if response is not None:
                 response.release()
-            limit.release()
-            self.in_flight -= 1
+            if acquired:
+                limit.release()
+                self.in_flight -= 1
+            if pools is not None:
+                pools.done(model)
             if isinstance(exc, TimeoutError):
                 raise UpstreamFailure("timeout before the first byte", timeout=True) from exc
             if isinstance(exc, aiohttp.ClientError):
@@ -295,11 +325,12 @@ class OpenStream:
     """An HTTP stream whose first bytes have arrived. Its reads are the response's own methods,
     not wrappers: a stream is read once per upstream write, dozens of times an answer."""
 
-    __slots__ = ("end_wait", "first", "model", "readany", "release", "response", "transport")
+    __slots__ = ("end_wait", "first", "model", "pools", "readany", "release", "response", "transport")
 
     def __init__(self, *, model: ModelRoute, response: Http1Response, first: bytes, release: asyncio.Semaphore,
-                 transport: HttpTransport) -> None:
+                 transport: HttpTransport, pools: Pools | None = None) -> None:
         self.model = model
+        self.pools = pools  # told when the stream ends (it counts as in flight until then)
         self.response = response
         self.first = first
         self.release = release  # the concurrency slot, given back when the stream ends
@@ -311,6 +342,8 @@ class OpenStream:
         self.response.release()
         self.release.release()
         self.transport.in_flight -= 1
+        if self.pools is not None:
+            self.pools.done(self.model)
 
 
 _SSE_FIELDS = (b"data:", b"event:", b":", b"id:", b"retry:")
@@ -337,7 +370,7 @@ def _stream_start_check(first: bytes) -> None:
 
 
 async def with_fallbacks(chain: Sequence[M], call: Callable[[M], Awaitable[T]], *, retries: int, backoff: float,
-                         breakers: Breakers | None = None,
+                         breakers: Breakers | None = None, pools: Pools | None = None,
                          failures: list[str] | None = None) -> tuple[M, T, list[str]]:
     """Run ``call(model)`` over the chain: each model ``1 + retries`` times, then the next.
 
@@ -347,7 +380,8 @@ async def with_fallbacks(chain: Sequence[M], call: Callable[[M], Awaitable[T]], 
     A client error stops at once. With ``breakers``, a model whose circuit is open is skipped
     and every outcome is reported to its circuit (only outages count as failures). Each failure
     is appended to ``failures`` (when given) as it happens, so the caller has them whether or not
-    an attempt succeeded.
+    an attempt succeeded. With ``pools``, a deployment of a pooled model that answers 429 cools
+    down and is not retried: the next deployment (or model) is tried at once.
     """
     failures = [] if failures is None else failures
     last: UpstreamFailure | None = None
@@ -355,8 +389,10 @@ async def with_fallbacks(chain: Sequence[M], call: Callable[[M], Awaitable[T]], 
     retry_after: float | None = None
     skipped = []
     for model in chain:
+        label = getattr(model, "deployment_label", "")
+        name = f"{model.name}@{label}" if label else model.name
         if breakers is not None and not breakers.admit(model):
-            failures.append(f"{model.name}: circuit open")
+            failures.append(f"{name}: circuit open")
             skipped.append(model)
             continue
         for attempt in range(retries + 1):
@@ -364,9 +400,14 @@ async def with_fallbacks(chain: Sequence[M], call: Callable[[M], Awaitable[T]], 
                 result = await call(model)
             except UpstreamFailure as exc:
                 last = exc
-                failures.append(f"{model.name}: {exc.reason}")
+                failures.append(f"{name}: {exc.reason}")
                 if exc.status == 429:
                     retry_after = max(retry_after or 0.0, exc.retry_after or 1.0)
+                    if pools is not None and label:
+                        pools.cool(model, exc.retry_after)
+                        if breakers is not None:
+                            breakers.released(model)
+                        break  # cooling down: another deployment takes the request now
                 else:
                     all_rate_limited = False
                 if breakers is not None and exc.outage:

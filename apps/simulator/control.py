@@ -25,6 +25,7 @@ class SimulatorConfig:
     chunk_delay_ms: float = 0.0  # delay between two content chunks of a stream
     chunks: int = 20  # words (= completion tokens = content chunks) in a chat answer
     embedding_dims: int = 384  # length of an embedding unless the request asks for ``dimensions``
+    rpm: int = 0  # chat requests each model takes per wall-clock minute (0: no limit), as a provider's rate limit
     # (model, prompt) -> whether that model answers that prompt correctly (apps.simulator.outcomes)
     outcomes: dict = field(default_factory=dict)
 
@@ -54,6 +55,20 @@ class SimulatorState:
     stopping: bool = False
     prompt_cache: set[str] = field(default_factory=set)  # prefixes the Messages API has cached
     last_messages: dict | None = None  # the last Messages request's body, for tests to read
+    # With an RPM limit: chat requests taken, by model and wall-clock minute, and those refused (429).
+    per_minute: dict[str, dict[int, int]] = field(default_factory=dict)
+    rate_limited: dict[str, int] = field(default_factory=dict)
+
+    def rate_take(self, model: str, rpm: int, now: float) -> int:
+        """Take one of ``model``'s requests this minute: what is left after it, or -1 (refused)."""
+        minute = int(now // 60)
+        counts = self.per_minute.setdefault(model, {})
+        used = counts.get(minute, 0)
+        if used >= rpm:
+            self.rate_limited[model] = self.rate_limited.get(model, 0) + 1
+            return -1
+        counts[minute] = used + 1
+        return rpm - used - 1
 
     def take_fault(self, model: str) -> Fault | None:
         """The oldest fault matching ``model`` (or ``*``), used up by one request."""

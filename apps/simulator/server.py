@@ -26,6 +26,10 @@ Knobs (command line; per request through headers)
     --chunk-delay-ms / x-sim-chunk-delay-ms   delay between stream chunks (default 0)
     --chunks / x-sim-chunks                   words in an answer (default 20)
     --embedding-dims                          embedding length unless ``dimensions`` is sent (384)
+    --rpm                                     chat requests each model takes per wall-clock minute
+                                              (default 0: no limit); over it, 429 with Retry-After
+                                              to the minute's end; answers carry
+                                              ``x-ratelimit-limit-requests`` / ``-remaining-requests``
     Embeddings answer without any delay.
 
 Faults (``apps.simulator.control``; control API; the gateway cannot set headers on its upstream calls)
@@ -36,7 +40,9 @@ Faults (``apps.simulator.control``; control API; the gateway cannot set headers 
                           queues a fault for the next matching chat or embeddings requests
                           (the oldest matching fault first)
     DELETE /_sim/faults  clear them
-    GET    /_sim/stats   {"requests", "by_model", "in_flight", "max_in_flight", "faults"}
+    GET    /_sim/stats   {"requests", "by_model", "in_flight", "max_in_flight", "faults",
+                          and with --rpm "per_minute" (requests taken by model and minute),
+                          "rate_limited"}
     POST   /_sim/reset   zero the stats and clear the faults
     Header ``x-sim-fault: <mode>[:<status>]`` injects a fault into one direct request.
 
@@ -193,8 +199,11 @@ class Simulator:
     async def stats(self, request: web.Request) -> web.Response:
         """``GET /_sim/stats``: requests served (in total and by model) and concurrency."""
         s = self.state
-        return web.json_response({"requests": s.requests, "by_model": s.by_model, "in_flight": s.in_flight,
-                                  "max_in_flight": s.max_in_flight, "faults": len(s.faults)}, headers=HEADERS)
+        stats = {"requests": s.requests, "by_model": s.by_model, "in_flight": s.in_flight,
+                 "max_in_flight": s.max_in_flight, "faults": len(s.faults)}
+        if s.config.rpm:
+            stats |= {"per_minute": s.per_minute, "rate_limited": s.rate_limited}
+        return web.json_response(stats, headers=HEADERS)
 
     async def reset(self, request: web.Request) -> web.Response:
         """``POST /_sim/reset``: zero the counters and clear the faults."""
@@ -204,6 +213,8 @@ class Simulator:
         s.last_messages = None
         s.requests = 0
         s.by_model = {}
+        s.per_minute = {}
+        s.rate_limited = {}
         s.max_in_flight = s.in_flight
         return web.json_response({"reset": True}, headers=HEADERS)
 
@@ -256,6 +267,16 @@ class Simulator:
             return await self._hang(request)
         if mode == "slow":
             ttft = fault.delay
+        headers, sse_headers = HEADERS, SSE_HEADERS
+        if config.rpm:
+            now = time.time()
+            left = self.state.rate_take(model, config.rpm, now)
+            limits = {"x-ratelimit-limit-requests": str(config.rpm),
+                      "x-ratelimit-remaining-requests": str(max(left, 0))}
+            if left < 0:
+                return _error(429, f"simulated rate limit: {config.rpm} requests per minute for {model}",
+                              headers={**limits, "Retry-After": str(max(int(60 - now % 60) + 1, 1))})
+            headers, sse_headers = {**HEADERS, **limits}, {**SSE_HEADERS, **limits}
         if ttft > 0:
             await asyncio.sleep(ttft)
         if not stream:
@@ -287,9 +308,9 @@ class Simulator:
             }
             if mode == "no_usage":
                 del answer["usage"]
-            return web.Response(body=dumps(answer), content_type="application/json", headers=HEADERS)
+            return web.Response(body=dumps(answer), content_type="application/json", headers=headers)
 
-        response = web.StreamResponse(headers=SSE_HEADERS)
+        response = web.StreamResponse(headers=sse_headers)
         await response.prepare(request)
         if mode == "garbage":
             await response.write(GARBAGE)
@@ -450,6 +471,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--chunk-delay-ms", type=float, default=SimulatorConfig.chunk_delay_ms)
     p.add_argument("--chunks", type=int, default=SimulatorConfig.chunks)
     p.add_argument("--embedding-dims", type=int, default=SimulatorConfig.embedding_dims)
+    p.add_argument("--rpm", type=int, default=SimulatorConfig.rpm)
     p.add_argument("--outcomes", type=Path, nargs="*", default=[],
                    help="CSV files of known outcomes (prompt, then one True/False column per model)")
     p.add_argument("--outcome-model", action="append", default=[], metavar="NAME=COLUMN",
@@ -461,7 +483,7 @@ def main(argv: list[str] | None = None) -> None:
     """``python -m apps.simulator.server --port N [--ttft-ms ...]``."""
     args = parser().parse_args(argv)
     run(args.host, args.port, SimulatorConfig(ttft_ms=args.ttft_ms, chunk_delay_ms=args.chunk_delay_ms,
-                                              chunks=args.chunks, embedding_dims=args.embedding_dims,
+                                              chunks=args.chunks, embedding_dims=args.embedding_dims, rpm=args.rpm,
                                               outcomes=outcomes_load(args.outcomes, args.outcome_model)))
 
 

@@ -224,7 +224,7 @@ class RequestLogAdmin(admin.ModelAdmin):
     show_facets = admin.ShowFacets.NEVER  # a facet is a COUNT per choice over the log
     paginator = CappedCountPaginator
     list_per_page = 100
-    raw_id_fields = ("tenant", "api_key", "model", "provider", "routing_rule", "price")
+    raw_id_fields = ("tenant", "api_key", "model", "provider", "deployment", "routing_rule", "price")
 
     def get_changelist(self, request, **kwargs):
         return RequestLogChangeList

@@ -29,7 +29,7 @@ from apps.usage.models import RequestLog
 logger = logging.getLogger(__name__)
 
 
-_OPTIONAL_REFERENCES = ("api_key_id", "model_id", "provider_id", "routing_rule_id", "price_id")
+_OPTIONAL_REFERENCES = ("api_key_id", "model_id", "provider_id", "deployment_id", "routing_rule_id", "price_id")
 
 
 def _copy_columns():

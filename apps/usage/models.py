@@ -34,6 +34,10 @@ class RequestLog(models.Model):
     provider = models.ForeignKey(
         "catalog.Provider", null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
     )
+    # The deployment of the model that answered (None: the model's own provider, no pool).
+    deployment = models.ForeignKey(
+        "catalog.Deployment", null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
     route_reason = models.CharField(max_length=200, blank=True, default="", db_default="")
     routing_rule = models.ForeignKey(
         "routing.RoutingRule", null=True, blank=True, on_delete=models.SET_NULL, related_name="+"

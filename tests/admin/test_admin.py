@@ -433,7 +433,9 @@ def _model_post(model, **changes) -> dict:
             "batch_discount_percent": model.batch_discount_percent, "context_window": model.context_window,
             "max_output_tokens": model.max_output_tokens, "tier": model.tier, "is_active": "on",
             "prices-TOTAL_FORMS": str(model.prices.count()), "prices-INITIAL_FORMS": str(model.prices.count()),
-            "prices-MIN_NUM_FORMS": "0", "prices-MAX_NUM_FORMS": "1000"}
+            "prices-MIN_NUM_FORMS": "0", "prices-MAX_NUM_FORMS": "1000",
+            "pool_strategy": "weighted", "deployments-TOTAL_FORMS": "0", "deployments-INITIAL_FORMS": "0",
+            "deployments-MIN_NUM_FORMS": "0", "deployments-MAX_NUM_FORMS": "1000"}
     data.update(changes)
     return data
 

@@ -138,7 +138,9 @@ def _model_add(provider, **changes) -> dict:
             "input_price_per_million": "0", "cached_input_price_per_million": "0", "output_price_per_million": "0",
             "batch_discount_percent": "0", "context_window": "128000", "max_output_tokens": "16384",
             "tier": "moderate", "is_active": "on", "prices-TOTAL_FORMS": "0", "prices-INITIAL_FORMS": "0",
-            "prices-MIN_NUM_FORMS": "0", "prices-MAX_NUM_FORMS": "1000"}
+            "prices-MIN_NUM_FORMS": "0", "prices-MAX_NUM_FORMS": "1000",
+            "pool_strategy": "weighted", "deployments-TOTAL_FORMS": "0", "deployments-INITIAL_FORMS": "0",
+            "deployments-MIN_NUM_FORMS": "0", "deployments-MAX_NUM_FORMS": "1000"}
     data.update(changes)
     return data
 

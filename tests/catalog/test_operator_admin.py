@@ -58,7 +58,9 @@ def test_a_new_models_prices_are_typed_in_with_their_unit(admin_client, provider
             "cached_input_price_per_million": "0", "batch_discount_percent": "0", "context_window": "1000",
             "max_output_tokens": "100", "tier": "simple", "is_active": "on",
             "prices-TOTAL_FORMS": "0", "prices-INITIAL_FORMS": "0", "prices-MIN_NUM_FORMS": "0",
-            "prices-MAX_NUM_FORMS": "1000"}
+            "prices-MAX_NUM_FORMS": "1000",
+            "pool_strategy": "weighted", "deployments-TOTAL_FORMS": "0", "deployments-INITIAL_FORMS": "0",
+            "deployments-MIN_NUM_FORMS": "0", "deployments-MAX_NUM_FORMS": "1000"}
     refused = admin_client.post(reverse("admin:catalog_model_add"), form)
     assert refused.status_code == 200 and not Model.objects.filter(name="new-model").exists()
     saved = admin_client.post(reverse("admin:catalog_model_add"), {
@@ -76,7 +78,9 @@ def test_deactivating_a_model_that_rules_use_warns_which(admin_client, cheap_mod
     form = {name: value for name, value in admin_client.get(url).context["adminform"].form.initial.items()
             if value is not None and name not in ("id", "created_at", "updated_at", "is_active")}
     form |= {"provider": cheap_model.provider_id, "prices-TOTAL_FORMS": "0", "prices-INITIAL_FORMS": "0",
-             "prices-MIN_NUM_FORMS": "0", "prices-MAX_NUM_FORMS": "1000"}
+             "prices-MIN_NUM_FORMS": "0", "prices-MAX_NUM_FORMS": "1000",
+            "pool_strategy": "weighted", "deployments-TOTAL_FORMS": "0", "deployments-INITIAL_FORMS": "0",
+            "deployments-MIN_NUM_FORMS": "0", "deployments-MAX_NUM_FORMS": "1000"}
     response = admin_client.post(url, form, follow=True)
     cheap_model.refresh_from_db()
     assert not cheap_model.is_active

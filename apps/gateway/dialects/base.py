@@ -31,7 +31,7 @@ class Prepared:
     original: dict  # the client's own body
     native_only: str | None = None  # features only a provider speaking the client's protocol takes
     forwarded: dict[str, str] = field(default_factory=dict)  # client headers a native provider sees
-    payloads: dict[int, bytes] = field(default_factory=dict)  # per model id, serialized once
+    payloads: dict[tuple, bytes] = field(default_factory=dict)  # per model and deployment, serialized once
 
 
 @dataclass(slots=True)

@@ -113,10 +113,11 @@ def chat_usage_of(call: Call) -> dict:
 
 
 def native_request(prepared: Prepared, model: ModelInfo, *, stream: bool) -> UpstreamRequest:
-    """The request for a native Anthropic provider, translated once per model."""
-    payload = prepared.payloads.get(model.id)
+    """The request for a native Anthropic provider, translated once per model (and deployment)."""
+    key = (model.id, model.deployment_id)
+    payload = prepared.payloads.get(key)
     if payload is None:
-        payload = prepared.payloads[model.id] = messages_request(prepared.body, model.upstream_id, stream=stream,
+        payload = prepared.payloads[key] = messages_request(prepared.body, model.upstream_id, stream=stream,
                                                                  max_tokens=model.max_output_tokens)
     return UpstreamRequest("/messages", payload)
 
@@ -143,9 +144,10 @@ class OpenAIChat:
     def upstream_request(self, prepared: Prepared, model: ModelInfo, *, stream: bool) -> UpstreamRequest:
         if native(model):
             return native_request(prepared, model, stream=stream)
-        payload = prepared.payloads.get(model.id)
+        key = (model.id, model.deployment_id)  # a pooled model's deployments each name it their way
+        payload = prepared.payloads.get(key)
         if payload is None:
-            payload = prepared.payloads[model.id] = chat_payload(prepared.body, model.upstream_id, stream=stream)
+            payload = prepared.payloads[key] = chat_payload(prepared.body, model.upstream_id, stream=stream)
         return UpstreamRequest("/chat/completions", payload)
 
     def refusal(self, exc: UpstreamClientError, model: ModelInfo) -> UpstreamClientError:

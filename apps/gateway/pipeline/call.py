@@ -100,6 +100,9 @@ class Call:
             (b"x-switchyard-cost", b"deferred" if deferred else money(self.cost).encode()),
             (b"x-switchyard-overhead-ms", f"{self.overhead_ms:.2f}".encode()),
         ]
+        if model is not None and model.deployment_id is not None:
+            headers.append((b"x-switchyard-deployment",
+                            f"{model.deployment_id} {model.deployment_label}".encode("ascii", "replace")))
         if self.cache_similarity is not None:
             headers.append((b"x-switchyard-cache-similarity", f"{self.cache_similarity:.4f}".encode()))
         if self.cache_age is not None:
@@ -152,7 +155,7 @@ class Call:
         """What the answer would have cost on the baseline model, less what it cost (never
         negative; nothing for cache hits, whose saving is counted as the cache's)."""
         model, baseline = self.model, self.baseline
-        if model is None or baseline is None or baseline is model or self.cache in ("exact", "semantic"):
+        if model is None or baseline is None or baseline.id == model.id or self.cache in ("exact", "semantic"):
             return _ZERO
         baseline_cost = baseline.cost(self.input_tokens, self.cached_tokens, self.output_tokens,
                                       self.cache_write_tokens, batch=self.batch)
@@ -171,6 +174,7 @@ class Call:
             "model_used": model.name if model else "",
             "model_id": model.id if model else None,
             "provider_id": model.provider.id if model else None,
+            "deployment_id": model.deployment_id if model else None,
             "routing_rule_id": self.rule_id,
             "route_reason": self.route_reason[:200],
             "price_id": model.price_id if model else None,

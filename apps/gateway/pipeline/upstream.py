@@ -4,13 +4,14 @@ answers and streams alike. Every way it can fail is logged here, once."""
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, TypeVar
 
 from django.conf import settings
 
-from apps.core.errors import GatewayError
+from apps.core.errors import GatewayError, RateLimited
 from apps.gateway.pipeline.call import Call
 from apps.gateway.pipeline.limits import limits_refusal_raise, limits_settle
 from apps.gateway.pipeline.usage import call_fail, call_log
@@ -37,11 +38,19 @@ async def upstream_call(runtime: Runtime, call: Call, attempt: Attempt) -> tuple
     except GatewayError as exc:
         call_fail(runtime, call, exc)
         raise
+    chain = call.chain
+    if any(m.deployments for m in chain):
+        try:
+            chain = pool_chain(runtime, chain)
+        except GatewayError as exc:
+            call.model = call.chain[0]
+            call_fail(runtime, call, exc)
+            raise
     call.upstream_started = time.perf_counter()
     try:
         model, result, call.failures = await with_fallbacks(
-            call.chain, attempt, retries=settings.GATEWAY_RETRIES, backoff=settings.GATEWAY_RETRY_BACKOFF,
-            breakers=runtime.breakers, failures=call.failures)
+            chain, attempt, retries=settings.GATEWAY_RETRIES, backoff=settings.GATEWAY_RETRY_BACKOFF,
+            breakers=runtime.breakers, pools=runtime.pools, failures=call.failures)
     except GatewayError as exc:
         call.model = call.chain[0]
         call.upstream_ended = time.perf_counter()
@@ -63,6 +72,17 @@ async def upstream_call(runtime: Runtime, call: Call, attempt: Attempt) -> tuple
     call.model = model
     call.overhead_ms = (call.upstream_started - call.started) * 1000
     return model, result
+
+
+def pool_chain(runtime: Runtime, chain: tuple) -> tuple:
+    """The chain with each pooled model's deployments in its strategy's order; 429
+    ``upstream_rate_limited`` when every one of them is cooling down."""
+    expanded = runtime.pools.expand(chain)
+    if not expanded:
+        seconds = max(math.ceil(runtime.pools.retry_in(chain)), 1)
+        raise RateLimited("Every deployment of the models for this request is cooling down after the provider "
+                          "rate-limited it.", code="upstream_rate_limited", headers={"Retry-After": str(seconds)})
+    return expanded
 
 
 def answer_done(runtime: Runtime, call: Call) -> None:

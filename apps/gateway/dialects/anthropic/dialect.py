@@ -91,14 +91,15 @@ class AnthropicMessages:
             asyncio.get_running_loop().call_soon(call.prompt_tokens_count, prepared.body["messages"])
 
     def upstream_request(self, prepared: Prepared, model: ModelInfo, *, stream: bool) -> UpstreamRequest:
-        payload = prepared.payloads.get(model.id)
+        key = (model.id, model.deployment_id)  # a pooled model's deployments each name it their way
+        payload = prepared.payloads.get(key)
         if payload is None:
             if _native(model):
                 payload = native_payload(prepared.original, model.upstream_id)
             else:
                 payload = chat_payload(prepared.body, model.upstream_id, stream=stream,
                                        drop=("metadata", "native_parameters"))
-            prepared.payloads[model.id] = payload
+            prepared.payloads[key] = payload
         if _native(model):
             return UpstreamRequest("/messages", payload, prepared.forwarded)
         return UpstreamRequest("/chat/completions", payload)

@@ -77,10 +77,11 @@ class Responses:
     def upstream_request(self, prepared: Prepared, model: ModelInfo, *, stream: bool) -> UpstreamRequest:
         if native(model):
             return native_request(prepared, model, stream=stream)
-        payload = prepared.payloads.get(model.id)
+        key = (model.id, model.deployment_id)  # a pooled model's deployments each name it their way
+        payload = prepared.payloads.get(key)
         if payload is None:
-            payload = prepared.payloads[model.id] = chat_payload(prepared.body, model.upstream_id, stream=stream,
-                                                                 drop=("metadata",))
+            payload = prepared.payloads[key] = chat_payload(prepared.body, model.upstream_id, stream=stream,
+                                                            drop=("metadata",))
         return UpstreamRequest("/chat/completions", payload)
 
     def refusal(self, exc: UpstreamClientError, model: ModelInfo) -> UpstreamClientError:

@@ -10,7 +10,7 @@ class Migration(migrations.Migration):
         ('catalog', '0006_circuit_per_model'),
         ('routing', '0003_route_estimates_and_priors'),
         ('tenants', '0010_tenant_allowed_models'),
-        ('usage', '0007_learned_routing'),
+        ('usage', '0008_requestlog_deployment'),
     ]
 
     operations = [
