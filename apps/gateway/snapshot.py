@@ -119,6 +119,8 @@ class KeyInfo:
     limits: tuple = ()  # ScopeLimits of the key and of its tenant that set any (apps.limits.spec)
     # The tenant's limits per tag and end user: {("tag" | "user", value): ScopeLimits}
     attribution_limits: dict = field(default_factory=dict)
+    store_bodies: bool = False  # keep prompts and answers, redacted (apps.core.redact)
+    redact_patterns: tuple[str, ...] = ()  # the tenant's own patterns, one regular expression each
 
     def is_usable(self, now: float) -> bool:
         return self.usable and (self.expires_at is None or self.expires_at > now)
@@ -291,5 +293,6 @@ def key_info_load(prefix: str) -> KeyInfo | None:
         cache_max_temperature=key.tenant.cache_max_temperature,
         cache_tool_calls=key.tenant.cache_tool_calls, cache_namespace_by_user=key.tenant.cache_namespace_by_user,
         cache_embedding_model=key.tenant.cache_embedding_model.name if key.tenant.cache_embedding_model_id else None,
-        limits=limits, attribution_limits=attribution,
+        limits=limits, attribution_limits=attribution, store_bodies=key.tenant.store_bodies,
+        redact_patterns=tuple(line.strip() for line in key.tenant.redact_patterns.splitlines() if line.strip()),
     )

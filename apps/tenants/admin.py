@@ -112,7 +112,7 @@ class TenantAdmin(admin.ModelAdmin):
                                "Apply to all the tenant's keys together; a key's own limits apply on top."}),
         ("Budget alerts", {"fields": ("alert_webhook_url", "alert_webhook_secret")}),
         ("Models", {"fields": ("allowed_models",)}),
-        ("Request log", {"fields": ("log_retention_days",)}),
+        ("Request log", {"fields": ("log_retention_days", "store_bodies", "redact_patterns")}),
         ("Cache", {"fields": ("cache_enabled", "cache_semantic", "cache_similarity_threshold", "cache_verify_precision",
                                        "cache_ttl_seconds",
                                        "cache_max_temperature", "cache_tool_calls", "cache_namespace_by_user",

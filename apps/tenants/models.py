@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import secrets
 
+from django.core.exceptions import ValidationError
 from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
 from django.utils import timezone
 
+from apps.core.redact import patterns_check
 from apps.limits.models import LimitSettings
 
 
@@ -59,6 +61,15 @@ class Tenant(LimitSettings):
     cache_max_entries = models.PositiveIntegerField(
         null=True, blank=True, help_text="Evict least recently hit entries beyond this many (empty: no limit)."
     )
+    store_bodies = models.BooleanField(
+        default=False, db_default=False, verbose_name="keep request bodies",
+        help_text="Keep each request's prompt and answer with its usage row (streams assembled), after "
+        "redaction: emails, phone numbers, card numbers, keys and tokens, and the patterns below. Pruned with "
+        "the request log.")
+    redact_patterns = models.TextField(
+        blank=True, default="", db_default="", verbose_name="redact also",
+        help_text="Regular expressions, one per line: what they match is replaced by [REDACTED] before a body "
+        "is stored.")
     log_retention_days = models.PositiveIntegerField(
         null=True, blank=True, verbose_name="keep request log (days)", validators=[MinValueValidator(1)],
         help_text="Request log rows older than this are deleted in batches (empty: kept). The usage rollups, "
@@ -82,6 +93,13 @@ class Tenant(LimitSettings):
 
     def __str__(self) -> str:
         return self.name
+
+    def clean(self) -> None:
+        super().clean()
+        try:
+            patterns_check(self.redact_patterns)
+        except ValueError as exc:
+            raise ValidationError({"redact_patterns": str(exc)}) from None
 
 
 class ApiKey(LimitSettings):

@@ -13,6 +13,7 @@ error code, cache outcome, stream.
 
 from __future__ import annotations
 
+import json
 from datetime import date, timedelta
 from decimal import Decimal
 from functools import cached_property
@@ -33,7 +34,7 @@ from django.utils.text import capfirst
 from apps.catalog.models import Model
 from apps.tenants.models import ApiKey
 from apps.tenants.services import KEY_PREFIX
-from apps.usage.models import Feedback, RequestLog
+from apps.usage.models import Feedback, RequestBody, RequestLog
 from apps.usage.sessions import session_timeline, sessions_recent
 
 
@@ -239,7 +240,18 @@ class RequestLogAdmin(admin.ModelAdmin):
         return queryset.filter(request_id=term), False
 
     def get_readonly_fields(self, request, obj=None):
-        return [*(field.name for field in self.model._meta.fields), "session_timeline"]
+        return [*(field.name for field in self.model._meta.fields), "session_timeline", "request_body"]
+
+    @admin.display(description="request body (redacted)")
+    def request_body(self, log: RequestLog) -> str:
+        """The prompt and answer, for a tenant that keeps them."""
+        body = RequestBody.objects.filter(tenant_id=log.tenant_id, request_id=log.request_id).first()
+        if body is None:
+            return "-"
+        prompt = json.dumps(body.prompt, indent=2, ensure_ascii=False)
+        return format_html('<div id="sy-body"><strong>Prompt</strong><pre style="white-space:pre-wrap">{}</pre>'
+                           '<strong>Answer</strong><pre style="white-space:pre-wrap">{}</pre></div>',
+                           prompt, body.answer)
 
     @admin.display(description="session timeline")
     def session_timeline(self, log: RequestLog) -> str:

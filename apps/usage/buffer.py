@@ -22,12 +22,18 @@ from asgiref.sync import sync_to_async
 from django.db import DataError, IntegrityError, close_old_connections, transaction
 
 from apps.core.flushing import flush_timer_stop
+from apps.core.redact import redact, redact_text
 from apps.tenants.last_used import KeysUsed
 from apps.tenants.services import keys_last_used_record
-from apps.usage.models import RequestLog
+from apps.usage.models import RequestBody, RequestLog
 
 logger = logging.getLogger(__name__)
 
+
+# A row's request body, for tenants that keep them (apps.gateway.pipeline.call.Call.body): a dict
+# with tenant_id, request_id, prompt, answer and the tenant's patterns, redacted and written to
+# RequestBody with the row's batch. Not a column of the row.
+BODY = "_body"
 
 _OPTIONAL_REFERENCES = ("api_key_id", "model_id", "provider_id", "deployment_id", "routing_rule_id", "price_id")
 
@@ -50,13 +56,36 @@ def _rows_copy(rows: list[dict]) -> None:
     json_at = [index for index, f in enumerate(fields) if isinstance(f, JSONField)]
     statement = sql.SQL("COPY {} ({}) FROM STDIN").format(
         sql.Identifier(table), sql.SQL(", ").join(sql.Identifier(f.column) for f in fields))
-    with transaction.atomic(), connection.cursor() as cursor, cursor.cursor.copy(statement) as copy:
-        for row in rows:
-            values = [row[name] if name in row else defaults[name] for name in names]
-            for index in json_at:
-                if values[index] is not None:
-                    values[index] = Jsonb(values[index])
-            copy.write_row(values)
+    with transaction.atomic():
+        with connection.cursor() as cursor, cursor.cursor.copy(statement) as copy:
+            for row in rows:
+                values = [row[name] if name in row else defaults[name] for name in names]
+                for index in json_at:
+                    if values[index] is not None:
+                        values[index] = Jsonb(values[index])
+                copy.write_row(values)
+        kept = [row for row in rows if row.get(BODY) is not None]
+        if kept:
+            _bodies_copy([row[BODY] for row in kept], created_at=[row["created_at"] for row in kept])
+
+
+def _body_redacted(body: dict) -> tuple:
+    """The body's prompt and answer with what the patterns match replaced: this is what is stored."""
+    patterns = tuple(body.get("patterns") or ())
+    return redact(body.get("prompt"), patterns), redact_text(body.get("answer") or "", patterns)
+
+
+def _bodies_copy(bodies: list[dict], *, created_at: list) -> None:
+    """The rows' request bodies, redacted, in one ``COPY`` (inside the rows' transaction)."""
+    from django.db import connection
+    from psycopg.types.json import Jsonb
+
+    with connection.cursor() as cursor, cursor.cursor.copy(
+            "COPY usage_requestbody (tenant_id, request_id, prompt, answer, created_at) FROM STDIN") as copy:
+        for body, when in zip(bodies, created_at, strict=True):
+            prompt, answer = _body_redacted(body)
+            copy.write_row([body["tenant_id"], body["request_id"], None if prompt is None else Jsonb(prompt),
+                            answer.replace("\x00", ""), when])
 
 
 def _without_nul(row: dict) -> dict:
@@ -75,9 +104,14 @@ def _rows_write(rows: list[dict]) -> None:
     # rows one by one, without NULs, dropping references that no longer resolve, so one row
     # cannot sink the batch (a batch kept for the next round would fail again, forever).
     for row in map(_without_nul, rows):
+        body = row.pop(BODY, None)
         try:
             with transaction.atomic():
                 RequestLog.objects.create(**row)
+                if body is not None:
+                    prompt, answer = _body_redacted(body)
+                    RequestBody.objects.create(tenant_id=body["tenant_id"], request_id=body["request_id"],
+                                               prompt=prompt, answer=answer, created_at=row["created_at"])
         except (IntegrityError, DataError):
             try:
                 with transaction.atomic():

@@ -95,6 +95,25 @@ class RequestLog(models.Model):
         return self.request_id
 
 
+class RequestBody(models.Model):
+    """A request's prompt and answer, kept for tenants that turn it on (``Tenant.store_bodies``),
+    redacted before it is written (``apps.core.redact``): written with its usage row by the usage
+    buffer, off the response path, and pruned with the request log."""
+
+    tenant = models.ForeignKey("tenants.Tenant", on_delete=models.CASCADE, related_name="+")
+    request_id = models.CharField(max_length=64)
+    prompt = models.JSONField(null=True, blank=True, help_text="The messages (or an embedding's input), redacted.")
+    answer = models.TextField(blank=True, default="", help_text="The answer's text and tool calls, redacted.")
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        indexes = [models.Index(fields=["tenant", "request_id"], name="request_body_request"),
+                   models.Index(fields=["tenant", "created_at"], name="request_body_tenant_time")]
+
+    def __str__(self) -> str:
+        return self.request_id
+
+
 class Feedback(models.Model):
     """What a client said about one of its requests, kept against its usage row.
 

@@ -18,6 +18,7 @@ from apps.core.errors import GatewayError
 from apps.gateway.attribution import NONE as NO_ATTRIBUTION
 from apps.gateway.attribution import Attribution
 from apps.gateway.snapshot import KeyInfo, ModelInfo
+from apps.usage.buffer import BODY
 
 _ZERO = Decimal(0)
 _CACHE_HEADER = {"miss": b"miss", "exact": b"hit-exact", "semantic": b"hit-semantic", "bypass": b"bypass"}
@@ -30,6 +31,22 @@ _request_counter = itertools.count(1)
 def request_id_new() -> str:
     """Unique per request: a random per-process prefix and a counter (no syscall per request)."""
     return f"{_REQUEST_PREFIX}{next(_request_counter):08x}"
+
+
+def completion_text(completion: dict) -> str:
+    """A chat completion's answer as one text: each choice's content, then its tool calls."""
+    parts = []
+    for choice in completion.get("choices") or ():
+        message = choice.get("message") if isinstance(choice, dict) else None
+        if not isinstance(message, dict):
+            continue
+        if isinstance(message.get("content"), str):
+            parts.append(message["content"])
+        for call in message.get("tool_calls") or ():
+            function = call.get("function") if isinstance(call, dict) else None
+            if isinstance(function, dict):
+                parts.append(f"[tool call] {function.get('name')}({function.get('arguments')})")
+    return "\n".join(parts)
 
 
 def money(value: Decimal) -> str:
@@ -78,6 +95,10 @@ class Call:
     refusal: GatewayError | None = None  # a token or budget refusal, raised unless the cache answers
     batch: bool = False  # a line of a batch job: priced with the model's batch discount
     attribution: Attribution = NO_ATTRIBUTION  # end user, tags, metadata, session (apps.gateway.attribution)
+    # For a tenant that keeps bodies: the prompt and, once known, the answer; written (redacted) with
+    # the usage row by the buffer, which reads it at its next flush (a stream's answer lands after
+    # its row is queued, in the same step of the event loop).
+    body: dict | None = None
     prompt_counted: int | None = field(default=None, init=False, repr=False)
     logged: bool = field(default=False, init=False, repr=False)  # its row is written once, however it ends
 
@@ -161,11 +182,22 @@ class Call:
                                       self.cache_write_tokens, batch=self.batch)
         return max(baseline_cost - self.cost, _ZERO)
 
+    def body_keep(self, prompt) -> None:
+        """Start the request's body record, if its tenant keeps bodies."""
+        if self.key.store_bodies:
+            self.body = {"tenant_id": self.key.tenant_id, "request_id": self.request_id, "prompt": prompt,
+                         "answer": "", "patterns": self.key.redact_patterns}
+
+    def body_answer(self, completion: dict | None) -> None:
+        """The answer's text and tool calls, from its chat completion form (kept bodies only)."""
+        if self.body is not None and isinstance(completion, dict):
+            self.body["answer"] = completion_text(completion)
+
     def usage_row(self) -> dict:
         """The request's usage row, as it stands now (see :func:`call_log`)."""
         now = time.perf_counter()
         model = self.model
-        return {
+        row = {
             "tenant_id": self.key.tenant_id,
             "api_key_id": self.key.id,
             "request_id": self.request_id,
@@ -202,3 +234,6 @@ class Call:
             "session_id": self.attribution.session_id,
             "created_at": datetime.now(UTC),
         }
+        if self.body is not None:
+            row[BODY] = self.body
+        return row

@@ -113,6 +113,7 @@ async def chat(runtime: Runtime, request: ChatRequest) -> Answer:
     try:
         prepared = dialect.prepare(request.body, request.forwarded)
         call.attribution = attribution_from(prepared.body, request.tags, request.session)
+        call.body_keep(prepared.body.get("messages"))
         call.stream = bool(prepared.body.get("stream"))
         call_route(runtime, call, prepared.body, request.tags, mode="chat", dialect=dialect,
                    native_only=prepared.native_only)
@@ -132,6 +133,7 @@ async def chat(runtime: Runtime, request: ChatRequest) -> Answer:
         if plan is not None:
             hit = await cache_lookup(runtime, call, plan)
             if hit is not None:
+                call.body_answer(hit.response)
                 cache_hit_log(runtime, call, hit)
                 return Answer(call, prepared, hit=hit)
         attempt = _attempt(runtime, dialect, prepared, stream=call.stream)
@@ -139,7 +141,9 @@ async def chat(runtime: Runtime, request: ChatRequest) -> Answer:
             _model, opened = await upstream_call(runtime, call, attempt)
 
             def on_end(done: ChatStream | None) -> None:
-                cache_settle(runtime, call, plan, dialect.stream_completion(done) if done is not None else None)
+                completion = dialect.stream_completion(done) if done is not None else None
+                call.body_answer(completion)
+                cache_settle(runtime, call, plan, completion)
 
             try:
                 stream = dialect.stream_open(runtime, call, prepared, opened, on_end)
@@ -151,6 +155,7 @@ async def chat(runtime: Runtime, request: ChatRequest) -> Answer:
         model, (raw, parsed) = await upstream_call(runtime, call, attempt)
         call.upstream_ended = call.first_byte = time.perf_counter()
         answer, completion = dialect.json_answer(call, prepared, model, raw, parsed)
+        call.body_answer(completion)
         answer_done(runtime, call)
         cache_settle(runtime, call, plan, completion)
         return Answer(call, prepared, raw=answer, completion=completion)
@@ -174,6 +179,7 @@ async def embeddings(runtime: Runtime, key: KeyInfo, body: dict, *, started: flo
     try:
         embeddings_body_validate(body)
         call.attribution = attribution_from(body, None, None)
+        call.body_keep({"input": body.get("input")})
         call_route(runtime, call, body, None, mode="embedding")
         embeddings_tokens_check(body, context_window=max(model.context_window for model in call.chain))
         await limits_reserve(runtime, call, body, mode="embedding")
