@@ -23,6 +23,7 @@ from apps.reporting.charts import chart_data
 from apps.reporting.selectors import (
     REPORT_EARLIEST,
     REPORT_LATEST,
+    attribution_grouped,
     usage_by_tenant,
     usage_grouped,
     usage_series,
@@ -107,5 +108,10 @@ def dashboard(request):
                           if totals.cost + totals.saved_cost else Decimal(0)),
         "unrouted_cost": totals.cost + totals.routing_saved_cost,
         "learned": learned_quality(tenant_id=tenant_id, start=start, end=end),
+        # One tenant's end users and tag sets (the attribution rollups, and the log for partial days).
+        "by_user": attribution_grouped(tenant_id=tenant_id, start=start, end=end, group_by="user")[:20]
+        if tenant_id else None,
+        "by_tags": attribution_grouped(tenant_id=tenant_id, start=start, end=end, group_by="tags")[:20]
+        if tenant_id else None,
     }
     return render(request, "admin/dashboard.html", context)

@@ -10,6 +10,7 @@ from decimal import Decimal
 
 import httpx
 from anthropic import Anthropic
+from django.test import Client
 from openai import OpenAI
 
 from apps.reporting.services import usage_rollup
@@ -49,7 +50,7 @@ def test_each_door_keeps_the_end_user_tags_metadata_and_session(world):
     assert (rows[""].tags, rows[""].metadata, rows[""].session_id) == ([], None, "")
 
 
-def test_usage_groups_by_end_user_and_tag_set_summing_to_the_totals(world):
+def test_usage_groups_by_end_user_and_tag_set_summing_to_the_totals(world, django_user_model):
     sdk = OpenAI(base_url=world.gateway.v1, api_key=world.key_a, max_retries=0)
     for n, (user, tags) in enumerate([("alice", "eval"), ("alice", "eval,nightly"), ("bob", ""), ("", "eval"),
                                       ("bob", "eval")]):
@@ -86,6 +87,15 @@ def test_usage_groups_by_end_user_and_tag_set_summing_to_the_totals(world):
     assert [row["group"] for row in theirs] == ["mallory"]
     assert [row["group"] for row in _usage(world, world.key_b, group_by="tags", **whole_days)["data"]] == [
         ["secret-project"]]
+
+    staff = Client()
+    staff.force_login(django_user_model.objects.create_superuser("ops", password="a-long-password-6"))
+    page = staff.get("/admin/dashboard/", {"tenant": world.tenant_a.pk, "range": "today"}).content.decode()
+    users = page.split('id="sy-users"')[1].split("</table>")[0]
+    assert "<td>alice</td><td>2</td>" in users and "<em>none given</em>" in users and "mallory" not in users
+    tags = page.split('id="sy-tags"')[1].split("</table>")[0]
+    assert "<td>eval, nightly</td><td>1</td>" in tags and "secret-project" not in tags
+    assert 'id="sy-users"' not in staff.get("/admin/dashboard/", {"range": "today"}).content.decode()
 
     csv = httpx.get(world.gateway.v1 + "/usage/export", params=whole_days,
                     headers={"Authorization": f"Bearer {world.key_a}"}, timeout=30).text.splitlines()
