@@ -20,6 +20,7 @@ from functools import cached_property
 
 from django.contrib import admin
 from django.contrib.admin.views.main import ChangeList
+from django.contrib.postgres.search import SearchQuery
 from django.core.exceptions import PermissionDenied
 from django.core.paginator import Paginator
 from django.db.models import Max, Min
@@ -210,6 +211,24 @@ class ErrorCodeFilter(admin.SimpleListFilter):
         return queryset.filter(error_code=value) if value else queryset
 
 
+def _text_matches(queryset, words: str):
+    """Requests whose kept body holds every word (the bodies' full-text index, then the log's
+    request ids): the latest 1,000 matches."""
+    found = RequestBody.objects.filter(search=SearchQuery(words, config="simple")).order_by("-created_at")
+    pairs = list(found.values_list("tenant_id", "request_id")[:1000])
+    return queryset.filter(request_id__in={request_id for _, request_id in pairs},
+                           tenant_id__in={tenant_id for tenant_id, _ in pairs})
+
+
+# ``kind:value`` search terms, each served by an index of the log (or of the kept bodies).
+SEARCH_TERMS = {
+    "user": lambda queryset, value: queryset.filter(end_user=value).exclude(end_user=""),
+    "tag": lambda queryset, value: queryset.filter(tags__contains=[value]).exclude(tags=[]),
+    "session": lambda queryset, value: queryset.filter(session_id=value).exclude(session_id=""),
+    "text": _text_matches,
+}
+
+
 @admin.register(RequestLog)
 class RequestLogAdmin(admin.ModelAdmin):
     list_display = ("when", "tenant", "key_prefix", "model_column", "cache_column", "cost_column", "latency_column",
@@ -218,8 +237,9 @@ class RequestLogAdmin(admin.ModelAdmin):
                    ErrorCodeFilter, "cache_outcome", "is_stream")
     list_select_related = ("tenant", "api_key")
     search_fields = ("request_id",)  # searched exactly, below
-    search_help_text = ("An exact request ID (the x-switchyard-request-id header, req_…) or an API key's "
-                        f"prefix ({KEY_PREFIX}…); for anything else, use the filters.")
+    search_help_text = ("An exact request ID (the x-switchyard-request-id header, req_…), an API key's prefix "
+                        f"({KEY_PREFIX}…), user:<end user>, tag:<tag>, session:<session id>, or text:<words> "
+                        "(in the kept request bodies); with the filters for the rest.")
     date_hierarchy = "created_at"
     show_full_result_count = False
     show_facets = admin.ShowFacets.NEVER  # a facet is a COUNT per choice over the log
@@ -235,6 +255,10 @@ class RequestLogAdmin(admin.ModelAdmin):
         term = search_term.strip()
         if not term:
             return queryset, False
+        kind, _, value = term.partition(":")
+        value = value.strip()
+        if kind in SEARCH_TERMS and value:
+            return SEARCH_TERMS[kind](queryset, value), False
         if term.startswith(KEY_PREFIX):
             return queryset.filter(api_key__prefix=term.rstrip("…")), False
         return queryset.filter(request_id=term), False

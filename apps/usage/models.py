@@ -5,8 +5,11 @@ from __future__ import annotations
 from decimal import Decimal
 
 from django.contrib.postgres.fields import ArrayField
+from django.contrib.postgres.indexes import GinIndex
+from django.contrib.postgres.search import SearchVector, SearchVectorField
 from django.db import models
 from django.db.models import Q
+from django.db.models.functions import Cast
 from django.utils import timezone
 
 _MONEY = {"max_digits": 16, "decimal_places": 10, "default": Decimal("0")}
@@ -89,6 +92,10 @@ class RequestLog(models.Model):
             # A session's requests, in order (only rows that name a session are indexed).
             models.Index(fields=["tenant", "session_id", "created_at"], name="request_log_session",
                          condition=~Q(session_id="")),
+            # The admin's search by end user and by tag (only rows that carry one are indexed).
+            models.Index(fields=["end_user", "-created_at"], name="request_log_end_user",
+                         condition=~Q(end_user="")),
+            GinIndex(fields=["tags"], name="request_log_tags", condition=~Q(tags=[])),
         ]
 
     def __str__(self) -> str:
@@ -105,10 +112,15 @@ class RequestBody(models.Model):
     prompt = models.JSONField(null=True, blank=True, help_text="The messages (or an embedding's input), redacted.")
     answer = models.TextField(blank=True, default="", help_text="The answer's text and tool calls, redacted.")
     created_at = models.DateTimeField(default=timezone.now)
+    # The words of the prompt and answer, for the request log's text search (a GIN index).
+    search = models.GeneratedField(
+        expression=SearchVector(Cast("prompt", models.TextField()), "answer", config="simple"),
+        output_field=SearchVectorField(), db_persist=True)
 
     class Meta:
         indexes = [models.Index(fields=["tenant", "request_id"], name="request_body_request"),
-                   models.Index(fields=["tenant", "created_at"], name="request_body_tenant_time")]
+                   models.Index(fields=["tenant", "created_at"], name="request_body_tenant_time"),
+                   GinIndex(fields=["search"], name="request_body_search")]
 
     def __str__(self) -> str:
         return self.request_id

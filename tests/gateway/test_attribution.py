@@ -5,6 +5,7 @@ CSV export carries them. Tenant B never sees tenant A's users or tags. Against t
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
@@ -96,6 +97,15 @@ def test_usage_groups_by_end_user_and_tag_set_summing_to_the_totals(world, djang
     tags = page.split('id="sy-tags"')[1].split("</table>")[0]
     assert "<td>eval, nightly</td><td>1</td>" in tags and "secret-project" not in tags
     assert 'id="sy-users"' not in staff.get("/admin/dashboard/", {"range": "today"}).content.decode()
+    # The request log's search by end user and by tag.
+    def listed(q: str) -> set[str]:
+        page = staff.get("/admin/usage/requestlog/", {"q": q}).content.decode()
+        return set(re.findall(r"req_[0-9a-f]{24}", page.split('id="result_list"')[-1]))
+
+    by_id = {log.request_id: log for log in logs}
+    assert listed("user:alice") == {rid for rid, log in by_id.items() if log.end_user == "alice"} != set()
+    assert listed("tag:nightly") == {rid for rid, log in by_id.items() if "nightly" in log.tags} != set()
+    assert listed("tag:secret-project") != set() and not listed("tag:secret-project") & set(by_id)
 
     csv = httpx.get(world.gateway.v1 + "/usage/export", params=whole_days,
                     headers={"Authorization": f"Bearer {world.key_a}"}, timeout=30).text.splitlines()

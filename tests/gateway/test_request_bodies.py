@@ -5,6 +5,8 @@ on the request's page. Against the live gateway."""
 
 from __future__ import annotations
 
+import re
+
 import httpx
 from django.db import connection
 from django.test import Client
@@ -77,6 +79,13 @@ def test_kept_bodies_are_redacted_before_they_reach_any_table(world, django_user
     log = next(log for log in logs if log.request_id == kept.request_id)
     page = staff.get(f"/admin/usage/requestlog/{log.pk}/change/").content.decode()
     assert "[REDACTED email]" in page and SECRETS["email"] not in page
+    # The request log's text search finds requests by the words of their kept bodies.
+    found = staff.get("/admin/usage/requestlog/", {"q": "text:stream it"}).content.decode()
+    assert streamed.headers["x-switchyard-request-id"] in found and kept.request_id not in found
+    found = staff.get("/admin/usage/requestlog/", {"q": "text:ticket brief"}).content.decode()
+    assert kept.request_id in found and streamed.headers["x-switchyard-request-id"] in found
+    assert not re.search(r"req_[0-9a-f]{24}", staff.get("/admin/usage/requestlog/", {
+        "q": "text:globex"}).content.decode())  # tenant B kept no body
 
 
 def test_a_tenants_patterns_must_be_regular_expressions(tenant_a):
