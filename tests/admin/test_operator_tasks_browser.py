@@ -17,7 +17,7 @@ import httpx
 import pytest
 
 from tests.admin.conftest import OPERATOR_PASSWORD
-from tests.gateway.conftest import usage_quiet
+from tests.gateway.conftest import gateway_start, gateway_stop, usage_quiet
 from tests.live import REPO, wait_until
 
 CHROMIUM = "/usr/bin/chromium"
@@ -86,6 +86,16 @@ def _off_loop(work):
 def _pk(page) -> int:
     """The object id in a change page's address (``.../<pk>/change/``)."""
     return int(page.url.rstrip("/").split("/")[-2])
+
+
+@pytest.fixture(scope="module")
+def admin_server(django_db_setup, django_db_blocker, tmp_path_factory):
+    """A server of this module's own: saving in the admin makes a process cache the content types'
+    ids, which a later test's database flush renumbers; the session's shared server must not
+    carry them into other modules."""
+    server = gateway_start(tmp_path_factory.mktemp("operator-server"))
+    yield server
+    gateway_stop(server)
 
 
 def test_an_operator_does_the_eight_tasks_in_the_admin_and_clients_see_each(
