@@ -43,4 +43,5 @@ def chat_options(scope) -> dict[str, str | None]:
     return {"cache_control": header(scope, b"cache-control"),
             "namespace": header(scope, b"x-switchyard-cache-namespace"),
             "tags": header(scope, b"x-switchyard-tags"),
-            "quality_target": header(scope, b"x-switchyard-quality-target")}
+            "quality_target": header(scope, b"x-switchyard-quality-target"),
+            "traceparent": header(scope, b"traceparent")}

@@ -75,6 +75,7 @@ class Call:
     reservation: object = None  # apps.limits.enforce.Reservation when the key or tenant has limits
     refusal: GatewayError | None = None  # a token or budget refusal, raised unless the cache answers
     batch: bool = False  # a line of a batch job: priced with the model's batch discount
+    trace: object = None  # apps.gateway.tracing.RequestTrace when tracing is on: its span ends with the row
     prompt_counted: int | None = field(default=None, init=False, repr=False)
     logged: bool = field(default=False, init=False, repr=False)  # its row is written once, however it ends
 
@@ -107,6 +108,8 @@ class Call:
             headers.append((b"x-switchyard-route-estimates", self.route_estimates.encode("ascii", "replace")))
         if self.reservation is not None:
             headers += self.reservation.headers(cost=None if deferred else self.cost)
+        if self.trace is not None:
+            headers.append((b"x-switchyard-trace-id", self.trace.trace_id.encode()))
         return headers
 
     def usage_estimate(self, messages: list, answer_text: str) -> None:
