@@ -83,14 +83,8 @@ class Tracing:
         key = call.key
         span = self.tracer.start_span(
             operation, context=parent, kind=SpanKind.SERVER, start_time=_epoch_ns(call.started),
-            attributes={
-                "gen_ai.operation.name": operation,
-                "switchyard.request_id": call.request_id,
-                "switchyard.tenant": key.tenant_slug,
-                "switchyard.tenant_id": key.tenant_id,
-                "switchyard.api_key": key.prefix,
-                "switchyard.endpoint": call.endpoint,
-            })
+            attributes={"gen_ai.operation.name": operation, "switchyard.request_id": call.request_id,
+                        "switchyard.tenant": key.tenant_slug, "http.route": call.endpoint})
         call.trace = RequestTrace(self.tracer, span, operation)
 
     def shutdown(self) -> None:
@@ -114,17 +108,18 @@ class RequestTrace:
 
     def request_body(self, body: dict) -> None:
         """The request's parameters, once the dialect has given its chat form."""
-        span = self.span
+        attributes = {}
         for name, attribute in _REQUEST_PARAMETERS:
             value = body.get(name)
             if isinstance(value, int | float) and not isinstance(value, bool):
-                span.set_attribute(attribute, value)
+                attributes[attribute] = value
         stop = body.get("stop")
         if isinstance(stop, str):
-            span.set_attribute("gen_ai.request.stop_sequences", [stop])
+            attributes["gen_ai.request.stop_sequences"] = [stop]
         elif isinstance(stop, list) and all(isinstance(item, str) for item in stop):
-            span.set_attribute("gen_ai.request.stop_sequences", stop)
-        span.set_attribute("switchyard.stream", bool(body.get("stream")))
+            attributes["gen_ai.request.stop_sequences"] = stop
+        if attributes:
+            self.span.set_attributes(attributes)
 
     async def cache_lookup(self, call: Call, lookup: Awaitable[T]) -> T:
         """``lookup`` (the pipeline's cache step) inside a ``cache lookup`` span."""
@@ -151,10 +146,8 @@ class RequestTrace:
                 attributes={
                     "gen_ai.operation.name": self.operation,
                     "gen_ai.provider.name": _provider_name(model),
-                    "gen_ai.system": _provider_name(model),
                     "gen_ai.request.model": model.upstream_id,
                     "switchyard.model": model.name,
-                    "switchyard.provider": model.provider.name,
                     "switchyard.attempt": number,
                     "switchyard.fallback_position": _position(call.chain, model),
                     "server.address": urlsplit(model.provider.base_url).hostname or "",
@@ -180,10 +173,12 @@ class RequestTrace:
         upstream = self.upstream
         if upstream is not None:
             self.upstream = None
-            _usage(upstream, call)
+            attributes: dict = {}
+            _usage(attributes, call)
             if call.status >= 400:
                 upstream.set_status(Status(StatusCode.ERROR, call.error_code))
-                upstream.set_attribute("error.type", call.error_code or str(call.status))
+                attributes["error.type"] = call.error_code or str(call.status)
+            upstream.set_attributes(attributes)
             upstream.end()
         span = self.tracer.start_span("usage write", context=self.context, kind=SpanKind.INTERNAL)
         try:
@@ -201,17 +196,17 @@ class RequestTrace:
             span.set_attribute("gen_ai.request.model", call.requested_model)
         attributes: dict = {
             "switchyard.cache": CACHE_NAMES[call.cache],
-            "switchyard.status_code": call.status,
             "http.response.status_code": call.status,
             "switchyard.cost": float(call.cost),
             "switchyard.overhead_ms": round(call.overhead_ms, 3),
-            "switchyard.stream": call.stream,
         }
         if model is not None:
             attributes["gen_ai.response.model"] = model.upstream_id
-            attributes["gen_ai.provider.name"] = attributes["gen_ai.system"] = _provider_name(model)
-            attributes["switchyard.model"] = model.name
-            attributes["switchyard.provider"] = model.provider.name
+            attributes["gen_ai.provider.name"] = _provider_name(model)
+        if call.stream:
+            attributes["switchyard.stream"] = True
+            if call.first_byte is not None:
+                attributes["switchyard.ttft_ms"] = round((call.first_byte - call.started) * 1000, 3)
         if call.chain:
             attributes["switchyard.chain"] = [item.name for item in call.chain]
         if call.rule_id is not None:
@@ -224,41 +219,44 @@ class RequestTrace:
             attributes["switchyard.saved_cost"] = float(call.saved_cost)
         if call.failures:
             attributes["switchyard.upstream_failures"] = list(call.failures)
-        if call.first_byte is not None:
-            attributes["switchyard.ttft_ms"] = round((call.first_byte - call.started) * 1000, 3)
-        span.set_attributes(attributes)
         if call.status == 200 or call.cache in ("exact", "semantic"):
-            _usage(span, call)
+            _usage(attributes, call)
         if call.status >= 400:
-            span.set_attribute("error.type", call.error_code or str(call.status))
+            attributes["error.type"] = call.error_code or str(call.status)
             if call.status >= 500 or call.status == 499:
                 span.set_status(Status(StatusCode.ERROR, call.error_code))
+        span.set_attributes(attributes)
 
 
-def _usage(span, call: Call) -> None:
-    span.set_attributes({"gen_ai.usage.input_tokens": call.input_tokens,
-                         "gen_ai.usage.output_tokens": call.output_tokens,
-                         "switchyard.usage.cached_tokens": call.cached_tokens,
-                         "switchyard.usage.estimated": call.tokens_estimated})
+def _usage(attributes: dict, call: Call) -> None:
+    """The request's tokens into ``attributes`` (cached and estimated only when they apply: every
+    attribute costs its encoding on export)."""
+    attributes["gen_ai.usage.input_tokens"] = call.input_tokens
+    attributes["gen_ai.usage.output_tokens"] = call.output_tokens
+    if call.cached_tokens:
+        attributes["switchyard.usage.cached_tokens"] = call.cached_tokens
+    if call.tokens_estimated:
+        attributes["switchyard.usage.estimated"] = True
 
 
 def _answer(span, parsed: dict) -> None:
     """What a provider's JSON answer says of itself (OpenAI's shape or Anthropic's)."""
-    if isinstance(parsed.get("id"), str):
-        span.set_attribute("gen_ai.response.id", parsed["id"])
+    attributes = {}
     usage = parsed.get("usage")
     if isinstance(usage, dict):
         for names, attribute in ((("prompt_tokens", "input_tokens"), "gen_ai.usage.input_tokens"),
                                  (("completion_tokens", "output_tokens"), "gen_ai.usage.output_tokens")):
             value = next((usage[name] for name in names if isinstance(usage.get(name), int)), None)
             if value is not None:
-                span.set_attribute(attribute, value)
+                attributes[attribute] = value
     choices = parsed.get("choices")
     reasons = [choice.get("finish_reason") for choice in choices if isinstance(choice, dict)] \
         if isinstance(choices, list) else [parsed.get("stop_reason")]
     reasons = [reason for reason in reasons if isinstance(reason, str)]
     if reasons:
-        span.set_attribute("gen_ai.response.finish_reasons", reasons)
+        attributes["gen_ai.response.finish_reasons"] = reasons
+    if attributes:
+        span.set_attributes(attributes)
 
 
 def _failed(span, exc: BaseException) -> None:

@@ -179,7 +179,7 @@ def test_it_traces_a_json_chat_with_its_children_and_genai_attributes(traced, re
     assert attributes["gen_ai.operation.name"] == "chat"
     assert attributes["gen_ai.request.model"] == "sim-mini"
     assert attributes["gen_ai.response.model"] == "sim-mini"
-    assert attributes["gen_ai.provider.name"] == attributes["gen_ai.system"] == "simulated"
+    assert attributes["gen_ai.provider.name"] == "simulated"
     assert attributes["gen_ai.request.max_tokens"] == 50
     assert attributes["gen_ai.request.temperature"] == 0
     assert attributes["gen_ai.request.top_p"] == 0.5
@@ -187,14 +187,14 @@ def test_it_traces_a_json_chat_with_its_children_and_genai_attributes(traced, re
     assert attributes["gen_ai.usage.output_tokens"] == usage["completion_tokens"] > 0
     assert attributes["switchyard.request_id"] == response.headers["x-switchyard-request-id"]
     assert attributes["switchyard.tenant"] == "acme"
-    assert attributes["switchyard.tenant_id"] == traced.tenant_a.id
+    assert attributes["http.route"] == "/v1/chat/completions"
     assert attributes["switchyard.cache"] == "miss"
     assert attributes["switchyard.chain"] == ["sim-mini"]
     assert attributes["switchyard.cost"] == pytest.approx(float(response.headers["x-switchyard-cost"]))
     assert attributes["switchyard.cost"] > 0
     assert attributes["switchyard.overhead_ms"] == pytest.approx(
         float(response.headers["x-switchyard-overhead-ms"]), abs=0.01)
-    assert attributes["switchyard.stream"] is False
+    assert "switchyard.stream" not in attributes
     assert attributes["http.response.status_code"] == 200
     assert request["resource"]["service.name"] == "switchyard-under-test"
     assert request["resource"]["deployment.environment"] == "test"
@@ -210,7 +210,6 @@ def test_it_traces_a_json_chat_with_its_children_and_genai_attributes(traced, re
     assert upstream["attributes"]["switchyard.attempt"] == 1
     assert upstream["attributes"]["gen_ai.usage.output_tokens"] == usage["completion_tokens"]
     assert upstream["attributes"]["gen_ai.response.finish_reasons"] == ["stop"]
-    assert upstream["attributes"]["gen_ai.response.id"].startswith("chatcmpl")
     assert upstream["status"] != STATUS_ERROR
     # The children lie within the request's span, in the pipeline's order.
     for child in children:
