@@ -3,12 +3,15 @@ loopback, which decodes them with OpenTelemetry's own protobuf classes.
 
 One span per request (kind SERVER), with children for the cache lookup, each upstream attempt
 (retries and fallbacks included) and the usage write; GenAI and Switchyard attributes; the
-caller's ``traceparent`` honoured; each request's spans naming only its own tenant.
+caller's ``traceparent`` honoured (over HTTP and per WebSocket request); each request's spans
+naming only its own tenant.
 """
 
 from __future__ import annotations
 
+import asyncio
 import gzip
+import json
 import threading
 import uuid
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -19,6 +22,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
     ExportTraceServiceRequest,
     ExportTraceServiceResponse,
 )
+from websockets.asyncio.client import connect
 
 from tests.gateway.conftest import World, gateway_start, gateway_stop, usage_quiet, wait_until
 from tests.live import free_port
@@ -344,3 +348,27 @@ def test_it_puts_only_the_requests_own_tenant_on_its_spans(traced, receiver):
 def test_it_sends_no_trace_header_when_tracing_is_off(world):
     response = _chat(world, {"model": "sim-mini", "messages": _prompt("No tracing here")})
     assert "x-switchyard-trace-id" not in response.headers
+
+
+def test_it_takes_a_traceparent_per_websocket_request(traced, receiver):
+    trace_id, parent_id = uuid.uuid4().hex, uuid.uuid4().hex[:16]
+    url = traced.gateway.base.replace("http://", "ws://") + "/ws/v1/chat"
+
+    async def run() -> dict:
+        async with connect(url, additional_headers={"Authorization": f"Bearer {traced.key_a}"}) as ws:
+            assert json.loads(await ws.recv())["type"] == "ready"
+            await ws.send(json.dumps({
+                "type": "chat.request", "id": "r1", "traceparent": f"00-{trace_id}-{parent_id}-01",
+                "body": {"model": "sim-mini", "messages": _prompt("Over the socket")}}))
+            while True:
+                event = json.loads(await asyncio.wait_for(ws.recv(), 30))
+                if event["type"] in ("done", "error"):
+                    return event
+
+    done = asyncio.run(run())
+    assert done["type"] == "done", done
+    assert done["trace_id"] == trace_id
+    request = _request_span(receiver.trace(trace_id))
+    assert request["parent"] == parent_id
+    assert request["attributes"]["switchyard.request_id"] == done["request_id"]
+    assert request["attributes"]["switchyard.stream"] is True
