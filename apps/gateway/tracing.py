@@ -95,7 +95,7 @@ class Tracing:
 class RequestTrace:
     """One request's span and the children the pipeline opens under it."""
 
-    __slots__ = ("attempts", "context", "operation", "span", "trace_id", "tracer", "upstream")
+    __slots__ = ("attempts", "context", "operation", "recording", "span", "trace_id", "tracer", "upstream")
 
     def __init__(self, tracer: Tracer, span, operation: str) -> None:
         self.tracer = tracer
@@ -105,9 +105,14 @@ class RequestTrace:
         self.trace_id = format(span.get_span_context().trace_id, "032x")
         self.attempts: dict[str, int] = {}  # model name -> attempts made on it
         self.upstream = None  # a stream's attempt span, open until the stream ends
+        # Not sampled (the sampler's or the caller's choice): the trace id is still the request's,
+        # but no child is opened and no attribute built.
+        self.recording = span.is_recording()
 
     def request_body(self, body: dict) -> None:
         """The request's parameters, once the dialect has given its chat form."""
+        if not self.recording:
+            return
         attributes = {}
         for name, attribute in _REQUEST_PARAMETERS:
             value = body.get(name)
@@ -123,6 +128,8 @@ class RequestTrace:
 
     async def cache_lookup(self, call: Call, lookup: Awaitable[T]) -> T:
         """``lookup`` (the pipeline's cache step) inside a ``cache lookup`` span."""
+        if not self.recording:
+            return await lookup
         span = self.tracer.start_span("cache lookup", context=self.context, kind=SpanKind.INTERNAL)
         try:
             return await lookup
@@ -138,6 +145,8 @@ class RequestTrace:
     def attempts_traced(self, call: Call, attempt: Callable[[ModelInfo], Awaitable[T]],
                         ) -> Callable[[ModelInfo], Awaitable[T]]:
         """``attempt`` with a span per call: each retry and fallback is one attempt."""
+        if not self.recording:
+            return attempt
 
         async def traced(model: ModelInfo) -> T:
             number = self.attempts[model.name] = self.attempts.get(model.name, 0) + 1
@@ -170,6 +179,9 @@ class RequestTrace:
     def end(self, call: Call, log: Callable[[], None]) -> None:
         """End a stream's attempt span, run ``log`` (the usage row and the limits settled) inside a
         ``usage write`` span, then end the request's span with what the request came to."""
+        if not self.recording:
+            log()
+            return
         upstream = self.upstream
         if upstream is not None:
             self.upstream = None

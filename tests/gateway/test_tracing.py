@@ -322,6 +322,18 @@ def test_it_joins_the_callers_trace_from_traceparent(traced, receiver):
     assert _one(spans, kind=CLIENT)["name"] == "embeddings sim-embed"
 
 
+def test_it_follows_a_callers_choice_not_to_sample(traced, receiver):
+    unsampled, parent_id = uuid.uuid4().hex, uuid.uuid4().hex[:16]
+    response = _chat(traced, {"model": "sim-mini", "messages": _prompt("Do not record me")},
+                     headers={"traceparent": f"00-{unsampled}-{parent_id}-00"})
+    assert response.headers["x-switchyard-trace-id"] == unsampled
+    # A sampled request answered after it: once its spans are in, the first one's would be too.
+    after = _chat(traced, {"model": "sim-mini", "messages": _prompt("Record me")})
+    receiver.trace(after.headers["x-switchyard-trace-id"])
+    with receiver.lock:
+        assert not [span for span in receiver.spans if span["trace_id"] == unsampled]
+
+
 def test_it_starts_a_new_trace_for_a_malformed_traceparent(traced, receiver):
     response = _chat(traced, {"model": "sim-mini", "messages": _prompt("Bad parent")},
                      headers={"traceparent": "00-not-a-trace-01"})
