@@ -12,9 +12,10 @@ ends) runs against each target in turn, rounds interleaved so machine noise hits
 alike. Reports req/s, p50/p95/p99 latency, time to first byte of a stream, each as a ratio to
 the thinnest proxy, then Switchyard's resident memory before and after 20,000 requests.
 
-With ``--tracing``, a second Switchyard runs beside the first with OpenTelemetry tracing on,
-exporting every span over OTLP/HTTP to a local sink (bench/otlp_sink.py, which decodes and
-counts them), so tracing on and off are measured in the same run, rounds interleaved.
+With ``--tracing``, two more gateways run beside the first with OpenTelemetry tracing on, one
+recording every request, one a 10% sample (``parentbased_traceidratio``), exporting over
+OTLP/HTTP to a local sink (bench/otlp_sink.py, which decodes and counts the spans), so tracing
+on and off are measured in the same run, rounds interleaved.
 """
 
 from __future__ import annotations
@@ -88,8 +89,10 @@ class Sample:
     summaries: list[tuple[float, float, float, float]] = field(default_factory=list)  # (weight, p50, p95, p99)
     summary: tuple[float, float, float] | None = None
     overhead: list[float] = field(default_factory=list)
+    cpu: float = 0.0  # seconds of CPU the target's process spent (threads included), when it is ours
 
     def add(self, other: Sample) -> None:
+        self.cpu += other.cpu
         if other.summary is not None:
             self.summaries.append((other.ok, *other.summary))
         self.overhead += other.overhead
@@ -210,6 +213,14 @@ async def wrk_loop(target: Target, *, concurrency: int, duration: float, scripts
     return sample
 
 
+def cpu_seconds(proc: subprocess.Popen | None) -> float:
+    """CPU time (user and system, every thread) a target's process has used so far; 0 for none."""
+    if proc is None:
+        return 0.0
+    times = psutil.Process(proc.pid).cpu_times()
+    return times.user + times.system
+
+
 def rss_mb(proc: subprocess.Popen) -> float:
     return psutil.Process(proc.pid).memory_info().rss / 1024 / 1024
 
@@ -284,14 +295,17 @@ async def run(args) -> str:
             procs.append(start([PY, "bench/otlp_sink.py", "--port", str(sink_port)], log=logs / "sink.log"))
             sink = f"http://127.0.0.1:{sink_port}"
             await wait_http(sink + "/stats")
-            traced_port = free_port()
-            traced = start([PY, "-m", "uvicorn", "config.asgi:application", "--host", "127.0.0.1", "--port",
-                            str(traced_port), "--loop", "uvloop", "--http", "httptools", "--no-access-log"],
-                           env={"HF_HUB_OFFLINE": "1", "DEBUG": "0", "OTEL_EXPORTER_OTLP_ENDPOINT": sink,
-                                "OTEL_SERVICE_NAME": "switchyard-bench"}, log=logs / "switchyard-traced.log")
-            procs.append(traced)
-            await wait_http(f"http://127.0.0.1:{traced_port}/v1/models", headers=auth, proc=traced)
-            targets.append(Target(TRACED, f"http://127.0.0.1:{traced_port}/v1/chat/completions", auth, traced))
+            for name, sampler in ((TRACED, {}), (SAMPLED, {"OTEL_TRACES_SAMPLER": "parentbased_traceidratio",
+                                                           "OTEL_TRACES_SAMPLER_ARG": str(SAMPLE_RATIO)})):
+                traced_port = free_port()
+                traced = start([PY, "-m", "uvicorn", "config.asgi:application", "--host", "127.0.0.1", "--port",
+                                str(traced_port), "--loop", "uvloop", "--http", "httptools", "--no-access-log"],
+                               env={"HF_HUB_OFFLINE": "1", "DEBUG": "0", "OTEL_EXPORTER_OTLP_ENDPOINT": sink,
+                                    "OTEL_SERVICE_NAME": "switchyard-bench", **sampler},
+                               log=logs / f"switchyard-traced-{len(procs)}.log")
+                procs.append(traced)
+                await wait_http(f"http://127.0.0.1:{traced_port}/v1/models", headers=auth, proc=traced)
+                targets.append(Target(name, f"http://127.0.0.1:{traced_port}/v1/chat/completions", auth, traced))
         if args.baseline:
             before, base_port = await baseline_start(args.baseline, trees, logs, auth)
             procs.append(before)
@@ -327,6 +341,7 @@ async def run(args) -> str:
             for scenario in scenarios:
                 order = targets[round_index % len(targets):] + targets[: round_index % len(targets)]
                 for target in order:
+                    cpu_before = cpu_seconds(target.proc)
                     if scenario[0] == "json" and use_wrk:
                         sample = await wrk_loop(target, concurrency=scenario[1], duration=args.duration,
                                                 scripts=logs)
@@ -334,6 +349,7 @@ async def run(args) -> str:
                     else:
                         sample = await closed_loop(target, concurrency=scenario[1], duration=args.duration,
                                                    stream=scenario[0] == "stream", warmup=1.0, counter=counter)
+                    sample.cpu = cpu_seconds(target.proc) - cpu_before
                     results[(target.name, scenario)].add(sample)
                     if target.name == "Switchyard" and rss_start is None:
                         rss_start = rss_mb(switchyard)
@@ -370,6 +386,8 @@ async def baseline_start(ref: str, trees: contextlib.ExitStack, logs: Path,
 
 
 TRACED = "Switchyard, tracing on"
+SAMPLE_RATIO = 0.1
+SAMPLED = f"Switchyard, tracing {SAMPLE_RATIO:.0%} sampled"
 
 
 async def _sink_stats(sink: str, settle: float = 10.0) -> SimpleNamespace:
@@ -483,8 +501,9 @@ def report(targets, scenarios, results, memory, args, json_load: str) -> str:
         checks.append((f"within 3% of {args.baseline}'s req/s and 0.5 ms of its p50", ok, "see the table above"))
     if args.tracing:
         table, ok = tracing_rows(results, scenarios, args.sink)
-        lines.append("\n**Tracing on against off** (`--tracing`: a second Switchyard exporting every span over "
-                     "OTLP/HTTP to a local sink, the same run, rounds interleaved):\n")
+        lines.append("\n**Tracing on against off** (`--tracing`: two more gateways exporting over OTLP/HTTP to a "
+                     "local sink, one tracing every request, one sampling a tenth of them by trace id; the same run, "
+                     "rounds interleaved):\n")
         lines += table
         checks.append(("tracing on within 10% of off's req/s in every scenario", ok, "see the table above"))
     lines.append("\n| target | result | measured |\n|---|---|---|")
@@ -494,19 +513,24 @@ def report(targets, scenarios, results, memory, args, json_load: str) -> str:
 
 
 def tracing_rows(results, scenarios, sink) -> tuple[list[str], bool]:
-    """Tracing on against off per scenario, and whether on stays within 10% of off's req/s."""
-    lines = ["| scenario | req/s off | req/s on | ratio | p50 ms off | p50 ms on | p50 change ms |",
-             "|---|---|---|---|---|---|---|"]
+    """Tracing on (every request, then a sample) against off per scenario, and whether on stays
+    within 10% of off's req/s."""
+    lines = ["| scenario | tracing | req/s off | req/s on | ratio | p50 ms off | p50 ms on | p50 change ms "
+             "| CPU us/request off | CPU us/request on |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     ok = True
     for kind, conc in scenarios:
-        off, on = results[("Switchyard", (kind, conc))], results[(TRACED, (kind, conc))]
-        ratio = on.rps / off.rps if off.rps else float("nan")
-        ok = ok and ratio >= 0.90
-        lines.append(f"| {kind} c={conc} | {off.rps:.0f} | {on.rps:.0f} | {ratio:.3f} | {pct(off, 50):.2f} | "
-                     f"{pct(on, 50):.2f} | {pct(on, 50) - pct(off, 50):+.2f} |")
-    lines.append(f"\nThe sink received {sink.spans:,} spans in {sink.posts:,} exports ({sink.bytes / 1e6:.1f} MB): "
-                 f"{sink.roots:,} requests, {sink.spans / max(sink.roots, 1):.2f} spans each (the request, its "
-                 "upstream attempt and its usage write; the cache is bypassed).\n")
+        off = results[("Switchyard", (kind, conc))]
+        for name, label in ((TRACED, "every request"), (SAMPLED, f"{SAMPLE_RATIO:.0%} sampled")):
+            on = results[(name, (kind, conc))]
+            ratio = on.rps / off.rps if off.rps else float("nan")
+            ok = ok and (name != TRACED or ratio >= 0.90)
+            lines.append(f"| {kind} c={conc} | {label} | {off.rps:.0f} | {on.rps:.0f} | {ratio:.3f} | "
+                         f"{pct(off, 50):.2f} | {pct(on, 50):.2f} | {pct(on, 50) - pct(off, 50):+.2f} | "
+                         f"{off.cpu / max(off.ok, 1) * 1e6:.0f} | {on.cpu / max(on.ok, 1) * 1e6:.0f} |")
+    lines.append(f"\nThe sink received {sink.spans:,} spans in {sink.posts:,} exports ({sink.bytes / 1e6:.1f} MB) from "
+                 f"both traced gateways: {sink.roots:,} requests, {sink.spans / max(sink.roots, 1):.2f} spans each "
+                 "(the request, its upstream attempt and its usage write; the cache is bypassed).\n")
     return lines, ok
 
 
