@@ -12,8 +12,9 @@ a stream, when the stream ends. Its children:
 Attributes follow OpenTelemetry's GenAI semantic conventions (``gen_ai.*``) with Switchyard's
 own under ``switchyard.*``. An incoming W3C ``traceparent`` makes the request's span a child of
 the caller's. Spans are handed to a ``BatchSpanProcessor``, which exports them from its own
-thread: the request path only builds them. With no endpoint set, :func:`tracing_open` gives
-None, no span is built and the SDK is not even imported.
+thread: the request path only builds them. A request the sampler leaves out (``OTEL_TRACES_SAMPLER``,
+or the caller's ``traceparent``) keeps its trace id and builds nothing more. With no endpoint set,
+:func:`tracing_open` gives None, no span is built and the SDK is not even imported.
 """
 
 from __future__ import annotations
