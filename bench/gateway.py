@@ -2,6 +2,7 @@
 
     python bench/gateway.py [--duration 8] [--rounds 3] [--write docs/benchmarks.md]
     python bench/gateway.py --install-litellm      # once: LiteLLM proxy into var/litellm-venv
+    python bench/gateway.py --tracing [--baseline REF]  # also a gateway exporting its traces
 
 Starts the simulated upstream (20 ms to first token, 20 chunks), the thinnest Python proxy
 (bench/thin_proxy.py), Switchyard (uvicorn + uvloop + httptools, a real tenant key from the
@@ -10,6 +11,11 @@ A closed loop (each of ``concurrency`` workers sends its next request when the p
 ends) runs against each target in turn, rounds interleaved so machine noise hits every target
 alike. Reports req/s, p50/p95/p99 latency, time to first byte of a stream, each as a ratio to
 the thinnest proxy, then Switchyard's resident memory before and after 20,000 requests.
+
+With ``--tracing``, two more gateways run beside the first with OpenTelemetry tracing on, one
+recording every request, one a 10% sample (``parentbased_traceidratio``), exporting over
+OTLP/HTTP to a local sink (bench/otlp_sink.py, which decodes and counts the spans), so tracing
+on and off are measured in the same run, rounds interleaved.
 """
 
 from __future__ import annotations
@@ -29,6 +35,7 @@ import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from types import SimpleNamespace
 
 import aiohttp
 import psutil
@@ -83,8 +90,10 @@ class Sample:
     summaries: list[tuple[float, float, float, float]] = field(default_factory=list)  # (weight, p50, p95, p99)
     summary: tuple[float, float, float] | None = None
     overhead: list[float] = field(default_factory=list)
+    cpu: float = 0.0  # seconds of CPU the target's process spent (threads included), when it is ours
 
     def add(self, other: Sample) -> None:
+        self.cpu += other.cpu
         if other.summary is not None:
             self.summaries.append((other.ok, *other.summary))
         self.overhead += other.overhead
@@ -205,6 +214,14 @@ async def wrk_loop(target: Target, *, concurrency: int, duration: float, scripts
     return sample
 
 
+def cpu_seconds(proc: subprocess.Popen | None) -> float:
+    """CPU time (user and system, every thread) a target's process has used so far; 0 for none."""
+    if proc is None:
+        return 0.0
+    times = psutil.Process(proc.pid).cpu_times()
+    return times.user + times.system
+
+
 def rss_mb(proc: subprocess.Popen) -> float:
     return psutil.Process(proc.pid).memory_info().rss / 1024 / 1024
 
@@ -273,6 +290,23 @@ async def run(args) -> str:
         auth = {"Authorization": f"Bearer {key}", "Cache-Control": "no-store"}
         await wait_http(f"http://127.0.0.1:{sy_port}/v1/models", headers=auth)
         targets.append(Target("Switchyard", f"http://127.0.0.1:{sy_port}/v1/chat/completions", auth, switchyard))
+        sink = None
+        if args.tracing:
+            sink_port = free_port()
+            procs.append(start([PY, "bench/otlp_sink.py", "--port", str(sink_port)], log=logs / "sink.log"))
+            sink = f"http://127.0.0.1:{sink_port}"
+            await wait_http(sink + "/stats")
+            for name, sampler in ((TRACED, {}), (SAMPLED, {"OTEL_TRACES_SAMPLER": "parentbased_traceidratio",
+                                                           "OTEL_TRACES_SAMPLER_ARG": str(SAMPLE_RATIO)})):
+                traced_port = free_port()
+                traced = start([PY, "-m", "uvicorn", "config.asgi:application", "--host", "127.0.0.1", "--port",
+                                str(traced_port), "--loop", "uvloop", "--http", "httptools", "--no-access-log"],
+                               env={"HF_HUB_OFFLINE": "1", "DEBUG": "0", "OTEL_EXPORTER_OTLP_ENDPOINT": sink,
+                                    "OTEL_SERVICE_NAME": "switchyard-bench", **sampler},
+                               log=logs / f"switchyard-traced-{len(procs)}.log")
+                procs.append(traced)
+                await wait_http(f"http://127.0.0.1:{traced_port}/v1/models", headers=auth, proc=traced)
+                targets.append(Target(name, f"http://127.0.0.1:{traced_port}/v1/chat/completions", auth, traced))
         if args.baseline:
             before, base_port = await baseline_start(args.baseline, trees, logs, auth)
             procs.append(before)
@@ -308,6 +342,7 @@ async def run(args) -> str:
             for scenario in scenarios:
                 order = targets[round_index % len(targets):] + targets[: round_index % len(targets)]
                 for target in order:
+                    cpu_before = cpu_seconds(target.proc)
                     if scenario[0] == "json" and use_wrk:
                         sample = await wrk_loop(target, concurrency=scenario[1], duration=args.duration,
                                                 scripts=logs)
@@ -315,6 +350,7 @@ async def run(args) -> str:
                     else:
                         sample = await closed_loop(target, concurrency=scenario[1], duration=args.duration,
                                                    stream=scenario[0] == "stream", warmup=1.0, counter=counter)
+                    sample.cpu = cpu_seconds(target.proc) - cpu_before
                     results[(target.name, scenario)].add(sample)
                     if target.name == "Switchyard" and rss_start is None:
                         rss_start = rss_mb(switchyard)
@@ -323,6 +359,8 @@ async def run(args) -> str:
                           f"{sample.rps:.0f} req/s, p50 {p50:.1f} ms, errors {sample.errors}", file=sys.stderr)
 
         sy = next(t for t in targets if t.name == "Switchyard")
+        if sink is not None:
+            args.sink = await _sink_stats(sink)
         memory = None
         if args.memory_requests:
             settled = rss_mb(switchyard)
@@ -346,6 +384,25 @@ async def baseline_start(ref: str, trees: contextlib.ExitStack, logs: Path,
                  env={"HF_HUB_OFFLINE": "1", "DEBUG": "0", **baseline_env()}, log=logs / "baseline.log", cwd=tree)
     await wait_http(f"http://127.0.0.1:{port}/v1/models", headers=headers, proc=proc)
     return proc, port
+
+
+TRACED = "Switchyard, tracing on"
+SAMPLE_RATIO = 0.1
+SAMPLED = f"Switchyard, tracing {SAMPLE_RATIO:.0%} sampled"
+
+
+async def _sink_stats(sink: str, settle: float = 10.0) -> SimpleNamespace:
+    """What the sink received, once the traced gateway's batches have stopped arriving."""
+    async with aiohttp.ClientSession() as session:
+        last, deadline = None, time.monotonic() + 60
+        while time.monotonic() < deadline:
+            async with session.get(sink + "/stats") as response:
+                stats = await response.json()
+            if stats == last:
+                break
+            last = stats
+            await asyncio.sleep(settle)
+    return SimpleNamespace(**stats)
 
 
 def baseline_name(args) -> str:
@@ -443,10 +500,39 @@ def report(targets, scenarios, results, memory, args, json_load: str) -> str:
         lines.append(f"\n**Against the baseline** (`--baseline {args.baseline}`, the same run, rounds interleaved):\n")
         lines += table
         checks.append((f"within 3% of {args.baseline}'s req/s and 0.5 ms of its p50", ok, "see the table above"))
+    if args.tracing:
+        table, ok = tracing_rows(results, scenarios, args.sink)
+        lines.append("\n**Tracing on against off** (`--tracing`: two more gateways exporting over OTLP/HTTP to a "
+                     "local sink, one tracing every request, one sampling a tenth of them by trace id; the same run, "
+                     "rounds interleaved):\n")
+        lines += table
+        checks.append(("tracing on within 10% of off's req/s in every scenario", ok, "see the table above"))
     lines.append("\n| target | result | measured |\n|---|---|---|")
     for name, ok, value in checks:
         lines.append(f"| {name} | {'PASS' if ok else 'FAIL'} | {value} |")
     return "\n".join(lines) + "\n"
+
+
+def tracing_rows(results, scenarios, sink) -> tuple[list[str], bool]:
+    """Tracing on (every request, then a sample) against off per scenario, and whether on stays
+    within 10% of off's req/s."""
+    lines = ["| scenario | tracing | req/s off | req/s on | ratio | p50 ms off | p50 ms on | p50 change ms "
+             "| CPU us/request off | CPU us/request on |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    ok = True
+    for kind, conc in scenarios:
+        off = results[("Switchyard", (kind, conc))]
+        for name, label in ((TRACED, "every request"), (SAMPLED, f"{SAMPLE_RATIO:.0%} sampled")):
+            on = results[(name, (kind, conc))]
+            ratio = on.rps / off.rps if off.rps else float("nan")
+            ok = ok and (name != TRACED or ratio >= 0.90)
+            lines.append(f"| {kind} c={conc} | {label} | {off.rps:.0f} | {on.rps:.0f} | {ratio:.3f} | "
+                         f"{pct(off, 50):.2f} | {pct(on, 50):.2f} | {pct(on, 50) - pct(off, 50):+.2f} | "
+                         f"{off.cpu / max(off.ok, 1) * 1e6:.0f} | {on.cpu / max(on.ok, 1) * 1e6:.0f} |")
+    lines.append(f"\nThe sink received {sink.spans:,} spans in {sink.posts:,} exports ({sink.bytes / 1e6:.1f} MB) from "
+                 f"both traced gateways: {sink.roots:,} requests, {sink.spans / max(sink.roots, 1):.2f} spans each "
+                 "(the request, its upstream attempt and its usage write; the cache is bypassed).\n")
+    return lines, ok
 
 
 def write(path: Path, body: str, args) -> None:
@@ -456,6 +542,7 @@ def write(path: Path, body: str, args) -> None:
         f"{marker_start}\n## Gateway overhead (`bench/gateway.py`)\n\n"
         f"Command: `python bench/gateway.py --duration {args.duration:g} --rounds {args.rounds} "
         + (f"--baseline {args.baseline} " if args.baseline else "")
+        + ("--tracing " if args.tracing else "")
         + f"--write {path}` (with LiteLLM installed by `--install-litellm`).\n\n"
         f"Run {datetime.now(UTC):%Y-%m-%d %H:%M} UTC on {os.cpu_count()} cores ({cpu}), Python "
         f"{platform.python_version()}. Simulated upstream: 20 ms to first token, 20 chunks. Closed loop, "
@@ -483,6 +570,8 @@ def main() -> None:
     parser.add_argument("--python-load", action="store_true", help="use the Python client even when wrk exists")
     parser.add_argument("--install-litellm", action="store_true")
     parser.add_argument("--baseline", default=None, help="a git ref to run beside the current code (its own gateway)")
+    parser.add_argument("--tracing", action="store_true",
+                        help="also run a gateway with OpenTelemetry tracing on, exporting to a local sink")
     args = parser.parse_args()
     if args.install_litellm:
         install_litellm()

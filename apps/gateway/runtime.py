@@ -29,6 +29,7 @@ from apps.gateway.config_changes import config_changes_listen
 from apps.gateway.database import conninfo
 from apps.gateway.learned_routers import LearnedRouters
 from apps.gateway.snapshot import KeyInfo, Snapshot, key_info_load, snapshot_load
+from apps.gateway.tracing import Tracing, tracing_open
 from apps.limits.enforce import limiter_open
 from apps.providers.breaker import OPEN, Breakers
 from apps.providers.pool_sync import PoolSync
@@ -75,6 +76,7 @@ class Runtime:
         self.batcher = None  # MicroBatcher over the local embedder (all-MiniLM-L6-v2)
         self.cache_batcher = None  # the cache's local embedder (CACHE_EMBED_MODEL): the same unless "static"
         self.inflight: dict[tuple, asyncio.Future] = {}
+        self.tracing: Tracing | None = None  # on when an OTLP endpoint is set (apps.gateway.tracing)
         self._background: set[asyncio.Task] = set()
         self._embedder_task: asyncio.Future | None = None
         self._cache_embedder_task: asyncio.Future | None = None
@@ -93,6 +95,7 @@ class Runtime:
                 return
             self._reload_lock = asyncio.Lock()
             loop = asyncio.get_running_loop()
+            self.tracing = tracing_open()
             # The tokenizer takes about a second to import; never let a request pay that on the loop.
             await loop.run_in_executor(self._db_executor, tokens.warm_up)
             await self.reload()
@@ -143,6 +146,10 @@ class Runtime:
             await asyncio.wait(self._background, timeout=10)
         await self.usage.close()
         await self.transport.close()
+        if self.tracing is not None:
+            # Spans still waiting in the batch go out before the process ends.
+            tracing, self.tracing = self.tracing, None
+            await asyncio.get_running_loop().run_in_executor(self._db_executor, tracing.shutdown)
         if self.breakers.reported:
             await asyncio.get_running_loop().run_in_executor(
                 self._db_executor, partial(circuits_forget, process=self.process_name))

@@ -6,7 +6,7 @@ fallbacks, the cache stage, cost and the usage row), seen as events instead of S
     {"type": "delta",    "id", "content"}                 each piece of text as it arrives
     {"type": "sentence", "id", "text"}                    each complete sentence (when asked)
     {"type": "done",     "id", "request_id", "model", "provider", "cache", "usage", "cost",
-                         "latency_ms", "ttft_ms", "finish_reason"}
+                         "latency_ms", "ttft_ms", "finish_reason", "trace_id" (when tracing is on)}
     {"type": "error",    "id", "status", "error": {"message", "type", "param", "code"}}
 
 A request ends with exactly one ``done`` or one ``error``. Closing the iterator early (the
@@ -58,7 +58,7 @@ class ChatEvents:
     def __init__(self, runtime, key, body: dict, *, request_id, sentences: bool = False,
                  cache_control: str | None = None, namespace: str | None = None, tags: str | None = None,
                  session: str | None = None, quality_target: str | None = None,
-                 started: float | None = None) -> None:
+                 started: float | None = None, traceparent: str | None = None) -> None:
         self.runtime = runtime
         self.key = key
         self.body = body
@@ -69,6 +69,7 @@ class ChatEvents:
         self.tags = tags
         self.session = session
         self.quality_target = quality_target
+        self.traceparent = traceparent
         self.started = started if started is not None else time.perf_counter()
         self.request: ChatRequest | None = None
         self.first_token: float | None = None
@@ -82,7 +83,7 @@ class ChatEvents:
         # (a body nested past orjson's limit), which serializing it first would crash on.
         self.request = ChatRequest(self.key, body, OPENAI_CHAT, self.started, cache_control=self.cache_control,
                                    namespace=self.namespace, tags=self.tags, session=self.session,
-                                   quality_target=self.quality_target)
+                                   quality_target=self.quality_target, traceparent=self.traceparent)
         try:
             answer = await chat(self.runtime, self.request)
         except GatewayError as error:
@@ -211,6 +212,8 @@ class ChatEvents:
             "overhead_ms": round(call.overhead_ms, 3),
             "finish_reason": finish_reason or self.finish_reason or "stop",
         }
+        if call.trace is not None:
+            event["trace_id"] = call.trace.trace_id
         if call.cache in ("exact", "semantic"):
             event["saved_cost"] = money(call.saved_cost)
             if call.cache_similarity is not None:

@@ -44,4 +44,5 @@ def chat_options(scope) -> dict[str, str | None]:
             "namespace": header(scope, b"x-switchyard-cache-namespace"),
             "tags": header(scope, b"x-switchyard-tags"),
             "session": header(scope, b"x-switchyard-session-id"),
-            "quality_target": header(scope, b"x-switchyard-quality-target")}
+            "quality_target": header(scope, b"x-switchyard-quality-target"),
+            "traceparent": header(scope, b"traceparent")}

@@ -47,7 +47,8 @@ async def chat_completions(runtime: Runtime, x: Exchange, key: KeyInfo) -> None:
 
 async def embeddings_create(runtime: Runtime, x: Exchange, key: KeyInfo) -> None:
     _method(x.scope, "POST")
-    call, answer = await embeddings(runtime, key, body_parse(await body_read(x.receive)), started=x.started)
+    call, answer = await embeddings(runtime, key, body_parse(await body_read(x.receive)), started=x.started,
+                                    traceparent=header(x.scope, b"traceparent"))
     await json_send(x.send, 200, answer, call.headers())
 
 

@@ -297,7 +297,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
         if key is None:
             return
         options = {}
-        for name in ("cache_control", "cache_namespace", "tags", "session_id"):
+        for name in ("cache_control", "cache_namespace", "tags", "session_id", "traceparent"):
             value = message.get(name)
             if value is not None and not isinstance(value, str):
                 await self._error(request_id, BadRequest(f"'{name}' must be a string.", param=name))
@@ -312,7 +312,8 @@ class ChatConsumer(AsyncWebsocketConsumer):
         run = ChatEvents(self.gateway_runtime, key, body, request_id=request_id,
                       sentences=bool(message.get("sentences")), cache_control=options["cache_control"],
                       namespace=options["cache_namespace"], tags=options["tags"], session=options["session_id"],
-                      quality_target=None if target is None else repr(float(target)))
+                      quality_target=None if target is None else repr(float(target)),
+                      traceparent=options["traceparent"])
         task = asyncio.ensure_future(self._run(run))
         self.runs[request_id] = (task, run)
         # Counted until the task is done, even one cancelled before it ever ran.

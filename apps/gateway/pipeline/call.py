@@ -99,6 +99,7 @@ class Call:
     # the usage row by the buffer, which reads it at its next flush (a stream's answer lands after
     # its row is queued, in the same step of the event loop).
     body: dict | None = None
+    trace: object = None  # apps.gateway.tracing.RequestTrace when tracing is on: its span ends with the row
     prompt_counted: int | None = field(default=None, init=False, repr=False)
     logged: bool = field(default=False, init=False, repr=False)  # its row is written once, however it ends
 
@@ -134,6 +135,8 @@ class Call:
             headers.append((b"x-switchyard-route-estimates", self.route_estimates.encode("ascii", "replace")))
         if self.reservation is not None:
             headers += self.reservation.headers(cost=None if deferred else self.cost)
+        if self.trace is not None:
+            headers.append((b"x-switchyard-trace-id", self.trace.trace_id.encode()))
         return headers
 
     def usage_estimate(self, messages: list, answer_text: str) -> None:

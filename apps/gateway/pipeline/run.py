@@ -59,6 +59,7 @@ class ChatRequest:
     quality_target: str | None = None  # x-switchyard-quality-target, for a learned rule
     forwarded: dict[str, str] = field(default_factory=dict)
     batch_line: tuple[str, str] | None = None  # (request id, endpoint) of a batch job's line
+    traceparent: str | None = None  # the caller's W3C trace context: the request's span joins its trace
     # Set by the pipeline once the request is validated, routed and within its limits (None
     # before): the door reads the request id and, for a cancelled request, what it cost.
     call: Call | None = None
@@ -110,10 +111,14 @@ async def chat(runtime: Runtime, request: ChatRequest) -> Answer:
     :class:`UpstreamClientError`) after logging it."""
     dialect = request.dialect
     call = call_new(request.key, dialect.endpoint, request.started, request.batch_line)
+    if runtime.tracing is not None:
+        runtime.tracing.request_start(call, operation="chat", traceparent=request.traceparent)
     try:
         prepared = dialect.prepare(request.body, request.forwarded)
         call.attribution = attribution_from(prepared.body, request.tags, request.session)
         call.body_keep(prepared.body.get("messages"))
+        if call.trace is not None:
+            call.trace.request_body(prepared.body)
         call.stream = bool(prepared.body.get("stream"))
         call_route(runtime, call, prepared.body, request.tags, mode="chat", dialect=dialect,
                    native_only=prepared.native_only)
@@ -131,7 +136,8 @@ async def chat(runtime: Runtime, request: ChatRequest) -> Answer:
     streaming = False
     try:
         if plan is not None:
-            hit = await cache_lookup(runtime, call, plan)
+            lookup = cache_lookup(runtime, call, plan)
+            hit = await (lookup if call.trace is None else call.trace.cache_lookup(call, lookup))
             if hit is not None:
                 call.body_answer(hit.response)
                 cache_hit_log(runtime, call, hit)
@@ -173,9 +179,11 @@ async def chat(runtime: Runtime, request: ChatRequest) -> Answer:
 
 
 async def embeddings(runtime: Runtime, key: KeyInfo, body: dict, *, started: float,
-                     batch_line: tuple[str, str] | None = None) -> tuple[Call, bytes]:
+                     batch_line: tuple[str, str] | None = None, traceparent: str | None = None) -> tuple[Call, bytes]:
     """Serve one embeddings request: the provider's answer, byte for byte."""
     call = call_new(key, "/v1/embeddings", started, batch_line)
+    if runtime.tracing is not None:
+        runtime.tracing.request_start(call, operation="embeddings", traceparent=traceparent)
     try:
         embeddings_body_validate(body)
         call.attribution = attribution_from(body, None, None)

@@ -46,6 +46,8 @@ async def upstream_call(runtime: Runtime, call: Call, attempt: Attempt) -> tuple
             call.model = call.chain[0]
             call_fail(runtime, call, exc)
             raise
+    if call.trace is not None:
+        attempt = call.trace.attempts_traced(call, attempt)  # a span per attempt
     call.upstream_started = time.perf_counter()
     try:
         model, result, call.failures = await with_fallbacks(

@@ -5,6 +5,7 @@ ends, so a second call adds nothing."""
 from __future__ import annotations
 
 import time
+from functools import partial
 from typing import TYPE_CHECKING
 
 from apps.core.errors import GatewayError
@@ -16,10 +17,17 @@ if TYPE_CHECKING:
 
 
 def call_log(runtime: Runtime, call: Call) -> None:
-    """Log ``call`` once and settle its limits."""
+    """Log ``call`` once and settle its limits (and end its trace's span, when tracing is on)."""
     if call.logged:
         return
     call.logged = True
+    if call.trace is None:
+        _row_write(runtime, call)
+    else:
+        call.trace.end(call, partial(_row_write, runtime, call))
+
+
+def _row_write(runtime: Runtime, call: Call) -> None:
     runtime.usage.append(call.usage_row())
     if call.reservation is not None:
         limits_settle(runtime, call)

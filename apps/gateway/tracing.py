@@ -1,0 +1,303 @@
+"""Traces of requests, exported over OpenTelemetry's OTLP/HTTP when an endpoint is set.
+
+Each request the pipeline serves is one span (kind SERVER), started when the door handed it over
+and ended where the request is logged, once (:func:`apps.gateway.pipeline.usage.call_log`): for
+a stream, when the stream ends. Its children:
+
+    cache lookup       exact, in-flight and semantic lookup; outcome and similarity
+    chat <model>       one per upstream attempt (kind CLIENT): retries and fallbacks each get
+                       their own, a failed one marked with its error; a stream's ends with it
+    usage write        the usage row into the in-process buffer and the limits settled
+
+Attributes follow OpenTelemetry's GenAI semantic conventions (``gen_ai.*``) with Switchyard's
+own under ``switchyard.*``. An incoming W3C ``traceparent`` makes the request's span a child of
+the caller's. Spans are handed to a ``BatchSpanProcessor``, which exports them from its own
+thread: the request path only builds them. A request the sampler leaves out (``OTEL_TRACES_SAMPLER``,
+or the caller's ``traceparent``) keeps its trace id and builds nothing more. With no endpoint set,
+:func:`tracing_open` gives None, no span is built and the SDK is not even imported.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, TypeVar
+from urllib.parse import urlsplit
+
+from django.conf import settings
+from opentelemetry.trace import SpanKind, Status, StatusCode, Tracer, set_span_in_context
+from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+
+from apps.gateway.pipeline.call import CACHE_NAMES, Call
+
+if TYPE_CHECKING:
+    from opentelemetry.sdk.trace import TracerProvider
+
+    from apps.gateway.snapshot import ModelInfo
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+SERVICE_NAME = "switchyard"
+_PROPAGATOR = TraceContextTextMapPropagator()
+# The request body's parameters the GenAI conventions name, as the chat form spells them.
+_REQUEST_PARAMETERS = (
+    ("max_tokens", "gen_ai.request.max_tokens"),
+    ("max_completion_tokens", "gen_ai.request.max_tokens"),
+    ("temperature", "gen_ai.request.temperature"),
+    ("top_p", "gen_ai.request.top_p"),
+    ("frequency_penalty", "gen_ai.request.frequency_penalty"),
+    ("presence_penalty", "gen_ai.request.presence_penalty"),
+    ("seed", "gen_ai.request.seed"),
+    ("n", "gen_ai.request.choice.count"),
+)
+
+
+def _provider_name(model: ModelInfo) -> str:
+    """``gen_ai.provider.name``: the provider's kind, whose ``openai`` and ``anthropic`` are the
+    conventions' own names (the simulated upstream is ``simulated``)."""
+    return model.provider.kind
+
+
+def _position(chain: tuple, model: ModelInfo) -> int:
+    """Where ``model`` stands in the chain: 0 the first choice, 1 the first fallback, ..."""
+    return next((at for at, item in enumerate(chain) if item is model), -1)
+
+
+def _epoch_ns(perf: float) -> int:
+    """A ``time.perf_counter()`` reading as nanoseconds since the epoch (spans' clock)."""
+    return time.time_ns() - int((time.perf_counter() - perf) * 1e9)
+
+
+class Tracing:
+    """The process's tracer: starts each request's :class:`RequestTrace`."""
+
+    def __init__(self, provider: TracerProvider) -> None:
+        self.provider = provider
+        self.tracer: Tracer = provider.get_tracer("switchyard.gateway")
+
+    def request_start(self, call: Call, *, operation: str, traceparent: str | None = None) -> None:
+        """Open ``call``'s span, under the caller's trace when ``traceparent`` names one."""
+        parent = _PROPAGATOR.extract({"traceparent": traceparent}) if traceparent else None
+        key = call.key
+        span = self.tracer.start_span(
+            operation, context=parent, kind=SpanKind.SERVER, start_time=_epoch_ns(call.started),
+            attributes={"gen_ai.operation.name": operation, "switchyard.request_id": call.request_id,
+                        "switchyard.tenant": key.tenant_slug, "http.route": call.endpoint})
+        call.trace = RequestTrace(self.tracer, span, operation)
+
+    def shutdown(self) -> None:
+        """Export what is pending and stop the exporting thread (blocks: run it off the loop)."""
+        self.provider.shutdown()
+
+
+class RequestTrace:
+    """One request's span and the children the pipeline opens under it."""
+
+    __slots__ = ("attempts", "context", "operation", "recording", "span", "trace_id", "tracer", "upstream")
+
+    def __init__(self, tracer: Tracer, span, operation: str) -> None:
+        self.tracer = tracer
+        self.span = span
+        self.operation = operation
+        self.context = set_span_in_context(span)
+        self.trace_id = format(span.get_span_context().trace_id, "032x")
+        self.attempts: dict[str, int] = {}  # model name -> attempts made on it
+        self.upstream = None  # a stream's attempt span, open until the stream ends
+        # Not sampled (the sampler's or the caller's choice): the trace id is still the request's,
+        # but no child is opened and no attribute built.
+        self.recording = span.is_recording()
+
+    def request_body(self, body: dict) -> None:
+        """The request's parameters, once the dialect has given its chat form."""
+        if not self.recording:
+            return
+        attributes = {}
+        for name, attribute in _REQUEST_PARAMETERS:
+            value = body.get(name)
+            if isinstance(value, int | float) and not isinstance(value, bool):
+                attributes[attribute] = value
+        stop = body.get("stop")
+        if isinstance(stop, str):
+            attributes["gen_ai.request.stop_sequences"] = [stop]
+        elif isinstance(stop, list) and all(isinstance(item, str) for item in stop):
+            attributes["gen_ai.request.stop_sequences"] = stop
+        if attributes:
+            self.span.set_attributes(attributes)
+
+    async def cache_lookup(self, call: Call, lookup: Awaitable[T]) -> T:
+        """``lookup`` (the pipeline's cache step) inside a ``cache lookup`` span."""
+        if not self.recording:
+            return await lookup
+        span = self.tracer.start_span("cache lookup", context=self.context, kind=SpanKind.INTERNAL)
+        try:
+            return await lookup
+        except BaseException as exc:
+            _failed(span, exc)
+            raise
+        finally:
+            span.set_attribute("switchyard.cache", CACHE_NAMES[call.cache])
+            if call.cache_similarity is not None:
+                span.set_attribute("switchyard.cache.similarity", call.cache_similarity)
+            span.end()
+
+    def attempts_traced(self, call: Call, attempt: Callable[[ModelInfo], Awaitable[T]],
+                        ) -> Callable[[ModelInfo], Awaitable[T]]:
+        """``attempt`` with a span per call: each retry and fallback is one attempt."""
+        if not self.recording:
+            return attempt
+
+        async def traced(model: ModelInfo) -> T:
+            number = self.attempts[model.name] = self.attempts.get(model.name, 0) + 1
+            span = self.tracer.start_span(
+                f"{self.operation} {model.upstream_id}", context=self.context, kind=SpanKind.CLIENT,
+                attributes={
+                    "gen_ai.operation.name": self.operation,
+                    "gen_ai.provider.name": _provider_name(model),
+                    "gen_ai.request.model": model.upstream_id,
+                    "switchyard.model": model.name,
+                    "switchyard.attempt": number,
+                    "switchyard.fallback_position": _position(call.chain, model),
+                    "server.address": urlsplit(model.provider.base_url).hostname or "",
+                })
+            try:
+                result = await attempt(model)
+            except BaseException as exc:
+                _failed(span, exc)
+                span.end()
+                raise
+            if call.stream:
+                self.upstream = span  # ends with the stream
+            else:
+                _answer(span, result[1])
+                span.end()
+            return result
+
+        return traced
+
+    def end(self, call: Call, log: Callable[[], None]) -> None:
+        """End a stream's attempt span, run ``log`` (the usage row and the limits settled) inside a
+        ``usage write`` span, then end the request's span with what the request came to."""
+        if not self.recording:
+            log()
+            return
+        upstream = self.upstream
+        if upstream is not None:
+            self.upstream = None
+            attributes: dict = {}
+            _usage(attributes, call)
+            if call.status >= 400:
+                upstream.set_status(Status(StatusCode.ERROR, call.error_code))
+                attributes["error.type"] = call.error_code or str(call.status)
+            upstream.set_attributes(attributes)
+            upstream.end()
+        span = self.tracer.start_span("usage write", context=self.context, kind=SpanKind.INTERNAL)
+        try:
+            log()
+        finally:
+            span.end()
+        self._summarise(call)
+        self.span.end()
+
+    def _summarise(self, call: Call) -> None:
+        span = self.span
+        model = call.model
+        if call.requested_model:
+            span.update_name(f"{self.operation} {call.requested_model}")
+            span.set_attribute("gen_ai.request.model", call.requested_model)
+        attributes: dict = {
+            "switchyard.cache": CACHE_NAMES[call.cache],
+            "http.response.status_code": call.status,
+            "switchyard.cost": float(call.cost),
+            "switchyard.overhead_ms": round(call.overhead_ms, 3),
+        }
+        if model is not None:
+            attributes["gen_ai.response.model"] = model.upstream_id
+            attributes["gen_ai.provider.name"] = _provider_name(model)
+        if call.stream:
+            attributes["switchyard.stream"] = True
+            if call.first_byte is not None:
+                attributes["switchyard.ttft_ms"] = round((call.first_byte - call.started) * 1000, 3)
+        if call.chain:
+            attributes["switchyard.chain"] = [item.name for item in call.chain]
+        if call.rule_id is not None:
+            attributes["switchyard.routing.rule_id"] = call.rule_id
+        if call.route_reason:
+            attributes["switchyard.routing.reason"] = call.route_reason
+        if call.cache_similarity is not None:
+            attributes["switchyard.cache.similarity"] = call.cache_similarity
+        if call.cache in ("exact", "semantic"):
+            attributes["switchyard.saved_cost"] = float(call.saved_cost)
+        if call.failures:
+            attributes["switchyard.upstream_failures"] = list(call.failures)
+        if call.status == 200 or call.cache in ("exact", "semantic"):
+            _usage(attributes, call)
+        if call.status >= 400:
+            attributes["error.type"] = call.error_code or str(call.status)
+            if call.status >= 500 or call.status == 499:
+                span.set_status(Status(StatusCode.ERROR, call.error_code))
+        span.set_attributes(attributes)
+
+
+def _usage(attributes: dict, call: Call) -> None:
+    """The request's tokens into ``attributes`` (cached and estimated only when they apply: every
+    attribute costs its encoding on export)."""
+    attributes["gen_ai.usage.input_tokens"] = call.input_tokens
+    attributes["gen_ai.usage.output_tokens"] = call.output_tokens
+    if call.cached_tokens:
+        attributes["switchyard.usage.cached_tokens"] = call.cached_tokens
+    if call.tokens_estimated:
+        attributes["switchyard.usage.estimated"] = True
+
+
+def _answer(span, parsed: dict) -> None:
+    """What a provider's JSON answer says of itself (OpenAI's shape or Anthropic's)."""
+    attributes = {}
+    usage = parsed.get("usage")
+    if isinstance(usage, dict):
+        for names, attribute in ((("prompt_tokens", "input_tokens"), "gen_ai.usage.input_tokens"),
+                                 (("completion_tokens", "output_tokens"), "gen_ai.usage.output_tokens")):
+            value = next((usage[name] for name in names if isinstance(usage.get(name), int)), None)
+            if value is not None:
+                attributes[attribute] = value
+    choices = parsed.get("choices")
+    reasons = [choice.get("finish_reason") for choice in choices if isinstance(choice, dict)] \
+        if isinstance(choices, list) else [parsed.get("stop_reason")]
+    reasons = [reason for reason in reasons if isinstance(reason, str)]
+    if reasons:
+        attributes["gen_ai.response.finish_reasons"] = reasons
+    if attributes:
+        span.set_attributes(attributes)
+
+
+def _failed(span, exc: BaseException) -> None:
+    name = type(exc).__name__
+    reason = getattr(exc, "reason", None) or getattr(exc, "code", None) or name
+    span.set_status(Status(StatusCode.ERROR, str(reason)))
+    span.set_attribute("error.type", name)
+    status = getattr(exc, "status", None)
+    if isinstance(status, int):
+        span.set_attribute("http.response.status_code", status)
+
+
+def tracing_open() -> Tracing | None:
+    """The process's tracer when ``OTEL_EXPORTER_OTLP_ENDPOINT`` (or the traces' own endpoint)
+    is set, else None. The SDK reads the other ``OTEL_*`` variables itself: the service name and
+    resource attributes, the exporter's headers and timeout, the sampler, the batch sizes."""
+    if not settings.TRACING_ENABLED:
+        return None
+    # Imported only when tracing is on: the SDK and the exporter cost nothing when it is off.
+    from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+    from opentelemetry.sdk.resources import Resource
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor
+
+    resource = Resource.create()
+    if str(resource.attributes.get("service.name", "")).startswith("unknown_service"):
+        resource = resource.merge(Resource({"service.name": SERVICE_NAME}))
+    provider = TracerProvider(resource=resource)
+    provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
+    logger.info("tracing on: spans exported over OTLP/HTTP", extra={"service": resource.attributes["service.name"]})
+    return Tracing(provider)
