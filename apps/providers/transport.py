@@ -96,9 +96,10 @@ class ProviderConfig(Protocol):
 
     id: int
     name: str
-    kind: str  # "openai" (OpenAI-compatible) or "anthropic"
+    kind: str  # "openai" (OpenAI-compatible), "anthropic", "azure", "gemini" or "simulated"
     base_url: str
     credential: str
+    api_version: str  # Azure OpenAI's api-version ("" elsewhere)
     timeout: float
     max_concurrency: int
 
@@ -249,29 +250,44 @@ class HttpTransport:
 
 ANTHROPIC_KIND = "anthropic"
 ANTHROPIC_VERSION = "2023-06-01"
+# The header each kind of provider reads its key from (any other kind: Authorization: Bearer).
+CREDENTIAL_HEADERS = {ANTHROPIC_KIND: "x-api-key", "azure": "api-key", "gemini": "x-goog-api-key"}
 
 
 def _headers(provider: ProviderConfig, extra: dict[str, str] | None = None) -> dict[str, str]:
     headers = {"Content-Type": "application/json"}
     if provider.kind == ANTHROPIC_KIND:
         headers["anthropic-version"] = ANTHROPIC_VERSION
-        if provider.credential:
-            headers["x-api-key"] = provider.credential
-    elif provider.credential:
-        headers["Authorization"] = f"Bearer {provider.credential}"
+    if provider.credential:
+        name = CREDENTIAL_HEADERS.get(provider.kind)
+        if name is None:
+            headers["Authorization"] = f"Bearer {provider.credential}"
+        else:
+            headers[name] = provider.credential
     if extra:
         headers.update(extra)
     return headers
 
 
-def _retry_after(response) -> float | None:
-    value = response.headers.get("Retry-After")
-    if not value:
-        return None
-    try:
-        return float(value)
-    except ValueError:
-        return None
+_RETRY_DELAY = re.compile(rb'"retryDelay"\s*:\s*"([0-9]+(?:\.[0-9]+)?)s"')
+
+
+def _retry_after(response, body: bytes = b"") -> float | None:
+    """How long the provider asks to wait: ``Retry-After`` (seconds), Azure's ``retry-after-ms``,
+    or the ``retryDelay`` of a Google RetryInfo in the error body ("30s")."""
+    for name, scale in (("retry-after-ms", 0.001), ("Retry-After", 1.0)):
+        value = response.headers.get(name)
+        if value:
+            try:
+                return float(value) * scale
+            except ValueError:
+                pass
+    match = _RETRY_DELAY.search(body) if body else None
+    return float(match.group(1)) if match else None
+
+
+# A 400 that is about our credential rather than the request (Google's API_KEY_INVALID).
+_CREDENTIAL_REFUSED = (b'"API_KEY_INVALID"',)
 
 
 async def _classify_status(response: Http1Response, model: ModelRoute) -> None:
@@ -283,8 +299,9 @@ async def _classify_status(response: Http1Response, model: ModelRoute) -> None:
         body = body.replace(provider.credential.encode(), b"[redacted]")
     if response.status in RETRYABLE_STATUSES or response.status >= 500:
         raise UpstreamFailure(f"status {response.status}", status=response.status,
-                              retry_after=_retry_after(response))
-    if response.status in (401, 403):
+                              retry_after=_retry_after(response, body))
+    if response.status in (401, 403) or (response.status == 400 and any(
+            marker in body for marker in _CREDENTIAL_REFUSED)):
         # Our credential for this provider is wrong: the provider's problem, not the client's.
         raise UpstreamFailure(f"provider refused credentials ({response.status})", status=response.status)
     raise UpstreamClientError(response.status, body, response.headers.get("Content-Type", "application/json"),

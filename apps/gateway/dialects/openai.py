@@ -1,6 +1,7 @@
 """OpenAI's chat completions, the pipeline's own form: requests go to OpenAI-compatible
 providers as they came (the model id swapped, usage always asked of a stream), answers come
-back byte for byte."""
+back byte for byte; providers of another protocol (Azure OpenAI's URLs, Gemini's API) get the
+chat form through their protocol, which reads their answers back into it."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from apps.gateway.dialects.base import Prepared, UpstreamRequest
 from apps.gateway.pipeline.stream import ChatStream
 from apps.gateway.snapshot import ModelInfo
 from apps.gateway.validation import chat_body_validate
+from apps.providers.protocols import chat_payload, chat_protocol
 from apps.providers.transport import ANTHROPIC_KIND, UpstreamClientError
 
 if TYPE_CHECKING:
@@ -24,18 +26,18 @@ if TYPE_CHECKING:
     from apps.providers.transport import ProviderStream
 
 
-def chat_payload(body: dict, upstream_id: str, *, stream: bool, drop: tuple[str, ...] = ()) -> bytes:
-    """``body`` as an OpenAI-compatible provider is sent it: its model id, without the fields in
-    ``drop`` (a translating dialect's own), and usage asked of a stream (recorded whether or not
-    the client sees it)."""
-    out = {name: value for name, value in body.items() if name not in drop} if drop else dict(body)
-    out["model"] = upstream_id
-    if stream:
-        out["stream"] = True
-        options = dict(out.get("stream_options") or {})
-        options["include_usage"] = True
-        out["stream_options"] = options
-    return orjson.dumps(out)
+def chat_upstream(prepared: Prepared, model: ModelInfo, *, stream: bool,
+                  drop: tuple[str, ...] = ()) -> UpstreamRequest:
+    """The chat form as ``model``'s provider is sent it, in the protocol of its kind
+    (:mod:`apps.providers.protocols`): OpenAI's as it is, Azure's at its URLs, Gemini's
+    translated, whose answers the protocol reads back into the chat form. The payload is built
+    once per model (a retry sends the same bytes)."""
+    protocol = chat_protocol(model.provider.kind)
+    payload = prepared.payloads.get(model.id)
+    if payload is None:
+        payload = prepared.payloads[model.id] = protocol.payload(prepared.body, model, stream=stream, drop=drop)
+    return UpstreamRequest(protocol.path(model, stream=stream), payload,
+                           reader=protocol if protocol.translates else None)
 
 
 def openai_compatible(chain: tuple[ModelInfo, ...], *, requested: str, door: str = "") -> tuple[ModelInfo, ...]:
@@ -117,10 +119,7 @@ class OpenAIChat:
         return None
 
     def upstream_request(self, prepared: Prepared, model: ModelInfo, *, stream: bool) -> UpstreamRequest:
-        payload = prepared.payloads.get(model.id)
-        if payload is None:
-            payload = prepared.payloads[model.id] = chat_payload(prepared.body, model.upstream_id, stream=stream)
-        return UpstreamRequest("/chat/completions", payload)
+        return chat_upstream(prepared, model, stream=stream)
 
     def refusal(self, exc: UpstreamClientError, model: ModelInfo) -> UpstreamClientError:
         return exc
@@ -151,3 +150,6 @@ class OpenAIChat:
 
 
 OPENAI_CHAT = OpenAIChat()
+
+
+__all__ = ["OPENAI_CHAT", "chat_payload", "chat_upstream", "openai_compatible"]

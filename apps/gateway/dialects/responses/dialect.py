@@ -18,7 +18,7 @@ from apps.core.errors import GatewayError
 from apps.gateway.dialects.base import Prepared, UpstreamRequest
 from apps.gateway.dialects.openai import (
     OPENAI_CHAT,
-    chat_payload,
+    chat_upstream,
     completion_from_stream,
     openai_compatible,
     replay_parts,
@@ -79,11 +79,7 @@ class Responses:
         return None
 
     def upstream_request(self, prepared: Prepared, model: ModelInfo, *, stream: bool) -> UpstreamRequest:
-        payload = prepared.payloads.get(model.id)
-        if payload is None:
-            payload = prepared.payloads[model.id] = chat_payload(prepared.body, model.upstream_id, stream=stream,
-                                                                 drop=("metadata",))
-        return UpstreamRequest("/chat/completions", payload)
+        return chat_upstream(prepared, model, stream=stream, drop=("metadata",))
 
     def refusal(self, exc: UpstreamClientError, model: ModelInfo) -> UpstreamClientError:
         return exc  # already in OpenAI's error shape
