@@ -106,7 +106,8 @@ class ProviderAdmin(admin.ModelAdmin):
         # One credential field: a new provider has nothing to keep or clear.
         credential = ("credential", "clear_credential") if obj is not None and obj.credential else ("credential",)
         return (
-            (None, {"fields": ("name", "kind", "base_url", "timeout_seconds", "max_concurrency", "is_active")}),
+            (None, {"fields": ("name", "kind", "base_url", "api_version", "timeout_seconds", "max_concurrency",
+                               "is_active")}),
             ("Credential", {"fields": credential}),
             *((("Circuit breakers", {"fields": ("circuits_table",)}),
                ("Audit", {"fields": ("created_at", "updated_at")})) if obj is not None else ()),
