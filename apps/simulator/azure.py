@@ -6,6 +6,8 @@ real HTTP. The provider's base URL is the simulator's root (as an Azure resource
                                     404 without it, as Azure answers)
     POST /openai/v1/chat/completions
                                     the chat answer of the body's model (an ``api-version`` is optional)
+    POST /openai/deployments/{deployment}/embeddings?api-version=V, POST /openai/v1/embeddings
+                                    the embeddings answer, likewise
     GET  /openai/v1/models, GET /openai/models?api-version=V
                                     the simulator's models
 
@@ -97,6 +99,29 @@ class AzureAPI:
             return error
         return await self.simulator.chat_answer(request, body, azure=True)
 
+    async def deployment_embeddings(self, request: web.Request) -> web.StreamResponse:
+        """``POST /openai/deployments/{deployment}/embeddings?api-version=...``."""
+        refused = self._refused(request)
+        if refused is not None:
+            return refused
+        if not request.query.get("api-version"):
+            return azure_error(404, "404", "Resource not found")
+        body, error = await self._body(request)
+        if error:
+            return error
+        body["model"] = request.match_info["deployment"]
+        return await self.simulator.embeddings_answer(request, body)
+
+    async def v1_embeddings(self, request: web.Request) -> web.StreamResponse:
+        """``POST /openai/v1/embeddings``."""
+        refused = self._refused(request)
+        if refused is not None:
+            return refused
+        body, error = await self._body(request)
+        if error:
+            return error
+        return await self.simulator.embeddings_answer(request, body)
+
     async def models(self, request: web.Request) -> web.Response:
         """``GET /openai/v1/models`` and ``GET /openai/models?api-version=...``."""
         refused = self._refused(request)
@@ -113,5 +138,7 @@ def azure_routes(app: web.Application, simulator: Simulator) -> None:
     api = AzureAPI(simulator)
     app.router.add_post("/openai/deployments/{deployment}/chat/completions", api.deployment_chat)
     app.router.add_post("/openai/v1/chat/completions", api.v1_chat)
+    app.router.add_post("/openai/deployments/{deployment}/embeddings", api.deployment_embeddings)
+    app.router.add_post("/openai/v1/embeddings", api.v1_embeddings)
     app.router.add_get("/openai/v1/models", api.models)
     app.router.add_get("/openai/models", api.models)

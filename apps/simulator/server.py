@@ -390,6 +390,10 @@ class Simulator:
         body, error = await _read_json(request)
         if error:
             return error
+        return await self.embeddings_answer(request, body)
+
+    async def embeddings_answer(self, request: web.Request, body: dict) -> web.Response:
+        """The answer to an embeddings body."""
         model = body.get("model")
         value = body.get("input")
         if not isinstance(model, str) or not model:

@@ -53,6 +53,11 @@ class Clouds:
         rule = RoutingRule.objects.create(name="cloud", match_model="cloud", target=self.models["az-dated"],
                                           priority=5)
         RoutingFallback.objects.create(rule=rule, model=self.models["gem"], position=0)
+        # created last: a catalog the gateway shows with them holds everything above
+        embedding = (("az-embed", "sim-embed-deployment", dated), ("gem-embed", "text-embedding", gemini))
+        for name, upstream, on in embedding:
+            self.models[name] = Model.objects.create(name=name, upstream_id=upstream, provider=on,
+                                                     mode=Model.Mode.EMBEDDING, input_price_per_million=Decimal("0.02"))
 
     def client(self, key: str | None = None) -> openai.OpenAI:
         return openai.OpenAI(base_url=self.world.gateway.v1, api_key=key or self.world.key_a, max_retries=0)
@@ -68,7 +73,8 @@ def clouds(world):
     def sees_them() -> bool:
         status, body = http_json("GET", world.gateway.v1 + "/models",
                                  headers={"Authorization": f"Bearer {world.key_a}"})
-        return status == 200 and {"az-dated", "az-v1", "gem", "gem-bad-key"} <= {m["id"] for m in body["data"]}
+        return status == 200 and {"az-dated", "az-v1", "gem", "gem-bad-key", "az-embed", "gem-embed"} <= {
+            m["id"] for m in body["data"]}
 
     assert wait_until(sees_them), "the gateway never saw the new providers"
     return clouds
@@ -142,6 +148,17 @@ def test_a_wrong_azure_key_fails_over_as_the_providers_problem(clouds):
     assert wait_until(lambda: _model_of(clouds, "cloud") == "gem")
     row = request_logs(1, tenant=clouds.world.tenant_a, model_used="gem")[-1]
     assert row.status_code == 200 and "refused credentials (401)" in row.upstream_failures
+
+
+def test_azure_embeddings_go_to_the_deployment_and_gemini_ones_are_refused(clouds):
+    vectors = clouds.client().embeddings.create(model="az-embed", input=["one", "two"])
+    assert len(vectors.data) == 2 and len(vectors.data[0].embedding) == 384
+    assert clouds.world.simulator.stats()["by_model"] == {"sim-embed-deployment": 1}
+    with pytest.raises(openai.BadRequestError) as refused:
+        clouds.client().embeddings.create(model="gem-embed", input="one")
+    assert "gemini provider" in refused.value.message
+    rows = request_logs(2, tenant=clouds.world.tenant_a, endpoint="/v1/embeddings")
+    assert [r.status_code for r in rows] == [200, 400] and rows[0].cost > 0
 
 
 def _model_of(clouds, requested: str) -> str:
