@@ -13,7 +13,7 @@ from apps.usage.models import RequestLog
 
 _CREDENTIAL_MEANING = ("OpenAI-compatible: the API key (Authorization: Bearer). Anthropic: the API key "
                        "(x-api-key). Azure OpenAI: the resource's key (api-key). Google Gemini: the API key "
-                       "(x-goog-api-key).")
+                       "(x-goog-api-key). Amazon Bedrock: ACCESS_KEY_ID:SECRET_ACCESS_KEY[:SESSION_TOKEN] (AWS SigV4).")
 
 
 class ProviderForm(forms.ModelForm):

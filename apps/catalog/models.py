@@ -32,17 +32,19 @@ _BASE_URL_HELP = (
     "OpenAI-compatible and simulated: up to and including /v1 (https://api.openai.com/v1). "
     "Anthropic: https://api.anthropic.com/v1. "
     "Azure OpenAI: the resource's endpoint, with no path (https://RESOURCE.openai.azure.com). "
-    "Google Gemini: https://generativelanguage.googleapis.com/v1beta.")
+    "Google Gemini: https://generativelanguage.googleapis.com/v1beta. "
+    "Amazon Bedrock: https://bedrock-runtime.REGION.amazonaws.com (the region is signed for).")
 _CREDENTIAL_HELP = (
     "Encrypted at rest. OpenAI-compatible: the API key, sent as Authorization: Bearer. Anthropic: the API key "
-    "(x-api-key). Azure OpenAI: the resource's key (api-key). Google Gemini: the API key (x-goog-api-key).")
+    "(x-api-key). Azure OpenAI: the resource's key (api-key). Google Gemini: the API key (x-goog-api-key). "
+    "Amazon Bedrock: ACCESS_KEY_ID:SECRET_ACCESS_KEY (or ...:SESSION_TOKEN), requests signed with AWS SigV4.")
 _API_VERSION_HELP = (
     "Azure OpenAI only. Empty or v1: Azure's v1 API ({base}/openai/v1/chat/completions, the model's upstream id "
     "in the body); preview: the same with api-version=preview; a dated version such as 2024-10-21: "
     "{base}/openai/deployments/{upstream id}/chat/completions?api-version=2024-10-21 (the model's upstream id "
     "is its deployment's name).")
 # Kinds whose base URL is the host alone: the protocol adds the whole path.
-_HOST_ONLY_KINDS = ("azure",)
+_HOST_ONLY_KINDS = ("azure", "bedrock")
 
 
 class Provider(models.Model):
@@ -51,7 +53,8 @@ class Provider(models.Model):
     ``openai`` and ``simulated`` providers take ``/chat/completions``; ``anthropic`` ones take
     ``/messages`` (Anthropic's Messages API, with ``x-api-key``), and serve only
     ``/v1/messages`` requests, which reach them byte for byte. ``azure`` (Azure OpenAI) and
-    ``gemini`` (Google's Gemini API) take the chat form through their own protocols
+    ``gemini`` (Google's Gemini API) and ``bedrock`` (Amazon Bedrock's Converse API, signed with
+    AWS SigV4) take the chat form through their own protocols
     (``apps.providers.protocols``), from every door.
     """
 
@@ -60,6 +63,7 @@ class Provider(models.Model):
         ANTHROPIC = "anthropic", "Anthropic Messages API"
         AZURE = "azure", "Azure OpenAI"
         GEMINI = "gemini", "Google Gemini API"
+        BEDROCK = "bedrock", "Amazon Bedrock (Converse API)"
         SIMULATED = "simulated", "Simulated (built in)"
 
     name = models.CharField(max_length=100, unique=True)
@@ -86,8 +90,10 @@ class Provider(models.Model):
         if self.api_version and not _API_VERSION.fullmatch(self.api_version):
             errors["api_version"] = "An API version is v1, preview or a date such as 2024-10-21 (optionally -preview)."
         if self.kind in _HOST_ONLY_KINDS and self.base_url and urlsplit(self.base_url).path.strip("/"):
-            errors["base_url"] = ("An Azure OpenAI base URL is the resource's endpoint with no path, such as "
-                                  "https://RESOURCE.openai.azure.com: the gateway adds /openai/...")
+            errors["base_url"] = ("An Azure OpenAI or Amazon Bedrock base URL is the endpoint with no path, such as "
+                                  "https://RESOURCE.openai.azure.com or https://bedrock-runtime.REGION.amazonaws.com")
+        if self.kind == self.Kind.BEDROCK and self.credential and self.credential.count(":") not in (1, 2):
+            errors["credential"] = "A Bedrock credential is ACCESS_KEY_ID:SECRET_ACCESS_KEY, or ...:SESSION_TOKEN."
         if errors:
             raise ValidationError(errors)
 

@@ -35,6 +35,7 @@ from django.conf import settings
 from apps.core.errors import RateLimited, UpstreamError, UpstreamTimeout, UpstreamUnavailable
 from apps.providers.breaker import Breakers
 from apps.providers.http1 import Http1Pool, Http1Response
+from apps.providers.sigv4 import signed_headers
 
 logger = logging.getLogger(__name__)
 
@@ -191,8 +192,8 @@ class HttpTransport:
             try:
                 async with asyncio.timeout(provider.timeout):
                     response = await self.http1(provider).post(
-                        path, body, _headers(provider, headers), connect_timeout=min(provider.timeout, 10.0),
-                        first_byte_timeout=None, read_timeout=None)
+                        path, body, _headers(provider, headers, path, body),
+                        connect_timeout=min(provider.timeout, 10.0), first_byte_timeout=None, read_timeout=None)
                     if response.status != 200:
                         await _classify_status(response, model)
                     raw = await response.read()
@@ -226,7 +227,7 @@ class HttpTransport:
         response = None
         try:
             response = await self.http1(provider).post(
-                path, body, _headers(provider, headers), connect_timeout=min(provider.timeout, 10.0),
+                path, body, _headers(provider, headers, path, body), connect_timeout=min(provider.timeout, 10.0),
                 first_byte_timeout=provider.timeout,
                 read_timeout=min(provider.timeout, settings.UPSTREAM_STREAM_IDLE_TIMEOUT))
             if response.status != 200:
@@ -234,7 +235,8 @@ class HttpTransport:
             first = await response.content.readany(provider.timeout)
             if not first:
                 raise UpstreamFailure("stream closed before its first byte")
-            _stream_start_check(first)
+            if provider.kind not in EVENT_STREAM_KINDS:
+                _stream_start_check(first)
             return OpenStream(model=model, response=response, first=first, release=limit, transport=self)
         except BaseException as exc:
             if response is not None:
@@ -250,12 +252,19 @@ class HttpTransport:
 
 ANTHROPIC_KIND = "anthropic"
 ANTHROPIC_VERSION = "2023-06-01"
-# The header each kind of provider reads its key from (any other kind: Authorization: Bearer).
+# The header each kind of provider reads its key from (any other kind: Authorization: Bearer;
+# Bedrock: every request signed with AWS SigV4).
 CREDENTIAL_HEADERS = {ANTHROPIC_KIND: "x-api-key", "azure": "api-key", "gemini": "x-goog-api-key"}
+SIGNED_KINDS = frozenset({"bedrock"})
+# Kinds whose streams are AWS binary event streams, not server-sent events.
+EVENT_STREAM_KINDS = frozenset({"bedrock"})
 
 
-def _headers(provider: ProviderConfig, extra: dict[str, str] | None = None) -> dict[str, str]:
+def _headers(provider: ProviderConfig, extra: dict[str, str] | None = None, path: str = "",
+             body: bytes = b"") -> dict[str, str]:
     headers = {"Content-Type": "application/json"}
+    if provider.kind in SIGNED_KINDS:
+        return signed_headers(provider, path, body, {**headers, **(extra or {})})
     if provider.kind == ANTHROPIC_KIND:
         headers["anthropic-version"] = ANTHROPIC_VERSION
     if provider.credential:
@@ -304,8 +313,9 @@ async def _classify_status(response: Http1Response, model: ModelRoute) -> None:
             marker in body for marker in _CREDENTIAL_REFUSED)):
         # Our credential for this provider is wrong: the provider's problem, not the client's.
         raise UpstreamFailure(f"provider refused credentials ({response.status})", status=response.status)
+    aws_type = response.headers.get("x-amzn-ErrorType")  # an AWS service's error type (Bedrock's)
     raise UpstreamClientError(response.status, body, response.headers.get("Content-Type", "application/json"),
-                              model=model)
+                              model=model, code=aws_type.split(":")[0] if aws_type else None)
 
 
 class OpenStream:

@@ -19,6 +19,9 @@ Endpoints
     POST /v1beta/models/{model}:generateContent, :streamGenerateContent?alt=sse
                                 Google's Gemini API (``apps.simulator.gemini``), an
                                 ``x-goog-api-key`` header required
+    POST /model/{model}/converse, /model/{model}/converse-stream
+                                Amazon Bedrock's Converse API (``apps.simulator.bedrock``), signed
+                                with AWS SigV4
 
     A ``tool_choice`` that forces a tool (``"required"`` or ``{"type": "function", ...}``)
     answers with one call of it (finish_reason "tool_calls"), its arguments built from the
@@ -100,6 +103,7 @@ from apps.simulator.azure import (
     azure_routes,
     content_filter_response,
 )
+from apps.simulator.bedrock import bedrock_routes
 from apps.simulator.control import (
     GARBAGE,
     HEADERS,
@@ -455,6 +459,7 @@ def build_app(config: SimulatorConfig | None = None) -> web.Application:
     messages_routes(app, simulator)
     azure_routes(app, simulator)
     gemini_routes(app, simulator)
+    bedrock_routes(app, simulator)
     app.router.add_post("/_sim/faults", simulator.faults_add)
     app.router.add_delete("/_sim/faults", simulator.faults_clear)
     app.router.add_get("/_sim/stats", simulator.stats)

@@ -44,11 +44,15 @@ class Clouds:
         v1 = provider("azure-v1", "azure", base, "az-key")
         gemini = provider("gemini", "gemini", base + "/v1beta", "g-key")
         refused = provider("gemini-bad-key", "gemini", base + "/v1beta", "invalid-key")
+        bedrock = provider("bedrock", "bedrock", base, "AKIDSIMULATED:simulated-secret")
+        wrong_secret = provider("bedrock-wrong-secret", "bedrock", base, "AKIDSIMULATED:not-the-secret")
         self.models = {
             "az-dated": model("az-dated", "sim-deployment", dated),
             "az-v1": model("az-v1", "sim-v1-model", v1),
             "gem": model("gem", "gemini-sim-flash", gemini),
             "gem-bad-key": model("gem-bad-key", "gemini-sim-refused", refused),
+            "claude-bedrock": model("claude-bedrock", "anthropic.claude-3-5-haiku-20241022-v1:0", bedrock),
+            "bedrock-wrong-secret": model("bedrock-wrong-secret", "amazon.nova-lite-v1:0", wrong_secret),
         }
         rule = RoutingRule.objects.create(name="cloud", match_model="cloud", target=self.models["az-dated"],
                                           priority=5)
@@ -73,8 +77,8 @@ def clouds(world):
     def sees_them() -> bool:
         status, body = http_json("GET", world.gateway.v1 + "/models",
                                  headers={"Authorization": f"Bearer {world.key_a}"})
-        return status == 200 and {"az-dated", "az-v1", "gem", "gem-bad-key", "az-embed", "gem-embed"} <= {
-            m["id"] for m in body["data"]}
+        expected = {"az-dated", "az-v1", "gem", "gem-bad-key", "claude-bedrock", "az-embed", "gem-embed"}
+        return status == 200 and expected <= {m["id"] for m in body["data"]}
 
     assert wait_until(sees_them), "the gateway never saw the new providers"
     return clouds
@@ -289,6 +293,74 @@ def test_a_refused_gemini_key_is_the_providers_failure_not_the_clients(clouds):
     assert "refused credentials" in failed.value.message
     (row,) = request_logs(1, tenant=clouds.world.tenant_a, status_code=502)
     assert row.cost == 0
+
+
+# --- Amazon Bedrock ---------------------------------------------------------------------------------
+
+BEDROCK_ID = "anthropic.claude-3-5-haiku-20241022-v1:0"
+
+
+def test_it_answers_and_streams_from_bedrock_signed_with_sigv4(clouds):
+    sdk = clouds.client()
+    plain = sdk.chat.completions.create(model="claude-bedrock", extra_headers=NO_STORE,
+                                        messages=[{"role": "system", "content": SYSTEM}, *_ask("Hello Bedrock")])
+    assert plain.choices[0].finish_reason == "stop" and plain.model == BEDROCK_ID
+    chunks = list(sdk.chat.completions.create(
+        model="claude-bedrock", messages=[{"role": "system", "content": SYSTEM}, *_ask("Hello Bedrock")],
+        stream=True, stream_options={"include_usage": True}, extra_headers=NO_STORE))
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == plain.choices[0].message.content
+    assert chunks[-1].usage.completion_tokens == plain.usage.completion_tokens
+    assert clouds.world.simulator.stats()["by_model"] == {BEDROCK_ID: 2}  # the model id's ":" survived signing
+    rows = request_logs(2, tenant=clouds.world.tenant_a, model_used="claude-bedrock")
+    for row in rows:
+        assert row.tokens_estimated is False and row.output_tokens == plain.usage.completion_tokens
+        assert row.cost == clouds.price("claude-bedrock").cost(
+            input_tokens=row.input_tokens, cached_tokens=row.cached_tokens, output_tokens=row.output_tokens) > 0
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_tool_call_loop_runs_through_bedrock(clouds, stream):
+    sdk = clouds.client()
+    messages = _ask("What is the weather in Lima?")
+    if stream:
+        chunks = list(sdk.chat.completions.create(model="claude-bedrock", messages=messages, tools=[WEATHER],
+                                                  tool_choice="required", stream=True, extra_headers=NO_STORE))
+        calls = [tc for c in chunks if c.choices for tc in c.choices[0].delta.tool_calls or []]
+        assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "tool_calls"
+        ident, name = calls[0].id, calls[0].function.name
+        arguments = "".join(tc.function.arguments or "" for tc in calls)
+    else:
+        answer = sdk.chat.completions.create(model="claude-bedrock", messages=messages, tools=[WEATHER],
+                                             tool_choice="required", extra_headers=NO_STORE)
+        assert answer.choices[0].finish_reason == "tool_calls"
+        (call,) = answer.choices[0].message.tool_calls
+        ident, name, arguments = call.id, call.function.name, call.function.arguments
+    assert name == "get_weather" and set(json.loads(arguments)) == {"city"}
+    messages += [{"role": "assistant", "content": None, "tool_calls": [
+        {"id": ident, "type": "function", "function": {"name": name, "arguments": arguments}}]},
+        {"role": "tool", "tool_call_id": ident, "content": '{"forecast": "fog"}'}]
+    final = sdk.chat.completions.create(model="claude-bedrock", messages=messages, tools=[WEATHER],
+                                        extra_headers=NO_STORE)  # a toolResult that does not answer it is a 400
+    assert final.choices[0].finish_reason == "stop" and final.choices[0].message.content
+
+
+def test_bedrock_errors_are_told_as_the_gateway_tells_them(clouds):
+    sim = clouds.world.simulator
+    sim.fault(model=BEDROCK_ID, mode="status", status=400)
+    with pytest.raises(openai.BadRequestError) as refused:
+        clouds.client().chat.completions.create(model="claude-bedrock", messages=_ask("Bad"))
+    assert refused.value.code == "validation_exception" and "injected fault" in refused.value.message
+    sim.fault(model=BEDROCK_ID, mode="status", status=429, count=-1)
+    with pytest.raises(openai.RateLimitError) as limited:
+        clouds.client().chat.completions.create(model="claude-bedrock", messages=_ask("Throttled"))
+    assert limited.value.code == "upstream_rate_limited"
+    with pytest.raises(openai.APIStatusError) as failed:
+        clouds.client().chat.completions.create(model="bedrock-wrong-secret", messages=_ask("Signed wrong"))
+    assert failed.value.status_code == 502 and "refused credentials (403)" in failed.value.message
+    rows = request_logs(3, tenant=clouds.world.tenant_a)
+    assert [(r.status_code, r.error_code) for r in rows] == [
+        (400, "validation_exception"), (429, "upstream_rate_limited"), (502, "upstream_error")]
+    assert all(r.cost == 0 for r in rows)
 
 
 # --- the other doors --------------------------------------------------------------------------------

@@ -9,6 +9,8 @@ how its answer comes back in OpenAI's form.
                                                                     as it comes (OpenAI's shape)
     gemini      POST {base}/models/{id}:generateContent or
                 :streamGenerateContent?alt=sse; ``x-goog-api-key``  translated (:mod:`.gemini`)
+    bedrock     POST {base}/model/{id}/converse or /converse-stream, signed with AWS SigV4
+                                                                    translated (:mod:`.bedrock`)
     anthropic   reached by the Messages dialect with the client's own body (not here)
 
 A dialect asks :func:`chat_protocol` for the model's provider kind: the protocol gives the path
@@ -21,6 +23,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Protocol
 
 from apps.providers.protocols.azure import AZURE_KIND, AzureChat, azure_path
+from apps.providers.protocols.bedrock import BEDROCK_KIND, BedrockChat
 from apps.providers.protocols.gemini import GEMINI_KIND, GeminiChat
 from apps.providers.protocols.openai import OpenAIChat, chat_payload
 
@@ -50,7 +53,7 @@ class ChatProtocol(Protocol):
 
 
 OPENAI_PROTOCOL = OpenAIChat()
-_PROTOCOLS: dict[str, ChatProtocol] = {AZURE_KIND: AzureChat(), GEMINI_KIND: GeminiChat()}
+_PROTOCOLS: dict[str, ChatProtocol] = {AZURE_KIND: AzureChat(), GEMINI_KIND: GeminiChat(), BEDROCK_KIND: BedrockChat()}
 
 
 def chat_protocol(kind: str) -> ChatProtocol:
@@ -64,7 +67,7 @@ def embeddings_path(model: ModelRoute) -> str | None:
     kind = model.provider.kind
     if kind == AZURE_KIND:
         return azure_path(model, "embeddings")
-    if kind == GEMINI_KIND:
+    if kind in (GEMINI_KIND, BEDROCK_KIND):
         return None
     return "/embeddings"
 
