@@ -88,6 +88,8 @@ def test_the_new_kinds_are_offered_with_what_their_fields_mean(admin_client):
     add = admin_client.get(reverse("admin:catalog_provider_add")).content.decode()
     assert '<option value="azure">Azure OpenAI</option>' in add
     assert '<option value="gemini">Google Gemini API</option>' in add
+    assert '<option value="bedrock">Amazon Bedrock (Converse API)</option>' in add
+    assert "bedrock-runtime.REGION.amazonaws.com" in add and "ACCESS_KEY_ID:SECRET_ACCESS_KEY" in add
     assert "https://RESOURCE.openai.azure.com" in add and "generativelanguage.googleapis.com/v1beta" in add
     assert "x-goog-api-key" in add and "api-version" in add
 
@@ -98,7 +100,7 @@ def test_an_azure_provider_takes_an_endpoint_and_a_version_and_others_no_version
               "models-TOTAL_FORMS": "0", "models-INITIAL_FORMS": "0"}
     with_path = admin_client.post(url, {**common, "name": "az", "kind": "azure",
                                         "base_url": "https://r.openai.azure.com/openai/v1", "api_version": "v1"})
-    assert "An Azure OpenAI base URL is the resource&#x27;s endpoint" in with_path.content.decode()
+    assert "An Azure OpenAI or Amazon Bedrock base URL is the endpoint with no path" in with_path.content.decode()
     versioned = admin_client.post(url, {**common, "name": "oa", "kind": "openai",
                                         "base_url": "https://api.openai.com/v1", "api_version": "2024-10-21"})
     assert "Only Azure OpenAI providers take an API version" in versioned.content.decode()

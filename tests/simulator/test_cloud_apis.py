@@ -95,3 +95,28 @@ def test_gemini_refuses_keys_and_faults_in_googles_shape(sim):
     assert stopped["finishReason"] == "SAFETY" and len(stopped["content"]["parts"][0]["text"].split()) <= 3
     models = httpx.get(f"{sim.base}/v1beta/models", headers={"x-goog-api-key": "k"}).json()["models"]
     assert "models/sim-mini" in {m["name"] for m in models}
+
+
+def _signed(sim: Simulator, body: dict, credential: str, path: str = "/model/m%3A1/converse") -> httpx.Response:
+    from types import SimpleNamespace
+
+    from apps.providers.sigv4 import signed_headers
+
+    payload = orjson.dumps(body)
+    provider = SimpleNamespace(base_url=sim.base, credential=credential)
+    headers = signed_headers(provider, path, payload, {"Content-Type": "application/json"})
+    return httpx.post(sim.base + path, content=payload, headers=headers, timeout=10)
+
+
+def test_bedrock_checks_sigv4_signatures_and_tool_results(sim):
+    hello = {"messages": [{"role": "user", "content": [{"text": "hello"}]}]}
+    answer = _signed(sim, hello, "AKID:simulated-secret")
+    assert answer.status_code == 200 and answer.json()["stopReason"] == "end_turn"
+    wrong = _signed(sim, hello, "AKID:other-secret")
+    assert wrong.status_code == 403 and wrong.headers["x-amzn-ErrorType"] == "InvalidSignatureException"
+    assert httpx.post(sim.base + "/model/m/converse", json=hello).headers["x-amzn-ErrorType"] == \
+        "MissingAuthenticationTokenException"
+    assert _signed(sim, hello, "invalid:simulated-secret").headers["x-amzn-ErrorType"] == \
+        "UnrecognizedClientException"
+    orphan = {"messages": [{"role": "user", "content": [{"toolResult": {"toolUseId": "t9", "content": []}}]}]}
+    assert _signed(sim, orphan, "AKID:simulated-secret").headers["x-amzn-ErrorType"] == "ValidationException"
