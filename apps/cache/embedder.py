@@ -38,6 +38,8 @@ import orjson
 
 from apps.cache.static_model import STATIC_FILE, StaticModel, static_distill
 from apps.core.metrics import EMBED_BATCH
+from apps.providers.protocols import embeddings_path
+from apps.providers.transport import UpstreamFailure
 
 logger = logging.getLogger(__name__)
 
@@ -367,7 +369,10 @@ class RemoteEmbedder:
 
     async def embed(self, texts: list[str]) -> list[np.ndarray]:
         payload = orjson.dumps({"model": self.model.upstream_id, "input": texts, "dimensions": self.dimensions})
-        _raw, parsed = await self.transport.post_json(self.model, "/embeddings", payload)
+        path = embeddings_path(self.model)
+        if path is None:
+            raise UpstreamFailure(f"{self.model.provider.kind} providers serve no OpenAI-compatible embeddings")
+        _raw, parsed = await self.transport.post_json(self.model, path, payload)
         rows = sorted(parsed.get("data") or [], key=lambda item: item.get("index", 0))
         vectors = []
         for row in rows:

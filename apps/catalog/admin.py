@@ -15,11 +15,16 @@ from apps.catalog.services import provider_check, rules_using
 from apps.providers.pool_sync import pool_state_read
 from apps.usage.models import RequestLog
 
+_CREDENTIAL_MEANING = ("OpenAI-compatible: the API key (Authorization: Bearer). Anthropic: the API key "
+                       "(x-api-key). Azure OpenAI: the resource's key (api-key). Google Gemini: the API key "
+                       "(x-goog-api-key). Amazon Bedrock: ACCESS_KEY_ID:SECRET_ACCESS_KEY[:SESSION_TOKEN] (AWS SigV4).")
+
 
 class ProviderForm(forms.ModelForm):
     """The credential is write-only: typed in, never rendered back; blank keeps the stored one."""
 
-    base_url = forms.URLField(max_length=500, assume_scheme="https", help_text="Up to and including /v1")
+    base_url = forms.URLField(max_length=500, assume_scheme="https", help_text=Provider._meta.get_field(
+        "base_url").help_text)
     credential = forms.CharField(
         required=False, strip=True, widget=forms.PasswordInput(render_value=False),
         help_text="Write-only. Leave blank to keep the current credential.",
@@ -28,8 +33,8 @@ class ProviderForm(forms.ModelForm):
 
     class Meta:
         model = Provider
-        fields = ("name", "kind", "base_url", "credential", "clear_credential", "timeout_seconds", "max_concurrency",
-                  "is_active")
+        fields = ("name", "kind", "base_url", "api_version", "credential", "clear_credential", "timeout_seconds",
+                  "max_concurrency", "is_active")
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
@@ -45,6 +50,7 @@ class ProviderForm(forms.ModelForm):
                                    "leave blank to keep it.")
             else:
                 field.help_text = "No credential is set. Write-only: stored encrypted and never shown again."
+            field.help_text += " " + _CREDENTIAL_MEANING
 
     def clean(self) -> dict:
         cleaned = super().clean()
@@ -104,7 +110,8 @@ class ProviderAdmin(admin.ModelAdmin):
         # One credential field: a new provider has nothing to keep or clear.
         credential = ("credential", "clear_credential") if obj is not None and obj.credential else ("credential",)
         return (
-            (None, {"fields": ("name", "kind", "base_url", "timeout_seconds", "max_concurrency", "is_active")}),
+            (None, {"fields": ("name", "kind", "base_url", "api_version", "timeout_seconds", "max_concurrency",
+                               "is_active")}),
             ("Credential", {"fields": credential}),
             *((("Circuit breakers", {"fields": ("circuits_table",)}),
                ("Audit", {"fields": ("created_at", "updated_at")})) if obj is not None else ()),

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import re
 from decimal import Decimal
+from urllib.parse import urlsplit
 
 from django.core.exceptions import ValidationError
 from django.core.validators import MaxValueValidator, MinValueValidator
@@ -22,7 +24,27 @@ _DISCOUNT = {
 }
 _UNPRICED = ("Give the model an input or an output price per 1M tokens, or mark it free: with neither, its "
              "requests would bill nothing.")
+_API_VERSION = re.compile(r"v1|preview|\d{4}-\d{2}-\d{2}(-preview)?")
 _DISCOUNT_HELP = "Percent taken off every price for lines of batch jobs (OpenAI's Batch API gives 50)."
+
+
+_BASE_URL_HELP = (
+    "OpenAI-compatible and simulated: up to and including /v1 (https://api.openai.com/v1). "
+    "Anthropic: https://api.anthropic.com/v1. "
+    "Azure OpenAI: the resource's endpoint, with no path (https://RESOURCE.openai.azure.com). "
+    "Google Gemini: https://generativelanguage.googleapis.com/v1beta. "
+    "Amazon Bedrock: https://bedrock-runtime.REGION.amazonaws.com (the region is signed for).")
+_CREDENTIAL_HELP = (
+    "Encrypted at rest. OpenAI-compatible: the API key, sent as Authorization: Bearer. Anthropic: the API key "
+    "(x-api-key). Azure OpenAI: the resource's key (api-key). Google Gemini: the API key (x-goog-api-key). "
+    "Amazon Bedrock: ACCESS_KEY_ID:SECRET_ACCESS_KEY (or ...:SESSION_TOKEN), requests signed with AWS SigV4.")
+_API_VERSION_HELP = (
+    "Azure OpenAI only. Empty or v1: Azure's v1 API ({base}/openai/v1/chat/completions, the model's upstream id "
+    "in the body); preview: the same with api-version=preview; a dated version such as 2024-10-21: "
+    "{base}/openai/deployments/{upstream id}/chat/completions?api-version=2024-10-21 (the model's upstream id "
+    "is its deployment's name).")
+# Kinds whose base URL is the host alone: the protocol adds the whole path.
+_HOST_ONLY_KINDS = ("azure", "bedrock")
 
 
 class Provider(models.Model):
@@ -30,18 +52,25 @@ class Provider(models.Model):
 
     ``openai`` and ``simulated`` providers take ``/chat/completions``; ``anthropic`` ones take
     ``/messages`` (Anthropic's Messages API, with ``x-api-key``), and serve only
-    ``/v1/messages`` requests, which reach them byte for byte.
+    ``/v1/messages`` requests, which reach them byte for byte. ``azure`` (Azure OpenAI) and
+    ``gemini`` (Google's Gemini API) and ``bedrock`` (Amazon Bedrock's Converse API, signed with
+    AWS SigV4) take the chat form through their own protocols
+    (``apps.providers.protocols``), from every door.
     """
 
     class Kind(models.TextChoices):
         OPENAI = "openai", "OpenAI-compatible"
         ANTHROPIC = "anthropic", "Anthropic Messages API"
+        AZURE = "azure", "Azure OpenAI"
+        GEMINI = "gemini", "Google Gemini API"
+        BEDROCK = "bedrock", "Amazon Bedrock (Converse API)"
         SIMULATED = "simulated", "Simulated (built in)"
 
     name = models.CharField(max_length=100, unique=True)
     kind = models.CharField(max_length=20, choices=Kind.choices, default=Kind.OPENAI)
-    base_url = models.URLField(max_length=500, help_text="Up to and including /v1")
-    credential = EncryptedTextField(blank=True, default="", help_text="Encrypted at rest.")
+    base_url = models.URLField(max_length=500, help_text=_BASE_URL_HELP)
+    credential = EncryptedTextField(blank=True, default="", help_text=_CREDENTIAL_HELP)
+    api_version = models.CharField(max_length=40, blank=True, default="", help_text=_API_VERSION_HELP)
     timeout_seconds = models.FloatField(default=60.0, validators=[MinValueValidator(0.1)])
     max_concurrency = models.PositiveIntegerField(default=100, help_text="In-flight requests per process.")
     is_active = models.BooleanField(default=True)
@@ -53,6 +82,20 @@ class Provider(models.Model):
 
     def __str__(self) -> str:
         return self.name
+
+    def clean(self) -> None:
+        errors = {}
+        if self.api_version and self.kind != self.Kind.AZURE:
+            errors["api_version"] = "Only Azure OpenAI providers take an API version; leave it empty."
+        if self.api_version and not _API_VERSION.fullmatch(self.api_version):
+            errors["api_version"] = "An API version is v1, preview or a date such as 2024-10-21 (optionally -preview)."
+        if self.kind in _HOST_ONLY_KINDS and self.base_url and urlsplit(self.base_url).path.strip("/"):
+            errors["base_url"] = ("An Azure OpenAI or Amazon Bedrock base URL is the endpoint with no path, such as "
+                                  "https://RESOURCE.openai.azure.com or https://bedrock-runtime.REGION.amazonaws.com")
+        if self.kind == self.Kind.BEDROCK and self.credential and self.credential.count(":") not in (1, 2):
+            errors["credential"] = "A Bedrock credential is ACCESS_KEY_ID:SECRET_ACCESS_KEY, or ...:SESSION_TOKEN."
+        if errors:
+            raise ValidationError(errors)
 
 
 class ProviderCircuit(models.Model):

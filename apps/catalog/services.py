@@ -6,6 +6,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from datetime import datetime
+from urllib.parse import quote
 
 import httpx
 from django.db import close_old_connections
@@ -41,15 +42,29 @@ class ProviderCheck:
     summary: str
 
 
+def _check_request(provider: Provider) -> tuple[str, dict[str, str], str]:
+    """The URL and headers that list a provider's models, and the answer's key for the list."""
+    base = provider.base_url.rstrip("/")
+    headers = {"user-agent": "switchyard-admin-check"}
+    credential = provider.credential
+    if provider.kind == Provider.Kind.ANTHROPIC:
+        headers |= {"anthropic-version": "2023-06-01", **({"x-api-key": credential} if credential else {})}
+        return base + "/models", headers, "data"
+    if provider.kind == Provider.Kind.AZURE:
+        version = provider.api_version.strip()
+        url = (base + "/openai/v1/models" if version in ("", "v1") else
+               base + f"/openai/models?api-version={quote(version, safe='')}")
+        return url, headers | ({"api-key": credential} if credential else {}), "data"
+    if provider.kind == Provider.Kind.GEMINI:
+        return base + "/models", headers | ({"x-goog-api-key": credential} if credential else {}), "models"
+    if credential:
+        headers["authorization"] = f"Bearer {credential}"
+    return base + "/models", headers, "data"
+
+
 def provider_check(provider: Provider, *, timeout: float = 5.0) -> ProviderCheck:
     """List the provider's models with its own credential: is it reachable, and does it take the key?"""
-    url = provider.base_url.rstrip("/") + "/models"
-    headers = {"user-agent": "switchyard-admin-check"}
-    if provider.kind == Provider.Kind.ANTHROPIC:
-        headers |= {"anthropic-version": "2023-06-01", **({"x-api-key": provider.credential} if provider.credential
-                                                          else {})}
-    elif provider.credential:
-        headers["authorization"] = f"Bearer {provider.credential}"
+    url, headers, listing = _check_request(provider)
     started = time.perf_counter()
     try:
         response = httpx.get(url, headers=headers, timeout=min(timeout, float(provider.timeout_seconds)))
@@ -60,7 +75,7 @@ def provider_check(provider: Provider, *, timeout: float = 5.0) -> ProviderCheck
         return ProviderCheck(False, f"GET {url} answered {response.status_code} in {elapsed:.0f} ms: "
                                     f"{response.text[:200]}")
     try:
-        listed = response.json().get("data")
+        listed = response.json().get(listing)
     except ValueError:
         listed = None
     count = f"{len(listed)} models listed" if isinstance(listed, list) else "no model list in the answer"

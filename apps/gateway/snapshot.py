@@ -32,6 +32,7 @@ class ProviderInfo:
     credential: str = field(repr=False)  # a secret: never in a repr, and so never in a log or traceback
     timeout: float
     max_concurrency: int
+    api_version: str = ""  # Azure OpenAI's api-version ("" or "v1": the v1 API)
 
 
 @dataclass(frozen=True, slots=True)
@@ -198,7 +199,7 @@ def snapshot_load() -> Snapshot:
         if info is None:
             info = providers[p.pk] = ProviderInfo(
                 id=p.pk, name=p.name, kind=p.kind, base_url=p.base_url.rstrip("/"), credential=p.credential,
-                timeout=p.timeout_seconds, max_concurrency=p.max_concurrency,
+                timeout=p.timeout_seconds, max_concurrency=p.max_concurrency, api_version=p.api_version,
             )
         return info
 

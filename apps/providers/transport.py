@@ -37,6 +37,7 @@ from apps.core.errors import RateLimited, UpstreamError, UpstreamTimeout, Upstre
 from apps.providers.breaker import Breakers
 from apps.providers.http1 import Http1Pool, Http1Response
 from apps.providers.pools import Pools
+from apps.providers.sigv4 import signed_headers
 
 logger = logging.getLogger(__name__)
 
@@ -98,9 +99,10 @@ class ProviderConfig(Protocol):
 
     id: int
     name: str
-    kind: str  # "openai" (OpenAI-compatible) or "anthropic"
+    kind: str  # "openai" (OpenAI-compatible), "anthropic", "azure", "gemini" or "simulated"
     base_url: str
     credential: str
+    api_version: str  # Azure OpenAI's api-version ("" elsewhere)
     timeout: float
     max_concurrency: int
 
@@ -199,8 +201,8 @@ class HttpTransport:
                 try:
                     async with asyncio.timeout(provider.timeout):
                         response = await self.http1(provider).post(
-                            path, body, _headers(provider, headers), connect_timeout=min(provider.timeout, 10.0),
-                            first_byte_timeout=None, read_timeout=None)
+                            path, body, _headers(provider, headers, path, body),
+                            connect_timeout=min(provider.timeout, 10.0), first_byte_timeout=None, read_timeout=None)
                         if pools is not None:
                             pools.headers_seen(model, response.headers)
                         if response.status != 200:
@@ -247,7 +249,7 @@ class HttpTransport:
             acquired = True
             self.in_flight += 1
             response = await self.http1(provider).post(
-                path, body, _headers(provider, headers), connect_timeout=min(provider.timeout, 10.0),
+                path, body, _headers(provider, headers, path, body), connect_timeout=min(provider.timeout, 10.0),
                 first_byte_timeout=provider.timeout,
                 read_timeout=min(provider.timeout, settings.UPSTREAM_STREAM_IDLE_TIMEOUT))
             if pools is not None:
@@ -257,7 +259,8 @@ class HttpTransport:
             first = await response.content.readany(provider.timeout)
             if not first:
                 raise UpstreamFailure("stream closed before its first byte")
-            _stream_start_check(first)
+            if provider.kind not in EVENT_STREAM_KINDS:
+                _stream_start_check(first)
             if pools is not None:
                 pools.measured(model, (time.perf_counter() - began) * 1000)
             return OpenStream(model=model, response=response, first=first, release=limit, transport=self,
@@ -279,29 +282,51 @@ class HttpTransport:
 
 ANTHROPIC_KIND = "anthropic"
 ANTHROPIC_VERSION = "2023-06-01"
+# The header each kind of provider reads its key from (any other kind: Authorization: Bearer;
+# Bedrock: every request signed with AWS SigV4).
+CREDENTIAL_HEADERS = {ANTHROPIC_KIND: "x-api-key", "azure": "api-key", "gemini": "x-goog-api-key"}
+SIGNED_KINDS = frozenset({"bedrock"})
+# Kinds whose streams are AWS binary event streams, not server-sent events.
+EVENT_STREAM_KINDS = frozenset({"bedrock"})
 
 
-def _headers(provider: ProviderConfig, extra: dict[str, str] | None = None) -> dict[str, str]:
+def _headers(provider: ProviderConfig, extra: dict[str, str] | None = None, path: str = "",
+             body: bytes = b"") -> dict[str, str]:
     headers = {"Content-Type": "application/json"}
+    if provider.kind in SIGNED_KINDS:
+        return signed_headers(provider, path, body, {**headers, **(extra or {})})
     if provider.kind == ANTHROPIC_KIND:
         headers["anthropic-version"] = ANTHROPIC_VERSION
-        if provider.credential:
-            headers["x-api-key"] = provider.credential
-    elif provider.credential:
-        headers["Authorization"] = f"Bearer {provider.credential}"
+    if provider.credential:
+        name = CREDENTIAL_HEADERS.get(provider.kind)
+        if name is None:
+            headers["Authorization"] = f"Bearer {provider.credential}"
+        else:
+            headers[name] = provider.credential
     if extra:
         headers.update(extra)
     return headers
 
 
-def _retry_after(response) -> float | None:
-    value = response.headers.get("Retry-After")
-    if not value:
-        return None
-    try:
-        return float(value)
-    except ValueError:
-        return None
+_RETRY_DELAY = re.compile(rb'"retryDelay"\s*:\s*"([0-9]+(?:\.[0-9]+)?)s"')
+
+
+def _retry_after(response, body: bytes = b"") -> float | None:
+    """How long the provider asks to wait: ``Retry-After`` (seconds), Azure's ``retry-after-ms``,
+    or the ``retryDelay`` of a Google RetryInfo in the error body ("30s")."""
+    for name, scale in (("retry-after-ms", 0.001), ("Retry-After", 1.0)):
+        value = response.headers.get(name)
+        if value:
+            try:
+                return float(value) * scale
+            except ValueError:
+                pass
+    match = _RETRY_DELAY.search(body) if body else None
+    return float(match.group(1)) if match else None
+
+
+# A 400 that is about our credential rather than the request (Google's API_KEY_INVALID).
+_CREDENTIAL_REFUSED = (b'"API_KEY_INVALID"',)
 
 
 async def _classify_status(response: Http1Response, model: ModelRoute) -> None:
@@ -313,12 +338,14 @@ async def _classify_status(response: Http1Response, model: ModelRoute) -> None:
         body = body.replace(provider.credential.encode(), b"[redacted]")
     if response.status in RETRYABLE_STATUSES or response.status >= 500:
         raise UpstreamFailure(f"status {response.status}", status=response.status,
-                              retry_after=_retry_after(response))
-    if response.status in (401, 403):
+                              retry_after=_retry_after(response, body))
+    if response.status in (401, 403) or (response.status == 400 and any(
+            marker in body for marker in _CREDENTIAL_REFUSED)):
         # Our credential for this provider is wrong: the provider's problem, not the client's.
         raise UpstreamFailure(f"provider refused credentials ({response.status})", status=response.status)
+    aws_type = response.headers.get("x-amzn-ErrorType")  # an AWS service's error type (Bedrock's)
     raise UpstreamClientError(response.status, body, response.headers.get("Content-Type", "application/json"),
-                              model=model)
+                              model=model, code=aws_type.split(":")[0] if aws_type else None)
 
 
 class OpenStream:

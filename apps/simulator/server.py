@@ -12,6 +12,16 @@ Endpoints
                                 ``encoding_format: base64`` as the openai SDK asks by default)
     GET  /v1/models             sim-mini, sim-standard, sim-premium, sim-embed
     POST /v1/messages           Anthropic's Messages API, JSON or SSE (``apps.simulator.messages``)
+    POST /openai/deployments/{deployment}/chat/completions?api-version=...
+    POST /openai/v1/chat/completions
+                                Azure OpenAI (``apps.simulator.azure``): the chat answer with
+                                Azure's content-filter results, an ``api-key`` header required
+    POST /v1beta/models/{model}:generateContent, :streamGenerateContent?alt=sse
+                                Google's Gemini API (``apps.simulator.gemini``), an
+                                ``x-goog-api-key`` header required
+    POST /model/{model}/converse, /model/{model}/converse-stream
+                                Amazon Bedrock's Converse API (``apps.simulator.bedrock``), signed
+                                with AWS SigV4
 
     A ``tool_choice`` that forces a tool (``"required"`` or ``{"type": "function", ...}``)
     answers with one call of it (finish_reason "tool_calls"), its arguments built from the
@@ -62,6 +72,8 @@ Faults (``apps.simulator.control``; control API; the gateway cannot set headers 
         invalid_json  a 200 whose body is not JSON; a stream sends one event whose data is not
                       JSON, then ``[DONE]``
         no_usage      a normal answer without any usage (JSON or stream), like some providers
+        content_filter  Azure's 400 with code ``content_filter`` (its prompt filtered); on the
+                      Gemini API, an answer stopped by finishReason SAFETY after three words
         linger        a stream sends its whole answer (through ``[DONE]`` or ``message_stop``)
                       but never ends the response, leaving the connection open (as ``timeout``
                       does); a JSON answer is as usual
@@ -90,6 +102,14 @@ from apps.simulator.answers import (
     seed,
     tool_input,
 )
+from apps.simulator.azure import (
+    AZURE_FIRST_CHUNK,
+    FILTER_RESULTS,
+    PROMPT_FILTER_RESULTS,
+    azure_routes,
+    content_filter_response,
+)
+from apps.simulator.bedrock import bedrock_routes
 from apps.simulator.control import (
     GARBAGE,
     HEADERS,
@@ -104,6 +124,7 @@ from apps.simulator.control import (
     header_fault,
     knob,
 )
+from apps.simulator.gemini import gemini_routes
 from apps.simulator.messages import messages_routes
 from apps.simulator.outcomes import graded, outcomes_load
 
@@ -236,6 +257,10 @@ class Simulator:
         body, error = await _read_json(request)
         if error:
             return error
+        return await self.chat_answer(request, body)
+
+    async def chat_answer(self, request: web.Request, body: dict, *, azure: bool = False) -> web.StreamResponse:
+        """The answer to a chat body (``azure``: with Azure OpenAI's content-filter results)."""
         model = body.get("model")
         messages = body.get("messages")
         if not isinstance(model, str) or not model:
@@ -244,11 +269,12 @@ class Simulator:
             return _error(400, "'messages' must be a non-empty array.", param="messages")
         self._enter(model)
         try:
-            return await self._chat(request, body, model, messages)
+            return await self._chat(request, body, model, messages, azure=azure)
         finally:
             self.state.in_flight -= 1
 
-    async def _chat(self, request: web.Request, body: dict, model: str, messages: list) -> web.StreamResponse:
+    async def _chat(self, request: web.Request, body: dict, model: str, messages: list, *,
+                    azure: bool = False) -> web.StreamResponse:
         config = self.state.config
         fault = header_fault(request) or self.state.take_fault(model)
         mode = fault.mode if fault is not None else None
@@ -263,6 +289,8 @@ class Simulator:
 
         if mode == "status":
             return _fault_status(fault)
+        if mode == "content_filter":
+            return content_filter_response()
         if mode == "timeout":
             return await self._hang(request)
         if mode == "slow":
@@ -306,6 +334,9 @@ class Simulator:
                              "logprobs": None, "finish_reason": finish}],
                 "usage": usage,
             }
+            if azure:
+                answer["prompt_filter_results"] = PROMPT_FILTER_RESULTS
+                answer["choices"][0]["content_filter_results"] = FILTER_RESULTS
             if mode == "no_usage":
                 del answer["usage"]
             return web.Response(body=dumps(answer), content_type="application/json", headers=headers)
@@ -321,6 +352,8 @@ class Simulator:
         head = (b'{"id":"' + ident.encode() + b'","object":"chat.completion.chunk","created":'
                 + str(created).encode() + b',"model":' + dumps(model)
                 + b',"system_fingerprint":"switchyard-simulated","choices":[')
+        if azure:  # Azure's first chunk: the prompt's filter results, with no choice
+            await response.write(AZURE_FIRST_CHUNK)
         await response.write(b"data: " + head + b'{"index":0,"delta":{"role":"assistant","content":""},'
                              b'"finish_reason":null}]}\n\n')
         for index, word in enumerate(words):
@@ -383,6 +416,10 @@ class Simulator:
         body, error = await _read_json(request)
         if error:
             return error
+        return await self.embeddings_answer(request, body)
+
+    async def embeddings_answer(self, request: web.Request, body: dict) -> web.Response:
+        """The answer to an embeddings body."""
         model = body.get("model")
         value = body.get("input")
         if not isinstance(model, str) or not model:
@@ -442,6 +479,9 @@ def build_app(config: SimulatorConfig | None = None) -> web.Application:
     app.router.add_post("/v1/embeddings", simulator.embeddings)
     app.router.add_get("/v1/models", simulator.models)
     messages_routes(app, simulator)
+    azure_routes(app, simulator)
+    gemini_routes(app, simulator)
+    bedrock_routes(app, simulator)
     app.router.add_post("/_sim/faults", simulator.faults_add)
     app.router.add_delete("/_sim/faults", simulator.faults_clear)
     app.router.add_get("/_sim/stats", simulator.stats)

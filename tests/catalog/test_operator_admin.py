@@ -86,3 +86,45 @@ def test_deactivating_a_model_that_rules_use_warns_which(admin_client, cheap_mod
     assert not cheap_model.is_active
     warning = [m for m in _messages(response) if "is deactivated" in m]
     assert warning and "cheap first, premium first" in warning[0] and "retired" not in warning[0]
+
+
+def test_the_new_kinds_are_offered_with_what_their_fields_mean(admin_client):
+    add = admin_client.get(reverse("admin:catalog_provider_add")).content.decode()
+    assert '<option value="azure">Azure OpenAI</option>' in add
+    assert '<option value="gemini">Google Gemini API</option>' in add
+    assert '<option value="bedrock">Amazon Bedrock (Converse API)</option>' in add
+    assert "bedrock-runtime.REGION.amazonaws.com" in add and "ACCESS_KEY_ID:SECRET_ACCESS_KEY" in add
+    assert "https://RESOURCE.openai.azure.com" in add and "generativelanguage.googleapis.com/v1beta" in add
+    assert "x-goog-api-key" in add and "api-version" in add
+
+
+def test_an_azure_provider_takes_an_endpoint_and_a_version_and_others_no_version(admin_client):
+    url = reverse("admin:catalog_provider_add")
+    common = {"timeout_seconds": "30", "max_concurrency": "10", "is_active": "on", "credential": "k",
+              "models-TOTAL_FORMS": "0", "models-INITIAL_FORMS": "0"}
+    with_path = admin_client.post(url, {**common, "name": "az", "kind": "azure",
+                                        "base_url": "https://r.openai.azure.com/openai/v1", "api_version": "v1"})
+    assert "An Azure OpenAI or Amazon Bedrock base URL is the endpoint with no path" in with_path.content.decode()
+    versioned = admin_client.post(url, {**common, "name": "oa", "kind": "openai",
+                                        "base_url": "https://api.openai.com/v1", "api_version": "2024-10-21"})
+    assert "Only Azure OpenAI providers take an API version" in versioned.content.decode()
+    made = admin_client.post(url, {**common, "name": "az", "kind": "azure", "base_url": "https://r.openai.azure.com",
+                                   "api_version": "2024-10-21"})
+    assert made.status_code == 302
+    assert Provider.objects.get(name="az").api_version == "2024-10-21"
+
+
+def test_a_connection_test_lists_azure_and_gemini_models(admin_client, simulator_url):
+    root = simulator_url.removesuffix("/v1")
+    dated = Provider.objects.create(name="az-dated", kind=Provider.Kind.AZURE, base_url=root, credential="k",
+                                    api_version="2024-10-21")
+    v1 = Provider.objects.create(name="az-v1", kind=Provider.Kind.AZURE, base_url=root, credential="k")
+    gemini = Provider.objects.create(name="gem", kind=Provider.Kind.GEMINI, base_url=root + "/v1beta", credential="k")
+    keyless = Provider.objects.create(name="gem-keyless", kind=Provider.Kind.GEMINI, base_url=root + "/v1beta")
+    response = admin_client.post(reverse("admin:catalog_provider_changelist"), {
+        "action": "test_connection", "_selected_action": [p.pk for p in (dated, v1, gemini, keyless)]}, follow=True)
+    said = _messages(response)
+    assert any(m.startswith(f"az-dated: GET {root}/openai/models?api-version=2024-10-21 answered 200") for m in said)
+    assert any(m.startswith(f"az-v1: GET {root}/openai/v1/models answered 200") for m in said)
+    assert any(m.startswith(f"gem: GET {root}/v1beta/models answered 200") and "4 models listed" in m for m in said)
+    assert any(m.startswith("gem-keyless:") and "answered 403" in m for m in said), said

@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     from apps.gateway.pipeline.call import Call
     from apps.gateway.pipeline.stream import ChatStream
     from apps.gateway.runtime import Runtime
+    from apps.providers.protocols import ChatProtocol
     from apps.providers.transport import ProviderStream, UpstreamClientError
 
 
@@ -39,6 +40,9 @@ class UpstreamRequest:
     path: str  # under the provider's base URL
     payload: bytes
     headers: dict[str, str] | None = None
+    # The provider's protocol when its answers are not OpenAI's chat form: it reads them back
+    # into it (JSON, stream, refusal) before the dialect sees them. None: they are read as they come.
+    reader: ChatProtocol | None = None
 
 
 class Dialect(Protocol):

@@ -1,7 +1,9 @@
 """OpenAI's chat completions, the pipeline's own form: requests go to OpenAI-compatible
 providers as they came (the model id swapped, usage always asked of a stream), answers come
-back byte for byte. A native Anthropic provider is sent the request translated to its Messages
-API, and its answers (JSON or stream) and refusals come back translated
+back byte for byte; providers of another protocol (Azure OpenAI's URLs, Gemini's API, Bedrock's
+Converse) get the chat form through their protocol, which reads their answers back into it. A
+native Anthropic provider is sent the request translated to its Messages API, and its answers
+(JSON or stream) and refusals come back translated
 (:mod:`apps.gateway.dialects.anthropic.from_chat`, :mod:`~apps.gateway.dialects.anthropic.chat_sse`)."""
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from apps.gateway.dialects.base import Prepared, UpstreamRequest
 from apps.gateway.pipeline.stream import ChatStream
 from apps.gateway.snapshot import ModelInfo
 from apps.gateway.validation import chat_body_validate
+from apps.providers.protocols import chat_payload, chat_protocol
 from apps.providers.transport import ANTHROPIC_KIND, UpstreamClientError
 
 if TYPE_CHECKING:
@@ -35,18 +38,19 @@ if TYPE_CHECKING:
     from apps.providers.transport import ProviderStream
 
 
-def chat_payload(body: dict, upstream_id: str, *, stream: bool, drop: tuple[str, ...] = ()) -> bytes:
-    """``body`` as an OpenAI-compatible provider is sent it: its model id, without the fields in
-    ``drop`` (a translating dialect's own), and usage asked of a stream (recorded whether or not
-    the client sees it)."""
-    out = {name: value for name, value in body.items() if name not in drop} if drop else dict(body)
-    out["model"] = upstream_id
-    if stream:
-        out["stream"] = True
-        options = dict(out.get("stream_options") or {})
-        options["include_usage"] = True
-        out["stream_options"] = options
-    return orjson.dumps(out)
+def chat_upstream(prepared: Prepared, model: ModelInfo, *, stream: bool,
+                  drop: tuple[str, ...] = ()) -> UpstreamRequest:
+    """The chat form as ``model``'s provider is sent it, in the protocol of its kind
+    (:mod:`apps.providers.protocols`): OpenAI's as it is, Azure's at its URLs, Gemini's
+    translated, whose answers the protocol reads back into the chat form. The payload is built
+    once per model (a retry sends the same bytes)."""
+    protocol = chat_protocol(model.provider.kind)
+    key = (model.id, model.deployment_id)  # a pooled model's deployments each name it their way
+    payload = prepared.payloads.get(key)
+    if payload is None:
+        payload = prepared.payloads[key] = protocol.payload(prepared.body, model, stream=stream, drop=drop)
+    return UpstreamRequest(protocol.path(model, stream=stream), payload,
+                           reader=protocol if protocol.translates else None)
 
 
 def native(model: ModelInfo) -> bool:
@@ -144,11 +148,7 @@ class OpenAIChat:
     def upstream_request(self, prepared: Prepared, model: ModelInfo, *, stream: bool) -> UpstreamRequest:
         if native(model):
             return native_request(prepared, model, stream=stream)
-        key = (model.id, model.deployment_id)  # a pooled model's deployments each name it their way
-        payload = prepared.payloads.get(key)
-        if payload is None:
-            payload = prepared.payloads[key] = chat_payload(prepared.body, model.upstream_id, stream=stream)
-        return UpstreamRequest("/chat/completions", payload)
+        return chat_upstream(prepared, model, stream=stream)
 
     def refusal(self, exc: UpstreamClientError, model: ModelInfo) -> UpstreamClientError:
         if not native(model):
@@ -195,3 +195,6 @@ class OpenAIChat:
 
 
 OPENAI_CHAT = OpenAIChat()
+
+
+__all__ = ["OPENAI_CHAT", "chat_payload", "chat_upstream"]

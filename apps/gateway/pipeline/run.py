@@ -25,7 +25,7 @@ import orjson
 
 from apps.cache.store import CachedAnswer
 from apps.core import tokens
-from apps.core.errors import GatewayError
+from apps.core.errors import BadRequest, GatewayError
 from apps.gateway.attribution import attribution_from
 from apps.gateway.dialects.base import Dialect, Prepared
 from apps.gateway.pipeline.cache import cache_hit_log, cache_lookup, cache_plan, cache_settle
@@ -37,6 +37,7 @@ from apps.gateway.pipeline.upstream import Attempt, answer_done, upstream_call
 from apps.gateway.pipeline.usage import call_fail, call_log, cut_short_status
 from apps.gateway.snapshot import KeyInfo, ModelInfo
 from apps.gateway.validation import embeddings_body_validate, embeddings_tokens_check
+from apps.providers.protocols import embeddings_path
 from apps.providers.transport import UpstreamClientError
 
 if TYPE_CHECKING:
@@ -95,10 +96,16 @@ def _attempt(runtime: Runtime, dialect: Dialect, prepared: Prepared, *, stream: 
 
     async def attempt(model: ModelInfo):
         request = dialect.upstream_request(prepared, model, stream=stream)
+        reader = request.reader
         try:
-            return await send(model, request.path, request.payload, request.headers)
+            result = await send(model, request.path, request.payload, request.headers)
+            if reader is None:
+                return result
+            # The provider speaks another protocol: its answer is read back into the chat form.
+            return await reader.stream_read(result) if stream else reader.json_read(*result, model)
         except UpstreamClientError as exc:
-            translated = dialect.refusal(exc, model)
+            read = reader.refusal_read(exc) if reader is not None else exc
+            translated = dialect.refusal(read, model)
             if translated is exc:
                 raise
             raise translated from None
@@ -197,9 +204,13 @@ async def embeddings(runtime: Runtime, key: KeyInfo, body: dict, *, started: flo
         raise
 
     async def attempt(model: ModelInfo):
+        path = embeddings_path(model)
+        if path is None:
+            raise BadRequest(f"The model '{model.name}' is served by a {model.provider.kind} provider, which this "
+                             "gateway does not send embeddings requests to.", param="model")
         payload = dict(body)
         payload["model"] = model.upstream_id
-        return await runtime.transport.post_json(model, "/embeddings", orjson.dumps(payload))
+        return await runtime.transport.post_json(model, path, orjson.dumps(payload))
 
     try:
         _model, (raw, parsed) = await upstream_call(runtime, call, attempt)

@@ -31,7 +31,7 @@ from apps.gateway.dialects.anthropic.translate import (
     replayable,
 )
 from apps.gateway.dialects.base import Prepared, UpstreamRequest
-from apps.gateway.dialects.openai import OPENAI_CHAT, chat_payload, completion_from_stream, replay_parts
+from apps.gateway.dialects.openai import OPENAI_CHAT, chat_upstream, completion_from_stream, replay_parts
 from apps.gateway.pipeline.call import Call
 from apps.gateway.pipeline.route import call_route
 from apps.gateway.pipeline.stream import ChatStream
@@ -91,18 +91,13 @@ class AnthropicMessages:
             asyncio.get_running_loop().call_soon(call.prompt_tokens_count, prepared.body["messages"])
 
     def upstream_request(self, prepared: Prepared, model: ModelInfo, *, stream: bool) -> UpstreamRequest:
+        if not _native(model):
+            return chat_upstream(prepared, model, stream=stream, drop=("metadata", "native_parameters"))
         key = (model.id, model.deployment_id)  # a pooled model's deployments each name it their way
         payload = prepared.payloads.get(key)
         if payload is None:
-            if _native(model):
-                payload = native_payload(prepared.original, model.upstream_id)
-            else:
-                payload = chat_payload(prepared.body, model.upstream_id, stream=stream,
-                                       drop=("metadata", "native_parameters"))
-            prepared.payloads[key] = payload
-        if _native(model):
-            return UpstreamRequest("/messages", payload, prepared.forwarded)
-        return UpstreamRequest("/chat/completions", payload)
+            payload = prepared.payloads[key] = native_payload(prepared.original, model.upstream_id)
+        return UpstreamRequest("/messages", payload, prepared.forwarded)
 
     def refusal(self, exc: UpstreamClientError, model: ModelInfo) -> UpstreamClientError:
         if _native(model):

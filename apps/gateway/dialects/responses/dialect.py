@@ -18,7 +18,13 @@ import orjson
 
 from apps.core.errors import GatewayError
 from apps.gateway.dialects.base import Prepared, UpstreamRequest
-from apps.gateway.dialects.openai import OPENAI_CHAT, chat_payload, native, native_request, replay_parts
+from apps.gateway.dialects.openai import (
+    OPENAI_CHAT,
+    chat_upstream,
+    native,
+    native_request,
+    replay_parts,
+)
 from apps.gateway.dialects.responses.sse import ResponsesFromOpenAI
 from apps.gateway.dialects.responses.translate import (
     response_from_completion,
@@ -77,12 +83,7 @@ class Responses:
     def upstream_request(self, prepared: Prepared, model: ModelInfo, *, stream: bool) -> UpstreamRequest:
         if native(model):
             return native_request(prepared, model, stream=stream)
-        key = (model.id, model.deployment_id)  # a pooled model's deployments each name it their way
-        payload = prepared.payloads.get(key)
-        if payload is None:
-            payload = prepared.payloads[key] = chat_payload(prepared.body, model.upstream_id, stream=stream,
-                                                            drop=("metadata",))
-        return UpstreamRequest("/chat/completions", payload)
+        return chat_upstream(prepared, model, stream=stream, drop=("metadata",))
 
     def refusal(self, exc: UpstreamClientError, model: ModelInfo) -> UpstreamClientError:
         return OPENAI_CHAT.refusal(exc, model)
