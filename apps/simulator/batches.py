@@ -16,7 +16,7 @@ file, others to the error file, in OpenAI's line format; then ``completed``.
 Control (tests): ``POST /_sim/batches`` with ``{"hold": true}`` keeps new and running batches in
 progress until ``{"hold": false}``; ``{"fail_next": "message"}`` makes the next batch end
 ``failed`` with that message; ``{"delay_ms": N}`` sets the delay. ``POST /_sim/reset`` clears
-these.
+these, and forgets every file and batch.
 """
 
 from __future__ import annotations
@@ -105,6 +105,8 @@ class BatchStore:
     def reset(self) -> None:
         self.delay_ms, self.fail_next = self.default_delay_ms, None
         self.hold_set(False)
+        self.files.clear()
+        self.batches.clear()
 
     def file_add(self, *, filename: str, purpose: str, data: bytes) -> SimFile:
         file = SimFile(f"file-sim{secrets.token_hex(8)}", filename, purpose, data, int(time.time()))
