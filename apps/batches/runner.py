@@ -57,6 +57,7 @@ FLUSH_EVERY = 0.5
 FLUSH_ROWS = 200
 HEARTBEAT_EVERY = 1.0
 PUBLISH_EVERY = 0.5
+UPSTREAM_WINDOW = 24 * 3600  # the completion window a provider's Batch API answers within
 Status = BatchJob.Status
 
 
@@ -223,7 +224,9 @@ class JobRunner:
         name = await self.db(lambda: job.input_file.storage_name)
         upstream = job.upstream
         if not upstream:
-            if job.done or job.cursor_line:
+            # A provider's Batch API promises answers within 24 hours: a job due sooner runs live.
+            window = (job.expires_at - job.created_at).total_seconds() if job.expires_at else 0
+            if job.done or job.cursor_line or window < UPSTREAM_WINDOW:
                 return None
             plan = await self.db(self.executor.upstream_plan, endpoint=job.endpoint, storage_name=name)
             if plan is None:

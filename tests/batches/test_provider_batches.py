@@ -119,13 +119,17 @@ def test_it_runs_lines_live_at_the_live_price_when_the_provider_has_no_batch_api
                                       output_tokens=row.output_tokens) > 0
 
 
-def test_it_runs_a_job_live_when_a_line_names_auto(batch_world, workers):
+def test_it_runs_a_job_live_when_a_line_names_auto_or_its_window_is_shorter_than_a_day(batch_world, workers):
     workers().start()
     client = sdk(batch_world)
-    batch_id = _submit(client, [chat_line("a", "Hi"), chat_line("b", "Hello", model="auto")])
-    batch = batch_wait(client, batch_id)
-    assert batch.status == "completed" and batch.request_counts.completed == 2
-    assert BatchJob.objects.get(pk=batch_id).upstream_batch_id == ""
+    routed = _submit(client, [chat_line("a", "Hi"), chat_line("b", "Hello", model="auto")])
+    file_id = client.files.create(file=jsonl([chat_line("c", "Hey")]), purpose="batch").id
+    urgent = client.batches.create(input_file_id=file_id, endpoint="/v1/chat/completions",
+                                   completion_window="1h").id
+    for batch_id, count in ((routed, 2), (urgent, 1)):
+        batch = batch_wait(client, batch_id)
+        assert batch.status == "completed" and batch.request_counts.completed == count
+        assert BatchJob.objects.get(pk=batch_id).upstream_batch_id == ""
     assert _sim_batches(batch_world)["batches"] == 0
 
 
@@ -139,7 +143,8 @@ def test_it_resumes_polling_after_its_worker_is_killed_without_submitting_twice(
     assert wait_until(lambda: BatchJob.objects.get(pk=batch_id).upstream_batch_id, timeout=JOB_DEADLINE), \
         group.logs()[-3000:]
     # Polled at least once while the provider's batch runs, then killed mid-wait.
-    assert wait_until(lambda: "waiting" in group.logs(), timeout=JOB_DEADLINE), group.logs()[-3000:]
+    assert wait_until(lambda: f"batch job {batch_id}: waiting" in group.logs(), timeout=JOB_DEADLINE), \
+        group.logs()[-3000:]
     group.kill(first)
     upstream_id = BatchJob.objects.get(pk=batch_id).upstream_batch_id
     assert client.batches.retrieve(batch_id).status == "in_progress"
