@@ -8,6 +8,11 @@ through the job's executor, :mod:`apps.batches.executor`).
                      -> finalizing: (map-reduce) reduce; write the output and error files
                      -> completed | cancelled | expired | failed
 
+A job whose lines can all go to one provider's Batch API (:meth:`JobRunner.upstream`) is
+submitted there instead of ``process``: the run that submits it and each of beat's polls
+afterwards (``batches.poll_upstream``) is one short run that lets go of the job, until the
+provider's batch has ended and its lines are recorded and the job finishes.
+
 A heartbeat renews the lease every second and reads the job's status: a cancel stops the lines
 in flight within about a second, the end of the completion window expires the job. Memory stays
 bounded whatever the job's size: one chunk of input lines, the lines in flight and at most a
