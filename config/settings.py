@@ -210,6 +210,8 @@ BATCH_EMBED_THREADS = env_int("BATCH_EMBED_THREADS", 2, minimum=1)
 # died) is picked up again by beat's resumer every BATCH_RESUME_EVERY seconds.
 BATCH_LEASE_SECONDS = env_float("BATCH_LEASE_SECONDS", 30.0)
 BATCH_RESUME_EVERY = env_float("BATCH_RESUME_EVERY", 10.0)
+# How often beat polls the provider batches of jobs sent to a provider's Batch API.
+BATCH_UPSTREAM_POLL_EVERY = env_float("BATCH_UPSTREAM_POLL_EVERY", 30.0)
 BATCH_MAP_REDUCE_MAX_ITEMS = env_int("BATCH_MAP_REDUCE_MAX_ITEMS", 10_000, minimum=1)
 # What answers a job's lines (apps/batches/executor.py): the gateway's pipeline. Named here, not
 # imported by batches, so the domain apps never depend on the gateway.
@@ -245,6 +247,7 @@ CELERY_BEAT_SCHEDULE: dict = {
     "usage-prune": {"task": "usage.prune", "schedule": env_float("USAGE_PRUNE_EVERY", 3600.0)},
     "responses-prune": {"task": "responses.prune", "schedule": env_float("USAGE_PRUNE_EVERY", 3600.0)},
     "batches-resume": {"task": "batches.resume", "schedule": BATCH_RESUME_EVERY},
+    "batches-poll-upstream": {"task": "batches.poll_upstream", "schedule": BATCH_UPSTREAM_POLL_EVERY},
     "routing-priors": {"task": "routing.priors_refresh", "schedule": env_float("ROUTING_PRIORS_EVERY", 60.0)},
 }
 

@@ -53,6 +53,7 @@ class BatchJobAdmin(TenantCountedDelete, admin.ModelAdmin):
         (None, {"fields": ("id", "tenant", "api_key", "kind", "status_badge", "progress", "endpoint",
                            "completion_window", "metadata")}),
         ("Files", {"fields": ("input_file", "output_file", "error_file")}),
+        ("Provider batch", {"fields": ("upstream_batch_id", "upstream")}),
         ("Counts", {"fields": ("total", "completed", "failed", "cursor_line", "errors", "params", "result")}),
         ("Times", {"fields": ("created_at", "in_progress_at", "finalizing_at", "completed_at", "failed_at",
                               "expires_at", "expired_at", "cancelling_at", "cancelled_at", "lease_until")}),

@@ -56,6 +56,28 @@ class BatchExecutor(Protocol):
     def line_expired(self, *, job_id: str, index: int, raw: bytes) -> bytes:
         """The error-file line of a line left unanswered when the completion window ended."""
 
+    def upstream_plan(self, *, endpoint: str, storage_name: str) -> dict | None:
+        """Where the job's lines can go as one provider batch (JSON-able), or None to run them live."""
+
+    def upstream_submit(self, *, job_id: str, endpoint: str, storage_name: str, upstream: dict) -> str:
+        """Submit the job to the provider named by ``upstream``; the provider's batch id. A batch
+        already created for the job is returned rather than created again."""
+
+    def upstream_poll(self, *, job: dict, storage_name: str) -> UpstreamResult | None:
+        """None while the provider's batch runs; then the job's lines (each as
+        :class:`AnsweredLine` fields) and a ``rows_write()`` for their usage rows, to call in the
+        transaction that records the lines."""
+
+
+class UpstreamResult(Protocol):
+    """A finished provider batch, mapped back to the job's lines."""
+
+    lines: list[tuple[int, str | None, bool, bytes]]
+    errors: dict | None
+
+    def rows_write(self) -> None:
+        """Write the lines' usage rows (inside the caller's transaction)."""
+
 
 def executor_create() -> BatchExecutor:
     """A new executor of the class ``settings.BATCH_EXECUTOR`` names."""

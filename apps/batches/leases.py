@@ -88,10 +88,35 @@ def job_status_set(*, job_id: str, token: str, status: str, **fields) -> None:
         _guarded(job_id, token).update(status=status, **fields)
 
 
+def upstream_begin(*, job_id: str, token: str, upstream: dict) -> dict | None:
+    """Mark the job as going to its provider's Batch API, before anything is sent there: the
+    job's ``upstream`` as it now stands (a previous worker's, if one got this far), or None when
+    the job has already started answering lines live."""
+    with transaction.atomic():
+        job = _guarded(job_id, token).select_for_update().first()
+        if job is None:
+            raise LeaseLost(job_id)
+        if job.upstream:
+            return job.upstream
+        if job.completed or job.failed or job.cursor_line:
+            return None
+        job.upstream = {**upstream, "submitted_at": _now().isoformat()}
+        job.save(update_fields=["upstream"])
+        return job.upstream
+
+
+def upstream_batch_save(*, job_id: str, token: str, batch_id: str) -> None:
+    """Keep the provider's batch id: from now on the job is polled, never submitted again."""
+    if not _guarded(job_id, token).filter(upstream_batch_id="").update(upstream_batch_id=batch_id):
+        if not _guarded(job_id, token).exists():
+            raise LeaseLost(job_id)
+
+
 def lines_record(*, job_id: str, token: str, lines: list[tuple[int, str | None, bool, bytes]],
-                 cursor: tuple[int, int] | None) -> None:
+                 cursor: tuple[int, int] | None, also=None) -> None:
     """Persist answered lines with the job's counts (and cursor) in one transaction, only while
-    this worker still holds the lease: a line is answered once, whatever dies when."""
+    this worker still holds the lease: a line is answered once, whatever dies when. ``also`` (a
+    callable) writes more in the same transaction (a provider batch's usage rows)."""
     completed = sum(1 for line in lines if not line[2])
     with transaction.atomic():
         changes = {"completed": F("completed") + completed, "failed": F("failed") + len(lines) - completed}
@@ -102,6 +127,8 @@ def lines_record(*, job_id: str, token: str, lines: list[tuple[int, str | None, 
         BatchLine.objects.bulk_create([
             BatchLine(job_id=job_id, index=index, custom_id=custom_id, is_error=is_error, line=line.decode())
             for index, custom_id, is_error, line in lines])
+        if also is not None:
+            also()
 
 
 def job_files_write(job: BatchJob, *, extra_errors: Iterable[bytes] = ()) -> tuple[File | None, File | None]:

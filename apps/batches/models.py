@@ -100,6 +100,11 @@ class BatchJob(models.Model):
     # Every line before cursor_line is answered; cursor_offset is where it starts in the input.
     cursor_line = models.PositiveIntegerField(default=0)
     cursor_offset = models.BigIntegerField(default=0)
+    # A job sent to its provider's Batch API (apps.gateway.upstream_batches): the provider's batch
+    # id, saved before any wait so that a resumed worker polls it rather than submitting again,
+    # and the provider, files and state it was sent with.
+    upstream_batch_id = models.CharField(max_length=100, blank=True, default="")
+    upstream = models.JSONField(null=True, blank=True)
     lease_token = models.CharField(max_length=32, blank=True, default="")
     lease_until = models.DateTimeField(null=True, blank=True)
     created_at = models.DateTimeField(default=timezone.now)

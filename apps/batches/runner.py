@@ -8,6 +8,11 @@ through the job's executor, :mod:`apps.batches.executor`).
                      -> finalizing: (map-reduce) reduce; write the output and error files
                      -> completed | cancelled | expired | failed
 
+A job whose lines can all go to one provider's Batch API (:meth:`JobRunner.upstream`) is
+submitted there instead of ``process``: the run that submits it and each of beat's polls
+afterwards (``batches.poll_upstream``) is one short run that lets go of the job, until the
+provider's batch has ended and its lines are recorded and the job finishes.
+
 A heartbeat renews the lease every second and reads the job's status: a cancel stops the lines
 in flight within about a second, the end of the completion window expires the job. Memory stays
 bounded whatever the job's size: one chunk of input lines, the lines in flight and at most a
@@ -41,6 +46,8 @@ from apps.batches.leases import (
     job_release,
     job_status_set,
     lines_record,
+    upstream_batch_save,
+    upstream_begin,
 )
 from apps.batches.live import progress_publish
 from apps.batches.models import BatchJob, File
@@ -55,6 +62,7 @@ FLUSH_EVERY = 0.5
 FLUSH_ROWS = 200
 HEARTBEAT_EVERY = 1.0
 PUBLISH_EVERY = 0.5
+UPSTREAM_WINDOW = 24 * 3600  # the completion window a provider's Batch API answers within
 Status = BatchJob.Status
 
 
@@ -185,6 +193,10 @@ class JobRunner:
             self.stop_reason = "expire"
         elif job.status == Status.VALIDATING and not await self.validate():
             return "failed"
+        if self.stop_reason is None and self.status == Status.IN_PROGRESS and job.kind == BatchJob.Kind.BATCH:
+            outcome = await self.upstream()
+            if outcome is not None:
+                return outcome
         if self.stop_reason is None and self.status == Status.IN_PROGRESS:
             if not await self.pipeline_open():
                 return "failed"
@@ -207,6 +219,53 @@ class JobRunner:
             if result is None:
                 return self.stop_reason or "failed"
         await self.finish(Status.COMPLETED, result=result)
+        return "completed"
+
+    async def upstream(self) -> str | None:
+        """The job through its provider's Batch API: submit it (the batch id saved before any
+        wait), or poll it and, once the provider's batch ended, record its lines and finish.
+        None: the job runs live instead."""
+        job = self.job
+        name = await self.db(lambda: job.input_file.storage_name)
+        upstream = job.upstream
+        if not upstream:
+            # A provider's Batch API promises answers within 24 hours: a job due sooner runs live.
+            window = (job.expires_at - job.created_at).total_seconds() if job.expires_at else 0
+            if job.done or job.cursor_line or window < UPSTREAM_WINDOW:
+                return None
+            plan = await self.db(self.executor.upstream_plan, endpoint=job.endpoint, storage_name=name)
+            if plan is None:
+                return None
+            if not await self.db(self.executor.key_load, job.api_key_id):
+                await self.fail("api_key_unusable", "The API key that created this job is deleted, revoked or "
+                                "expired; its lines cannot run.")
+                return "failed"
+            upstream = await self.db(upstream_begin, job_id=job.pk, token=self.token, upstream=plan)
+            if upstream is None:
+                return None
+        if not job.upstream_batch_id:
+            batch_id = await self.db(self.executor.upstream_submit, job_id=job.pk, endpoint=job.endpoint,
+                                     storage_name=name, upstream=upstream)
+            await self.db(upstream_batch_save, job_id=job.pk, token=self.token, batch_id=batch_id)
+            logger.info("batch job %s: submitted to its provider as %s", job.pk, batch_id)
+            return "submitted"
+        result = await self.db(self.executor.upstream_poll, storage_name=name, job={
+            "id": job.pk, "tenant_id": job.tenant_id, "api_key_id": job.api_key_id, "endpoint": job.endpoint,
+            "upstream": upstream, "upstream_batch_id": job.upstream_batch_id})
+        if result is None:
+            return "waiting"
+        answered = await self.db(lines_answered, job.pk, 0, self.total)
+        lines = [line for line in result.lines if line[0] not in answered]
+        if lines:
+            await self.db(lines_record, job_id=job.pk, token=self.token, lines=lines, cursor=None,
+                          also=result.rows_write if not answered else None)
+        self.failed += sum(1 for line in lines if line[2])
+        self.completed += sum(1 for line in lines if not line[2])
+        await self.set_status(Status.FINALIZING)
+        if result.errors:
+            await self.db(lambda: BatchJob.objects.filter(pk=job.pk, lease_token=self.token).update(
+                errors=result.errors))
+        await self.finish(Status.COMPLETED)
         return "completed"
 
     async def pipeline_open(self) -> bool:

@@ -70,8 +70,16 @@ def jobs_active_for_tenant(*, tenant_id: int) -> QuerySet:
 def jobs_stale() -> list[str]:
     """Active jobs no live worker holds (never started, or their worker died), oldest first."""
     stale = BatchJob.objects.filter(status__in=BatchJob.ACTIVE).filter(
-        Q(lease_until__isnull=True) | Q(lease_until__lt=timezone.now()))
+        Q(lease_until__isnull=True) | Q(lease_until__lt=timezone.now())).exclude(
+        Q(status=BatchJob.Status.IN_PROGRESS) & ~Q(upstream_batch_id=""))  # polled by jobs_upstream_waiting
     return list(stale.order_by("created_at").values_list("pk", flat=True))
+
+
+def jobs_upstream_waiting() -> list[str]:
+    """Jobs waiting on their provider's Batch API (the id is saved) that no live worker holds."""
+    waiting = BatchJob.objects.filter(status=BatchJob.Status.IN_PROGRESS).exclude(upstream_batch_id="").filter(
+        Q(lease_until__isnull=True) | Q(lease_until__lt=timezone.now()))
+    return list(waiting.order_by("created_at").values_list("pk", flat=True))
 
 
 def lines_answered(job_id: str, first: int, last: int) -> set[int]:

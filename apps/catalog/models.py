@@ -73,6 +73,9 @@ class Provider(models.Model):
     api_version = models.CharField(max_length=40, blank=True, default="", help_text=_API_VERSION_HELP)
     timeout_seconds = models.FloatField(default=60.0, validators=[MinValueValidator(0.1)])
     max_concurrency = models.PositiveIntegerField(default=100, help_text="In-flight requests per process.")
+    batch_api = models.BooleanField(
+        default=False, help_text="Send batch jobs here through the provider's own Batch API (OpenAI's Files and "
+                                 "Batches), at its batch price, instead of line by line at the live price.")
     is_active = models.BooleanField(default=True)
     created_at = models.DateTimeField(default=timezone.now, editable=False)
     updated_at = models.DateTimeField(auto_now=True)
@@ -92,6 +95,8 @@ class Provider(models.Model):
         if self.kind in _HOST_ONLY_KINDS and self.base_url and urlsplit(self.base_url).path.strip("/"):
             errors["base_url"] = ("An Azure OpenAI or Amazon Bedrock base URL is the endpoint with no path, such as "
                                   "https://RESOURCE.openai.azure.com or https://bedrock-runtime.REGION.amazonaws.com")
+        if self.batch_api and self.kind not in (self.Kind.OPENAI, self.Kind.SIMULATED):
+            errors["batch_api"] = "Only OpenAI-compatible and simulated providers serve OpenAI's Batch API."
         if self.kind == self.Kind.BEDROCK and self.credential and self.credential.count(":") not in (1, 2):
             errors["credential"] = "A Bedrock credential is ACCESS_KEY_ID:SECRET_ACCESS_KEY, or ...:SESSION_TOKEN."
         if errors:

@@ -13,6 +13,7 @@ from apps.core.completions import completion_text
 from apps.gateway.doors.batch_lines import LineResult, chat_line, line_answer, line_expired
 from apps.gateway.runtime import Runtime
 from apps.gateway.snapshot import KeyInfo, key_info_load
+from apps.gateway.upstream_batches import UpstreamResult, upstream_plan, upstream_poll, upstream_submit
 from apps.tenants.models import ApiKey
 
 
@@ -52,3 +53,12 @@ class GatewayBatchExecutor:
 
     def line_expired(self, *, job_id: str, index: int, raw: bytes) -> bytes:
         return line_expired(job_id, index, raw)
+
+    def upstream_plan(self, *, endpoint: str, storage_name: str) -> dict | None:
+        return upstream_plan(endpoint=endpoint, storage_name=storage_name)
+
+    def upstream_submit(self, *, job_id: str, endpoint: str, storage_name: str, upstream: dict) -> str:
+        return upstream_submit(job_id=job_id, endpoint=endpoint, storage_name=storage_name, upstream=upstream)
+
+    def upstream_poll(self, *, job: dict, storage_name: str) -> UpstreamResult | None:
+        return upstream_poll(job=job, storage_name=storage_name)

@@ -33,6 +33,7 @@ class ProviderInfo:
     timeout: float
     max_concurrency: int
     api_version: str = ""  # Azure OpenAI's api-version ("" or "v1": the v1 API)
+    batch_api: bool = False  # batch jobs go through its Batch API (apps.gateway.upstream_batches)
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,7 +51,7 @@ class ModelInfo:
     context_window: int
     max_output_tokens: int
     cache_write_price: Decimal | None = None  # None: the input price
-    batch_discount: Decimal = Decimal(0)  # percent off for lines of batch jobs
+    batch_discount: Decimal = Decimal(0)  # percent off for lines sent through a provider's Batch API
     # A pooled model: its active deployments (each a ModelInfo of the same model with the
     # deployment's provider, upstream id and prices) and how one is picked (apps.providers.pools).
     deployments: tuple[ModelInfo, ...] = ()
@@ -68,7 +69,8 @@ class ModelInfo:
 
         ``input_tokens`` counts every input token; ``cached_tokens`` of them were read from the
         provider's prompt cache and ``cache_write_tokens`` written to it, each at its own price.
-        A line of a batch job pays the batch discount off the total.
+        ``batch``: the line went through the provider's Batch API, which bills the batch
+        discount off the total; a batch job's line answered live pays the live price.
         """
         uncached = max(input_tokens - cached_tokens - cache_write_tokens, 0)
         total = (uncached * self.input_price + cached_tokens * self.cached_input_price
@@ -200,6 +202,7 @@ def snapshot_load() -> Snapshot:
             info = providers[p.pk] = ProviderInfo(
                 id=p.pk, name=p.name, kind=p.kind, base_url=p.base_url.rstrip("/"), credential=p.credential,
                 timeout=p.timeout_seconds, max_concurrency=p.max_concurrency, api_version=p.api_version,
+                batch_api=p.batch_api,
             )
         return info
 

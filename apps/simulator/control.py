@@ -26,6 +26,7 @@ class SimulatorConfig:
     chunks: int = 20  # words (= completion tokens = content chunks) in a chat answer
     embedding_dims: int = 384  # length of an embedding unless the request asks for ``dimensions``
     rpm: int = 0  # chat requests each model takes per wall-clock minute (0: no limit), as a provider's rate limit
+    batch_delay_ms: float = 1000.0  # how long a submitted batch validates before it runs (apps.simulator.batches)
     # (model, prompt) -> whether that model answers that prompt correctly (apps.simulator.outcomes)
     outcomes: dict = field(default_factory=dict)
 

@@ -22,6 +22,9 @@ Endpoints
     POST /model/{model}/converse, /model/{model}/converse-stream
                                 Amazon Bedrock's Converse API (``apps.simulator.bedrock``), signed
                                 with AWS SigV4
+    POST /v1/files, /v1/batches; GET /v1/batches/{id}, /v1/files/{id}/content
+                                OpenAI's Files and Batch API (``apps.simulator.batches``): a batch
+                                runs its lines through this server after ``--batch-delay-ms``
 
     A ``tool_choice`` that forces a tool (``"required"`` or ``{"type": "function", ...}``)
     answers with one call of it (finish_reason "tool_calls"), its arguments built from the
@@ -109,6 +112,7 @@ from apps.simulator.azure import (
     azure_routes,
     content_filter_response,
 )
+from apps.simulator.batches import BatchStore, batch_routes
 from apps.simulator.bedrock import bedrock_routes
 from apps.simulator.control import (
     GARBAGE,
@@ -175,6 +179,7 @@ class Simulator:
 
     def __init__(self, config: SimulatorConfig) -> None:
         self.state = SimulatorState(config=config)
+        self.batches = BatchStore(delay_ms=config.batch_delay_ms, default_delay_ms=config.batch_delay_ms)
 
     async def on_shutdown(self, app: web.Application) -> None:
         """Let requests held by a ``timeout`` fault end so that the server stops at once."""
@@ -237,6 +242,7 @@ class Simulator:
         s.per_minute = {}
         s.rate_limited = {}
         s.max_in_flight = s.in_flight
+        self.batches.reset()
         return web.json_response({"reset": True}, headers=HEADERS)
 
     # --- OpenAI API --------------------------------------------------------------------
@@ -482,6 +488,7 @@ def build_app(config: SimulatorConfig | None = None) -> web.Application:
     azure_routes(app, simulator)
     gemini_routes(app, simulator)
     bedrock_routes(app, simulator)
+    batch_routes(app, simulator.batches)
     app.router.add_post("/_sim/faults", simulator.faults_add)
     app.router.add_delete("/_sim/faults", simulator.faults_clear)
     app.router.add_get("/_sim/stats", simulator.stats)
@@ -512,6 +519,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--chunks", type=int, default=SimulatorConfig.chunks)
     p.add_argument("--embedding-dims", type=int, default=SimulatorConfig.embedding_dims)
     p.add_argument("--rpm", type=int, default=SimulatorConfig.rpm)
+    p.add_argument("--batch-delay-ms", type=float, default=SimulatorConfig.batch_delay_ms,
+                   help="how long a submitted batch (POST /v1/batches) waits before it runs")
     p.add_argument("--outcomes", type=Path, nargs="*", default=[],
                    help="CSV files of known outcomes (prompt, then one True/False column per model)")
     p.add_argument("--outcome-model", action="append", default=[], metavar="NAME=COLUMN",
@@ -524,6 +533,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser().parse_args(argv)
     run(args.host, args.port, SimulatorConfig(ttft_ms=args.ttft_ms, chunk_delay_ms=args.chunk_delay_ms,
                                               chunks=args.chunks, embedding_dims=args.embedding_dims, rpm=args.rpm,
+                                              batch_delay_ms=args.batch_delay_ms,
                                               outcomes=outcomes_load(args.outcomes, args.outcome_model)))
 
 

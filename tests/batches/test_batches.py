@@ -54,10 +54,10 @@ def test_it_runs_a_batch_from_upload_to_output_files(world, workers):
     price = world.models["sim-mini"].prices.order_by("-effective_from", "-id").first()
     for row in rows:
         assert row.request_id.startswith(batch.id + "-")
+        # Answered live (the provider has no Batch API on): billed, so priced, live; the model's
+        # batch discount is only for lines its provider's Batch API answers.
         assert row.cost == price.cost(input_tokens=row.input_tokens, cached_tokens=row.cached_tokens,
-                                      output_tokens=row.output_tokens, batch=True)
-        assert row.cost * 2 == price.cost(input_tokens=row.input_tokens, cached_tokens=row.cached_tokens,
-                                          output_tokens=row.output_tokens)
+                                      output_tokens=row.output_tokens) > 0
     assert [b.id for b in client.batches.list()] == [batch.id]
 
 

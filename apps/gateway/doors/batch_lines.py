@@ -2,7 +2,8 @@
 file (OpenAI's format, keyed by ``custom_id``).
 
 A line runs exactly as a live request with the job's key: validation, routing and fallbacks,
-limits and budgets, the cache, cost (at the model's batch discount) and a usage row whose
+limits and budgets, the cache, cost (at the live price: the provider bills a line answered
+live as a live request) and a usage row whose
 ``request_id`` is ``<job id>-<line index>`` and whose ``endpoint`` is ``batch:<endpoint>``.
 
     {"id": "batch_req_...", "custom_id": "...", "response": {"status_code": 200, "request_id", "body"},

@@ -93,7 +93,7 @@ class Call:
     baseline: ModelInfo | None = None  # what routing is compared with: the model asked for, or the dearest
     reservation: object = None  # apps.limits.enforce.Reservation when the key or tenant has limits
     refusal: GatewayError | None = None  # a token or budget refusal, raised unless the cache answers
-    batch: bool = False  # a line of a batch job: priced with the model's batch discount
+    batch: bool = False  # a line of a batch job answered live: priced live (only a provider Batch API discounts)
     attribution: Attribution = NO_ATTRIBUTION  # end user, tags, metadata, session (apps.gateway.attribution)
     # For a tenant that keeps bodies: the prompt and, once known, the answer; written (redacted) with
     # the usage row by the buffer, which reads it at its next flush (a stream's answer lands after
@@ -173,7 +173,7 @@ class Call:
     def _price(self) -> None:
         if self.model is not None:
             self.cost = self.model.cost(self.input_tokens, self.cached_tokens, self.output_tokens,
-                                        self.cache_write_tokens, batch=self.batch)
+                                        self.cache_write_tokens)
 
     def _routing_saved(self) -> Decimal:
         """What the answer would have cost on the baseline model, less what it cost (never
@@ -182,7 +182,7 @@ class Call:
         if model is None or baseline is None or baseline.id == model.id or self.cache in ("exact", "semantic"):
             return _ZERO
         baseline_cost = baseline.cost(self.input_tokens, self.cached_tokens, self.output_tokens,
-                                      self.cache_write_tokens, batch=self.batch)
+                                      self.cache_write_tokens)
         return max(baseline_cost - self.cost, _ZERO)
 
     def body_keep(self, prompt) -> None:
