@@ -33,6 +33,7 @@ class ProviderInfo:
     timeout: float
     max_concurrency: int
     api_version: str = ""  # Azure OpenAI's api-version ("" or "v1": the v1 API)
+    responses_api: bool = False  # serves OpenAI's /responses: /v1/responses requests pass through
 
 
 @dataclass(frozen=True, slots=True)
@@ -200,6 +201,7 @@ def snapshot_load() -> Snapshot:
             info = providers[p.pk] = ProviderInfo(
                 id=p.pk, name=p.name, kind=p.kind, base_url=p.base_url.rstrip("/"), credential=p.credential,
                 timeout=p.timeout_seconds, max_concurrency=p.max_concurrency, api_version=p.api_version,
+                responses_api=p.responses_api,
             )
         return info
 
