@@ -134,7 +134,7 @@ class ResponsesAPI:
         reasoning = _REASONING_TOKENS if isinstance(body.get("reasoning"), dict) and body["reasoning"].get(
             "effort") not in (None, "none") else 0
         output += reasoning
-        return {"input_tokens": prompt, "input_tokens_details": {"cached_tokens": cached},
+        return {"input_tokens": prompt, "input_tokens_details": {"cached_tokens": cached, "cache_write_tokens": 0},
                 "output_tokens": output, "output_tokens_details": {"reasoning_tokens": reasoning},
                 "total_tokens": prompt + output}
 
