@@ -142,18 +142,18 @@ class Responses:
                                        error_event=translator.error)
 
     def stream_completion(self, stream: ChatStream) -> dict | None:
-        """None when the stream called tools (what a text replay cannot rebuild)."""
-        if isinstance(stream, NativeResponsesStream):
-            response = stream.response
-            if response is None or any(item.get("type") != "message" for item in response.get("output") or ()):
-                return None
-            return completion_of_response(response, completion_id=f"chatcmpl-{stream.call.request_id}",
-                                          usage={"prompt_tokens": stream.call.input_tokens,
-                                                 "completion_tokens": stream.call.output_tokens})
-        translator = stream.translator
-        if translator is not None and translator.tools:
+        """Made of the response the stream ended with (its events are not read again); None when
+        the stream called tools (what a text replay cannot rebuild)."""
+        source = stream.translator if stream.translator is not None else stream
+        response = getattr(source, "response", None)
+        if response is None:
+            return None if isinstance(stream, NativeResponsesStream) else OPENAI_CHAT.stream_completion(stream)
+        if any(item.get("type") != "message" for item in response.get("output") or ()):
             return None
-        return OPENAI_CHAT.stream_completion(stream)
+        call = stream.call
+        return completion_of_response(response, completion_id=f"chatcmpl-{call.request_id}", usage={
+            "prompt_tokens": call.input_tokens, "completion_tokens": call.output_tokens,
+            "total_tokens": call.input_tokens + call.output_tokens})
 
     def error_render(self, error: GatewayError, request_id: str | None) -> tuple[int, bytes, list]:
         return OPENAI_CHAT.error_render(error, request_id)

@@ -68,8 +68,11 @@ def response_text(response: dict) -> str:
 
 def completion_of_response(response: dict, *, completion_id: str, usage: dict) -> dict | None:
     """A finished response as the chat.completion the cache keeps; None when it holds items a
-    replay cannot rebuild (anything but text, function calls and reasoning, which is dropped)."""
-    if response.get("status") != "completed":
+    replay cannot rebuild (anything but text, function calls and reasoning, which is dropped) or
+    did not finish (but for ``max_output_tokens``, kept as a chat answer cut by its length)."""
+    status = response.get("status")
+    cut = status == "incomplete" and (response.get("incomplete_details") or {}).get("reason") == "max_output_tokens"
+    if status != "completed" and not cut:
         return None
     calls = []
     for item in response.get("output") or ():
@@ -89,7 +92,7 @@ def completion_of_response(response: dict, *, completion_id: str, usage: dict) -
     return {"id": completion_id, "object": "chat.completion", "created": response.get("created_at") or 0,
             "model": response.get("model") or "", "usage": usage,
             "choices": [{"index": 0, "message": message, "logprobs": None,
-                         "finish_reason": "tool_calls" if calls else "stop"}]}
+                         "finish_reason": "tool_calls" if calls else "length" if cut else "stop"}]}
 
 
 def response_rewritten(response: dict, *, response_id: str, store: bool, previous_response_id: str | None) -> dict:
