@@ -4,8 +4,8 @@
 
 Starts the simulated upstream (20 ms to first token, 64 text deltas per answer) and Switchyard
 (uvicorn + uvloop + httptools, the demo tenant's key, usage logging on, the cache bypassed
-with ``Cache-Control: no-store`` so every request goes upstream), then runs a closed loop of
-streaming Responses requests against:
+with ``Cache-Control: no-store`` so every request goes upstream; ``store: false`` unless
+``--store``), then runs a closed loop of streaming Responses requests against:
 
     simulator direct            the simulator's own ``/v1/responses`` (typed events)
     thinnest proxy              bench/thin_proxy.py: aiohttp relaying the bytes, nothing else (the
@@ -97,7 +97,8 @@ class Sample:
         self.full += other.full
 
 
-async def closed_loop(target: Target, *, concurrency: int, duration: float, warmup: float) -> Sample:
+async def closed_loop(target: Target, *, concurrency: int, duration: float, warmup: float,
+                      store: bool = False) -> Sample:
     sample = Sample()
     cpu_before = _cpu(target.proc)
     headers = {"content-type": "application/json", **target.headers}
@@ -109,7 +110,8 @@ async def closed_loop(target: Target, *, concurrency: int, duration: float, warm
             n = 0
             while time.perf_counter() < stop_at:
                 n += 1
-                body = {"model": target.model, "stream": True, "input": f"Benchmark prompt {worker_id}-{n}"}
+                body = {"model": target.model, "stream": True, "input": f"Benchmark prompt {worker_id}-{n}",
+                        "store": store}
                 t0 = time.perf_counter()
                 first = None
                 deltas = 0
@@ -204,7 +206,8 @@ async def run(args) -> tuple[str, list[str]]:
         for round_index in range(args.rounds):
             order = targets[round_index % len(targets):] + targets[: round_index % len(targets)]
             for target in order:
-                sample = await closed_loop(target, concurrency=args.concurrency, duration=args.duration, warmup=1.0)
+                sample = await closed_loop(target, concurrency=args.concurrency, duration=args.duration, warmup=1.0,
+                                           store=args.store)
                 results[target.name].add(sample)
                 print(f"round {round_index + 1} {target.name}: {sample.ok / sample.elapsed:.0f} req/s, first delta "
                       f"p50 {pct(sample.first, 50):.1f} ms, errors {sample.errors}", file=sys.stderr)
@@ -266,14 +269,19 @@ def write(path: Path, body: str, notes: list[str], args) -> None:
     section = (
         f"{marker_start}\n## Responses API streaming (`bench/responses.py`)\n\n"
         f"Command: `python bench/responses.py --duration {args.duration:g} --rounds {args.rounds} "
-        f"--concurrency {args.concurrency} " + (f"--baseline {args.baseline} " if args.baseline else "")
+        f"--concurrency {args.concurrency} " + ("--store " if args.store else "")
+        + (f"--baseline {args.baseline} " if args.baseline else "")
         + f"--write {path}`.\n\n"
         f"Run {datetime.now(UTC):%Y-%m-%d %H:%M} UTC on {os.cpu_count()} cores ({cpu}), load average "
         f"{args.load:.1f} at the start, Python {platform.python_version()}. Simulated upstream: 20 ms to "
         f"first token, {DELTAS} text deltas. Closed loop "
         f"from a Python aiohttp client, targets interleaved, {args.rounds} rounds of {args.duration:g} s each; the "
         "load generator, the simulator and Switchyard share the same two cores. Switchyard runs with usage logging "
-        "and cost on and its cache bypassed (`Cache-Control: no-store`). \"Proxy CPU\" is the proxy process's own "
+        "and cost on and its cache bypassed (`Cache-Control: no-store`); requests send "
+        + ("`store: true`: Switchyard stores each response in Postgres before its last event. " if args.store else
+           "`store: false`, so Switchyard keeps no stored response (it would write one row to Postgres per request, "
+           "which the proxies compared do not). ")
+        + "\"Proxy CPU\" is the proxy process's own "
         "CPU time (user and system, its threads included, Postgres's not) over its loops, divided by the answers "
         "it gave: the figure the shared cores make least noisy. \"Client reads\" is how many pieces the load "
         "generator's socket reads took to bring one answer in: a proxy that relays several upstream writes in one "
@@ -290,6 +298,9 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--concurrency", type=int, default=20)
     parser.add_argument("--write", type=Path, default=None)
+    parser.add_argument("--store", action="store_true",
+                        help="let Switchyard store each response (the API's default; off: the proxies compared "
+                             "do the same work)")
     parser.add_argument("--baseline", default=None, help="a git ref to run beside the current code (its own gateway)")
     args = parser.parse_args()
     uvloop_install()
