@@ -148,7 +148,7 @@ class Responses:
         response = getattr(source, "response", None)
         if response is None:
             return None if isinstance(stream, NativeResponsesStream) else OPENAI_CHAT.stream_completion(stream)
-        if any(item.get("type") != "message" for item in response.get("output") or ()):
+        if any(not isinstance(item, dict) or item.get("type") != "message" for item in response.get("output") or ()):
             return None
         call = stream.call
         return completion_of_response(response, completion_id=f"chatcmpl-{call.request_id}", usage={
