@@ -36,6 +36,7 @@ def build(upstream: str) -> web.Application:
     app.on_cleanup.append(stop)
     app.router.add_post("/v1/chat/completions", forward)
     app.router.add_post("/v1/messages", forward)
+    app.router.add_post("/v1/responses", forward)
     return app
 
 

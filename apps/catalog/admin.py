@@ -33,8 +33,8 @@ class ProviderForm(forms.ModelForm):
 
     class Meta:
         model = Provider
-        fields = ("name", "kind", "base_url", "api_version", "credential", "clear_credential", "timeout_seconds",
-                  "max_concurrency", "batch_api", "is_active")
+        fields = ("name", "kind", "base_url", "api_version", "responses_api", "credential", "clear_credential",
+                  "timeout_seconds", "max_concurrency", "batch_api", "is_active")
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
@@ -110,8 +110,8 @@ class ProviderAdmin(admin.ModelAdmin):
         # One credential field: a new provider has nothing to keep or clear.
         credential = ("credential", "clear_credential") if obj is not None and obj.credential else ("credential",)
         return (
-            (None, {"fields": ("name", "kind", "base_url", "api_version", "timeout_seconds", "max_concurrency",
-                               "batch_api", "is_active")}),
+            (None, {"fields": ("name", "kind", "base_url", "api_version", "responses_api", "timeout_seconds",
+                               "max_concurrency", "batch_api", "is_active")}),
             ("Credential", {"fields": credential}),
             *((("Circuit breakers", {"fields": ("circuits_table",)}),
                ("Audit", {"fields": ("created_at", "updated_at")})) if obj is not None else ()),

@@ -71,6 +71,10 @@ class Provider(models.Model):
     base_url = models.URLField(max_length=500, help_text=_BASE_URL_HELP)
     credential = EncryptedTextField(blank=True, default="", help_text=_CREDENTIAL_HELP)
     api_version = models.CharField(max_length=40, blank=True, default="", help_text=_API_VERSION_HELP)
+    responses_api = models.BooleanField(
+        default=False, verbose_name="serves the Responses API",
+        help_text="OpenAI-compatible only: the provider serves OpenAI's /responses itself, so /v1/responses "
+                  "requests reach it as they came (the model id swapped) instead of translated to chat.")
     timeout_seconds = models.FloatField(default=60.0, validators=[MinValueValidator(0.1)])
     max_concurrency = models.PositiveIntegerField(default=100, help_text="In-flight requests per process.")
     batch_api = models.BooleanField(
@@ -92,6 +96,8 @@ class Provider(models.Model):
             errors["api_version"] = "Only Azure OpenAI providers take an API version; leave it empty."
         if self.api_version and not _API_VERSION.fullmatch(self.api_version):
             errors["api_version"] = "An API version is v1, preview or a date such as 2024-10-21 (optionally -preview)."
+        if self.responses_api and self.kind not in (self.Kind.OPENAI, self.Kind.SIMULATED):
+            errors["responses_api"] = "Only an OpenAI-compatible (or simulated) provider serves the Responses API here."
         if self.kind in _HOST_ONLY_KINDS and self.base_url and urlsplit(self.base_url).path.strip("/"):
             errors["base_url"] = ("An Azure OpenAI or Amazon Bedrock base URL is the endpoint with no path, such as "
                                   "https://RESOURCE.openai.azure.com or https://bedrock-runtime.REGION.amazonaws.com")

@@ -1,7 +1,9 @@
 """The demo platform: a superuser, the ``demo`` tenant and its key, the simulated provider
 with three chat models at realistic price tiers and one embedding model, routing rules that
 send simple prompts to the cheap model, and ``sim-claude``: the same simulated upstream seen as
-a native Anthropic Messages API provider (``simulated-anthropic``), with prompt-cache prices.
+a native Anthropic Messages API provider (``simulated-anthropic``), with prompt-cache prices,
+and ``sim-responses``: the same upstream as a provider serving OpenAI's Responses API itself
+(``simulated-responses``), which ``/v1/responses`` requests reach as they came.
 
 Idempotent: running it again creates nothing twice. Because only a key's hash is stored, the
 demo key's secret and the admin password are kept in ``var/demo-credentials.json`` (mode
@@ -46,6 +48,8 @@ DEMO_MODELS = [
 
 # The native Anthropic model: (name, upstream id, input, cached input, cache write, output), like Claude Sonnet.
 DEMO_ANTHROPIC_MODEL = ("sim-claude", "sim-mini", "3.00", "0.30", "3.75", "15.00")
+# The model on a provider serving the Responses API itself: (name, upstream id), priced as sim-mini.
+DEMO_RESPONSES_MODEL = ("sim-responses", "sim-mini")
 
 # (name, tier matched, target, fallbacks, priority)
 DEMO_RULES = [
@@ -134,6 +138,22 @@ def demo_seed(*, upstream_url: str | None = None, repoint: bool = False) -> Demo
             input_price_per_million=Decimal(prices[0]), cached_input_price_per_million=Decimal(prices[1]),
             cache_write_price_per_million=Decimal(prices[2]), output_price_per_million=Decimal(prices[3]),
             context_window=200000, max_output_tokens=8192,
+        )
+
+    responses, created = Provider.objects.get_or_create(
+        name="simulated-responses",
+        defaults={"kind": Provider.Kind.SIMULATED, "base_url": upstream_url, "timeout_seconds": 30.0,
+                  "responses_api": True},
+    )
+    if repoint and not created and responses.kind == Provider.Kind.SIMULATED and responses.base_url != upstream_url:
+        responses.base_url = upstream_url
+        responses.save(update_fields=["base_url", "updated_at"])
+    name, upstream_id = DEMO_RESPONSES_MODEL
+    if not Model.objects.filter(name=name).exists():
+        Model.objects.create(
+            name=name, upstream_id=upstream_id, provider=responses, tier=Model.Tier.SIMPLE,
+            input_price_per_million=Decimal("0.15"), cached_input_price_per_million=Decimal("0.075"),
+            output_price_per_million=Decimal("0.60"), context_window=128000, max_output_tokens=16384,
         )
 
     models: dict[str, Model] = {}

@@ -34,6 +34,7 @@ class ProviderInfo:
     max_concurrency: int
     api_version: str = ""  # Azure OpenAI's api-version ("" or "v1": the v1 API)
     batch_api: bool = False  # batch jobs go through its Batch API (apps.gateway.upstream_batches)
+    responses_api: bool = False  # serves OpenAI's /responses: /v1/responses requests pass through
 
 
 @dataclass(frozen=True, slots=True)
@@ -203,6 +204,7 @@ def snapshot_load() -> Snapshot:
                 id=p.pk, name=p.name, kind=p.kind, base_url=p.base_url.rstrip("/"), credential=p.credential,
                 timeout=p.timeout_seconds, max_concurrency=p.max_concurrency, api_version=p.api_version,
                 batch_api=p.batch_api,
+                responses_api=p.responses_api,
             )
         return info
 

@@ -47,8 +47,8 @@ async def response_save(pool, *, tenant_id: int, api_key_id: int | None, request
             "previous_response_id, model, status, response, input_items, context, created_at) "
             "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, now())",
             [tenant_id, api_key_id, response["id"], request_id, response.get("previous_response_id") or "",
-             str(response.get("model") or "")[:200], response["status"], _jsonb(response), _jsonb(input_items),
-             _jsonb(context)])
+             str(response.get("model") or "")[:200], str(response.get("status") or "")[:20], _jsonb(response),
+             _jsonb(input_items), _jsonb(context)])
 
 
 async def response_find(pool, *, tenant_id: int, response_id: str) -> Stored | None:

@@ -12,6 +12,8 @@ Endpoints
                                 ``encoding_format: base64`` as the openai SDK asks by default)
     GET  /v1/models             sim-mini, sim-standard, sim-premium, sim-embed
     POST /v1/messages           Anthropic's Messages API, JSON or SSE (``apps.simulator.messages``)
+    POST /v1/responses          OpenAI's Responses API, JSON or typed SSE events
+                                (``apps.simulator.responses``)
     POST /openai/deployments/{deployment}/chat/completions?api-version=...
     POST /openai/v1/chat/completions
                                 Azure OpenAI (``apps.simulator.azure``): the chat answer with
@@ -131,6 +133,7 @@ from apps.simulator.control import (
 from apps.simulator.gemini import gemini_routes
 from apps.simulator.messages import messages_routes
 from apps.simulator.outcomes import graded, outcomes_load
+from apps.simulator.responses import responses_routes
 
 
 def _error(status: int, message: str, *, code: str | None = None, param: str | None = None,
@@ -485,6 +488,7 @@ def build_app(config: SimulatorConfig | None = None) -> web.Application:
     app.router.add_post("/v1/embeddings", simulator.embeddings)
     app.router.add_get("/v1/models", simulator.models)
     messages_routes(app, simulator)
+    responses_routes(app, simulator)
     azure_routes(app, simulator)
     gemini_routes(app, simulator)
     bedrock_routes(app, simulator)

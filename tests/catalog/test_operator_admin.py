@@ -114,6 +114,18 @@ def test_an_azure_provider_takes_an_endpoint_and_a_version_and_others_no_version
     assert Provider.objects.get(name="az").api_version == "2024-10-21"
 
 
+def test_only_an_openai_compatible_provider_is_marked_as_serving_the_responses_api(admin_client):
+    url = reverse("admin:catalog_provider_add")
+    common = {"timeout_seconds": "30", "max_concurrency": "10", "is_active": "on", "credential": "k",
+              "models-TOTAL_FORMS": "0", "models-INITIAL_FORMS": "0", "responses_api": "on"}
+    refused = admin_client.post(url, {**common, "name": "an", "kind": "anthropic",
+                                      "base_url": "https://api.anthropic.com/v1"})
+    assert "Only an OpenAI-compatible (or simulated) provider serves the Responses API" in refused.content.decode()
+    made = admin_client.post(url, {**common, "name": "oa", "kind": "openai", "base_url": "https://api.openai.com/v1"})
+    assert made.status_code == 302
+    assert Provider.objects.get(name="oa").responses_api is True
+
+
 def test_a_connection_test_lists_azure_and_gemini_models(admin_client, simulator_url):
     root = simulator_url.removesuffix("/v1")
     dated = Provider.objects.create(name="az-dated", kind=Provider.Kind.AZURE, base_url=root, credential="k",

@@ -101,6 +101,8 @@ def test_it_keeps_an_existing_providers_url_unless_asked_to_move_it(db, isolated
     call_command("seed_demo", "--upstream-url", "http://127.0.0.1:18002/v1", stdout=StringIO())
     assert Provider.objects.get(name="simulated").base_url == "http://127.0.0.1:18002/v1"
     assert Provider.objects.get(name="simulated-anthropic").base_url == "http://127.0.0.1:18002/v1"
+    native = Model.objects.get(name="sim-responses").provider
+    assert native.responses_api and native.base_url == "http://127.0.0.1:18002/v1"
 
 
 @pytest.fixture

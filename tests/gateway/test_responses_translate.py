@@ -66,6 +66,21 @@ def test_it_copies_escaped_text_verbatim_and_decodes_it_once_at_the_end():
     assert b": x-switchyard-cost 0.1\n\n" in raw
 
 
+def test_it_writes_a_run_of_text_deltas_read_at_once_as_it_writes_them_one_by_one():
+    pieces = ['He said "hi"\n', "", "caf\u00e9 \u2603 ", "back\\slash", " \U0001f682"] * 3
+    stream = [chunk({"role": "assistant", "content": ""})] + [chunk({"content": p}) for p in pieces] + [
+        chunk({}, "stop"), b"data: [DONE]\n\n"]
+    one_by_one = translator()
+    apart = b"".join(one_by_one.translate(event) for event in stream)
+    at_once = translator()
+    together = at_once.translate(b"".join(stream[:7])) + at_once.translate(b"".join(stream[7:]))
+    assert together == apart
+    got = events(together)
+    assert [e["sequence_number"] for e in got] == list(range(len(got)))
+    assert "".join(e["delta"] for e in got if e["type"] == "response.output_text.delta") == "".join(pieces)
+    assert at_once.response["output"][0]["content"][0]["text"] == "".join(pieces)
+
+
 def test_it_closes_the_text_item_before_a_tool_call_opens_and_reads_reasoning_tokens():
     t = translator(tools=[{"type": "function", "name": "f"}])
     raw = t.translate(chunk({"role": "assistant", "content": "Let me look."}))

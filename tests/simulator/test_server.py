@@ -344,3 +344,26 @@ def test_it_counts_only_text_parts_and_answers_whatever_other_parts_hold(sim):
         "model": "sim-mini", "max_tokens": 5, "messages": [{"role": "user", "content": parts}]})
     assert native.status_code == 200, native.text
     assert native.json()["usage"]["input_tokens"] == 3 * 4 // 3 + 3
+
+
+def test_it_serves_the_responses_api_the_sdk_parses(sim):
+    client = sdk(sim)
+    response = client.responses.create(model="sim-mini", instructions="Be brief.", input="Say hello",
+                                       max_output_tokens=5, reasoning={"effort": "low"})
+    assert response.status == "incomplete" and response.incomplete_details.reason == "max_output_tokens"
+    assert len(response.output_text.split()) == 5
+    assert response.usage.output_tokens == 5 + 8 and response.usage.output_tokens_details.reasoning_tokens == 8
+    chat = ask(sim, "Say hello", max_tokens=5)
+    assert chat.usage.prompt_tokens < response.usage.input_tokens  # the instructions count too
+    with client.responses.stream(model="sim-mini", input="Stream it") as stream:
+        events = list(stream)
+        final = stream.get_final_response()
+    assert [event.sequence_number for event in events] == list(range(len(events)))
+    assert "".join(e.delta for e in events if e.type == "response.output_text.delta") == final.output_text
+    assert len(final.output_text.split()) == 12 and events[-1].type == "response.completed"
+    tool = {"type": "function", "name": "lookup", "parameters": {"type": "object", "properties": {
+        "city": {"type": "string"}, "days": {"type": "integer"}}}}
+    (call,) = client.responses.create(model="sim-mini", input="x", tools=[tool], tool_choice="required").output
+    assert call.type == "function_call" and call.name == "lookup" and '"days":42' in call.arguments
+    with pytest.raises(openai.BadRequestError):
+        client.responses.create(model="sim-mini", input="x", previous_response_id="resp_unknown")

@@ -60,13 +60,14 @@ class _Saving:
 
     async def __aiter__(self):
         pieces = self.stream.__aiter__()
-        translator = self.stream.translator
+        # A translated stream's translator builds the response; a relayed one reads it itself.
+        source = self.stream.translator or self.stream
         saved = False
         try:
             async for data in pieces:
-                if not saved and translator.response is not None:
+                if not saved and source.response is not None:
                     saved = True
-                    await self.save(translator.response)
+                    await self.save(source.response)
                 yield data
         finally:
             await pieces.aclose()

@@ -1,8 +1,9 @@
 """The Responses API as a dialect: the same routing, limits, cache, fallbacks, cost and usage
-row as ``/v1/chat/completions``; only the bodies differ. Every provider is sent the chat form as
-the chat dialect sends it (a native Anthropic provider by translation, its answers read back as
-chat) and the chat answer is written as a response (providers serving Responses natively are
-not passed the client's body yet).
+row as ``/v1/chat/completions``; only the bodies differ. Per attempt, by the model's provider: one
+serving the Responses API itself (``Provider.responses_api``) is sent the client's body and its
+answer relayed (:mod:`.native`); any other is sent the chat form as the chat dialect sends it (a
+native Anthropic provider by translation, its answers read back as chat) and the chat answer is
+written as a response.
 
 A request continuing a stored conversation (``previous_response_id``) is prepared by a dialect
 made for it (:meth:`Responses.continuing`), holding the conversation's items: the door reads
@@ -24,6 +25,15 @@ from apps.gateway.dialects.openai import (
     native,
     native_request,
     replay_parts,
+)
+from apps.gateway.dialects.responses.native import (
+    NativeResponsesStream,
+    completion_of_response,
+    native_payload,
+    response_rewritten,
+    response_text,
+    serves_responses,
+    usage_chat,
 )
 from apps.gateway.dialects.responses.sse import ResponsesFromOpenAI
 from apps.gateway.dialects.responses.translate import (
@@ -80,7 +90,20 @@ class Responses:
     def routed(self, call: Call, prepared: Prepared) -> None:
         return None
 
+    def rewrite(self, call: Call, original: dict):
+        """What makes a provider's own response object this gateway's answer (in place)."""
+        response_id = response_id_of(call.request_id)
+        store = original.get("store") is not False
+        return lambda response: response_rewritten(response, response_id=response_id, store=store,
+                                                   previous_response_id=self.previous_response_id)
+
     def upstream_request(self, prepared: Prepared, model: ModelInfo, *, stream: bool) -> UpstreamRequest:
+        if serves_responses(model):
+            key = (model.id, model.deployment_id)  # a pooled model's deployments each name it their way
+            payload = prepared.payloads.get(key)
+            if payload is None:
+                payload = prepared.payloads[key] = native_payload(prepared.original, self.history, model.upstream_id)
+            return UpstreamRequest("/responses", payload)
         if native(model):
             return native_request(prepared, model, stream=stream)
         return chat_upstream(prepared, model, stream=stream, drop=("metadata",))
@@ -90,6 +113,17 @@ class Responses:
 
     def json_answer(self, call: Call, prepared: Prepared, model: ModelInfo, raw: bytes,
                     parsed: dict) -> tuple[bytes, dict | None]:
+        if serves_responses(model):
+            usage = usage_chat(parsed.get("usage"))
+            if usage is not None:
+                call.set_usage(usage, fallback_prompt=0, fallback_completion=0)
+            else:
+                call.usage_estimate(prepared.body["messages"], response_text(parsed))
+            response = self.rewrite(call, prepared.original)(parsed)
+            completion = completion_of_response(response, completion_id=f"chatcmpl-{call.request_id}",
+                                                usage=usage or {"prompt_tokens": call.input_tokens,
+                                                                "completion_tokens": call.output_tokens})
+            return orjson.dumps(response), completion
         _chat, completion = OPENAI_CHAT.json_answer(call, prepared, model, raw, parsed)  # prices it
         usage = usage_of(call)
         reported = usage_from_chat(completion.get("usage"))
@@ -99,17 +133,27 @@ class Responses:
 
     def stream_open(self, runtime: Runtime, call: Call, prepared: Prepared, opened: ProviderStream,
                     on_end: Callable[[ChatStream | None], None]) -> ChatStream:
+        if serves_responses(opened.model):
+            return NativeResponsesStream(runtime, call, prepared.body, opened,
+                                         rewrite=self.rewrite(call, prepared.original), on_end=on_end)
         translator = ResponsesFromOpenAI(frame=self.shell(call, prepared.original, opened.model.name),
                                          usage_of=lambda: usage_of(call))
         return OPENAI_CHAT.stream_open(runtime, call, prepared, opened, on_end, translator=translator,
                                        error_event=translator.error)
 
     def stream_completion(self, stream: ChatStream) -> dict | None:
-        """None when the stream called tools (what a text replay cannot rebuild)."""
-        translator = stream.translator
-        if translator is not None and translator.tools:
+        """Made of the response the stream ended with (its events are not read again); None when
+        the stream called tools (what a text replay cannot rebuild)."""
+        source = stream.translator if stream.translator is not None else stream
+        response = getattr(source, "response", None)
+        if response is None:
+            return None if isinstance(stream, NativeResponsesStream) else OPENAI_CHAT.stream_completion(stream)
+        if any(not isinstance(item, dict) or item.get("type") != "message" for item in response.get("output") or ()):
             return None
-        return OPENAI_CHAT.stream_completion(stream)
+        call = stream.call
+        return completion_of_response(response, completion_id=f"chatcmpl-{call.request_id}", usage={
+            "prompt_tokens": call.input_tokens, "completion_tokens": call.output_tokens,
+            "total_tokens": call.input_tokens + call.output_tokens})
 
     def error_render(self, error: GatewayError, request_id: str | None) -> tuple[int, bytes, list]:
         return OPENAI_CHAT.error_render(error, request_id)
