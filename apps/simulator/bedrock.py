@@ -159,6 +159,8 @@ class ConverseAPI:
             default = "InternalServerException" if fault.status >= 500 else "ValidationException"
             kind = _ERRORS.get(fault.status, default)
             return aws_error(fault.status, kind, f"injected fault: status {fault.status}")
+        if mode == "context_length":
+            return aws_error(400, "ValidationException", "Input is too long for requested model.")
         if mode == "timeout":
             return await self.simulator._hang(request)
         if ttft > 0:

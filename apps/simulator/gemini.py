@@ -227,6 +227,8 @@ class GeminiAPI:
                 details = [{"@type": "type.googleapis.com/google.rpc.RetryInfo",
                             "retryDelay": f"{fault.retry_after:g}s"}]
             return google_error(fault.status, f"injected fault: status {fault.status}", details=details)
+        if mode == "context_length":
+            return google_error(400, "The input token count exceeds the maximum number of tokens allowed.")
         if mode == "timeout":
             return await self.simulator._hang(request)
         if mode == "slow":

@@ -281,6 +281,8 @@ class MessagesAPI:
         if mode == "status":
             headers = {"Retry-After": f"{fault.retry_after:g}"} if fault.retry_after is not None else None
             return error_response(fault.status, f"injected fault: status {fault.status}", headers)
+        if mode == "context_length":
+            return error_response(400, "prompt is too long: the prompt's tokens exceed the model's maximum")
         if mode == "timeout":
             return await self.simulator._hang(request)
         if mode == "slow":
