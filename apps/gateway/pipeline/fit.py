@@ -84,7 +84,7 @@ def chain_fit(call: Call, chain: tuple[ModelInfo, ...], body: dict, prompt_text:
         return tuple(fit)
     roomiest = max(chain, key=lambda m: m.context_window - output(m))
     answer = f"max_tokens {limit}" if isinstance(limit, int) else "the model's max output"
-    among = f", the roomiest of the models for '{requested}'" if len(chain) > 1 else ""
+    among = f", the roomiest of the models for '{requested}'," if len(chain) > 1 else ""
     raise ContextTooLong(
         f"This request needs {prompt + output(roomiest)} tokens of context: {prompt} in its messages and "
         f"{output(roomiest)} for the answer ({answer}). The context window of {roomiest.name}{among} is "
