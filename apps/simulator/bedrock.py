@@ -16,7 +16,8 @@ InvalidSignatureException, in Bedrock's shape (``{"message"}``, the type in
 ValidationException otherwise). The answer is the chat endpoint's for the same conversation
 (the system prompt a first message), with the same knobs and faults; a ``status`` fault answers
 Bedrock's error for that status (429 ThrottlingException), ``content_filter`` stops the answer
-with stopReason ``guardrail_intervened``.
+with stopReason ``guardrail_intervened``, ``context_length`` answers a 400 ValidationException
+"Input is too long for requested model.".
 """
 
 from __future__ import annotations

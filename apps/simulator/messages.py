@@ -11,7 +11,7 @@ Both need an ``anthropic-version`` header, as Anthropic's API does. The answer i
 endpoint's for the same conversation (the system prompt counts as a first message): the same
 words, the same token formulas, the same knobs (``x-sim-ttft-ms``, ``x-sim-chunk-delay-ms``,
 ``x-sim-chunks``) and faults; a ``status`` fault answers in Anthropic's error shape (529 for
-overloaded).
+overloaded), a ``context_length`` fault Anthropic's 400 "prompt is too long".
 
 Prompt caching, deterministic: the content up to the last block marked ``cache_control``
 (system, tools, then messages, in that order) is a cache prefix of ``words * 4 // 3`` tokens.
