@@ -262,3 +262,15 @@ def test_a_tenants_rule_and_its_models_stay_its_own(sized):
         assert other.status_code == 404
         assert other.json()["error"]["code"] == "model_not_found"
         assert "sim-mini" not in other.text
+
+
+def test_counting_a_prompts_tokens_is_never_refused_for_a_capability_or_a_window(sized):
+    client = anthropic.Anthropic(base_url=sized.gateway.base, api_key=sized.key_a, max_retries=0)
+    tools = [{"name": "weather", "description": "The weather in a city",
+              "input_schema": {"type": "object", "properties": {"city": {"type": "string"}}}}]
+    counted = client.messages.count_tokens(model="sim-mini", messages=[{"role": "user", "content": words(1500)}],
+                                           tools=tools)
+    assert counted.input_tokens > 1500  # more than sim-mini's window, and with tools it does not take
+    with pytest.raises(anthropic.BadRequestError):  # while asking it to answer is refused
+        client.messages.create(model="sim-mini", max_tokens=50, tools=tools,
+                               messages=[{"role": "user", "content": "Weather in Paris?"}])
