@@ -193,7 +193,8 @@ class ModelAdmin(admin.ModelAdmin):
     list_display = ("name", "upstream_id", "provider", "mode", "tier", "input_price_per_million",
                     "cached_input_price_per_million", "output_price_per_million", "cache_write_price_per_million",
                     "batch_discount_percent", "is_free", "is_active")
-    list_filter = ("provider", "tier", "mode", "is_free", "is_active")
+    list_filter = ("provider", "tier", "mode", "is_free", "is_active", "supports_tools", "supports_vision",
+                   "supports_json_schema", "supports_reasoning")
     list_select_related = ("provider",)
     search_fields = ("name", "upstream_id")
     readonly_fields = ("pool_state", "created_at", "updated_at")

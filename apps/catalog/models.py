@@ -26,6 +26,8 @@ _UNPRICED = ("Give the model an input or an output price per 1M tokens, or mark 
              "requests would bill nothing.")
 _API_VERSION = re.compile(r"v1|preview|\d{4}-\d{2}-\d{2}(-preview)?")
 _DISCOUNT_HELP = "Percent taken off every price for lines of batch jobs (OpenAI's Batch API gives 50)."
+_CAPABILITY_HELP = ("Whether the model takes it. A request that {} skips a model without it for the next one in "
+                    "its chain (400 model_capability_missing when none has it).")
 
 
 _BASE_URL_HELP = (
@@ -173,8 +175,21 @@ class Model(models.Model):
     output_price_per_million = models.DecimalField(**_PRICE, default=Decimal("0"))
     cache_write_price_per_million = models.DecimalField(**_PRICE, null=True, blank=True, help_text=_CACHE_WRITE_HELP)
     batch_discount_percent = models.DecimalField(**_DISCOUNT, help_text=_DISCOUNT_HELP)
-    context_window = models.PositiveIntegerField(default=128000)
-    max_output_tokens = models.PositiveIntegerField(default=16384)
+    context_window = models.PositiveIntegerField(
+        default=128000, validators=[MinValueValidator(1)],
+        help_text="Tokens of prompt and answer together. A request whose prompt and answer (its max_tokens, else "
+        "this model's max output) would not fit skips this model for the next one in its chain.")
+    max_output_tokens = models.PositiveIntegerField(default=16384, help_text="Tokens an answer may take at most.")
+    supports_tools = models.BooleanField(
+        default=True, verbose_name="tools", help_text=_CAPABILITY_HELP.format("offers tools (function calling)"))
+    supports_vision = models.BooleanField(
+        default=True, verbose_name="image inputs", help_text=_CAPABILITY_HELP.format("has an image in a message"))
+    supports_json_schema = models.BooleanField(
+        default=True, verbose_name="JSON schema output",
+        help_text=_CAPABILITY_HELP.format("asks for a response_format of type json_schema"))
+    supports_reasoning = models.BooleanField(
+        default=True, verbose_name="reasoning effort",
+        help_text=_CAPABILITY_HELP.format("sets reasoning_effort (reasoning.effort; Anthropic's thinking)"))
     tier = models.CharField(max_length=20, choices=Tier.choices, default=Tier.MODERATE)
     is_free = models.BooleanField(
         default=False, verbose_name="free",

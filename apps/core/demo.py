@@ -46,6 +46,10 @@ DEMO_MODELS = [
     ("sim-embed", Model.Tier.SIMPLE, Model.Mode.EMBEDDING, ("0.02", "0.02", "0"), 8191, 0),
 ]
 
+# What a demo model does not support (each ``supports_*`` field is true otherwise): the cheap
+# model takes no reasoning effort, so such a request sent to ``auto`` skips it for its fallback.
+DEMO_LACKS = {"sim-mini": ("reasoning",)}
+
 # The native Anthropic model: (name, upstream id, input, cached input, cache write, output), like Claude Sonnet.
 DEMO_ANTHROPIC_MODEL = ("sim-claude", "sim-mini", "3.00", "0.30", "3.75", "15.00")
 # The model on a provider serving the Responses API itself: (name, upstream id), priced as sim-mini.
@@ -171,6 +175,7 @@ def demo_seed(*, upstream_url: str | None = None, repoint: bool = False) -> Demo
                 output_price_per_million=Decimal(prices[2]),
                 context_window=context,
                 max_output_tokens=max_out,
+                **{f"supports_{lack}": False for lack in DEMO_LACKS.get(name, ())},
             )
         models[name] = model
 

@@ -2,7 +2,8 @@
 
     GatewayError (500, api_error)
     ├── BadRequest (400, invalid_request_error)
-    │   └── ContextTooLong (400, context_length_exceeded)
+    │   ├── ContextTooLong (400, context_length_exceeded)
+    │   └── CapabilityMissing (400, model_capability_missing)
     ├── AuthenticationFailed (401, invalid_api_key)
     ├── ModelNotAllowed (403, model_not_allowed)
     ├── NotFound (404, not_found)
@@ -56,6 +57,12 @@ class BadRequest(GatewayError):
 
 class ContextTooLong(BadRequest):
     code = "context_length_exceeded"
+
+
+class CapabilityMissing(BadRequest):
+    """The request uses tools, images, JSON schema output or reasoning that no model it may go to supports."""
+
+    code = "model_capability_missing"
 
 
 class AuthenticationFailed(GatewayError):

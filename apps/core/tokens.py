@@ -79,6 +79,12 @@ def messages_tokens(messages: list) -> int:
     return text_tokens(messages_text(messages)) + _PER_MESSAGE * len(messages) + _REPLY_PRIMING
 
 
+def messages_tokens_most(text: str, messages: int) -> int:
+    """At least :func:`messages_tokens` of a conversation of ``messages`` messages whose
+    :func:`messages_text` is ``text``, at once (without the tokenizer)."""
+    return text_tokens_most(text) + _PER_MESSAGE * messages + _REPLY_PRIMING
+
+
 def prompt_tokens_rough(text: str) -> int:
     """A cheap estimate (4 characters a token) for routing decisions on the hot path."""
     return len(text) // 4 + 1

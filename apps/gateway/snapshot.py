@@ -37,6 +37,15 @@ class ProviderInfo:
     responses_api: bool = False  # serves OpenAI's /responses: /v1/responses requests pass through
 
 
+# What a model may lack that a request can need (the catalog's ``supports_*`` fields).
+CAPABILITIES = frozenset({"tools", "vision", "json_schema", "reasoning"})
+
+
+def capabilities_of(model: Model) -> frozenset[str]:
+    """The capabilities a catalog model has, by name."""
+    return frozenset(name for name in CAPABILITIES if getattr(model, f"supports_{name}"))
+
+
 @dataclass(frozen=True, slots=True)
 class ModelInfo:
     id: int
@@ -63,6 +72,7 @@ class ModelInfo:
     weight: int = 1
     rpm: int | None = None
     tpm: int | None = None
+    capabilities: frozenset[str] = CAPABILITIES  # of CAPABILITIES, those the model has
 
     def cost(self, input_tokens: int, cached_tokens: int, output_tokens: int, cache_write_tokens: int = 0, *,
              batch: bool = False) -> Decimal:
@@ -226,7 +236,7 @@ def snapshot_load() -> Snapshot:
             cache_write_price=_optional_decimal(
                 price.cache_write_price_per_million if price else model.cache_write_price_per_million),
             batch_discount=Decimal(price.batch_discount_percent if price else model.batch_discount_percent),
-            strategy=model.pool_strategy,
+            strategy=model.pool_strategy, capabilities=capabilities_of(model),
         )
         pool = tuple(_deployment_info(info, d, provider_info(d.provider)) for d in model.deployments.all()
                      if _same_api(d.provider.kind, provider.kind))

@@ -8,7 +8,9 @@ retries with backoff, then the ordered fallbacks.
     └── timeout (marked ``timeout=True``)
                                only an ``outage`` (not a 4xx) counts against a circuit breaker
     UpstreamClientError        the provider refused the request itself (other 4xx): not retried,
-                               returned to the client as it came
+                               returned to the client as it came; but a prompt too long for
+                               the model's context window goes on to the next model with a
+                               larger one, if the chain has one
 
 When every attempt failed, the client gets 429 (with Retry-After) if every provider was
 rate-limiting, 504 if the last failure was a timeout, 502 otherwise; 503 (with Retry-After) when
@@ -77,6 +79,23 @@ class UpstreamClientError(Exception):
         self.content_type = content_type
         self.model = model
         self.code = code or _error_code(body)
+
+    @property
+    def context_overflow(self) -> bool:
+        """The provider refused the prompt as too long for the model's context window: OpenAI's
+        (and Azure's) code ``context_length_exceeded``, or a 400 whose message says so, as
+        Anthropic's ("prompt is too long"), Gemini's and Bedrock's do."""
+        if self.status != 400:
+            return False
+        if self.code == "context_length_exceeded":
+            return True
+        return _CONTEXT_OVERFLOW.search(self.body[:4096].decode("utf-8", "replace")) is not None
+
+
+# How providers word a prompt too long for the context window, when they give no code for it.
+_CONTEXT_OVERFLOW = re.compile(
+    r"prompt is too long|maximum context length|context (?:length|window|limit)|input is too long"
+    r"|input token count[^\"]*exceeds|too many input tokens", re.IGNORECASE)
 
 
 def _error_code(body: bytes) -> str:
@@ -404,8 +423,12 @@ async def with_fallbacks(chain: Sequence[M], call: Callable[[M], Awaitable[T]], 
     Returns ``(model, result, failures)``; raises :class:`UpstreamError` (or
     :class:`UpstreamTimeout` when the last failure was a timeout) when every attempt failed, and
     :class:`UpstreamUnavailable` when every model's circuit was open so nothing was tried.
-    A client error stops at once. With ``breakers``, a model whose circuit is open is skipped
-    and every outcome is reported to its circuit (only outages count as failures). Each failure
+    A client error stops at once, except a prompt too long for a model's context window
+    (:attr:`UpstreamClientError.context_overflow`): the models after it whose window is no
+    larger are skipped and the next larger one is tried (that refusal is raised when none is;
+    when one is tried and fails, its failure is). With ``breakers``, a model whose circuit is
+    open is skipped and every outcome is reported to its circuit (only outages count as
+    failures). Each failure
     is appended to ``failures`` (when given) as it happens, so the caller has them whether or not
     an attempt succeeded. With ``pools``, a deployment of a pooled model that answers 429 cools
     down and is not retried: the next deployment (or model) is tried at once.
@@ -415,13 +438,20 @@ async def with_fallbacks(chain: Sequence[M], call: Callable[[M], Awaitable[T]], 
     all_rate_limited = True
     retry_after: float | None = None
     skipped = []
+    overflowed: UpstreamClientError | None = None  # a provider's context-length refusal, passed on if nothing larger
+    overflowed_window = 0
+    tried_after_overflow = False
     for model in chain:
         label = getattr(model, "deployment_label", "")
         name = f"{model.name}@{label}" if label else model.name
+        if overflowed is not None and model.context_window <= overflowed_window:
+            failures.append(f"{name}: skipped, context window not larger than {overflowed_window} tokens")
+            continue
         if breakers is not None and not breakers.admit(model):
             failures.append(f"{name}: circuit open")
             skipped.append(model)
             continue
+        tried_after_overflow = overflowed is not None
         for attempt in range(retries + 1):
             try:
                 result = await call(model)
@@ -449,10 +479,15 @@ async def with_fallbacks(chain: Sequence[M], call: Callable[[M], Awaitable[T]], 
                         delay = min(max(delay, exc.retry_after), 2.0)
                     await asyncio.sleep(delay)
                 continue
-            except UpstreamClientError:
+            except UpstreamClientError as exc:
                 if breakers is not None:
                     breakers.succeeded(model)  # it answered: the provider is up
-                raise
+                window = getattr(model, "context_window", None)
+                if window is None or not exc.context_overflow:
+                    raise
+                failures.append(f"{name}: prompt too long for its context window ({window} tokens)")
+                overflowed, overflowed_window, tried_after_overflow = exc, window, False
+                break
             except BaseException:
                 if breakers is not None:
                     breakers.released(model)
@@ -460,6 +495,8 @@ async def with_fallbacks(chain: Sequence[M], call: Callable[[M], Awaitable[T]], 
             if breakers is not None:
                 breakers.succeeded(model)
             return model, result, failures
+    if overflowed is not None and not tried_after_overflow:
+        raise overflowed  # no larger model to try: the provider's own refusal
     detail = "; ".join(failures[-4:])
     if last is None and skipped:
         seconds = str(max(math.ceil(breakers.retry_in(skipped)), 1))

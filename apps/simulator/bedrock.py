@@ -16,7 +16,8 @@ InvalidSignatureException, in Bedrock's shape (``{"message"}``, the type in
 ValidationException otherwise). The answer is the chat endpoint's for the same conversation
 (the system prompt a first message), with the same knobs and faults; a ``status`` fault answers
 Bedrock's error for that status (429 ThrottlingException), ``content_filter`` stops the answer
-with stopReason ``guardrail_intervened``.
+with stopReason ``guardrail_intervened``, ``context_length`` answers a 400 ValidationException
+"Input is too long for requested model.".
 """
 
 from __future__ import annotations
@@ -159,6 +160,8 @@ class ConverseAPI:
             default = "InternalServerException" if fault.status >= 500 else "ValidationException"
             kind = _ERRORS.get(fault.status, default)
             return aws_error(fault.status, kind, f"injected fault: status {fault.status}")
+        if mode == "context_length":
+            return aws_error(400, "ValidationException", "Input is too long for requested model.")
         if mode == "timeout":
             return await self.simulator._hang(request)
         if ttft > 0:

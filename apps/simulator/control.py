@@ -10,7 +10,7 @@ from aiohttp import web
 HEADERS = {"x-simulated-upstream": "true"}
 SSE_HEADERS = {"x-simulated-upstream": "true", "Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
 FAULT_MODES = frozenset({"status", "timeout", "slow", "stall", "cut", "garbage", "invalid_json", "no_usage",
-                         "linger", "content_filter"})
+                         "linger", "content_filter", "context_length"})
 TIMEOUT_FAULT_SECONDS = 3600.0
 NOT_JSON = b"{this is not json"
 GARBAGE = b"this is not server-sent events\r\n\x00\xff garbage\n\n"

@@ -26,7 +26,9 @@ same words, token formulas, knobs and faults.
               thinkingConfig.thinkingBudget is above 0; candidatesTokenCount: the words
     faults    ``status`` answers Google's error shape (429 RESOURCE_EXHAUSTED with a RetryInfo
               ``retryDelay`` when ``retry_after`` is given, and no Retry-After header);
-              ``content_filter`` stops the answer after three words with finishReason SAFETY
+              ``content_filter`` stops the answer after three words with finishReason SAFETY;
+              ``context_length`` answers 400 INVALID_ARGUMENT "The input token count exceeds
+              the maximum number of tokens allowed."
 """
 
 from __future__ import annotations
@@ -227,6 +229,8 @@ class GeminiAPI:
                 details = [{"@type": "type.googleapis.com/google.rpc.RetryInfo",
                             "retryDelay": f"{fault.retry_after:g}s"}]
             return google_error(fault.status, f"injected fault: status {fault.status}", details=details)
+        if mode == "context_length":
+            return google_error(400, "The input token count exceeds the maximum number of tokens allowed.")
         if mode == "timeout":
             return await self.simulator._hang(request)
         if mode == "slow":

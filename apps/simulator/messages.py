@@ -11,7 +11,7 @@ Both need an ``anthropic-version`` header, as Anthropic's API does. The answer i
 endpoint's for the same conversation (the system prompt counts as a first message): the same
 words, the same token formulas, the same knobs (``x-sim-ttft-ms``, ``x-sim-chunk-delay-ms``,
 ``x-sim-chunks``) and faults; a ``status`` fault answers in Anthropic's error shape (529 for
-overloaded).
+overloaded), a ``context_length`` fault Anthropic's 400 "prompt is too long".
 
 Prompt caching, deterministic: the content up to the last block marked ``cache_control``
 (system, tools, then messages, in that order) is a cache prefix of ``words * 4 // 3`` tokens.
@@ -281,6 +281,8 @@ class MessagesAPI:
         if mode == "status":
             headers = {"Retry-After": f"{fault.retry_after:g}"} if fault.retry_after is not None else None
             return error_response(fault.status, f"injected fault: status {fault.status}", headers)
+        if mode == "context_length":
+            return error_response(400, "prompt is too long: the prompt's tokens exceed the model's maximum")
         if mode == "timeout":
             return await self.simulator._hang(request)
         if mode == "slow":

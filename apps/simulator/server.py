@@ -49,7 +49,8 @@ Knobs (command line; per request through headers)
 
 Faults (``apps.simulator.control``; control API; the gateway cannot set headers on its upstream calls)
     POST   /_sim/faults  {"model": "<id>" | "*", "mode": "status" | "timeout" | "cut" |
-                          "garbage" | "invalid_json" | "no_usage" | "linger", "status": 500, "count": 1
+                          "garbage" | "invalid_json" | "no_usage" | "linger" |
+                          "content_filter" | "context_length", "status": 500, "count": 1
                           (-1 = until cleared), "retry_after": seconds,
                           "delay": seconds (for "slow")}
                           queues a fault for the next matching chat or embeddings requests
@@ -79,6 +80,10 @@ Faults (``apps.simulator.control``; control API; the gateway cannot set headers 
         no_usage      a normal answer without any usage (JSON or stream), like some providers
         content_filter  Azure's 400 with code ``content_filter`` (its prompt filtered); on the
                       Gemini API, an answer stopped by finishReason SAFETY after three words
+        context_length  the provider's refusal of a prompt too long for the model's context
+                      window: OpenAI's (and Azure's) 400 with code ``context_length_exceeded``,
+                      Anthropic's 400 "prompt is too long", Gemini's 400 INVALID_ARGUMENT "input
+                      token count exceeds", Bedrock's ValidationException "Input is too long"
         linger        a stream sends its whole answer (through ``[DONE]`` or ``message_stop``)
                       but never ends the response, leaving the connection open (as ``timeout``
                       does); a JSON answer is as usual
@@ -300,6 +305,9 @@ class Simulator:
             return _fault_status(fault)
         if mode == "content_filter":
             return content_filter_response()
+        if mode == "context_length":
+            return _error(400, "This model's maximum context length is exceeded by your messages. Please reduce "
+                          "the length of the messages.", code="context_length_exceeded", param="messages")
         if mode == "timeout":
             return await self._hang(request)
         if mode == "slow":

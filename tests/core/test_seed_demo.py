@@ -62,6 +62,9 @@ def test_it_seeds_a_working_demo(db, isolated_var):
     assert claude.provider.kind == Provider.Kind.ANTHROPIC and claude.provider.base_url == "http://127.0.0.1:18001/v1"
     assert claude.cache_write_price_per_million > claude.input_price_per_million > claude.cached_input_price_per_million
     assert chat[0].input_price_per_million < chat[1].input_price_per_million < chat[2].input_price_per_million
+    # The cheap model takes no reasoning effort (such requests skip it for its fallback); the others take all.
+    assert [(m.supports_tools, m.supports_vision, m.supports_json_schema, m.supports_reasoning) for m in chat] == [
+        (True, True, True, False), (True, True, True, True), (True, True, True, True)]
     simple_rule = RoutingRule.objects.get(match_tier="simple", tenant=None)
     assert simple_rule.target == chat[0]
     assert simple_rule.fallbacks.exists()

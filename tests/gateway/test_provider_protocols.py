@@ -393,6 +393,53 @@ def test_the_responses_door_reaches_azure_and_gemini(clouds):
         assert events[-1].response.output_text == response.output_text
 
 
+# --- context windows --------------------------------------------------------------------------------
+
+def test_each_clouds_context_length_refusal_moves_on_to_a_larger_window(clouds):
+    """Gemini and Bedrock say a prompt is too long only in words; Azure with OpenAI's code."""
+    from apps.catalog.models import Model
+    from apps.routing.models import RoutingFallback, RoutingRule
+
+    models = clouds.models
+    for name, window in (("gem", 100_000), ("claude-bedrock", 200_000), ("az-v1", 1_000_000)):
+        Model.objects.filter(pk=models[name].pk).update(context_window=window)
+    rule = RoutingRule.objects.create(name="growing", match_model="growing", target=models["gem"], priority=4)
+    RoutingFallback.objects.create(rule=rule, model=models["claude-bedrock"], position=0)
+    RoutingFallback.objects.create(rule=rule, model=models["az-v1"], position=1)
+    sdk = clouds.client()
+
+    def ask():
+        return sdk.chat.completions.with_raw_response.create(model="growing", messages=_ask("Hello clouds"),
+                                                             extra_headers=NO_STORE)
+
+    assert wait_until(lambda: _answered(ask))
+    world = clouds.world
+    world.simulator.reset()
+    for upstream in ("gemini-sim-flash", "anthropic.claude-3-5-haiku-20241022-v1:0"):
+        world.simulator.fault(model=upstream, mode="context_length", count=1)
+    raw = ask()
+    assert raw.headers["x-switchyard-model"] == "az-v1"
+    assert raw.parse().choices[0].message.content
+    failures = request_logs(1, request_id=raw.headers["x-switchyard-request-id"])[0].upstream_failures
+    assert failures == ("gem: prompt too long for its context window (100000 tokens); "
+                        "claude-bedrock: prompt too long for its context window (200000 tokens)")
+    # The largest refuses too: its refusal (Azure's, with OpenAI's code) is passed on.
+    for upstream in ("gemini-sim-flash", "anthropic.claude-3-5-haiku-20241022-v1:0", "sim-v1-model"):
+        world.simulator.fault(model=upstream, mode="context_length", count=1)
+    with pytest.raises(openai.BadRequestError) as caught:
+        ask()
+    assert caught.value.code == "context_length_exceeded"
+    assert world.simulator.stats()["by_model"] == {"gemini-sim-flash": 2, "anthropic.claude-3-5-haiku-20241022-v1:0": 2,
+                                                   "sim-v1-model": 2}
+
+
+def _answered(ask) -> bool:
+    try:
+        return ask().headers["x-switchyard-model"] == "gem"
+    except openai.APIStatusError:
+        return False
+
+
 # --- tenants ----------------------------------------------------------------------------------------
 
 def test_tenant_b_sees_nothing_of_tenant_as_gemini_requests(clouds):

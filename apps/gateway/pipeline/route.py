@@ -1,5 +1,6 @@
 """The route step: the requested model (a name, an alias or ``auto``) to the ordered chain of
-models to try, filtered by what the key may use and what the client's dialect can reach."""
+models to try, filtered by what the key may use, what the client's dialect can reach, and what
+the request needs of a model (its capabilities and context window, :mod:`.fit`)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from apps.cache.fingerprint import prompt_text
 from apps.core import tokens
 from apps.core.errors import BadRequest, ModelNotAllowed, ModelNotFound
 from apps.gateway.pipeline.call import Call
+from apps.gateway.pipeline.fit import chain_fit
 from apps.gateway.validation import model_field, tags_from
 from apps.routing.engine import route_resolve
 from apps.routing.learned import model_pick, prior_blend
@@ -25,8 +27,12 @@ MODELS_HINT = "GET /v1/models lists the models this key may use; model 'auto' ro
 
 
 def call_route(runtime: Runtime, call: Call, body: dict, tags_header: str | None, *, mode: str,
-               dialect: Dialect | None = None, native_only: str | None = None) -> None:
+               dialect: Dialect | None = None, native_only: str | None = None, fit: bool = True) -> None:
     """Resolve ``body``'s model to ``call.chain`` (raises a :class:`GatewayError` when nothing fits).
+
+    A chat request skips the models that lack a capability it uses or whose context window it
+    would overflow (:func:`.fit.chain_fit`), unless ``fit`` is off (counting a prompt's tokens
+    sends nothing to be answered).
 
     ``dialect`` decides which providers the request can be sent to (an Anthropic request using
     what only Anthropic's API takes goes only to native Anthropic providers); ``native_only`` names
@@ -54,6 +60,8 @@ def call_route(runtime: Runtime, call: Call, body: dict, tags_header: str | None
         chain = tuple(m for m in chain if m.name in allowed)
         if not chain:
             raise ModelNotAllowed(f"This API key may not use the model '{requested}'.", param="model")
+    if fit and mode == "chat":
+        chain = chain_fit(call, chain, body, prompt_text, requested=requested)
     call.chain = chain
     call.rule_id = route.rule_id
     if route.learned is not None and len(chain) > 1:

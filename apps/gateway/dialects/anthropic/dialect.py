@@ -179,7 +179,7 @@ async def count_tokens(runtime: Runtime, key, original: dict, *, forwarded: dict
     body, unsupported = messages_body_translate(original, count_only=True)
     call = Call(key=key, endpoint=ENDPOINT + "/count_tokens", started=0.0)
     call_route(runtime, call, body, None, mode="chat", dialect=ANTHROPIC_MESSAGES,
-               native_only=", ".join(unsupported) if unsupported else None)
+               native_only=", ".join(unsupported) if unsupported else None, fit=False)
     native = tuple(model for model in call.chain if _native(model))
     if native and _native(call.chain[0]):
         async def attempt(model):
