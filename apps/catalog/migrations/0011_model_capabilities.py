@@ -7,7 +7,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('catalog', '0008_provider_kinds_azure_gemini_bedrock'),
+        ('catalog', '0010_provider_responses_api'),
     ]
 
     operations = [
