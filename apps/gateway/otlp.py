@@ -17,16 +17,17 @@ from __future__ import annotations
 
 import collections
 import gzip
+import http.client
 import logging
 import os
 import random
+import ssl
 import struct
 import threading
 import time
 import zlib
 from dataclasses import dataclass
-
-import httpx
+from urllib.parse import urlsplit
 
 logger = logging.getLogger(__name__)
 
@@ -84,11 +85,14 @@ def _any(value) -> bytes:
 
 
 _KEYS: dict[str, bytes] = {}
-# Attributes whose values repeat from request to request (the tenant, the model, the route) are
-# encoded once each, up to a bound; these are the ones that never repeat.
-_PAIRS: dict[tuple[bytes, str, str], bytes] = {}
-_PAIRS_MAX = 4096
-_UNIQUE = frozenset({"switchyard.request_id", "switchyard.routing.reason"})
+# Attributes whose values repeat from request to request (the tenant, the model, the route, a
+# status, a small count) are encoded once each, up to a bound: an attribute's encoding costs
+# more than looking it up. Strings, lists of strings and small integers, each kind in its own
+# table (``1 == True == 1.0`` as keys); the keys below never repeat their values.
+_PAIRS: dict[tuple, bytes] = {}
+_INT_PAIRS: dict[tuple[bytes, str, int], bytes] = {}
+_PAIRS_MAX = 8192
+_UNIQUE = frozenset({"switchyard.request_id", "switchyard.routing.reason", "switchyard.upstream_failures"})
 
 
 def _key(key: str) -> bytes:
@@ -105,36 +109,49 @@ def _key_value(key: str, value) -> bytes:
     return _key(key) + _delimited(b"\x12", _any(value))
 
 
+def _pair(tag: bytes, key: str, any_value: bytes) -> bytes:
+    size = len(any_value)
+    pair = _key(key) + b"\x12" + (_SMALL[size] if size < 128 else _varint(size)) + any_value
+    size = len(pair)
+    return tag + (_SMALL[size] if size < 128 else _varint(size)) + pair
+
+
 def attributes_encode(tag: bytes, attributes: dict) -> bytes:
     """``attributes`` as repeated ``KeyValue`` fields numbered by ``tag`` (a None value is left
     out, as the SDK leaves it)."""
     out = []
     append = out.append
-    small = _SMALL
+    pairs, int_pairs = _PAIRS, _INT_PAIRS
     for key, value in attributes.items():
         kind = value.__class__
-        if kind is str:
-            pair = _PAIRS.get((tag, key, value))
-            if pair is not None:
-                append(pair)
-                continue
-            encoded = value.encode()
-            size = len(encoded)
-            any_value = b"\x0a" + (small[size] if size < 128 else _varint(size)) + encoded
+        if kind is str or kind is list:
+            cached = (tag, key, value if kind is str else tuple(value))
+            pair = pairs.get(cached)
+            if pair is None:
+                if kind is str:
+                    encoded = value.encode()
+                    size = len(encoded)
+                    pair = _pair(tag, key, b"\x0a" + (_SMALL[size] if size < 128 else _varint(size)) + encoded)
+                else:
+                    pair = _pair(tag, key, _any(value))
+                if key not in _UNIQUE and len(pairs) < _PAIRS_MAX:
+                    pairs[cached] = pair
         elif kind is int:
-            any_value = b"\x18" + (small[value] if 0 <= value < 128 else _varint(value))
+            if 0 <= value < 4096:
+                cached = (tag, key, value)
+                pair = int_pairs.get(cached)
+                if pair is None:
+                    pair = _pair(tag, key, b"\x18" + _varint(value))
+                    if len(int_pairs) < _PAIRS_MAX:
+                        int_pairs[cached] = pair
+            else:
+                pair = _pair(tag, key, b"\x18" + _varint(value))
         elif kind is float:
-            any_value = b"\x21" + _PACK_D(value)
+            pair = _pair(tag, key, b"\x21" + _PACK_D(value))
         elif value is None:
             continue
         else:
-            any_value = _any(value)
-        size = len(any_value)
-        pair = _key(key) + b"\x12" + (small[size] if size < 128 else _varint(size)) + any_value
-        size = len(pair)
-        pair = tag + (small[size] if size < 128 else _varint(size)) + pair
-        if kind is str and key not in _UNIQUE and len(_PAIRS) < _PAIRS_MAX:
-            _PAIRS[(tag, key, value)] = pair
+            pair = _pair(tag, key, _any(value))
         append(pair)
     return b"".join(out)
 
@@ -319,7 +336,7 @@ class SpanExporter:
         self._dropped_logged = 0
         self._wake = threading.Event()
         self._stopping = False
-        self._client: httpx.Client | None = None
+        self._connection: http.client.HTTPConnection | None = None  # kept alive between posts
         self._thread = threading.Thread(target=self._run, name="otlp-span-export", daemon=True)
         self._thread.start()
 
@@ -356,8 +373,8 @@ class SpanExporter:
             except Exception:  # the thread must outlive any one batch
                 logger.exception("span export failed")
             if stopping:
-                if self._client is not None:
-                    self._client.close()
+                if self._connection is not None:
+                    self._connection.close()
                 return
 
     def _drain(self) -> None:
@@ -380,25 +397,43 @@ class SpanExporter:
                            self.dropped - self._dropped_logged, self.max_queue)
             self._dropped_logged = self.dropped
 
+    def _connect(self) -> tuple[http.client.HTTPConnection, str]:
+        parts = urlsplit(self.endpoint)
+        path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+        if self._connection is None:
+            if parts.scheme == "https":
+                context = ssl.create_default_context(cafile=_env("CERTIFICATE") or None)
+                cert = _client_cert()
+                if cert is not None:
+                    context.load_cert_chain(*cert)
+                self._connection = http.client.HTTPSConnection(parts.hostname, parts.port, timeout=self.timeout,
+                                                               context=context)
+            else:
+                self._connection = http.client.HTTPConnection(parts.hostname, parts.port, timeout=self.timeout)
+        return self._connection, path
+
     def _post(self, body: bytes, count: int) -> None:
         if self.compression == "gzip":
             body = gzip.compress(body, compresslevel=6)
         elif self.compression == "deflate":
             body = zlib.compress(body)
-        if self._client is None:
-            self._client = httpx.Client(timeout=self.timeout, verify=_env("CERTIFICATE") or True,
-                                        cert=_client_cert())
         deadline = time.monotonic() + self.timeout
         wait = 0.5
         while True:
             try:
-                response = self._client.post(self.endpoint, content=body, headers=self.headers)
-                if response.status_code < 300:
+                connection, path = self._connect()
+                connection.request("POST", path, body=body, headers=self.headers)
+                response = connection.getresponse()
+                response.read()
+                if response.status < 300:
                     self.exported += count
                     return
-                retry = response.status_code in (429, 502, 503, 504)
-                problem = f"status {response.status_code}"
-            except httpx.HTTPError as exc:
+                retry = response.status in (429, 502, 503, 504)
+                problem = f"status {response.status}"
+            except (OSError, http.client.HTTPException) as exc:
+                if self._connection is not None:
+                    self._connection.close()
+                    self._connection = None
                 retry, problem = True, f"{type(exc).__name__}: {exc}"
             if not retry or self._stopping or time.monotonic() + wait > deadline:
                 self.failed += count
