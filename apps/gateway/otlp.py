@@ -38,6 +38,7 @@ STATUS_ERROR = 2
 _FLAGS_LOCAL = 0x100
 _FLAGS_REMOTE = 0x300
 
+_YIELD_EVERY = 24  # spans encoded between two offers of the GIL to the event loop's thread
 _PACK_Q = struct.Struct("<Q").pack
 _PACK_D = struct.Struct("<d").pack
 _PACK_I = struct.Struct("<I").pack
@@ -390,6 +391,10 @@ class SpanExporter:
                 except Exception:
                     logger.exception("a trace could not be encoded; its %d spans are dropped", count)
                     self.failed += count
+                if len(spans) % _YIELD_EVERY < count:
+                    # Let the event loop's thread have the GIL: without this it would wait for the
+                    # interpreter's switch interval (5 ms) each time it wakes while a batch encodes.
+                    time.sleep(0)
             if spans:
                 self._post(request_encode(self._resource, self._scope, spans), len(spans))
         if self.dropped > self._dropped_logged:
