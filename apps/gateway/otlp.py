@@ -217,16 +217,14 @@ def request_encode(resource: dict, scope: str, spans: list[bytes]) -> bytes:
 # Configuration from the standard OTEL_* variables.
 
 
-def _env(name: str) -> str:
-    """``OTEL_EXPORTER_OTLP_TRACES_<name>``, else ``OTEL_EXPORTER_OTLP_<name>``."""
-    return (os.environ.get(f"OTEL_EXPORTER_OTLP_TRACES_{name}") or os.environ.get(f"OTEL_EXPORTER_OTLP_{name}")
-            or "").strip()
+def _env(*values: str | None) -> str:
+    """The first of ``values`` set: the traces' own variable, then its ``OTEL_EXPORTER_OTLP_*`` twin."""
+    return next((value.strip() for value in values if value and value.strip()), "")
 
 
-def _env_int(name: str, default: int) -> int:
-    raw = os.environ.get(name, "").strip()
+def _env_int(name: str, raw: str | None, default: int) -> int:
     try:
-        return int(raw) if raw else default
+        return int(raw) if raw and raw.strip() else default
     except ValueError:
         logger.warning("%s=%r is not a number; using %d", name, raw, default)
         return default
@@ -234,10 +232,10 @@ def _env_int(name: str, default: int) -> int:
 
 def endpoint_resolve() -> str:
     """The traces URL: the traces' own endpoint as given, else the base URL's ``/v1/traces``."""
-    own = os.environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "").strip()
+    own = _env(os.environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"))
     if own:
         return own
-    base = os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT", "").strip() or "http://localhost:4318"
+    base = _env(os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT")) or "http://localhost:4318"
     return f"{base.removesuffix('/')}/v1/traces"
 
 
@@ -245,7 +243,8 @@ def headers_resolve() -> dict[str, str]:
     from opentelemetry.util.re import parse_env_headers  # the SDK's own reading of "k=v,k2=v2"
 
     headers = {"content-type": "application/x-protobuf", "user-agent": "switchyard-otlp"}
-    headers.update(parse_env_headers(_env("HEADERS"), liberal=True))
+    headers.update(parse_env_headers(_env(os.environ.get("OTEL_EXPORTER_OTLP_TRACES_HEADERS"),
+                                          os.environ.get("OTEL_EXPORTER_OTLP_HEADERS")), liberal=True))
     return headers
 
 
@@ -265,8 +264,8 @@ class Sampler:
 
     @classmethod
     def from_env(cls) -> Sampler:
-        name = os.environ.get("OTEL_TRACES_SAMPLER", "parentbased_always_on").strip().lower()
-        raw = os.environ.get("OTEL_TRACES_SAMPLER_ARG", "").strip()
+        name = (_env(os.environ.get("OTEL_TRACES_SAMPLER")) or "parentbased_always_on").lower()
+        raw = _env(os.environ.get("OTEL_TRACES_SAMPLER_ARG"))
         try:
             ratio = min(max(float(raw), 0.0), 1.0) if raw else 1.0
         except ValueError:
@@ -307,22 +306,31 @@ class SpanExporter:
         self.endpoint = endpoint or endpoint_resolve()
         self.headers = headers if headers is not None else headers_resolve()
         if timeout is None:
-            raw = _env("TIMEOUT")
+            raw = _env(os.environ.get("OTEL_EXPORTER_OTLP_TRACES_TIMEOUT"),
+                       os.environ.get("OTEL_EXPORTER_OTLP_TIMEOUT"))
             try:
                 timeout = float(raw) if raw else 10.0  # seconds, as the SDK reads it
             except ValueError:
                 timeout = 10.0
         self.timeout = timeout
-        self.compression = (compression if compression is not None else _env("COMPRESSION") or "none").lower()
+        if compression is None:
+            compression = _env(os.environ.get("OTEL_EXPORTER_OTLP_TRACES_COMPRESSION"),
+                               os.environ.get("OTEL_EXPORTER_OTLP_COMPRESSION")) or "none"
+        self.compression = compression.lower()
         if self.compression not in ("none", "gzip", "deflate"):
             logger.warning("OTLP compression %r is not supported; sending uncompressed", self.compression)
             self.compression = "none"
         if self.compression != "none":
             self.headers["content-encoding"] = self.compression
-        self.max_queue = max(1, max_queue if max_queue is not None else _env_int("OTEL_BSP_MAX_QUEUE_SIZE", 2048))
-        self.batch = max(1, min(self.max_queue, batch if batch is not None
-                                else _env_int("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", 512)))
-        delay = delay_ms if delay_ms is not None else _env_int("OTEL_BSP_SCHEDULE_DELAY", 5000)
+        if max_queue is None:
+            max_queue = _env_int("OTEL_BSP_MAX_QUEUE_SIZE", os.environ.get("OTEL_BSP_MAX_QUEUE_SIZE"), 2048)
+        if batch is None:
+            batch = _env_int("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", os.environ.get("OTEL_BSP_MAX_EXPORT_BATCH_SIZE"), 512)
+        if delay_ms is None:
+            delay_ms = _env_int("OTEL_BSP_SCHEDULE_DELAY", os.environ.get("OTEL_BSP_SCHEDULE_DELAY"), 5000)
+        self.max_queue = max(1, max_queue)
+        self.batch = max(1, min(self.max_queue, batch))
+        delay = delay_ms
         self.delay = max(delay, 1) / 1000
         self._resource = resource
         self._scope = scope
@@ -407,7 +415,9 @@ class SpanExporter:
         path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
         if self._connection is None:
             if parts.scheme == "https":
-                context = ssl.create_default_context(cafile=_env("CERTIFICATE") or None)
+                context = ssl.create_default_context(cafile=_env(
+                    os.environ.get("OTEL_EXPORTER_OTLP_TRACES_CERTIFICATE"),
+                    os.environ.get("OTEL_EXPORTER_OTLP_CERTIFICATE")) or None)
                 cert = _client_cert()
                 if cert is not None:
                     context.load_cert_chain(*cert)
@@ -449,5 +459,7 @@ class SpanExporter:
 
 
 def _client_cert() -> tuple[str, str] | None:
-    cert, key = _env("CLIENT_CERTIFICATE"), _env("CLIENT_KEY")
+    cert = _env(os.environ.get("OTEL_EXPORTER_OTLP_TRACES_CLIENT_CERTIFICATE"),
+                os.environ.get("OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE"))
+    key = _env(os.environ.get("OTEL_EXPORTER_OTLP_TRACES_CLIENT_KEY"), os.environ.get("OTEL_EXPORTER_OTLP_CLIENT_KEY"))
     return (cert, key) if cert and key else None
