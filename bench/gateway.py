@@ -2,7 +2,7 @@
 
     python bench/gateway.py [--duration 8] [--rounds 3] [--write docs/benchmarks.md]
     python bench/gateway.py --install-litellm      # once: LiteLLM proxy into var/litellm-venv
-    python bench/gateway.py --tracing [--baseline REF]  # also a gateway exporting its traces
+    python bench/gateway.py --tracing [--baseline REF]  # also gateways tracing and keeping bodies
 
 Starts the simulated upstream (20 ms to first token, 20 chunks), the thinnest Python proxy
 (bench/thin_proxy.py), Switchyard (uvicorn + uvloop + httptools, a real tenant key from the
@@ -12,10 +12,13 @@ ends) runs against each target in turn, rounds interleaved so machine noise hits
 alike. Reports req/s, p50/p95/p99 latency, time to first byte of a stream, each as a ratio to
 the thinnest proxy, then Switchyard's resident memory before and after 20,000 requests.
 
-With ``--tracing``, two more gateways run beside the first with OpenTelemetry tracing on, one
-recording every request, one a 10% sample (``parentbased_traceidratio``), exporting over
-OTLP/HTTP to a local sink (bench/otlp_sink.py, which decodes and counts the spans), so tracing
-on and off are measured in the same run, rounds interleaved.
+With ``--tracing``, the gateway runs four ways side by side, rounds interleaved: both off (the
+Switchyard row), OpenTelemetry tracing on for every request (exporting over OTLP/HTTP to a local
+sink, bench/otlp_sink.py, which decodes and counts the spans), request bodies kept (a tenant with
+``store_bodies`` on, bodies redacted and written by the usage buffer), and both on. Each is its
+own process; the off and the bodies-off ones are driven with a key of a plain tenant, the others
+with a key of a tenant that keeps bodies, both made afresh for the run. Resident memory is read
+before and after 20,000 more requests for both off and both on.
 """
 
 from __future__ import annotations
@@ -46,6 +49,28 @@ from bench.report import baseline_checkout, baseline_env, baseline_rows, section
 
 LITELLM_VENV = REPO / "var" / "litellm-venv"
 PY = sys.executable
+
+
+BENCH_TENANTS = """
+from apps.tenants.models import Tenant
+from apps.tenants.services import key_create, tenant_create
+from apps.usage.models import RequestBody, RequestLog
+for slug in ("bench-plain", "bench-bodies"):
+    RequestBody.objects.filter(tenant__slug=slug).delete()
+    RequestLog.objects.filter(tenant__slug=slug).delete()  # its keys' rows protect them from deletion
+    Tenant.objects.filter(slug=slug).delete()
+plain = tenant_create(name="bench plain", slug="bench-plain", cache_enabled=False)
+bodies = tenant_create(name="bench bodies", slug="bench-bodies", cache_enabled=False, store_bodies=True)
+print("PLAIN", key_create(tenant=plain, name="bench").secret)
+print("BODIES", key_create(tenant=bodies, name="bench").secret)
+"""
+
+
+def bench_keys() -> tuple[str, str]:
+    """Keys of two fresh tenants alike but for ``store_bodies``: (plain, keeping bodies)."""
+    done = subprocess.run([PY, "manage.py", "shell", "-c", BENCH_TENANTS], cwd=REPO, check=True,
+                          capture_output=True, text=True)
+    return re.search(r"PLAIN (\S+)", done.stdout).group(1), re.search(r"BODIES (\S+)", done.stdout).group(1)
 
 
 def free_port() -> int:
@@ -280,6 +305,9 @@ async def run(args) -> str:
         seeded = subprocess.run([PY, "manage.py", "seed_demo", "--upstream-url", upstream_v1], cwd=REPO,
                                 capture_output=True, text=True, check=True)
         key = re.search(r"demo API key:\s+(\S+)", seeded.stdout).group(1)
+        bodies_key = None
+        if args.tracing:
+            key, bodies_key = bench_keys()
         sy_port = free_port()
         switchyard = start([PY, "-m", "uvicorn", "config.asgi:application", "--host", "127.0.0.1", "--port",
                             str(sy_port), "--loop", "uvloop", "--http", "httptools", "--no-access-log"],
@@ -296,17 +324,18 @@ async def run(args) -> str:
             procs.append(start([PY, "bench/otlp_sink.py", "--port", str(sink_port)], log=logs / "sink.log"))
             sink = f"http://127.0.0.1:{sink_port}"
             await wait_http(sink + "/stats")
-            for name, sampler in ((TRACED, {}), (SAMPLED, {"OTEL_TRACES_SAMPLER": "parentbased_traceidratio",
-                                                           "OTEL_TRACES_SAMPLER_ARG": str(SAMPLE_RATIO)})):
-                traced_port = free_port()
-                traced = start([PY, "-m", "uvicorn", "config.asgi:application", "--host", "127.0.0.1", "--port",
-                                str(traced_port), "--loop", "uvloop", "--http", "httptools", "--no-access-log"],
-                               env={"HF_HUB_OFFLINE": "1", "DEBUG": "0", "OTEL_EXPORTER_OTLP_ENDPOINT": sink,
-                                    "OTEL_SERVICE_NAME": "switchyard-bench", **sampler},
-                               log=logs / f"switchyard-traced-{len(procs)}.log")
-                procs.append(traced)
-                await wait_http(f"http://127.0.0.1:{traced_port}/v1/models", headers=auth, proc=traced)
-                targets.append(Target(name, f"http://127.0.0.1:{traced_port}/v1/chat/completions", auth, traced))
+            tracing_env = {"OTEL_EXPORTER_OTLP_ENDPOINT": sink, "OTEL_SERVICE_NAME": "switchyard-bench"}
+            bodies_auth = {"Authorization": f"Bearer {bodies_key}", "Cache-Control": "no-store"}
+            for name, env, headers in ((TRACED, tracing_env, auth), (BODIES, {}, bodies_auth),
+                                       (BOTH, tracing_env, bodies_auth)):
+                port = free_port()
+                proc = start([PY, "-m", "uvicorn", "config.asgi:application", "--host", "127.0.0.1", "--port",
+                              str(port), "--loop", "uvloop", "--http", "httptools", "--no-access-log"],
+                             env={"HF_HUB_OFFLINE": "1", "DEBUG": "0", **env},
+                             log=logs / f"switchyard-{len(procs)}.log")
+                procs.append(proc)
+                await wait_http(f"http://127.0.0.1:{port}/v1/models", headers=headers, proc=proc)
+                targets.append(Target(name, f"http://127.0.0.1:{port}/v1/chat/completions", headers, proc))
         if args.baseline:
             before, base_port = await baseline_start(args.baseline, trees, logs, auth)
             procs.append(before)
@@ -333,7 +362,7 @@ async def run(args) -> str:
                      if f"{s[0]}{s[1]}" in args.scenarios]
         results = {(t.name, s): Sample() for t in targets for s in scenarios}
         counter = [0]
-        rss_start = None
+        rss_start: dict[str, float] = {}
         use_wrk = wrk_available() and not args.python_load
         # Warm every target (connections, caches) before measuring anything.
         for target in targets:
@@ -352,20 +381,21 @@ async def run(args) -> str:
                                                    stream=scenario[0] == "stream", warmup=1.0, counter=counter)
                     sample.cpu = cpu_seconds(target.proc) - cpu_before
                     results[(target.name, scenario)].add(sample)
-                    if target.name == "Switchyard" and rss_start is None:
-                        rss_start = rss_mb(switchyard)
+                    if target.name in (SY, BOTH) and target.name not in rss_start:
+                        rss_start[target.name] = rss_mb(target.proc)
                     p50 = sample.summary[0] * 1000 if sample.summary else pct(sample.latencies, 50)
                     print(f"round {round_index + 1} {scenario[0]} c={scenario[1]} {target.name}: "
                           f"{sample.rps:.0f} req/s, p50 {p50:.1f} ms, errors {sample.errors}", file=sys.stderr)
 
-        sy = next(t for t in targets if t.name == "Switchyard")
         if sink is not None:
             args.sink = await _sink_stats(sink)
-        memory = None
+        memory = {}
         if args.memory_requests:
-            settled = rss_mb(switchyard)
-            done = await _send_n(sy, args.memory_requests)
-            memory = (rss_start, settled, rss_mb(switchyard), done)
+            for target in targets:
+                if target.name in rss_start:
+                    settled = rss_mb(target.proc)
+                    done = await _send_n(target, args.memory_requests)
+                    memory[target.name] = (rss_start[target.name], settled, rss_mb(target.proc), done)
         return report(targets, scenarios, results, memory, args, "wrk" if use_wrk else "Python aiohttp client")
     finally:
         for proc in reversed(procs):
@@ -386,9 +416,10 @@ async def baseline_start(ref: str, trees: contextlib.ExitStack, logs: Path,
     return proc, port
 
 
+SY = "Switchyard"
 TRACED = "Switchyard, tracing on"
-SAMPLE_RATIO = 0.1
-SAMPLED = f"Switchyard, tracing {SAMPLE_RATIO:.0%} sampled"
+BODIES = "Switchyard, bodies kept"
+BOTH = "Switchyard, tracing on and bodies kept"
 
 
 async def _sink_stats(sink: str, settle: float = 10.0) -> SimpleNamespace:
@@ -482,12 +513,12 @@ def report(targets, scenarios, results, memory, args, json_load: str) -> str:
         lines.append(f"\n**In-process overhead** (Switchyard's `x-switchyard-overhead-ms`, all Python-client "
                      f"requests): p50 {pct(overhead, 50):.2f} ms, p95 {pct(overhead, 95):.2f} ms, "
                      f"p99 {pct(overhead, 99):.2f} ms.\n")
-    if memory:
-        first, settled, after, sent = memory
+    for name, (first, settled, after, sent) in memory.items():
         growth = after / settled - 1
-        lines.append(f"\n**Memory**: Switchyard RSS {first:.0f} MB after its first measured round, {settled:.0f} MB "
+        lines.append(f"\n**Memory** ({name}): RSS {first:.0f} MB after its first measured round, {settled:.0f} MB "
                      f"after all rounds, {after:.0f} MB after {sent:,} more requests ({growth:+.1%}).\n")
-        checks.append(("memory flat within 10% over 20,000 requests", abs(growth) <= 0.10, f"{growth:+.1%}"))
+        checks.append((f"memory flat within 10% over {sent:,} requests ({name})", abs(growth) <= 0.10,
+                       f"{growth:+.1%}"))
     if ("json", 100) in scenarios:
         s, b = results[(sy, ("json", 100))], results[(base_name, ("json", 100))]
         checks.append(("p99 at c=100 <= 1.3x the thinnest proxy's", pct(s, 99) <= 1.3 * pct(b, 99),
@@ -502,11 +533,12 @@ def report(targets, scenarios, results, memory, args, json_load: str) -> str:
         checks.append((f"within 3% of {args.baseline}'s req/s and 0.5 ms of its p50", ok, "see the table above"))
     if args.tracing:
         table, ok = tracing_rows(results, scenarios, args.sink)
-        lines.append("\n**Tracing on against off** (`--tracing`: two more gateways exporting over OTLP/HTTP to a "
-                     "local sink, one tracing every request, one sampling a tenth of them by trace id; the same run, "
-                     "rounds interleaved):\n")
+        lines.append("\n**Tracing and kept bodies against both off** (`--tracing`: three more gateways, one tracing "
+                     "every request to a local OTLP/HTTP sink, one driven by a tenant that keeps request bodies, one "
+                     "both; the same run, rounds interleaved):\n")
         lines += table
-        checks.append(("tracing on within 10% of off's req/s in every scenario", ok, "see the table above"))
+        checks.append(("tracing and bodies on within 10% of both off's req/s in every scenario", ok,
+                       "see the table above"))
     lines.append("\n| target | result | measured |\n|---|---|---|")
     for name, ok, value in checks:
         lines.append(f"| {name} | {'PASS' if ok else 'FAIL'} | {value} |")
@@ -514,18 +546,18 @@ def report(targets, scenarios, results, memory, args, json_load: str) -> str:
 
 
 def tracing_rows(results, scenarios, sink) -> tuple[list[str], bool]:
-    """Tracing on (every request, then a sample) against off per scenario, and whether on stays
+    """Tracing on, bodies kept, and both, against both off per scenario, and whether both on stays
     within 10% of off's req/s."""
-    lines = ["| scenario | tracing | req/s off | req/s on | ratio | p50 ms off | p50 ms on | p50 change ms "
+    lines = ["| scenario | on | req/s off | req/s on | ratio | p50 ms off | p50 ms on | p50 change ms "
              "| CPU us/request off | CPU us/request on |",
              "|---|---|---|---|---|---|---|---|---|---|"]
     ok = True
     for kind, conc in scenarios:
-        off = results[("Switchyard", (kind, conc))]
-        for name, label in ((TRACED, "every request"), (SAMPLED, f"{SAMPLE_RATIO:.0%} sampled")):
+        off = results[(SY, (kind, conc))]
+        for name, label in ((TRACED, "tracing"), (BODIES, "bodies"), (BOTH, "both")):
             on = results[(name, (kind, conc))]
             ratio = on.rps / off.rps if off.rps else float("nan")
-            ok = ok and (name != TRACED or ratio >= 0.90)
+            ok = ok and (name != BOTH or ratio >= 0.90)
             lines.append(f"| {kind} c={conc} | {label} | {off.rps:.0f} | {on.rps:.0f} | {ratio:.3f} | "
                          f"{pct(off, 50):.2f} | {pct(on, 50):.2f} | {pct(on, 50) - pct(off, 50):+.2f} | "
                          f"{off.cpu / max(off.ok, 1) * 1e6:.0f} | {on.cpu / max(on.ok, 1) * 1e6:.0f} |")

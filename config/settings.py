@@ -338,8 +338,8 @@ if PRODUCTION and len(METRICS_TOKEN) < 16:
     raise ImproperlyConfigured("production needs METRICS_TOKEN: 16+ random characters (the scraper sends "
                                "'Authorization: Bearer <token>' to /metrics)")
 # OpenTelemetry traces (apps/gateway/tracing.py): one span per request, exported over OTLP/HTTP
-# when an endpoint is set, off (the SDK not even imported) otherwise. The SDK reads the other
-# OTEL_* variables itself (service name, resource attributes, headers, sampler, batch sizes).
+# when an endpoint is set, off otherwise. apps/gateway/otlp.py reads the other OTEL_* variables as
+# the SDK does (service name, resource attributes, headers, sampler, batch sizes).
 TRACING_ENABLED = bool(env_str("OTEL_EXPORTER_OTLP_ENDPOINT") or env_str("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")) \
     and not env_bool("OTEL_SDK_DISABLED", False)
 

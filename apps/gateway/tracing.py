@@ -11,29 +11,29 @@ a stream, when the stream ends. Its children:
 
 Attributes follow OpenTelemetry's GenAI semantic conventions (``gen_ai.*``) with Switchyard's
 own under ``switchyard.*``. An incoming W3C ``traceparent`` makes the request's span a child of
-the caller's. Spans are handed to a ``BatchSpanProcessor``, which exports them from its own
-thread: the request path only builds them. A request the sampler leaves out (``OTEL_TRACES_SAMPLER``,
-or the caller's ``traceparent``) keeps its trace id and builds nothing more. With no endpoint set,
-:func:`tracing_open` gives None, no span is built and the SDK is not even imported.
+the caller's. A span is recorded as plain values (:class:`apps.gateway.otlp.SpanRecord`), and a
+finished request's spans are queued in one call for :class:`apps.gateway.otlp.SpanExporter`,
+which encodes and posts them from its own thread: the request path builds no SDK object and
+encodes nothing. A request the sampler leaves out (``OTEL_TRACES_SAMPLER``, or the caller's
+``traceparent``) keeps its trace id and records nothing more. With no endpoint set,
+:func:`tracing_open` gives None and no span is recorded.
 """
 
 from __future__ import annotations
 
 import logging
+import re
 import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, TypeVar
 from urllib.parse import urlsplit
 
 from django.conf import settings
-from opentelemetry.trace import SpanKind, Status, StatusCode, Tracer, set_span_in_context
-from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
+from apps.gateway.otlp import CLIENT, INTERNAL, SERVER, STATUS_ERROR, Sampler, SpanExporter, SpanRecord, ids_new
 from apps.gateway.pipeline.call import CACHE_NAMES, Call
 
 if TYPE_CHECKING:
-    from opentelemetry.sdk.trace import TracerProvider
-
     from apps.gateway.snapshot import ModelInfo
 
 logger = logging.getLogger(__name__)
@@ -41,7 +41,9 @@ logger = logging.getLogger(__name__)
 T = TypeVar("T")
 
 SERVICE_NAME = "switchyard"
-_PROPAGATOR = TraceContextTextMapPropagator()
+SCOPE_NAME = "switchyard.gateway"
+# W3C trace context, as OpenTelemetry's propagator reads it.
+_TRACEPARENT = re.compile(r"^[ \t]*([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})(-.*)?[ \t]*$")
 # The request body's parameters the GenAI conventions name, as the chat form spells them.
 _REQUEST_PARAMETERS = (
     ("max_tokens", "gen_ai.request.max_tokens"),
@@ -55,6 +57,20 @@ _REQUEST_PARAMETERS = (
 )
 
 
+def traceparent_parse(header: str) -> tuple[int, int, bool] | None:
+    """A ``traceparent``'s trace id, parent span id and sampled flag; None when malformed."""
+    match = _TRACEPARENT.match(header)
+    if match is None:
+        return None
+    version, trace, parent, flags, rest = match.groups()
+    if version == "ff" or (version == "00" and rest):
+        return None
+    trace_id, parent_id = int(trace, 16), int(parent, 16)
+    if not trace_id or not parent_id:
+        return None
+    return trace_id, parent_id, bool(int(flags, 16) & 1)
+
+
 def _provider_name(model: ModelInfo) -> str:
     """``gen_ai.provider.name``: the provider's kind, whose ``openai`` and ``anthropic`` are the
     conventions' own names (the simulated upstream is ``simulated``)."""
@@ -63,7 +79,10 @@ def _provider_name(model: ModelInfo) -> str:
 
 def _position(chain: tuple, model: ModelInfo) -> int:
     """Where ``model`` stands in the chain: 0 the first choice, 1 the first fallback, ..."""
-    return next((at for at, item in enumerate(chain) if item is model), -1)
+    for at, item in enumerate(chain):
+        if item is model:
+            return at
+    return -1
 
 
 def _epoch_ns(perf: float) -> int:
@@ -74,47 +93,61 @@ def _epoch_ns(perf: float) -> int:
 class Tracing:
     """The process's tracer: starts each request's :class:`RequestTrace`."""
 
-    def __init__(self, provider: TracerProvider) -> None:
-        self.provider = provider
-        self.tracer: Tracer = provider.get_tracer("switchyard.gateway")
+    def __init__(self, exporter: SpanExporter, sampler: Sampler) -> None:
+        self.exporter = exporter
+        self.sampler = sampler
 
     def request_start(self, call: Call, *, operation: str, traceparent: str | None = None) -> None:
         """Open ``call``'s span, under the caller's trace when ``traceparent`` names one."""
-        parent = _PROPAGATOR.extract({"traceparent": traceparent}) if traceparent else None
-        key = call.key
-        span = self.tracer.start_span(
-            operation, context=parent, kind=SpanKind.SERVER, start_time=_epoch_ns(call.started),
-            attributes={"gen_ai.operation.name": operation, "switchyard.request_id": call.request_id,
-                        "switchyard.tenant": key.tenant_slug, "http.route": call.endpoint})
-        call.trace = RequestTrace(self.tracer, span, operation)
+        parent = traceparent_parse(traceparent) if traceparent else None
+        if parent is None:
+            trace_id, parent_id, parent_sampled = ids_new(128), 0, None
+        else:
+            trace_id, parent_id, parent_sampled = parent
+        trace = call.trace = RequestTrace(trace_id, parent_id, operation)
+        if self.sampler.sampled(trace_id, parent_sampled):
+            key = call.key
+            trace.exporter = self.exporter
+            trace.root = SpanRecord(operation, SERVER, ids_new(64), _epoch_ns(call.started), {
+                "gen_ai.operation.name": operation, "switchyard.request_id": call.request_id,
+                "switchyard.tenant": key.tenant_slug, "http.route": call.endpoint})
+            trace.recording = True
 
     def shutdown(self) -> None:
         """Export what is pending and stop the exporting thread (blocks: run it off the loop)."""
-        self.provider.shutdown()
+        self.exporter.shutdown()
 
 
 class RequestTrace:
     """One request's span and the children the pipeline opens under it."""
 
-    __slots__ = ("attempts", "context", "operation", "recording", "span", "trace_id", "tracer", "upstream")
+    __slots__ = ("attempts", "children", "exporter", "operation", "parent_id", "recording", "root", "trace",
+                 "trace_id", "upstream")
 
-    def __init__(self, tracer: Tracer, span, operation: str) -> None:
-        self.tracer = tracer
-        self.span = span
+    def __init__(self, trace: int, parent_id: int, operation: str) -> None:
+        self.trace = trace
+        self.trace_id = format(trace, "032x")
+        self.parent_id = parent_id
         self.operation = operation
-        self.context = set_span_in_context(span)
-        self.trace_id = format(span.get_span_context().trace_id, "032x")
+        self.exporter: SpanExporter | None = None
+        self.root: SpanRecord | None = None
+        self.children: list[SpanRecord] = []
         self.attempts: dict[str, int] = {}  # model name -> attempts made on it
-        self.upstream = None  # a stream's attempt span, open until the stream ends
+        self.upstream: SpanRecord | None = None  # a stream's attempt span, open until the stream ends
         # Not sampled (the sampler's or the caller's choice): the trace id is still the request's,
         # but no child is opened and no attribute built.
-        self.recording = span.is_recording()
+        self.recording = False
+
+    def _child(self, name: str, kind: int, attributes: dict | None = None) -> SpanRecord:
+        span = SpanRecord(name, kind, ids_new(64), time.time_ns(), attributes)
+        self.children.append(span)
+        return span
 
     def request_body(self, body: dict) -> None:
         """The request's parameters, once the dialect has given its chat form."""
         if not self.recording:
             return
-        attributes = {}
+        attributes = self.root.attributes
         for name, attribute in _REQUEST_PARAMETERS:
             value = body.get(name)
             if isinstance(value, int | float) and not isinstance(value, bool):
@@ -124,24 +157,22 @@ class RequestTrace:
             attributes["gen_ai.request.stop_sequences"] = [stop]
         elif isinstance(stop, list) and all(isinstance(item, str) for item in stop):
             attributes["gen_ai.request.stop_sequences"] = stop
-        if attributes:
-            self.span.set_attributes(attributes)
 
     async def cache_lookup(self, call: Call, lookup: Awaitable[T]) -> T:
         """``lookup`` (the pipeline's cache step) inside a ``cache lookup`` span."""
         if not self.recording:
             return await lookup
-        span = self.tracer.start_span("cache lookup", context=self.context, kind=SpanKind.INTERNAL)
+        span = self._child("cache lookup", INTERNAL)
         try:
             return await lookup
         except BaseException as exc:
             _failed(span, exc)
             raise
         finally:
-            span.set_attribute("switchyard.cache", CACHE_NAMES[call.cache])
+            span.attributes["switchyard.cache"] = CACHE_NAMES[call.cache]
             if call.cache_similarity is not None:
-                span.set_attribute("switchyard.cache.similarity", call.cache_similarity)
-            span.end()
+                span.attributes["switchyard.cache.similarity"] = call.cache_similarity
+            span.end = time.time_ns()
 
     def attempts_traced(self, call: Call, attempt: Callable[[ModelInfo], Awaitable[T]],
                         ) -> Callable[[ModelInfo], Awaitable[T]]:
@@ -151,68 +182,66 @@ class RequestTrace:
 
         async def traced(model: ModelInfo) -> T:
             number = self.attempts[model.name] = self.attempts.get(model.name, 0) + 1
-            span = self.tracer.start_span(
-                f"{self.operation} {model.upstream_id}", context=self.context, kind=SpanKind.CLIENT,
-                attributes={
-                    "gen_ai.operation.name": self.operation,
-                    "gen_ai.provider.name": _provider_name(model),
-                    "gen_ai.request.model": model.upstream_id,
-                    "switchyard.model": model.name,
-                    "switchyard.attempt": number,
-                    "switchyard.fallback_position": _position(call.chain, model),
-                    "server.address": urlsplit(model.provider.base_url).hostname or "",
-                })
+            span = self._child(f"{self.operation} {model.upstream_id}", CLIENT, {
+                "gen_ai.operation.name": self.operation,
+                "gen_ai.provider.name": _provider_name(model),
+                "gen_ai.request.model": model.upstream_id,
+                "switchyard.model": model.name,
+                "switchyard.attempt": number,
+                "switchyard.fallback_position": _position(call.chain, model),
+                "server.address": _host(model.provider.base_url),
+            })
             try:
                 result = await attempt(model)
             except BaseException as exc:
                 _failed(span, exc)
-                span.end()
+                span.end = time.time_ns()
                 raise
             if call.stream:
                 self.upstream = span  # ends with the stream
             else:
                 _answer(span, result[1])
-                span.end()
+                span.end = time.time_ns()
             return result
 
         return traced
 
     def end(self, call: Call, log: Callable[[], None]) -> None:
         """End a stream's attempt span, run ``log`` (the usage row and the limits settled) inside a
-        ``usage write`` span, then end the request's span with what the request came to."""
+        ``usage write`` span, then end the request's span with what the request came to and hand
+        the request's spans to the exporter."""
         if not self.recording:
             log()
             return
         upstream = self.upstream
         if upstream is not None:
             self.upstream = None
-            attributes: dict = {}
-            _usage(attributes, call)
+            _usage(upstream.attributes, call)
             if call.status >= 400:
-                upstream.set_status(Status(StatusCode.ERROR, call.error_code))
-                attributes["error.type"] = call.error_code or str(call.status)
-            upstream.set_attributes(attributes)
-            upstream.end()
-        span = self.tracer.start_span("usage write", context=self.context, kind=SpanKind.INTERNAL)
+                upstream.status, upstream.status_message = STATUS_ERROR, call.error_code or ""
+                upstream.attributes["error.type"] = call.error_code or str(call.status)
+            upstream.end = time.time_ns()
+        span = self._child("usage write", INTERNAL)
         try:
             log()
         finally:
-            span.end()
-        self._summarise(call)
-        self.span.end()
+            span.end = time.time_ns()
+        root = self.root
+        self._summarise(call, root)
+        root.end = time.time_ns()
+        self.recording = False  # ended: nothing more is recorded
+        self.exporter.add(self.trace, self.parent_id, root, self.children)
 
-    def _summarise(self, call: Call) -> None:
-        span = self.span
+    def _summarise(self, call: Call, span: SpanRecord) -> None:
         model = call.model
+        attributes = span.attributes
         if call.requested_model:
-            span.update_name(f"{self.operation} {call.requested_model}")
-            span.set_attribute("gen_ai.request.model", call.requested_model)
-        attributes: dict = {
-            "switchyard.cache": CACHE_NAMES[call.cache],
-            "http.response.status_code": call.status,
-            "switchyard.cost": float(call.cost),
-            "switchyard.overhead_ms": round(call.overhead_ms, 3),
-        }
+            span.name = f"{self.operation} {call.requested_model}"
+            attributes["gen_ai.request.model"] = call.requested_model
+        attributes["switchyard.cache"] = CACHE_NAMES[call.cache]
+        attributes["http.response.status_code"] = call.status
+        attributes["switchyard.cost"] = float(call.cost)
+        attributes["switchyard.overhead_ms"] = round(call.overhead_ms, 3)
         if model is not None:
             attributes["gen_ai.response.model"] = model.upstream_id
             attributes["gen_ai.provider.name"] = _provider_name(model)
@@ -237,8 +266,20 @@ class RequestTrace:
         if call.status >= 400:
             attributes["error.type"] = call.error_code or str(call.status)
             if call.status >= 500 or call.status == 499:
-                span.set_status(Status(StatusCode.ERROR, call.error_code))
-        span.set_attributes(attributes)
+                span.status, span.status_message = STATUS_ERROR, call.error_code or ""
+
+
+_HOSTS: dict[str, str] = {}
+
+
+def _host(url: str) -> str:
+    """A provider's host (``server.address``), parsed once per base URL."""
+    host = _HOSTS.get(url)
+    if host is None:
+        host = urlsplit(url).hostname or ""
+        if len(_HOSTS) < 1024:
+            _HOSTS[url] = host
+    return host
 
 
 def _usage(attributes: dict, call: Call) -> None:
@@ -252,7 +293,7 @@ def _usage(attributes: dict, call: Call) -> None:
         attributes["switchyard.usage.estimated"] = True
 
 
-def _answer(span, parsed: dict) -> None:
+def _answer(span: SpanRecord, parsed: dict) -> None:
     """What a provider's JSON answer says of itself (OpenAI's shape or Anthropic's)."""
     attributes = {}
     usage = parsed.get("usage")
@@ -268,36 +309,33 @@ def _answer(span, parsed: dict) -> None:
     reasons = [reason for reason in reasons if isinstance(reason, str)]
     if reasons:
         attributes["gen_ai.response.finish_reasons"] = reasons
-    if attributes:
-        span.set_attributes(attributes)
+    span.attributes.update(attributes)
 
 
-def _failed(span, exc: BaseException) -> None:
+def _failed(span: SpanRecord, exc: BaseException) -> None:
     name = type(exc).__name__
     reason = getattr(exc, "reason", None) or getattr(exc, "code", None) or name
-    span.set_status(Status(StatusCode.ERROR, str(reason)))
-    span.set_attribute("error.type", name)
+    span.status, span.status_message = STATUS_ERROR, str(reason)
+    span.attributes["error.type"] = name
     status = getattr(exc, "status", None)
     if isinstance(status, int):
-        span.set_attribute("http.response.status_code", status)
+        span.attributes["http.response.status_code"] = status
 
 
 def tracing_open() -> Tracing | None:
     """The process's tracer when ``OTEL_EXPORTER_OTLP_ENDPOINT`` (or the traces' own endpoint)
-    is set, else None. The SDK reads the other ``OTEL_*`` variables itself: the service name and
-    resource attributes, the exporter's headers and timeout, the sampler, the batch sizes."""
+    is set, else None. The standard ``OTEL_*`` variables are read here: the service name and
+    resource attributes, the exporter's headers, timeout, compression and certificates, the
+    sampler, the batch sizes (docs/configuration.md)."""
     if not settings.TRACING_ENABLED:
         return None
-    # Imported only when tracing is on: the SDK and the exporter cost nothing when it is off.
-    from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+    # Imported only when tracing is on: the SDK's resource detection reads OTEL_SERVICE_NAME and
+    # OTEL_RESOURCE_ATTRIBUTES and adds the telemetry.sdk.* attributes, once, at start.
     from opentelemetry.sdk.resources import Resource
-    from opentelemetry.sdk.trace import TracerProvider
-    from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
     resource = Resource.create()
     if str(resource.attributes.get("service.name", "")).startswith("unknown_service"):
         resource = resource.merge(Resource({"service.name": SERVICE_NAME}))
-    provider = TracerProvider(resource=resource)
-    provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
+    exporter = SpanExporter(resource=dict(resource.attributes), scope=SCOPE_NAME)
     logger.info("tracing on: spans exported over OTLP/HTTP", extra={"service": resource.attributes["service.name"]})
-    return Tracing(provider)
+    return Tracing(exporter, Sampler.from_env())

@@ -1,0 +1,465 @@
+"""Spans out of the process: OTLP/HTTP protobuf, encoded by hand, posted from a thread of its own.
+
+The request path records a span as plain values (:class:`SpanRecord`) and hands each finished
+request's spans to :meth:`SpanExporter.add` in one call: an append to a bounded queue, nothing
+else. The exporting thread wakes every ``OTEL_BSP_SCHEDULE_DELAY`` ms (or as soon as a batch's
+worth is queued), encodes up to ``OTEL_BSP_MAX_EXPORT_BATCH_SIZE`` spans into one
+``ExportTraceServiceRequest`` and posts it to the collector. When the queue holds
+``OTEL_BSP_MAX_QUEUE_SIZE`` spans (the collector down or slow), a request's spans are dropped
+and counted (:attr:`SpanExporter.dropped`), never waited for.
+
+The wire format is OpenTelemetry's ``opentelemetry/proto/collector/trace/v1`` messages, written
+field by field: the resource and the scope are encoded once, an attribute's key once per
+process, so a span costs its values' encoding and little more.
+"""
+
+from __future__ import annotations
+
+import collections
+import gzip
+import http.client
+import logging
+import os
+import random
+import ssl
+import struct
+import threading
+import time
+import zlib
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+logger = logging.getLogger(__name__)
+
+# Span.SpanKind and Status.StatusCode of the protobuf.
+INTERNAL, SERVER, CLIENT = 1, 2, 3
+STATUS_ERROR = 2
+# Span.flags: whether the parent's remoteness is known, and whether it is remote.
+_FLAGS_LOCAL = 0x100
+_FLAGS_REMOTE = 0x300
+
+_YIELD_EVERY = 24  # spans encoded between two offers of the GIL to the event loop's thread
+_PACK_Q = struct.Struct("<Q").pack
+_PACK_D = struct.Struct("<d").pack
+_PACK_I = struct.Struct("<I").pack
+_SMALL = [bytes((n,)) for n in range(128)]
+
+
+def _varint(value: int) -> bytes:
+    if 0 <= value < 128:
+        return _SMALL[value]
+    if value < 0:
+        value += 1 << 64  # int64: two's complement, ten bytes
+    out = bytearray()
+    while value > 0x7F:
+        out.append((value & 0x7F) | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
+def _delimited(tag: bytes, payload: bytes) -> bytes:
+    return tag + _varint(len(payload)) + payload
+
+
+def _any(value) -> bytes:
+    """An ``AnyValue``'s fields."""
+    kind = value.__class__
+    if kind is str:
+        encoded = value.encode()
+        return b"\x0a" + _varint(len(encoded)) + encoded
+    if kind is bool:
+        return b"\x10\x01" if value else b"\x10\x00"
+    if kind is int:
+        return b"\x18" + _varint(value)
+    if kind is float:
+        return b"\x21" + _PACK_D(value)
+    if kind is list or kind is tuple:
+        items = b"".join(_delimited(b"\x0a", _any(item)) for item in value)
+        return _delimited(b"\x2a", items)
+    if kind is dict:
+        items = b"".join(_delimited(b"\x0a", _key_value(str(key), item)) for key, item in value.items())
+        return _delimited(b"\x32", items)
+    if kind is bytes:
+        return _delimited(b"\x3a", value)
+    return _any(str(value))
+
+
+_KEYS: dict[str, bytes] = {}
+# Attributes whose values repeat from request to request (the tenant, the model, the route, a
+# status, a small count) are encoded once each, up to a bound: an attribute's encoding costs
+# more than looking it up. Strings, lists of strings and small integers, each kind in its own
+# table (``1 == True == 1.0`` as keys); the keys below never repeat their values.
+_PAIRS: dict[tuple, bytes] = {}
+_INT_PAIRS: dict[tuple[bytes, str, int], bytes] = {}
+_PAIRS_MAX = 8192
+_UNIQUE = frozenset({"switchyard.request_id", "switchyard.routing.reason", "switchyard.upstream_failures"})
+
+
+def _key(key: str) -> bytes:
+    encoded = _KEYS.get(key)
+    if encoded is None:
+        encoded = _delimited(b"\x0a", key.encode())
+        if len(_KEYS) < 1024:
+            _KEYS[key] = encoded
+    return encoded
+
+
+def _key_value(key: str, value) -> bytes:
+    """A ``KeyValue``'s fields."""
+    return _key(key) + _delimited(b"\x12", _any(value))
+
+
+def _pair(tag: bytes, key: str, any_value: bytes) -> bytes:
+    size = len(any_value)
+    pair = _key(key) + b"\x12" + (_SMALL[size] if size < 128 else _varint(size)) + any_value
+    size = len(pair)
+    return tag + (_SMALL[size] if size < 128 else _varint(size)) + pair
+
+
+def attributes_encode(tag: bytes, attributes: dict) -> bytes:
+    """``attributes`` as repeated ``KeyValue`` fields numbered by ``tag`` (a None value is left
+    out, as the SDK leaves it)."""
+    out = []
+    append = out.append
+    pairs, int_pairs = _PAIRS, _INT_PAIRS
+    for key, value in attributes.items():
+        kind = value.__class__
+        if kind is str or kind is list:
+            cached = (tag, key, value if kind is str else tuple(value))
+            pair = pairs.get(cached)
+            if pair is None:
+                if kind is str:
+                    encoded = value.encode()
+                    size = len(encoded)
+                    pair = _pair(tag, key, b"\x0a" + (_SMALL[size] if size < 128 else _varint(size)) + encoded)
+                else:
+                    pair = _pair(tag, key, _any(value))
+                if key not in _UNIQUE and len(pairs) < _PAIRS_MAX:
+                    pairs[cached] = pair
+        elif kind is int:
+            if 0 <= value < 4096:
+                cached = (tag, key, value)
+                pair = int_pairs.get(cached)
+                if pair is None:
+                    pair = _pair(tag, key, b"\x18" + _varint(value))
+                    if len(int_pairs) < _PAIRS_MAX:
+                        int_pairs[cached] = pair
+            else:
+                pair = _pair(tag, key, b"\x18" + _varint(value))
+        elif kind is float:
+            pair = _pair(tag, key, b"\x21" + _PACK_D(value))
+        elif value is None:
+            continue
+        else:
+            pair = _pair(tag, key, _any(value))
+        append(pair)
+    return b"".join(out)
+
+
+class SpanRecord:
+    """One span as the request path records it: values only, encoded in the exporting thread."""
+
+    __slots__ = ("attributes", "end", "kind", "name", "span_id", "start", "status", "status_message")
+
+    def __init__(self, name: str, kind: int, span_id: int, start: int, attributes: dict | None = None) -> None:
+        self.name = name
+        self.kind = kind
+        self.span_id = span_id
+        self.start = start
+        self.end = 0
+        self.attributes = attributes if attributes is not None else {}
+        self.status = 0
+        self.status_message = ""
+
+
+def span_encode(span: SpanRecord, trace_id: bytes, parent_id: int, flags: bytes) -> bytes:
+    """A ``Span``'s fields. ``parent_id`` 0 is a root span; ``flags`` the encoded field 16."""
+    name = span.name.encode()
+    parts = [b"\x0a\x10", trace_id, b"\x12\x08", span.span_id.to_bytes(8, "big")]
+    if parent_id:
+        parts += (b"\x22\x08", parent_id.to_bytes(8, "big"))
+    parts += (b"\x2a", _varint(len(name)), name, b"\x30", _SMALL[span.kind],
+              b"\x39", _PACK_Q(span.start), b"\x41", _PACK_Q(span.end or span.start))
+    if span.attributes:
+        parts.append(attributes_encode(b"\x4a", span.attributes))
+    if span.status:
+        message = span.status_message.encode()
+        status = (_delimited(b"\x12", message) if message else b"") + b"\x18" + _SMALL[span.status]
+        parts.append(_delimited(b"\x7a", status))
+    else:
+        parts.append(b"\x7a\x00")
+    parts.append(flags)
+    return b"".join(parts)
+
+
+def trace_encode(trace_id: int, parent_id: int, root: SpanRecord, children: list[SpanRecord]) -> list[bytes]:
+    """One request's spans, encoded: its children and its own (``root``), all of one trace.
+    ``parent_id`` is the caller's span (a remote parent), 0 for none."""
+    trace = trace_id.to_bytes(16, "big")
+    root_flags = b"\x85\x01" + _PACK_I(_FLAGS_REMOTE if parent_id else _FLAGS_LOCAL)
+    child_flags = b"\x85\x01" + _PACK_I(_FLAGS_LOCAL)
+    root_id = root.span_id
+    spans = [span_encode(child, trace, root_id, child_flags) for child in children]
+    spans.append(span_encode(root, trace, parent_id, root_flags))
+    return spans
+
+
+def request_encode(resource: dict, scope: str, spans: list[bytes]) -> bytes:
+    """An ``ExportTraceServiceRequest`` of one resource and one scope holding ``spans``."""
+    scope_spans = _delimited(b"\x0a", _delimited(b"\x0a", scope.encode())) + b"".join(
+        _delimited(b"\x12", span) for span in spans)
+    resource_spans = _delimited(b"\x0a", attributes_encode(b"\x0a", resource)) + _delimited(b"\x12", scope_spans)
+    return _delimited(b"\x0a", resource_spans)
+
+
+# ---------------------------------------------------------------------------------------------
+# Configuration from the standard OTEL_* variables.
+
+
+def _env(*values: str | None) -> str:
+    """The first of ``values`` set: the traces' own variable, then its ``OTEL_EXPORTER_OTLP_*`` twin."""
+    return next((value.strip() for value in values if value and value.strip()), "")
+
+
+def _env_int(name: str, raw: str | None, default: int) -> int:
+    try:
+        return int(raw) if raw and raw.strip() else default
+    except ValueError:
+        logger.warning("%s=%r is not a number; using %d", name, raw, default)
+        return default
+
+
+def endpoint_resolve() -> str:
+    """The traces URL: the traces' own endpoint as given, else the base URL's ``/v1/traces``."""
+    own = _env(os.environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"))
+    if own:
+        return own
+    base = _env(os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT")) or "http://localhost:4318"
+    return f"{base.removesuffix('/')}/v1/traces"
+
+
+def headers_resolve() -> dict[str, str]:
+    from opentelemetry.util.re import parse_env_headers  # the SDK's own reading of "k=v,k2=v2"
+
+    headers = {"content-type": "application/x-protobuf", "user-agent": "switchyard-otlp"}
+    headers.update(parse_env_headers(_env(os.environ.get("OTEL_EXPORTER_OTLP_TRACES_HEADERS"),
+                                          os.environ.get("OTEL_EXPORTER_OTLP_HEADERS")), liberal=True))
+    return headers
+
+
+@dataclass(frozen=True)
+class Sampler:
+    """Which new traces are recorded: the root's trace id against a ratio, and, parent-based, the
+    caller's own decision when its ``traceparent`` names one.
+
+    ``OTEL_TRACES_SAMPLER``: ``always_on``, ``always_off``, ``traceidratio``,
+    ``parentbased_always_on`` (the default), ``parentbased_always_off``,
+    ``parentbased_traceidratio``; ``OTEL_TRACES_SAMPLER_ARG`` the ratio (1.0 when unset). A root
+    is recorded when its trace id's low 64 bits fall under the ratio's share, as the SDK decides.
+    """
+
+    bound: int  # a root whose trace id's low 64 bits fall below this is recorded
+    parent_based: bool
+
+    @classmethod
+    def from_env(cls) -> Sampler:
+        name = (_env(os.environ.get("OTEL_TRACES_SAMPLER")) or "parentbased_always_on").lower()
+        raw = _env(os.environ.get("OTEL_TRACES_SAMPLER_ARG"))
+        try:
+            ratio = min(max(float(raw), 0.0), 1.0) if raw else 1.0
+        except ValueError:
+            logger.warning("OTEL_TRACES_SAMPLER_ARG=%r is not a number; sampling everything", raw)
+            ratio = 1.0
+        everything = 1 << 64
+        known = {"always_on": everything, "always_off": 0, "traceidratio": round(ratio * everything)}
+        parent_based = name.startswith("parentbased_")
+        base = name.removeprefix("parentbased_")
+        if base not in known:
+            logger.warning("OTEL_TRACES_SAMPLER=%r is not supported; using parentbased_always_on", name)
+            base, parent_based = "always_on", True
+        return cls(bound=known[base], parent_based=parent_based)
+
+    def sampled(self, trace_id: int, parent_sampled: bool | None) -> bool:
+        if parent_sampled is not None and self.parent_based:
+            return parent_sampled
+        return (trace_id & 0xFFFFFFFFFFFFFFFF) < self.bound
+
+
+def ids_new(bits: int) -> int:
+    """A random, non-zero trace (128) or span (64) id."""
+    # An identifier, not a secret: made as the SDK makes them.
+    value = random.getrandbits(bits)  # nosec B311
+    return value or 1
+
+
+# ---------------------------------------------------------------------------------------------
+# The exporting thread.
+
+
+class SpanExporter:
+    """A bounded queue of finished requests' spans and the thread that posts them."""
+
+    def __init__(self, *, resource: dict, scope: str, endpoint: str | None = None,
+                 headers: dict | None = None, timeout: float | None = None, compression: str | None = None,
+                 max_queue: int | None = None, batch: int | None = None, delay_ms: int | None = None) -> None:
+        self.endpoint = endpoint or endpoint_resolve()
+        self.headers = headers if headers is not None else headers_resolve()
+        if timeout is None:
+            raw = _env(os.environ.get("OTEL_EXPORTER_OTLP_TRACES_TIMEOUT"),
+                       os.environ.get("OTEL_EXPORTER_OTLP_TIMEOUT"))
+            try:
+                timeout = float(raw) if raw else 10.0  # seconds, as the SDK reads it
+            except ValueError:
+                timeout = 10.0
+        self.timeout = timeout
+        if compression is None:
+            compression = _env(os.environ.get("OTEL_EXPORTER_OTLP_TRACES_COMPRESSION"),
+                               os.environ.get("OTEL_EXPORTER_OTLP_COMPRESSION")) or "none"
+        self.compression = compression.lower()
+        if self.compression not in ("none", "gzip", "deflate"):
+            logger.warning("OTLP compression %r is not supported; sending uncompressed", self.compression)
+            self.compression = "none"
+        if self.compression != "none":
+            self.headers["content-encoding"] = self.compression
+        if max_queue is None:
+            max_queue = _env_int("OTEL_BSP_MAX_QUEUE_SIZE", os.environ.get("OTEL_BSP_MAX_QUEUE_SIZE"), 2048)
+        if batch is None:
+            batch = _env_int("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", os.environ.get("OTEL_BSP_MAX_EXPORT_BATCH_SIZE"), 512)
+        if delay_ms is None:
+            delay_ms = _env_int("OTEL_BSP_SCHEDULE_DELAY", os.environ.get("OTEL_BSP_SCHEDULE_DELAY"), 5000)
+        self.max_queue = max(1, max_queue)
+        self.batch = max(1, min(self.max_queue, batch))
+        delay = delay_ms
+        self.delay = max(delay, 1) / 1000
+        self._resource = resource
+        self._scope = scope
+        # (trace id, parent id, root span, child spans): one finished request each
+        self._queue: collections.deque[tuple[int, int, SpanRecord, list[SpanRecord]]] = collections.deque()
+        # Each counter is written by one thread only: no lock on the request path.
+        self.queued = 0  # spans queued (the event loop's thread)
+        self.dropped = 0  # spans dropped because the queue was full (the event loop's thread)
+        self.taken = 0  # spans taken off the queue (the exporting thread)
+        self.exported = 0  # spans the collector accepted (the exporting thread)
+        self.failed = 0  # spans whose export failed (the exporting thread)
+        self._dropped_logged = 0
+        self._wake = threading.Event()
+        self._stopping = False
+        self._connection: http.client.HTTPConnection | None = None  # kept alive between posts
+        self._thread = threading.Thread(target=self._run, name="otlp-span-export", daemon=True)
+        self._thread.start()
+
+    def add(self, trace_id: int, parent_id: int, root: SpanRecord, children: list[SpanRecord]) -> bool:
+        """Queue one finished request's spans; False (and counted) when the queue is full."""
+        count = len(children) + 1
+        pending = self.queued - self.taken + count
+        if pending > self.max_queue or self._stopping:
+            self.dropped += count
+            return False
+        self._queue.append((trace_id, parent_id, root, children))
+        self.queued += count
+        if pending >= self.batch and not self._wake.is_set():
+            self._wake.set()
+        return True
+
+    def pending(self) -> int:
+        """Spans queued and not yet taken by the exporting thread."""
+        return self.queued - self.taken
+
+    def shutdown(self, timeout: float = 10.0) -> None:
+        """Export what is queued and stop the thread (blocks up to ``timeout``)."""
+        self._stopping = True
+        self._wake.set()
+        self._thread.join(timeout)
+
+    def _run(self) -> None:
+        while True:
+            self._wake.wait(self.delay)
+            self._wake.clear()
+            stopping = self._stopping
+            try:
+                self._drain()
+            except Exception:  # the thread must outlive any one batch
+                logger.exception("span export failed")
+            if stopping:
+                if self._connection is not None:
+                    self._connection.close()
+                return
+
+    def _drain(self) -> None:
+        queue = self._queue
+        while queue:
+            spans: list[bytes] = []
+            while queue and len(spans) < self.batch:
+                trace_id, parent_id, root, children = queue.popleft()
+                count = len(children) + 1
+                self.taken += count
+                try:
+                    spans += trace_encode(trace_id, parent_id, root, children)
+                except Exception:
+                    logger.exception("a trace could not be encoded; its %d spans are dropped", count)
+                    self.failed += count
+                if len(spans) % _YIELD_EVERY < count:
+                    # Let the event loop's thread have the GIL: without this it would wait for the
+                    # interpreter's switch interval (5 ms) each time it wakes while a batch encodes.
+                    time.sleep(0)
+            if spans:
+                self._post(request_encode(self._resource, self._scope, spans), len(spans))
+        if self.dropped > self._dropped_logged:
+            logger.warning("%d spans dropped: the export queue (%d spans) was full",
+                           self.dropped - self._dropped_logged, self.max_queue)
+            self._dropped_logged = self.dropped
+
+    def _connect(self) -> tuple[http.client.HTTPConnection, str]:
+        parts = urlsplit(self.endpoint)
+        path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+        if self._connection is None:
+            if parts.scheme == "https":
+                context = ssl.create_default_context(cafile=_env(
+                    os.environ.get("OTEL_EXPORTER_OTLP_TRACES_CERTIFICATE"),
+                    os.environ.get("OTEL_EXPORTER_OTLP_CERTIFICATE")) or None)
+                cert = _client_cert()
+                if cert is not None:
+                    context.load_cert_chain(*cert)
+                self._connection = http.client.HTTPSConnection(parts.hostname, parts.port, timeout=self.timeout,
+                                                               context=context)
+            else:
+                self._connection = http.client.HTTPConnection(parts.hostname, parts.port, timeout=self.timeout)
+        return self._connection, path
+
+    def _post(self, body: bytes, count: int) -> None:
+        if self.compression == "gzip":
+            body = gzip.compress(body, compresslevel=6)
+        elif self.compression == "deflate":
+            body = zlib.compress(body)
+        deadline = time.monotonic() + self.timeout
+        wait = 0.5
+        while True:
+            try:
+                connection, path = self._connect()
+                connection.request("POST", path, body=body, headers=self.headers)
+                response = connection.getresponse()
+                response.read()
+                if response.status < 300:
+                    self.exported += count
+                    return
+                retry = response.status in (429, 502, 503, 504)
+                problem = f"status {response.status}"
+            except (OSError, http.client.HTTPException) as exc:
+                if self._connection is not None:
+                    self._connection.close()
+                    self._connection = None
+                retry, problem = True, f"{type(exc).__name__}: {exc}"
+            if not retry or self._stopping or time.monotonic() + wait > deadline:
+                self.failed += count
+                logger.warning("%d spans not exported to %s: %s", count, self.endpoint, problem)
+                return
+            time.sleep(wait)
+            wait *= 2
+
+
+def _client_cert() -> tuple[str, str] | None:
+    cert = _env(os.environ.get("OTEL_EXPORTER_OTLP_TRACES_CLIENT_CERTIFICATE"),
+                os.environ.get("OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE"))
+    key = _env(os.environ.get("OTEL_EXPORTER_OTLP_TRACES_CLIENT_KEY"), os.environ.get("OTEL_EXPORTER_OTLP_CLIENT_KEY"))
+    return (cert, key) if cert and key else None
