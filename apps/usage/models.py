@@ -42,6 +42,10 @@ class RequestLog(models.Model):
         "catalog.Deployment", null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
     )
     route_reason = models.CharField(max_length=200, blank=True, default="", db_default="")
+    # The routing decision: the prompt's tier when routing read it, and the chain of models it
+    # was to try in order ("a > b > c"; each failed attempt is in upstream_failures).
+    route_tier = models.CharField(max_length=10, blank=True, default="", db_default="")
+    route_chain = models.CharField(max_length=500, blank=True, default="", db_default="")
     routing_rule = models.ForeignKey(
         "routing.RoutingRule", null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
     )

@@ -30,6 +30,7 @@ def test_it_routes_a_simple_question_to_the_cheap_model(world):
     assert row.requested_model == "auto"
     assert row.model_used == "sim-mini"
     assert row.routing_rule is not None and row.routing_rule.match_tier == "simple"
+    assert (row.route_tier, row.route_chain) == ("simple", "sim-mini > sim-standard")  # the decision, kept
 
 
 def test_it_records_what_routing_saved_against_the_dearest_model_or_the_one_asked_for(world):

@@ -65,6 +65,7 @@ class Call:
     requested_model: str = ""
     chain: tuple = ()
     rule_id: int | None = None
+    route_tier: str = ""  # the prompt's complexity, when routing had to read it (auto, a rule on a tier)
     learned_rule: object = None  # RuleInfo of a learned rule that matched: the router picks within the chain
     route_reason: str = ""  # why the learned router chose (x-switchyard-route-reason)
     route_estimates: str = ""  # its estimate per candidate, "model=0.912;..." (x-switchyard-route-estimates)
@@ -212,6 +213,8 @@ class Call:
             "deployment_id": model.deployment_id if model else None,
             "routing_rule_id": self.rule_id,
             "route_reason": self.route_reason[:200],
+            "route_tier": self.route_tier,
+            "route_chain": " > ".join(model.name for model in self.chain)[:500],
             "price_id": model.price_id if model else None,
             "input_tokens": self.input_tokens,
             "cached_tokens": self.cached_tokens,

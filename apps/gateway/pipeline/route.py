@@ -64,6 +64,7 @@ def call_route(runtime: Runtime, call: Call, body: dict, tags_header: str | None
         chain = chain_fit(call, chain, body, prompt_text, requested=requested)
     call.chain = chain
     call.rule_id = route.rule_id
+    call.route_tier = route.tier or ""
     if route.learned is not None and len(chain) > 1:
         call.learned_rule = route.learned
     named = snapshot.models.get(requested)
