@@ -15,6 +15,11 @@ Two parts:
   at 20 concurrent clients, for a model with no deployments and a pooled model under each
   strategy (three deployments: three providers on the same simulator).
 
+With ``--slow-ms N`` a third part: one of the three deployments (the one of weight 3) made slow
+by the simulator (every answer's first byte N ms late), and the latency at 20 concurrent clients
+of the weighted pool against the lowest-latency one, side by side: the tail a slow deployment
+gives a pool that does not watch latency, and what the strategy that does takes off it.
+
 Needs a Redis (``REDIS_URL``, default redis://127.0.0.1:6379/0).
 """
 
@@ -120,7 +125,33 @@ def in_process(rounds: int, iterations: int) -> dict[str, float]:
     return {name: sorted(values)[len(values) // 2] for name, values in results.items()}
 
 
-async def through_gateway(args) -> tuple[dict[str, Sample], dict[str, Sample]]:
+async def _slow_tail(args, upstream: str, url: str, headers: dict, counter: list) -> dict[str, Sample]:
+    """c=20 latency of the weighted and the lowest-latency pools with deployment 2 made slow."""
+    import httpx
+
+    async with httpx.AsyncClient() as client:
+        made = await client.post(upstream + "/_sim/faults", json={
+            "model": "sim-mini-2", "mode": "slow", "delay": args.slow_ms / 1000, "count": -1})
+        made.raise_for_status()
+    targets = [Target(strategy, url, headers, model=f"bench-pool-{strategy}")
+               for strategy in ("weighted", "lowest_latency")]
+    tails = {t.name: Sample() for t in targets}
+    try:
+        for target in targets:  # the latency averages learn the slow one first
+            await closed_loop(target, concurrency=5, duration=2.0, stream=False, warmup=0.5, counter=counter)
+        for round_index in range(args.rounds):
+            for target in targets[round_index % 2:] + targets[:round_index % 2]:
+                tails[target.name].add(await closed_loop(target, concurrency=20, duration=args.duration,
+                                                         stream=False, warmup=1.0, counter=counter))
+                print(f"slow round {round_index + 1} {target.name}: p95 {pct(tails[target.name].latencies, 95):.1f} ms",
+                      file=sys.stderr)
+    finally:
+        async with httpx.AsyncClient() as client:
+            await client.post(upstream + "/_sim/reset", json={})
+    return tails
+
+
+async def through_gateway(args) -> tuple[dict[str, Sample], dict[str, Sample], dict[str, Sample]]:
     logs = Path(tempfile.mkdtemp(prefix="sy-pools-"))
     procs = []
     try:
@@ -156,13 +187,16 @@ async def through_gateway(args) -> tuple[dict[str, Sample], dict[str, Sample]]:
                 loaded[target.name].add(many)
                 print(f"round {round_index + 1} {target.name}: overhead p50 {pct(one.overhead, 50):.2f} ms, "
                       f"c=20 {many.rps:.0f} req/s, errors {one.errors + many.errors}", file=sys.stderr)
-        return single, loaded
+        tails = (await _slow_tail(args, f"http://127.0.0.1:{up_port}", url, headers, counter)
+                 if args.slow_ms else {})
+        return single, loaded, tails
     finally:
         for proc in reversed(procs):
             stop(proc)
 
 
-def report(micro: dict[str, float], single: dict[str, Sample], loaded: dict[str, Sample]) -> str:
+def report(micro: dict[str, float], single: dict[str, Sample], loaded: dict[str, Sample],
+           tails: dict[str, Sample] | None = None, slow_ms: float = 0.0) -> str:
     base_micro = micro["one deployment"] or 1e-9
     base_rps = loaded["one deployment"].rps or 1
     base_overhead = pct(single["one deployment"].overhead, 50) or 1e-9
@@ -180,6 +214,14 @@ def report(micro: dict[str, float], single: dict[str, Sample], loaded: dict[str,
     lines.append(f"In process, one deployment costs {base_micro:.2f} µs (the check that the model has none); "
                  "a strategy over three deployments "
                  + ", ".join(f"{name} {micro[name]:.1f} µs" for name in STRATEGIES) + ".")
+    if tails:
+        lines += ["", f"One deployment of three (weight 3 of 6) answering {slow_ms:g} ms late, c=20:", "",
+                  "| strategy | p50 ms | p95 ms | p99 ms | req/s | errors |", "|---|---|---|---|---|---|"]
+        for name, sample in tails.items():
+            lines.append(f"| {name} | {pct(sample.latencies, 50):.1f} | {pct(sample.latencies, 95):.1f} | "
+                         f"{pct(sample.latencies, 99):.1f} | {sample.rps:.0f} | {sample.errors} |")
+        weighted, fastest = pct(tails["weighted"].latencies, 95), pct(tails["lowest_latency"].latencies, 95)
+        lines += ["", f"The lowest-latency pool's p95 is {fastest / weighted:.2f}x the weighted pool's."]
     return "\n".join(lines) + "\n"
 
 
@@ -187,7 +229,8 @@ def write(path: Path, body: str, args) -> None:
     start_marker, end_marker = "<!-- bench/pools.py:start -->", "<!-- bench/pools.py:end -->"
     section = (
         f"{start_marker}\n## Deployment pools (`bench/pools.py`)\n\n"
-        f"Command: `python bench/pools.py --duration {args.duration:g} --rounds {args.rounds} --write {path}`. "
+        f"Command: `python bench/pools.py --duration {args.duration:g} --rounds {args.rounds}"
+        f"{f' --slow-ms {args.slow_ms:g}' if args.slow_ms else ''} --write {path}`. "
         f"Run {datetime.now(UTC):%Y-%m-%d %H:%M} UTC on {os.cpu_count()} cores, Python "
         f"{platform.python_version()}; simulated upstream 20 ms to first token; one gateway with Redis; targets "
         f"interleaved, {args.rounds} rounds of {args.duration:g} s per target and load; the load generator "
@@ -202,12 +245,14 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--iterations", type=int, default=50_000)
     parser.add_argument("--redis-url", default=os.environ.get("REDIS_URL") or "redis://127.0.0.1:6379/0")
+    parser.add_argument("--slow-ms", type=float, default=0.0,
+                        help="also measure the tail with one deployment this many ms late (weighted vs lowest latency)")
     parser.add_argument("--write", type=Path)
     args = parser.parse_args()
     uvloop_install()
     micro = in_process(args.rounds * 3, args.iterations)
-    single, loaded = asyncio.run(through_gateway(args))
-    body = report(micro, single, loaded)
+    single, loaded, tails = asyncio.run(through_gateway(args))
+    body = report(micro, single, loaded, tails, args.slow_ms)
     print(body)
     if args.write:
         write(args.write, body, args)
