@@ -32,8 +32,11 @@ def test_it_answers_a_prompt_past_the_encoders_limit_for_a_key_with_a_budget(wor
 
     from tests.gateway.conftest import wait_until
 
+    mini = world.models["sim-mini"]
+    mini.context_window = 1_000_000  # room for the prompt: the window check would refuse it first
+    mini.save()
     world.tenant_a.budget_usd = Decimal("100")
-    world.tenant_a.save()
+    world.tenant_a.save()  # saved last: once the gateway has the budget, it has the window too
     url, auth = world.gateway.v1 + "/chat/completions", {"Authorization": f"Bearer {world.key_a}"}
 
     def chat(content: str) -> httpx.Response:
