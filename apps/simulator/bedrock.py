@@ -18,12 +18,18 @@ ValidationException otherwise). The answer is the chat endpoint's for the same c
 Bedrock's error for that status (429 ThrottlingException), ``content_filter`` stops the answer
 with stopReason ``guardrail_intervened``, ``context_length`` answers a 400 ValidationException
 "Input is too long for requested model.".
+
+Prompt caching, as the Messages simulator does it: the content up to the last ``cachePoint``
+block (system, then messages) is a cache prefix; the first request with it reports the prefix's
+tokens as ``cacheWriteInputTokens``, later ones as ``cacheReadInputTokens`` (until
+``/_sim/reset``), and ``inputTokens`` is the rest.
 """
 
 from __future__ import annotations
 
 import asyncio
 import binascii
+import hashlib
 import hmac
 import re
 import struct
@@ -96,6 +102,19 @@ def _text(block: dict) -> str:
     if isinstance(block.get("toolUse"), dict):
         return block["toolUse"].get("name") or ""
     return ""
+
+
+def cache_point_prefix(body: dict) -> tuple[str, int] | None:
+    """The content up to the last ``cachePoint`` (its hash and tokens), or None when none is set."""
+    sequence = [b for b in body.get("system") or [] if isinstance(b, dict)]
+    for message in body.get("messages") or []:
+        sequence += [b for b in message.get("content") or [] if isinstance(b, dict)]
+    marked = [i for i, block in enumerate(sequence) if "cachePoint" in block]
+    if not marked:
+        return None
+    prefix = sequence[: marked[-1]]
+    digest = hashlib.blake2b(dumps(prefix), digest_size=12).hexdigest()
+    return digest, sum(len(_text(b).split()) for b in prefix) * 4 // 3
 
 
 def _check(body: dict) -> str | None:
@@ -190,6 +209,13 @@ class ConverseAPI:
             content, output = [{"text": "".join(words)}], len(words)
         p_tokens = prompt_tokens(turns)
         usage = {"inputTokens": p_tokens, "outputTokens": output, "totalTokens": p_tokens + output}
+        prefix = cache_point_prefix(body)
+        if prefix is not None:
+            digest, size = prefix
+            size = min(size, p_tokens)
+            kind = "cacheReadInputTokens" if digest in state.prompt_cache else "cacheWriteInputTokens"
+            state.prompt_cache.add(digest)
+            usage.update({"inputTokens": p_tokens - size, kind: size})
         if not stream:
             answer = {"output": {"message": {"role": "assistant", "content": content}}, "stopReason": stop,
                       "usage": usage, "metrics": {"latencyMs": int(ttft * 1000)}}

@@ -34,10 +34,11 @@ class Clouds:
             return Provider.objects.create(name=name, kind=kind, base_url=url, credential=credential,
                                            api_version=api_version, timeout_seconds=5.0)
 
-        def model(name: str, upstream_id: str, on: Provider, cached: str = "0.25") -> Model:
+        def model(name: str, upstream_id: str, on: Provider, cached: str = "0.25", written: str | None = None) -> Model:
             return Model.objects.create(name=name, upstream_id=upstream_id, provider=on,
                                         input_price_per_million=Decimal("1.00"),
                                         cached_input_price_per_million=Decimal(cached),
+                                        cache_write_price_per_million=None if written is None else Decimal(written),
                                         output_price_per_million=Decimal("4.00"), max_output_tokens=4096)
 
         dated = provider("azure-dated", "azure", base, "az-key", "2024-10-21")
@@ -51,7 +52,8 @@ class Clouds:
             "az-v1": model("az-v1", "sim-v1-model", v1),
             "gem": model("gem", "gemini-sim-flash", gemini),
             "gem-bad-key": model("gem-bad-key", "gemini-sim-refused", refused),
-            "claude-bedrock": model("claude-bedrock", "anthropic.claude-3-5-haiku-20241022-v1:0", bedrock),
+            "claude-bedrock": model("claude-bedrock", "anthropic.claude-3-5-haiku-20241022-v1:0", bedrock,
+                                    written="1.25"),
             "bedrock-wrong-secret": model("bedrock-wrong-secret", "amazon.nova-lite-v1:0", wrong_secret),
         }
         rule = RoutingRule.objects.create(name="cloud", match_model="cloud", target=self.models["az-dated"],
@@ -316,6 +318,34 @@ def test_it_answers_and_streams_from_bedrock_signed_with_sigv4(clouds):
         assert row.tokens_estimated is False and row.output_tokens == plain.usage.completion_tokens
         assert row.cost == clouds.price("claude-bedrock").cost(
             input_tokens=row.input_tokens, cached_tokens=row.cached_tokens, output_tokens=row.output_tokens) > 0
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_bedrock_prompt_cache_writes_and_reads_are_each_priced_at_their_own_price(clouds, stream):
+    sdk = clouds.client()
+    system = f"You answer questions about the {'streamed' if stream else 'plain'} weather. " * 30
+    marked = {"type": "text", "text": system, "cache_control": {"type": "ephemeral"}}
+    messages = [{"role": "system", "content": [marked]}, *_ask("Will it rain in Lima?")]
+    for _ in range(2):
+        if stream:
+            chunks = list(sdk.chat.completions.create(model="claude-bedrock", messages=messages, stream=True,
+                                                      stream_options={"include_usage": True}, extra_headers=NO_STORE))
+            assert chunks[-1].usage.prompt_tokens > 0
+        else:
+            sdk.chat.completions.create(model="claude-bedrock", messages=messages, extra_headers=NO_STORE)
+    first, second = request_logs(2, tenant=clouds.world.tenant_a, model_used="claude-bedrock")
+    # The first request wrote the system prompt to the prompt cache, the second read it back.
+    assert first.cache_write_tokens > 100 and first.cached_tokens == 0
+    assert second.cached_tokens == first.cache_write_tokens and second.cache_write_tokens == 0
+    assert first.input_tokens == second.input_tokens
+    price = clouds.price("claude-bedrock")
+    for row in (first, second):
+        assert row.cost == price.cost(input_tokens=row.input_tokens, cached_tokens=row.cached_tokens,
+                                      output_tokens=row.output_tokens, cache_write_tokens=row.cache_write_tokens)
+    # Writes cost 1.25 a million tokens, not the input price of 1.00.
+    assert first.cost - price.cost(input_tokens=first.input_tokens, cached_tokens=0,
+                                   output_tokens=first.output_tokens) == \
+        first.cache_write_tokens * Decimal("0.25") / 1_000_000
 
 
 @pytest.mark.parametrize("stream", [False, True])

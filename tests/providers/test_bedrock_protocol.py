@@ -10,7 +10,7 @@ import orjson
 
 from apps.providers.memory import MemoryTransport
 from apps.providers.protocols import chat_protocol, embeddings_path
-from apps.providers.protocols.bedrock import completion_from_bedrock, converse_request
+from apps.providers.protocols.bedrock import completion_from_bedrock, converse_request, usage_from_bedrock
 from apps.providers.sigv4 import region_of, signed_headers
 from apps.providers.transport import UpstreamClientError
 from apps.simulator.bedrock import frame
@@ -43,6 +43,19 @@ def test_it_translates_a_conversation_with_a_tool_loop():
     assert out["toolConfig"] == {"tools": [{"toolSpec": {"name": "weather", "inputSchema": {"json": {
         "type": "object"}}}}], "toolChoice": {"any": {}}}
     assert out["inferenceConfig"] == {"maxTokens": 100, "stopSequences": ["END"]}
+
+
+def test_a_cache_control_mark_becomes_a_cache_point_and_writes_are_reported_apart():
+    marked = {"type": "text", "text": "Long rules.", "cache_control": {"type": "ephemeral"}}
+    out = converse_request({"messages": [
+        {"role": "system", "content": [marked]},
+        {"role": "user", "content": [{"type": "text", "text": "Hi"}]}]})
+    assert out["system"] == [{"text": "Long rules."}, {"cachePoint": {"type": "default"}}]
+    assert out["messages"] == [{"role": "user", "content": [{"text": "Hi"}]}]
+    usage = usage_from_bedrock({"inputTokens": 10, "cacheReadInputTokens": 0, "cacheWriteInputTokens": 90,
+                                "outputTokens": 5})
+    assert usage["prompt_tokens"] == 100 and usage["cache_creation_input_tokens"] == 90
+    assert usage["prompt_tokens_details"] == {"cached_tokens": 0}
 
 
 def test_it_reads_an_answer_with_cache_reads_as_cached_tokens():

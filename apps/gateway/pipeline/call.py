@@ -151,10 +151,14 @@ class Call:
             self.output_tokens = usage.get("completion_tokens") or 0
             details = usage.get("prompt_tokens_details") or {}
             self.cached_tokens = details.get("cached_tokens") or 0 if isinstance(details, dict) else 0
+            # Prompt-cache writes, where a translated provider reports them (chat's form has no
+            # field: the gateway's own chat usage, and LiteLLM's, carry Anthropic's name for them).
+            written = usage.get("cache_creation_input_tokens")
+            self.cache_write_tokens = written if isinstance(written, int) and 0 < written <= self.input_tokens else 0
         else:
             self.input_tokens, self.output_tokens, self.cached_tokens = fallback_prompt, fallback_completion, 0
+            self.cache_write_tokens = 0
             self.tokens_estimated = True
-        self.cache_write_tokens = 0
         self._price()
 
     def set_usage_anthropic(self, usage: dict | None, *, fallback_prompt: int, fallback_completion: int) -> None:

@@ -9,7 +9,8 @@ parser.
     messages  system and developer -> system; user / assistant -> messages (turns of one role
               merged, as Converse requires them to alternate); text, images (data: URLs) ->
               text and image blocks; tool calls -> toolUse blocks, tool results -> toolResult
-              blocks in the next user turn
+              blocks in the next user turn; a text part marked ``cache_control`` (the prompt-cache
+              mark Anthropic reads) is followed by a ``cachePoint`` block
     tools     functions -> toolConfig.tools[].toolSpec (the JSON schema as inputSchema.json);
               tool_choice auto / required / a named function -> toolChoice auto / any / tool
     settings  max(_completion)_tokens, temperature, top_p, stop -> inferenceConfig
@@ -17,7 +18,8 @@ parser.
               end_turn / stop_sequence / tool_use / max_tokens / guardrail_intervened and
               content_filtered -> stop / stop / tool_calls / length / content_filter
     usage     inputTokens + cacheReadInputTokens + cacheWriteInputTokens -> prompt_tokens, the
-              reads as cached_tokens; outputTokens -> completion_tokens
+              reads as cached_tokens, the writes as cache_creation_input_tokens (priced at the
+              model's cache-write price); outputTokens -> completion_tokens
     stream    messageStart, contentBlockStart/Delta/Stop, messageStop (the finish_reason chunk),
               metadata (the usage chunk, then ``data: [DONE]``)
     errors    {"message"} with its type (``__type`` or the x-amzn-ErrorType header) -> OpenAI's
@@ -59,6 +61,8 @@ def _blocks(content) -> list[dict]:
             continue
         if part.get("type") == "text" and part.get("text"):
             blocks.append({"text": part["text"]})
+            if isinstance(part.get("cache_control"), dict):
+                blocks.append({"cachePoint": {"type": "default"}})
         elif part.get("type") == "image_url":
             image = part.get("image_url")
             url = image.get("url") if isinstance(image, dict) else image
@@ -148,10 +152,14 @@ def usage_from_bedrock(usage) -> dict | None:
     if not isinstance(usage, dict) or not isinstance(usage.get("inputTokens"), int):
         return None
     read = usage.get("cacheReadInputTokens") or 0
-    prompt = usage["inputTokens"] + read + (usage.get("cacheWriteInputTokens") or 0)
+    written = usage.get("cacheWriteInputTokens") or 0
+    prompt = usage["inputTokens"] + read + written
     completion = usage.get("outputTokens") or 0
-    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion,
-            "prompt_tokens_details": {"cached_tokens": read}}
+    out = {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion,
+           "prompt_tokens_details": {"cached_tokens": read}}
+    if written:
+        out["cache_creation_input_tokens"] = written  # chat's form has no field: the one chat_usage writes
+    return out
 
 
 def _tool_call(use: dict) -> dict:
