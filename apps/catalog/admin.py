@@ -95,6 +95,14 @@ class ModelInline(admin.TabularInline):
               "output_price_per_million", "cache_write_price_per_million", "is_free", "is_active")
 
 
+def _circuit_name(circuit: ProviderCircuit) -> str:
+    """The model, and the deployment's region when the circuit is one deployment's: "chat (eu-west)"."""
+    deployment = circuit.deployment
+    if deployment is None:
+        return circuit.model.name
+    return f"{circuit.model.name} ({deployment.region or f'deployment {deployment.pk}'})"
+
+
 @admin.register(Provider)
 class ProviderAdmin(admin.ModelAdmin):
     form = ProviderForm
@@ -125,7 +133,7 @@ class ProviderAdmin(admin.ModelAdmin):
                               messages.SUCCESS if result.ok else messages.ERROR)
 
     def get_queryset(self, request):
-        return super().get_queryset(request).prefetch_related("circuits__model")
+        return super().get_queryset(request).prefetch_related("circuits__model", "circuits__deployment")
 
     @admin.display(description="circuit")
     def circuit(self, provider: Provider) -> str:
@@ -133,7 +141,7 @@ class ProviderAdmin(admin.ModelAdmin):
         (out of the processes that reported a circuit for that model)."""
         by_model: dict[str, list[ProviderCircuit]] = {}
         for c in provider.circuits.all():
-            by_model.setdefault(c.model.name, []).append(c)
+            by_model.setdefault(_circuit_name(c), []).append(c)
         parts = []
         for name, circuits in sorted(by_model.items()):
             tripped = [c for c in circuits if c.state != ProviderCircuit.State.CLOSED]
@@ -150,7 +158,7 @@ class ProviderAdmin(admin.ModelAdmin):
             return "closed in every process (no transition reported)"
         rows = format_html_join(
             "", "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
-            ((c.model.name, c.process, c.get_state_display(), c.consecutive_failures, c.last_failure or "-",
+            ((_circuit_name(c), c.process, c.get_state_display(), c.consecutive_failures, c.last_failure or "-",
               c.retry_at or "-", c.changed_at) for c in circuits))
         return format_html(
             "<table><thead><tr><th>model</th><th>process</th><th>state</th><th>failures in a row</th>"

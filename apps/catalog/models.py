@@ -115,8 +115,8 @@ class ProviderCircuit(models.Model):
     """A gateway process's circuit breaker for one model of a provider, as that process last
     reported it.
 
-    Each process keeps its own breakers in memory (``apps.providers.breaker``), one per provider
-    and model, and writes a row here on every transition, so the admin shows which processes
+    Each process keeps its own breakers in memory (``apps.providers.breaker``), one per provider,
+    model and deployment, and writes a row here on every transition, so the admin shows which processes
     have stopped sending to which model. A process removes its rows when it shuts down.
     """
 
@@ -127,6 +127,8 @@ class ProviderCircuit(models.Model):
 
     provider = models.ForeignKey(Provider, on_delete=models.CASCADE, related_name="circuits")
     model = models.ForeignKey("Model", on_delete=models.CASCADE, related_name="circuits")
+    deployment = models.ForeignKey("Deployment", on_delete=models.CASCADE, related_name="circuits", null=True,
+                                   blank=True, help_text="The deployment of a pooled model; empty: the model's own")
     process = models.CharField(max_length=100, help_text="host:pid of the gateway process")
     state = models.CharField(max_length=10, choices=State.choices)
     consecutive_failures = models.PositiveIntegerField(default=0)
@@ -136,8 +138,8 @@ class ProviderCircuit(models.Model):
 
     class Meta:
         ordering = ["provider", "model__name", "process"]
-        constraints = [models.UniqueConstraint(fields=["provider", "model", "process"],
-                                               name="circuit_per_model_per_process")]
+        constraints = [models.UniqueConstraint(fields=["provider", "model", "deployment", "process"],
+                                               nulls_distinct=False, name="circuit_per_deployment_per_process")]
 
     def __str__(self) -> str:
         return f"{self.provider_id}/{self.model_id} @ {self.process}: {self.state}"

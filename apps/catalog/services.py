@@ -16,14 +16,19 @@ from apps.catalog.models import Model, Provider, ProviderCircuit
 
 
 def circuit_report(*, provider_id: int, model_id: int, process: str, state: str, consecutive_failures: int,
-                   last_failure: str, retry_at: datetime | None, changed_at: datetime) -> None:
-    """Record a process's circuit for a model of a provider (one deleted meanwhile is skipped)."""
+                   last_failure: str, retry_at: datetime | None, changed_at: datetime,
+                   deployment_id: int | None = None) -> None:
+    """Record a process's circuit for a model of a provider, or one of its deployments (one
+    deleted meanwhile is skipped)."""
     close_old_connections()
-    served = Q(provider_id=provider_id) | Q(deployments__provider_id=provider_id)  # its own, or a deployment's
+    if deployment_id is not None:
+        served = Q(deployments__pk=deployment_id, deployments__provider_id=provider_id)
+    else:
+        served = Q(provider_id=provider_id) | Q(deployments__provider_id=provider_id)  # its own, or a deployment's
     if not Model.objects.filter(served, pk=model_id).exists():
         return
     ProviderCircuit.objects.update_or_create(
-        provider_id=provider_id, model_id=model_id, process=process,
+        provider_id=provider_id, model_id=model_id, deployment_id=deployment_id, process=process,
         defaults={"state": state, "consecutive_failures": consecutive_failures, "last_failure": last_failure,
                   "retry_at": retry_at, "changed_at": changed_at},
     )

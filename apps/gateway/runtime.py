@@ -206,7 +206,8 @@ class Runtime:
         retry_at = None
         if circuit.state == OPEN:
             retry_at = datetime.now(UTC) + timedelta(seconds=max(circuit.retry_at - time.monotonic(), 0.0))
-        report = partial(circuit_report, provider_id=model.provider.id, model_id=model.id, process=self.process_name,
+        report = partial(circuit_report, provider_id=model.provider.id, model_id=model.id,
+                         deployment_id=getattr(model, "deployment_id", None), process=self.process_name,
                          state=circuit.state, consecutive_failures=circuit.failures,
                          last_failure=circuit.last_failure, retry_at=retry_at, changed_at=datetime.now(UTC))
         logger.warning("circuit for model %s of provider %s is now %s (%s)", model.name, model.provider.name,

@@ -5,9 +5,10 @@
     half-open ──(the probe answers)──> closed
     half-open ──(the probe fails)──> open for another cooldown
 
-A circuit is keyed by the provider and the model: a model that fails (overloaded, or broken by
-one tenant's requests) pauses only itself, never the provider's other models, nor other
-tenants' requests to them.
+A circuit is keyed by the provider, the model and the deployment: a model that fails
+(overloaded, or broken by one tenant's requests) pauses only itself, never the provider's other
+models, nor other tenants' requests to them; and one deployment of a pooled model (a region, a
+key) pauses only itself, never the model's other deployments on the same provider.
 
 A failure is what proves the provider down: a 5xx or a 408, a timeout, a refused or cut
 connection, a body that is not JSON or not server-sent events, and a stream that breaks after
@@ -44,8 +45,8 @@ class Circuit:
     last_failure: str = ""
 
 
-def _key(model) -> tuple[int, int]:
-    return model.provider.id, model.id
+def _key(model) -> tuple[int, int, int]:
+    return model.provider.id, model.id, getattr(model, "deployment_id", None) or 0
 
 
 class Breakers:
@@ -59,7 +60,7 @@ class Breakers:
         self.cooldown = cooldown
         self.on_change = on_change
         self._clock = clock
-        self._circuits: dict[tuple[int, int], Circuit] = {}
+        self._circuits: dict[tuple[int, int, int], Circuit] = {}
         self.reported = False  # a transition has happened (there are rows to forget at shutdown)
 
     def circuit(self, model) -> Circuit:
@@ -116,10 +117,17 @@ class Breakers:
         return circuit is not None and circuit.state == OPEN
 
     def tripped(self, snapshot) -> dict[tuple[str, str], bool]:
-        """(provider name, model name) -> whether its circuit is open or probing, for the models
-        of the snapshot seen so far."""
-        names = {_key(m): (m.provider.name, m.name) for m in snapshot.models.values()} if snapshot else {}
-        return {names[key]: c.state != CLOSED for key, c in self._circuits.items() if key in names}
+        """(provider name, model name) -> whether its circuit (or one of its deployments' on that
+        provider) is open or probing, for the models of the snapshot seen so far."""
+        names = {}
+        for m in snapshot.models.values() if snapshot else ():
+            for served in (m, *getattr(m, "deployments", ())):
+                names[_key(served)] = (served.provider.name, m.name)
+        tripped: dict[tuple[str, str], bool] = {}
+        for key, circuit in self._circuits.items():
+            if key in names:
+                tripped[names[key]] = tripped.get(names[key], False) or circuit.state != CLOSED
+        return tripped
 
     def retry_in(self, models) -> float:
         """Seconds until the first of ``models`` will admit a probe (0 if one admits now)."""

@@ -96,3 +96,31 @@ def test_it_never_opens_a_circuit_on_the_providers_4xx(faults, stream):
     assert answered.headers["x-switchyard-model"] == "lonely"
     assert not ProviderCircuit.objects.exists(), "no circuit ever left the closed state"
     assert 'switchyard_circuit_open{provider="flaky"} 1.0' not in _metrics(faults)
+
+
+def test_each_deployment_of_a_model_on_one_provider_has_its_own_circuit(faults):
+    """``twin`` is served by two deployments on the same provider (two regions, two upstream ids).
+    One fails every request: its circuit opens and it is asked no more, while the other keeps
+    answering everything, and its successes do not reset the failing one's circuit."""
+    from apps.catalog.models import Deployment, Model, ProviderCircuit
+
+    world = faults.world
+    flaky = faults.providers["flaky"]
+    twin = Model.objects.create(name="twin", upstream_id="twin", provider=flaky, max_output_tokens=4096,
+                                input_price_per_million="1", output_price_per_million="2")
+    down = Deployment.objects.create(model=twin, provider=flaky, upstream_id="twin-down", region="down")
+    Deployment.objects.create(model=twin, provider=flaky, upstream_id="twin-up", region="up")
+    assert wait_until(lambda: _post(faults, "twin", key=world.key_a, prompt="ping").status_code == 200)
+    world.simulator.reset()
+    world.simulator.fault(model="twin-down", mode="status", status=500, count=-1)
+
+    answers = [_post(faults, "twin", key=world.key_a, prompt=f"twin {n}") for n in range(20)]
+    assert [a.status_code for a in answers] == [200] * 20
+    reached = world.simulator.stats()["by_model"]
+    assert reached.get("twin-up") == 20
+    # Three failures in a row open its circuit (two attempts a request, retries=1): at most two
+    # requests ever tried it; a shared circuit, reset by the other deployment's answers, never opens.
+    assert 3 <= reached.get("twin-down", 0) <= 4
+    circuit = wait_until(lambda: ProviderCircuit.objects.filter(state="open").first())
+    assert circuit is not None and (circuit.model.name, circuit.deployment_id) == ("twin", down.pk)
+    assert not ProviderCircuit.objects.exclude(deployment=down).filter(state="open").exists()
