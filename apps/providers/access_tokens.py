@@ -22,7 +22,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import functools
-import hashlib
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -32,6 +32,8 @@ import orjson
 
 if TYPE_CHECKING:
     from apps.providers.transport import ProviderConfig
+
+logger = logging.getLogger(__name__)
 
 SCOPE = "https://www.googleapis.com/auth/cloud-platform"
 RENEW_AT_MOST = 300.0  # seconds before expiry a background renewal starts, at most
@@ -77,8 +79,8 @@ def _fetch(info: dict, timeout: float) -> tuple[str, float]:
 
 @dataclass(slots=True)
 class _Entry:
-    fingerprint: str  # of the credential it was made from: a changed key starts afresh
-    info: dict
+    credential: str = field(repr=False)  # the key it was made from: a changed key starts afresh
+    info: dict = field(repr=False)
     token: str = ""
     renew_at: float = 0.0
     use_by: float = 0.0
@@ -115,14 +117,13 @@ class AccessTokens:
             entry.token, entry.renew_at, entry.use_by = "", 0.0, 0.0
 
     def _entry(self, provider: ProviderConfig) -> _Entry:
-        fingerprint = hashlib.blake2b(provider.credential.encode(), digest_size=16).hexdigest()
         entry = self._entries.get(provider.id)
-        if entry is None or entry.fingerprint != fingerprint:
+        if entry is None or entry.credential != provider.credential:  # the same string object: no compare
             try:
                 info = key_parse(provider.credential)
             except ValueError as exc:
                 raise TokenRefused(f"the credential is not a service-account key: {exc}") from None
-            entry = self._entries[provider.id] = _Entry(fingerprint, info)
+            entry = self._entries[provider.id] = _Entry(provider.credential, info)
         return entry
 
     def _refresh(self, entry: _Entry, seconds: float) -> asyncio.Task:
@@ -136,7 +137,8 @@ class AccessTokens:
         self.fetches += 1
         try:
             token, lifetime = await asyncio.to_thread(self._fetch, entry.info, seconds)
-        except BaseException:
+        except BaseException as exc:
+            logger.warning("no access token for %s: %s", entry.info.get("client_email"), exc)
             if entry.token:  # a renewal failed: the next try waits a second, while the token lasts
                 entry.renew_at = min(self._clock() + RETRY_AFTER, entry.use_by)
             raise

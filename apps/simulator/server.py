@@ -255,8 +255,8 @@ class Simulator:
         s.per_minute = {}
         s.rate_limited = {}
         s.max_in_flight = s.in_flight
-        for vertex in (s.service_accounts, s.access_tokens, s.token_grants, s.token_refused, s.tokens_used):
-            vertex.clear()
+        s.service_accounts.clear()
+        s.access_tokens.clear()
         self.batches.reset()
         return web.json_response({"reset": True}, headers=HEADERS)
 

@@ -22,8 +22,10 @@ Control (tests register the accounts whose keys they generate)
                                  "expires_in": seconds the tokens last (3600),
                                  "grant_delay_ms": how long a grant takes (0)}
     GET  /_sim/vertex/accounts/{client_email}
-                                {"grants", "refused" (401s at the Vertex URLs), "tokens_used"
-                                 (distinct tokens its accepted requests came with)}
+                                {"grants", "renewed_early" (grants made while the account's
+                                 last token was still live), "refused" (401s at the Vertex
+                                 URLs), "tokens_used" (distinct tokens its accepted requests
+                                 came with)}
 
 ``POST /_sim/reset`` forgets the accounts, their tokens and counters.
 """
@@ -79,7 +81,8 @@ class VertexAPI:
             if not isinstance(key, rsa.RSAPublicKey):
                 raise TypeError("not an RSA key")
             account = {"public_key": key, "project_id": str(body["project_id"]),
-                       "expires_in": body.get("expires_in", 3600), "grant_delay_ms": body.get("grant_delay_ms", 0)}
+                       "expires_in": body.get("expires_in", 3600), "grant_delay_ms": body.get("grant_delay_ms", 0),
+                       "grants": 0, "renewed_early": 0, "refused": 0, "tokens_used": set(), "live_until": 0.0}
             email = str(body["client_email"])
         except (ValueError, KeyError, TypeError, AttributeError) as exc:
             return web.json_response({"error": f"bad account: {exc}"}, status=400, headers=HEADERS)
@@ -88,11 +91,12 @@ class VertexAPI:
 
     async def account_get(self, request: web.Request) -> web.Response:
         """``GET /_sim/vertex/accounts/{email}``."""
-        state = self.simulator.state
-        email = request.match_info["email"]
-        return web.json_response({"grants": state.token_grants.get(email, 0),
-                                  "refused": state.token_refused.get(email, 0),
-                                  "tokens_used": len(state.tokens_used.get(email, ()))}, headers=HEADERS)
+        account = self.simulator.state.service_accounts.get(request.match_info["email"])
+        if account is None:
+            return web.json_response({"error": "no such account"}, status=404, headers=HEADERS)
+        return web.json_response({"grants": account["grants"], "renewed_early": account["renewed_early"],
+                                  "refused": account["refused"], "tokens_used": len(account["tokens_used"])},
+                                 headers=HEADERS)
 
     async def token(self, request: web.Request) -> web.Response:
         """``POST /token``: a JWT bearer grant."""
@@ -130,8 +134,12 @@ class VertexAPI:
         if account["grant_delay_ms"]:
             await asyncio.sleep(account["grant_delay_ms"] / 1000)
         token = "ya29.sim-" + secrets.token_urlsafe(24)
-        state.access_tokens[token] = (email, time.monotonic() + account["expires_in"])
-        state.token_grants[email] = state.token_grants.get(email, 0) + 1
+        granted_at = time.monotonic()
+        if granted_at < account["live_until"]:
+            account["renewed_early"] += 1  # the account's last token had time left
+        account["live_until"] = granted_at + account["expires_in"]
+        state.access_tokens[token] = (email, account["live_until"])
+        account["grants"] += 1
         granted = {"access_token": token, "expires_in": account["expires_in"], "token_type": "Bearer"}  # nosec B105
         return web.json_response(granted, headers=HEADERS)
 
@@ -142,13 +150,13 @@ class VertexAPI:
         granted = state.access_tokens.get(token)
         if granted is None or time.monotonic() >= granted[1]:
             if granted is not None:
-                state.token_refused[granted[0]] = state.token_refused.get(granted[0], 0) + 1
+                state.service_accounts[granted[0]]["refused"] += 1
             return google_error(401, "Request had invalid authentication credentials. Expected OAuth 2 access "
                                      "token, login cookie or other valid authentication credential.")
-        email = granted[0]
-        if request.match_info["project"] != state.service_accounts[email]["project_id"]:
+        account = state.service_accounts[granted[0]]
+        if request.match_info["project"] != account["project_id"]:
             return google_error(403, f"Permission denied on resource project {request.match_info['project']}.")
-        state.tokens_used.setdefault(email, set()).add(token)
+        account["tokens_used"].add(token)
         return None
 
     async def generate(self, request: web.Request) -> web.StreamResponse:

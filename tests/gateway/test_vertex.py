@@ -10,6 +10,7 @@ import json
 from concurrent.futures import ThreadPoolExecutor
 from decimal import Decimal
 
+import anthropic
 import httpx
 import openai
 import pytest
@@ -24,6 +25,7 @@ WEATHER = {"type": "function", "function": {
 SYSTEM = "You are a careful assistant who answers in plain words for the switchyard tests."
 UPSTREAM = "gemini-sim-vertex"
 WORDS = 12  # the test simulator's answer length
+ONE_TOKEN = {"grants": 1, "renewed_early": 0, "refused": 0, "tokens_used": 1}  # an account's simulator stats
 
 
 class Vertex:
@@ -99,7 +101,7 @@ def test_it_answers_with_cached_and_reasoning_tokens_priced_exactly(vertex):
     assert rows[1].cost == (Decimal(second.usage.prompt_tokens - cached) * Decimal("1.00")
                             + Decimal(cached) * Decimal("0.25")
                             + Decimal(second.usage.completion_tokens) * Decimal("4.00")) / Decimal(1_000_000)
-    assert service_account_stats(vertex.world.simulator, vertex.key) == {"grants": 1, "refused": 0, "tokens_used": 1}
+    assert service_account_stats(vertex.world.simulator, vertex.key) == ONE_TOKEN
 
 
 def test_it_streams_as_openai_chunks_with_usage(vertex):
@@ -250,8 +252,9 @@ def test_the_token_is_renewed_before_it_expires_and_no_request_fails(vertex):
     for _ in range(3):  # sent with the new token
         renewed()
     assert set(answered) == {"stop"}
+    # The second grant came while the first token was live, and no request was sent with a dead one.
     stats = service_account_stats(world.simulator, key)
-    assert stats == {"grants": 2, "refused": 0, "tokens_used": 2}
+    assert stats == {"grants": 2, "renewed_early": 1, "refused": 0, "tokens_used": 2}
 
 
 def test_concurrent_requests_share_one_token_grant(vertex):
@@ -264,7 +267,25 @@ def test_concurrent_requests_share_one_token_grant(vertex):
         answers = list(pool.map(lambda n: sdk.chat.completions.create(
             model="vtx-slow-grant", messages=_ask(f"Concurrent {n}"), extra_headers=NO_STORE), range(8)))
     assert all(a.choices[0].finish_reason == "stop" for a in answers)
-    assert service_account_stats(world.simulator, key) == {"grants": 1, "refused": 0, "tokens_used": 1}
+    assert service_account_stats(world.simulator, key) == ONE_TOKEN
+
+
+def test_the_messages_and_responses_doors_reach_vertex(vertex):
+    world = vertex.world
+    claude = anthropic.Anthropic(base_url=world.gateway.base, api_key=world.key_a, max_retries=0)
+    message = claude.messages.create(model="vtx", max_tokens=200, messages=_ask("Hello from Messages"),
+                                     extra_headers=NO_STORE)
+    assert message.content[0].text and message.stop_reason == "end_turn"
+    with claude.messages.stream(model="vtx", max_tokens=200, messages=_ask("Hello from Messages"),
+                                extra_headers=NO_STORE) as stream:
+        assert "".join(stream.text_stream) == message.content[0].text
+    response = vertex.client().responses.create(model="vtx", input="Hello from Responses", extra_headers=NO_STORE)
+    assert response.output_text and response.status == "completed"
+    events = list(vertex.client().responses.create(model="vtx", input="Hello from Responses", stream=True,
+                                                   extra_headers=NO_STORE))
+    assert events[-1].type == "response.completed" and events[-1].response.output_text == response.output_text
+    assert world.simulator.stats()["by_model"] == {UPSTREAM: 4}
+    assert service_account_stats(world.simulator, vertex.key)["grants"] == 1
 
 
 def test_tenant_b_sees_nothing_of_tenant_as_vertex_requests(vertex):
