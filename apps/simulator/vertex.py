@@ -26,6 +26,9 @@ Control (tests register the accounts whose keys they generate)
                                  last token was still live), "refused" (401s at the Vertex
                                  URLs), "tokens_used" (distinct tokens its accepted requests
                                  came with)}
+    POST /_sim/vertex/accounts/{client_email}/revoke
+                                its tokens revoked: requests with them are 401 (counted as
+                                "refused")
 
 ``POST /_sim/reset`` forgets the accounts, their tokens and counters.
 """
@@ -97,6 +100,15 @@ class VertexAPI:
         return web.json_response({"grants": account["grants"], "renewed_early": account["renewed_early"],
                                   "refused": account["refused"], "tokens_used": len(account["tokens_used"])},
                                  headers=HEADERS)
+
+    async def account_revoke(self, request: web.Request) -> web.Response:
+        """``POST /_sim/vertex/accounts/{email}/revoke``."""
+        state = self.simulator.state
+        email = request.match_info["email"]
+        revoked = [token for token, (owner, _) in state.access_tokens.items() if owner == email]
+        for token in revoked:
+            state.access_tokens[token] = (email, 0.0)  # known, so a request with it counts as refused
+        return web.json_response({"revoked": len(revoked)}, headers=HEADERS)
 
     async def token(self, request: web.Request) -> web.Response:
         """``POST /token``: a JWT bearer grant."""
@@ -171,3 +183,4 @@ def vertex_routes(app: web.Application, simulator: Simulator) -> None:
     app.router.add_post("/v1/projects/{project}/locations/{location}/publishers/google/models/{target}", api.generate)
     app.router.add_post("/_sim/vertex/accounts", api.account_add)
     app.router.add_get("/_sim/vertex/accounts/{email}", api.account_get)
+    app.router.add_post("/_sim/vertex/accounts/{email}/revoke", api.account_revoke)

@@ -257,6 +257,21 @@ def test_the_token_is_renewed_before_it_expires_and_no_request_fails(vertex):
     assert stats == {"grants": 2, "renewed_early": 1, "refused": 0, "tokens_used": 2}
 
 
+def test_a_revoked_token_is_dropped_and_the_retry_gets_another(vertex):
+    world = vertex.world
+    sdk = vertex.client()
+    assert sdk.chat.completions.create(model="vtx", messages=_ask("Before"), extra_headers=NO_STORE).choices
+    status, revoked = http_json("POST", f"{world.simulator.base}/_sim/vertex/accounts/{vertex.key['client_email']}"
+                                        "/revoke")
+    assert (status, revoked) == (200, {"revoked": 1})
+    answer = sdk.chat.completions.create(model="vtx", messages=_ask("After"), extra_headers=NO_STORE)
+    assert answer.choices[0].finish_reason == "stop"
+    assert service_account_stats(world.simulator, vertex.key) == {"grants": 2, "renewed_early": 1, "refused": 1,
+                                                                  "tokens_used": 2}
+    (row,) = request_logs(1, tenant=world.tenant_a, status_code=200, upstream_failures__contains="401")
+    assert "refused credentials (401)" in row.upstream_failures
+
+
 def test_concurrent_requests_share_one_token_grant(vertex):
     world = vertex.world
     key = service_account(world.simulator, grant_delay_ms=300)  # every request arrives while it is granted

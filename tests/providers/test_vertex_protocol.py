@@ -119,3 +119,6 @@ async def test_a_key_the_token_endpoint_does_not_know_is_refused(simulator):
     forged = {**service_account(simulator), "private_key": unknown["private_key"]}  # a known account, another key
     with pytest.raises(TokenRefused, match="Invalid JWT Signature"):
         await AccessTokens().token(_provider(forged))
+    unreachable = {**service_account(simulator), "token_uri": "http://127.0.0.1:9/token"}
+    with pytest.raises(TokenRefused, match="TransportError"):
+        await AccessTokens().token(_provider(unreachable))
