@@ -158,3 +158,34 @@ def database_url_for_tests() -> str:
     if host.startswith("/"):
         return f"postgresql://{auth}@/{params['NAME']}?host={host}"
     return f"postgresql://{auth}@{host}:{params['PORT'] or 5432}/{params['NAME']}"
+
+
+def service_account(simulator: Simulator, *, project: str = "sim-project", expires_in: float = 3600,
+                    grant_delay_ms: float = 0, registered: bool = True) -> dict:
+    """A Google service-account JSON key made now (an RSA key pair generated for the test), its
+    ``token_uri`` the simulator's, its public key registered there (unless ``registered`` is
+    False: the simulator then refuses its grants)."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    private = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    email = f"switchyard-{random.getrandbits(40):010x}@{project}.iam.gserviceaccount.com"
+    key = {
+        "type": "service_account", "project_id": project, "private_key_id": f"{random.getrandbits(64):016x}",
+        "private_key": private.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                             serialization.NoEncryption()).decode(),
+        "client_email": email, "client_id": str(random.getrandbits(60)), "token_uri": simulator.base + "/token",
+    }
+    if registered:
+        public = private.public_key().public_bytes(serialization.Encoding.PEM,
+                                                   serialization.PublicFormat.SubjectPublicKeyInfo).decode()
+        status, body = http_json("POST", simulator.base + "/_sim/vertex/accounts", {
+            "client_email": email, "public_key": public, "project_id": project, "expires_in": expires_in,
+            "grant_delay_ms": grant_delay_ms})
+        assert status == 200, body
+    return key
+
+
+def service_account_stats(simulator: Simulator, key: dict) -> dict:
+    """The simulator's counts for a key's account: grants, 401s refused, distinct tokens used."""
+    return http_json("GET", simulator.base + "/_sim/vertex/accounts/" + key["client_email"])[1]

@@ -17,7 +17,8 @@ from apps.usage.models import RequestLog
 
 _CREDENTIAL_MEANING = ("OpenAI-compatible: the API key (Authorization: Bearer). Anthropic: the API key "
                        "(x-api-key). Azure OpenAI: the resource's key (api-key). Google Gemini: the API key "
-                       "(x-goog-api-key). Amazon Bedrock: ACCESS_KEY_ID:SECRET_ACCESS_KEY[:SESSION_TOKEN] (AWS SigV4).")
+                       "(x-goog-api-key). Vertex AI: the service account's JSON key (exchanged for OAuth access "
+                       "tokens). Amazon Bedrock: ACCESS_KEY_ID:SECRET_ACCESS_KEY[:SESSION_TOKEN] (AWS SigV4).")
 
 
 class ProviderForm(forms.ModelForm):
@@ -33,8 +34,8 @@ class ProviderForm(forms.ModelForm):
 
     class Meta:
         model = Provider
-        fields = ("name", "kind", "base_url", "api_version", "responses_api", "credential", "clear_credential",
-                  "timeout_seconds", "max_concurrency", "batch_api", "is_active")
+        fields = ("name", "kind", "base_url", "api_version", "project", "location", "responses_api", "credential",
+                  "clear_credential", "timeout_seconds", "max_concurrency", "batch_api", "is_active")
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
@@ -118,8 +119,8 @@ class ProviderAdmin(admin.ModelAdmin):
         # One credential field: a new provider has nothing to keep or clear.
         credential = ("credential", "clear_credential") if obj is not None and obj.credential else ("credential",)
         return (
-            (None, {"fields": ("name", "kind", "base_url", "api_version", "responses_api", "timeout_seconds",
-                               "max_concurrency", "batch_api", "is_active")}),
+            (None, {"fields": ("name", "kind", "base_url", "api_version", "project", "location", "responses_api",
+                               "timeout_seconds", "max_concurrency", "batch_api", "is_active")}),
             ("Credential", {"fields": credential}),
             *((("Circuit breakers", {"fields": ("circuits_table",)}),
                ("Audit", {"fields": ("created_at", "updated_at")})) if obj is not None else ()),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 from decimal import Decimal
 from urllib.parse import urlsplit
@@ -35,10 +36,13 @@ _BASE_URL_HELP = (
     "Anthropic: https://api.anthropic.com/v1. "
     "Azure OpenAI: the resource's endpoint, with no path (https://RESOURCE.openai.azure.com). "
     "Google Gemini: https://generativelanguage.googleapis.com/v1beta. "
+    "Vertex AI: the location's endpoint, with no path (https://us-central1-aiplatform.googleapis.com; "
+    "https://aiplatform.googleapis.com for the global location). "
     "Amazon Bedrock: https://bedrock-runtime.REGION.amazonaws.com (the region is signed for).")
 _CREDENTIAL_HELP = (
     "Encrypted at rest. OpenAI-compatible: the API key, sent as Authorization: Bearer. Anthropic: the API key "
     "(x-api-key). Azure OpenAI: the resource's key (api-key). Google Gemini: the API key (x-goog-api-key). "
+    "Vertex AI: the service account's JSON key, exchanged for OAuth access tokens. "
     "Amazon Bedrock: ACCESS_KEY_ID:SECRET_ACCESS_KEY (or ...:SESSION_TOKEN), requests signed with AWS SigV4.")
 _API_VERSION_HELP = (
     "Azure OpenAI only. Empty or v1: Azure's v1 API ({base}/openai/v1/chat/completions, the model's upstream id "
@@ -46,7 +50,10 @@ _API_VERSION_HELP = (
     "{base}/openai/deployments/{upstream id}/chat/completions?api-version=2024-10-21 (the model's upstream id "
     "is its deployment's name).")
 # Kinds whose base URL is the host alone: the protocol adds the whole path.
-_HOST_ONLY_KINDS = ("azure", "bedrock")
+_HOST_ONLY_KINDS = ("azure", "bedrock", "vertex")
+_PROJECT_HELP = "Vertex AI only: the Google Cloud project. Empty: the service-account key's project_id."
+_LOCATION_HELP = "Vertex AI only: the location (region) of the endpoint, such as us-central1 or global."
+_GOOGLE_NAME = re.compile(r"[a-z0-9][a-z0-9-]{0,62}")
 
 
 class Provider(models.Model):
@@ -55,7 +62,8 @@ class Provider(models.Model):
     ``openai`` and ``simulated`` providers take ``/chat/completions``; ``anthropic`` ones take
     ``/messages`` (Anthropic's Messages API, with ``x-api-key``), and serve only
     ``/v1/messages`` requests, which reach them byte for byte. ``azure`` (Azure OpenAI) and
-    ``gemini`` (Google's Gemini API) and ``bedrock`` (Amazon Bedrock's Converse API, signed with
+    ``gemini`` (Google's Gemini API), ``vertex`` (Gemini models on Vertex AI, with a
+    service account's OAuth tokens) and ``bedrock`` (Amazon Bedrock's Converse API, signed with
     AWS SigV4) take the chat form through their own protocols
     (``apps.providers.protocols``), from every door.
     """
@@ -65,6 +73,7 @@ class Provider(models.Model):
         ANTHROPIC = "anthropic", "Anthropic Messages API"
         AZURE = "azure", "Azure OpenAI"
         GEMINI = "gemini", "Google Gemini API"
+        VERTEX = "vertex", "Google Vertex AI (Gemini models)"
         BEDROCK = "bedrock", "Amazon Bedrock (Converse API)"
         SIMULATED = "simulated", "Simulated (built in)"
 
@@ -73,6 +82,8 @@ class Provider(models.Model):
     base_url = models.URLField(max_length=500, help_text=_BASE_URL_HELP)
     credential = EncryptedTextField(blank=True, default="", help_text=_CREDENTIAL_HELP)
     api_version = models.CharField(max_length=40, blank=True, default="", help_text=_API_VERSION_HELP)
+    project = models.CharField(max_length=63, blank=True, default="", help_text=_PROJECT_HELP)
+    location = models.CharField(max_length=63, blank=True, default="", help_text=_LOCATION_HELP)
     responses_api = models.BooleanField(
         default=False, verbose_name="serves the Responses API",
         help_text="OpenAI-compatible only: the provider serves OpenAI's /responses itself, so /v1/responses "
@@ -101,14 +112,46 @@ class Provider(models.Model):
         if self.responses_api and self.kind not in (self.Kind.OPENAI, self.Kind.SIMULATED):
             errors["responses_api"] = "Only an OpenAI-compatible (or simulated) provider serves the Responses API here."
         if self.kind in _HOST_ONLY_KINDS and self.base_url and urlsplit(self.base_url).path.strip("/"):
-            errors["base_url"] = ("An Azure OpenAI or Amazon Bedrock base URL is the endpoint with no path, such as "
-                                  "https://RESOURCE.openai.azure.com or https://bedrock-runtime.REGION.amazonaws.com")
+            errors["base_url"] = ("An Azure OpenAI, Vertex AI or Amazon Bedrock base URL is the endpoint with no "
+                                  "path, such as https://RESOURCE.openai.azure.com, "
+                                  "https://LOCATION-aiplatform.googleapis.com or "
+                                  "https://bedrock-runtime.REGION.amazonaws.com")
         if self.batch_api and self.kind not in (self.Kind.OPENAI, self.Kind.SIMULATED):
             errors["batch_api"] = "Only OpenAI-compatible and simulated providers serve OpenAI's Batch API."
         if self.kind == self.Kind.BEDROCK and self.credential and self.credential.count(":") not in (1, 2):
             errors["credential"] = "A Bedrock credential is ACCESS_KEY_ID:SECRET_ACCESS_KEY, or ...:SESSION_TOKEN."
+        errors |= self._vertex_errors()
         if errors:
             raise ValidationError(errors)
+
+    def _vertex_errors(self) -> dict[str, str]:
+        """What a Vertex AI provider lacks (its location, its project, a service-account key),
+        or another kind has that only Vertex takes."""
+        errors = {}
+        if self.kind != self.Kind.VERTEX:
+            for name in ("project", "location"):
+                if getattr(self, name):
+                    errors[name] = "Only Vertex AI providers take a project and a location; leave it empty."
+            return errors
+        for name in ("project", "location"):
+            if getattr(self, name) and not _GOOGLE_NAME.fullmatch(getattr(self, name)):
+                errors[name] = "Lower-case letters, digits and hyphens (such as my-project or us-central1)."
+        if not self.location:
+            errors["location"] = "A Vertex AI provider needs its location, such as us-central1 or global."
+        key: dict = {}
+        if self.credential:
+            try:
+                key = json.loads(self.credential)
+            except ValueError:
+                key = None
+            if not isinstance(key, dict) or key.get("type") != "service_account" or not all(
+                    isinstance(key.get(name), str) for name in ("client_email", "private_key", "token_uri")):
+                errors["credential"] = ('A Vertex AI credential is a service account\'s JSON key ("type": '
+                                        '"service_account", with client_email, private_key and token_uri).')
+                key = {}
+        if not self.project and not key.get("project_id") and "credential" not in errors:
+            errors["project"] = "Name the project: the service-account key gives none."
+        return errors
 
 
 class ProviderCircuit(models.Model):

@@ -3,6 +3,8 @@ checks of a provider and of what uses a model."""
 
 from __future__ import annotations
 
+import functools
+import json
 import time
 from dataclasses import dataclass
 from datetime import datetime
@@ -67,8 +69,31 @@ def _check_request(provider: Provider) -> tuple[str, dict[str, str], str]:
     return base + "/models", headers, "data"
 
 
+def _vertex_check(provider: Provider, timeout: float) -> ProviderCheck:
+    """A Vertex AI provider's key exchanged for an access token at its ``token_uri``."""
+    # google-auth is imported here: only an admin checking a Vertex provider pays for loading it.
+    import google.auth.exceptions
+    from google.auth.transport.requests import Request
+    from google.oauth2 import service_account
+
+    started = time.perf_counter()
+    try:
+        key = json.loads(provider.credential)
+        credentials = service_account.Credentials.from_service_account_info(
+            key, scopes=["https://www.googleapis.com/auth/cloud-platform"])
+        credentials.refresh(functools.partial(Request(), timeout=min(timeout, float(provider.timeout_seconds))))
+    except (google.auth.exceptions.GoogleAuthError, ValueError, TypeError, AttributeError) as exc:
+        return ProviderCheck(False, f"no access token from the service-account key: {type(exc).__name__} "
+                                    f"{str(exc)[:200]}".strip())
+    elapsed = (time.perf_counter() - started) * 1000
+    return ProviderCheck(True, f"{key['token_uri']} granted an access token in {elapsed:.0f} ms.")
+
+
 def provider_check(provider: Provider, *, timeout: float = 5.0) -> ProviderCheck:
-    """List the provider's models with its own credential: is it reachable, and does it take the key?"""
+    """List the provider's models with its own credential: is it reachable, and does it take the key?
+    (Vertex AI: does the key's token endpoint grant it an access token?)"""
+    if provider.kind == Provider.Kind.VERTEX:
+        return _vertex_check(provider, timeout)
     url, headers, listing = _check_request(provider)
     started = time.perf_counter()
     try:

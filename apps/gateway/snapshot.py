@@ -14,6 +14,7 @@ from dataclasses import dataclass, field, replace
 from decimal import Decimal
 from functools import cached_property
 
+import orjson
 from django.db.models import Prefetch
 
 from apps.catalog.models import Deployment, Model, ModelPrice, Provider
@@ -33,6 +34,8 @@ class ProviderInfo:
     timeout: float
     max_concurrency: int
     api_version: str = ""  # Azure OpenAI's api-version ("" or "v1": the v1 API)
+    project: str = ""  # Vertex AI's project (the provider's, else its key's project_id)
+    location: str = ""  # Vertex AI's location
     batch_api: bool = False  # batch jobs go through its Batch API (apps.gateway.upstream_batches)
     responses_api: bool = False  # serves OpenAI's /responses: /v1/responses requests pass through
 
@@ -199,6 +202,18 @@ def _phrases_pattern(phrases: list[str]) -> re.Pattern | None:
     return re.compile(rf"\b(?:{alternatives})\b")
 
 
+def _key_project(provider: Provider) -> str:
+    """The ``project_id`` of a Vertex AI provider's service-account key ("" for any other kind)."""
+    if provider.kind != Provider.Kind.VERTEX:
+        return ""
+    try:
+        key = orjson.loads(provider.credential)
+    except orjson.JSONDecodeError:
+        return ""
+    project = key.get("project_id") if isinstance(key, dict) else None
+    return project if isinstance(project, str) else ""
+
+
 def snapshot_load() -> Snapshot:
     """Read the active catalog, rules and classifier phrases (sync; call from a thread)."""
     models: dict[str, ModelInfo] = {}
@@ -213,6 +228,7 @@ def snapshot_load() -> Snapshot:
             info = providers[p.pk] = ProviderInfo(
                 id=p.pk, name=p.name, kind=p.kind, base_url=p.base_url.rstrip("/"), credential=p.credential,
                 timeout=p.timeout_seconds, max_concurrency=p.max_concurrency, api_version=p.api_version,
+                project=p.project or _key_project(p), location=p.location,
                 batch_api=p.batch_api,
                 responses_api=p.responses_api,
             )

@@ -36,6 +36,7 @@ import orjson
 from django.conf import settings
 
 from apps.core.errors import RateLimited, UpstreamError, UpstreamTimeout, UpstreamUnavailable
+from apps.providers.access_tokens import AccessTokens, TokenRefused
 from apps.providers.breaker import Breakers
 from apps.providers.http1 import Http1Pool, Http1Response
 from apps.providers.pools import Pools
@@ -118,7 +119,7 @@ class ProviderConfig(Protocol):
 
     id: int
     name: str
-    kind: str  # "openai" (OpenAI-compatible), "anthropic", "azure", "gemini" or "simulated"
+    kind: str  # "openai" (OpenAI-compatible), "anthropic", "azure", "gemini", "vertex", "bedrock" or "simulated"
     base_url: str
     credential: str
     api_version: str  # Azure OpenAI's api-version ("" elsewhere)
@@ -181,6 +182,7 @@ class HttpTransport:
         self.in_flight = 0  # upstream calls holding a concurrency slot (JSON or open streams)
         # Deployment pools: told of each call to a deployment (its time, its rate-limit headers).
         self.pools: Pools | None = None
+        self.tokens = AccessTokens()  # OAuth access tokens of the kinds in TOKEN_KINDS
 
     def http1(self, provider: ProviderConfig) -> Http1Pool:
         """The keep-alive connections to this provider (JSON calls and streams go through them)."""
@@ -219,13 +221,14 @@ class HttpTransport:
                 response = None
                 try:
                     async with asyncio.timeout(provider.timeout):
+                        sent = await self._headers(provider, headers, path, body)
                         response = await self.http1(provider).post(
-                            path, body, _headers(provider, headers, path, body),
+                            path, body, sent,
                             connect_timeout=min(provider.timeout, 10.0), first_byte_timeout=None, read_timeout=None)
                         if pools is not None:
                             pools.headers_seen(model, response.headers)
                         if response.status != 200:
-                            await _classify_status(response, model)
+                            await self._classify_status(response, model, sent)
                         raw = await response.read()
                 except TimeoutError as exc:
                     raise UpstreamFailure("timeout", timeout=True) from exc
@@ -267,14 +270,16 @@ class HttpTransport:
             await limit.acquire()
             acquired = True
             self.in_flight += 1
+            async with asyncio.timeout(provider.timeout):
+                sent = await self._headers(provider, headers, path, body)
             response = await self.http1(provider).post(
-                path, body, _headers(provider, headers, path, body), connect_timeout=min(provider.timeout, 10.0),
+                path, body, sent, connect_timeout=min(provider.timeout, 10.0),
                 first_byte_timeout=provider.timeout,
                 read_timeout=min(provider.timeout, settings.UPSTREAM_STREAM_IDLE_TIMEOUT))
             if pools is not None:
                 pools.headers_seen(model, response.headers)
             if response.status != 200:
-                await _classify_status(response, model)
+                await self._classify_status(response, model, sent)
             first = await response.content.readany(provider.timeout)
             if not first:
                 raise UpstreamFailure("stream closed before its first byte")
@@ -298,6 +303,25 @@ class HttpTransport:
                 raise UpstreamFailure(f"connection: {type(exc).__name__}") from exc
             raise
 
+    async def _headers(self, provider: ProviderConfig, extra: dict[str, str] | None, path: str,
+                       body: bytes) -> dict[str, str]:
+        """The request's headers; a kind in ``TOKEN_KINDS`` gets its provider's current access
+        token (fetched only when it has none, or none fresh enough)."""
+        headers = _headers(provider, extra, path, body)
+        if provider.kind in TOKEN_KINDS:
+            try:
+                token = await self.tokens.token(provider)
+            except TokenRefused as exc:
+                raise UpstreamFailure(f"provider refused credentials (access token: {exc})", status=401) from exc
+            headers["Authorization"] = f"Bearer {token}"
+        return headers
+
+    async def _classify_status(self, response: Http1Response, model: ModelRoute, sent: dict[str, str]) -> None:
+        if response.status == 401 and model.provider.kind in TOKEN_KINDS:
+            # The token was refused (revoked, or expired early): the next attempt gets another.
+            self.tokens.forget(model.provider, sent["Authorization"].removeprefix("Bearer "))
+        await _classify_status(response, model)
+
 
 ANTHROPIC_KIND = "anthropic"
 ANTHROPIC_VERSION = "2023-06-01"
@@ -305,6 +329,9 @@ ANTHROPIC_VERSION = "2023-06-01"
 # Bedrock: every request signed with AWS SigV4).
 CREDENTIAL_HEADERS = {ANTHROPIC_KIND: "x-api-key", "azure": "api-key", "gemini": "x-goog-api-key"}
 SIGNED_KINDS = frozenset({"bedrock"})
+# Kinds whose credential is a service-account key, exchanged for OAuth access tokens sent as
+# Authorization: Bearer (apps.providers.access_tokens).
+TOKEN_KINDS = frozenset({"vertex"})
 # Kinds whose streams are AWS binary event streams, not server-sent events.
 EVENT_STREAM_KINDS = frozenset({"bedrock"})
 
@@ -316,7 +343,7 @@ def _headers(provider: ProviderConfig, extra: dict[str, str] | None = None, path
         return signed_headers(provider, path, body, {**headers, **(extra or {})})
     if provider.kind == ANTHROPIC_KIND:
         headers["anthropic-version"] = ANTHROPIC_VERSION
-    if provider.credential:
+    if provider.credential and provider.kind not in TOKEN_KINDS:
         name = CREDENTIAL_HEADERS.get(provider.kind)
         if name is None:
             headers["Authorization"] = f"Bearer {provider.credential}"

@@ -59,6 +59,10 @@ class SimulatorState:
     # With an RPM limit: chat requests taken, by model and wall-clock minute, and those refused (429).
     per_minute: dict[str, dict[int, int]] = field(default_factory=dict)
     rate_limited: dict[str, int] = field(default_factory=dict)
+    # Vertex AI (apps.simulator.vertex): service accounts by client_email (with their counters),
+    # and the access tokens granted (token -> (client_email, monotonic expiry)).
+    service_accounts: dict[str, dict] = field(default_factory=dict)
+    access_tokens: dict[str, tuple[str, float]] = field(default_factory=dict)
 
     def rate_take(self, model: str, rpm: int, now: float) -> int:
         """Take one of ``model``'s requests this minute: what is left after it, or -1 (refused)."""

@@ -168,12 +168,13 @@ class GeminiAPI:
                    "supportedGenerationMethods": ["generateContent", "countTokens"]} for m in MODELS]
         return web.json_response({"models": models}, headers=HEADERS)
 
-    async def generate(self, request: web.Request) -> web.StreamResponse:
-        """``POST /v1beta/models/{model}:generateContent`` and ``:streamGenerateContent``."""
+    async def generate(self, request: web.Request, refuse=None) -> web.StreamResponse:
+        """``POST /v1beta/models/{model}:generateContent`` and ``:streamGenerateContent``
+        (``refuse``: another check of the caller's credential, Vertex AI's token)."""
         model, _, method = request.match_info["target"].partition(":")
         if method not in ("generateContent", "streamGenerateContent"):
             return google_error(404, f"Method {method or '(none)'} is not found.")
-        refused = self._refused(request)
+        refused = (refuse or self._refused)(request)
         if refused is not None:
             return refused
         stream = method == "streamGenerateContent"

@@ -21,6 +21,10 @@ Endpoints
     POST /v1beta/models/{model}:generateContent, :streamGenerateContent?alt=sse
                                 Google's Gemini API (``apps.simulator.gemini``), an
                                 ``x-goog-api-key`` header required
+    POST /v1/projects/{project}/locations/{location}/publishers/google/models/{model}
+         :generateContent, :streamGenerateContent?alt=sse
+                                Vertex AI (``apps.simulator.vertex``): the Gemini API's answers,
+                                an OAuth access token from ``POST /token`` required
     POST /model/{model}/converse, /model/{model}/converse-stream
                                 Amazon Bedrock's Converse API (``apps.simulator.bedrock``), signed
                                 with AWS SigV4
@@ -139,6 +143,7 @@ from apps.simulator.gemini import gemini_routes
 from apps.simulator.messages import messages_routes
 from apps.simulator.outcomes import graded, outcomes_load
 from apps.simulator.responses import responses_routes
+from apps.simulator.vertex import vertex_routes
 
 
 def _error(status: int, message: str, *, code: str | None = None, param: str | None = None,
@@ -250,6 +255,8 @@ class Simulator:
         s.per_minute = {}
         s.rate_limited = {}
         s.max_in_flight = s.in_flight
+        s.service_accounts.clear()
+        s.access_tokens.clear()
         self.batches.reset()
         return web.json_response({"reset": True}, headers=HEADERS)
 
@@ -499,6 +506,7 @@ def build_app(config: SimulatorConfig | None = None) -> web.Application:
     responses_routes(app, simulator)
     azure_routes(app, simulator)
     gemini_routes(app, simulator)
+    vertex_routes(app, simulator)
     bedrock_routes(app, simulator)
     batch_routes(app, simulator.batches)
     app.router.add_post("/_sim/faults", simulator.faults_add)

@@ -4,6 +4,7 @@ model leaves routing rules' traffic to their other models."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 
@@ -13,7 +14,7 @@ from django.urls import reverse
 
 from apps.catalog.models import Model, Provider
 from apps.routing.models import RoutingFallback, RoutingRule
-from tests.live import REPO, free_port, stop_process, wait_http
+from tests.live import REPO, Simulator, free_port, service_account, stop_process, wait_http
 
 
 @pytest.fixture(scope="module")
@@ -104,7 +105,8 @@ def test_an_azure_provider_takes_an_endpoint_and_a_version_and_others_no_version
               "models-TOTAL_FORMS": "0", "models-INITIAL_FORMS": "0"}
     with_path = admin_client.post(url, {**common, "name": "az", "kind": "azure",
                                         "base_url": "https://r.openai.azure.com/openai/v1", "api_version": "v1"})
-    assert "An Azure OpenAI or Amazon Bedrock base URL is the endpoint with no path" in with_path.content.decode()
+    assert "An Azure OpenAI, Vertex AI or Amazon Bedrock base URL is the endpoint with no path" in \
+        with_path.content.decode()
     versioned = admin_client.post(url, {**common, "name": "oa", "kind": "openai",
                                         "base_url": "https://api.openai.com/v1", "api_version": "2024-10-21"})
     assert "Only Azure OpenAI providers take an API version" in versioned.content.decode()
@@ -140,3 +142,48 @@ def test_a_connection_test_lists_azure_and_gemini_models(admin_client, simulator
     assert any(m.startswith(f"az-v1: GET {root}/openai/v1/models answered 200") for m in said)
     assert any(m.startswith(f"gem: GET {root}/v1beta/models answered 200") and "4 models listed" in m for m in said)
     assert any(m.startswith("gem-keyless:") and "answered 403" in m for m in said), said
+
+
+def test_a_vertex_provider_takes_a_location_a_project_and_a_service_account_key(admin_client):
+    url = reverse("admin:catalog_provider_add")
+    add = admin_client.get(url).content.decode()
+    assert '<option value="vertex">Google Vertex AI (Gemini models)</option>' in add
+    assert 'name="project"' in add and 'name="location"' in add and "service account" in add
+    key = service_account(Simulator("http://127.0.0.1:9"), registered=False)
+    common = {"timeout_seconds": "30", "max_concurrency": "10", "is_active": "on", "name": "vx", "kind": "vertex",
+              "base_url": "https://us-central1-aiplatform.googleapis.com",
+              "models-TOTAL_FORMS": "0", "models-INITIAL_FORMS": "0"}
+    refusals = [
+        ({"credential": json.dumps(key)}, "A Vertex AI provider needs its location"),
+        ({"credential": "an API key", "location": "us-central1"}, "A Vertex AI credential is a service account"),
+        ({"credential": json.dumps({**key, "project_id": None}), "location": "us-central1"},
+         "Name the project: the service-account key gives none."),
+        ({"credential": json.dumps(key), "location": "us-central1", "base_url": "https://x.googleapis.com/v1"},
+         "base URL is the endpoint with no path"),
+        ({"credential": json.dumps(key), "location": "US Central"}, "Lower-case letters, digits and hyphens"),
+        ({"credential": "k", "kind": "openai", "base_url": "https://api.openai.com/v1", "project": "p"},
+         "Only Vertex AI providers take a project and a location"),
+    ]
+    for fields, message in refusals:
+        assert message in admin_client.post(url, {**common, **fields}).content.decode(), message
+    made = admin_client.post(url, {**common, "credential": json.dumps(key), "location": "us-central1",
+                                   "project": "my-project"})
+    assert made.status_code == 302
+    provider = Provider.objects.get(name="vx")
+    assert (provider.project, provider.location, json.loads(provider.credential)) == ("my-project", "us-central1", key)
+    change = admin_client.get(reverse("admin:catalog_provider_change", args=[provider.pk])).content.decode()
+    assert key["private_key"].splitlines()[1] not in change and 'value="us-central1"' in change
+
+
+def test_a_connection_test_gets_a_vertex_access_token(admin_client, simulator_url):
+    simulator = Simulator(simulator_url.removesuffix("/v1"))
+    known = service_account(simulator)
+    unknown = service_account(simulator, registered=False)
+    providers = [Provider.objects.create(name=name, kind=Provider.Kind.VERTEX, base_url=simulator.base,
+                                         credential=json.dumps(key), location="us-central1")
+                 for name, key in (("vx-known", known), ("vx-unknown", unknown))]
+    response = admin_client.post(reverse("admin:catalog_provider_changelist"), {
+        "action": "test_connection", "_selected_action": [p.pk for p in providers]}, follow=True)
+    said = _messages(response)
+    assert any(m.startswith(f"vx-known: {simulator.base}/token granted an access token in") for m in said), said
+    assert any(m.startswith("vx-unknown: no access token") and "invalid_grant" in m for m in said), said

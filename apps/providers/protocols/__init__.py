@@ -9,6 +9,10 @@ how its answer comes back in OpenAI's form.
                                                                     as it comes (OpenAI's shape)
     gemini      POST {base}/models/{id}:generateContent or
                 :streamGenerateContent?alt=sse; ``x-goog-api-key``  translated (:mod:`.gemini`)
+    vertex      POST {base}/v1/projects/{project}/locations/{location}/publishers/google/models/{id}
+                :generateContent or :streamGenerateContent?alt=sse; a service account's
+                OAuth token as Authorization Bearer
+                                                                    translated as Gemini's (:mod:`.vertex`)
     bedrock     POST {base}/model/{id}/converse or /converse-stream, signed with AWS SigV4
                                                                     translated (:mod:`.bedrock`)
     anthropic   reached by the Messages dialect with the client's own body (not here)
@@ -26,6 +30,7 @@ from apps.providers.protocols.azure import AZURE_KIND, AzureChat, azure_path
 from apps.providers.protocols.bedrock import BEDROCK_KIND, BedrockChat
 from apps.providers.protocols.gemini import GEMINI_KIND, GeminiChat
 from apps.providers.protocols.openai import OpenAIChat, chat_payload
+from apps.providers.protocols.vertex import VERTEX_KIND, VertexChat
 
 if TYPE_CHECKING:
     from apps.providers.transport import ModelRoute, ProviderStream, UpstreamClientError
@@ -53,7 +58,8 @@ class ChatProtocol(Protocol):
 
 
 OPENAI_PROTOCOL = OpenAIChat()
-_PROTOCOLS: dict[str, ChatProtocol] = {AZURE_KIND: AzureChat(), GEMINI_KIND: GeminiChat(), BEDROCK_KIND: BedrockChat()}
+_PROTOCOLS: dict[str, ChatProtocol] = {AZURE_KIND: AzureChat(), GEMINI_KIND: GeminiChat(), BEDROCK_KIND: BedrockChat(),
+                                        VERTEX_KIND: VertexChat()}
 
 
 def chat_protocol(kind: str) -> ChatProtocol:
@@ -67,7 +73,7 @@ def embeddings_path(model: ModelRoute) -> str | None:
     kind = model.provider.kind
     if kind == AZURE_KIND:
         return azure_path(model, "embeddings")
-    if kind in (GEMINI_KIND, BEDROCK_KIND):
+    if kind in (GEMINI_KIND, BEDROCK_KIND, VERTEX_KIND):
         return None
     return "/embeddings"
 

@@ -57,20 +57,19 @@ if TYPE_CHECKING:
 GEMINI_KIND = "gemini"
 
 
-def _model_path(upstream_id: str) -> str:
-    name = upstream_id.removeprefix("models/")
-    return "/models/" + quote(name, safe="-._~")
+def model_path(upstream_id: str, *, stream: bool) -> str:
+    """``/models/{id}:generateContent`` (or the stream's), the path's end on Gemini's API and Vertex's."""
+    name = "/models/" + quote(upstream_id.removeprefix("models/"), safe="-._~")
+    return name + (":streamGenerateContent?alt=sse" if stream else ":generateContent")
 
 
 class GeminiChat:
-    """Chat requests to a Gemini API provider."""
+    """Chat requests to a Gemini API provider (and, with its own path, to Vertex AI)."""
 
     translates = True
 
     def path(self, model: ModelRoute, *, stream: bool) -> str:
-        if stream:
-            return _model_path(model.upstream_id) + ":streamGenerateContent?alt=sse"
-        return _model_path(model.upstream_id) + ":generateContent"
+        return model_path(model.upstream_id, stream=stream)
 
     def payload(self, body: dict, model: ModelRoute, *, stream: bool, drop: tuple[str, ...] = ()) -> bytes:
         return orjson.dumps(gemini_request(body))
@@ -101,5 +100,5 @@ class GeminiChat:
         return refusal_from_gemini(exc)
 
 
-__all__ = ["GEMINI_KIND", "GeminiChat", "GeminiStream", "completion_from_gemini", "gemini_request",
+__all__ = ["GEMINI_KIND", "GeminiChat", "GeminiStream", "completion_from_gemini", "gemini_request", "model_path",
            "refusal_from_gemini", "usage_from_gemini"]
