@@ -7,7 +7,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('catalog', '0011_model_capabilities'),
+        ('catalog', '0012_provider_vertex'),
     ]
 
     operations = [
