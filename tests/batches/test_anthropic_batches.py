@@ -15,7 +15,8 @@ import pytest
 from apps.batches.models import BatchJob
 from apps.batches.runner import job_run
 from tests.batches.conftest import JOB_DEADLINE, batch_wait, chat_line, file_lines, sdk
-from tests.batches.test_provider_batches import PROVIDER_BATCH_REASON, _rows, _sim_batches, _submit
+from tests.batches.conftest import sim_batches as _sim_batches
+from tests.batches.test_provider_batches import PROVIDER_BATCH_REASON, _rows, _submit
 from tests.gateway.conftest import wait_until
 
 NATIVE = "claude-sim"  # served by the simulator's Messages API as sim-mini
