@@ -198,8 +198,8 @@ def _section(results: list[dict]) -> str:
         f"{r['after_kill_to_completed_s']:.1f} s | {r['worker_rss_peak_mb']:.0f} MB | {r['load_average']:.1f} |"
         for r in results)
     return ("<!-- bench/provider_batches.py:start -->\n## Provider batch APIs (`bench/provider_batches.py`)\n\n"
-            f"Command: `python bench/provider_batches.py --kind anthropic --write docs/benchmarks.md` (and "
-            f"`--kind openai`). Run {datetime.now(UTC):%Y-%m-%d %H:%M} UTC on {os.cpu_count()} cores against the "
+            f"Command: `python bench/provider_batches.py --kind both --write docs/benchmarks.md`. Run "
+            f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC on {os.cpu_count()} cores against the "
             "simulator (answers at once), one Celery worker with beat polling every second, killed with "
             "`SIGKILL` once it had polled the provider's batch (held in progress by the simulator), then "
             "another started and the batch released.\n\n"
