@@ -70,7 +70,9 @@ class BatchExecutor(Protocol):
 
     def upstream_submit(self, *, job_id: str, storage_name: str, upstream: dict) -> str:
         """Submit the job to the provider named by ``upstream``; the provider's batch id. A batch
-        already created for the job is returned rather than created again."""
+        already created for the job is returned rather than created again. A ``GatewayError``:
+        the provider refused the batch (recorded as ``upstream["provider_refusal"]``, and every
+        line then fails); any other exception is retried by the next run."""
 
     def upstream_poll(self, *, job: dict, storage_name: str) -> UpstreamResult | None:
         """None while the provider's batch runs; then the job's lines (each as

@@ -257,8 +257,13 @@ class JobRunner:
                                    upstream=upstream)
             upstream = await self.db(upstream_update, job_id=job.pk, token=self.token, budget=budget)
         if not job.upstream_batch_id:
-            batch_id = await self.db(self.executor.upstream_submit, job_id=job.pk, storage_name=name,
-                                     upstream=upstream)
+            try:
+                batch_id = await self.db(self.executor.upstream_submit, job_id=job.pk, storage_name=name,
+                                         upstream=upstream)
+            except GatewayError as refusal:  # the provider refused the batch: its lines fail, once
+                upstream = await self.db(upstream_update, job_id=job.pk, token=self.token, provider_refusal={
+                    "code": refusal.code, "message": refusal.message})
+                batch_id = NOTHING_SENT
             await self.db(upstream_batch_save, job_id=job.pk, token=self.token, batch_id=batch_id)
             job.upstream_batch_id = batch_id
             logger.info("batch job %s: submitted to its provider as %s", job.pk, batch_id)

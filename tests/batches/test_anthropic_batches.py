@@ -183,3 +183,19 @@ def test_the_simulated_message_batches_api_checks_anthropics_headers(anthropic_w
     assert ended["request_counts"]["succeeded"] == 1
     (result,) = [line for line in httpx.get(ended["results_url"], headers=headers).text.splitlines() if line]
     assert '"type":"succeeded"' in result and '"custom_id":"a"' in result
+
+
+def test_it_fails_every_line_once_when_anthropic_refuses_the_batch(anthropic_world):
+    world = anthropic_world
+    world.anthropic.credential = ""  # no x-api-key: Anthropic answers 401, and will again
+    world.anthropic.save()
+    client = sdk(world)
+    batch_id = _submit(client, [_line(f"line-{n}", f"Item {n}") for n in range(2)])
+    assert asyncio.run(job_run(batch_id)) == "completed"
+    batch = client.batches.retrieve(batch_id)
+    assert (batch.request_counts.completed, batch.request_counts.failed) == (0, 2)
+    errors = file_lines(client, batch.error_file_id)
+    assert [(e["custom_id"], e["error"]["code"]) for e in errors] == [
+        ("line-0", "provider_batch_refused"), ("line-1", "provider_batch_refused")]
+    assert "401" in errors[0]["error"]["message"]
+    assert _sim_batches(world)["message_batches"] == 0 and not _rows(batch_id, 0)

@@ -51,6 +51,14 @@ def _line_id(job_id: str, index: int) -> str:
     return f"batch_req_{job_id.split('_', 1)[-1]}_{index}"
 
 
+class ProviderBatchRefused(GatewayError):
+    """The provider refused the batch itself (a 4xx other than a rate limit: a bad key, a batch
+    too big): its lines cannot go, and asking again will not help."""
+
+    status = 502
+    code = "provider_batch_refused"
+
+
 @dataclass
 class Ended:
     """A provider's batch that has ended: each answered line by the ``custom_id`` it was sent
@@ -167,7 +175,8 @@ def _requests(batches: ProviderBatches, provider: _Provider, storage_name: str
 
 def upstream_submit(*, job_id: str, storage_name: str, upstream: dict) -> str:
     """The provider's batch id for the job: one created now, or the one a previous worker
-    created (:data:`NOTHING_SENT` when no line goes to the provider)."""
+    created (:data:`NOTHING_SENT` when no line goes to the provider). Raises
+    :class:`ProviderBatchRefused` when the provider refuses the batch."""
     if _refused(upstream):
         return NOTHING_SENT
     provider = provider_load(upstream["provider_id"])
@@ -239,7 +248,8 @@ def upstream_poll(*, job: dict, storage_name: str) -> UpstreamResult | None:
     provider = provider_load(job["upstream"]["provider_id"])
     batches = batches_for(provider.info)
     if job["upstream_batch_id"] == NOTHING_SENT:
-        ended = Ended({}, "not_sent", "The line was not sent to the provider.")
+        refusal = job["upstream"].get("provider_refusal") or {}
+        ended = Ended({}, "refused", refusal.get("message") or "The line was not sent to the provider.")
     else:
         ended = batches.ended(job["upstream_batch_id"])
         if ended is None:

@@ -20,7 +20,6 @@ from datetime import datetime, timedelta
 import httpx
 import orjson
 
-from apps.core.errors import GatewayError
 from apps.gateway.dialects.anthropic.from_chat import (
     chat_usage,
     completion_of_message,
@@ -29,7 +28,7 @@ from apps.gateway.dialects.anthropic.from_chat import (
     openai_error_body,
 )
 from apps.gateway.snapshot import ModelInfo, ProviderInfo
-from apps.gateway.upstream_batches import Ended
+from apps.gateway.upstream_batches import Ended, ProviderBatchRefused
 from apps.gateway.validation import chat_body_validate
 from apps.providers.transport import ANTHROPIC_VERSION
 
@@ -38,11 +37,6 @@ _STATUS_OF = {"invalid_request_error": 400, "authentication_error": 401, "billin
               "permission_error": 403, "not_found_error": 404, "request_too_large": 413, "rate_limit_error": 429,
               "api_error": 500, "timeout_error": 504, "overloaded_error": 529}
 _CLOCK_SKEW = timedelta(seconds=60)
-
-
-class ProviderRefused(GatewayError):
-    status = 502
-    code = "provider_batch_refused"
 
 
 class AnthropicBatches:
@@ -54,8 +48,7 @@ class AnthropicBatches:
     def _call(self, method: str, url: str, **kwargs) -> httpx.Response:
         response = self.client.request(method, url, **kwargs)
         if response.status_code != 200:
-            raise ProviderRefused(f"Anthropic's Message Batches API answered {response.status_code}: "
-                                  f"{response.text[:300]}")
+            _raise(response)
         return response
 
     def custom_id(self, index: int, item: dict) -> str:
@@ -88,8 +81,7 @@ class AnthropicBatches:
         with self.client.stream("GET", batch["results_url"]) as results:
             if results.status_code != 200:
                 results.read()
-                raise ProviderRefused(f"Anthropic's batch results answered {results.status_code}: "
-                                      f"{results.text[:300]}")
+                _raise(results)
             for raw in results.iter_lines():
                 item = orjson.loads(raw) if raw.strip() else None
                 if isinstance(item, dict) and isinstance(item.get("custom_id"), str):
@@ -106,6 +98,14 @@ class AnthropicBatches:
         return completion_of_message(answer, completion_id=f"chatcmpl-{answer.get('id', '')}",
                                      json_tool=json_tool_name(body),
                                      usage=chat_usage(total, read, written, int(usage.get("output_tokens") or 0)))
+
+
+def _raise(response: httpx.Response):
+    """A refusal (4xx but 429) as :class:`ProviderBatchRefused`; anything else is retried later."""
+    message = f"Anthropic's Message Batches API answered {response.status_code}: {response.text[:300]}"
+    if 400 <= response.status_code < 500 and response.status_code != 429:
+        raise ProviderBatchRefused(message)
+    raise RuntimeError(message)
 
 
 def _answer(result: dict) -> tuple[int, dict] | dict:

@@ -5,6 +5,7 @@ among the provider's 100 most recent batches), its output and error files read o
 
 from __future__ import annotations
 
+import contextlib
 import tempfile
 from datetime import datetime
 
@@ -12,9 +13,20 @@ import openai
 import orjson
 
 from apps.gateway.snapshot import ModelInfo, ProviderInfo
-from apps.gateway.upstream_batches import ENDPOINT, Ended
+from apps.gateway.upstream_batches import ENDPOINT, Ended, ProviderBatchRefused
 
 RUNNING = ("validating", "in_progress", "finalizing", "cancelling")
+
+
+@contextlib.contextmanager
+def _refusals():
+    """A refusal (4xx but 429) as :class:`ProviderBatchRefused`; anything else is retried later."""
+    try:
+        yield
+    except openai.APIStatusError as exc:
+        if 400 <= exc.status_code < 500 and exc.status_code != 429:
+            raise ProviderBatchRefused(f"The provider refused the batch ({exc.status_code}): {exc.message}") from exc
+        raise
 
 
 class OpenAIBatches:
@@ -32,13 +44,15 @@ class OpenAIBatches:
         return answer  # already in the chat form
 
     def find(self, *, job_id: str, since: datetime, count: int) -> str | None:
-        for batch in self.client.batches.list(limit=100).data:
+        with _refusals():
+            listed = self.client.batches.list(limit=100).data
+        for batch in listed:
             if (batch.metadata or {}).get("switchyard_job") == job_id:
                 return batch.id
         return None
 
     def create(self, *, job_id: str, requests: list[tuple[str, dict]]) -> str:
-        with tempfile.TemporaryFile() as spool:
+        with _refusals(), tempfile.TemporaryFile() as spool:
             for custom_id, body in requests:
                 spool.write(orjson.dumps({"custom_id": custom_id, "method": "POST", "url": ENDPOINT,
                                           "body": body}) + b"\n")
