@@ -5,6 +5,7 @@ arrive; a job the budget cannot hold is refused line by line, with nothing sent 
 from __future__ import annotations
 
 import asyncio
+import time
 
 import httpx
 import pytest
@@ -119,3 +120,28 @@ def test_it_refuses_a_job_when_the_budget_is_already_spent(batch_world):
     errors = file_lines(client, client.batches.retrieve(batch_id).error_file_id)
     assert {e["response"]["body"]["error"]["code"] for e in errors} == {"budget_exceeded"}
     assert _sim_batches(world)["batches"] == 0
+
+
+def test_it_reserves_once_when_a_worker_died_before_saving_its_reservation(batch_world):
+    world = batch_world
+    _budget_set(world.tenant_a, 10 * ESTIMATE)
+    _sim_batches(world, hold=True)
+    client = sdk(world)
+    batch_id = _submit(client, _lines(3))
+    assert asyncio.run(job_run(batch_id)) == "submitted"
+    assert _budget_counters(world.tenant_a) == (0, ESTIMATE)
+    # As a worker killed after reserving, before the reservation and the batch id were saved, leaves it.
+    job = BatchJob.objects.get(pk=batch_id)
+    BatchJob.objects.filter(pk=batch_id).update(upstream_batch_id="", upstream={
+        key: value for key, value in job.upstream.items() if key != "budget"})
+    assert asyncio.run(job_run(batch_id)) == "submitted"
+    assert _budget_counters(world.tenant_a) == (0, ESTIMATE)  # held once, not twice
+    assert BatchJob.objects.get(pk=batch_id).upstream_batch_id == job.upstream_batch_id
+    _sim_batches(world, hold=False)
+    outcome, deadline = "waiting", time.monotonic() + 30
+    while outcome == "waiting" and time.monotonic() < deadline:
+        time.sleep(0.2)
+        outcome = asyncio.run(job_run(batch_id))
+    assert outcome == "completed"
+    cost = sum(row.cost for row in _rows(batch_id, 3))
+    assert _budget_counters(world.tenant_a) == (nanos(cost), 0)
