@@ -24,7 +24,6 @@ These run on a worker thread (sync): they make a handful of HTTP calls per poll,
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -32,6 +31,7 @@ from decimal import Decimal
 from typing import Protocol
 
 import orjson
+from django.db.models import Sum
 
 from apps.batches.executor import NOTHING_SENT
 from apps.batches.storage import lines_read
@@ -40,8 +40,6 @@ from apps.gateway.doors.batch_lines import request_id_for
 from apps.gateway.snapshot import ModelInfo, ProviderInfo, snapshot_load
 from apps.providers.transport import ANTHROPIC_KIND
 from apps.usage.models import RequestLog
-
-logger = logging.getLogger(__name__)
 
 ROUTE_REASON = "provider batch api"
 ENDPOINT = "/v1/chat/completions"
@@ -95,6 +93,7 @@ class ProviderBatches(Protocol):
 
 
 def batches_for(provider: ProviderInfo) -> ProviderBatches:
+    """The provider's batch API (imported here: each API's module imports this one)."""
     if provider.kind == ANTHROPIC_KIND:
         from apps.gateway.upstream_batches.anthropic import AnthropicBatches
 
@@ -283,8 +282,6 @@ def upstream_poll(*, job: dict, storage_name: str) -> UpstreamResult | None:
 
 def job_cost(job_id: str) -> Decimal:
     """What the job's usage rows cost (its spend, settled against the budget)."""
-    from django.db.models import Sum
-
     total = RequestLog.objects.filter(request_id__startswith=f"{job_id}-", route_reason=ROUTE_REASON).aggregate(
         total=Sum("cost"))["total"]
     return total or Decimal(0)
