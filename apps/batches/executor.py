@@ -22,6 +22,10 @@ from typing import Protocol
 from django.conf import settings
 from django.utils.module_loading import import_string
 
+# What ``upstream_submit`` returns when no line goes to the provider (the budget refused the
+# job, or the provider can take none of its lines): the job's lines are recorded at once.
+NOTHING_SENT = "none"
+
 
 class AnsweredLine(Protocol):
     """One answered input line, ready for the output (or error) file."""
@@ -59,14 +63,24 @@ class BatchExecutor(Protocol):
     def upstream_plan(self, *, endpoint: str, storage_name: str) -> dict | None:
         """Where the job's lines can go as one provider batch (JSON-able), or None to run them live."""
 
-    def upstream_submit(self, *, job_id: str, endpoint: str, storage_name: str, upstream: dict) -> str:
+    def upstream_reserve(self, *, job_id: str, storage_name: str, upstream: dict) -> dict:
+        """Reserve the job's estimated cost against its key's and tenant's budgets (the loaded
+        key's): what to keep on the job as ``upstream["budget"]`` (JSON-able), which says when
+        the budget refused the job. Giving back a reservation this job made before is harmless."""
+
+    def upstream_submit(self, *, job_id: str, storage_name: str, upstream: dict) -> str:
         """Submit the job to the provider named by ``upstream``; the provider's batch id. A batch
-        already created for the job is returned rather than created again."""
+        already created for the job is returned rather than created again. A ``GatewayError``:
+        the provider refused the batch (recorded as ``upstream["provider_refusal"]``, and every
+        line then fails); any other exception is retried by the next run."""
 
     def upstream_poll(self, *, job: dict, storage_name: str) -> UpstreamResult | None:
         """None while the provider's batch runs; then the job's lines (each as
         :class:`AnsweredLine` fields) and a ``rows_write()`` for their usage rows, to call in the
         transaction that records the lines."""
+
+    def upstream_settle(self, *, job_id: str, upstream: dict) -> None:
+        """Settle the job's budget reservation to what its recorded usage rows cost."""
 
 
 class UpstreamResult(Protocol):

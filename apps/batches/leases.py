@@ -105,6 +105,18 @@ def upstream_begin(*, job_id: str, token: str, upstream: dict) -> dict | None:
         return job.upstream
 
 
+def upstream_update(*, job_id: str, token: str, **fields) -> dict:
+    """Add ``fields`` to the job's ``upstream`` (its budget reservation, its settlement): the
+    job's ``upstream`` as it now stands."""
+    with transaction.atomic():
+        job = _guarded(job_id, token).select_for_update().first()
+        if job is None:
+            raise LeaseLost(job_id)
+        job.upstream = {**(job.upstream or {}), **fields}
+        job.save(update_fields=["upstream"])
+        return job.upstream
+
+
 def upstream_batch_save(*, job_id: str, token: str, batch_id: str) -> None:
     """Keep the provider's batch id: from now on the job is polled, never submitted again."""
     if not _guarded(job_id, token).filter(upstream_batch_id="").update(upstream_batch_id=batch_id):

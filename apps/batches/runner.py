@@ -9,9 +9,10 @@ through the job's executor, :mod:`apps.batches.executor`).
                      -> completed | cancelled | expired | failed
 
 A job whose lines can all go to one provider's Batch API (:meth:`JobRunner.upstream`) is
-submitted there instead of ``process``: the run that submits it and each of beat's polls
-afterwards (``batches.poll_upstream``) is one short run that lets go of the job, until the
-provider's batch has ended and its lines are recorded and the job finishes.
+submitted there instead of ``process``, its estimated cost first reserved against its budgets:
+the run that submits it and each of beat's polls afterwards (``batches.poll_upstream``) is one
+short run that lets go of the job, until the provider's batch has ended, its lines are recorded,
+the reservation is settled to their cost and the job finishes.
 
 A heartbeat renews the lease every second and reads the job's status: a cancel stops the lines
 in flight within about a second, the end of the completion window expires the job. Memory stays
@@ -37,7 +38,7 @@ from django.db import close_old_connections, connections
 from django.db.models import F
 from django.utils import timezone
 
-from apps.batches.executor import AnsweredLine, BatchExecutor, executor_create
+from apps.batches.executor import NOTHING_SENT, AnsweredLine, BatchExecutor, executor_create
 from apps.batches.leases import (
     LeaseLost,
     job_claim,
@@ -48,6 +49,7 @@ from apps.batches.leases import (
     lines_record,
     upstream_batch_save,
     upstream_begin,
+    upstream_update,
 )
 from apps.batches.live import progress_publish
 from apps.batches.models import BatchJob, File
@@ -227,7 +229,7 @@ class JobRunner:
         None: the job runs live instead."""
         job = self.job
         name = await self.db(lambda: job.input_file.storage_name)
-        upstream = job.upstream
+        upstream, key_loaded = job.upstream, False
         if not upstream:
             # A provider's Batch API promises answers within 24 hours: a job due sooner runs live.
             window = (job.expires_at - job.created_at).total_seconds() if job.expires_at else 0
@@ -240,15 +242,33 @@ class JobRunner:
                 await self.fail("api_key_unusable", "The API key that created this job is deleted, revoked or "
                                 "expired; its lines cannot run.")
                 return "failed"
+            key_loaded = True
             upstream = await self.db(upstream_begin, job_id=job.pk, token=self.token, upstream=plan)
             if upstream is None:
                 return None
+        if "budget" not in upstream and not job.upstream_batch_id:
+            # The job's estimated cost is held against its budgets before anything is sent.
+            if not key_loaded and not await self.db(self.executor.key_load, job.api_key_id):
+                await self.fail("api_key_unusable", "The API key that created this job is deleted, revoked or "
+                                "expired; its lines cannot run.")
+                return "failed"
+            key_loaded = True
+            budget = await self.db(self.executor.upstream_reserve, job_id=job.pk, storage_name=name,
+                                   upstream=upstream)
+            upstream = await self.db(upstream_update, job_id=job.pk, token=self.token, budget=budget)
         if not job.upstream_batch_id:
-            batch_id = await self.db(self.executor.upstream_submit, job_id=job.pk, endpoint=job.endpoint,
-                                     storage_name=name, upstream=upstream)
+            try:
+                batch_id = await self.db(self.executor.upstream_submit, job_id=job.pk, storage_name=name,
+                                         upstream=upstream)
+            except GatewayError as refusal:  # the provider refused the batch: its lines fail, once
+                upstream = await self.db(upstream_update, job_id=job.pk, token=self.token, provider_refusal={
+                    "code": refusal.code, "message": refusal.message})
+                batch_id = NOTHING_SENT
             await self.db(upstream_batch_save, job_id=job.pk, token=self.token, batch_id=batch_id)
+            job.upstream_batch_id = batch_id
             logger.info("batch job %s: submitted to its provider as %s", job.pk, batch_id)
-            return "submitted"
+            if batch_id != NOTHING_SENT:
+                return "submitted"
         result = await self.db(self.executor.upstream_poll, storage_name=name, job={
             "id": job.pk, "tenant_id": job.tenant_id, "api_key_id": job.api_key_id, "endpoint": job.endpoint,
             "upstream": upstream, "upstream_batch_id": job.upstream_batch_id})
@@ -261,6 +281,13 @@ class JobRunner:
                           also=result.rows_write if not answered else None)
         self.failed += sum(1 for line in lines if line[2])
         self.completed += sum(1 for line in lines if not line[2])
+        if (upstream.get("budget") or {}).get("request_id") and not upstream.get("settled"):
+            # Settled once the rows are recorded; a worker killed between the settlement and
+            # its mark settles again (counting the job twice: refusing early, never overspending).
+            if not key_loaded:
+                await self.db(self.executor.key_load, job.api_key_id)
+            await self.db(self.executor.upstream_settle, job_id=job.pk, upstream=upstream)
+            await self.db(upstream_update, job_id=job.pk, token=self.token, settled=True)
         await self.set_status(Status.FINALIZING)
         if result.errors:
             await self.db(lambda: BatchJob.objects.filter(pk=job.pk, lease_token=self.token).update(

@@ -13,7 +13,15 @@ from apps.core.completions import completion_text
 from apps.gateway.doors.batch_lines import LineResult, chat_line, line_answer, line_expired
 from apps.gateway.runtime import Runtime
 from apps.gateway.snapshot import KeyInfo, key_info_load
-from apps.gateway.upstream_batches import UpstreamResult, upstream_plan, upstream_poll, upstream_submit
+from apps.gateway.upstream_batches import (
+    UpstreamResult,
+    job_cost,
+    upstream_estimate,
+    upstream_plan,
+    upstream_poll,
+    upstream_submit,
+)
+from apps.gateway.upstream_batches.spend import spend_reserve, spend_settle
 from apps.tenants.models import ApiKey
 
 
@@ -57,8 +65,16 @@ class GatewayBatchExecutor:
     def upstream_plan(self, *, endpoint: str, storage_name: str) -> dict | None:
         return upstream_plan(endpoint=endpoint, storage_name=storage_name)
 
-    def upstream_submit(self, *, job_id: str, endpoint: str, storage_name: str, upstream: dict) -> str:
-        return upstream_submit(job_id=job_id, endpoint=endpoint, storage_name=storage_name, upstream=upstream)
+    def upstream_reserve(self, *, job_id: str, storage_name: str, upstream: dict) -> dict:
+        estimate = upstream_estimate(storage_name=storage_name, upstream=upstream)
+        return spend_reserve(job_id=job_id, key=self.key, estimate=estimate)
+
+    def upstream_submit(self, *, job_id: str, storage_name: str, upstream: dict) -> str:
+        return upstream_submit(job_id=job_id, storage_name=storage_name, upstream=upstream)
 
     def upstream_poll(self, *, job: dict, storage_name: str) -> UpstreamResult | None:
         return upstream_poll(job=job, storage_name=storage_name)
+
+    def upstream_settle(self, *, job_id: str, upstream: dict) -> None:
+        if self.key is not None:  # a deleted key's reservation is given back when its lease ends
+            spend_settle(key=self.key, budget=upstream["budget"], cost=job_cost(job_id))

@@ -15,7 +15,8 @@ file, others to the error file, in OpenAI's line format; then ``completed``.
 
 Control (tests): ``POST /_sim/batches`` with ``{"hold": true}`` keeps new and running batches in
 progress until ``{"hold": false}``; ``{"fail_next": "message"}`` makes the next batch end
-``failed`` with that message; ``{"delay_ms": N}`` sets the delay. ``POST /_sim/reset`` clears
+``failed`` with that message; ``{"delay_ms": N}`` sets the delay (for Anthropic's message
+batches too, :mod:`apps.simulator.message_batches`, whose own control is ``expire_next``). ``POST /_sim/reset`` clears
 these, and forgets every file and batch.
 """
 
@@ -85,8 +86,10 @@ class BatchStore:
     default_delay_ms: float = 1000.0
     released: asyncio.Event = field(default_factory=asyncio.Event)  # cleared while batches are held
     fail_next: str | None = None
+    expire_next: bool = False  # Anthropic's message batches (apps.simulator.message_batches)
     files: dict[str, SimFile] = field(default_factory=dict)
     batches: dict[str, SimBatch] = field(default_factory=dict)
+    message_batches: dict = field(default_factory=dict)
     tasks: set[asyncio.Task] = field(default_factory=set)
 
     def __post_init__(self) -> None:
@@ -103,10 +106,11 @@ class BatchStore:
             self.released.set()
 
     def reset(self) -> None:
-        self.delay_ms, self.fail_next = self.default_delay_ms, None
+        self.delay_ms, self.fail_next, self.expire_next = self.default_delay_ms, None, False
         self.hold_set(False)
         self.files.clear()
         self.batches.clear()
+        self.message_batches.clear()
 
     def file_add(self, *, filename: str, purpose: str, data: bytes) -> SimFile:
         file = SimFile(f"file-sim{secrets.token_hex(8)}", filename, purpose, data, int(time.time()))
@@ -196,11 +200,14 @@ class BatchApi:
             self.store.hold_set(bool(body["hold"]))
         if "fail_next" in body:
             self.store.fail_next = body["fail_next"] or None
+        if "expire_next" in body:
+            self.store.expire_next = bool(body["expire_next"])
         if isinstance(body.get("delay_ms"), int | float):
             self.store.delay_ms = float(body["delay_ms"])
         return web.json_response({"hold": self.store.hold, "fail_next": self.store.fail_next,
-                                  "delay_ms": self.store.delay_ms, "batches": len(self.store.batches)},
-                                 headers=HEADERS)
+                                  "expire_next": self.store.expire_next, "delay_ms": self.store.delay_ms,
+                                  "batches": len(self.store.batches),
+                                  "message_batches": len(self.store.message_batches)}, headers=HEADERS)
 
     async def _run(self, batch: SimBatch, file: SimFile, origin: str, fail: str | None) -> None:
         await asyncio.sleep(self.store.delay_ms / 1000)

@@ -31,6 +31,9 @@ Endpoints
     POST /v1/files, /v1/batches; GET /v1/batches/{id}, /v1/files/{id}/content
                                 OpenAI's Files and Batch API (``apps.simulator.batches``): a batch
                                 runs its lines through this server after ``--batch-delay-ms``
+    POST /v1/messages/batches; GET /v1/messages/batches/{id}, .../results
+                                Anthropic's Message Batches (``apps.simulator.message_batches``),
+                                likewise
 
     A ``tool_choice`` that forces a tool (``"required"`` or ``{"type": "function", ...}``)
     answers with one call of it (finish_reason "tool_calls"), its arguments built from the
@@ -140,6 +143,7 @@ from apps.simulator.control import (
     knob,
 )
 from apps.simulator.gemini import gemini_routes
+from apps.simulator.message_batches import message_batch_routes
 from apps.simulator.messages import messages_routes
 from apps.simulator.outcomes import graded, outcomes_load
 from apps.simulator.responses import responses_routes
@@ -509,6 +513,7 @@ def build_app(config: SimulatorConfig | None = None) -> web.Application:
     vertex_routes(app, simulator)
     bedrock_routes(app, simulator)
     batch_routes(app, simulator.batches)
+    message_batch_routes(app, simulator.batches)
     app.router.add_post("/_sim/faults", simulator.faults_add)
     app.router.add_delete("/_sim/faults", simulator.faults_clear)
     app.router.add_get("/_sim/stats", simulator.stats)

@@ -11,12 +11,13 @@ import signal
 import subprocess
 import sys
 import time
+from decimal import Decimal
 
 import openai
 import pytest
 
 from tests.gateway.conftest import gateway_process, world  # noqa: F401 (fixtures)
-from tests.live import REPO, Simulator, database_url_for_tests, free_port, stop_process, wait_http
+from tests.live import REPO, Simulator, database_url_for_tests, free_port, http_json, stop_process, wait_http
 
 
 @pytest.fixture
@@ -121,3 +122,22 @@ def batch_wait(client: openai.OpenAI, batch_id: str, *, until=("completed", "fai
 
 def file_lines(client: openai.OpenAI, file_id: str) -> list[dict]:
     return [json.loads(line) for line in client.files.content(file_id).content.splitlines() if line.strip()]
+
+
+def sim_batches(live_world, **control) -> dict:
+    """The simulated provider's batch controls (``hold``, ``fail_next``, ``expire_next``, ``delay_ms``)
+    and counts."""
+    status, body = http_json("POST", live_world.simulator.base + "/_sim/batches", control)
+    assert status == 200, body
+    return body
+
+
+@pytest.fixture
+def batch_world(world):  # noqa: F811 (the gateway tests' fixture)
+    """The world with its simulated provider's Batch API on and a 50% batch discount on sim-mini."""
+    world.provider.batch_api = True
+    world.provider.save()
+    world.models["sim-mini"].batch_discount_percent = Decimal("50")
+    world.models["sim-mini"].save()
+    sim_batches(world, delay_ms=200)
+    return world

@@ -14,27 +14,10 @@ from apps.batches.models import BatchJob
 from apps.batches.runner import job_run
 from apps.usage.models import RequestLog
 from tests.batches.conftest import JOB_DEADLINE, batch_wait, chat_line, file_lines, jsonl, sdk
+from tests.batches.conftest import sim_batches as _sim_batches
 from tests.gateway.conftest import wait_until
-from tests.live import http_json
 
 PROVIDER_BATCH_REASON = "provider batch api"
-
-
-def _sim_batches(world, **control) -> dict:
-    status, body = http_json("POST", world.simulator.base + "/_sim/batches", control)
-    assert status == 200, body
-    return body
-
-
-@pytest.fixture
-def batch_world(world):
-    """The world with its simulated provider's Batch API on and a 50% batch discount on sim-mini."""
-    world.provider.batch_api = True
-    world.provider.save()
-    world.models["sim-mini"].batch_discount_percent = Decimal("50")
-    world.models["sim-mini"].save()
-    _sim_batches(world, delay_ms=200)
-    return world
 
 
 def _submit(client: openai.OpenAI, lines: list) -> str:
