@@ -171,7 +171,8 @@ def main() -> None:
     if args.write:
         section = (f"{MARK_START}\n## Dashboard on a big log (`bench/dashboard.py`)\n\nCommand: `python "
                    f"bench/dashboard.py --rows {args.rows} --tenants {args.tenants} --write {args.write}`. Run "
-                   f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC on {os.cpu_count()} cores.\n\n{body}\n{MARK_END}\n")
+                   f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC on {os.cpu_count()} cores, 15-minute load average "
+                   f"{os.getloadavg()[2]:.1f} at the end (other work shared them).\n\n{body}\n{MARK_END}\n")
         section_write(args.write, "bench/dashboard.py", section)
 
 

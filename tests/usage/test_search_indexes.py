@@ -69,3 +69,29 @@ def test_the_changelist_search_by_user_within_a_tenant_shows_that_tenants_rows(c
     page = client.get("/admin/usage/requestlog/", {"q": "user:user-1", "tenant__id__exact": tenant_a.pk})
     assert list(page.context["cl"].result_list) == []
     assert RequestLogAdmin.search_help_text
+
+
+def test_a_search_with_a_status_filter_reads_the_searchs_index_alone(client, logged, tenant_a):
+    from django.test.utils import CaptureQueriesContext
+
+    staff = get_user_model().objects.create_superuser("operator", password="a-long-password-1")
+    client.force_login(staff)
+    with CaptureQueriesContext(connection) as queries:
+        page = client.get("/admin/usage/requestlog/", {"q": "tag:eval", "status_code": "502"})
+    shown = list(page.context["cl"].result_list)
+    expected = RequestLog.objects.filter(tags__contains=["eval"], status_code=502)
+    assert {row.pk for row in shown} == set(expected.values_list("pk", flat=True)) and shown
+    listing = next(q["sql"] for q in queries.captured_queries if q["sql"].startswith('SELECT "usage_requestlog"."id"'))
+    with connection.cursor() as cursor:
+        cursor.execute("SET LOCAL enable_seqscan = off")
+        cursor.execute(f"EXPLAIN {listing}")
+        plan = "\n".join(row[0] for row in cursor.fetchall())
+    assert "request_log_tags" in plan and "request_log_status_error" not in plan
+    # Without a search, the status filter is served by the errors' index.
+    with CaptureQueriesContext(connection) as queries:
+        client.get("/admin/usage/requestlog/", {"status_code": "502"})
+    counted = next(q["sql"] for q in queries.captured_queries if q["sql"].startswith("SELECT COUNT(*)"))
+    with connection.cursor() as cursor:
+        cursor.execute("SET LOCAL enable_seqscan = off")
+        cursor.execute(f"EXPLAIN {counted}")
+        assert "request_log_status_error" in "\n".join(row[0] for row in cursor.fetchall())
