@@ -3,8 +3,9 @@
     python bench/dashboard.py [--rows 10000000] [--tenants 50] [--write docs/benchmarks.md]
 
 1. Loads ``--rows`` request log rows spread over 30 days, ``--tenants`` tenants with five keys
-   each and four models (``INSERT ... SELECT`` from ``generate_series`` in the database, so
-   the load is minutes, not hours). Kept for the next run when the count matches.
+   each and four models, end users, tags and sessions (``INSERT ... SELECT`` from
+   ``generate_series`` in the database, so the load is minutes, not hours). Kept for the next
+   run when the count matches (``bench/search.py`` shares it).
 2. Rolls them up from scratch with the same service the Celery task runs, slice by slice, and
    reports rows summed per second: the rate the rollups can follow ingest at.
 3. Times the dashboard page (server time, Django's test client in this process, staff user)
