@@ -11,9 +11,10 @@ from apps.limits.models import AttributionLimit, BudgetAlert
 
 @admin.register(BudgetAlert)
 class BudgetAlertAdmin(TenantCountedDelete, admin.ModelAdmin):
-    list_display = ("created_at", "tenant", "api_key", "threshold_percent", "spent_usd", "budget_usd", "period_start",
+    list_display = ("created_at", "tenant", "api_key", "attribution_kind", "attribution_value", "threshold_percent",
+                    "spent_usd", "budget_usd", "period_start",
                     "delivered_at", "webhook_attempts", "last_error")
-    list_filter = ("tenant",)
+    list_filter = ("tenant", "attribution_kind")
     list_select_related = ("tenant", "api_key")
     date_hierarchy = "created_at"
 
@@ -27,7 +28,7 @@ class BudgetAlertAdmin(TenantCountedDelete, admin.ModelAdmin):
 @admin.register(AttributionLimit)
 class AttributionLimitAdmin(TenantCountedDelete, admin.ModelAdmin):
     list_display = ("tenant", "kind", "value", "rpm_limit", "tpm_limit", "concurrency_limit", "budget_usd",
-                    "budget_period", "created_at")
+                    "budget_period", "budget_alert_percent", "created_at")
     list_filter = ("kind", "tenant")
     list_select_related = ("tenant",)
     search_fields = ("value", "tenant__name", "tenant__slug")
@@ -38,5 +39,7 @@ class AttributionLimitAdmin(TenantCountedDelete, admin.ModelAdmin):
                                "end user (the body's user field), must pass these limits as well as their key's "
                                "and tenant's."}),
         ("Limits and budget", {"fields": ("rpm_limit", "tpm_limit", "concurrency_limit", "budget_usd",
-                                          "budget_period", "budget_timezone")}),
+                                          "budget_period", "budget_timezone", "budget_alert_percent"),
+                               "description": "A budget's alert goes to the tenant's alert webhook, once per "
+                                              "period, naming this tag or end user."}),
     )

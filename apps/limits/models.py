@@ -63,7 +63,8 @@ class AttributionLimit(LimitSettings):
     """Limits and a budget for one tag or one end user of a tenant: every request carrying the
     tag (``metadata.tags`` or ``x-switchyard-tags``), or sent for the end user (the body's
     ``user``), must pass them too, counted by the same atomic counters as the tenant's and the
-    key's. No alerts: ``budget_alert_percent`` is not used here."""
+    key's. Its budget alerts as a tenant's do (``budget_alert_percent``, once per period, to the
+    tenant's webhook), naming the tag or the end user."""
 
     class Kind(models.TextChoices):
         TAG = "tag", "Tag"
@@ -132,11 +133,16 @@ class Lease(models.Model):
 
 
 class BudgetAlert(models.Model):
-    """A soft-threshold crossing: at most one per scope and period."""
+    """A soft-threshold crossing: at most one per scope and period. The scope is the tenant, one
+    of its keys, or one of its tags or end users (``attribution_kind`` and ``attribution_value``)."""
 
     tenant = models.ForeignKey("tenants.Tenant", on_delete=models.CASCADE, related_name="budget_alerts")
     api_key = models.ForeignKey("tenants.ApiKey", null=True, blank=True, on_delete=models.CASCADE,
                                 related_name="budget_alerts")
+    attribution_kind = models.CharField(max_length=8, blank=True, default="", db_default="",
+                                        choices=[("tag", "Tag"), ("user", "End user")], verbose_name="tag or user")
+    attribution_value = models.CharField(max_length=256, blank=True, default="", db_default="",
+                                         verbose_name="tag or end user")
     scope = models.CharField(max_length=32, editable=False)
     period_start = models.DateTimeField()
     threshold_percent = models.PositiveSmallIntegerField()
@@ -152,5 +158,8 @@ class BudgetAlert(models.Model):
         constraints = [models.UniqueConstraint(fields=["scope", "period_start"], name="budget_alert_once")]
 
     def __str__(self) -> str:
-        who = f"key {self.api_key}" if self.api_key_id else str(self.tenant)
+        if self.attribution_kind:
+            who = f"{self.get_attribution_kind_display().lower()} {self.attribution_value!r} of {self.tenant}"
+        else:
+            who = f"key {self.api_key}" if self.api_key_id else str(self.tenant)
         return f"{who}: {self.threshold_percent}% of ${self.budget_usd} from {self.period_start:%Y-%m-%d}"

@@ -25,6 +25,8 @@ def budget_alert_record(*, limits: ScopeLimits, period_start: int, spent: int) -
             alert, created = BudgetAlert.objects.get_or_create(
                 scope=limits.scope, period_start=datetime.fromtimestamp(period_start, UTC),
                 defaults={"tenant_id": limits.tenant_id, "api_key_id": limits.api_key_id,
+                          "attribution_kind": limits.attribution_kind,
+                          "attribution_value": limits.attribution_value,
                           "threshold_percent": round(limits.alert_at * 100 / limits.budget) if limits.budget else 0,
                           "spent_usd": usd(spent), "budget_usd": budget})
     except IntegrityError:
@@ -32,6 +34,7 @@ def budget_alert_record(*, limits: ScopeLimits, period_start: int, spent: int) -
         return None
     if not created:
         return None
-    logger.warning("budget alert: %s spent $%s of $%s this period", limits.scope, alert.spent_usd, budget)
+    logger.warning("budget alert: %s spent $%s of $%s this period", limits.label or limits.scope, alert.spent_usd,
+                   budget)
     alert_deliver.delay(alert.pk)
     return alert

@@ -33,10 +33,21 @@ class ScopeLimits:
     tz: ZoneInfo
     alert_at: int | None  # nano-dollars
     label: str = ""  # who a refusal names, when not the key or the tenant ("tag 'eval'")
+    # For a tag's or an end user's limits: "tag" or "user", and the tag or the end user's id
+    # (what a budget alert names).
+    attribution_kind: str = ""
+    attribution_value: str = ""
 
     @property
     def needs_estimate(self) -> bool:
         return self.tpm is not None or self.budget is not None
+
+
+def _alert_at(budget: int | None, percent: int | None) -> int | None:
+    """The spend (nano-dollars) at which a budget's soft alert fires, None without one."""
+    if budget is None or not percent:
+        return None
+    return max(math.ceil(budget * percent / 100), 1)
 
 
 def scope_limits(obj, *, tenant_id: int, api_key_id: int | None) -> ScopeLimits | None:
@@ -44,9 +55,7 @@ def scope_limits(obj, *, tenant_id: int, api_key_id: int | None) -> ScopeLimits 
     if not obj.has_limits():
         return None
     budget = nanos(Decimal(obj.budget_usd)) if obj.budget_usd is not None else None
-    alert_at = None
-    if budget is not None and obj.budget_alert_percent:
-        alert_at = max(math.ceil(budget * obj.budget_alert_percent / 100), 1)
+    alert_at = _alert_at(budget, obj.budget_alert_percent)
     return ScopeLimits(
         scope=f"k:{api_key_id}" if api_key_id is not None else f"t:{tenant_id}",
         tenant_id=tenant_id, api_key_id=api_key_id, rpm=obj.rpm_limit, tpm=obj.tpm_limit,
@@ -63,9 +72,10 @@ def attribution_scope_limits(limit) -> ScopeLimits | None:
         return None
     digest = hashlib.sha256(limit.value.encode()).hexdigest()[:16]
     name = "tag" if limit.kind == "tag" else "end user"
+    budget = nanos(Decimal(limit.budget_usd)) if limit.budget_usd is not None else None
     return ScopeLimits(
         scope=f"a:{limit.tenant_id}:{limit.kind[0]}:{digest}", tenant_id=limit.tenant_id, api_key_id=None,
-        rpm=limit.rpm_limit, tpm=limit.tpm_limit, concurrency=limit.concurrency_limit,
-        budget=nanos(Decimal(limit.budget_usd)) if limit.budget_usd is not None else None,
-        period=limit.budget_period, tz=ZoneInfo(limit.budget_timezone or "UTC"), alert_at=None,
-        label=f"{name} {limit.value!r}")
+        rpm=limit.rpm_limit, tpm=limit.tpm_limit, concurrency=limit.concurrency_limit, budget=budget,
+        period=limit.budget_period, tz=ZoneInfo(limit.budget_timezone or "UTC"),
+        alert_at=_alert_at(budget, limit.budget_alert_percent), label=f"{name} {limit.value!r}",
+        attribution_kind=limit.kind, attribution_value=limit.value)

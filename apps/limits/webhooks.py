@@ -33,6 +33,9 @@ def alert_payload(alert: BudgetAlert) -> dict:
         "alert_id": alert.pk,
         "tenant": alert.tenant.slug,
         "api_key": alert.api_key.prefix if alert.api_key_id else None,
+        # A tag's or an end user's budget names it; both are null for the tenant's or a key's.
+        "tag": alert.attribution_value if alert.attribution_kind == "tag" else None,
+        "end_user": alert.attribution_value if alert.attribution_kind == "user" else None,
         "period_start": alert.period_start.isoformat(),
         "threshold_percent": alert.threshold_percent,
         "spent_usd": str(alert.spent_usd),

@@ -23,8 +23,10 @@ from apps.reporting.charts import chart_data
 from apps.reporting.selectors import (
     REPORT_EARLIEST,
     REPORT_LATEST,
+    UsageFilter,
     attribution_grouped,
     usage_by_tenant,
+    usage_filtered,
     usage_grouped,
     usage_series,
     usage_totals,
@@ -57,6 +59,39 @@ def _range(params, now: datetime) -> tuple[str, datetime, datetime]:
     return choice, midnight - timedelta(days=days - 1), midnight + timedelta(days=1)
 
 
+def usage_filter(params) -> UsageFilter:
+    """The ``user=`` and ``tag=`` filters of a dashboard's query string (too long a value matches
+    nothing, as no request carries it)."""
+    return UsageFilter(end_user=(params.get("user") or "").strip()[:300], tag=(params.get("tag") or "").strip()[:120])
+
+
+def filter_links(params, narrow: UsageFilter) -> dict:
+    """The query strings that apply a user or tag filter (``user_link``/``tag_link`` + value) and
+    clear it, keeping the rest of the page's choices."""
+    kept = {name: params[name] for name in ("tenant", "range", "start", "end") if params.get(name)}
+    return {
+        "user_base": "?" + urlencode({**kept, **({"tag": narrow.tag} if narrow.tag else {})}),
+        "tag_base": "?" + urlencode({**kept, **({"user": narrow.end_user} if narrow.end_user else {})}),
+        "clear": "?" + urlencode(kept),
+    }
+
+
+def figures(*, tenant_id: int | None, start: datetime, end: datetime, period: str,
+            narrow: UsageFilter) -> tuple:
+    """The cards' totals and the charts' series, of every request or of the filter's only."""
+    if narrow:
+        return usage_filtered(tenant_id=tenant_id, start=start, end=end, period=period, narrow=narrow)
+    return (usage_totals(tenant_id=tenant_id, start=start, end=end, period=period),
+            usage_series(tenant_id=tenant_id, start=start, end=end, period=period))
+
+
+def _link_rows(rows: list[dict], base: str, name: str) -> list[dict]:
+    for row in rows:
+        value = row["group"]
+        row["link"] = f"{base}&{urlencode({name: value})}" if value and isinstance(value, str) else ""
+    return rows
+
+
 def _by_tenant(names: dict[int, str], params, *, start: datetime, end: datetime, period: str) -> list[dict]:
     """Every tenant's figures, each with a link to the dashboard narrowed to it."""
     rows = usage_by_tenant(start=start, end=end, period=period)
@@ -64,6 +99,13 @@ def _by_tenant(names: dict[int, str], params, *, start: datetime, end: datetime,
     for row in rows:
         row["name"] = names.get(row["tenant_id"], f"tenant {row['tenant_id']}")
         row["link"] = "?" + urlencode({**kept, "tenant": row["tenant_id"]})
+    return rows
+
+
+def _tag_rows(rows: list[dict], base: str) -> list[dict]:
+    """Each tag of each tag set as its own filter link."""
+    for row in rows:
+        row["tag_links"] = [(tag, f"{base}&{urlencode({'tag': tag})}") for tag in row["group"]]
     return rows
 
 
@@ -79,8 +121,9 @@ def dashboard(request):
     if tenant_id not in {pk for pk, _ in tenants}:
         tenant_id = None
     period = "hour" if end - start <= timedelta(days=2) else "day"
-    totals = usage_totals(tenant_id=tenant_id, start=start, end=end, period=period)
-    series = usage_series(tenant_id=tenant_id, start=start, end=end, period=period)
+    narrow = usage_filter(request.GET)
+    links = filter_links(request.GET, narrow)
+    totals, series = figures(tenant_id=tenant_id, start=start, end=end, period=period, narrow=narrow)
     by_model = usage_grouped(tenant_id=tenant_id, start=start, end=end, group_by="model", period=period)[:10]
     top_keys = usage_grouped(tenant_id=tenant_id, start=start, end=end, group_by="key", period=period)[:10]
     names = {pk: f"{prefix}… ({name}, {tenant})" for pk, prefix, name, tenant in ApiKey.objects.filter(
@@ -101,7 +144,8 @@ def dashboard(request):
         "exact_rate": totals.hits_exact / max(totals.hits_exact + totals.hits_semantic + totals.misses, 1),
         "semantic_rate": totals.hits_semantic / max(totals.hits_exact + totals.hits_semantic + totals.misses, 1),
         "charts": chart_data(series, start=start, end=end, period=period),
-        "by_tenant": None if tenant_id else _by_tenant(dict(tenants), request.GET, start=start, end=end,
+        "narrow": narrow, "clear_link": links["clear"],
+        "by_tenant": None if tenant_id or narrow else _by_tenant(dict(tenants), request.GET, start=start, end=end,
                                                        period=period),
         "by_model": by_model, "top_keys": top_keys, "period": period, "budgets": budgets,
         "savings_share": (totals.saved_cost / (totals.cost + totals.saved_cost)
@@ -109,9 +153,9 @@ def dashboard(request):
         "unrouted_cost": totals.cost + totals.routing_saved_cost,
         "learned": learned_quality(tenant_id=tenant_id, start=start, end=end),
         # One tenant's end users and tag sets (the attribution rollups, and the log for partial days).
-        "by_user": attribution_grouped(tenant_id=tenant_id, start=start, end=end, group_by="user")[:20]
-        if tenant_id else None,
-        "by_tags": attribution_grouped(tenant_id=tenant_id, start=start, end=end, group_by="tags")[:20]
-        if tenant_id else None,
+        "by_user": _link_rows(attribution_grouped(tenant_id=tenant_id, start=start, end=end, group_by="user")[:20],
+                              links["user_base"], "user") if tenant_id else None,
+        "by_tags": _tag_rows(attribution_grouped(tenant_id=tenant_id, start=start, end=end, group_by="tags")[:20],
+                             links["tag_base"]) if tenant_id else None,
     }
     return render(request, "admin/dashboard.html", context)

@@ -96,6 +96,44 @@ class AttributionRollup(models.Model):
         return f"{self.tenant_id} {self.bucket:%Y-%m-%d} {self.end_user or '-'} {self.tags}"
 
 
+class FilterRollup(models.Model):
+    """A day of one tenant's requests for one end user and one single tag, by cache outcome, with
+    the figures of :class:`UsageRollup` (spend, savings, hits, latency histograms): what the
+    dashboard reads when filtered by end user or tag (``?user=``, ``?tag=``).
+
+    A request counts under each of its tags (``tag`` = the tag), and once more, when it names an
+    end user, under ``tag`` = "" (every request of that end user, once). So a tag filter sums the
+    rows of ``tag`` = T, an end-user filter the rows of ``end_user`` = U and ``tag`` = "", and both
+    at once the rows of U and T; none counts a request twice. Requests with neither an end user
+    nor a tag add no row."""
+
+    bucket = models.DateTimeField(help_text="Start of the day (UTC).")
+    tenant = models.ForeignKey("tenants.Tenant", on_delete=models.CASCADE, related_name="filter_rollups")
+    end_user = models.CharField(max_length=256, blank=True, default="")
+    tag = models.CharField(max_length=100, blank=True, default="")
+    cache_outcome = models.CharField(max_length=10, default="miss")
+    requests = models.BigIntegerField(default=0)
+    errors = models.BigIntegerField(default=0)
+    input_tokens = models.BigIntegerField(default=0)
+    cached_tokens = models.BigIntegerField(default=0)
+    cache_write_tokens = models.BigIntegerField(default=0)
+    output_tokens = models.BigIntegerField(default=0)
+    cost = models.DecimalField(**_MONEY)
+    saved_cost = models.DecimalField(**_MONEY)
+    routing_saved_cost = models.DecimalField(**_MONEY)
+    latency_histogram = ArrayField(models.BigIntegerField(), default=_empty_histogram)
+    ttft_histogram = ArrayField(models.BigIntegerField(), default=_empty_histogram)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["bucket", "tenant", "end_user", "tag", "cache_outcome"],
+                                               name="filter_rollup_unique")]
+        indexes = [models.Index(fields=["tenant", "end_user", "bucket"], name="filter_rollup_user"),
+                   models.Index(fields=["tenant", "tag", "bucket"], name="filter_rollup_tag")]
+
+    def __str__(self) -> str:
+        return f"{self.tenant_id} {self.bucket:%Y-%m-%d} {self.end_user or '-'} {self.tag or '*'}"
+
+
 class RollupWatermark(models.Model):
     """How far into RequestLog (by id) the rollups have summed, and the next safe point.
 

@@ -228,3 +228,123 @@ def attribution_grouped(*, tenant_id: int, start: datetime, end: datetime, group
             for group, figures in merged.items()]
     rows.sort(key=lambda row: (-row["cost"], str(row["group"])))
     return rows
+
+
+@dataclass(frozen=True)
+class UsageFilter:
+    """The dashboard's narrowing to one end user, one tag (rows whose tag set holds it), or both."""
+
+    end_user: str = ""
+    tag: str = ""
+
+    def __bool__(self) -> bool:
+        return bool(self.end_user or self.tag)
+
+
+# Per (bucket, cache outcome): the sums of a FilterRollup row, histograms last.
+_FILTER_SUMS = ("sum(requests), sum(errors), sum(input_tokens), sum(cached_tokens), sum(cache_write_tokens), "
+                "sum(output_tokens), sum(cost), sum(saved_cost), sum(routing_saved_cost), "
+                f"ARRAY[{_histogram_sums('latency_histogram')}], ARRAY[{_histogram_sums('ttft_histogram')}]")
+
+
+def _log_histogram(column: str) -> str:
+    slot = f"width_bucket({column}, ARRAY[{','.join(str(float(b)) for b in LATENCY_BOUNDS_MS)}]::float8[])"
+    return "ARRAY[" + ", ".join(f"count(*) FILTER (WHERE {slot} = {i})" for i in range(HISTOGRAM_SIZE)) + "]"
+
+
+_LOG_SUMS = ("count(*), count(*) FILTER (WHERE status_code >= 400), sum(input_tokens), sum(cached_tokens), "
+             "sum(cache_write_tokens), sum(output_tokens), sum(cost), sum(saved_cost), sum(routing_saved_cost), "
+             f"{_log_histogram('latency_ms')}, {_log_histogram('ttft_ms')}")
+
+
+def _filtered_parts(*, tenant_id: int | None, start: datetime, end: datetime, period: str,
+                    narrow: UsageFilter) -> list[tuple[str, list]]:
+    """The statements whose rows are (bucket, cache outcome, sums...): whole days from the filter
+    rollups when ``period`` is "day", the rest (partial days at the ends, or every hour of a short
+    range) from the log on its end-user or tag index."""
+    parts: list[tuple[str, list]] = []
+    if period == "day":
+        first = _day_floor(start) if start == _day_floor(start) else _day_floor(start) + timedelta(days=1)
+        last = _day_floor(end)
+    else:
+        first = last = start
+    if first < last:
+        where, params = "bucket >= %s AND bucket < %s", [first, last]
+        if tenant_id is not None:
+            where += " AND tenant_id = %s"
+            params.append(tenant_id)
+        # A user alone reads its "" rows (each request once); a tag, with or without a user, its own.
+        if narrow.end_user:
+            where += " AND end_user = %s AND tag = %s"
+            params += [narrow.end_user, narrow.tag]
+        else:
+            where += " AND tag = %s"
+            params.append(narrow.tag)
+        parts.append((f"SELECT bucket, cache_outcome, {_FILTER_SUMS} FROM reporting_filterrollup "  # noqa: S608  # nosec B608
+                      f"WHERE {where} GROUP BY 1, 2", params))
+        edges = [(start, first), (last, end)]
+    else:
+        edges = [(start, end)]
+    trunc = "day" if period == "day" else "hour"
+    for low, high in edges:
+        if low >= high:
+            continue
+        where, params = "created_at >= %s AND created_at < %s", [low, high]
+        if tenant_id is not None:
+            where += " AND tenant_id = %s"
+            params.append(tenant_id)
+        if narrow.end_user:
+            where += " AND end_user = %s AND end_user <> ''"
+            params.append(narrow.end_user)
+        if narrow.tag:
+            where += " AND tags @> ARRAY[%s]::varchar[] AND tags <> '{}'"
+            params.append(narrow.tag)
+        parts.append((f"SELECT date_trunc('{trunc}', created_at, 'UTC'), cache_outcome, {_LOG_SUMS} "  # noqa: S608  # nosec B608
+                      f"FROM usage_requestlog WHERE {where} GROUP BY 1, 2", params))
+    return parts
+
+
+def usage_filtered(*, tenant_id: int | None, start: datetime, end: datetime, period: str,
+                   narrow: UsageFilter) -> tuple[UsageTotals, list[dict]]:
+    """:func:`usage_totals` and :func:`usage_series` of the requests of one end user and/or tag
+    only, in one pass: whole days from :class:`~apps.reporting.models.FilterRollup`, partial days
+    (and the hours of a range of up to two days) from the log."""
+    buckets: dict[datetime, list] = {}
+    sums = {"requests": 0, "errors": 0, "input_tokens": 0, "cached_tokens": 0, "cache_write_tokens": 0,
+            "output_tokens": 0, "cost": Decimal(0), "saved_cost": Decimal(0), "routing_saved_cost": Decimal(0),
+            "exact": 0, "semantic": 0, "miss": 0}
+    latency, ttft = [0] * HISTOGRAM_SIZE, [0] * HISTOGRAM_SIZE
+    with connection.cursor() as cursor:
+        for statement, params in _filtered_parts(tenant_id=tenant_id, start=start, end=end, period=period,
+                                                 narrow=narrow):
+            cursor.execute(statement, params)
+            for (bucket, outcome, requests, errors, input_tokens, cached_tokens, cache_write_tokens, output_tokens,
+                 cost, saved, routing_saved, lat, first_token) in cursor.fetchall():
+                requests, cost, saved, routing_saved = int(requests), Decimal(cost or 0), Decimal(saved or 0), \
+                    Decimal(routing_saved or 0)
+                for name, value in (("requests", requests), ("errors", int(errors)),
+                                    ("input_tokens", int(input_tokens or 0)),
+                                    ("cached_tokens", int(cached_tokens or 0)),
+                                    ("cache_write_tokens", int(cache_write_tokens or 0)),
+                                    ("output_tokens", int(output_tokens or 0)), ("cost", cost), ("saved_cost", saved),
+                                    ("routing_saved_cost", routing_saved)):
+                    sums[name] += value
+                if outcome in ("exact", "semantic", "miss"):
+                    sums[outcome] += requests
+                latency = [a + int(b) for a, b in zip(latency, lat, strict=True)]
+                ttft = [a + int(b) for a, b in zip(ttft, first_token, strict=True)]
+                row = buckets.setdefault(bucket, [0, 0, Decimal(0), Decimal(0), Decimal(0), 0, 0])
+                hits = requests if outcome in ("exact", "semantic") else 0
+                looked_up = requests if outcome in ("exact", "semantic", "miss") else 0
+                for index, value in enumerate((requests, int(errors), cost, saved, routing_saved, hits, looked_up)):
+                    row[index] += value
+    result = UsageTotals(
+        requests=sums["requests"], errors=sums["errors"], input_tokens=sums["input_tokens"],
+        cached_tokens=sums["cached_tokens"], cache_write_tokens=sums["cache_write_tokens"],
+        output_tokens=sums["output_tokens"], cost=sums["cost"], saved_cost=sums["saved_cost"],
+        routing_saved_cost=sums["routing_saved_cost"], hits_exact=sums["exact"], hits_semantic=sums["semantic"],
+        misses=sums["miss"], latency_p50=histogram_percentile(latency, 50),
+        latency_p95=histogram_percentile(latency, 95), ttft_p50=histogram_percentile(ttft, 50),
+        ttft_p95=histogram_percentile(ttft, 95))
+    series = [{"bucket": bucket, **_figures(*figures)} for bucket, figures in sorted(buckets.items())]
+    return result, series
