@@ -202,10 +202,17 @@ class Runtime:
         return [d for m in snapshot.models.values() for d in m.deployments]
 
     def _circuit_changed(self, model, circuit) -> None:
-        """Report a breaker's transition to the database, off the request path and in order."""
+        """Report a breaker's transition to the database, off the request path and in order.
+
+        A deployment's circuit that opens also cools the deployment down until its probe is due:
+        the pools share cooldowns with every process at once (through Redis), so the other
+        replicas stop sending to it without each finding the outage for itself."""
         retry_at = None
         if circuit.state == OPEN:
-            retry_at = datetime.now(UTC) + timedelta(seconds=max(circuit.retry_at - time.monotonic(), 0.0))
+            wait = max(circuit.retry_at - time.monotonic(), 0.0)
+            retry_at = datetime.now(UTC) + timedelta(seconds=wait)
+            if getattr(model, "deployment_id", None) is not None and wait > 0:
+                self.pools.cool(model, wait)
         report = partial(circuit_report, provider_id=model.provider.id, model_id=model.id,
                          deployment_id=getattr(model, "deployment_id", None), process=self.process_name,
                          state=circuit.state, consecutive_failures=circuit.failures,

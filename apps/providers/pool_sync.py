@@ -14,7 +14,9 @@ Keys, under ``sy:pool:<deployment id>``: a hash (``cool`` ms, ``lat`` µs, ``rr`
 ``seen`` ms), ``:if`` (in flight by process), ``:m:<minute>`` (requests that minute, kept two
 minutes); ``sy:pool:syncs`` counts each process's exchanges. What a process did not hear yet
 (at most one interval) it decides without: a cooldown, the only state that refuses traffic, is
-sent the moment it starts.
+sent the moment it starts. A deployment's circuit breaker that opens in one process cools the
+deployment down until its probe (``GatewayRuntime._circuit_changed``), which is how the circuit's
+state reaches the other processes.
 """
 
 from __future__ import annotations

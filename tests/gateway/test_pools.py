@@ -208,3 +208,34 @@ def test_a_cooldown_is_shared_by_every_gateway_process_through_redis(pool, tmp_p
     finally:
         gateway_stop(other)
 
+
+
+def test_a_deployment_whose_circuit_opens_in_one_process_is_left_out_by_every_process(pool, tmp_path):
+    if not REDIS_URL:
+        pytest.skip("sharing between processes needs Redis (REDIS_URL)")
+    env = {"CIRCUIT_FAILURES": "2", "CIRCUIT_COOLDOWN": "600"}
+    first, second = gateway_start(tmp_path, extra_env=env), gateway_start(tmp_path, extra_env=env)
+    try:
+        for gateway in (first, second):
+            assert wait_until(lambda g=gateway: ask(pool, "hello", base=g.v1).status_code == 200)
+        pool.simulator.reset()
+        pool.simulator.fault(model="pool-west", mode="status", status=500, count=-1)
+        # Through the first gateway until pool-west has failed twice in a row (one request, retried).
+        for i in range(100):
+            assert ask(pool, f"first gateway {i}", base=first.v1).status_code == 200
+            if reached(pool)["pool-west"] >= 2:
+                break
+        assert reached(pool)["pool-west"] == 2
+        west = pool.deployments["pool-west"]
+        key = f"sy:pool:{west.pk}"
+        assert wait_until(lambda: float(pool.redis.hget(key, "cool") or 0) / 1000 > time.time() + 500)
+        seen = {name: int(count) for name, count in pool.redis.hgetall("sy:pool:syncs").items()}
+        assert wait_until(lambda: all(int(pool.redis.hget("sy:pool:syncs", name)) >= count + 2
+                                      for name, count in seen.items()))
+        # The second gateway never saw pool-west fail, and never sends it a request.
+        answers = [ask(pool, f"second gateway {i}", base=second.v1) for i in range(30)]
+        assert {a.status_code for a in answers} == {200}
+        assert reached(pool)["pool-west"] == 2
+    finally:
+        gateway_stop(first)
+        gateway_stop(second)
