@@ -77,7 +77,7 @@ async def responses_create(runtime: Runtime, x: Exchange, key: KeyInfo) -> None:
     scope, send = x.scope, x.send
     _method(scope, "POST")
     body = body_parse(await body_read(x.receive))
-    dialect = RESPONSES
+    dialect = RESPONSES.of(body)
     history: list = []
     previous = body.get("previous_response_id")
     if previous is not None:
@@ -88,7 +88,7 @@ async def responses_create(runtime: Runtime, x: Exchange, key: KeyInfo) -> None:
             raise BadRequest(f"Previous response with id '{previous[:_MAX_ID]}' not found.",
                              param="previous_response_id", code="previous_response_not_found")
         history = stored.context
-        dialect = RESPONSES.continuing(previous, history)
+        dialect = dialect.continuing(previous, history)
     x.chat = ChatRequest(key, body, dialect, x.started,
                          **chat_options(scope))
     answer = await chat(runtime, x.chat)
