@@ -71,10 +71,11 @@ class Responses:
     endpoint = ENDPOINT
 
     def __init__(self, *, history: list[dict] | None = None, previous_response_id: str | None = None,
-                 body: dict | None = None) -> None:
+                 body: dict | None = None, on_routed: Callable[[Call], None] | None = None) -> None:
         self.history = history
         self.previous_response_id = previous_response_id
         self.body = body  # the client's request: its errors name its fields
+        self.on_routed = on_routed  # a background response's: the door answers once it is accepted
 
     def of(self, body: dict) -> Responses:
         """The dialect of the request ``body`` (which names its errors' fields)."""
@@ -83,6 +84,12 @@ class Responses:
     def continuing(self, previous_response_id: str, history: list[dict]) -> Responses:
         """The dialect of a request continuing the conversation whose items are ``history``."""
         return Responses(history=history, previous_response_id=previous_response_id, body=self.body)
+
+    def in_background(self, on_routed: Callable[[Call], None]) -> Responses:
+        """This request's dialect run in the background: ``on_routed`` is told when the pipeline
+        has accepted it (validated, routed, within its limits)."""
+        return Responses(history=self.history, previous_response_id=self.previous_response_id, body=self.body,
+                         on_routed=on_routed)
 
     def shell(self, call: Call, original: dict, model: str) -> dict:
         return response_shell(original, response_id=response_id_of(call.request_id), model=model,
@@ -96,14 +103,17 @@ class Responses:
         return chain
 
     def routed(self, call: Call, prepared: Prepared) -> None:
-        return None
+        if self.on_routed is not None:
+            self.on_routed(call)
 
     def rewrite(self, call: Call, original: dict):
         """What makes a provider's own response object this gateway's answer (in place)."""
         response_id = response_id_of(call.request_id)
         store = original.get("store") is not False
+        background = original.get("background") is True
         return lambda response: response_rewritten(response, response_id=response_id, store=store,
-                                                   previous_response_id=self.previous_response_id)
+                                                   previous_response_id=self.previous_response_id,
+                                                   background=background)
 
     def upstream_request(self, prepared: Prepared, model: ModelInfo, *, stream: bool) -> UpstreamRequest:
         if serves_responses(model):

@@ -11,8 +11,9 @@ parts, roles user, system, developer and assistant; ``function_call`` and
 ``function_call_output`` items, parallel calls included), ``max_output_tokens``,
 ``temperature``, ``top_p``, ``text.format`` (``json_schema``, ``json_object``), ``text.verbosity``,
 function ``tools``, ``tool_choice``, ``parallel_tool_calls``, ``reasoning.effort`` (as
-``reasoning_effort``), ``user``, ``metadata`` (its ``tags`` route as on the chat door). Image
-and file inputs, built-in tools and background responses are refused with a 400 naming them.
+``reasoning_effort``), ``user``, ``metadata`` (its ``tags`` route as on the chat door). File
+inputs and built-in tools are refused with a 400 naming them; ``background`` is the door's
+(:mod:`apps.gateway.doors.background`), refused here only with ``store: false``.
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ RESPONSES_FIELDS: dict[str, tuple[type, ...] | None] = {
     "context_management": (list,), "access_programs": (dict,), "image": (dict,),
 }
 # Known fields this gateway cannot honour yet: refused when set, never silently dropped.
-_NOT_YET = (("background", "A background response"), ("conversation", "A conversation object"),
+_NOT_YET = (("conversation", "A conversation object"),
             ("prompt", "A stored prompt template"), ("moderation", "Moderation of a response"),
             ("context_management", "Context management"), ("access_programs", "An access program"),
             ("image", "Request-level image options"))
@@ -285,6 +286,9 @@ def responses_body_translate(body: dict, history: list[dict] | None = None) -> d
     model = model_field(body)
     if body.get("input") is None:
         raise missing("input")
+    if body.get("background") and body.get("store") is False:
+        raise BadRequest("A background response must be stored: 'background' cannot be true with 'store' false.",
+                         param="background", code="invalid_value")
     for name, what in _NOT_YET:
         if body.get(name):
             raise _not_supported(name, what)
@@ -348,7 +352,8 @@ def response_shell(original: dict, *, response_id: str, model: str, created_at: 
     reasoning = original.get("reasoning") if isinstance(original.get("reasoning"), dict) else {}
     return {
         "id": response_id, "object": "response", "created_at": created_at or int(time.time()),
-        "status": "in_progress", "background": False, "error": None, "incomplete_details": None,
+        "status": "in_progress", "background": original.get("background") is True, "error": None,
+        "incomplete_details": None,
         "instructions": original.get("instructions"), "max_output_tokens": original.get("max_output_tokens"),
         "max_tool_calls": original.get("max_tool_calls"), "model": model, "output": [],
         "parallel_tool_calls": original.get("parallel_tool_calls", True),
