@@ -14,8 +14,6 @@ from dataclasses import dataclass
 import orjson
 from psycopg.types.json import Jsonb
 
-RUNNING = ("queued", "in_progress")
-
 
 @dataclass(frozen=True, slots=True)
 class Stored:

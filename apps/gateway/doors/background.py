@@ -35,7 +35,7 @@ from apps.gateway.dialects.responses.translate import response_id_of
 from apps.gateway.pipeline.run import Answer, ChatRequest, chat
 from apps.gateway.runtime import Runtime
 from apps.providers.transport import UpstreamClientError
-from apps.responses.store import RUNNING, response_end, response_events, response_progress
+from apps.responses.store import response_end, response_events, response_progress
 
 logger = logging.getLogger(__name__)
 
@@ -186,6 +186,7 @@ class BackgroundRun:
     async def _write(self, events: list[dict]) -> bool:
         """Number ``events``, write them with the status they leave, then hand them out."""
         context = None
+        status = self.status
         # The door wrote the stream's first event (the response queued); the pipeline's own is dropped.
         events = [event for event in events if event.get("type") != "response.created"]
         for index, event in enumerate(events, len(self.events)):
@@ -194,18 +195,17 @@ class BackgroundRun:
             if isinstance(response, dict):
                 response["background"] = True
                 self.response = response
-                status = response.get("status")
-                if event["type"] in _LAST and status in ENDS:
-                    self.status = status
+                if event["type"] in _LAST and response.get("status") in ENDS:
+                    status = response["status"]
                     context = self.context + self.input_items + list(response.get("output") or [])
-                elif self.status in RUNNING:
-                    self.status = "in_progress"
-        if self.status == "queued" and events:
-            self.status = "in_progress"
+        if status == "queued" and events:
+            status = "in_progress"
         written = await response_progress(
             self.runtime.cache.pool, tenant_id=self.tenant_id, response_id=self.response_id, events=events,
-            status=self.status, response=self.response, context=context)
+            status=status, response=self.response, context=context)
         if written:
+            # Only now: a follower that sees the run ended must find every event it wrote.
+            self.status = status
             self.events += events
             self._changed()
         return written
@@ -247,7 +247,6 @@ class BackgroundRun:
         events = [*events, {"type": "response.cancelled", "response": response}]
         if not await self._write(events):
             await self._taken_over()
-        self.status = "cancelled"
 
     async def _taken_over(self) -> None:
         """The row stopped running under this run (cancelled or failed elsewhere): stop, and take
