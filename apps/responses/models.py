@@ -24,8 +24,9 @@ class StoredResponse(models.Model):
     events = models.JSONField(default=list, blank=True,
                               help_text="A background response's stream events so far, in sequence order.")
     created_at = models.DateTimeField(default=timezone.now)
-    updated_at = models.DateTimeField(default=timezone.now,
-                                      help_text="Last written: a background run writes at least every heartbeat.")
+    stale_at = models.DateTimeField(
+        null=True, blank=True, help_text="A background response still running: when its run is taken for dead "
+        "if it has not written the row again (each write moves it on).")
 
     class Meta:
         constraints = [models.UniqueConstraint(fields=["tenant", "response_id"], name="stored_response_unique")]

@@ -10,8 +10,9 @@ through the pipeline in a task of the gateway process, off the request that crea
     writer    the run itself: takes what the queue holds, numbers the events, writes them to the
               stored row with its status (``in_progress``, then the last event's), then hands
               them to the followers; writes at least every ``RESPONSES_BACKGROUND_HEARTBEAT``
-              seconds, so a row left unwritten longer than ``RESPONSES_BACKGROUND_STALE`` is a
-              run whose process died (failed when next read)
+              seconds, each write setting when the row goes stale (``RESPONSES_BACKGROUND_STALE``
+              seconds on): a row left unwritten past it is a run whose process died (failed
+              when next read)
     follow    the events after a sequence number: from the run when it is in this process (live),
               else from the stored row, read again until the response ends
 
@@ -202,7 +203,7 @@ class BackgroundRun:
             status = "in_progress"
         written = await response_progress(
             self.runtime.cache.pool, tenant_id=self.tenant_id, response_id=self.response_id, events=events,
-            status=status, response=self.response, context=context)
+            status=status, stale_seconds=settings.RESPONSES_BACKGROUND_STALE, response=self.response, context=context)
         if written:
             # Only now: a follower that sees the run ended must find every event it wrote.
             self.status = status
@@ -326,12 +327,12 @@ class Following:
 
 
 async def stale_fail(runtime: Runtime, *, tenant_id: int, response_id: str) -> dict | None:
-    """Fail a background response whose run died with its process (no run here, row unwritten
-    for ``RESPONSES_BACKGROUND_STALE`` seconds); the response as it now stands, or None."""
+    """Fail a background response whose run died with its process (no run here, its row not
+    written again within the ``RESPONSES_BACKGROUND_STALE`` of the process that ran it); the
+    response as it now stands, or None."""
     if response_id in RUNS:
         return None
     return await response_end(runtime.cache.pool, tenant_id=tenant_id, response_id=response_id, status="failed",
                               error={"code": "server_error", "message": "The gateway process running this "
-                                     "background response stopped before it finished."},
-                              stale_seconds=settings.RESPONSES_BACKGROUND_STALE)
+                                     "background response stopped before it finished."}, stale=True)
 

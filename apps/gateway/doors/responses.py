@@ -147,7 +147,8 @@ async def _background_create(runtime: Runtime, x: Exchange, key: KeyInfo, body: 
     try:
         await response_save(runtime.cache.pool, tenant_id=key.tenant_id, api_key_id=key.id,
                             request_id=call.request_id, response=response, input_items=items,
-                            context=history + items, background=True, events=[created])
+                            context=history + items, background=True, events=[created],
+                            stale_seconds=settings.RESPONSES_BACKGROUND_STALE)
         run.input_items, run.response, run.events = items, response, [created]
     finally:
         run.stored.set()  # the run goes on (or, unstored, ends)
@@ -159,8 +160,7 @@ async def _background_create(runtime: Runtime, x: Exchange, key: KeyInfo, body: 
 
 
 async def _find(runtime: Runtime, key: KeyInfo, response_id: str) -> Stored | None:
-    return await response_find(runtime.cache.pool, tenant_id=key.tenant_id, response_id=response_id,
-                               stale_seconds=settings.RESPONSES_BACKGROUND_STALE)
+    return await response_find(runtime.cache.pool, tenant_id=key.tenant_id, response_id=response_id)
 
 
 def _not_found(response_id: str) -> NotFound:
