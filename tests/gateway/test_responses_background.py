@@ -14,6 +14,7 @@ from openai.types.responses import Response
 
 from tests.gateway.conftest import gateway_start, gateway_stop, request_logs, wait_until
 from tests.gateway.test_responses import EVENTS, client
+from tests.gateway.test_responses_native import last_sent, native  # noqa: F401 (a fixture)
 
 
 def raw_follow(world, response_id: str, *, key: str | None = None, after: int | None = None,
@@ -195,3 +196,20 @@ def test_a_response_whose_gateway_died_is_failed_not_left_in_progress(world, tmp
     assert [event.sequence_number for event in events] == list(range(len(events)))
     with pytest.raises(openai.BadRequestError):
         sdk.responses.cancel(created.id)
+
+
+def test_a_background_response_replays_a_cache_hit_and_runs_on_a_provider_serving_responses(native):  # noqa: F811
+    sdk = client(native)
+    first = sdk.responses.create(model="gpt-native", input="Cached in the background", background=True)
+    events = list(sdk.responses.retrieve(first.id, stream=True))
+    assert events[-1].type == "response.completed" and events[-1].response.background is True
+    assert "background" not in last_sent(native) and last_sent(native)["stream"] is True  # the gateway runs it
+    again = sdk.responses.create(model="gpt-native", input="Cached in the background", background=True)
+    replayed = list(sdk.responses.retrieve(again.id, stream=True))
+    assert [event.sequence_number for event in replayed] == list(range(len(replayed)))
+    assert replayed[-1].type == "response.completed"
+    assert replayed[-1].response.output_text == events[-1].response.output_text
+    assert sdk.responses.retrieve(again.id).status == "completed"
+    rows = request_logs(2, tenant=native.tenant_a, endpoint="/v1/responses")
+    assert [row.cache_outcome for row in rows] == ["miss", "exact"]
+    assert rows[0].model_used == "gpt-native" and rows[0].cost > Decimal(0)
