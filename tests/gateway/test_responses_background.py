@@ -213,3 +213,22 @@ def test_a_background_response_replays_a_cache_hit_and_runs_on_a_provider_servin
     rows = request_logs(2, tenant=native.tenant_a, endpoint="/v1/responses")
     assert [row.cache_outcome for row in rows] == ["miss", "exact"]
     assert rows[0].model_used == "gpt-native" and rows[0].cost > Decimal(0)
+
+
+def test_a_background_response_that_fails_says_why(world):
+    sdk = client(world)
+    world.simulator.fault(model="sim-mini", mode="cut", count=1)  # mid-stream
+    cut = sdk.responses.create(model="sim-mini", input="Cut in the background", background=True)
+    events = validated(raw_follow(world, cut.id)[0])
+    assert [event["type"] for event in events][-2:] == ["error", "response.failed"]
+    assert [event["sequence_number"] for event in events] == list(range(len(events)))
+    failed = sdk.responses.retrieve(cut.id)
+    assert failed.status == "failed" and failed.error.code == "server_error"
+    assert failed.error.message.startswith("upstream_stream_cut: ")
+    world.simulator.fault(model="sim-mini", mode="status", status=500, count=2)  # the attempt and its retry
+    refused = sdk.responses.create(model="sim-mini", input="Refused in the background", background=True)
+    events = validated(raw_follow(world, refused.id)[0])
+    assert events[-1]["type"] == "response.failed"
+    assert sdk.responses.retrieve(refused.id).status == "failed"
+    rows = request_logs(2, tenant=world.tenant_a, endpoint="/v1/responses")
+    assert sorted(row.status_code for row in rows) == [502, 502]

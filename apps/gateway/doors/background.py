@@ -213,15 +213,18 @@ class BackgroundRun:
 
     def _failed_events(self, exc: BaseException | None, batch: list[dict] = ()) -> list[dict]:
         """The end of a run that failed: an ``error`` event (unless the stream sent one), then
-        ``response.failed``."""
-        error = {"code": getattr(exc, "code", "server_error") if exc is not None else "server_error",
-                 "message": getattr(exc, "message", None) or "The background response failed."}
+        ``response.failed``, its ``error`` one of OpenAI's codes (the gateway's own leads its message)."""
+        code = getattr(exc, "code", None) or "server_error"
+        message = getattr(exc, "message", None) or "The background response failed."
         events = []
         if exc is not None:
-            events.append({"type": "error", **error, "param": None})
-        last_error = next((event for event in reversed([*self.events, *batch]) if event.get("type") == "error"), None)
-        if exc is None and last_error is not None:
-            error = {"code": last_error.get("code") or "server_error", "message": last_error.get("message") or ""}
+            events.append({"type": "error", "code": code, "message": message, "param": None})
+        else:
+            sent = next((event for event in reversed([*self.events, *batch]) if event.get("type") == "error"), None)
+            if sent is not None:
+                code, message = sent.get("code") or "server_error", sent.get("message") or message
+        kind = "rate_limit_exceeded" if code == "rate_limit_exceeded" else "server_error"
+        error = {"code": kind, "message": message if code == kind else f"{code}: {message}"}
         response = {**(self.response or {}), "status": "failed", "error": error}
         events.append({"type": "response.failed", "response": response})
         return events
