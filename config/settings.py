@@ -246,6 +246,8 @@ CELERY_BEAT_SCHEDULE: dict = {
     "usage-rollup": {"task": "reporting.rollup", "schedule": env_float("USAGE_ROLLUP_EVERY", 10.0)},
     "usage-prune": {"task": "usage.prune", "schedule": env_float("USAGE_PRUNE_EVERY", 3600.0)},
     "responses-prune": {"task": "responses.prune", "schedule": env_float("USAGE_PRUNE_EVERY", 3600.0)},
+    "responses-fail-stale": {"task": "responses.fail_stale",
+                             "schedule": env_float("RESPONSES_BACKGROUND_STALE", 60.0)},
     "batches-resume": {"task": "batches.resume", "schedule": BATCH_RESUME_EVERY},
     "batches-poll-upstream": {"task": "batches.poll_upstream", "schedule": BATCH_UPSTREAM_POLL_EVERY},
     "routing-priors": {"task": "routing.priors_refresh", "schedule": env_float("ROUTING_PRIORS_EVERY", 60.0)},
