@@ -231,13 +231,15 @@ class BackgroundRun:
 
     async def _fail(self, exc: BaseException | None) -> None:
         """The pipeline raised after accepting the request (every model failed, say)."""
-        await self.stored.wait()
-        if self.response is None:
-            return
-        with contextlib.suppress(Exception):
-            if not await self._write(self._failed_events(exc)):
-                await self._taken_over()
-        self._finish()
+        try:
+            await self.stored.wait()
+            if self.response is None:
+                return  # the door could not store it
+            with contextlib.suppress(Exception):
+                if not await self._write(self._failed_events(exc)):
+                    await self._taken_over()
+        finally:
+            self._finish()
 
     async def _end_cancelled(self, events: list[dict]) -> None:
         """Written by this run: what the stream had sent, then ``response.cancelled``."""
@@ -298,7 +300,7 @@ async def follow(runtime: Runtime, *, tenant_id: int, response_id: str, after: i
             status, events = found
             ended = status in ENDS
             changed = None
-        fresh = [event for event in events if event.get("sequence_number", -1) > sent]
+        fresh = events[sent + 1:]  # an event's sequence number is its place in the series
         if fresh:
             sent = fresh[-1]["sequence_number"]
             yield b"".join(sse(event) for event in fresh)
