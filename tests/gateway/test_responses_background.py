@@ -101,9 +101,10 @@ def test_it_refuses_what_it_cannot_run_in_the_background(world):
     answer = httpx.get(world.gateway.v1 + f"/responses/{foreground.id}?stream=true",
                        headers={"Authorization": f"Bearer {world.key_a}"})
     assert answer.status_code == 400 and answer.json()["error"]["param"] == "stream"
-    answer = httpx.get(world.gateway.v1 + f"/responses/{foreground.id}?stream=true&starting_after=x",
-                       headers={"Authorization": f"Bearer {world.key_a}"})
-    assert answer.status_code == 400 and answer.json()["error"]["param"] == "starting_after"
+    for after in ("x", "-1", "1.5"):
+        answer = httpx.get(world.gateway.v1 + f"/responses/{foreground.id}?stream=true&starting_after={after}",
+                           headers={"Authorization": f"Bearer {world.key_a}"})
+        assert answer.status_code == 400 and answer.json()["error"]["param"] == "starting_after"
     with pytest.raises(openai.BadRequestError):
         sdk.responses.cancel(foreground.id)
     rows = request_logs(3, tenant=world.tenant_a, endpoint="/v1/responses")

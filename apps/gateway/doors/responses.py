@@ -137,21 +137,21 @@ async def _background_create(runtime: Runtime, x: Exchange, key: KeyInfo, body: 
     run.request = x.chat = ChatRequest(key, {**body, "stream": True}, dialect.in_background(run.accept), x.started,
                                        **chat_options(x.scope))
     task = run.start()
-    await asyncio.wait({run.accepted, task}, return_when=asyncio.FIRST_COMPLETED)
-    call = run.accepted.result()  # the pipeline's refusal, raised
-    response_id = response_id_of(call.request_id)
-    items = items_stored(body["input"], response_id.removeprefix("resp_"))
-    model = call.chain[0].name if call.chain else str(body.get("model"))
-    response = {**dialect.shell(call, run.request.body, model), "status": "queued"}
-    created = {"type": "response.created", "response": response, "sequence_number": 0}
     try:
+        await asyncio.wait({run.accepted, task}, return_when=asyncio.FIRST_COMPLETED)
+        call = run.accepted.result()  # the pipeline's refusal, raised
+        response_id = response_id_of(call.request_id)
+        items = items_stored(body["input"], response_id.removeprefix("resp_"))
+        model = call.chain[0].name if call.chain else str(body.get("model"))
+        response = {**dialect.shell(call, run.request.body, model), "status": "queued"}
+        created = {"type": "response.created", "response": response, "sequence_number": 0}
         await response_save(runtime.cache.pool, tenant_id=key.tenant_id, api_key_id=key.id,
                             request_id=call.request_id, response=response, input_items=items,
                             context=history + items, background=True, events=[created],
                             stale_seconds=settings.RESPONSES_BACKGROUND_STALE)
         run.input_items, run.response, run.events = items, response, [created]
     finally:
-        run.stored.set()  # the run goes on (or, unstored, ends)
+        run.stored.set()  # the run goes on (or, unstored because this request failed or left, ends)
     if not body.get("stream"):
         await json_send(x.send, 200, orjson.dumps(response), call.headers())
         return
@@ -186,12 +186,15 @@ def _run_of(key: KeyInfo, response_id: str) -> BackgroundRun | None:
 
 
 def _starting_after(query: dict[str, str]) -> int:
-    value = query.get("starting_after", "-1")
+    """``starting_after``: a sequence number (-1, every event, when absent)."""
+    value = query.get("starting_after")
+    if value is None:
+        return -1
     try:
         after = int(value)
     except ValueError:
-        after = -2
-    if after < -1:
+        after = -1
+    if after < 0:
         raise BadRequest("Invalid 'starting_after': expected a sequence number (an integer from 0).",
                          param="starting_after", code="invalid_value")
     return after
