@@ -78,13 +78,15 @@ async def response_find(pool, *, tenant_id: int, response_id: str) -> Stored | N
     return Stored(*row) if row is not None else None
 
 
-async def response_events(pool, *, tenant_id: int, response_id: str) -> tuple[str, list] | None:
-    """A background response's status and its events written so far."""
+async def response_events(pool, *, tenant_id: int, response_id: str) -> tuple[str, list, bool] | None:
+    """A background response's status, its events written so far, and whether it is stale (still
+    running, but its run has not written it by its ``stale_at``)."""
     async with pool.connection() as conn:
         row = await (await conn.execute(
-            "SELECT status, events FROM responses_storedresponse WHERE tenant_id = %s AND response_id = %s",
+            "SELECT status, events, status IN ('queued', 'in_progress') AND stale_at < now() "
+            "FROM responses_storedresponse WHERE tenant_id = %s AND response_id = %s",
             [tenant_id, response_id])).fetchone()
-    return (row[0], row[1]) if row is not None else None
+    return (row[0], row[1], bool(row[2])) if row is not None else None
 
 
 async def response_progress(pool, *, tenant_id: int, response_id: str, events: list, status: str,

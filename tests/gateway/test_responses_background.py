@@ -4,6 +4,7 @@ the simulated upstream, the official ``openai`` SDK."""
 
 from __future__ import annotations
 
+import concurrent.futures
 import json
 from decimal import Decimal
 
@@ -183,13 +184,20 @@ def test_a_response_whose_gateway_died_is_failed_not_left_in_progress(world, tmp
         assert events[-1].type == "response.cancelled"
         assert [event.sequence_number for event in events] == list(range(len(events)))
         assert wait_until(lambda: world.simulator.stats()["in_flight"] == 1)  # its provider stream closed
+        # Followed through another process (which reads its row) while it runs, and after its process died.
+        follower = concurrent.futures.ThreadPoolExecutor(1).submit(
+            lambda: list(client(world).responses.retrieve(created.id, stream=True)))
+        assert wait_until(lambda: world.simulator.stats()["in_flight"] == 1 and not follower.done())
         dying.proc.kill()
         dying.proc.wait()
     finally:
         gateway_stop(dying)
     # Another process reads it: its run did not write it again in time (the dead process's 1 s).
+    followed = follower.result(timeout=30)
+    assert followed[0].type == "response.created" and followed[-1].type == "response.failed"
+    assert [event.sequence_number for event in followed] == list(range(len(followed)))
     sdk = client(world)
-    assert wait_until(lambda: sdk.responses.retrieve(created.id).status == "failed")
+    assert sdk.responses.retrieve(created.id).status == "failed"
     failed = sdk.responses.retrieve(created.id)
     assert failed.error.code == "server_error" and failed.background is True
     events = list(sdk.responses.retrieve(created.id, stream=True))

@@ -297,7 +297,9 @@ async def follow(runtime: Runtime, *, tenant_id: int, response_id: str, after: i
             found = await response_events(runtime.cache.pool, tenant_id=tenant_id, response_id=response_id)
             if found is None:
                 return
-            status, events = found
+            status, events, stale = found
+            if stale and await stale_fail(runtime, tenant_id=tenant_id, response_id=response_id) is not None:
+                continue  # its run died: read it again, ended
             ended = status in ENDS
             changed = None
         fresh = events[sent + 1:]  # an event's sequence number is its place in the series
