@@ -118,6 +118,9 @@ def test_it_cancels_a_response_in_progress_and_ends_its_stream(world):
     created = sdk.responses.create(model="sim-mini", input="A long background job", background=True)
     seen, _ = raw_follow(world, created.id, until="response.output_text.delta")
     assert sdk.responses.retrieve(created.id).status == "in_progress"
+    with pytest.raises(openai.BadRequestError) as unfinished:
+        sdk.responses.create(model="sim-mini", input="And then?", previous_response_id=created.id)
+    assert unfinished.value.body["code"] == "previous_response_in_progress"
     theirs = client(world, world.key_b)
     with pytest.raises(openai.NotFoundError):
         theirs.responses.cancel(created.id)

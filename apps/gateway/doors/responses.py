@@ -91,6 +91,10 @@ async def responses_create(runtime: Runtime, x: Exchange, key: KeyInfo) -> None:
         if stored is None:
             raise BadRequest(f"Previous response with id '{previous[:_MAX_ID]}' not found.",
                              param="previous_response_id", code="previous_response_not_found")
+        if stored.status in ("queued", "in_progress"):
+            raise BadRequest(f"Previous response with id '{previous[:_MAX_ID]}' is still {stored.status}: "
+                             "continue it once it has finished.", param="previous_response_id",
+                             code="previous_response_in_progress")
         history = stored.context
         dialect = dialect.continuing(previous, history)
     if body.get("background") is True:
