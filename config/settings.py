@@ -246,6 +246,8 @@ CELERY_BEAT_SCHEDULE: dict = {
     "usage-rollup": {"task": "reporting.rollup", "schedule": env_float("USAGE_ROLLUP_EVERY", 10.0)},
     "usage-prune": {"task": "usage.prune", "schedule": env_float("USAGE_PRUNE_EVERY", 3600.0)},
     "responses-prune": {"task": "responses.prune", "schedule": env_float("USAGE_PRUNE_EVERY", 3600.0)},
+    "responses-fail-stale": {"task": "responses.fail_stale",
+                             "schedule": env_float("RESPONSES_BACKGROUND_STALE", 60.0)},
     "batches-resume": {"task": "batches.resume", "schedule": BATCH_RESUME_EVERY},
     "batches-poll-upstream": {"task": "batches.poll_upstream", "schedule": BATCH_UPSTREAM_POLL_EVERY},
     "routing-priors": {"task": "routing.priors_refresh", "schedule": env_float("ROUTING_PRIORS_EVERY", 60.0)},
@@ -265,6 +267,10 @@ SIMULATED_UPSTREAM_URL = env_str("SIMULATED_UPSTREAM_URL") or (
 # Keys, rules and prices are cached in each process and reloaded when a change is published
 # (Redis pub/sub or Postgres NOTIFY); GATEWAY_CONFIG_REFRESH is the safety-net reload period.
 GATEWAY_CONFIG_REFRESH = env_float("GATEWAY_CONFIG_REFRESH", 30.0)
+# A background response's run writes its row at least every RESPONSES_BACKGROUND_HEARTBEAT
+# seconds; one unwritten for RESPONSES_BACKGROUND_STALE seconds (its process died) is failed.
+RESPONSES_BACKGROUND_HEARTBEAT = env_float("RESPONSES_BACKGROUND_HEARTBEAT", 5.0)
+RESPONSES_BACKGROUND_STALE = env_float("RESPONSES_BACKGROUND_STALE", 60.0)
 GATEWAY_MAX_BODY_BYTES = env_int("GATEWAY_MAX_BODY_BYTES", 4 * 1024 * 1024, minimum=1024)
 GATEWAY_RETRIES = env_int("GATEWAY_RETRIES", 1, minimum=0)
 GATEWAY_RETRY_BACKOFF = env_float("GATEWAY_RETRY_BACKOFF", 0.05)

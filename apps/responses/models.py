@@ -20,7 +20,13 @@ class StoredResponse(models.Model):
     context = models.JSONField(
         help_text="The conversation's items (what it continued, this input, this output): what a response "
         "continuing it is given.")
+    background = models.BooleanField(default=False, help_text="Created with background: true (run off the request).")
+    events = models.JSONField(default=list, blank=True,
+                              help_text="A background response's stream events so far, in sequence order.")
     created_at = models.DateTimeField(default=timezone.now)
+    stale_at = models.DateTimeField(
+        null=True, blank=True, help_text="A background response still running: when its run is taken for dead "
+        "if it has not written the row again (each write moves it on).")
 
     class Meta:
         constraints = [models.UniqueConstraint(fields=["tenant", "response_id"], name="stored_response_unique")]

@@ -12,7 +12,8 @@ import pytest
 from openai.types.responses import Response, ResponseStreamEvent
 from pydantic import TypeAdapter
 
-from tests.gateway.conftest import request_logs
+from tests.gateway.conftest import request_logs, wait_until
+from tests.gateway.test_capabilities import sized  # noqa: F401 (a fixture)
 
 WEATHER = {"type": "function", "name": "get_weather", "description": "The weather in a city.",
            "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}
@@ -334,3 +335,46 @@ def test_it_holds_a_key_to_its_rate_limit(world):
     assert 1 <= int(refused.value.response.headers["retry-after"]) <= 60
     rows = request_logs(3, tenant=world.tenant_a, endpoint="/v1/responses")
     assert sorted(row.status_code for row in rows) == [200, 200, 429]
+
+
+def test_it_names_the_responses_field_a_capability_or_window_refusal_is_about(sized):  # noqa: F811
+    from tests.gateway.test_capabilities import PIXEL, words
+
+    def refused(body: dict) -> dict:
+        answer = httpx.post(sized.gateway.v1 + "/responses", json=body, timeout=30,
+                            headers={"Authorization": f"Bearer {sized.key_a}", "Cache-Control": "no-store"})
+        assert answer.status_code == 400, answer.text
+        return answer.json()["error"]
+
+    error = refused({"model": "small-first", "input": "Think hard.", "reasoning": {"effort": "high"}})
+    assert (error["code"], error["param"]) == ("model_capability_missing", "reasoning.effort")
+    assert "reasoning effort (reasoning.effort)" in error["message"]
+    error = refused({"model": "sim-mini", "input": "Weather?", "tools": [WEATHER]})
+    assert (error["code"], error["param"]) == ("model_capability_missing", "tools")
+    # The image is in the third input item; the chat form had the instructions' message before it.
+    error = refused({"model": "sim-standard", "instructions": "Be brief.", "input": [
+        {"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"},
+        {"role": "user", "content": [{"type": "input_text", "text": "What is this?"},
+                                     {"type": "input_image", "image_url": PIXEL}]}]})
+    assert (error["code"], error["param"]) == ("model_capability_missing", "input[2].content[1]")
+    assert "image inputs (input[2].content[1])" in error["message"]
+    error = refused({"model": "sim-mini", "input": words(1500), "max_output_tokens": 50})
+    assert (error["code"], error["param"]) == ("context_length_exceeded", "input")
+    error = refused({"model": "sim-mini", "input": "Hi", "max_output_tokens": 500})
+    assert error["param"] == "max_output_tokens"
+
+    mini = sized.models["sim-mini"]
+    mini.supports_json_schema = False
+    mini.save()
+    schema = {"format": {"type": "json_schema", "name": "city", "schema": {"type": "object"}}}
+    assert wait_until(lambda: httpx.post(sized.gateway.v1 + "/responses", json={
+        "model": "sim-mini", "input": "A city", "text": schema}, timeout=30,
+        headers={"Authorization": f"Bearer {sized.key_b}"}).status_code == 400)
+    error = refused({"model": "sim-mini", "input": "A city", "text": schema})
+    assert (error["code"], error["param"]) == ("model_capability_missing", "text.format")
+    with pytest.raises(openai.BadRequestError) as caught:  # the chat door still names the chat field
+        client(sized).chat.completions.create(model="sim-mini", messages=[{"role": "user", "content": "A city"}],
+                                              response_format={"type": "json_schema", "json_schema": {
+                                                  "name": "city", "schema": {"type": "object"}}})
+    assert caught.value.body["param"] == "response_format"
+    assert request_logs(6, tenant=sized.tenant_a, endpoint="/v1/responses", status_code=400)

@@ -186,7 +186,7 @@ def test_it_sends_input_images_as_chat_image_parts():
     ({"input": [{"type": "item_reference", "id": "x"}]}, "input[0]"),
     ({"input": [7]}, "input[0]"),
     ({"input": "x", "tool_choice": {"type": "web_search"}}, "tool_choice"),
-    ({"input": "x", "background": True}, "background"),
+    ({"input": "x", "background": True, "store": False}, "background"),
     ({"input": "x", "truncation": "middle"}, "truncation"),
     ({"input": "x", "text": {"format": {"type": "yaml"}}}, "text.format.type"),
 ])

@@ -1,4 +1,5 @@
-"""Stored responses expire under their tenant's request log retention, only the tenant's own."""
+"""Stored responses expire under their tenant's request log retention, only the tenant's own; a
+background response whose run died is failed."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from django.utils import timezone
 
 from apps.responses import services
 from apps.responses.models import StoredResponse
-from apps.responses.tasks import prune
+from apps.responses.tasks import fail_stale, prune
 
 
 def _stored(tenant, count, *, days_ago):
@@ -34,3 +35,32 @@ def test_it_deletes_only_a_tenants_own_responses_past_its_retention(tenant_a, te
     monkeypatch.setattr(services, "_now", lambda: later)
     assert prune(batch_size=5) == 3
     assert StoredResponse.objects.filter(tenant=tenant_b).count() == 4
+
+
+@pytest.mark.django_db(transaction=True)
+def test_it_fails_a_background_response_whose_run_died_and_only_that_one(tenant_a, tenant_b):
+    now = timezone.now()
+    created = {"type": "response.created", "response": {"status": "queued"}, "sequence_number": 0}
+
+    def running(tenant, name, *, stale_at, background=True, status="in_progress"):
+        return StoredResponse.objects.create(
+            tenant=tenant, response_id=name, request_id="req_" + name, status=status, background=background,
+            response={"id": name, "status": status, "output": []}, input_items=[], context=[],
+            events=[created], stale_at=stale_at)
+
+    dead = running(tenant_a, "resp_dead", stale_at=now - timedelta(seconds=5))
+    queued = running(tenant_b, "resp_queued", stale_at=now - timedelta(seconds=5), status="queued")
+    alive = running(tenant_a, "resp_alive", stale_at=now + timedelta(seconds=60))
+    done = running(tenant_a, "resp_done", stale_at=now - timedelta(seconds=5), status="completed")
+    assert fail_stale() == 2
+    for stored in (dead, queued):
+        stored.refresh_from_db()
+        assert stored.status == stored.response["status"] == "failed"
+        assert stored.response["error"]["code"] == "server_error"
+        assert [(e["type"], e["sequence_number"]) for e in stored.events] == [("response.created", 0),
+                                                                            ("response.failed", 1)]
+        assert stored.events[-1]["response"]["status"] == "failed"
+    for stored, status in ((alive, "in_progress"), (done, "completed")):
+        stored.refresh_from_db()
+        assert stored.status == status and len(stored.events) == 1
+    assert services.responses_stale_fail() == 0

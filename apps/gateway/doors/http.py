@@ -138,7 +138,9 @@ class GatewayHTTP:
             key = await runtime.authenticate(route.credentials(scope))
             await route.handler(runtime, x, key)
         except GatewayError as error:
-            status, body, headers = route.dialect.error_render(error, x.request_id)
+            # The request's own dialect once the door has one (it may name the request's fields).
+            dialect = x.chat.dialect if x.chat is not None else route.dialect
+            status, body, headers = dialect.error_render(error, x.request_id)
             await json_send(send, status, body, headers)
         except UpstreamClientError as exc:
             await refusal_send(send, exc, route.dialect.request_id_headers(x.request_id))

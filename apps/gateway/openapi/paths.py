@@ -185,16 +185,23 @@ def paths() -> dict:
         "/v1/responses/{response_id}": {
             "parameters": [_path_param("response_id", "A stored response of the calling tenant (another tenant's "
                                                       "answers 404).")],
-            "get": _op("getResponse", "A stored response, as it was answered.",
-                       _ok("The response.", "Response") | _errors(401, 404)),
+            "get": _op("getResponse", "A stored response, as it was answered (a background one: as it stands); "
+                                      "with `stream=true`, a background response's events after "
+                                      "`starting_after`, followed until it ends.",
+                       _ok("The response, or its events.", "Response", stream="ResponseEvent")
+                       | _errors(400, 401, 404),
+                       parameters=[_query("stream", {"type": "boolean", "default": False},
+                                          "Replay a background response's events (then follow it)."),
+                                   _query("starting_after", {"type": "integer", "minimum": 0},
+                                          "With `stream`: the sequence number after which events are sent.")]),
             "delete": _op("deleteResponse", "Delete a stored response.",
                           _ok("Deleted.", "ResponseDeleted") | _errors(401, 404)),
         },
         "/v1/responses/{response_id}/cancel": {
             "parameters": [_path_param("response_id", "A stored response of the calling tenant.")],
-            "post": _op("cancelResponse", "Cancel a background response. None runs in the background here: a "
-                                          "stored response has finished, and answers 400.",
-                        _errors(400, 401, 404)),
+            "post": _op("cancelResponse", "Cancel a queued or in-progress background response: it stops and is "
+                                          "answered `cancelled`. Any other response answers 400.",
+                        _ok("The response, cancelled.", "Response") | _errors(400, 401, 404)),
         },
         "/v1/responses/{response_id}/input_items": {
             "parameters": [_path_param("response_id", "A stored response of the calling tenant.")],

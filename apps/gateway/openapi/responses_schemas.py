@@ -74,10 +74,12 @@ RESPONSES_REQUEST = {
         "user": STRING, "safety_identifier": STRING, "prompt_cache_key": STRING, "service_tier": STRING,
         "truncation": {"enum": ["auto", "disabled"]},
         "include": {"type": "array", "items": STRING},
-        "background": {"const": False, **_NOT_YET},
+        "background": {"type": "boolean", "description": "Run off the request: answered `queued` at once, then "
+                                                         "retrieved, streamed again or cancelled. Not with "
+                                                         "`store: false`."},
         "prompt_cache_options": {"type": "object", "description": "Accepted; not sent on."},
         "prompt_cache_retention": {"type": "string", "description": "Accepted; not sent on."},
-        "background_options": {"type": "object", "description": "Accepted; no response runs in the background."},
+        "background_options": {"type": "object", "description": "Accepted; not used."},
         **{name: _NOT_YET for name in ("conversation", "prompt", "moderation", "context_management",
                                        "access_programs", "image")},
     },
@@ -105,8 +107,10 @@ RESPONSE = {
     "required": ["id", "object", "created_at", "status", "model", "output", "usage"],
     "properties": {
         "id": {"type": "string", "pattern": "^resp_"}, "object": {"const": "response"},
-        "created_at": {"type": "integer"}, "status": {"enum": ["completed", "incomplete"]}, "model": STRING,
-        "output": {"type": "array", "items": _OUTPUT_ITEM}, "usage": _USAGE,
+        "created_at": {"type": "integer"},
+        "status": {"enum": ["completed", "incomplete", "queued", "in_progress", "failed", "cancelled"]},
+        "model": STRING, "background": {"type": "boolean"},
+        "output": {"type": "array", "items": _OUTPUT_ITEM}, "usage": {"anyOf": [_USAGE, {"type": "null"}]},
         "previous_response_id": _NULLABLE_STRING, "instructions": _NULLABLE_STRING, "store": {"type": "boolean"},
     },
 }
@@ -121,7 +125,7 @@ RESPONSE_EVENT = {
             "response.content_part.added", "response.output_text.delta", "response.output_text.done",
             "response.content_part.done", "response.function_call_arguments.delta",
             "response.function_call_arguments.done", "response.output_item.done", "response.completed",
-            "response.incomplete", "error"]},
+            "response.incomplete", "response.failed", "response.cancelled", "error"]},
         "data": {"type": "string", "minLength": 1},
     },
 }

@@ -12,6 +12,7 @@ them from the store before it hands the request to the pipeline.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
@@ -37,6 +38,7 @@ from apps.gateway.dialects.responses.native import (
 )
 from apps.gateway.dialects.responses.sse import ResponsesFromOpenAI
 from apps.gateway.dialects.responses.translate import (
+    chat_param,
     response_from_completion,
     response_id_of,
     response_shell,
@@ -68,13 +70,26 @@ class Responses:
     name = "responses"
     endpoint = ENDPOINT
 
-    def __init__(self, *, history: list[dict] | None = None, previous_response_id: str | None = None) -> None:
+    def __init__(self, *, history: list[dict] | None = None, previous_response_id: str | None = None,
+                 body: dict | None = None, on_routed: Callable[[Call], None] | None = None) -> None:
         self.history = history
         self.previous_response_id = previous_response_id
+        self.body = body  # the client's request: its errors name its fields
+        self.on_routed = on_routed  # a background response's: the door answers once it is accepted
+
+    def of(self, body: dict) -> Responses:
+        """The dialect of the request ``body`` (which names its errors' fields)."""
+        return Responses(history=self.history, previous_response_id=self.previous_response_id, body=body)
 
     def continuing(self, previous_response_id: str, history: list[dict]) -> Responses:
         """The dialect of a request continuing the conversation whose items are ``history``."""
-        return Responses(history=history, previous_response_id=previous_response_id)
+        return Responses(history=history, previous_response_id=previous_response_id, body=self.body)
+
+    def in_background(self, on_routed: Callable[[Call], None]) -> Responses:
+        """This request's dialect run in the background: ``on_routed`` is told when the pipeline
+        has accepted it (validated, routed, within its limits)."""
+        return Responses(history=self.history, previous_response_id=self.previous_response_id, body=self.body,
+                         on_routed=on_routed)
 
     def shell(self, call: Call, original: dict, model: str) -> dict:
         return response_shell(original, response_id=response_id_of(call.request_id), model=model,
@@ -88,14 +103,17 @@ class Responses:
         return chain
 
     def routed(self, call: Call, prepared: Prepared) -> None:
-        return None
+        if self.on_routed is not None:
+            self.on_routed(call)
 
     def rewrite(self, call: Call, original: dict):
         """What makes a provider's own response object this gateway's answer (in place)."""
         response_id = response_id_of(call.request_id)
         store = original.get("store") is not False
+        background = original.get("background") is True
         return lambda response: response_rewritten(response, response_id=response_id, store=store,
-                                                   previous_response_id=self.previous_response_id)
+                                                   previous_response_id=self.previous_response_id,
+                                                   background=background)
 
     def upstream_request(self, prepared: Prepared, model: ModelInfo, *, stream: bool) -> UpstreamRequest:
         if serves_responses(model):
@@ -156,6 +174,11 @@ class Responses:
             "total_tokens": call.input_tokens + call.output_tokens})
 
     def error_render(self, error: GatewayError, request_id: str | None) -> tuple[int, bytes, list]:
+        """OpenAI's error shape, its ``param`` the Responses field (the pipeline names the chat form's)."""
+        if error.param is not None and self.body is not None:
+            param = chat_param(error.param, self.body, self.history)
+            if param != error.param:
+                error = _renamed(error, param)
         return OPENAI_CHAT.error_render(error, request_id)
 
     def request_id_headers(self, request_id: str | None) -> list[tuple[bytes, bytes]]:
@@ -184,6 +207,14 @@ class Responses:
         chunks = [translator.translate(b"data: " + orjson.dumps(event) + b"\n\n") for event in events]
         chunks.append(translator.translate(b"data: [DONE]\n\n"))
         return [chunk for chunk in chunks if chunk], translator.response
+
+
+def _renamed(error: GatewayError, param: str) -> GatewayError:
+    """``error`` naming ``param`` (in its message too, where it names the chat field in brackets)."""
+    renamed = copy.copy(error)
+    renamed.message = error.message.replace(f"({error.param})", f"({param})")
+    renamed.param = param
+    return renamed
 
 
 RESPONSES = Responses()

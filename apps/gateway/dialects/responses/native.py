@@ -1,9 +1,10 @@
 """A provider serving OpenAI's Responses API itself: the client's request passes through.
 
     request   the client's body with the model id swapped, ``store: false`` (this gateway keeps
-              the response, so the provider need not) and, for a request continuing a stored
-              conversation, its items put before ``input`` in place of ``previous_response_id``
-              (which names a response only this gateway holds)
+              the response, so the provider need not), no ``background`` (this gateway runs it)
+              and, for a request continuing a stored conversation, its items put before
+              ``input`` in place of ``previous_response_id`` (which names a response only this
+              gateway holds)
     answer    the provider's ``response`` with its id, ``store`` and ``previous_response_id``
               as this gateway answers them, so the client retrieves and continues it here;
               usage (input, cached, output tokens) priced from it
@@ -42,6 +43,7 @@ def native_payload(original: dict, history: list[dict] | None, upstream_id: str)
     body["model"] = upstream_id
     body["store"] = False
     body.pop("previous_response_id", None)
+    body.pop("background", None)  # this gateway runs a background response itself
     if history:
         given = body.get("input")
         given = [{"role": "user", "content": given}] if isinstance(given, str) else list(given or [])
@@ -95,10 +97,12 @@ def completion_of_response(response: dict, *, completion_id: str, usage: dict) -
                          "finish_reason": "tool_calls" if calls else "length" if cut else "stop"}]}
 
 
-def response_rewritten(response: dict, *, response_id: str, store: bool, previous_response_id: str | None) -> dict:
+def response_rewritten(response: dict, *, response_id: str, store: bool, previous_response_id: str | None,
+                       background: bool = False) -> dict:
     """The provider's response as this gateway answers it."""
     response["id"] = response_id
     response["store"] = store
+    response["background"] = background
     response["previous_response_id"] = previous_response_id
     return response
 

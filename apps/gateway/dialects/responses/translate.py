@@ -11,12 +11,14 @@ parts, roles user, system, developer and assistant; ``function_call`` and
 ``function_call_output`` items, parallel calls included), ``max_output_tokens``,
 ``temperature``, ``top_p``, ``text.format`` (``json_schema``, ``json_object``), ``text.verbosity``,
 function ``tools``, ``tool_choice``, ``parallel_tool_calls``, ``reasoning.effort`` (as
-``reasoning_effort``), ``user``, ``metadata`` (its ``tags`` route as on the chat door). Image
-and file inputs, built-in tools and background responses are refused with a 400 naming them.
+``reasoning_effort``), ``user``, ``metadata`` (its ``tags`` route as on the chat door). File
+inputs and built-in tools are refused with a 400 naming them; ``background`` is the door's
+(:mod:`apps.gateway.doors.background`), refused here only with ``store: false``.
 """
 
 from __future__ import annotations
 
+import re
 import time
 
 from apps.core.errors import BadRequest
@@ -37,7 +39,7 @@ RESPONSES_FIELDS: dict[str, tuple[type, ...] | None] = {
     "context_management": (list,), "access_programs": (dict,), "image": (dict,),
 }
 # Known fields this gateway cannot honour yet: refused when set, never silently dropped.
-_NOT_YET = (("background", "A background response"), ("conversation", "A conversation object"),
+_NOT_YET = (("conversation", "A conversation object"),
             ("prompt", "A stored prompt template"), ("moderation", "Moderation of a response"),
             ("context_management", "Context management"), ("access_programs", "An access program"),
             ("image", "Request-level image options"))
@@ -128,12 +130,17 @@ def input_items(value) -> list[dict]:
     return value
 
 
-def items_to_messages(items: list, *, param: str = "input") -> list[dict]:
+def items_to_messages(items: list, *, param: str = "input", origins: list[str] | None = None) -> list[dict]:
     """Responses input items as chat messages. Consecutive ``function_call`` items become one
-    assistant message with several tool calls (a parallel call)."""
+    assistant message with several tool calls (a parallel call). ``origins``, when given, gets
+    the item each message was made of (``input[3]``), one per message."""
     messages: list[dict] = []
+    base = len(origins) if origins is not None else 0
     for index, item in enumerate(items):
         where = f"{param}[{index}]"
+        if origins is not None:
+            del origins[base + len(messages):]  # an item that made no message of its own (merged, skipped)
+            origins.append(where)
         if not isinstance(item, dict):
             raise invalid_type(where, "an object", item)
         kind = item.get("type", "message" if "role" in item else None)
@@ -168,7 +175,44 @@ def items_to_messages(items: list, *, param: str = "input") -> list[dict]:
         else:
             raise BadRequest(f"Invalid value for '{where}.type': expected 'message', 'function_call', "
                              "'function_call_output' or 'reasoning'.", param=f"{where}.type", code="invalid_value")
+    if origins is not None:
+        del origins[base + len(messages):]
     return messages
+
+
+# A chat-form field as the Responses request names it (the pipeline's errors name chat fields).
+_PARAMS = {"messages": "input", "reasoning_effort": "reasoning.effort", "response_format": "text.format",
+           "max_tokens": "max_output_tokens", "max_completion_tokens": "max_output_tokens", "functions": "tools"}
+_MESSAGE_PATH = re.compile(r"messages\[(\d+)\]")
+
+
+def chat_param(param: str | None, body: dict, history: list[dict] | None = None) -> str | None:
+    """The Responses field of the request ``body`` (continuing ``history``) that a chat-form
+    ``param`` names: ``reasoning_effort`` is ``reasoning.effort``, ``messages[2].content[1]`` the
+    part of the input item (or ``instructions``, or ``previous_response_id``'s conversation)
+    that message 2 was made of. Names the chat form shares are kept."""
+    if param is None or param in RESPONSES_FIELDS:
+        return param
+    if param in _PARAMS:
+        return _PARAMS[param]
+    found = _MESSAGE_PATH.match(param)
+    if found is None:
+        return param
+    origins: list[str] = []
+    if body.get("instructions"):
+        origins.append("instructions")
+    if history:
+        items_to_messages(history, param="previous_response_id", origins=origins)
+        origins[:] = [origin.split("[")[0] for origin in origins]  # the stored items have no path the client knows
+    try:
+        items_to_messages(input_items(body.get("input")), origins=origins)
+    except (BadRequest, TypeError, AttributeError):
+        return "input"
+    index = int(found.group(1))
+    if index >= len(origins):
+        return "input"
+    origin = origins[index]
+    return origin + param[found.end():] if origin.startswith("input[") else origin
 
 
 def _tools(tools: list) -> list[dict]:
@@ -242,6 +286,9 @@ def responses_body_translate(body: dict, history: list[dict] | None = None) -> d
     model = model_field(body)
     if body.get("input") is None:
         raise missing("input")
+    if body.get("background") and body.get("store") is False:
+        raise BadRequest("A background response must be stored: 'background' cannot be true with 'store' false.",
+                         param="background", code="invalid_value")
     for name, what in _NOT_YET:
         if body.get(name):
             raise _not_supported(name, what)
@@ -305,7 +352,8 @@ def response_shell(original: dict, *, response_id: str, model: str, created_at: 
     reasoning = original.get("reasoning") if isinstance(original.get("reasoning"), dict) else {}
     return {
         "id": response_id, "object": "response", "created_at": created_at or int(time.time()),
-        "status": "in_progress", "background": False, "error": None, "incomplete_details": None,
+        "status": "in_progress", "background": original.get("background") is True, "error": None,
+        "incomplete_details": None,
         "instructions": original.get("instructions"), "max_output_tokens": original.get("max_output_tokens"),
         "max_tool_calls": original.get("max_tool_calls"), "model": model, "output": [],
         "parallel_tool_calls": original.get("parallel_tool_calls", True),
