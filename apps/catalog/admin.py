@@ -104,6 +104,15 @@ def _circuit_name(circuit: ProviderCircuit) -> str:
     return f"{circuit.model.name} ({deployment.region or f'deployment {deployment.pk}'})"
 
 
+def _circuit_summary(circuits: list[ProviderCircuit]) -> str:
+    """"closed", or "open in 1 of 2 processes" (of those that reported this circuit)."""
+    tripped = [c for c in circuits if c.state != ProviderCircuit.State.CLOSED]
+    if not tripped:
+        return "closed"
+    states = " / ".join(sorted({c.get_state_display() for c in tripped}))
+    return f"{states} in {len(tripped)} of {len(circuits)} processes"
+
+
 @admin.register(Provider)
 class ProviderAdmin(admin.ModelAdmin):
     form = ProviderForm
@@ -145,10 +154,9 @@ class ProviderAdmin(admin.ModelAdmin):
             by_model.setdefault(_circuit_name(c), []).append(c)
         parts = []
         for name, circuits in sorted(by_model.items()):
-            tripped = [c for c in circuits if c.state != ProviderCircuit.State.CLOSED]
-            if tripped:
-                states = sorted({c.get_state_display() for c in tripped})
-                parts.append(f"{name}: {' / '.join(states)} in {len(tripped)} of {len(circuits)} processes")
+            summary = _circuit_summary(circuits)
+            if summary != "closed":
+                parts.append(f"{name}: {summary}")
         return "; ".join(parts) or "closed"
 
     @admin.display(description="by model and process")
@@ -223,6 +231,9 @@ class ModelAdmin(admin.ModelAdmin):
                                    live_seconds=settings.POOL_SYNC_INTERVAL * 4 + 1)
         except OSError as exc:
             return f"Redis did not answer: {exc}"
+        circuits: dict[int, list[ProviderCircuit]] = {}
+        for circuit in ProviderCircuit.objects.filter(deployment__in=deployments):
+            circuits.setdefault(circuit.deployment_id, []).append(circuit)
         rows = []
         for d in deployments:
             state = live.get(d.pk) or {}
@@ -230,12 +241,14 @@ class ModelAdmin(admin.ModelAdmin):
             latency = state.get("latency_ms")
             rows.append((d.label, "yes" if d.is_active else "no", state.get("in_flight", 0),
                          datetime.fromtimestamp(until, UTC).strftime("%Y-%m-%d %H:%M:%S UTC") if until else "-",
-                         f"{latency:.1f} ms" if latency is not None else "-", state.get("sent_this_minute", 0)))
-        body = format_html_join("", "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
-                                rows)
+                         f"{latency:.1f} ms" if latency is not None else "-", state.get("sent_this_minute", 0),
+                         _circuit_summary(circuits.get(d.pk, []))))
+        body = format_html_join(
+            "", "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>", rows)
         return format_html(
             "<table><thead><tr><th>deployment</th><th>active</th><th>in flight</th><th>cooling down until</th>"
-            "<th>recent latency</th><th>requests this minute</th></tr></thead><tbody>{}</tbody></table>", body)
+            "<th>recent latency</th><th>requests this minute</th><th>circuit</th></tr></thead><tbody>{}</tbody>"
+            "</table>", body)
 
     def save_model(self, request, obj, form, change) -> None:
         super().save_model(request, obj, form, change)

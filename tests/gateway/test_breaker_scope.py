@@ -6,6 +6,8 @@ however slow the machine is."""
 
 from __future__ import annotations
 
+import os
+
 import httpx
 import pytest
 
@@ -98,7 +100,7 @@ def test_it_never_opens_a_circuit_on_the_providers_4xx(faults, stream):
     assert 'switchyard_circuit_open{provider="flaky"} 1.0' not in _metrics(faults)
 
 
-def test_each_deployment_of_a_model_on_one_provider_has_its_own_circuit(faults):
+def test_each_deployment_of_a_model_on_one_provider_has_its_own_circuit(faults, admin_client):
     """``twin`` is served by two deployments on the same provider (two regions, two upstream ids).
     One fails every request: its circuit opens and it is asked no more, while the other keeps
     answering everything, and its successes do not reset the failing one's circuit."""
@@ -124,3 +126,12 @@ def test_each_deployment_of_a_model_on_one_provider_has_its_own_circuit(faults):
     circuit = wait_until(lambda: ProviderCircuit.objects.filter(state="open").first())
     assert circuit is not None and (circuit.model.name, circuit.deployment_id) == ("twin", down.pk)
     assert not ProviderCircuit.objects.exclude(deployment=down).filter(state="open").exists()
+    # The provider's page names the deployment's circuit; with Redis the model's page shows it on
+    # the deployment's row of its live state.
+    provider_page = admin_client.get(f"/admin/catalog/provider/{flaky.pk}/change/").content.decode()
+    assert "<td>twin (down)</td>" in provider_page
+    if os.environ.get("REDIS_URL"):
+        model_page = admin_client.get(f"/admin/catalog/model/{twin.pk}/change/").content.decode()
+        rows = {row.split("</td>")[0]: row for row in model_page.split("<tr><td>")[1:]}
+        assert "open in 1 of 1 processes" in rows["flaky/down"]
+        assert "<td>closed</td>" in rows["flaky/up"]
