@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from decimal import Decimal
 
 import pytest
@@ -86,6 +87,44 @@ def simulator(simulator_process):
     simulator_process.reset()
     yield simulator_process
     simulator_process.reset()
+
+
+def _deadlocked(exc: BaseException | None) -> bool:
+    """Whether ``exc`` was caused, anywhere down its chain, by Postgres detecting a deadlock."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if getattr(exc, "sqlstate", None) == "40P01":
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
+
+
+@pytest.fixture(scope="session", autouse=True)
+def flush_survives_deadlocks():
+    """A transactional test ends with ``flush``: one TRUNCATE of every table, taking their locks
+    in an order that changes from run to run. A live gateway or worker still writing (a usage
+    COPY, a circuit's row, an alert) takes some of the same locks in its own order, and Postgres
+    then ends one of the two as a deadlock; when it picks the flush, the next test starts on a
+    database still holding this one's rows. Nothing in production truncates under traffic, so
+    the flush is tried again (the write it crossed has then finished) instead of failing."""
+    from django.core.management.commands import flush
+
+    original = flush.Command.handle
+
+    def handle(self, **options):
+        for attempt in range(5):
+            try:
+                return original(self, **options)
+            except Exception as exc:
+                if attempt == 4 or not _deadlocked(exc):
+                    raise
+                time.sleep(0.2 * (attempt + 1))
+        return None
+
+    flush.Command.handle = handle
+    yield
+    flush.Command.handle = original
 
 
 @pytest.fixture(scope="session", autouse=True)

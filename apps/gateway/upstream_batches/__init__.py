@@ -28,7 +28,6 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal
-from typing import Protocol
 
 import orjson
 from django.db.models import Sum
@@ -38,68 +37,24 @@ from apps.batches.storage import lines_read
 from apps.core.errors import BadRequest, BudgetExceeded, GatewayError
 from apps.gateway.doors.batch_lines import request_id_for
 from apps.gateway.snapshot import ModelInfo, ProviderInfo, snapshot_load
+from apps.gateway.upstream_batches.anthropic import AnthropicBatches
+from apps.gateway.upstream_batches.base import ENDPOINT, Ended, ProviderBatches
+from apps.gateway.upstream_batches.openai import OpenAIBatches
+from apps.gateway.upstream_batches.spend import line_estimate
 from apps.providers.transport import ANTHROPIC_KIND
 from apps.usage.models import RequestLog
 
 ROUTE_REASON = "provider batch api"
-ENDPOINT = "/v1/chat/completions"
 
 
 def _line_id(job_id: str, index: int) -> str:
     return f"batch_req_{job_id.split('_', 1)[-1]}_{index}"
 
 
-class ProviderBatchRefused(GatewayError):
-    """The provider refused the batch itself (a 4xx other than a rate limit: a bad key, a batch
-    too big): its lines cannot go, and asking again will not help."""
-
-    status = 502
-    code = "provider_batch_refused"
-
-
-@dataclass
-class Ended:
-    """A provider's batch that has ended: each answered line by the ``custom_id`` it was sent
-    with, as ``(status, chat-form body)`` or, when the provider did not answer it,
-    ``{"code", "message"}``; and why the rest went unanswered."""
-
-    answers: dict[str, tuple[int, dict] | dict]
-    status: str  # the batch's end, for the unanswered lines' code: provider_batch_<status>
-    reason: str
-    errors: dict | None = None  # the provider's errors, kept on a failed job
-
-
-class ProviderBatches(Protocol):
-    """One provider's batch API (sync, on a worker thread)."""
-
-    def custom_id(self, index: int, item: dict) -> str:
-        """The id line ``index`` is sent with."""
-
-    def params(self, body: dict, model: ModelInfo) -> dict:
-        """The chat-form ``body`` as this provider's request; raises :class:`GatewayError` for
-        one it cannot take."""
-
-    def find(self, *, job_id: str, since: datetime, count: int) -> str | None:
-        """A batch this job already created, if any."""
-
-    def create(self, *, job_id: str, requests: list[tuple[str, dict]]) -> str:
-        """A new batch of ``(custom_id, params)``; its id."""
-
-    def ended(self, batch_id: str) -> Ended | None:
-        """None while the batch runs."""
-
-    def chat_answer(self, status: int, answer: dict, body: dict) -> dict:
-        """An answer of :meth:`ended` in the chat form (``body``: the line's chat request)."""
-
-
 def batches_for(provider: ProviderInfo) -> ProviderBatches:
-    """The provider's batch API (imported here: each API's module imports this one)."""
+    """The provider's batch API."""
     if provider.kind == ANTHROPIC_KIND:
-        from apps.gateway.upstream_batches.anthropic import AnthropicBatches
-
         return AnthropicBatches(provider)
-    from apps.gateway.upstream_batches.openai import OpenAIBatches
-
     return OpenAIBatches(provider)
 
 
@@ -192,8 +147,6 @@ def upstream_submit(*, job_id: str, storage_name: str, upstream: dict) -> str:
 
 def upstream_estimate(*, storage_name: str, upstream: dict) -> Decimal:
     """The most the job's lines may cost at their models' batch prices."""
-    from apps.gateway.upstream_batches.spend import line_estimate
-
     models = provider_load(upstream["provider_id"]).models
     total = Decimal(0)
     for _index, _offset, raw in lines_read(storage_name):

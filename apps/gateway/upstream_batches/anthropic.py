@@ -28,7 +28,7 @@ from apps.gateway.dialects.anthropic.from_chat import (
     openai_error_body,
 )
 from apps.gateway.snapshot import ModelInfo, ProviderInfo
-from apps.gateway.upstream_batches import Ended, ProviderBatchRefused
+from apps.gateway.upstream_batches.base import Ended, ProviderBatchRefused
 from apps.gateway.validation import chat_body_validate
 from apps.providers.transport import ANTHROPIC_VERSION
 

@@ -13,7 +13,7 @@ import openai
 import orjson
 
 from apps.gateway.snapshot import ModelInfo, ProviderInfo
-from apps.gateway.upstream_batches import ENDPOINT, Ended, ProviderBatchRefused
+from apps.gateway.upstream_batches.base import ENDPOINT, Ended, ProviderBatchRefused
 
 RUNNING = ("validating", "in_progress", "finalizing", "cancelling")
 

@@ -10,6 +10,7 @@ from django.db import migrations, models
 def backfill(apps, schema_editor):
     """Sum the rows the rollups have already passed (up to the watermark) into the new table; later
     rows are summed by the next rollup runs, as for the other rollups."""
+    # The rollup's own statement, imported at run time: the backfill sums exactly what later runs do.
     from apps.reporting.services import FILTER_ROLLUP_SQL
 
     mark = apps.get_model("reporting", "RollupWatermark").objects.filter(name="request_log").first()
