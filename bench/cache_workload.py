@@ -2,12 +2,13 @@
 
     python bench/cache_workload.py [--requests 800] [--write docs/benchmarks.md] [--model static]
 
-``bench/data/workload_intents.tsv`` holds intents in several wordings; several intents differ from
-another by one slot. Requests draw an intent by Zipf popularity (exponent ``ZIPF``, fixed seed) and
-one of its wordings uniformly. Each request is looked up as the gateway does
-(``apps.gateway.caching``): the five nearest stored prompts by cosine (the local embedder), in
-order, down to the tenant's threshold; the first the verifier accepts is served. A miss stores the
-prompt. Reported:
+``bench/data/workload_intents.tsv`` and ``workload_intents_b.tsv`` (written later, independently of
+the first and of the verifier's training data) each hold intents in several wordings; several
+intents differ from another by one slot. Each is run on its own. Requests draw an intent by Zipf
+popularity (exponent ``ZIPF``, fixed seed) and one of its wordings uniformly. Each request is
+looked up as the gateway does (``apps.gateway.caching``): the five nearest stored prompts by
+cosine (the local embedder), in order, down to the tenant's threshold; the first the verifier
+accepts is served. A miss stores the prompt. Reported:
 
     ideal hit rate   requests whose intent was asked before / requests
     hit rate         served hits / requests; right hits (served from the same intent) / ideal
@@ -33,16 +34,17 @@ from apps.cache.embedder import MODELS, LocalEmbedder  # noqa: E402
 from apps.cache.verify import candidate_verify  # noqa: E402
 from bench.report import section_write  # noqa: E402
 
-DATA = REPO / "bench" / "data" / "workload_intents.tsv"
+WORKLOADS = {"a": REPO / "bench" / "data" / "workload_intents.tsv",
+             "b": REPO / "bench" / "data" / "workload_intents_b.tsv"}
 THRESHOLD = 0.80  # apps.tenants.models.Tenant.cache_similarity_threshold
 CANDIDATES = 5  # apps.cache.store's nearest(limit=5)
 ZIPF = 1.1
 SEED = 7
 
 
-def intents_load() -> dict[str, list[str]]:
+def intents_load(path: Path) -> dict[str, list[str]]:
     intents: dict[str, list[str]] = {}
-    with open(DATA, encoding="utf-8") as handle:
+    with open(path, encoding="utf-8") as handle:
         rows = [line.rstrip("\n").split("\t") for line in handle if line.strip() and not line.startswith("#")]
     for intent, wording in rows[1:]:
         intents.setdefault(intent, []).append(wording)
@@ -96,22 +98,26 @@ def main() -> None:
     args = parser.parse_args()
     if args.write and args.model != "minilm":
         parser.error("--write records the default model's figures only")
-    intents = intents_load()
-    requests = requests_draw(intents, args.requests)
-    texts = sorted({w for ws in intents.values() for w in ws})
     embedder = LocalEmbedder(model=args.model)
-    vectors = dict(zip(texts, embedder.embed_sync(texts), strict=True))
-    lines = [f"Embedder: {embedder.name}. {len(intents)} intents, {len(texts)} wordings, {args.requests} requests "
-             f"(Zipf {ZIPF}, seed {SEED}), threshold {THRESHOLD}, up to {CANDIDATES} candidates.\n",
-             "| lookup | hit rate | right hits / ideal | false hits |", "|---|---|---|---|"]
-    for name, verify in (("cosine only", False), ("cosine + verifier (default policy)", True)):
-        result = run(requests, vectors, verify)
-        ideal = result["ideal"] / args.requests
-        rate = result["hits"] / args.requests
-        right = (result["hits"] - result["false_hits"]) / args.requests
-        lines.append(f"| {name} | {rate:.3f} | {right / ideal:.3f} (ideal {ideal:.3f}) | {result['false_hits']} |")
-        if verify:
-            lines += ["", *(f"- false hit: {a!r} served {b!r}" for a, b in sorted(set(result["wrong"])))]
+    lines = []
+    for workload, path in WORKLOADS.items():
+        intents = intents_load(path)
+        requests = requests_draw(intents, args.requests)
+        texts = sorted({w for ws in intents.values() for w in ws})
+        vectors = dict(zip(texts, embedder.embed_sync(texts), strict=True))
+        lines += [f"**Workload {workload}** (`bench/data/{path.name}`). Embedder: {embedder.name}. {len(intents)} "
+                  f"intents, {len(texts)} wordings, {args.requests} requests (Zipf {ZIPF}, seed {SEED}), threshold "
+                  f"{THRESHOLD}, up to {CANDIDATES} candidates.\n",
+                  "| lookup | hit rate | right hits / ideal | false hits |", "|---|---|---|---|"]
+        for name, verify in (("cosine only", False), ("cosine + verifier (default policy)", True)):
+            result = run(requests, vectors, verify)
+            ideal = result["ideal"] / args.requests
+            rate = result["hits"] / args.requests
+            right = (result["hits"] - result["false_hits"]) / args.requests
+            lines.append(f"| {name} | {rate:.3f} | {right / ideal:.3f} (ideal {ideal:.3f}) | {result['false_hits']} |")
+            if verify:
+                lines += ["", *(f"- false hit: {a!r} served {b!r}" for a, b in sorted(set(result["wrong"])))]
+        lines.append("")
     body = "\n".join(lines) + "\n"
     print(body)
     if args.write:
@@ -119,7 +125,8 @@ def main() -> None:
                       "<!-- bench/cache_workload.py:start -->\n## Semantic cache on a repeated-intent workload "
                       f"(`bench/cache_workload.py`)\n\nCommand: `python bench/cache_workload.py --write {args.write}`. "
                       f"Run {datetime.now(UTC):%Y-%m-%d %H:%M} UTC. Intents and wordings in "
-                      "`bench/data/workload_intents.tsv` (written before measuring; not used for training).\n\n"
+                      "`bench/data/workload_intents.tsv` and `workload_intents_b.tsv` (each written before it "
+                      "was first measured; neither used for training).\n\n"
                       + body + "\n<!-- bench/cache_workload.py:end -->\n")
 
 

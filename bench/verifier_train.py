@@ -14,10 +14,18 @@ Deterministic: the same data and model give the same files byte for byte.
    of PAWS-Wiki and MRPC, weighted down because news and Wikipedia sentences are not prompts.
    Pairs a guard rejects are left out (the model only sees what passes the guards), as are pairs
    under cosine ``MIN_COSINE`` (never candidates).
-3. A logistic regression with L2 penalty fitted by Newton's method (no randomness), then its
-   operating points: out-of-fold scores on the prompt pairs of the tuning half with cosine at
-   least the default threshold give, for each target precision and each prompt set, the lowest
-   score that reaches it; the stricter of the sets is kept.
+3. Gradient-boosted decision trees on those features (``bench/boosting.py``: logistic loss,
+   200 trees of depth 3, exact splits, no randomness), then their operating points: out-of-fold
+   scores on the prompt pairs of the tuning half with cosine at least the default threshold give,
+   for each target precision and each prompt set, the lowest score that reaches it; the stricter
+   of the sets is kept. ``--model logistic`` fits the logistic regression the verifier used before
+   (L2 penalty, Newton's method), for comparison: it prints its out-of-fold figures and writes
+   nothing.
+
+The training-only prompt files (``EXTRA_FILES``) are never read by ``bench/cache_quality.py``.
+On the tuning half's out-of-fold scores (support-queue pairs with cosine at least 0.80, passing
+the guards), the second file took the logistic regression's AUC from 0.762 to 0.856, and the
+trees took it to 0.881 (recall at precision 0.97: 0.588, 0.640, 0.807).
 """
 
 from __future__ import annotations
@@ -37,6 +45,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from apps.cache import verify  # noqa: E402
 from apps.cache.pair_features import FEATURE_NAMES, WORDS_FILE, WordVectors, pair_features, prompt_parse  # noqa: E402
+from bench import boosting  # noqa: E402
 from bench.cache_quality import (  # noqa: E402
     Pair,
     mrpc_pairs,
@@ -55,7 +64,9 @@ L2 = 10.0
 PUBLIC_SAMPLE = {"paws": 1500, "mrpc": 500}
 PUBLIC_WEIGHT = 0.1
 EXTRA_FILE = "prompt_tuning_extra.tsv"
+EXTRA_FILES = (EXTRA_FILE, "prompt_tuning_more.tsv")
 TARGETS = (0.90, 0.95, 0.97, 0.98, 0.99)
+WILSON_Z = 1.0
 
 
 def words_build(path: Path) -> None:
@@ -114,8 +125,22 @@ def standardise(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return mean, scale
 
 
+def wilson_lower(correct: float, served: int, z: float = WILSON_Z) -> float:
+    """The lower end of the Wilson score interval of a proportion."""
+    share = correct / served
+    centre = share + z * z / (2 * served)
+    spread = z * np.sqrt(share * (1 - share) / served + z * z / (4 * served * served))
+    return float((centre - spread) / (1 + z * z / served))
+
+
 def operating_points(scores: np.ndarray, labels: np.ndarray) -> dict[str, float]:
-    """For each target precision, the lowest score whose served pairs reach it."""
+    """For each target precision, the lowest score whose served pairs reach it, with a margin.
+
+    The precision of the pairs served from a score down is measured on a few hundred pairs, so it
+    is an estimate: the target must be reached by the lower end of its Wilson interval (one
+    standard error, ``WILSON_Z``), not by the estimate itself. Without the margin the shipped
+    verifier served the support-queue tuning half at an out-of-fold precision of 0.98 and its
+    held-out half at 0.95-0.96."""
     order = np.argsort(-scores, kind="stable")
     points = {}
     for target in TARGETS:
@@ -124,7 +149,7 @@ def operating_points(scores: np.ndarray, labels: np.ndarray) -> dict[str, float]
         for index in order:
             served += 1
             correct += labels[index]
-            if correct / served >= target:
+            if wilson_lower(correct, served) >= target:
                 best = float(scores[index])
         points[f"{target:.2f}"] = round(best, 6)
     return points
@@ -134,6 +159,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data-dir", type=Path, default=REPO.parent / "shared" / "data")
     parser.add_argument("--words", action="store_true", help="rebuild the static word table")
+    parser.add_argument("--model", choices=("trees", "logistic"), default="trees",
+                        help="logistic: the former model's out-of-fold figures, nothing written")
     args = parser.parse_args()
     if args.words or not WORDS_FILE.exists():
         words_build(WORDS_FILE)
@@ -141,7 +168,8 @@ def main() -> None:
 
     # The tuning-only pairs (written to train the verifier, never reported) join the tuning halves;
     # their groups are offset so that they never share a fold with a prompt of the other files.
-    extra = [Pair(p.a, p.b, p.duplicate, p.kind, p.group + 5000) for p in triple_pairs(EXTRA_FILE)]
+    extra = [Pair(p.a, p.b, p.duplicate, p.kind, p.group + 5000 * (n + 1))
+             for n, name in enumerate(EXTRA_FILES) for p in triple_pairs(name)]
     own = split(own_pairs())[0] + extra
     questions = split(question_pairs())[0]
     prompt_like = own + questions
@@ -181,8 +209,14 @@ def main() -> None:
     oof = np.zeros(len(keep))
     for fold in range(5):
         test = folds == fold
-        beta = fit(z[~test], y[~test], w[~test])
-        oof[test] = 1 / (1 + np.exp(-np.clip(z[test] @ beta, -40, 40)))
+        if args.model == "logistic":
+            beta = fit(z[~test], y[~test], w[~test])
+            oof[test] = 1 / (1 + np.exp(-np.clip(z[test] @ beta, -40, 40)))
+        else:
+            oof[test] = boosting.predict(*boosting.boost(x[~test], y[~test], w[~test]), x[test])
+    for name, (first, last) in (("own", (0, len(own))), ("questions", (len(own), len(prompt_like)))):
+        chosen = np.array([first <= i < last and sims[i] >= DEFAULT_THRESHOLD for i in keep])
+        print(f"out of fold, {name} pairs at cosine >= {DEFAULT_THRESHOLD}: AUC {auc(oof[chosen], y[chosen]):.3f}")
     # One operating point per prompt set (the project's pairs with the tuning-only ones, and the
     # support-queue pairs), and the stricter of the two: a target must hold for each kind of prompt,
     # not only on their pooled average.
@@ -191,21 +225,37 @@ def main() -> None:
         calibration = np.array([first <= i < last and sims[i] >= DEFAULT_THRESHOLD for i in keep])
         for target, minimum in operating_points(oof[calibration], y[calibration]).items():
             points[target] = max(points.get(target, 0.0), minimum)
-    beta = fit(z, y, w)
-    print(f"trained on {len(keep)} pairs ({int(y.sum())} duplicates), {x.shape[1]} features; "
+    print(f"{args.model}: {len(keep)} pairs ({int(y.sum())} duplicates), {x.shape[1]} features; "
           f"operating points {points}")
+    if args.model == "logistic":
+        return
+    base, trees = boosting.boost(x, y, w)
     names = list(FEATURE_NAMES)
-    top = sorted(zip(names, beta, strict=True), key=lambda item: -abs(item[1]))[:12]
-    print("largest weights:", ", ".join(f"{n} {b:+.2f}" for n, b in top))
+    used: dict[str, int] = {}
+    for tree in trees:
+        for feature in tree["feature"]:
+            if feature >= 0:
+                used[names[feature]] = used.get(names[feature], 0) + 1
+    print("splits by feature:", ", ".join(f"{n} {c}" for n, c in sorted(used.items(), key=lambda i: -i[1])))
     verify.MODEL_FILE.write_text(json.dumps({
-        "about": "apps.cache.verify's logistic regression, written by bench/verifier_train.py",
-        "features": names, "weights": [round(float(b), 6) for b in beta],
-        "mean": [round(float(m), 6) for m in mean], "scale": [round(float(s), 6) for s in scale],
+        "about": "apps.cache.verify's gradient-boosted trees, written by bench/verifier_train.py",
+        "features": names, **boosting.flatten(base, trees),
         "operating_points": points,
         "trained_on": {"pairs": len(keep), "duplicates": int(y.sum()), "prompt_pairs": len(prompt_like),
-                       "public_pairs": len(public), "public_weight": PUBLIC_WEIGHT, "l2": L2, "seed": SEED},
-    }, indent=1) + "\n")
+                       "public_pairs": len(public), "public_weight": PUBLIC_WEIGHT, "seed": SEED,
+                       "trees": len(trees), "learning_rate": boosting.LEARNING_RATE, "min_leaf": boosting.MIN_LEAF,
+                       "l2": boosting.L2},
+    }, separators=(",", ":")) + "\n")
     print(f"wrote {verify.MODEL_FILE}")
+
+
+def auc(scores: np.ndarray, labels: np.ndarray) -> float:
+    """Probability that a duplicate scores above a near miss (ties count half)."""
+    positive, negative = scores[labels == 1], scores[labels == 0]
+    if not len(positive) or not len(negative):
+        return float("nan")
+    above = (positive[:, None] > negative[None, :]).sum() + 0.5 * (positive[:, None] == negative[None, :]).sum()
+    return float(above / (len(positive) * len(negative)))
 
 
 def hash_fold(group: int) -> int:

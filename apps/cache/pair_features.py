@@ -121,7 +121,11 @@ def prompt_parse(text: str) -> Prompt:
     text = _HYPHEN.sub("", _THOUSANDS.sub("", text))
     words: list[Word] = []
     sentence_start = True
-    for term in _TOKEN.findall(text):
+    terms = _TOKEN.findall(text)
+    letters = [t for t in terms if t.isalpha() and len(t) > 1]
+    # A prompt written in capitals has no acronyms to tell apart.
+    acronyms = sum(t.isupper() for t in letters) * 2 < len(letters)
+    for term in terms:
         if term in _SENTENCE_ENDS:
             sentence_start = True
             continue
@@ -136,6 +140,8 @@ def prompt_parse(text: str) -> Prompt:
             or (any(c.isdigit() for c in term) and any(c.isalpha() for c in term))))
         for part in parts:
             kind, number = _kind(part)
+            if acronyms and kind in ("function", "role") and len(term) > 1 and term.isupper() and term.isalpha():
+                kind = "content"  # "US", "IT", "OR": an acronym, not the pronoun or the preposition
             words.append(Word(part, stem(part), kind, name_like and kind == "content", number))
         sentence_start = False
     return Prompt(tuple(words), quotes)
@@ -266,6 +272,50 @@ def modal_classes(words: list[Word]) -> set[str]:
     return {"ought" if w.text in MODAL_OUGHT else "possible" for w in words if w.kind == "modal"}
 
 
+# What kind of answer a question asks for, read off its first question word and the word after it
+# ("how many" a quantity, "what year" a time, "what causes" a reason, "how do I" a manner). Two
+# prompts that ask for different kinds rarely share an answer, whatever else they share; a prompt
+# with no question word (a yes/no question, an instruction) has no kind, and says nothing.
+_MEASURE = frozenset("many much long often old far big tall fast hot cold large deep early late soon "
+                     "high heavy wide expensive cheap".split())
+_KIND_NOUNS = {
+    "time": "time year years date day days month hour hours century age era season".split(),
+    "place": "place places city cities country countries location state region continent".split(),
+    "person": "person people author artist inventor president painter writer singer player".split(),
+    "quantity": ("price prices cost costs number amount size height length distance population weight "
+                 "temperature percentage rate speed limit fee fees capacity value salary").split(),
+    "reason": "cause causes caused reason reasons makes made purpose point".split(),
+    "manner": "way ways steps step method process procedure best".split(),
+}
+_KIND_OF_NOUN = {noun: kind for kind, nouns in _KIND_NOUNS.items() for noun in nouns}
+
+
+def answer_kind(prompt: Prompt) -> str:
+    """reason, time, place, person, quantity, manner or thing; "" without a question word."""
+    words = prompt.words
+    for index, word in enumerate(words):
+        if word.kind != "question":
+            continue
+        after = [w.text for w in words[index + 1:index + 4]]
+        if word.text == "why":
+            return "reason"
+        if word.text == "when":
+            return "time"
+        if word.text == "where":
+            return "place"
+        if word.text in ("who", "whom", "whose"):
+            return "person"
+        if word.text == "how":
+            if after and after[0] in _MEASURE:
+                return "quantity"
+            return "reason" if after[:1] == ["come"] else "manner"
+        for follower in words[index + 1:index + 5]:  # what / which: the first content word tells
+            if follower.kind == "content":
+                return _KIND_OF_NOUN.get(follower.text, "thing")
+        return "thing"
+    return ""
+
+
 @dataclass(frozen=True, slots=True)
 class Alignment:
     left_a: list[Word]  # words of the first prompt that found no partner in the second
@@ -293,6 +343,7 @@ FEATURE_NAMES = (
     "matched_share_min", "inversions", "not_rotation", "substitution_sim", "left_cover_min", "left_cover_mean",
     "length_log_ratio", "left_number", "left_negation", "left_modal_min", "left_question_min",
     "left_scoped", "added_only", "modal_cross", "modal_ought_one_side", "modal_same_class", "narrowing_one_side",
+    "answer_kind_differs", "answer_kind_one_side",
 )
 
 
@@ -318,6 +369,8 @@ def pair_features(a: Prompt, b: Prompt, vectors: WordVectors | None = None) -> n
     # Order of the aligned content words and numbers only: function words move freely in a rewording.
     content_positions = [index for word, index in positions_a if word.kind in ("content", "number")]
     inverted, rotation = _inversions(content_positions)
+
+    kind_a, kind_b = answer_kind(a), answer_kind(b)
 
     vec_a = [(w, vectors.get(w.text)) for w in content_a]
     vec_b = [(w, vectors.get(w.text)) for w in content_b]
@@ -349,4 +402,5 @@ def pair_features(a: Prompt, b: Prompt, vectors: WordVectors | None = None) -> n
         float(("ought" in modal_a) != ("ought" in modal_b)),
         float(bool(modal_a & modal_b)),
         float(len({w.text for w in left_a} & NARROWING) + len({w.text for w in left_b} & NARROWING)),
+        float(bool(kind_a) and bool(kind_b) and kind_a != kind_b), float(bool(kind_a) != bool(kind_b)),
     ], dtype=np.float32)

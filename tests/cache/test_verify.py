@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+
+import numpy as np
 import pytest
 
 from apps.cache.fingerprint import MAX_AGE_LIMIT, cache_control_parse, cacheable, fingerprint
@@ -114,11 +117,31 @@ def test_it_loads_the_same_model_and_scores_deterministically():
     from apps.cache import verify
 
     again = verify.model_load()
-    assert (again.weights == verify._MODEL.weights).all()
+    assert (again.feature == verify._MODEL.feature).all() and (again.value == verify._MODEL.value).all()
     assert again.operating_points == verify._MODEL.operating_points
     pair = ("Can you explain what machine learning is?", "What is machine learning?")
     assert verify.candidate_score(*pair) == verify.candidate_score(*pair)
     assert verify.candidate_score(*pair) == verify.candidate_score(*reversed(pair))
+
+
+def test_it_scores_as_the_trainer_predicts(tmp_path):
+    """The verifier's evaluation of the flat trees equals the trainer's own, tree by tree."""
+    from apps.cache import verify
+    from bench import boosting
+
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(400, 5))
+    y = ((x[:, 0] + 0.5 * x[:, 1] * x[:, 2] + rng.normal(scale=0.5, size=400)) > 0).astype(float)
+    base, trees = boosting.boost(x, y, np.ones(400), rounds=30, min_leaf=10)
+    assert any(len(tree["feature"]) > 1 for tree in trees)  # the trees split
+    path = tmp_path / "model.json"
+    path.write_text(json.dumps({**boosting.flatten(base, trees), "operating_points": {"0.97": 0.5}}))
+    model = verify.model_load(path)
+    probe = rng.normal(size=(50, 5))
+    expected = boosting.predict(base, trees, probe)
+    assert [model.score(row) for row in probe] == pytest.approx(list(expected), abs=1e-6)
+    fitted = boosting.predict(base, trees, x)
+    assert ((fitted > 0.5) == (y == 1)).mean() > 0.8  # it learned the labels, interaction included
 
 
 def test_it_asks_more_of_a_candidate_for_a_higher_precision():
@@ -129,3 +152,40 @@ def test_it_asks_more_of_a_candidate_for_a_higher_precision():
     stricter = candidate_verify(*pair, precision=0.99)
     assert not stricter.ok
     assert stricter.reason
+
+
+@pytest.mark.parametrize(("query", "cached"), [
+    ("Is coffee good for you?", "Is coffee bad for you?"),
+    ("How do I increase my credit limit?", "How can I decrease my credit limit?"),
+    ("What is the fastest way to learn chess?", "What is the slowest way to learn chess?"),
+])
+def test_it_rejects_an_antonym_as_opposite(query, cached):
+    verdict = candidate_verify(query, cached)
+    assert (verdict.ok, verdict.reason) == (False, "opposite")
+
+
+def test_it_reads_an_acronym_written_like_a_pronoun_as_a_name():
+    from apps.cache.pair_features import prompt_parse
+
+    (us,) = [w for w in prompt_parse("Do I need a visa for Japan as a US citizen?").words if w.text == "us"]
+    assert us.kind == "content" and us.entity
+    (pronoun,) = [w for w in prompt_parse("Can you help us with billing?").words if w.text == "us"]
+    assert pronoun.kind == "function"
+    shouting = prompt_parse("CAN YOU HELP US WITH BILLING")
+    assert all(w.kind != "content" or w.text in ("help", "billing") for w in shouting.words)
+
+
+@pytest.mark.parametrize(("prompt", "kind"), [
+    ("Why did the Berlin Wall fall?", "reason"),
+    ("What caused the fall of the Berlin Wall?", "reason"),
+    ("What year did the Berlin Wall fall?", "time"),
+    ("How many calories are in an egg?", "quantity"),
+    ("How do I reset my password?", "manner"),
+    ("Hi, what's the best way to reset my password?", "manner"),
+    ("Can you explain what machine learning is?", "thing"),
+    ("Is there a fee for withdrawals?", ""),
+])
+def test_it_reads_the_kind_of_answer_a_question_asks_for(prompt, kind):
+    from apps.cache.pair_features import answer_kind, prompt_parse
+
+    assert answer_kind(prompt_parse(prompt)) == kind
