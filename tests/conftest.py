@@ -129,16 +129,20 @@ def flush_survives_deadlocks():
 
 @pytest.fixture(scope="session", autouse=True)
 def limits_counters_fresh():
-    """Ids restart with each test database: forget the Redis limit counters of earlier runs."""
+    """Ids restart with each test database: forget the Redis limit counters and deployment pool
+    state of earlier runs (a deployment an earlier run cooled down for ten minutes would otherwise
+    be skipped by this run's deployment of the same id)."""
     url = os.environ.get("REDIS_URL")
     if url:
         import redis
 
         from apps.limits.counters import REDIS_PREFIX
+        from apps.providers.pool_sync import PREFIX as POOL_PREFIX
 
         client = redis.Redis.from_url(url)
-        for name in client.scan_iter(REDIS_PREFIX + "*", count=1000):
-            client.delete(name)
+        for prefix in (REDIS_PREFIX, POOL_PREFIX):
+            for name in client.scan_iter(prefix + "*", count=1000):
+                client.delete(name)
         client.close()
 
 

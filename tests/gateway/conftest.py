@@ -94,6 +94,15 @@ class World:
     model, and global rules routing ``auto`` by complexity, all committed to the database."""
 
     def __init__(self, simulator: Simulator) -> None:
+        from django.db import transaction
+
+        # One transaction: one commit instead of dozens, and every gateway reloads its config only
+        # once it can read the whole world (each write's change message is sent on commit, or is
+        # a NOTIFY delivered at commit).
+        with transaction.atomic():
+            self._build(simulator)
+
+    def _build(self, simulator: Simulator) -> None:
         from apps.catalog.models import Model, Provider
         from apps.core.demo import DEFAULT_INDICATORS
         from apps.routing.models import ComplexityIndicator, RoutingFallback, RoutingRule
@@ -129,9 +138,11 @@ class World:
             rule = RoutingRule.objects.create(name=f"auto {tier}", match_model="auto", match_tier=tier,
                                               target=self.models[target], priority=priority)
             RoutingFallback.objects.create(rule=rule, model=self.models[fallback], position=0)
-        for tier, phrases in DEFAULT_INDICATORS.items():
-            for phrase in phrases:
-                ComplexityIndicator.objects.get_or_create(phrase=phrase, tier=tier)
+        # One INSERT for the classifier's phrases (a bulk insert sends no change message of its
+        # own; the writes above send theirs at the same commit).
+        ComplexityIndicator.objects.bulk_create(
+            [ComplexityIndicator(phrase=phrase, tier=tier) for tier, phrases in DEFAULT_INDICATORS.items()
+             for phrase in phrases], ignore_conflicts=True)
 
 
 @pytest.fixture

@@ -113,15 +113,18 @@ class Command(BaseCommand):
 
         started = time.monotonic()
         interactive = sys.stderr.isatty()
-        last = ""
+        last, last_state = "", None
         while True:
             job = load()
             line = progress_line(job, time.monotonic() - started)
+            # Not on a terminal, a line is written when the progress or the status changes (never
+            # for the rate and time alone), so the last line always says how the job ended.
+            state = (job.completed, job.failed, job.total, job.status)
             if interactive:
                 self.stderr.write("\r" + line.ljust(len(last)), ending="")
-            elif line.split(" ", 3)[:3] != last.split(" ", 3)[:3]:
+            elif state != last_state:
                 self.stderr.write(line)
-            last = line
+            last, last_state = line, state
             if job.status in FINISHED:
                 break
             time.sleep(interval)
