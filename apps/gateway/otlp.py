@@ -1,12 +1,19 @@
 """Spans out of the process: OTLP/HTTP protobuf, encoded by hand, posted from a thread of its own.
 
 The request path records a span as plain values (:class:`SpanRecord`) and hands each finished
-request's spans to :meth:`SpanExporter.add` in one call: an append to a bounded queue, nothing
-else. The exporting thread wakes every ``OTEL_BSP_SCHEDULE_DELAY`` ms (or as soon as a batch's
-worth is queued), encodes up to ``OTEL_BSP_MAX_EXPORT_BATCH_SIZE`` spans into one
-``ExportTraceServiceRequest`` and posts it to the collector. When the queue holds
-``OTEL_BSP_MAX_QUEUE_SIZE`` spans (the collector down or slow), a request's spans are dropped
-and counted (:attr:`SpanExporter.dropped`), never waited for.
+request's spans to :meth:`SpanExporter.add` in one call, which encodes them there and then and
+appends the bytes to a bounded queue. The exporting thread wakes every
+``OTEL_BSP_SCHEDULE_DELAY`` ms (or as soon as a batch's worth is queued), joins up to
+``OTEL_BSP_MAX_EXPORT_BATCH_SIZE`` spans' bytes into one ``ExportTraceServiceRequest`` and
+posts it to the collector. When the queue holds ``OTEL_BSP_MAX_QUEUE_SIZE`` spans (the
+collector down or slow), a request's spans are dropped and counted
+(:attr:`SpanExporter.dropped`), never waited for.
+
+Why encode on the request path rather than in the exporting thread: the encoding is the same
+work wherever it runs, but records waiting in a queue are objects the garbage collector must
+walk, promote and walk again (they outlive young collections), and the thread that encodes
+must take the GIL from the event loop in turn; bytes are neither (docs/benchmarks.md,
+Tracing, has the measurement).
 
 The wire format is OpenTelemetry's ``opentelemetry/proto/collector/trace/v1`` messages, written
 field by field: the resource and the scope are encoded once, an attribute's key once per
@@ -38,7 +45,6 @@ STATUS_ERROR = 2
 _FLAGS_LOCAL = 0x100
 _FLAGS_REMOTE = 0x300
 
-_YIELD_EVERY = 24  # spans encoded between two offers of the GIL to the event loop's thread
 _PACK_Q = struct.Struct("<Q").pack
 _PACK_D = struct.Struct("<d").pack
 _PACK_I = struct.Struct("<I").pack
@@ -205,12 +211,23 @@ def trace_encode(trace_id: int, parent_id: int, root: SpanRecord, children: list
     return spans
 
 
-def request_encode(resource: dict, scope: str, spans: list[bytes]) -> bytes:
-    """An ``ExportTraceServiceRequest`` of one resource and one scope holding ``spans``."""
-    scope_spans = _delimited(b"\x0a", _delimited(b"\x0a", scope.encode())) + b"".join(
-        _delimited(b"\x12", span) for span in spans)
+def spans_frame(spans: list[bytes]) -> bytes:
+    """``spans`` (each a ``Span``'s fields) as ``ScopeSpans.spans`` fields, one after the other:
+    what :func:`request_frame` joins, any number of requests' worth at once."""
+    return b"".join([_delimited(b"\x12", span) for span in spans])
+
+
+def request_frame(resource: dict, scope: str, frames: bytes) -> bytes:
+    """An ``ExportTraceServiceRequest`` of one resource and one scope holding the spans of
+    ``frames`` (:func:`spans_frame`'s output, joined)."""
+    scope_spans = _delimited(b"\x0a", _delimited(b"\x0a", scope.encode())) + frames
     resource_spans = _delimited(b"\x0a", attributes_encode(b"\x0a", resource)) + _delimited(b"\x12", scope_spans)
     return _delimited(b"\x0a", resource_spans)
+
+
+def request_encode(resource: dict, scope: str, spans: list[bytes]) -> bytes:
+    """An ``ExportTraceServiceRequest`` of one resource and one scope holding ``spans``."""
+    return request_frame(resource, scope, spans_frame(spans))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -334,14 +351,16 @@ class SpanExporter:
         self.delay = max(delay, 1) / 1000
         self._resource = resource
         self._scope = scope
-        # (trace id, parent id, root span, child spans): one finished request each
-        self._queue: collections.deque[tuple[int, int, SpanRecord, list[SpanRecord]]] = collections.deque()
+        # (a finished request's spans, encoded (spans_frame), how many): bytes and an int, nothing
+        # the garbage collector walks
+        self._queue: collections.deque[tuple[bytes, int]] = collections.deque()
         # Each counter is written by one thread only: no lock on the request path.
         self.queued = 0  # spans queued (the event loop's thread)
         self.dropped = 0  # spans dropped because the queue was full (the event loop's thread)
         self.taken = 0  # spans taken off the queue (the exporting thread)
         self.exported = 0  # spans the collector accepted (the exporting thread)
         self.failed = 0  # spans whose export failed (the exporting thread)
+        self.unencoded = 0  # spans that could not be encoded, dropped (the event loop's thread)
         self._dropped_logged = 0
         self._wake = threading.Event()
         self._stopping = False
@@ -350,13 +369,20 @@ class SpanExporter:
         self._thread.start()
 
     def add(self, trace_id: int, parent_id: int, root: SpanRecord, children: list[SpanRecord]) -> bool:
-        """Queue one finished request's spans; False (and counted) when the queue is full."""
+        """Encode one finished request's spans and queue them; False (and counted) when the queue
+        is full (nothing is encoded then) or they cannot be encoded."""
         count = len(children) + 1
         pending = self.queued - self.taken + count
         if pending > self.max_queue or self._stopping:
             self.dropped += count
             return False
-        self._queue.append((trace_id, parent_id, root, children))
+        try:
+            frame = spans_frame(trace_encode(trace_id, parent_id, root, children))
+        except Exception:  # a bad attribute must not fail the request it describes
+            logger.exception("a trace could not be encoded; its %d spans are dropped", count)
+            self.unencoded += count
+            return False
+        self._queue.append((frame, count))
         self.queued += count
         if pending >= self.batch and not self._wake.is_set():
             self._wake.set()
@@ -389,22 +415,14 @@ class SpanExporter:
     def _drain(self) -> None:
         queue = self._queue
         while queue:
-            spans: list[bytes] = []
-            while queue and len(spans) < self.batch:
-                trace_id, parent_id, root, children = queue.popleft()
-                count = len(children) + 1
-                self.taken += count
-                try:
-                    spans += trace_encode(trace_id, parent_id, root, children)
-                except Exception:
-                    logger.exception("a trace could not be encoded; its %d spans are dropped", count)
-                    self.failed += count
-                if len(spans) % _YIELD_EVERY < count:
-                    # Let the event loop's thread have the GIL: without this it would wait for the
-                    # interpreter's switch interval (5 ms) each time it wakes while a batch encodes.
-                    time.sleep(0)
-            if spans:
-                self._post(request_encode(self._resource, self._scope, spans), len(spans))
+            frames: list[bytes] = []
+            spans = 0
+            while queue and spans < self.batch:
+                frame, count = queue.popleft()
+                frames.append(frame)
+                spans += count
+            self.taken += spans
+            self._post(request_frame(self._resource, self._scope, b"".join(frames)), spans)
         if self.dropped > self._dropped_logged:
             logger.warning("%d spans dropped: the export queue (%d spans) was full",
                            self.dropped - self._dropped_logged, self.max_queue)
