@@ -45,7 +45,6 @@ STATUS_ERROR = 2
 _FLAGS_LOCAL = 0x100
 _FLAGS_REMOTE = 0x300
 
-_PACK_Q = struct.Struct("<Q").pack
 _PACK_D = struct.Struct("<d").pack
 _PACK_I = struct.Struct("<I").pack
 _SMALL = [bytes((n,)) for n in range(128)]
@@ -99,6 +98,7 @@ _KEYS: dict[str, bytes] = {}
 _PAIRS: dict[tuple, bytes] = {}
 _INT_PAIRS: dict[tuple[bytes, str, int], bytes] = {}
 _PAIRS_MAX = 8192
+_FLOAT_HEADS: dict[tuple[bytes, str], bytes] = {}
 _UNIQUE = frozenset({"switchyard.request_id", "switchyard.routing.reason", "switchyard.upstream_failures"})
 
 
@@ -154,7 +154,13 @@ def attributes_encode(tag: bytes, attributes: dict) -> bytes:
             else:
                 pair = _pair(tag, key, b"\x18" + _varint(value))
         elif kind is float:
-            pair = _pair(tag, key, b"\x21" + _PACK_D(value))
+            # A double's pair is always as long: its head (tag, sizes, key) is encoded once per key.
+            head = _FLOAT_HEADS.get((tag, key))
+            if head is None:
+                head = _pair(tag, key, b"\x21" + bytes(8))[:-8]
+                if len(_FLOAT_HEADS) < 1024:
+                    _FLOAT_HEADS[(tag, key)] = head
+            pair = head + _PACK_D(value)
         elif value is None:
             continue
         else:
@@ -163,51 +169,94 @@ def attributes_encode(tag: bytes, attributes: dict) -> bytes:
     return b"".join(out)
 
 
+# Blocks of attributes that repeat together (a request's tenant, route, model, status, ...):
+# ``(builder, *values)`` -> the encoded attributes of ``builder(*values)``. Looking a block up
+# costs one hash of its values; encoding it costs every attribute's.
+_COMMON: dict[tuple, bytes] = {}
+
+
+def common_encode(common: tuple) -> bytes:
+    """A span's :attr:`SpanRecord.common` block, encoded as attributes (field 9): from the table
+    when the same builder was given the same values before."""
+    block = _COMMON.get(common)
+    if block is None:
+        block = attributes_encode(b"\x4a", common[0](*common[1:]))
+        if len(_COMMON) < _PAIRS_MAX:
+            _COMMON[common] = block
+    return block
+
+
 class SpanRecord:
-    """One span as the request path records it: values only, encoded in the exporting thread."""
+    """One span as the request path records it: values only, encoded when the request hands its
+    spans to the exporter.
 
-    __slots__ = ("attributes", "end", "kind", "name", "span_id", "start", "status", "status_message")
+    ``attributes`` holds what varies from request to request (ids, durations, costs, tokens);
+    ``common``, when set, the rest as ``(builder, *values)``: ``builder(*values)`` gives those
+    attributes (a dict), and is called only the first time those values are seen, the block's
+    encoding kept. The values must be hashable and decide the builder's dict alone (no floats:
+    ``1 == 1.0 == True`` as keys), and no key may be both in the block and in ``attributes``.
+    """
 
-    def __init__(self, name: str, kind: int, span_id: int, start: int, attributes: dict | None = None) -> None:
+    __slots__ = ("attributes", "common", "end", "kind", "name", "span_id", "start", "status", "status_message")
+
+    def __init__(self, name: str, kind: int, span_id: int, start: int, attributes: dict | None = None,
+                 common: tuple | None = None) -> None:
         self.name = name
         self.kind = kind
         self.span_id = span_id
         self.start = start
         self.end = 0
         self.attributes = attributes if attributes is not None else {}
+        self.common = common
         self.status = 0
         self.status_message = ""
 
 
-def span_encode(span: SpanRecord, trace_id: bytes, parent_id: int, flags: bytes) -> bytes:
-    """A ``Span``'s fields. ``parent_id`` 0 is a root span; ``flags`` the encoded field 16."""
-    name = span.name.encode()
-    parts = [b"\x0a\x10", trace_id, b"\x12\x08", span.span_id.to_bytes(8, "big")]
-    if parent_id:
-        parts += (b"\x22\x08", parent_id.to_bytes(8, "big"))
-    parts += (b"\x2a", _varint(len(name)), name, b"\x30", _SMALL[span.kind],
-              b"\x39", _PACK_Q(span.start), b"\x41", _PACK_Q(span.end or span.start))
-    if span.attributes:
-        parts.append(attributes_encode(b"\x4a", span.attributes))
+_NAMES: dict[str, bytes] = {}  # a span's name -> its field 5, encoded (bounded as the keys are)
+_KINDS = {kind: b"\x30" + _SMALL[kind] for kind in (INTERNAL, SERVER, CLIENT)}
+_TIMES = struct.Struct("<BQBQ").pack  # fields 7 and 8 (start and end), tags and values at once
+_LOCAL_FLAGS = b"\x85\x01" + _PACK_I(_FLAGS_LOCAL)
+_REMOTE_FLAGS = b"\x85\x01" + _PACK_I(_FLAGS_REMOTE)
+
+
+def _name(name: str) -> bytes:
+    encoded = _NAMES.get(name)
+    if encoded is None:
+        encoded = _delimited(b"\x2a", name.encode())
+        if len(_NAMES) < 1024:
+            _NAMES[name] = encoded
+    return encoded
+
+
+def span_encode(span: SpanRecord, trace: bytes, parent: bytes, flags: bytes) -> bytes:
+    """A ``Span``'s fields. ``trace`` is the encoded field 1 (the trace id), ``parent`` field 4
+    (the parent's id; empty for a root span), ``flags`` field 16."""
     if span.status:
         message = span.status_message.encode()
-        status = (_delimited(b"\x12", message) if message else b"") + b"\x18" + _SMALL[span.status]
-        parts.append(_delimited(b"\x7a", status))
+        status = _delimited(b"\x7a", (_delimited(b"\x12", message) if message else b"") + b"\x18"
+                            + _SMALL[span.status])
     else:
-        parts.append(b"\x7a\x00")
-    parts.append(flags)
-    return b"".join(parts)
+        status = b"\x7a\x00"
+    return b"".join((
+        trace, b"\x12\x08", span.span_id.to_bytes(8, "big"), parent, _name(span.name), _KINDS[span.kind],
+        _TIMES(0x39, span.start, 0x41, span.end or span.start),
+        b"" if span.common is None else common_encode(span.common),
+        attributes_encode(b"\x4a", span.attributes) if span.attributes else b"",
+        status, flags))
 
 
 def trace_encode(trace_id: int, parent_id: int, root: SpanRecord, children: list[SpanRecord]) -> list[bytes]:
     """One request's spans, encoded: its children and its own (``root``), all of one trace.
     ``parent_id`` is the caller's span (a remote parent), 0 for none."""
-    trace = trace_id.to_bytes(16, "big")
-    root_flags = b"\x85\x01" + _PACK_I(_FLAGS_REMOTE if parent_id else _FLAGS_LOCAL)
-    child_flags = b"\x85\x01" + _PACK_I(_FLAGS_LOCAL)
-    root_id = root.span_id
-    spans = [span_encode(child, trace, root_id, child_flags) for child in children]
-    spans.append(span_encode(root, trace, parent_id, root_flags))
+    trace = b"\x0a\x10" + trace_id.to_bytes(16, "big")
+    spans = []
+    if children:
+        parent = b"\x22\x08" + root.span_id.to_bytes(8, "big")
+        spans = [span_encode(child, trace, parent, _LOCAL_FLAGS) for child in children]
+    if parent_id:
+        spans.append(span_encode(root, trace, b"\x22\x08" + parent_id.to_bytes(8, "big"), _REMOTE_FLAGS))
+    else:
+        spans.append(span_encode(root, trace, b"", _LOCAL_FLAGS))
     return spans
 
 
