@@ -228,55 +228,50 @@ def _name(name: str) -> bytes:
     return encoded
 
 
-def span_encode(span: SpanRecord, trace: bytes, parent: bytes, flags: bytes) -> bytes:
-    """A ``Span``'s fields. ``trace`` is the encoded field 1 (the trace id), ``parent`` field 4
-    (the parent's id; empty for a root span), ``flags`` field 16."""
+def _span_parts(span: SpanRecord, trace: bytes, parent: bytes, flags: bytes) -> tuple:
+    """A ``Span``'s fields, in pieces. ``trace`` is the encoded field 1 (the trace id), ``parent``
+    field 4 (the parent's id; empty for a root span), ``flags`` field 16."""
     if span.status:
         message = span.status_message.encode()
         status = _delimited(b"\x7a", (_delimited(b"\x12", message) if message else b"") + b"\x18"
                             + _SMALL[span.status])
     else:
         status = b"\x7a\x00"
-    return b"".join((
-        trace, b"\x12\x08", span.span_id.to_bytes(8, "big"), parent, _name(span.name), _KINDS[span.kind],
-        _TIMES(0x39, span.start, 0x41, span.end or span.start),
-        b"" if span.common is None else common_encode(span.common),
-        attributes_encode(b"\x4a", span.attributes) if span.attributes else b"",
-        status, flags))
+    return (trace, b"\x12\x08", span.span_id.to_bytes(8, "big"), parent, _name(span.name), _KINDS[span.kind],
+            _TIMES(0x39, span.start, 0x41, span.end or span.start),
+            b"" if span.common is None else common_encode(span.common),
+            attributes_encode(b"\x4a", span.attributes) if span.attributes else b"",
+            status, flags)
 
 
-def trace_encode(trace_id: int, parent_id: int, root: SpanRecord, children: list[SpanRecord]) -> list[bytes]:
-    """One request's spans, encoded: its children and its own (``root``), all of one trace.
-    ``parent_id`` is the caller's span (a remote parent), 0 for none."""
+def trace_frame(trace_id: int, parent_id: int, root: SpanRecord, children: list[SpanRecord]) -> bytes:
+    """One request's spans, encoded as ``ScopeSpans.spans`` fields one after the other: its
+    children and its own (``root``), all of one trace. ``parent_id`` is the caller's span (a
+    remote parent), 0 for none. Frames of any number of requests, joined, make the spans of
+    one :func:`request_frame`."""
     trace = b"\x0a\x10" + trace_id.to_bytes(16, "big")
-    spans = []
+    out = []
     if children:
         parent = b"\x22\x08" + root.span_id.to_bytes(8, "big")
-        spans = [span_encode(child, trace, parent, _LOCAL_FLAGS) for child in children]
+        for child in children:
+            parts = _span_parts(child, trace, parent, _LOCAL_FLAGS)
+            size = sum(map(len, parts))
+            out += (b"\x12", _SMALL[size] if size < 128 else _varint(size), *parts)
     if parent_id:
-        spans.append(span_encode(root, trace, b"\x22\x08" + parent_id.to_bytes(8, "big"), _REMOTE_FLAGS))
+        parts = _span_parts(root, trace, b"\x22\x08" + parent_id.to_bytes(8, "big"), _REMOTE_FLAGS)
     else:
-        spans.append(span_encode(root, trace, b"", _LOCAL_FLAGS))
-    return spans
-
-
-def spans_frame(spans: list[bytes]) -> bytes:
-    """``spans`` (each a ``Span``'s fields) as ``ScopeSpans.spans`` fields, one after the other:
-    what :func:`request_frame` joins, any number of requests' worth at once."""
-    return b"".join([_delimited(b"\x12", span) for span in spans])
+        parts = _span_parts(root, trace, b"", _LOCAL_FLAGS)
+    size = sum(map(len, parts))
+    out += (b"\x12", _SMALL[size] if size < 128 else _varint(size), *parts)
+    return b"".join(out)
 
 
 def request_frame(resource: dict, scope: str, frames: bytes) -> bytes:
     """An ``ExportTraceServiceRequest`` of one resource and one scope holding the spans of
-    ``frames`` (:func:`spans_frame`'s output, joined)."""
+    ``frames`` (:func:`trace_frame`'s output, joined)."""
     scope_spans = _delimited(b"\x0a", _delimited(b"\x0a", scope.encode())) + frames
     resource_spans = _delimited(b"\x0a", attributes_encode(b"\x0a", resource)) + _delimited(b"\x12", scope_spans)
     return _delimited(b"\x0a", resource_spans)
-
-
-def request_encode(resource: dict, scope: str, spans: list[bytes]) -> bytes:
-    """An ``ExportTraceServiceRequest`` of one resource and one scope holding ``spans``."""
-    return request_frame(resource, scope, spans_frame(spans))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -400,7 +395,7 @@ class SpanExporter:
         self.delay = max(delay, 1) / 1000
         self._resource = resource
         self._scope = scope
-        # (a finished request's spans, encoded (spans_frame), how many): bytes and an int, nothing
+        # (a finished request's spans, encoded (trace_frame), how many): bytes and an int, nothing
         # the garbage collector walks
         self._queue: collections.deque[tuple[bytes, int]] = collections.deque()
         # Each counter is written by one thread only: no lock on the request path.
@@ -426,7 +421,7 @@ class SpanExporter:
             self.dropped += count
             return False
         try:
-            frame = spans_frame(trace_encode(trace_id, parent_id, root, children))
+            frame = trace_frame(trace_id, parent_id, root, children)
         except Exception:  # a bad attribute must not fail the request it describes
             logger.exception("a trace could not be encoded; its %d spans are dropped", count)
             self.unencoded += count

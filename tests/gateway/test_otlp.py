@@ -34,8 +34,8 @@ from apps.gateway.otlp import (
     Sampler,
     SpanExporter,
     SpanRecord,
-    request_encode,
-    trace_encode,
+    request_frame,
+    trace_frame,
 )
 from apps.gateway.tracing import traceparent_parse
 from tests.live import free_port
@@ -73,7 +73,7 @@ def _ours(common: int = 0) -> ExportTraceServiceRequest:
     usage.end = 1_700_000_000_400_100_000
     # Twice: the second encoding comes from the attribute tables the first one filled.
     for _ in range(2):
-        body = request_encode(RESOURCE, SCOPE, trace_encode(TRACE_ID, CALLER, root, [attempt, usage]))
+        body = request_frame(RESOURCE, SCOPE, trace_frame(TRACE_ID, CALLER, root, [attempt, usage]))
     return ExportTraceServiceRequest.FromString(body)
 
 
@@ -146,7 +146,7 @@ def test_it_encodes_each_common_block_and_double_from_its_own_values():
             cost = at / 7 + round_
             span = SpanRecord("chat sim-mini", SERVER, ROOT, 1_700_000_000_000_000_000,
                               {"switchyard.cost": cost, "gen_ai.usage.input_tokens": at}, (_block, *case))
-            decoded = ExportTraceServiceRequest.FromString(request_encode(RESOURCE, SCOPE, trace_encode(
+            decoded = ExportTraceServiceRequest.FromString(request_frame(RESOURCE, SCOPE, trace_frame(
                 TRACE_ID, 0, span, [])))
             expected = {name: value for name, value in _block(*case).items() if value is not None}
             expected |= {"switchyard.cost": cost, "gen_ai.usage.input_tokens": at}
