@@ -131,7 +131,11 @@ def attributes_encode(tag: bytes, attributes: dict) -> bytes:
     pairs, int_pairs = _PAIRS, _INT_PAIRS
     for key, value in attributes.items():
         kind = value.__class__
-        if kind is str or kind is list:
+        if kind is str and key in _UNIQUE:
+            encoded = value.encode()
+            size = len(encoded)
+            pair = _pair(tag, key, b"\x0a" + (_SMALL[size] if size < 128 else _varint(size)) + encoded)
+        elif kind is str or kind is list:
             cached = (tag, key, value if kind is str else tuple(value))
             pair = pairs.get(cached)
             if pair is None:

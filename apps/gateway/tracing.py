@@ -320,8 +320,12 @@ def _answer(span: SpanRecord, parsed: dict) -> None:
                 attributes[attribute] = value
     choices = parsed.get("choices")
     if isinstance(choices, list):
-        reasons = [reason for choice in choices if isinstance(choice, dict)
-                   and isinstance(reason := choice.get("finish_reason"), str)]
+        reasons = []
+        for choice in choices:
+            if isinstance(choice, dict):
+                reason = choice.get("finish_reason")
+                if isinstance(reason, str):
+                    reasons.append(reason)
     else:
         reason = parsed.get("stop_reason")
         reasons = [reason] if isinstance(reason, str) else []
