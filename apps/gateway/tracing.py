@@ -11,12 +11,14 @@ a stream, when the stream ends. Its children:
 
 Attributes follow OpenTelemetry's GenAI semantic conventions (``gen_ai.*``) with Switchyard's
 own under ``switchyard.*``. An incoming W3C ``traceparent`` makes the request's span a child of
-the caller's. A span is recorded as plain values (:class:`apps.gateway.otlp.SpanRecord`), and a
-finished request's spans are queued in one call for :class:`apps.gateway.otlp.SpanExporter`,
-which encodes and posts them from its own thread: the request path builds no SDK object and
-encodes nothing. A request the sampler leaves out (``OTEL_TRACES_SAMPLER``, or the caller's
-``traceparent``) keeps its trace id and records nothing more. With no endpoint set,
-:func:`tracing_open` gives None and no span is recorded.
+the caller's. A span is recorded as plain values (:class:`apps.gateway.otlp.SpanRecord`): what
+varies per request in a dict, the attributes that repeat together as one block of values (the
+request's :func:`_request_attributes`, an attempt's :func:`_attempt_attributes`) whose encoding
+is made once per set of values. A finished request's spans are handed in one call to
+:class:`apps.gateway.otlp.SpanExporter`, which encodes them and queues the bytes for its
+thread to post: the request path builds no SDK object. A request the sampler leaves out
+(``OTEL_TRACES_SAMPLER``, or the caller's ``traceparent``) keeps its trace id and records
+nothing more. With no endpoint set, :func:`tracing_open` gives None and no span is recorded.
 """
 
 from __future__ import annotations
