@@ -197,8 +197,9 @@ class SpanRecord:
     ``attributes`` holds what varies from request to request (ids, durations, costs, tokens);
     ``common``, when set, the rest as ``(builder, *values)``: ``builder(*values)`` gives those
     attributes (a dict), and is called only the first time those values are seen, the block's
-    encoding kept. The values must be hashable and decide the builder's dict alone (no floats:
-    ``1 == 1.0 == True`` as keys), and no key may be both in the block and in ``attributes``.
+    encoding kept. The values must be hashable and decide the builder's dict alone, each position
+    of one type (``1 == 1.0 == True`` as keys), and no key may be both in the block and in
+    ``attributes``.
     """
 
     __slots__ = ("attributes", "common", "end", "kind", "name", "span_id", "start", "status", "status_message")
