@@ -1,12 +1,19 @@
 """Spans out of the process: OTLP/HTTP protobuf, encoded by hand, posted from a thread of its own.
 
 The request path records a span as plain values (:class:`SpanRecord`) and hands each finished
-request's spans to :meth:`SpanExporter.add` in one call: an append to a bounded queue, nothing
-else. The exporting thread wakes every ``OTEL_BSP_SCHEDULE_DELAY`` ms (or as soon as a batch's
-worth is queued), encodes up to ``OTEL_BSP_MAX_EXPORT_BATCH_SIZE`` spans into one
-``ExportTraceServiceRequest`` and posts it to the collector. When the queue holds
-``OTEL_BSP_MAX_QUEUE_SIZE`` spans (the collector down or slow), a request's spans are dropped
-and counted (:attr:`SpanExporter.dropped`), never waited for.
+request's spans to :meth:`SpanExporter.add` in one call, which encodes them there and then and
+appends the bytes to a bounded queue. The exporting thread wakes every
+``OTEL_BSP_SCHEDULE_DELAY`` ms (or as soon as a batch's worth is queued), joins up to
+``OTEL_BSP_MAX_EXPORT_BATCH_SIZE`` spans' bytes into one ``ExportTraceServiceRequest`` and
+posts it to the collector. When the queue holds ``OTEL_BSP_MAX_QUEUE_SIZE`` spans (the
+collector down or slow), a request's spans are dropped and counted
+(:attr:`SpanExporter.dropped`), never waited for.
+
+Why encode on the request path rather than in the exporting thread: the encoding is the same
+work wherever it runs, but records waiting in a queue are objects the garbage collector must
+walk, promote and walk again (they outlive young collections), and the thread that encodes
+must take the GIL from the event loop in turn; bytes are neither (docs/benchmarks.md,
+Tracing, has the measurement).
 
 The wire format is OpenTelemetry's ``opentelemetry/proto/collector/trace/v1`` messages, written
 field by field: the resource and the scope are encoded once, an attribute's key once per
@@ -38,8 +45,6 @@ STATUS_ERROR = 2
 _FLAGS_LOCAL = 0x100
 _FLAGS_REMOTE = 0x300
 
-_YIELD_EVERY = 24  # spans encoded between two offers of the GIL to the event loop's thread
-_PACK_Q = struct.Struct("<Q").pack
 _PACK_D = struct.Struct("<d").pack
 _PACK_I = struct.Struct("<I").pack
 _SMALL = [bytes((n,)) for n in range(128)]
@@ -93,6 +98,7 @@ _KEYS: dict[str, bytes] = {}
 _PAIRS: dict[tuple, bytes] = {}
 _INT_PAIRS: dict[tuple[bytes, str, int], bytes] = {}
 _PAIRS_MAX = 8192
+_FLOAT_HEADS: dict[tuple[bytes, str], bytes] = {}
 _UNIQUE = frozenset({"switchyard.request_id", "switchyard.routing.reason", "switchyard.upstream_failures"})
 
 
@@ -125,7 +131,11 @@ def attributes_encode(tag: bytes, attributes: dict) -> bytes:
     pairs, int_pairs = _PAIRS, _INT_PAIRS
     for key, value in attributes.items():
         kind = value.__class__
-        if kind is str or kind is list:
+        if kind is str and key in _UNIQUE:
+            encoded = value.encode()
+            size = len(encoded)
+            pair = _pair(tag, key, b"\x0a" + (_SMALL[size] if size < 128 else _varint(size)) + encoded)
+        elif kind is str or kind is list:
             cached = (tag, key, value if kind is str else tuple(value))
             pair = pairs.get(cached)
             if pair is None:
@@ -148,7 +158,13 @@ def attributes_encode(tag: bytes, attributes: dict) -> bytes:
             else:
                 pair = _pair(tag, key, b"\x18" + _varint(value))
         elif kind is float:
-            pair = _pair(tag, key, b"\x21" + _PACK_D(value))
+            # A double's pair is always as long: its head (tag, sizes, key) is encoded once per key.
+            head = _FLOAT_HEADS.get((tag, key))
+            if head is None:
+                head = _pair(tag, key, b"\x21" + bytes(8))[:-8]
+                if len(_FLOAT_HEADS) < 1024:
+                    _FLOAT_HEADS[(tag, key)] = head
+            pair = head + _PACK_D(value)
         elif value is None:
             continue
         else:
@@ -157,58 +173,108 @@ def attributes_encode(tag: bytes, attributes: dict) -> bytes:
     return b"".join(out)
 
 
+# Blocks of attributes that repeat together (a request's tenant, route, model, status, ...):
+# ``(builder, *values)`` -> the encoded attributes of ``builder(*values)``. Looking a block up
+# costs one hash of its values; encoding it costs every attribute's.
+_COMMON: dict[tuple, bytes] = {}
+
+
+def common_encode(common: tuple) -> bytes:
+    """A span's :attr:`SpanRecord.common` block, encoded as attributes (field 9): from the table
+    when the same builder was given the same values before."""
+    block = _COMMON.get(common)
+    if block is None:
+        block = attributes_encode(b"\x4a", common[0](*common[1:]))
+        if len(_COMMON) < _PAIRS_MAX:
+            _COMMON[common] = block
+    return block
+
+
 class SpanRecord:
-    """One span as the request path records it: values only, encoded in the exporting thread."""
+    """One span as the request path records it: values only, encoded when the request hands its
+    spans to the exporter.
 
-    __slots__ = ("attributes", "end", "kind", "name", "span_id", "start", "status", "status_message")
+    ``attributes`` holds what varies from request to request (ids, durations, costs, tokens);
+    ``common``, when set, the rest as ``(builder, *values)``: ``builder(*values)`` gives those
+    attributes (a dict), and is called only the first time those values are seen, the block's
+    encoding kept. The values must be hashable and decide the builder's dict alone, each position
+    of one type (``1 == 1.0 == True`` as keys), and no key may be both in the block and in
+    ``attributes``.
+    """
 
-    def __init__(self, name: str, kind: int, span_id: int, start: int, attributes: dict | None = None) -> None:
+    __slots__ = ("attributes", "common", "end", "kind", "name", "span_id", "start", "status", "status_message")
+
+    def __init__(self, name: str, kind: int, span_id: int, start: int, attributes: dict | None = None,
+                 common: tuple | None = None) -> None:
         self.name = name
         self.kind = kind
         self.span_id = span_id
         self.start = start
         self.end = 0
         self.attributes = attributes if attributes is not None else {}
+        self.common = common
         self.status = 0
         self.status_message = ""
 
 
-def span_encode(span: SpanRecord, trace_id: bytes, parent_id: int, flags: bytes) -> bytes:
-    """A ``Span``'s fields. ``parent_id`` 0 is a root span; ``flags`` the encoded field 16."""
-    name = span.name.encode()
-    parts = [b"\x0a\x10", trace_id, b"\x12\x08", span.span_id.to_bytes(8, "big")]
-    if parent_id:
-        parts += (b"\x22\x08", parent_id.to_bytes(8, "big"))
-    parts += (b"\x2a", _varint(len(name)), name, b"\x30", _SMALL[span.kind],
-              b"\x39", _PACK_Q(span.start), b"\x41", _PACK_Q(span.end or span.start))
-    if span.attributes:
-        parts.append(attributes_encode(b"\x4a", span.attributes))
+_NAMES: dict[str, bytes] = {}  # a span's name -> its field 5, encoded (bounded as the keys are)
+_KINDS = {kind: b"\x30" + _SMALL[kind] for kind in (INTERNAL, SERVER, CLIENT)}
+_TIMES = struct.Struct("<BQBQ").pack  # fields 7 and 8 (start and end), tags and values at once
+_LOCAL_FLAGS = b"\x85\x01" + _PACK_I(_FLAGS_LOCAL)
+_REMOTE_FLAGS = b"\x85\x01" + _PACK_I(_FLAGS_REMOTE)
+
+
+def _name(name: str) -> bytes:
+    encoded = _NAMES.get(name)
+    if encoded is None:
+        encoded = _delimited(b"\x2a", name.encode())
+        if len(_NAMES) < 1024:
+            _NAMES[name] = encoded
+    return encoded
+
+
+def _span_parts(span: SpanRecord, trace: bytes, parent: bytes, flags: bytes) -> tuple:
+    """A ``Span``'s fields, in pieces. ``trace`` is the encoded field 1 (the trace id), ``parent``
+    field 4 (the parent's id; empty for a root span), ``flags`` field 16."""
     if span.status:
         message = span.status_message.encode()
-        status = (_delimited(b"\x12", message) if message else b"") + b"\x18" + _SMALL[span.status]
-        parts.append(_delimited(b"\x7a", status))
+        status = _delimited(b"\x7a", (_delimited(b"\x12", message) if message else b"") + b"\x18"
+                            + _SMALL[span.status])
     else:
-        parts.append(b"\x7a\x00")
-    parts.append(flags)
-    return b"".join(parts)
+        status = b"\x7a\x00"
+    return (trace, b"\x12\x08", span.span_id.to_bytes(8, "big"), parent, _name(span.name), _KINDS[span.kind],
+            _TIMES(0x39, span.start, 0x41, span.end or span.start),
+            b"" if span.common is None else common_encode(span.common),
+            attributes_encode(b"\x4a", span.attributes) if span.attributes else b"",
+            status, flags)
 
 
-def trace_encode(trace_id: int, parent_id: int, root: SpanRecord, children: list[SpanRecord]) -> list[bytes]:
-    """One request's spans, encoded: its children and its own (``root``), all of one trace.
-    ``parent_id`` is the caller's span (a remote parent), 0 for none."""
-    trace = trace_id.to_bytes(16, "big")
-    root_flags = b"\x85\x01" + _PACK_I(_FLAGS_REMOTE if parent_id else _FLAGS_LOCAL)
-    child_flags = b"\x85\x01" + _PACK_I(_FLAGS_LOCAL)
-    root_id = root.span_id
-    spans = [span_encode(child, trace, root_id, child_flags) for child in children]
-    spans.append(span_encode(root, trace, parent_id, root_flags))
-    return spans
+def trace_frame(trace_id: int, parent_id: int, root: SpanRecord, children: list[SpanRecord]) -> bytes:
+    """One request's spans, encoded as ``ScopeSpans.spans`` fields one after the other: its
+    children and its own (``root``), all of one trace. ``parent_id`` is the caller's span (a
+    remote parent), 0 for none. Frames of any number of requests, joined, make the spans of
+    one :func:`request_frame`."""
+    trace = b"\x0a\x10" + trace_id.to_bytes(16, "big")
+    out = []
+    if children:
+        parent = b"\x22\x08" + root.span_id.to_bytes(8, "big")
+        for child in children:
+            parts = _span_parts(child, trace, parent, _LOCAL_FLAGS)
+            size = sum(map(len, parts))
+            out += (b"\x12", _SMALL[size] if size < 128 else _varint(size), *parts)
+    if parent_id:
+        parts = _span_parts(root, trace, b"\x22\x08" + parent_id.to_bytes(8, "big"), _REMOTE_FLAGS)
+    else:
+        parts = _span_parts(root, trace, b"", _LOCAL_FLAGS)
+    size = sum(map(len, parts))
+    out += (b"\x12", _SMALL[size] if size < 128 else _varint(size), *parts)
+    return b"".join(out)
 
 
-def request_encode(resource: dict, scope: str, spans: list[bytes]) -> bytes:
-    """An ``ExportTraceServiceRequest`` of one resource and one scope holding ``spans``."""
-    scope_spans = _delimited(b"\x0a", _delimited(b"\x0a", scope.encode())) + b"".join(
-        _delimited(b"\x12", span) for span in spans)
+def request_frame(resource: dict, scope: str, frames: bytes) -> bytes:
+    """An ``ExportTraceServiceRequest`` of one resource and one scope holding the spans of
+    ``frames`` (:func:`trace_frame`'s output, joined)."""
+    scope_spans = _delimited(b"\x0a", _delimited(b"\x0a", scope.encode())) + frames
     resource_spans = _delimited(b"\x0a", attributes_encode(b"\x0a", resource)) + _delimited(b"\x12", scope_spans)
     return _delimited(b"\x0a", resource_spans)
 
@@ -334,14 +400,16 @@ class SpanExporter:
         self.delay = max(delay, 1) / 1000
         self._resource = resource
         self._scope = scope
-        # (trace id, parent id, root span, child spans): one finished request each
-        self._queue: collections.deque[tuple[int, int, SpanRecord, list[SpanRecord]]] = collections.deque()
+        # (a finished request's spans, encoded (trace_frame), how many): bytes and an int, nothing
+        # the garbage collector walks
+        self._queue: collections.deque[tuple[bytes, int]] = collections.deque()
         # Each counter is written by one thread only: no lock on the request path.
         self.queued = 0  # spans queued (the event loop's thread)
         self.dropped = 0  # spans dropped because the queue was full (the event loop's thread)
         self.taken = 0  # spans taken off the queue (the exporting thread)
         self.exported = 0  # spans the collector accepted (the exporting thread)
         self.failed = 0  # spans whose export failed (the exporting thread)
+        self.unencoded = 0  # spans that could not be encoded, dropped (the event loop's thread)
         self._dropped_logged = 0
         self._wake = threading.Event()
         self._stopping = False
@@ -350,13 +418,20 @@ class SpanExporter:
         self._thread.start()
 
     def add(self, trace_id: int, parent_id: int, root: SpanRecord, children: list[SpanRecord]) -> bool:
-        """Queue one finished request's spans; False (and counted) when the queue is full."""
+        """Encode one finished request's spans and queue them; False (and counted) when the queue
+        is full (nothing is encoded then) or they cannot be encoded."""
         count = len(children) + 1
         pending = self.queued - self.taken + count
         if pending > self.max_queue or self._stopping:
             self.dropped += count
             return False
-        self._queue.append((trace_id, parent_id, root, children))
+        try:
+            frame = trace_frame(trace_id, parent_id, root, children)
+        except Exception:  # a bad attribute must not fail the request it describes
+            logger.exception("a trace could not be encoded; its %d spans are dropped", count)
+            self.unencoded += count
+            return False
+        self._queue.append((frame, count))
         self.queued += count
         if pending >= self.batch and not self._wake.is_set():
             self._wake.set()
@@ -389,22 +464,14 @@ class SpanExporter:
     def _drain(self) -> None:
         queue = self._queue
         while queue:
-            spans: list[bytes] = []
-            while queue and len(spans) < self.batch:
-                trace_id, parent_id, root, children = queue.popleft()
-                count = len(children) + 1
-                self.taken += count
-                try:
-                    spans += trace_encode(trace_id, parent_id, root, children)
-                except Exception:
-                    logger.exception("a trace could not be encoded; its %d spans are dropped", count)
-                    self.failed += count
-                if len(spans) % _YIELD_EVERY < count:
-                    # Let the event loop's thread have the GIL: without this it would wait for the
-                    # interpreter's switch interval (5 ms) each time it wakes while a batch encodes.
-                    time.sleep(0)
-            if spans:
-                self._post(request_encode(self._resource, self._scope, spans), len(spans))
+            frames: list[bytes] = []
+            spans = 0
+            while queue and spans < self.batch:
+                frame, count = queue.popleft()
+                frames.append(frame)
+                spans += count
+            self.taken += spans
+            self._post(request_frame(self._resource, self._scope, b"".join(frames)), spans)
         if self.dropped > self._dropped_logged:
             logger.warning("%d spans dropped: the export queue (%d spans) was full",
                            self.dropped - self._dropped_logged, self.max_queue)

@@ -11,12 +11,14 @@ a stream, when the stream ends. Its children:
 
 Attributes follow OpenTelemetry's GenAI semantic conventions (``gen_ai.*``) with Switchyard's
 own under ``switchyard.*``. An incoming W3C ``traceparent`` makes the request's span a child of
-the caller's. A span is recorded as plain values (:class:`apps.gateway.otlp.SpanRecord`), and a
-finished request's spans are queued in one call for :class:`apps.gateway.otlp.SpanExporter`,
-which encodes and posts them from its own thread: the request path builds no SDK object and
-encodes nothing. A request the sampler leaves out (``OTEL_TRACES_SAMPLER``, or the caller's
-``traceparent``) keeps its trace id and records nothing more. With no endpoint set,
-:func:`tracing_open` gives None and no span is recorded.
+the caller's. A span is recorded as plain values (:class:`apps.gateway.otlp.SpanRecord`): what
+varies per request in a dict, the attributes that repeat together as one block of values (the
+request's :func:`_request_attributes`, an attempt's :func:`_attempt_attributes`) whose encoding
+is made once per set of values. A finished request's spans are handed in one call to
+:class:`apps.gateway.otlp.SpanExporter`, which encodes them and queues the bytes for its
+thread to post: the request path builds no SDK object. A request the sampler leaves out
+(``OTEL_TRACES_SAMPLER``, or the caller's ``traceparent``) keeps its trace id and records
+nothing more. With no endpoint set, :func:`tracing_open` gives None and no span is recorded.
 """
 
 from __future__ import annotations
@@ -44,17 +46,18 @@ SERVICE_NAME = "switchyard"
 SCOPE_NAME = "switchyard.gateway"
 # W3C trace context, as OpenTelemetry's propagator reads it.
 _TRACEPARENT = re.compile(r"^[ \t]*([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})(-.*)?[ \t]*$")
-# The request body's parameters the GenAI conventions name, as the chat form spells them.
-_REQUEST_PARAMETERS = (
-    ("max_tokens", "gen_ai.request.max_tokens"),
-    ("max_completion_tokens", "gen_ai.request.max_tokens"),
-    ("temperature", "gen_ai.request.temperature"),
-    ("top_p", "gen_ai.request.top_p"),
-    ("frequency_penalty", "gen_ai.request.frequency_penalty"),
-    ("presence_penalty", "gen_ai.request.presence_penalty"),
-    ("seed", "gen_ai.request.seed"),
-    ("n", "gen_ai.request.choice.count"),
-)
+# The request body's parameters the GenAI conventions name, as the chat form spells them
+# (``max_completion_tokens`` wins over ``max_tokens`` when a body gives both).
+_REQUEST_PARAMETERS = {
+    "max_tokens": "gen_ai.request.max_tokens",
+    "max_completion_tokens": "gen_ai.request.max_tokens",
+    "temperature": "gen_ai.request.temperature",
+    "top_p": "gen_ai.request.top_p",
+    "frequency_penalty": "gen_ai.request.frequency_penalty",
+    "presence_penalty": "gen_ai.request.presence_penalty",
+    "seed": "gen_ai.request.seed",
+    "n": "gen_ai.request.choice.count",
+}
 
 
 def traceparent_parse(header: str) -> tuple[int, int, bool] | None:
@@ -108,9 +111,10 @@ class Tracing:
         if self.sampler.sampled(trace_id, parent_sampled):
             key = call.key
             trace.exporter = self.exporter
-            trace.root = SpanRecord(operation, SERVER, ids_new(64), _epoch_ns(call.started), {
-                "gen_ai.operation.name": operation, "switchyard.request_id": call.request_id,
-                "switchyard.tenant": key.tenant_slug, "http.route": call.endpoint})
+            # The rest of the request's attributes are set when it ends (:meth:`RequestTrace.end`).
+            trace.root = SpanRecord(operation, SERVER, ids_new(64), _epoch_ns(call.started),
+                                    {"switchyard.request_id": call.request_id})
+            trace.tenant = key.tenant_slug
             trace.recording = True
 
     def shutdown(self) -> None:
@@ -121,8 +125,8 @@ class Tracing:
 class RequestTrace:
     """One request's span and the children the pipeline opens under it."""
 
-    __slots__ = ("attempts", "children", "exporter", "operation", "parent_id", "recording", "root", "trace",
-                 "trace_id", "upstream")
+    __slots__ = ("attempts", "children", "exporter", "operation", "parent_id", "recording", "root", "tenant",
+                 "trace", "trace_id", "upstream")
 
     def __init__(self, trace: int, parent_id: int, operation: str) -> None:
         self.trace = trace
@@ -131,6 +135,7 @@ class RequestTrace:
         self.operation = operation
         self.exporter: SpanExporter | None = None
         self.root: SpanRecord | None = None
+        self.tenant = ""
         self.children: list[SpanRecord] = []
         self.attempts: dict[str, int] = {}  # model name -> attempts made on it
         self.upstream: SpanRecord | None = None  # a stream's attempt span, open until the stream ends
@@ -148,9 +153,10 @@ class RequestTrace:
         if not self.recording:
             return
         attributes = self.root.attributes
-        for name, attribute in _REQUEST_PARAMETERS:
-            value = body.get(name)
-            if isinstance(value, int | float) and not isinstance(value, bool):
+        for name, value in body.items():
+            attribute = _REQUEST_PARAMETERS.get(name)
+            if attribute is not None and value.__class__ in (int, float) and not (
+                    name == "max_tokens" and "max_completion_tokens" in body):
                 attributes[attribute] = value
         stop = body.get("stop")
         if isinstance(stop, str):
@@ -182,15 +188,10 @@ class RequestTrace:
 
         async def traced(model: ModelInfo) -> T:
             number = self.attempts[model.name] = self.attempts.get(model.name, 0) + 1
-            span = self._child(f"{self.operation} {model.upstream_id}", CLIENT, {
-                "gen_ai.operation.name": self.operation,
-                "gen_ai.provider.name": _provider_name(model),
-                "gen_ai.request.model": model.upstream_id,
-                "switchyard.model": model.name,
-                "switchyard.attempt": number,
-                "switchyard.fallback_position": _position(call.chain, model),
-                "server.address": _host(model.provider.base_url),
-            })
+            span = SpanRecord(f"{self.operation} {model.upstream_id}", CLIENT, ids_new(64), time.time_ns(), {},
+                              (_attempt_attributes, self.operation, _provider_name(model), model.upstream_id,
+                               model.name, number, _position(call.chain, model), model.provider.base_url))
+            self.children.append(span)
             try:
                 result = await attempt(model)
             except BaseException as exc:
@@ -237,22 +238,10 @@ class RequestTrace:
         attributes = span.attributes
         if call.requested_model:
             span.name = f"{self.operation} {call.requested_model}"
-            attributes["gen_ai.request.model"] = call.requested_model
-        attributes["switchyard.cache"] = CACHE_NAMES[call.cache]
-        attributes["http.response.status_code"] = call.status
         attributes["switchyard.cost"] = float(call.cost)
         attributes["switchyard.overhead_ms"] = round(call.overhead_ms, 3)
-        if model is not None:
-            attributes["gen_ai.response.model"] = model.upstream_id
-            attributes["gen_ai.provider.name"] = _provider_name(model)
-        if call.stream:
-            attributes["switchyard.stream"] = True
-            if call.first_byte is not None:
-                attributes["switchyard.ttft_ms"] = round((call.first_byte - call.started) * 1000, 3)
-        if call.chain:
-            attributes["switchyard.chain"] = [item.name for item in call.chain]
-        if call.rule_id is not None:
-            attributes["switchyard.routing.rule_id"] = call.rule_id
+        if call.stream and call.first_byte is not None:
+            attributes["switchyard.ttft_ms"] = round((call.first_byte - call.started) * 1000, 3)
         if call.route_reason:
             attributes["switchyard.routing.reason"] = call.route_reason
         if call.cache_similarity is not None:
@@ -263,10 +252,36 @@ class RequestTrace:
             attributes["switchyard.upstream_failures"] = list(call.failures)
         if call.status == 200 or call.cache in ("exact", "semantic"):
             _usage(attributes, call)
+        error = None
         if call.status >= 400:
-            attributes["error.type"] = call.error_code or str(call.status)
+            error = call.error_code or str(call.status)
             if call.status >= 500 or call.status == 499:
                 span.status, span.status_message = STATUS_ERROR, call.error_code or ""
+        chain = call.chain
+        span.common = (_request_attributes, self.operation, self.tenant, call.endpoint, call.requested_model or None,
+                       CACHE_NAMES[call.cache], call.status, None if model is None else model.upstream_id,
+                       None if model is None else _provider_name(model), bool(call.stream),
+                       tuple([item.name for item in chain]) if chain else None, call.rule_id, error)
+
+
+def _request_attributes(operation: str, tenant: str, route: str, requested_model: str | None, cache: str,
+                        status: int, response_model: str | None, provider: str | None, stream: bool,
+                        chain: tuple | None, rule_id: int | None, error: str | None) -> dict:
+    """The request span's attributes that repeat from request to request (a None is left out)."""
+    return {"gen_ai.operation.name": operation, "switchyard.tenant": tenant, "http.route": route,
+            "gen_ai.request.model": requested_model, "switchyard.cache": cache,
+            "http.response.status_code": status, "gen_ai.response.model": response_model,
+            "gen_ai.provider.name": provider, "switchyard.stream": True if stream else None,
+            "switchyard.chain": None if chain is None else list(chain), "switchyard.routing.rule_id": rule_id,
+            "error.type": error}
+
+
+def _attempt_attributes(operation: str, provider: str, upstream_id: str, model: str, attempt: int, position: int,
+                        base_url: str) -> dict:
+    """An upstream attempt's attributes that repeat from request to request."""
+    return {"gen_ai.operation.name": operation, "gen_ai.provider.name": provider,
+            "gen_ai.request.model": upstream_id, "switchyard.model": model, "switchyard.attempt": attempt,
+            "switchyard.fallback_position": position, "server.address": _host(base_url)}
 
 
 _HOSTS: dict[str, str] = {}
@@ -295,21 +310,29 @@ def _usage(attributes: dict, call: Call) -> None:
 
 def _answer(span: SpanRecord, parsed: dict) -> None:
     """What a provider's JSON answer says of itself (OpenAI's shape or Anthropic's)."""
-    attributes = {}
+    attributes = span.attributes
     usage = parsed.get("usage")
-    if isinstance(usage, dict):
-        for names, attribute in ((("prompt_tokens", "input_tokens"), "gen_ai.usage.input_tokens"),
-                                 (("completion_tokens", "output_tokens"), "gen_ai.usage.output_tokens")):
-            value = next((usage[name] for name in names if isinstance(usage.get(name), int)), None)
-            if value is not None:
+    if usage.__class__ is dict:
+        for first, second, attribute in (("prompt_tokens", "input_tokens", "gen_ai.usage.input_tokens"),
+                                         ("completion_tokens", "output_tokens", "gen_ai.usage.output_tokens")):
+            value = usage.get(first)
+            if not isinstance(value, int):
+                value = usage.get(second)
+            if isinstance(value, int):
                 attributes[attribute] = value
     choices = parsed.get("choices")
-    reasons = [choice.get("finish_reason") for choice in choices if isinstance(choice, dict)] \
-        if isinstance(choices, list) else [parsed.get("stop_reason")]
-    reasons = [reason for reason in reasons if isinstance(reason, str)]
+    if isinstance(choices, list):
+        reasons = []
+        for choice in choices:
+            if isinstance(choice, dict):
+                reason = choice.get("finish_reason")
+                if isinstance(reason, str):
+                    reasons.append(reason)
+    else:
+        reason = parsed.get("stop_reason")
+        reasons = [reason] if isinstance(reason, str) else []
     if reasons:
         attributes["gen_ai.response.finish_reasons"] = reasons
-    span.attributes.update(attributes)
 
 
 def _failed(span: SpanRecord, exc: BaseException) -> None:

@@ -34,8 +34,8 @@ from apps.gateway.otlp import (
     Sampler,
     SpanExporter,
     SpanRecord,
-    request_encode,
-    trace_encode,
+    request_frame,
+    trace_frame,
 )
 from apps.gateway.tracing import traceparent_parse
 from tests.live import free_port
@@ -53,8 +53,19 @@ ATTEMPT_ATTRIBUTES = {"gen_ai.request.model": "sim-mini", "switchyard.attempt": 
                       "gen_ai.response.finish_reasons": ["stop"]}
 
 
-def _ours() -> ExportTraceServiceRequest:
-    root = SpanRecord("chat auto", SERVER, ROOT, 1_700_000_000_000_000_000, dict(ROOT_ATTRIBUTES))
+def _first(count: int, *values) -> dict:
+    """The first ``count`` of the root's attributes, as a common block's builder gives them."""
+    return dict(zip(list(ROOT_ATTRIBUTES)[:count], values, strict=True))
+
+
+def _ours(common: int = 0) -> ExportTraceServiceRequest:
+    """Our encoding of the spans; with ``common``, the root's first ``common`` attributes are a
+    common block (encoded first, from the table the second time) and the rest its own."""
+    names = list(ROOT_ATTRIBUTES)
+    root = SpanRecord("chat auto", SERVER, ROOT, 1_700_000_000_000_000_000,
+                      {name: ROOT_ATTRIBUTES[name] for name in names[common:]},
+                      (_first, common, *(tuple(value) if isinstance(value, list) else value
+                                         for value in list(ROOT_ATTRIBUTES.values())[:common])) if common else None)
     root.end, root.status, root.status_message = 1_700_000_000_500_000_000, STATUS_ERROR, "upstream_error"
     attempt = SpanRecord("chat sim-mini", CLIENT, ATTEMPT, 1_700_000_000_100_000_000, dict(ATTEMPT_ATTRIBUTES))
     attempt.end = 1_700_000_000_300_000_000
@@ -62,7 +73,7 @@ def _ours() -> ExportTraceServiceRequest:
     usage.end = 1_700_000_000_400_100_000
     # Twice: the second encoding comes from the attribute tables the first one filled.
     for _ in range(2):
-        body = request_encode(RESOURCE, SCOPE, trace_encode(TRACE_ID, CALLER, root, [attempt, usage]))
+        body = request_frame(RESOURCE, SCOPE, trace_frame(TRACE_ID, CALLER, root, [attempt, usage]))
     return ExportTraceServiceRequest.FromString(body)
 
 
@@ -99,6 +110,47 @@ def test_it_encodes_what_opentelemetrys_own_exporter_encodes():
     ours, sdks = _ours(), _sdks()
     assert len(ours.resource_spans[0].scope_spans[0].spans) == 3
     assert ours == sdks, (ours, sdks)
+
+
+@pytest.mark.parametrize("common", [1, 4, 7, len(ROOT_ATTRIBUTES)])
+def test_it_encodes_a_common_block_as_the_sdk_encodes_those_attributes(common):
+    ours = _ours(common)
+    assert ours == _sdks(), ours
+
+
+def _values(span) -> dict:
+    def value(any_value):
+        kind = any_value.WhichOneof("value")
+        if kind == "array_value":
+            return [value(item) for item in any_value.array_value.values]
+        return getattr(any_value, kind)
+
+    return {pair.key: value(pair.value) for pair in span.attributes}
+
+
+def _block(tenant: str, status: int, stream: bool, chain: tuple, rule_id: int | None) -> dict:
+    return {"switchyard.tenant": tenant, "http.response.status_code": status,
+            "switchyard.stream": True if stream else None, "switchyard.chain": list(chain),
+            "switchyard.routing.rule_id": rule_id}
+
+
+def test_it_encodes_each_common_block_and_double_from_its_own_values():
+    """The tables of encoded blocks and doubles' heads never answer for other values: blocks that
+    differ in one value each, each encoded twice (the second time from the table)."""
+    cases = [("acme", 200, True, ("sim-mini",), 1), ("acme", 200, False, ("sim-mini",), 1),
+             ("globex", 200, True, ("sim-mini",), 1), ("acme", 502, True, ("sim-mini",), 1),
+             ("acme", 200, True, ("sim-mini", "sim-standard"), 1), ("acme", 200, True, ("sim-mini",), None),
+             ("acme", 200, True, ("sim-mini",), 2), ("acme", 1, True, ("sim-mini",), 1)]
+    for round_ in range(2):
+        for at, case in enumerate(cases):
+            cost = at / 7 + round_
+            span = SpanRecord("chat sim-mini", SERVER, ROOT, 1_700_000_000_000_000_000,
+                              {"switchyard.cost": cost, "gen_ai.usage.input_tokens": at}, (_block, *case))
+            decoded = ExportTraceServiceRequest.FromString(request_frame(RESOURCE, SCOPE, trace_frame(
+                TRACE_ID, 0, span, [])))
+            expected = {name: value for name, value in _block(*case).items() if value is not None}
+            expected |= {"switchyard.cost": cost, "gen_ai.usage.input_tokens": at}
+            assert _values(decoded.resource_spans[0].scope_spans[0].spans[0]) == expected, case
 
 
 class Collector:
