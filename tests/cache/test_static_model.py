@@ -11,7 +11,7 @@ from decimal import Decimal
 import numpy as np
 import pytest
 
-from apps.cache.embedder import NAMES, LocalEmbedder
+from apps.cache.embedder import INLINE_CHARS, NAMES, LocalEmbedder, MicroBatcher
 from apps.cache.models import LOCAL_MODEL, CacheEntry
 from apps.cache.store import CacheStore
 from apps.gateway import runtime as runtime_module
@@ -46,6 +46,15 @@ def test_it_gives_a_text_the_same_vector_alone_and_in_a_batch(static_embedder):
     alone = static_embedder.embed_sync([TEXTS[0]])[0]
     batched = static_embedder.embed_sync([TEXTS[2], TEXTS[0], TEXTS[3]])[1]
     assert np.array_equal(alone, batched)
+
+
+def test_it_embeds_a_short_text_inline_as_the_embedding_thread_would(static_embedder):
+    batcher = MicroBatcher(static_embedder)
+    for text in TEXTS:
+        assert np.array_equal(batcher.embed_now(text), static_embedder.embed_sync([text])[0])
+    # A long text, and the transformer, go through the embedding thread.
+    assert batcher.embed_now("word " * (INLINE_CHARS // 5 + 1)) is None
+    assert LocalEmbedder(model="minilm").embed_inline(TEXTS[0]) is None
 
 
 def test_it_gives_a_text_without_a_known_token_a_unit_vector(static_embedder):
