@@ -424,11 +424,12 @@ class MicroBatcher:
         self.batch_sizes: list[int] = []  # recent batch sizes, for metrics and tests
         self._running: set[asyncio.Task] = set()
 
-    def embed_now(self, text: str) -> np.ndarray | None:
-        """``text``'s vector without waiting, when the embedder makes that cheap (else None)."""
-        return self.embedder.embed_inline(text)
-
     async def embed_one(self, text: str) -> np.ndarray:
+        """``text``'s vector: at once when the embedder makes that cheap (the static table, a
+        short text), else from the next batch."""
+        vector = self.embedder.embed_inline(text)
+        if vector is not None:
+            return vector
         loop = asyncio.get_running_loop()
         future = loop.create_future()
         self._pending.append((text, future))

@@ -48,12 +48,10 @@ WRONG_HIT_MARGIN = 0.02
 
 @dataclass(frozen=True, slots=True)
 class Lookup:
-    """What :meth:`CacheStore.lookup` found: the exact entry, or whether the context has entries
-    and (when the lookup had the prompt's vector) the nearest candidates, closest first."""
+    """What :meth:`CacheStore.lookup` found: the exact entry, or whether the context has entries."""
 
     exact: CachedAnswer | None
     context_has_entries: bool
-    candidates: list[CachedAnswer] | None = None
 
 
 # Only these constant clauses are formatted into the SQL below; every value is a parameter.
@@ -145,44 +143,22 @@ class CacheStore:
         await self.pool.close()
 
     async def lookup(self, *, tenant_id: int, namespace: str, request_hash: str, context_hash: str,
-                     max_age: int | None, vector: np.ndarray | None = None, embedding_model: str = "",
-                     limit: int = 5) -> Lookup:
-        """The exact entry for ``request_hash``, and when there is none, in the same statement:
-        without ``vector``, whether any live entry shares the context (without one, embedding
-        the prompt is wasted); with it, the nearest candidates as :meth:`nearest` finds them.
-
-        One round trip where :meth:`exact`, :meth:`context_has_entries` and :meth:`nearest` take
-        three: the context check and the search run only when the exact lookup found nothing."""
+                     max_age: int | None) -> Lookup:
+        """The exact entry for ``request_hash`` and, when there is none, whether any live entry
+        shares the context (without one, embedding the prompt is wasted): :meth:`exact` and
+        :meth:`context_has_entries` in one round trip."""
         exact_where, exact_params = _exact_where(tenant_id, namespace, request_hash, max_age)
-        if vector is None:
-            # CASE: the context's subquery runs only when the exact lookup found no row.
-            query = (f"SELECT e.id, e.response, e.cost, e.model_name, e.created_at, e.prompt_text, "  # noqa: S608  # nosec B608
-                     "CASE WHEN e.id IS NULL THEN EXISTS (SELECT 1 FROM cache_cacheentry WHERE tenant_id = %s "
-                     "AND namespace = %s AND context_hash = %s AND expires_at > now()) END "
-                     f"FROM (SELECT) AS one LEFT JOIN LATERAL (SELECT {EXACT_COLUMNS} FROM cache_cacheentry "
-                     f"WHERE {exact_where}) AS e ON true")
-            async with self.pool.connection() as conn:
-                row = await (await conn.execute(
-                    query, [tenant_id, namespace, context_hash, *exact_params])).fetchone()
-            if row[0] is not None:
-                return Lookup(exact=_exact_answer(row), context_has_entries=True)
-            return Lookup(exact=None, context_has_entries=row[6])
-        near_where, near_params = _near_where(tenant_id, namespace, context_hash, embedding_model, max_age)
-        # The search's NOT EXISTS names no outer column: Postgres evaluates it once, before the
-        # index scan starts, and skips the scan when the exact lookup found the row.
-        query = (f"WITH exact AS MATERIALIZED (SELECT {EXACT_COLUMNS} FROM cache_cacheentry WHERE {exact_where}) "  # noqa: S608  # nosec B608
-                 f"SELECT true, {EXACT_COLUMNS}, NULL::float8, NULL::float8 FROM exact UNION ALL "
-                 f"(SELECT false, {NEAR_COLUMNS}, 1 - (embedding <=> %s) FROM cache_cacheentry "
-                 f"WHERE {near_where} AND NOT EXISTS (SELECT FROM exact) ORDER BY embedding <=> %s LIMIT %s)")
+        # CASE: the context's subquery runs only when the exact lookup found no row.
+        query = ("SELECT e.id, e.response, e.cost, e.model_name, e.created_at, e.prompt_text, "  # noqa: S608  # nosec B608
+                 "CASE WHEN e.id IS NULL THEN EXISTS (SELECT 1 FROM cache_cacheentry WHERE tenant_id = %s "
+                 "AND namespace = %s AND context_hash = %s AND expires_at > now()) END "
+                 f"FROM (SELECT) AS one LEFT JOIN LATERAL (SELECT {EXACT_COLUMNS} FROM cache_cacheentry "
+                 f"WHERE {exact_where}) AS e ON true")
         async with self.pool.connection() as conn:
-            rows = await (await conn.execute(
-                query, [*exact_params, vector, *near_params, vector, limit])).fetchall()
-            if rows and rows[0][0]:
-                return Lookup(exact=_exact_answer(rows[0][1:]), context_has_entries=True)
-            rows = [row[1:] for row in rows]
-            if len(rows) < limit:
-                rows = await self._nearest_exact(conn, near_where, near_params, vector, limit)
-        return Lookup(exact=None, context_has_entries=bool(rows), candidates=_candidates(rows))
+            row = await (await conn.execute(query, [tenant_id, namespace, context_hash, *exact_params])).fetchone()
+        if row[0] is not None:
+            return Lookup(exact=_exact_answer(row), context_has_entries=True)
+        return Lookup(exact=None, context_has_entries=row[6])
 
     async def exact(self, *, tenant_id: int, namespace: str, request_hash: str,
                     max_age: int | None) -> CachedAnswer | None:

@@ -48,12 +48,19 @@ def test_it_gives_a_text_the_same_vector_alone_and_in_a_batch(static_embedder):
     assert np.array_equal(alone, batched)
 
 
-def test_it_embeds_a_short_text_inline_as_the_embedding_thread_would(static_embedder):
+def test_it_embeds_a_short_text_at_once_as_the_embedding_thread_would(static_embedder):
     batcher = MicroBatcher(static_embedder)
-    for text in TEXTS:
-        assert np.array_equal(batcher.embed_now(text), static_embedder.embed_sync([text])[0])
-    # A long text, and the transformer, go through the embedding thread.
-    assert batcher.embed_now("word " * (INLINE_CHARS // 5 + 1)) is None
+
+    async def embed(texts):
+        return [await batcher.embed_one(text) for text in texts]
+
+    for text, vector in zip(TEXTS, asyncio.run(embed(TEXTS)), strict=True):
+        assert np.array_equal(vector, static_embedder.embed_sync([text])[0])
+    assert batcher.batch_sizes == []  # no batch ran: no hand-off to the embedding thread
+    # A long text goes through the embedding thread, and the transformer always does.
+    long_text = "word " * (INLINE_CHARS // 5 + 1)
+    assert np.array_equal(asyncio.run(embed([long_text]))[0], static_embedder.embed_sync([long_text])[0])
+    assert batcher.batch_sizes == [1]
     assert LocalEmbedder(model="minilm").embed_inline(TEXTS[0]) is None
 
 

@@ -8,9 +8,8 @@
              context (otherwise the embedding is computed after the response, for the save),
              the nearest neighbour of the last user message's embedding, same tenant, namespace
              and context, at or above the tenant's threshold, accepted only if
-             ``apps.cache.verify`` agrees it is the same question. The exact lookup and the
-             context check are one statement; with an embedding cheap enough to compute first
-             (the static table), the exact lookup and the search are one.
+             ``apps.cache.verify`` agrees it is the same question (the exact lookup and the
+             context check are one statement)
     save     after a complete answer, off the response path
 """
 
@@ -80,14 +79,9 @@ async def cache_lookup(runtime, call, plan: CachePlan) -> CachedAnswer | None:
     tenant = call.key.tenant_id
     fp = plan.fp
     if plan.control.lookup:
-        semantic = bool(fp.prompt_text) and call.key.cache_semantic and runtime.semantic_ready(call.key, cache=True)
-        # A vector that costs less than a round trip (the static table) is computed first, so
-        # that one statement looks up the exact entry and, failing it, the nearest ones.
-        vector = _prompt_vector_now(runtime, call, fp.prompt_text) if semantic else None
         found = await runtime.cache.lookup(
             tenant_id=tenant, namespace=plan.namespace, request_hash=fp.request_hash, context_hash=fp.context_hash,
-            max_age=plan.control.max_age, vector=vector,
-            embedding_model=_embedding_model(runtime, call) if vector is not None else "")
+            max_age=plan.control.max_age)
         if found.exact is not None:
             runtime.cache.hit(found.exact.id)
             return _hit(call, found.exact, "exact")
@@ -103,14 +97,12 @@ async def cache_lookup(runtime, call, plan: CachePlan) -> CachedAnswer | None:
             if shared is not None:
                 return _hit(call, shared, "exact")
         _lead(runtime, plan)
-        if semantic and found.context_has_entries:
-            if vector is not None:
-                plan.vector, candidates = vector, found.candidates
-            else:
-                plan.vector = await _prompt_vector(runtime, call, fp.prompt_text)
-                candidates = await runtime.cache.nearest(
-                    tenant_id=tenant, namespace=plan.namespace, context_hash=fp.context_hash, vector=plan.vector,
-                    embedding_model=_embedding_model(runtime, call), max_age=plan.control.max_age)
+        if fp.prompt_text and call.key.cache_semantic and runtime.semantic_ready(call.key, cache=True) and \
+                found.context_has_entries:
+            plan.vector = await _prompt_vector(runtime, call, fp.prompt_text)
+            candidates = await runtime.cache.nearest(
+                tenant_id=tenant, namespace=plan.namespace, context_hash=fp.context_hash, vector=plan.vector,
+                embedding_model=_embedding_model(runtime, call), max_age=plan.control.max_age)
             for candidate in candidates:
                 if candidate.similarity < call.key.cache_threshold:
                     break
@@ -126,17 +118,10 @@ async def cache_lookup(runtime, call, plan: CachePlan) -> CachedAnswer | None:
                 logger.info("semantic candidate rejected", extra={
                     "request_id": call.request_id, "reason": verdict.reason, "similarity": candidate.similarity,
                     "entry": candidate.id})
-        elif vector is not None:
-            plan.vector = vector  # for the save
     else:
         plan.key = (tenant, plan.namespace, fp.request_hash)
         _lead(runtime, plan)
     return None
-
-
-def _prompt_vector_now(runtime, call, text: str):
-    """The prompt's embedding when it is cheap enough to compute before the lookup, else None."""
-    return runtime.batcher_for(call.key, cache=True).embed_now(text)
 
 
 async def _prompt_vector(runtime, call, text: str):
