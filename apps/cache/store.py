@@ -46,6 +46,53 @@ class CachedAnswer:
 WRONG_HIT_MARGIN = 0.02
 
 
+@dataclass(frozen=True, slots=True)
+class Lookup:
+    """What :meth:`CacheStore.lookup` found: the exact entry, or whether the context has entries."""
+
+    exact: CachedAnswer | None
+    context_has_entries: bool
+
+
+# Only these constant clauses are formatted into the SQL below; every value is a parameter.
+EXACT_COLUMNS = "id, response, cost, model_name, created_at, prompt_text"
+NEAR_COLUMNS = "id, response, cost, model_name, created_at, prompt_text, min_similarity"
+
+
+def _exact_where(tenant_id: int, namespace: str, request_hash: str, max_age: int | None) -> tuple[str, list]:
+    where = "tenant_id = %s AND namespace = %s AND request_hash = %s AND expires_at > now()"
+    params: list = [tenant_id, namespace, request_hash]
+    if max_age is not None:
+        where += " AND created_at > now() - make_interval(secs => %s)"
+        params.append(max_age)
+    return where, params
+
+
+def _near_where(tenant_id: int, namespace: str, context_hash: str, embedding_model: str,
+                max_age: int | None) -> tuple[str, list]:
+    where = ("tenant_id = %s AND namespace = %s AND context_hash = %s AND expires_at > now() "
+             "AND embedding IS NOT NULL AND embedding_model = %s")
+    params: list = [tenant_id, namespace, context_hash, embedding_model]
+    if max_age is not None:
+        where += " AND created_at > now() - make_interval(secs => %s)"
+        params.append(max_age)
+    return where, params
+
+
+def _exact_answer(row) -> CachedAnswer:
+    return CachedAnswer(id=row[0], response=row[1], cost=row[2], model_name=row[3], created_at=row[4],
+                        similarity=None, prompt_text=row[5])
+
+
+def _candidates(rows) -> list[CachedAnswer]:
+    answers = [CachedAnswer(id=r[0], response=r[1], cost=r[2], model_name=r[3], created_at=r[4],
+                            similarity=float(r[7]), prompt_text=r[5], min_similarity=r[6]) for r in rows]
+    # The iterative scan's relaxed order may bring a row a little out of place; callers stop at
+    # the first candidate under the threshold, so they must see the closest first.
+    answers.sort(key=lambda answer: answer.similarity, reverse=True)
+    return answers
+
+
 def _configurer(max_scan_tuples: int | None, ef_search: int):
     async def configure(conn) -> None:
         from pgvector.psycopg import register_vector_async
@@ -95,20 +142,31 @@ class CacheStore:
         await self.hits_flush()
         await self.pool.close()
 
+    async def lookup(self, *, tenant_id: int, namespace: str, request_hash: str, context_hash: str,
+                     max_age: int | None) -> Lookup:
+        """The exact entry for ``request_hash`` and, when there is none, whether any live entry
+        shares the context (without one, embedding the prompt is wasted): :meth:`exact` and
+        :meth:`context_has_entries` in one round trip."""
+        exact_where, exact_params = _exact_where(tenant_id, namespace, request_hash, max_age)
+        # CASE: the context's subquery runs only when the exact lookup found no row.
+        query = ("SELECT e.id, e.response, e.cost, e.model_name, e.created_at, e.prompt_text, "  # noqa: S608  # nosec B608
+                 "CASE WHEN e.id IS NULL THEN EXISTS (SELECT 1 FROM cache_cacheentry WHERE tenant_id = %s "
+                 "AND namespace = %s AND context_hash = %s AND expires_at > now()) END "
+                 f"FROM (SELECT) AS one LEFT JOIN LATERAL (SELECT {EXACT_COLUMNS} FROM cache_cacheentry "
+                 f"WHERE {exact_where}) AS e ON true")
+        async with self.pool.connection() as conn:
+            row = await (await conn.execute(query, [tenant_id, namespace, context_hash, *exact_params])).fetchone()
+        if row[0] is not None:
+            return Lookup(exact=_exact_answer(row), context_has_entries=True)
+        return Lookup(exact=None, context_has_entries=row[6])
+
     async def exact(self, *, tenant_id: int, namespace: str, request_hash: str,
                     max_age: int | None) -> CachedAnswer | None:
-        query = ("SELECT id, response, cost, model_name, created_at, prompt_text FROM cache_cacheentry "
-                 "WHERE tenant_id = %s AND namespace = %s AND request_hash = %s AND expires_at > now()")
-        params: list = [tenant_id, namespace, request_hash]
-        if max_age is not None:
-            query += " AND created_at > now() - make_interval(secs => %s)"
-            params.append(max_age)
+        where, params = _exact_where(tenant_id, namespace, request_hash, max_age)
         async with self.pool.connection() as conn:
-            row = await (await conn.execute(query, params)).fetchone()
-        if row is None:
-            return None
-        return CachedAnswer(id=row[0], response=row[1], cost=row[2], model_name=row[3], created_at=row[4],
-                            similarity=None, prompt_text=row[5])
+            row = await (await conn.execute(
+                f"SELECT {EXACT_COLUMNS} FROM cache_cacheentry WHERE {where}", params)).fetchone()  # noqa: S608  # nosec B608
+        return None if row is None else _exact_answer(row)
 
     async def context_has_entries(self, *, tenant_id: int, namespace: str, context_hash: str) -> bool:
         """Whether any live entry shares this context: without one, embedding the prompt now is wasted."""
@@ -130,29 +188,22 @@ class CacheStore:
         own rows (found through the b-tree index) answers instead; a context that small is cheap
         to scan.
         """
-        where = ("tenant_id = %s AND namespace = %s AND context_hash = %s AND expires_at > now() "
-                 "AND embedding IS NOT NULL AND embedding_model = %s")
-        params: list = [tenant_id, namespace, context_hash, embedding_model]
-        if max_age is not None:
-            where += " AND created_at > now() - make_interval(secs => %s)"
-            params.append(max_age)
-        columns = "id, response, cost, model_name, created_at, prompt_text, min_similarity"
-        # Only these constant clauses are formatted into the SQL; every value is a parameter.
+        where, params = _near_where(tenant_id, namespace, context_hash, embedding_model, max_age)
         async with self.pool.connection() as conn:
             rows = await (await conn.execute(
-                f"SELECT {columns}, 1 - (embedding <=> %s) FROM cache_cacheentry WHERE {where} "  # noqa: S608  # nosec B608
+                f"SELECT {NEAR_COLUMNS}, 1 - (embedding <=> %s) FROM cache_cacheentry WHERE {where} "  # noqa: S608  # nosec B608
                 "ORDER BY embedding <=> %s LIMIT %s", [vector, *params, vector, limit])).fetchall()
             if len(rows) < limit:
-                rows = await (await conn.execute(
-                    f"SELECT {columns}, 1 - (embedding <=> %s) FROM (SELECT {columns}, embedding "  # noqa: S608  # nosec B608
-                    f"FROM cache_cacheentry WHERE {where} LIMIT %s) AS own ORDER BY embedding <=> %s LIMIT %s",
-                    [vector, *params, EXACT_FALLBACK_ROWS, vector, limit])).fetchall()
-        answers = [CachedAnswer(id=r[0], response=r[1], cost=r[2], model_name=r[3], created_at=r[4],
-                                similarity=float(r[7]), prompt_text=r[5], min_similarity=r[6]) for r in rows]
-        # The iterative scan's relaxed order may bring a row a little out of place; callers stop at
-        # the first candidate under the threshold, so they must see the closest first.
-        answers.sort(key=lambda answer: answer.similarity, reverse=True)
-        return answers
+                rows = await self._nearest_exact(conn, where, params, vector, limit)
+        return _candidates(rows)
+
+    @staticmethod
+    async def _nearest_exact(conn, where: str, params: list, vector: np.ndarray, limit: int) -> list:
+        """The exact search over the context's own rows (see :meth:`nearest`)."""
+        return await (await conn.execute(
+            f"SELECT {NEAR_COLUMNS}, 1 - (embedding <=> %s) FROM (SELECT {NEAR_COLUMNS}, embedding "  # noqa: S608  # nosec B608
+            f"FROM cache_cacheentry WHERE {where} LIMIT %s) AS own ORDER BY embedding <=> %s LIMIT %s",
+            [vector, *params, EXACT_FALLBACK_ROWS, vector, limit])).fetchall()
 
     async def save(self, *, tenant_id: int, namespace: str, request_hash: str, context_hash: str,
                    prompt_text: str, vector: np.ndarray | None, embedding_model: str, response: dict,

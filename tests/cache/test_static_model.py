@@ -11,7 +11,7 @@ from decimal import Decimal
 import numpy as np
 import pytest
 
-from apps.cache.embedder import NAMES, LocalEmbedder
+from apps.cache.embedder import INLINE_CHARS, NAMES, LocalEmbedder, MicroBatcher
 from apps.cache.models import LOCAL_MODEL, CacheEntry
 from apps.cache.store import CacheStore
 from apps.gateway import runtime as runtime_module
@@ -46,6 +46,22 @@ def test_it_gives_a_text_the_same_vector_alone_and_in_a_batch(static_embedder):
     alone = static_embedder.embed_sync([TEXTS[0]])[0]
     batched = static_embedder.embed_sync([TEXTS[2], TEXTS[0], TEXTS[3]])[1]
     assert np.array_equal(alone, batched)
+
+
+def test_it_embeds_a_short_text_at_once_as_the_embedding_thread_would(static_embedder):
+    batcher = MicroBatcher(static_embedder)
+
+    async def embed(texts):
+        return [await batcher.embed_one(text) for text in texts]
+
+    for text, vector in zip(TEXTS, asyncio.run(embed(TEXTS)), strict=True):
+        assert np.array_equal(vector, static_embedder.embed_sync([text])[0])
+    assert batcher.batch_sizes == []  # no batch ran: no hand-off to the embedding thread
+    # A long text goes through the embedding thread, and the transformer always does.
+    long_text = "word " * (INLINE_CHARS // 5 + 1)
+    assert np.array_equal(asyncio.run(embed([long_text]))[0], static_embedder.embed_sync([long_text])[0])
+    assert batcher.batch_sizes == [1]
+    assert LocalEmbedder(model="minilm").embed_inline(TEXTS[0]) is None
 
 
 def test_it_gives_a_text_without_a_known_token_a_unit_vector(static_embedder):

@@ -8,7 +8,8 @@
              context (otherwise the embedding is computed after the response, for the save),
              the nearest neighbour of the last user message's embedding, same tenant, namespace
              and context, at or above the tenant's threshold, accepted only if
-             ``apps.cache.verify`` agrees it is the same question
+             ``apps.cache.verify`` agrees it is the same question (the exact lookup and the
+             context check are one statement)
     save     after a complete answer, off the response path
 """
 
@@ -78,11 +79,12 @@ async def cache_lookup(runtime, call, plan: CachePlan) -> CachedAnswer | None:
     tenant = call.key.tenant_id
     fp = plan.fp
     if plan.control.lookup:
-        answer = await runtime.cache.exact(tenant_id=tenant, namespace=plan.namespace, request_hash=fp.request_hash,
-                                         max_age=plan.control.max_age)
-        if answer is not None:
-            runtime.cache.hit(answer.id)
-            return _hit(call, answer, "exact")
+        found = await runtime.cache.lookup(
+            tenant_id=tenant, namespace=plan.namespace, request_hash=fp.request_hash, context_hash=fp.context_hash,
+            max_age=plan.control.max_age)
+        if found.exact is not None:
+            runtime.cache.hit(found.exact.id)
+            return _hit(call, found.exact, "exact")
         plan.key = (tenant, plan.namespace, fp.request_hash)
         pending = runtime.inflight.get(plan.key)
         if pending is not None:
@@ -96,8 +98,7 @@ async def cache_lookup(runtime, call, plan: CachePlan) -> CachedAnswer | None:
                 return _hit(call, shared, "exact")
         _lead(runtime, plan)
         if fp.prompt_text and call.key.cache_semantic and runtime.semantic_ready(call.key, cache=True) and \
-                await runtime.cache.context_has_entries(
-                tenant_id=tenant, namespace=plan.namespace, context_hash=fp.context_hash):
+                found.context_has_entries:
             plan.vector = await _prompt_vector(runtime, call, fp.prompt_text)
             candidates = await runtime.cache.nearest(
                 tenant_id=tenant, namespace=plan.namespace, context_hash=fp.context_hash, vector=plan.vector,
