@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -25,6 +26,7 @@ from apps.core.flushing import flush_timer_stop
 logger = logging.getLogger(__name__)
 
 EXACT_FALLBACK_ROWS = 20_000
+UNSAVED_LIMIT = 20_000  # entries waiting in a batch worker's memory (their answers and vectors)
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,6 +55,15 @@ class Lookup:
     exact: CachedAnswer | None
     context_has_entries: bool
 
+
+SAVE = ("INSERT INTO cache_cacheentry (tenant_id, namespace, request_hash, context_hash, prompt_text, "
+        "embedding, embedding_model, response, model_id, model_name, input_tokens, output_tokens, cost, "
+        "created_at, expires_at, hit_count) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, "
+        "%s, 0) ON CONFLICT (tenant_id, namespace, request_hash) DO UPDATE SET response = EXCLUDED.response, "
+        "embedding = EXCLUDED.embedding, embedding_model = EXCLUDED.embedding_model, cost = EXCLUDED.cost, "
+        "model_id = EXCLUDED.model_id, model_name = EXCLUDED.model_name, input_tokens = EXCLUDED.input_tokens, "
+        "output_tokens = EXCLUDED.output_tokens, created_at = EXCLUDED.created_at, "
+        "expires_at = EXCLUDED.expires_at")
 
 # Only these constant clauses are formatted into the SQL below; every value is a parameter.
 EXACT_COLUMNS = "id, response, cost, model_name, created_at, prompt_text"
@@ -108,8 +119,15 @@ def _configurer(max_scan_tuples: int | None, ef_search: int):
 
 class CacheStore:
     def __init__(self, conninfo: str, *, max_size: int = 8, hnsw_max_scan_tuples: int | None = None,
-                 ef_search: int | None = None) -> None:
-        """``ef_search`` defaults to the ``CACHE_EF_SEARCH`` setting."""
+                 ef_search: int | None = None, index_later: bool = False) -> None:
+        """``ef_search`` defaults to the ``CACHE_EF_SEARCH`` setting.
+
+        ``index_later`` (a batch worker's store): saved entries wait in memory, where exact
+        lookups find them at once, and are written together (vectors and so the HNSW index
+        included) at :meth:`close`, or whenever ``UNSAVED_LIMIT`` wait. Putting a vector into the
+        graph is most of what saving an entry costs the database (a graph search per insert),
+        and a batch job saves one per line: the job no longer waits on it. Until then its
+        entries are not semantic candidates, for the job's own later lines either."""
         ef_search = settings.CACHE_EF_SEARCH if ef_search is None else ef_search
         # No server-side prepared statements: the planner then sees each query's tenant and
         # vector (a generic plan cannot), which decides between the HNSW and the b-tree index.
@@ -119,6 +137,10 @@ class CacheStore:
         self._hits: dict[int, int] = {}
         self._hits_lock = asyncio.Lock()
         self._hits_task: asyncio.Task | None = None
+        self.index_later = index_later
+        # (tenant, namespace, request hash) -> (the INSERT's parameters, the answer, its expiry timestamp)
+        self.unsaved: dict[tuple, tuple[list, CachedAnswer, float]] = {}
+        self._save_lock = asyncio.Lock()
 
     async def open(self) -> None:
         await self.pool.open(wait=True, timeout=30)
@@ -140,6 +162,8 @@ class CacheStore:
             await flush_timer_stop(self._hits_task, self._hits_lock)
             self._hits_task = None
         await self.hits_flush()
+        if self.index_later:
+            await self.unsaved_write()
         await self.pool.close()
 
     async def lookup(self, *, tenant_id: int, namespace: str, request_hash: str, context_hash: str,
@@ -147,6 +171,9 @@ class CacheStore:
         """The exact entry for ``request_hash`` and, when there is none, whether any live entry
         shares the context (without one, embedding the prompt is wasted): :meth:`exact` and
         :meth:`context_has_entries` in one round trip."""
+        waiting = self._unsaved_answer(tenant_id, namespace, request_hash, max_age)
+        if waiting is not None:
+            return Lookup(exact=waiting, context_has_entries=True)
         exact_where, exact_params = _exact_where(tenant_id, namespace, request_hash, max_age)
         # CASE: the context's subquery runs only when the exact lookup found no row.
         query = ("SELECT e.id, e.response, e.cost, e.model_name, e.created_at, e.prompt_text, "  # noqa: S608  # nosec B608
@@ -160,8 +187,22 @@ class CacheStore:
             return Lookup(exact=_exact_answer(row), context_has_entries=True)
         return Lookup(exact=None, context_has_entries=row[6])
 
+    def _unsaved_answer(self, tenant_id: int, namespace: str, request_hash: str,
+                        max_age: int | None) -> CachedAnswer | None:
+        waiting = self.unsaved.get((tenant_id, namespace, request_hash))
+        if waiting is None:
+            return None
+        _params, answer, expires = waiting
+        now = time.time()
+        if now >= expires or (max_age is not None and answer.created_at.timestamp() <= now - max_age):
+            return None
+        return answer
+
     async def exact(self, *, tenant_id: int, namespace: str, request_hash: str,
                     max_age: int | None) -> CachedAnswer | None:
+        waiting = self._unsaved_answer(tenant_id, namespace, request_hash, max_age)
+        if waiting is not None:
+            return waiting
         where, params = _exact_where(tenant_id, namespace, request_hash, max_age)
         async with self.pool.connection() as conn:
             row = await (await conn.execute(
@@ -210,21 +251,32 @@ class CacheStore:
                    model_id: int | None, model_name: str, input_tokens: int, output_tokens: int, cost: Decimal,
                    ttl_seconds: int) -> None:
         now = datetime.now(UTC)
+        params = [tenant_id, namespace, request_hash, context_hash, prompt_text, vector, embedding_model,
+                  Jsonb(response), model_id, model_name, input_tokens, output_tokens, cost, now,
+                  now + timedelta(seconds=ttl_seconds)]
+        if self.index_later:
+            answer = CachedAnswer(id=0, response=response, cost=cost, model_name=model_name, created_at=now,
+                                  similarity=None, prompt_text=prompt_text)
+            self.unsaved[(tenant_id, namespace, request_hash)] = (params, answer, now.timestamp() + ttl_seconds)
+            if len(self.unsaved) >= UNSAVED_LIMIT:
+                await self.unsaved_write()
+            return
         async with self.pool.connection() as conn:
-            await conn.execute(
-                "INSERT INTO cache_cacheentry (tenant_id, namespace, request_hash, context_hash, prompt_text, "
-                "embedding, embedding_model, response, model_id, model_name, input_tokens, output_tokens, cost, "
-                "created_at, expires_at, hit_count) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, "
-                "%s, 0) ON CONFLICT (tenant_id, namespace, request_hash) DO UPDATE SET response = EXCLUDED.response, "
-                "embedding = EXCLUDED.embedding, embedding_model = EXCLUDED.embedding_model, cost = EXCLUDED.cost, "
-                "model_id = EXCLUDED.model_id, "
-                "model_name = EXCLUDED.model_name, input_tokens = EXCLUDED.input_tokens, "
-                "output_tokens = EXCLUDED.output_tokens, created_at = EXCLUDED.created_at, "
-                "expires_at = EXCLUDED.expires_at",
-                [tenant_id, namespace, request_hash, context_hash, prompt_text, vector, embedding_model,
-                 Jsonb(response), model_id,
-                 model_name, input_tokens, output_tokens, cost, now, now + timedelta(seconds=ttl_seconds)],
-            )
+            await conn.execute(SAVE, params)
+
+    async def unsaved_write(self) -> int:
+        """Write the entries waiting in memory (``index_later``), in one transaction."""
+        async with self._save_lock:
+            waiting = list(self.unsaved.values())
+            if waiting:
+                async with self.pool.connection() as conn, conn.transaction(), conn.cursor() as cursor:
+                    await cursor.executemany(SAVE, [params for params, _answer, _expires in waiting])
+            # Entries saved meanwhile stay for the next write.
+            for params, _answer, _expires in waiting:
+                key = (params[0], params[1], params[2])
+                if self.unsaved.get(key, (None,))[0] is params:
+                    del self.unsaved[key]
+            return len(waiting)
 
     async def embed_later(self, *, tenant_id: int, namespace: str, request_hash: str, vector: np.ndarray,
                           embedding_model: str) -> None:

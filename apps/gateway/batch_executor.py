@@ -38,7 +38,9 @@ class GatewayBatchExecutor:
         return self.key is not None and self.key.is_usable(time.time())
 
     async def open(self) -> None:
-        self.runtime = Runtime(embed_threads=settings.BATCH_EMBED_THREADS)
+        # A job saves a cache entry per line; they are written (into the HNSW index) after the
+        # job, which no longer waits on the index (docs/batches.md).
+        self.runtime = Runtime(embed_threads=settings.BATCH_EMBED_THREADS, cache_index_later=True)
         await self.runtime.start()
 
     async def close(self) -> None:

@@ -46,8 +46,11 @@ _NEGATIVE_CACHE_LIMIT = 10_000
 
 
 class Runtime:
-    def __init__(self, *, embed_threads: int | None = None) -> None:
+    def __init__(self, *, embed_threads: int | None = None, cache_index_later: bool = False) -> None:
+        """``cache_index_later``: saved cache entries are written when the runtime stops (a batch
+        worker's runtime: ``CacheStore``'s ``index_later``)."""
         self.embed_threads = embed_threads or settings.CACHE_EMBED_THREADS
+        self.cache_index_later = cache_index_later
         self.snapshot: Snapshot | None = None
         self.keys: dict[str, KeyInfo | None] = {}
         self.tenant_slugs: dict[int, str] = {}  # for metric labels; survives key-cache reloads
@@ -103,7 +106,7 @@ class Runtime:
             database = await loop.run_in_executor(self._db_executor, conninfo)
             self.limiter = limiter_open(redis_url=settings.REDIS_URL, conninfo=database,
                                         lease_seconds=settings.LIMITS_LEASE_SECONDS)
-            self.cache = CacheStore(database)
+            self.cache = CacheStore(database, index_later=self.cache_index_later)
             await self.cache.open()
             self.routers.pool = self.cache.pool
             embedder = _local_embedder("minilm", lambda: LocalEmbedder(
