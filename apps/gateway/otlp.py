@@ -93,20 +93,22 @@ def _any(value) -> bytes:
 _KEYS: dict[str, bytes] = {}
 # Attributes whose values repeat from request to request (the tenant, the model, the route, a
 # status, a small count) are encoded once each, up to a bound: an attribute's encoding costs
-# more than looking it up. Strings, lists of strings and small integers, each kind in its own
-# table (``1 == True == 1.0`` as keys); the keys below never repeat their values.
-_PAIRS: dict[tuple, bytes] = {}
-_INT_PAIRS: dict[tuple[bytes, str, int], bytes] = {}
+# more than looking it up. Per field tag and key (a string, whose hash Python keeps): a table of
+# each kind, strings and lists of strings by value, small integers by value (their own table:
+# ``1 == True == 1.0`` as keys), and a double's pair head (a double's pair is always as long).
+# The keys of ``_UNIQUE`` never repeat their values: encoded each time, never kept.
+_TABLES: dict[bytes, tuple[dict, dict, dict]] = {}
 _PAIRS_MAX = 8192
-_FLOAT_HEADS: dict[tuple[bytes, str], bytes] = {}
+_KEYS_MAX = 1024
 _UNIQUE = frozenset({"switchyard.request_id", "switchyard.routing.reason", "switchyard.upstream_failures"})
+_kept = [0]  # encoded values kept in the tables, all keys together
 
 
 def _key(key: str) -> bytes:
     encoded = _KEYS.get(key)
     if encoded is None:
         encoded = _delimited(b"\x0a", key.encode())
-        if len(_KEYS) < 1024:
+        if len(_KEYS) < _KEYS_MAX:
             _KEYS[key] = encoded
     return encoded
 
@@ -123,53 +125,76 @@ def _pair(tag: bytes, key: str, any_value: bytes) -> bytes:
     return tag + (_SMALL[size] if size < 128 else _varint(size)) + pair
 
 
+def _table(tables: dict, key: str) -> dict:
+    """``key``'s table in ``tables`` (a fresh one, not kept, past the bound on keys)."""
+    table = tables.get(key)
+    if table is None:
+        table = {}
+        if len(tables) < _KEYS_MAX:
+            tables[key] = table
+    return table
+
+
 def attributes_encode(tag: bytes, attributes: dict) -> bytes:
     """``attributes`` as repeated ``KeyValue`` fields numbered by ``tag`` (a None value is left
     out, as the SDK leaves it)."""
+    tables = _TABLES.get(tag)
+    if tables is None:
+        tables = _TABLES[tag] = ({}, {}, {})
+    values, ints, doubles = tables
     out = []
     append = out.append
-    pairs, int_pairs = _PAIRS, _INT_PAIRS
     for key, value in attributes.items():
         kind = value.__class__
-        if kind is str and key in _UNIQUE:
-            encoded = value.encode()
-            size = len(encoded)
-            pair = _pair(tag, key, b"\x0a" + (_SMALL[size] if size < 128 else _varint(size)) + encoded)
-        elif kind is str or kind is list:
-            cached = (tag, key, value if kind is str else tuple(value))
-            pair = pairs.get(cached)
-            if pair is None:
-                if kind is str:
-                    encoded = value.encode()
-                    size = len(encoded)
-                    pair = _pair(tag, key, b"\x0a" + (_SMALL[size] if size < 128 else _varint(size)) + encoded)
-                else:
-                    pair = _pair(tag, key, _any(value))
-                if key not in _UNIQUE and len(pairs) < _PAIRS_MAX:
-                    pairs[cached] = pair
-        elif kind is int:
-            if 0 <= value < 4096:
-                cached = (tag, key, value)
-                pair = int_pairs.get(cached)
-                if pair is None:
-                    pair = _pair(tag, key, b"\x18" + _varint(value))
-                    if len(int_pairs) < _PAIRS_MAX:
-                        int_pairs[cached] = pair
-            else:
-                pair = _pair(tag, key, b"\x18" + _varint(value))
-        elif kind is float:
-            # A double's pair is always as long: its head (tag, sizes, key) is encoded once per key.
-            head = _FLOAT_HEADS.get((tag, key))
+        if kind is float:
+            head = doubles.get(key)
             if head is None:
                 head = _pair(tag, key, b"\x21" + bytes(8))[:-8]
-                if len(_FLOAT_HEADS) < 1024:
-                    _FLOAT_HEADS[(tag, key)] = head
-            pair = head + _PACK_D(value)
+                if len(doubles) < _KEYS_MAX:
+                    doubles[key] = head
+            append(head + _PACK_D(value))
+        elif kind is int:
+            table = ints.get(key)
+            pair = None if table is None else table.get(value)
+            if pair is None:
+                pair = _pair(tag, key, b"\x18" + _varint(value))
+                if 0 <= value < 4096 and _kept[0] < _PAIRS_MAX:
+                    _table(ints, key)[value] = pair
+                    _kept[0] += 1
+            append(pair)
+        elif kind is str:
+            if key in _UNIQUE:
+                encoded = value.encode()
+                size = len(encoded)
+                append(_pair(tag, key, b"\x0a" + (_SMALL[size] if size < 128 else _varint(size)) + encoded))
+                continue
+            table = values.get(key)
+            pair = None if table is None else table.get(value)
+            if pair is None:
+                encoded = value.encode()
+                size = len(encoded)
+                pair = _pair(tag, key, b"\x0a" + (_SMALL[size] if size < 128 else _varint(size)) + encoded)
+                if _kept[0] < _PAIRS_MAX:
+                    _table(values, key)[value] = pair
+                    _kept[0] += 1
+            append(pair)
+        elif kind is list:
+            if key in _UNIQUE:
+                append(_pair(tag, key, _any(value)))
+                continue
+            cached = tuple(value)
+            table = values.get(key)
+            pair = None if table is None else table.get(cached)
+            if pair is None:
+                pair = _pair(tag, key, _any(value))
+                if _kept[0] < _PAIRS_MAX:
+                    _table(values, key)[cached] = pair
+                    _kept[0] += 1
+            append(pair)
         elif value is None:
             continue
         else:
-            pair = _pair(tag, key, _any(value))
-        append(pair)
+            append(_pair(tag, key, _any(value)))
     return b"".join(out)
 
 

@@ -261,7 +261,16 @@ class RequestTrace:
         span.common = (_request_attributes, self.operation, self.tenant, call.endpoint, call.requested_model or None,
                        CACHE_NAMES[call.cache], call.status, None if model is None else model.upstream_id,
                        None if model is None else _provider_name(model), bool(call.stream),
-                       tuple([item.name for item in chain]) if chain else None, call.rule_id, error)
+                       _names(chain), call.rule_id, error)
+
+
+def _names(chain: tuple) -> tuple | None:
+    """The chain's model names (None for none)."""
+    if not chain:
+        return None
+    if len(chain) == 1:
+        return (chain[0].name,)
+    return tuple([item.name for item in chain])
 
 
 def _request_attributes(operation: str, tenant: str, route: str, requested_model: str | None, cache: str,
