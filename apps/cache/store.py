@@ -169,8 +169,7 @@ class CacheStore:
     async def lookup(self, *, tenant_id: int, namespace: str, request_hash: str, context_hash: str,
                      max_age: int | None) -> Lookup:
         """The exact entry for ``request_hash`` and, when there is none, whether any live entry
-        shares the context (without one, embedding the prompt is wasted): :meth:`exact` and
-        :meth:`context_has_entries` in one round trip."""
+        shares the context (without one, embedding the prompt is wasted), in one round trip."""
         waiting = self._unsaved_answer(tenant_id, namespace, request_hash, max_age)
         if waiting is not None:
             return Lookup(exact=waiting, context_has_entries=True)
@@ -208,14 +207,6 @@ class CacheStore:
             row = await (await conn.execute(
                 f"SELECT {EXACT_COLUMNS} FROM cache_cacheentry WHERE {where}", params)).fetchone()  # noqa: S608  # nosec B608
         return None if row is None else _exact_answer(row)
-
-    async def context_has_entries(self, *, tenant_id: int, namespace: str, context_hash: str) -> bool:
-        """Whether any live entry shares this context: without one, embedding the prompt now is wasted."""
-        async with self.pool.connection() as conn:
-            row = await (await conn.execute(
-                "SELECT 1 FROM cache_cacheentry WHERE tenant_id = %s AND namespace = %s AND context_hash = %s "
-                "AND expires_at > now() LIMIT 1", [tenant_id, namespace, context_hash])).fetchone()
-        return row is not None
 
     async def nearest(self, *, tenant_id: int, namespace: str, context_hash: str, vector: np.ndarray,
                       embedding_model: str, max_age: int | None, limit: int = 5) -> list[CachedAnswer]:
@@ -289,8 +280,10 @@ class CacheStore:
         """Count a hit in memory; :meth:`hits_flush` writes the counts in one statement.
 
         One UPDATE per hit would rewrite a row (and, without room on its page, its HNSW entry)
-        on every hit of a popular answer."""
-        self._hits[entry_id] = self._hits.get(entry_id, 0) + 1
+        on every hit of a popular answer. Id 0 (an entry still in a batch worker's memory) has
+        no row to count on."""
+        if entry_id:
+            self._hits[entry_id] = self._hits.get(entry_id, 0) + 1
 
     async def hits_flush(self) -> int:
         async with self._hits_lock:

@@ -47,6 +47,7 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass
+from functools import lru_cache
 
 import numpy as np
 
@@ -90,23 +91,24 @@ def antonyms_load(path=ANTONYMS_FILE) -> dict[str, frozenset[str]]:
 _ANTONYMS = antonyms_load()
 
 
-def _forms(word: str) -> set[str]:
+@lru_cache(maxsize=65536)
+def _forms(word: str) -> frozenset[str]:
     """The stems a word may be listed under: itself, and its base when it is a comparative or superlative."""
     forms = {stem(word)}
     for suffix in ("iest", "ier", "est", "er"):
         if word.endswith(suffix) and len(word) - len(suffix) >= 3:
             base = word[: -len(suffix)] + ("y" if suffix.startswith("i") else "")
             forms |= {stem(base), stem(base[:-1]) if base[-1:] == base[-2:-1] else stem(base)}  # "biggest"
-    return forms
+    return frozenset(forms)
 
 
 def _antonym_swapped(a: Prompt, b: Prompt) -> bool:
     """A content word only one side has, whose antonym only the other side has."""
-    forms_a = {f for w in a.words for f in _forms(w.text)}
-    forms_b = {f for w in b.words for f in _forms(w.text)}
-    only_b = {f for w in b.words if w.kind == "content" for f in _forms(w.text)} - forms_a
-    return any(_ANTONYMS.get(f, frozenset()) & only_b
-               for w in a.words if w.kind == "content" and not _forms(w.text) & forms_b for f in _forms(w.text))
+    forms_a = frozenset().union(*(_forms(w.text) for w in a.words))
+    forms_b = frozenset().union(*(_forms(w.text) for w in b.words))
+    only_b = frozenset().union(*(_forms(w.text) for w in b.words if w.kind == "content")) - forms_a
+    return any(_ANTONYMS.get(f, frozenset()) & only_b for w in a.words if w.kind == "content"
+               for forms in (_forms(w.text),) if not forms & forms_b for f in forms)
 
 
 @dataclass(frozen=True)
