@@ -24,7 +24,9 @@ that no two wait on each other in a circle)::
     COMMIT                                      COMMIT
 
 A purge that comes during a write waits for it, and its DELETE then sees the written rows; a
-write that comes during a purge waits for it, and then reads its record.
+write that comes during a purge waits for it, and then reads its record. A write goes in
+transactions of ``apps.cache.store.UNSAVED_WRITE_CHUNK`` entries, so that a purge waits for one at
+most, not for a whole job's entries (tens of seconds for 20,000, most of it their HNSW inserts).
 """
 
 from __future__ import annotations

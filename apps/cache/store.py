@@ -29,6 +29,9 @@ logger = logging.getLogger(__name__)
 
 EXACT_FALLBACK_ROWS = 20_000
 UNSAVED_LIMIT = 20_000  # entries waiting in a batch worker's memory (their answers and vectors)
+# Entries per transaction when they are written: a purge of their tenant waits for one at most
+# (about a second; apps.cache.purges).
+UNSAVED_WRITE_CHUNK = 500
 
 
 @dataclass(frozen=True, slots=True)
@@ -268,19 +271,25 @@ class CacheStore:
 
     async def unsaved_write(self) -> int:
         """Write the entries waiting in memory (``index_later``) but those a purge covers
-        (:mod:`apps.cache.purges`), in one transaction; how many were written."""
+        (:mod:`apps.cache.purges`), ``UNSAVED_WRITE_CHUNK`` per transaction; how many were written."""
         async with self._save_lock:
-            waiting, tenants, since = self.unsaved.snapshot()
-            kept = []
-            if waiting:
-                async with self.pool.connection() as conn, conn.transaction(), conn.cursor() as cursor:
-                    await cursor.execute(purges.LOCK_SHARED, [purges.LOCK_CLASS, purges.lock_keys(tenants)])
-                    await cursor.execute(purges.SINCE, [tenants, since])
-                    kept = self.unsaved.uncovered(waiting, await cursor.fetchall())
-                    if kept:
-                        await cursor.executemany(SAVE, kept)
-            self.unsaved.remove(waiting)  # entries saved meanwhile stay for the next write
-            return len(kept)
+            waiting, since = self.unsaved.snapshot()
+            written = 0
+            for start in range(0, len(waiting), UNSAVED_WRITE_CHUNK):
+                chunk = waiting[start:start + UNSAVED_WRITE_CHUNK]
+                written += await self._unsaved_write_chunk(chunk, since)
+                self.unsaved.remove(chunk)  # entries saved meanwhile stay for the next write
+            return written
+
+    async def _unsaved_write_chunk(self, chunk: list, since: datetime) -> int:
+        tenants = sorted({params[0] for params, _answer, _expires in chunk})
+        async with self.pool.connection() as conn, conn.transaction(), conn.cursor() as cursor:
+            await cursor.execute(purges.LOCK_SHARED, [purges.LOCK_CLASS, purges.lock_keys(tenants)])
+            await cursor.execute(purges.SINCE, [tenants, since])
+            kept = self.unsaved.uncovered(chunk, await cursor.fetchall())
+            if kept:
+                await cursor.executemany(SAVE, kept)
+        return len(kept)
 
     async def purges_refresh(self) -> int:
         """Read the purge records of the waiting entries' tenants and drop the entries a purge

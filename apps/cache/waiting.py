@@ -40,10 +40,9 @@ class WaitingEntries:
         self.entries[params[0], params[1], params[2]] = (params, answer, expires)
         self.tenants.add(params[0])
 
-    def snapshot(self) -> tuple[list[Waiting], list[int], datetime | None]:
-        """The entries to write now, their tenants (ascending) and since when purges can cover them."""
-        waiting = list(self.entries.values())
-        return waiting, sorted({params[0] for params, _answer, _expires in waiting}), self.since
+    def snapshot(self) -> tuple[list[Waiting], datetime | None]:
+        """The entries to write now, and since when purges can cover them."""
+        return list(self.entries.values()), self.since
 
     def uncovered(self, waiting: list[Waiting], purges: Iterable) -> list[list]:
         """The INSERT parameters of those of ``waiting`` that none of ``purges`` (rows of

@@ -14,6 +14,7 @@ import pytest
 from django.utils import timezone
 
 from apps.cache import purges
+from apps.cache import store as store_module
 from apps.cache.models import LOCAL_MODEL, CacheEntry, CachePurge
 from apps.cache.services import cache_evict_expired, cache_purge
 from apps.cache.store import CacheStore
@@ -95,7 +96,10 @@ def test_it_reads_the_purges_when_a_hit_from_memory_is_due_to(tenant_a, tenant_b
 
 
 @pytest.mark.django_db(transaction=True)
-def test_it_writes_none_of_a_purged_tenants_waiting_entries_but_every_other_tenants(tenant_a, tenant_b):
+def test_it_writes_none_of_a_purged_tenants_waiting_entries_but_every_other_tenants(tenant_a, tenant_b,
+                                                                                     monkeypatch):
+    monkeypatch.setattr(store_module, "UNSAVED_WRITE_CHUNK", 3)  # two transactions
+
     async def job():
         worker = CacheStore(conninfo(), max_size=2, index_later=True)
         await worker.open()
@@ -103,15 +107,44 @@ def test_it_writes_none_of_a_purged_tenants_waiting_entries_but_every_other_tena
             for n in range(3):
                 await _save(worker, tenant_a, n)
             await _save(worker, tenant_b, 7)
+            await _save(worker, tenant_b, 8)
             # The admin's purge (no lookup reads it first: the write does, in its transaction).
             await asyncio.to_thread(cache_purge, tenant_id=tenant_a.pk)
             return await worker.unsaved_write(), len(worker.unsaved)
         finally:
             await worker.close()
 
-    assert asyncio.run(job()) == (1, 0)
+    assert asyncio.run(job()) == (2, 0)
     assert _written(tenant_a) == []
-    assert _written(tenant_b) == [7]
+    assert _written(tenant_b) == [7, 8]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_it_drops_the_rest_of_a_write_a_purge_comes_in_the_middle_of(tenant_a, tenant_b, monkeypatch):
+    monkeypatch.setattr(store_module, "UNSAVED_WRITE_CHUNK", 2)
+
+    async def job():
+        worker = CacheStore(conninfo(), max_size=2, index_later=True)
+        await worker.open()
+        write_chunk, chunks = worker._unsaved_write_chunk, []
+
+        async def then_purge(chunk, since):  # the purge comes between the write's transactions
+            chunks.append(await write_chunk(chunk, since))
+            if len(chunks) == 1:
+                await asyncio.to_thread(cache_purge, tenant_id=tenant_a.pk)
+            return chunks[-1]
+
+        worker._unsaved_write_chunk = then_purge
+        try:
+            for tenant, n in ((tenant_a, 0), (tenant_b, 1), (tenant_a, 2), (tenant_b, 3)):
+                await _save(worker, tenant, n)
+            return await worker.unsaved_write()
+        finally:
+            await worker.close()
+
+    assert asyncio.run(job()) == 3  # the first transaction's two, then tenant B's one
+    assert _written(tenant_a) == []
+    assert _written(tenant_b) == [1, 3]
 
 
 @pytest.mark.django_db(transaction=True)
