@@ -65,3 +65,22 @@ class CacheEntry(models.Model):
 
     def __str__(self) -> str:
         return f"{self.tenant_id}/{self.namespace or '-'}/{self.request_hash[:12]}"
+
+
+class CachePurge(models.Model):
+    """A purge of one tenant's cache, or of the entries one model answered in it.
+
+    Written in the purge's transaction; a batch worker's store reads it to drop the entries still
+    waiting in its memory that the purge would have deleted (``apps.cache.purges``). Kept as long
+    as a job can run (``PURGES_KEEP``), then pruned with the expired entries.
+    """
+
+    tenant = models.ForeignKey("tenants.Tenant", on_delete=models.CASCADE, related_name="+", db_index=False)
+    model_name = models.CharField(max_length=200, null=True, blank=True, help_text="Blank: every entry of the tenant.")
+    purged_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        indexes = [models.Index(fields=["tenant", "purged_at"], name="cache_purge_tenant_time")]
+
+    def __str__(self) -> str:
+        return f"{self.tenant_id}/{self.model_name or '*'} at {self.purged_at:%Y-%m-%d %H:%M:%S}"

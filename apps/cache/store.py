@@ -21,12 +21,17 @@ from django.conf import settings
 from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool
 
+from apps.cache import purges
+from apps.cache.waiting import WaitingEntries
 from apps.core.flushing import flush_timer_stop
 
 logger = logging.getLogger(__name__)
 
 EXACT_FALLBACK_ROWS = 20_000
 UNSAVED_LIMIT = 20_000  # entries waiting in a batch worker's memory (their answers and vectors)
+# Entries per transaction when they are written: a purge of their tenant waits for one at most
+# (about a second; apps.cache.purges).
+UNSAVED_WRITE_CHUNK = 500
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,7 +132,8 @@ class CacheStore:
         included) at :meth:`close`, or whenever ``UNSAVED_LIMIT`` wait. Putting a vector into the
         graph is most of what saving an entry costs the database (a graph search per insert),
         and a batch job saves one per line: the job no longer waits on it. Until then its
-        entries are not semantic candidates, for the job's own later lines either."""
+        entries are not semantic candidates, for the job's own later lines either. A purge
+        reaches the waiting entries too (:mod:`apps.cache.purges`)."""
         ef_search = settings.CACHE_EF_SEARCH if ef_search is None else ef_search
         # No server-side prepared statements: the planner then sees each query's tenant and
         # vector (a generic plan cannot), which decides between the HNSW and the b-tree index.
@@ -138,9 +144,9 @@ class CacheStore:
         self._hits_lock = asyncio.Lock()
         self._hits_task: asyncio.Task | None = None
         self.index_later = index_later
-        # (tenant, namespace, request hash) -> (the INSERT's parameters, the answer, its expiry timestamp)
-        self.unsaved: dict[tuple, tuple[list, CachedAnswer, float]] = {}
+        self.unsaved = WaitingEntries()
         self._save_lock = asyncio.Lock()
+        self._purges_due = 0.0  # monotonic time of the next read of the purge records
 
     async def open(self) -> None:
         await self.pool.open(wait=True, timeout=30)
@@ -170,9 +176,10 @@ class CacheStore:
                      max_age: int | None) -> Lookup:
         """The exact entry for ``request_hash`` and, when there is none, whether any live entry
         shares the context (without one, embedding the prompt is wasted), in one round trip."""
-        waiting = self._unsaved_answer(tenant_id, namespace, request_hash, max_age)
-        if waiting is not None:
-            return Lookup(exact=waiting, context_has_entries=True)
+        if self.unsaved.entries:  # a batch worker's store (a dict's truth: no call on the live path)
+            waiting = await self._unsaved_answer(tenant_id, namespace, request_hash, max_age)
+            if waiting is not None:
+                return Lookup(exact=waiting, context_has_entries=True)
         exact_where, exact_params = _exact_where(tenant_id, namespace, request_hash, max_age)
         # CASE: the context's subquery runs only when the exact lookup found no row.
         query = ("SELECT e.id, e.response, e.cost, e.model_name, e.created_at, e.prompt_text, "  # noqa: S608  # nosec B608
@@ -186,11 +193,17 @@ class CacheStore:
             return Lookup(exact=_exact_answer(row), context_has_entries=True)
         return Lookup(exact=None, context_has_entries=row[6])
 
-    def _unsaved_answer(self, tenant_id: int, namespace: str, request_hash: str,
-                        max_age: int | None) -> CachedAnswer | None:
-        waiting = self.unsaved.get((tenant_id, namespace, request_hash))
+    async def _unsaved_answer(self, tenant_id: int, namespace: str, request_hash: str,
+                              max_age: int | None) -> CachedAnswer | None:
+        key = (tenant_id, namespace, request_hash)
+        waiting = self.unsaved.get(key)
         if waiting is None:
             return None
+        if time.monotonic() >= self._purges_due:
+            await self.purges_refresh()
+            waiting = self.unsaved.get(key)
+            if waiting is None:
+                return None
         _params, answer, expires = waiting
         now = time.time()
         if now >= expires or (max_age is not None and answer.created_at.timestamp() <= now - max_age):
@@ -199,9 +212,10 @@ class CacheStore:
 
     async def exact(self, *, tenant_id: int, namespace: str, request_hash: str,
                     max_age: int | None) -> CachedAnswer | None:
-        waiting = self._unsaved_answer(tenant_id, namespace, request_hash, max_age)
-        if waiting is not None:
-            return waiting
+        if self.unsaved.entries:
+            waiting = await self._unsaved_answer(tenant_id, namespace, request_hash, max_age)
+            if waiting is not None:
+                return waiting
         where, params = _exact_where(tenant_id, namespace, request_hash, max_age)
         async with self.pool.connection() as conn:
             row = await (await conn.execute(
@@ -248,7 +262,7 @@ class CacheStore:
         if self.index_later:
             answer = CachedAnswer(id=0, response=response, cost=cost, model_name=model_name, created_at=now,
                                   similarity=None, prompt_text=prompt_text)
-            self.unsaved[(tenant_id, namespace, request_hash)] = (params, answer, now.timestamp() + ttl_seconds)
+            self.unsaved.add(params, answer, now.timestamp() + ttl_seconds)
             if len(self.unsaved) >= UNSAVED_LIMIT:
                 await self.unsaved_write()
             return
@@ -256,18 +270,37 @@ class CacheStore:
             await conn.execute(SAVE, params)
 
     async def unsaved_write(self) -> int:
-        """Write the entries waiting in memory (``index_later``), in one transaction."""
+        """Write the entries waiting in memory (``index_later``) but those a purge covers
+        (:mod:`apps.cache.purges`), ``UNSAVED_WRITE_CHUNK`` per transaction; how many were written."""
         async with self._save_lock:
-            waiting = list(self.unsaved.values())
-            if waiting:
-                async with self.pool.connection() as conn, conn.transaction(), conn.cursor() as cursor:
-                    await cursor.executemany(SAVE, [params for params, _answer, _expires in waiting])
-            # Entries saved meanwhile stay for the next write.
-            for params, _answer, _expires in waiting:
-                key = (params[0], params[1], params[2])
-                if self.unsaved.get(key, (None,))[0] is params:
-                    del self.unsaved[key]
-            return len(waiting)
+            waiting, since = self.unsaved.snapshot()
+            written = 0
+            for start in range(0, len(waiting), UNSAVED_WRITE_CHUNK):
+                chunk = waiting[start:start + UNSAVED_WRITE_CHUNK]
+                written += await self._unsaved_write_chunk(chunk, since)
+                self.unsaved.remove(chunk)  # entries saved meanwhile stay for the next write
+            return written
+
+    async def _unsaved_write_chunk(self, chunk: list, since: datetime) -> int:
+        tenants = sorted({params[0] for params, _answer, _expires in chunk})
+        async with self.pool.connection() as conn, conn.transaction(), conn.cursor() as cursor:
+            await cursor.execute(purges.LOCK_SHARED, [purges.LOCK_CLASS, purges.lock_keys(tenants)])
+            await cursor.execute(purges.SINCE, [tenants, since])
+            kept = self.unsaved.uncovered(chunk, await cursor.fetchall())
+            if kept:
+                await cursor.executemany(SAVE, kept)
+        return len(kept)
+
+    async def purges_refresh(self) -> int:
+        """Read the purge records of the waiting entries' tenants and drop the entries a purge
+        covers; how many went. Lookups call it at most every ``purges.REFRESH_EVERY`` seconds."""
+        self._purges_due = time.monotonic() + purges.REFRESH_EVERY  # meanwhile, lookups use what is known
+        if not self.unsaved:
+            return 0
+        tenants, since = list(self.unsaved.tenants), self.unsaved.since
+        async with self.pool.connection() as conn:
+            rows = await (await conn.execute(purges.SINCE, [tenants, since])).fetchall()
+        return self.unsaved.drop_covered(rows)
 
     async def embed_later(self, *, tenant_id: int, namespace: str, request_hash: str, vector: np.ndarray,
                           embedding_model: str) -> None:
@@ -340,8 +373,12 @@ class CacheStore:
             return "entry_demoted" if cursor.rowcount else "entry_gone"
 
     async def clear(self, tenant_id: int) -> int:
-        async with self.pool.connection() as conn:
+        """Delete the tenant's entries and record the purge, which batch workers' memories heed
+        (:mod:`apps.cache.purges`); how many rows went."""
+        async with self.pool.connection() as conn, conn.transaction():
+            await conn.execute(purges.LOCK, [purges.LOCK_CLASS, purges.lock_key(tenant_id)])
             cursor = await conn.execute("DELETE FROM cache_cacheentry WHERE tenant_id = %s", [tenant_id])
+            await conn.execute(purges.RECORD, [tenant_id, None])
             return cursor.rowcount
 
 

@@ -10,7 +10,7 @@ import pytest
 from django.urls import reverse
 from django.utils import timezone
 
-from apps.cache.models import CacheEntry
+from apps.cache.models import CacheEntry, CachePurge
 from tests.admin.conftest import page_forms
 
 CHANGELIST = reverse("admin:cache_cacheentry_changelist")
@@ -70,9 +70,12 @@ def test_it_asks_before_purging_a_models_entries_and_purges_them_in_the_filtered
     assert _rows(page.content.decode()) == [("Acme", "entries answered by sim-mini", "3")]
     assert "Globex" not in page.content.decode()
     assert _left() == ALL  # nothing deleted before the answer
+    assert not CachePurge.objects.exists()
     done = _confirm(admin_client, url, page)
     assert done.status_code == 302
     assert _left() == {("acme", "sim-premium"): 2, ("globex", "sim-mini"): 4, ("globex", "sim-premium"): 1}
+    # Recorded for batch workers' waiting entries: this tenant's and model's only.
+    assert list(CachePurge.objects.values_list("tenant_id", "model_name")) == [(tenant_a.pk, "sim-mini")]
 
 
 def test_it_asks_before_purging_a_whole_tenant_and_purges_that_tenant_only(admin_client, entries, tenant_a):
@@ -84,6 +87,7 @@ def test_it_asks_before_purging_a_whole_tenant_and_purges_that_tenant_only(admin
     assert _left() == ALL
     assert _confirm(admin_client, url, page).status_code == 302
     assert _left() == {("globex", "sim-mini"): 4, ("globex", "sim-premium"): 1}
+    assert list(CachePurge.objects.values_list("tenant_id", "model_name")) == [(tenant_a.pk, None)]
 
 
 def test_it_purges_only_the_selected_entries_once_confirmed(admin_client, entries, tenant_a, tenant_b):
@@ -120,6 +124,7 @@ def test_it_purges_a_tenants_cache_from_the_tenant_list_once_confirmed(admin_cli
     assert _left() == ALL
     assert _confirm(admin_client, url, page).status_code == 302
     assert _left() == {("acme", "sim-mini"): 3, ("acme", "sim-premium"): 2}
+    assert list(CachePurge.objects.values_list("tenant_id", "model_name")) == [(tenant_b.pk, None)]
 
 
 LIVE_PURGES = {

@@ -11,6 +11,7 @@ import openai
 import pytest
 from django.utils import timezone
 
+from apps.cache.models import CachePurge
 from tests.gateway.conftest import cache_stats as stats
 from tests.gateway.conftest import request_logs, wait_until
 
@@ -268,6 +269,8 @@ def test_it_reports_and_clears_only_the_callers_cache(world):
     assert cleared.json()["deleted"] == 1
     assert entries(world.tenant_a) == 0
     assert entries(world.tenant_b) == 1
+    # Recorded for batch workers' waiting entries: tenant A's whole cache, nothing of B's.
+    assert list(CachePurge.objects.values_list("tenant_id", "model_name")) == [(world.tenant_a.pk, None)]
 
 
 def test_it_answers_the_simple_complete_endpoint_from_the_cache(world):

@@ -1,0 +1,277 @@
+"""A purge reaches the entries still waiting in a batch worker's memory (``CacheStore(index_later=True)``):
+they are not served from memory once the worker has read the purge, and not written after it;
+another tenant's waiting entries, and entries made after the purge, stay."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from datetime import timedelta
+from decimal import Decimal
+
+import psycopg
+import pytest
+from django.utils import timezone
+
+from apps.cache import purges
+from apps.cache import store as store_module
+from apps.cache.models import LOCAL_MODEL, CacheEntry, CachePurge
+from apps.cache.services import cache_evict_expired, cache_purge
+from apps.cache.store import CacheStore
+from apps.gateway.database import conninfo
+
+
+async def _save(store, tenant, n: int, *, model_name: str = "sim-mini") -> None:
+    await store.save(tenant_id=tenant.pk, namespace="", request_hash=f"{n:064d}", context_hash="ctx",
+                     prompt_text=f"prompt {n}", vector=None, embedding_model=LOCAL_MODEL, response={"n": n},
+                     model_id=None, model_name=model_name, input_tokens=0, output_tokens=0, cost=Decimal("0.1"),
+                     ttl_seconds=600)
+
+
+async def _served(store, tenant, n: int) -> bool:
+    """Whether an exact lookup (either of the store's two) answers request ``n`` of this tenant."""
+    found = await store.lookup(tenant_id=tenant.pk, namespace="", request_hash=f"{n:064d}", context_hash="ctx",
+                               max_age=None)
+    exact = await store.exact(tenant_id=tenant.pk, namespace="", request_hash=f"{n:064d}", max_age=None)
+    assert (found.exact is None) == (exact is None)
+    return exact is not None
+
+
+def _written(tenant) -> list[int]:
+    return sorted(CacheEntry.objects.filter(tenant=tenant).values_list("response__n", flat=True))
+
+
+async def _stores():
+    worker = CacheStore(conninfo(), max_size=2, index_later=True)  # a batch worker's
+    web = CacheStore(conninfo(), max_size=2)  # a web process's, behind POST /v1/cache/clear
+    await worker.open()
+    await web.open()
+    return worker, web
+
+
+@pytest.mark.django_db(transaction=True)
+def test_it_stops_serving_a_purged_tenants_entries_from_memory_once_it_reads_the_purge(tenant_a, tenant_b,
+                                                                                        monkeypatch):
+    monkeypatch.setattr(purges, "REFRESH_EVERY", 3600.0)
+
+    async def job():
+        worker, web = await _stores()
+        try:
+            await _save(worker, tenant_a, 0)
+            await _save(worker, tenant_b, 0)
+            before = await _served(worker, tenant_a, 0)  # the first hit from memory reads the records
+            await web.clear(tenant_a.pk)
+            # Read at most every REFRESH_EVERY seconds (an hour here), not per lookup: still served.
+            unread = await _served(worker, tenant_a, 0)
+            dropped = await worker.purges_refresh()
+            return before, unread, dropped, await _served(worker, tenant_a, 0), await _served(worker, tenant_b, 0)
+        finally:
+            await worker.close()
+            await web.close()
+
+    before, unread, dropped, purged, other = asyncio.run(job())
+    assert (before, unread, dropped) == (True, True, 1)
+    assert not purged
+    assert other  # tenant B's waiting entry is untouched
+    assert _written(tenant_a) == [] and _written(tenant_b) == [0]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_it_reads_the_purges_when_a_hit_from_memory_is_due_to(tenant_a, tenant_b, monkeypatch):
+    monkeypatch.setattr(purges, "REFRESH_EVERY", 0.0)  # due on every hit from memory
+
+    async def job():
+        worker, web = await _stores()
+        try:
+            await _save(worker, tenant_a, 0)
+            await _save(worker, tenant_b, 0)
+            before = await _served(worker, tenant_a, 0)
+            await web.clear(tenant_a.pk)
+            return before, await _served(worker, tenant_a, 0), await _served(worker, tenant_b, 0)
+        finally:
+            await worker.close()
+            await web.close()
+
+    assert asyncio.run(job()) == (True, False, True)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_it_writes_none_of_a_purged_tenants_waiting_entries_but_every_other_tenants(tenant_a, tenant_b,
+                                                                                     monkeypatch):
+    monkeypatch.setattr(store_module, "UNSAVED_WRITE_CHUNK", 3)  # two transactions
+
+    async def job():
+        worker = CacheStore(conninfo(), max_size=2, index_later=True)
+        await worker.open()
+        try:
+            for n in range(3):
+                await _save(worker, tenant_a, n)
+            await _save(worker, tenant_b, 7)
+            await _save(worker, tenant_b, 8)
+            # The admin's purge (no lookup reads it first: the write does, in its transaction).
+            await asyncio.to_thread(cache_purge, tenant_id=tenant_a.pk)
+            return await worker.unsaved_write(), len(worker.unsaved)
+        finally:
+            await worker.close()
+
+    assert asyncio.run(job()) == (2, 0)
+    assert _written(tenant_a) == []
+    assert _written(tenant_b) == [7, 8]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_it_drops_the_rest_of_a_write_a_purge_comes_in_the_middle_of(tenant_a, tenant_b, monkeypatch):
+    monkeypatch.setattr(store_module, "UNSAVED_WRITE_CHUNK", 2)
+
+    async def job():
+        worker = CacheStore(conninfo(), max_size=2, index_later=True)
+        await worker.open()
+        write_chunk, chunks = worker._unsaved_write_chunk, []
+
+        async def then_purge(chunk, since):  # the purge comes between the write's transactions
+            chunks.append(await write_chunk(chunk, since))
+            if len(chunks) == 1:
+                await asyncio.to_thread(cache_purge, tenant_id=tenant_a.pk)
+            return chunks[-1]
+
+        worker._unsaved_write_chunk = then_purge
+        try:
+            for tenant, n in ((tenant_a, 0), (tenant_b, 1), (tenant_a, 2), (tenant_b, 3)):
+                await _save(worker, tenant, n)
+            return await worker.unsaved_write()
+        finally:
+            await worker.close()
+
+    assert asyncio.run(job()) == 3  # the first transaction's two, then tenant B's one
+    assert _written(tenant_a) == []
+    assert _written(tenant_b) == [1, 3]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_it_drops_only_the_purged_models_waiting_entries(tenant_a, tenant_b, monkeypatch):
+    monkeypatch.setattr(purges, "REFRESH_EVERY", 0.0)
+
+    async def job():
+        worker = CacheStore(conninfo(), max_size=2, index_later=True)
+        await worker.open()
+        try:
+            await _save(worker, tenant_a, 0, model_name="sim-mini")
+            await _save(worker, tenant_a, 1, model_name="sim-mini")
+            await _save(worker, tenant_a, 2, model_name="sim-premium")
+            await _save(worker, tenant_b, 3, model_name="sim-mini")
+            await asyncio.to_thread(cache_purge, tenant_id=tenant_a.pk, model_name="sim-mini")
+            return [await _served(worker, tenant, n) for tenant, n in
+                    ((tenant_a, 0), (tenant_a, 1), (tenant_a, 2), (tenant_b, 3))]
+        finally:
+            await worker.close()
+
+    assert asyncio.run(job()) == [False, False, True, True]
+    assert _written(tenant_a) == [2]
+    assert _written(tenant_b) == [3]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_it_keeps_entries_made_after_the_purge(tenant_a, monkeypatch):
+    monkeypatch.setattr(purges, "REFRESH_EVERY", 0.0)
+
+    async def job():
+        worker, web = await _stores()
+        try:
+            await _save(worker, tenant_a, 0)
+            await web.clear(tenant_a.pk)
+            await _save(worker, tenant_a, 1)  # answered upstream after the purge
+            await _save(worker, tenant_a, 0)  # and the purged request, asked again
+            return await _served(worker, tenant_a, 0), await _served(worker, tenant_a, 1)
+        finally:
+            await worker.close()
+            await web.close()
+
+    assert asyncio.run(job()) == (True, True)
+    assert _written(tenant_a) == [0, 1]
+
+
+def _advisory_waiters() -> int:
+    with psycopg.connect(conninfo()) as conn:
+        return conn.execute("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted").fetchone()[0]
+
+
+def _until_waiting() -> None:
+    deadline = time.monotonic() + 30
+    while not _advisory_waiters():
+        assert time.monotonic() < deadline, "nobody waits on the purge lock"
+        time.sleep(0.02)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_it_does_not_write_a_purged_tenants_entries_while_the_purge_commits(tenant_a, tenant_b):
+    """A purge in progress (its rows deleted, its record not yet visible) holds the write back."""
+
+    async def job():
+        worker = CacheStore(conninfo(), max_size=2, index_later=True)
+        await worker.open()
+        try:
+            await _save(worker, tenant_a, 0)
+            await _save(worker, tenant_b, 1)
+            with psycopg.connect(conninfo()) as purge:  # a purge of tenant A, as CacheStore.clear runs it
+                purge.execute(purges.LOCK, [purges.LOCK_CLASS, purges.lock_key(tenant_a.pk)])
+                purge.execute("DELETE FROM cache_cacheentry WHERE tenant_id = %s", [tenant_a.pk])
+                purge.execute(purges.RECORD, [tenant_a.pk, None])
+                write = asyncio.get_running_loop().create_task(worker.unsaved_write())
+                await asyncio.to_thread(_until_waiting)
+                purge.commit()
+            return await write
+        finally:
+            await worker.close()
+
+    assert asyncio.run(job()) == 1
+    assert _written(tenant_a) == []
+    assert _written(tenant_b) == [1]
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize("path", ["endpoint", "service"])
+def test_it_purges_the_rows_a_write_in_progress_commits(tenant_a, tenant_b, path):
+    """A write in progress (holding its tenants' locks, its rows not yet visible) holds the purge back."""
+    async def job():
+        web = CacheStore(conninfo(), max_size=2)
+        await web.open()
+        try:
+            with psycopg.connect(conninfo()) as write:  # the worker's write, as CacheStore.unsaved_write runs it
+                keys = purges.lock_keys([tenant_a.pk, tenant_b.pk])
+                write.execute(purges.LOCK_SHARED, [purges.LOCK_CLASS, keys])
+                for tenant in (tenant_a, tenant_b):
+                    write.execute("INSERT INTO cache_cacheentry (tenant_id, namespace, request_hash, context_hash, "
+                                  "prompt_text, embedding_model, response, model_name, input_tokens, output_tokens, "
+                                  "cost, created_at, expires_at, hit_count, wrong_hits) VALUES (%s, '', %s, '', 'p', "
+                                  "%s, '{\"n\": 5}', '', 0, 0, 0, now(), now() + interval '1 hour', 0, 0)",
+                                  [tenant.pk, "5" * 64, LOCAL_MODEL])
+                if path == "endpoint":
+                    purge = asyncio.get_running_loop().create_task(web.clear(tenant_a.pk))
+                else:
+                    purge = asyncio.get_running_loop().create_task(
+                        asyncio.to_thread(cache_purge, tenant_id=tenant_a.pk))
+                await asyncio.to_thread(_until_waiting)
+                write.commit()
+            return await purge
+        finally:
+            await web.close()
+
+    assert asyncio.run(job()) == 1  # the committed row was seen and deleted
+    assert _written(tenant_a) == []
+    assert _written(tenant_b) == [5]
+
+
+def test_it_records_each_purge_for_its_tenant_and_model_only(tenant_a, tenant_b):
+    cache_purge(tenant_id=tenant_a.pk)
+    cache_purge(tenant_id=tenant_b.pk, model_name="sim-mini")
+    assert sorted(CachePurge.objects.values_list("tenant_id", "model_name")) == sorted(
+        [(tenant_a.pk, None), (tenant_b.pk, "sim-mini")])
+
+
+def test_it_prunes_purge_records_no_worker_can_still_need(db, tenant_a):
+    now = timezone.now()
+    old = CachePurge.objects.create(tenant=tenant_a, purged_at=now - purges.PURGES_KEEP - timedelta(minutes=1))
+    recent = CachePurge.objects.create(tenant=tenant_a, purged_at=now - purges.PURGES_KEEP + timedelta(minutes=1))
+    cache_evict_expired()
+    assert list(CachePurge.objects.values_list("pk", flat=True)) == [recent.pk]
+    assert not CachePurge.objects.filter(pk=old.pk).exists()
