@@ -14,7 +14,9 @@ the thinnest proxy, then Switchyard's resident memory before and after 20,000 re
 
 With ``--tracing``, the gateway runs four ways side by side, rounds interleaved: both off (the
 Switchyard row), OpenTelemetry tracing on for every request (exporting over OTLP/HTTP to a local
-sink, bench/otlp_sink.py, which decodes and counts the spans), request bodies kept (a tenant with
+sink, bench/otlp_sink.py, which keeps the posts during a round and decodes and counts every span
+when asked between rounds, as a collector on another machine would take its CPU off these cores),
+request bodies kept (a tenant with
 ``store_bodies`` on, bodies redacted and written by the usage buffer), and both on. Each is its
 own process; the off and the bodies-off ones are driven with a key of a plain tenant, the others
 with a key of a tenant that keeps bodies, both made afresh for the run. Resident memory is read
@@ -381,6 +383,8 @@ async def run(args) -> str:
                                                    stream=scenario[0] == "stream", warmup=1.0, counter=counter)
                     sample.cpu = cpu_seconds(target.proc) - cpu_before
                     results[(target.name, scenario)].add(sample)
+                    if sink is not None and target.name in (TRACED, BOTH):
+                        await _sink_count(sink)  # the sink decodes what it kept, between timed rounds
                     if target.name in (SY, BOTH) and target.name not in rss_start:
                         rss_start[target.name] = rss_mb(target.proc)
                     p50 = sample.summary[0] * 1000 if sample.summary else pct(sample.latencies, 50)
@@ -420,6 +424,12 @@ SY = "Switchyard"
 TRACED = "Switchyard, tracing on"
 BODIES = "Switchyard, bodies kept"
 BOTH = "Switchyard, tracing on and bodies kept"
+
+
+async def _sink_count(sink: str) -> None:
+    """Have the sink decode and count the posts it has kept so far."""
+    async with aiohttp.ClientSession() as session, session.get(sink + "/stats") as response:
+        await response.read()
 
 
 async def _sink_stats(sink: str, settle: float = 10.0) -> SimpleNamespace:
@@ -563,7 +573,8 @@ def tracing_rows(results, scenarios, sink) -> tuple[list[str], bool]:
                          f"{off.cpu / max(off.ok, 1) * 1e6:.0f} | {on.cpu / max(on.ok, 1) * 1e6:.0f} |")
     lines.append(f"\nThe sink received {sink.spans:,} spans in {sink.posts:,} exports ({sink.bytes / 1e6:.1f} MB) from "
                  f"both traced gateways: {sink.roots:,} requests, {sink.spans / max(sink.roots, 1):.2f} spans each "
-                 "(the request, its upstream attempt and its usage write; the cache is bypassed).\n")
+                 "(the request, its upstream attempt and its usage write; the cache is bypassed)"
+                 + (f"; {sink.bad} posts could not be decoded" if getattr(sink, "bad", 0) else "") + ".\n")
     return lines, ok
 
 

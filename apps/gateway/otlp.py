@@ -5,7 +5,8 @@ request's spans to :meth:`SpanExporter.add` in one call, which encodes them ther
 appends the bytes to a bounded queue. The exporting thread wakes every
 ``OTEL_BSP_SCHEDULE_DELAY`` ms (or as soon as a batch's worth is queued), joins up to
 ``OTEL_BSP_MAX_EXPORT_BATCH_SIZE`` spans' bytes into one ``ExportTraceServiceRequest`` and
-posts it to the collector. When the queue holds ``OTEL_BSP_MAX_QUEUE_SIZE`` spans (the
+posts it to the collector: full batches only when a batch's worth woke it, what is left too
+when the delay has passed. When the queue holds ``OTEL_BSP_MAX_QUEUE_SIZE`` spans (the
 collector down or slow), a request's spans are dropped and counted
 (:attr:`SpanExporter.dropped`), never waited for.
 
@@ -140,8 +141,8 @@ def attributes_encode(tag: bytes, attributes: dict) -> bytes:
     out, as the SDK leaves it)."""
     tables = _TABLES.get(tag)
     if tables is None:
-        tables = _TABLES[tag] = ({}, {}, {})
-    values, ints, doubles = tables
+        tables = _TABLES[tag] = ({}, {}, {}, {})
+    values, ints, doubles, uniques = tables
     out = []
     append = out.append
     for key, value in attributes.items():
@@ -164,9 +165,18 @@ def attributes_encode(tag: bytes, attributes: dict) -> bytes:
             append(pair)
         elif kind is str:
             if key in _UNIQUE:
+                # Never the same value twice, but often the same length (a request id): the pair's
+                # head is kept per length.
                 encoded = value.encode()
                 size = len(encoded)
-                append(_pair(tag, key, b"\x0a" + (_SMALL[size] if size < 128 else _varint(size)) + encoded))
+                heads = uniques.get(key)
+                head = None if heads is None else heads.get(size)
+                if head is None:
+                    head = _pair(tag, key, b"\x0a" + _varint(size) + bytes(size))[:-size or None]
+                    if size < 4096 and _kept[0] < _PAIRS_MAX:
+                        _table(uniques, key)[size] = head
+                        _kept[0] += 1
+                append(head + encoded)
                 continue
             table = values.get(key)
             pair = None if table is None else table.get(value)
@@ -242,36 +252,39 @@ class SpanRecord:
         self.status_message = ""
 
 
-_NAMES: dict[str, bytes] = {}  # a span's name -> its field 5, encoded (bounded as the keys are)
-_KINDS = {kind: b"\x30" + _SMALL[kind] for kind in (INTERNAL, SERVER, CLIENT)}
+_NAMES: dict[tuple[str, int], bytes] = {}  # a span's name and kind -> fields 5 and 6, encoded (bounded)
 _TIMES = struct.Struct("<BQBQ").pack  # fields 7 and 8 (start and end), tags and values at once
-_LOCAL_FLAGS = b"\x85\x01" + _PACK_I(_FLAGS_LOCAL)
-_REMOTE_FLAGS = b"\x85\x01" + _PACK_I(_FLAGS_REMOTE)
+# Fields 1 (the trace id), 2 (the span id) and, for a span with a parent, 4 (the parent's id): fixed
+# sizes, tags and values in one call (the 128-bit trace id as its two halves, big-endian).
+_IDS = struct.Struct(">HQQHQ").pack
+_IDS_PARENT = struct.Struct(">HQQHQHQ").pack
+_LOW = (1 << 64) - 1
+# A span's last fields when its status is unset (field 15, empty) with its flags (field 16).
+_LOCAL_TAIL = b"\x7a\x00\x85\x01" + _PACK_I(_FLAGS_LOCAL)
+_REMOTE_TAIL = b"\x7a\x00\x85\x01" + _PACK_I(_FLAGS_REMOTE)
 
 
-def _name(name: str) -> bytes:
-    encoded = _NAMES.get(name)
+def _name(name: str, kind: int) -> bytes:
+    encoded = _NAMES.get((name, kind))
     if encoded is None:
-        encoded = _delimited(b"\x2a", name.encode())
+        encoded = _delimited(b"\x2a", name.encode()) + b"\x30" + _SMALL[kind]
         if len(_NAMES) < 1024:
-            _NAMES[name] = encoded
+            _NAMES[(name, kind)] = encoded
     return encoded
 
 
-def _span_parts(span: SpanRecord, trace: bytes, parent: bytes, flags: bytes) -> tuple:
-    """A ``Span``'s fields, in pieces. ``trace`` is the encoded field 1 (the trace id), ``parent``
-    field 4 (the parent's id; empty for a root span), ``flags`` field 16."""
+def _span(span: SpanRecord, ids: bytes, tail: bytes) -> bytes:
+    """A ``Span`` as a ``ScopeSpans.spans`` field (2): ``ids`` are its fields 1, 2 and 4 (the
+    trace id, its own id, its parent's), ``tail`` its field 16 (flags) after an unset status."""
     if span.status:
         message = span.status_message.encode()
-        status = _delimited(b"\x7a", (_delimited(b"\x12", message) if message else b"") + b"\x18"
-                            + _SMALL[span.status])
-    else:
-        status = b"\x7a\x00"
-    return (trace, b"\x12\x08", span.span_id.to_bytes(8, "big"), parent, _name(span.name), _KINDS[span.kind],
-            _TIMES(0x39, span.start, 0x41, span.end or span.start),
-            b"" if span.common is None else common_encode(span.common),
-            attributes_encode(b"\x4a", span.attributes) if span.attributes else b"",
-            status, flags)
+        tail = _delimited(b"\x7a", (_delimited(b"\x12", message) if message else b"") + b"\x18"
+                          + _SMALL[span.status]) + tail[2:]
+    body = b"".join((ids, _name(span.name, span.kind), _TIMES(0x39, span.start, 0x41, span.end or span.start),
+                     b"" if span.common is None else common_encode(span.common),
+                     attributes_encode(b"\x4a", span.attributes) if span.attributes else b"", tail))
+    size = len(body)
+    return b"\x12" + (_SMALL[size] if size < 128 else _varint(size)) + body
 
 
 def trace_frame(trace_id: int, parent_id: int, root: SpanRecord, children: list[SpanRecord]) -> bytes:
@@ -279,29 +292,31 @@ def trace_frame(trace_id: int, parent_id: int, root: SpanRecord, children: list[
     children and its own (``root``), all of one trace. ``parent_id`` is the caller's span (a
     remote parent), 0 for none. Frames of any number of requests, joined, make the spans of
     one :func:`request_frame`."""
-    trace = b"\x0a\x10" + trace_id.to_bytes(16, "big")
-    out = []
-    if children:
-        parent = b"\x22\x08" + root.span_id.to_bytes(8, "big")
-        for child in children:
-            parts = _span_parts(child, trace, parent, _LOCAL_FLAGS)
-            size = sum(map(len, parts))
-            out += (b"\x12", _SMALL[size] if size < 128 else _varint(size), *parts)
+    high, low = trace_id >> 64, trace_id & _LOW
+    out = [_span(child, _IDS_PARENT(0x0A10, high, low, 0x1208, child.span_id, 0x2208, root.span_id), _LOCAL_TAIL)
+           for child in children]
     if parent_id:
-        parts = _span_parts(root, trace, b"\x22\x08" + parent_id.to_bytes(8, "big"), _REMOTE_FLAGS)
+        out.append(_span(root, _IDS_PARENT(0x0A10, high, low, 0x1208, root.span_id, 0x2208, parent_id), _REMOTE_TAIL))
     else:
-        parts = _span_parts(root, trace, b"", _LOCAL_FLAGS)
-    size = sum(map(len, parts))
-    out += (b"\x12", _SMALL[size] if size < 128 else _varint(size), *parts)
+        out.append(_span(root, _IDS(0x0A10, high, low, 0x1208, root.span_id), _LOCAL_TAIL))
     return b"".join(out)
 
 
 def request_frame(resource: dict, scope: str, frames: bytes) -> bytes:
     """An ``ExportTraceServiceRequest`` of one resource and one scope holding the spans of
     ``frames`` (:func:`trace_frame`'s output, joined)."""
-    scope_spans = _delimited(b"\x0a", _delimited(b"\x0a", scope.encode())) + frames
-    resource_spans = _delimited(b"\x0a", attributes_encode(b"\x0a", resource)) + _delimited(b"\x12", scope_spans)
-    return _delimited(b"\x0a", resource_spans)
+    return request_frames(resource, scope, [frames])
+
+
+def request_frames(resource: dict, scope: str, frames: list[bytes]) -> bytes:
+    """:func:`request_frame` of ``frames`` joined, the spans copied once (the export request's
+    lengths are counted first, not found by nesting copies)."""
+    scope_head = _delimited(b"\x0a", _delimited(b"\x0a", scope.encode()))
+    resource_head = _delimited(b"\x0a", attributes_encode(b"\x0a", resource))
+    scope_spans = len(scope_head) + sum(map(len, frames))
+    resource_spans = len(resource_head) + 1 + len(_varint(scope_spans)) + scope_spans
+    return b"".join((b"\x0a", _varint(resource_spans), resource_head, b"\x12", _varint(scope_spans), scope_head,
+                     *frames))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -473,22 +488,30 @@ class SpanExporter:
         self._thread.join(timeout)
 
     def _run(self) -> None:
+        due = time.monotonic() + self.delay
         while True:
-            self._wake.wait(self.delay)
+            self._wake.wait(max(due - time.monotonic(), 0))
             self._wake.clear()
             stopping = self._stopping
+            everything = stopping or time.monotonic() >= due
             try:
-                self._drain()
+                self._drain(everything=everything)
             except Exception:  # the thread must outlive any one batch
                 logger.exception("span export failed")
+            if everything:
+                due = time.monotonic() + self.delay
             if stopping:
                 if self._connection is not None:
                     self._connection.close()
                 return
 
-    def _drain(self) -> None:
+    def _drain(self, *, everything: bool) -> None:
+        """Post the queued spans in batches: only full ones when woken by a full batch, as the
+        SDK's batch processor does (a wake-up that also posted what arrived meanwhile made
+        two posts, one of them small, where one would do); every span when the schedule's delay
+        has passed or the exporter stops."""
         queue = self._queue
-        while queue:
+        while queue and (everything or self.queued - self.taken >= self.batch):
             frames: list[bytes] = []
             spans = 0
             while queue and spans < self.batch:
@@ -496,7 +519,7 @@ class SpanExporter:
                 frames.append(frame)
                 spans += count
             self.taken += spans
-            self._post(request_frame(self._resource, self._scope, b"".join(frames)), spans)
+            self._post(request_frames(self._resource, self._scope, frames), spans)
         if self.dropped > self._dropped_logged:
             logger.warning("%d spans dropped: the export queue (%d spans) was full",
                            self.dropped - self._dropped_logged, self.max_queue)

@@ -15,9 +15,11 @@ a minute, in one statement, never on the request's path.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
 
+import orjson
 import psycopg
 from asgiref.sync import sync_to_async
 from django.db import DataError, IntegrityError, close_old_connections, transaction
@@ -76,6 +78,15 @@ def _body_redacted(body: dict) -> tuple:
     return redact(body.get("prompt"), patterns), redact_text(body.get("answer") or "", patterns)
 
 
+def _json_dumps(value) -> bytes:
+    """``value`` as JSON: orjson's (several times faster), the standard library's for what orjson
+    refuses (an integer past 64 bits)."""
+    try:
+        return orjson.dumps(value)
+    except TypeError:  # orjson.JSONEncodeError
+        return json.dumps(value).encode()
+
+
 def _bodies_copy(bodies: list[dict], *, created_at: list) -> None:
     """The rows' request bodies, redacted, in one ``COPY`` (inside the rows' transaction)."""
     from django.db import connection
@@ -85,7 +96,8 @@ def _bodies_copy(bodies: list[dict], *, created_at: list) -> None:
             "COPY usage_requestbody (tenant_id, request_id, prompt, answer, created_at) FROM STDIN") as copy:
         for index, (body, when) in enumerate(zip(bodies, created_at, strict=True)):
             prompt, answer = _body_redacted(body)
-            copy.write_row([body["tenant_id"], body["request_id"], None if prompt is None else Jsonb(prompt),
+            copy.write_row([body["tenant_id"], body["request_id"],
+                            None if prompt is None else Jsonb(prompt, dumps=_json_dumps),
                             answer.replace("\x00", ""), when])
             if index % 16 == 15:
                 # Let the event loop's thread have the GIL: without this it would wait for the
