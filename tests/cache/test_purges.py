@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from contextlib import asynccontextmanager
 from datetime import timedelta
 from decimal import Decimal
 
@@ -41,12 +42,27 @@ def _written(tenant) -> list[int]:
     return sorted(CacheEntry.objects.filter(tenant=tenant).values_list("response__n", flat=True))
 
 
-async def _stores():
-    worker = CacheStore(conninfo(), max_size=2, index_later=True)  # a batch worker's
-    web = CacheStore(conninfo(), max_size=2)  # a web process's, behind POST /v1/cache/clear
+@asynccontextmanager
+async def _worker():
+    """A batch worker's store (entries wait in memory), closed after."""
+    worker = CacheStore(conninfo(), max_size=2, index_later=True)
     await worker.open()
-    await web.open()
-    return worker, web
+    try:
+        yield worker
+    finally:
+        await worker.close()
+
+
+@asynccontextmanager
+async def _worker_and_web():
+    """A batch worker's store and a web process's (behind POST /v1/cache/clear), closed after."""
+    web = CacheStore(conninfo(), max_size=2)
+    async with _worker() as worker:
+        await web.open()
+        try:
+            yield worker, web
+        finally:
+            await web.close()
 
 
 @pytest.mark.django_db(transaction=True)
@@ -55,8 +71,7 @@ def test_it_stops_serving_a_purged_tenants_entries_from_memory_once_it_reads_the
     monkeypatch.setattr(purges, "REFRESH_EVERY", 3600.0)
 
     async def job():
-        worker, web = await _stores()
-        try:
+        async with _worker_and_web() as (worker, web):
             await _save(worker, tenant_a, 0)
             await _save(worker, tenant_b, 0)
             before = await _served(worker, tenant_a, 0)  # the first hit from memory reads the records
@@ -65,9 +80,6 @@ def test_it_stops_serving_a_purged_tenants_entries_from_memory_once_it_reads_the
             unread = await _served(worker, tenant_a, 0)
             dropped = await worker.purges_refresh()
             return before, unread, dropped, await _served(worker, tenant_a, 0), await _served(worker, tenant_b, 0)
-        finally:
-            await worker.close()
-            await web.close()
 
     before, unread, dropped, purged, other = asyncio.run(job())
     assert (before, unread, dropped) == (True, True, 1)
@@ -81,16 +93,12 @@ def test_it_reads_the_purges_when_a_hit_from_memory_is_due_to(tenant_a, tenant_b
     monkeypatch.setattr(purges, "REFRESH_EVERY", 0.0)  # due on every hit from memory
 
     async def job():
-        worker, web = await _stores()
-        try:
+        async with _worker_and_web() as (worker, web):
             await _save(worker, tenant_a, 0)
             await _save(worker, tenant_b, 0)
             before = await _served(worker, tenant_a, 0)
             await web.clear(tenant_a.pk)
             return before, await _served(worker, tenant_a, 0), await _served(worker, tenant_b, 0)
-        finally:
-            await worker.close()
-            await web.close()
 
     assert asyncio.run(job()) == (True, False, True)
 
@@ -101,9 +109,7 @@ def test_it_writes_none_of_a_purged_tenants_waiting_entries_but_every_other_tena
     monkeypatch.setattr(store_module, "UNSAVED_WRITE_CHUNK", 3)  # two transactions
 
     async def job():
-        worker = CacheStore(conninfo(), max_size=2, index_later=True)
-        await worker.open()
-        try:
+        async with _worker() as worker:
             for n in range(3):
                 await _save(worker, tenant_a, n)
             await _save(worker, tenant_b, 7)
@@ -111,8 +117,6 @@ def test_it_writes_none_of_a_purged_tenants_waiting_entries_but_every_other_tena
             # The admin's purge (no lookup reads it first: the write does, in its transaction).
             await asyncio.to_thread(cache_purge, tenant_id=tenant_a.pk)
             return await worker.unsaved_write(), len(worker.unsaved)
-        finally:
-            await worker.close()
 
     assert asyncio.run(job()) == (2, 0)
     assert _written(tenant_a) == []
@@ -124,23 +128,19 @@ def test_it_drops_the_rest_of_a_write_a_purge_comes_in_the_middle_of(tenant_a, t
     monkeypatch.setattr(store_module, "UNSAVED_WRITE_CHUNK", 2)
 
     async def job():
-        worker = CacheStore(conninfo(), max_size=2, index_later=True)
-        await worker.open()
-        write_chunk, chunks = worker._unsaved_write_chunk, []
+        async with _worker() as worker:
+            write_chunk, chunks = worker._unsaved_write_chunk, []
 
-        async def then_purge(chunk, since):  # the purge comes between the write's transactions
-            chunks.append(await write_chunk(chunk, since))
-            if len(chunks) == 1:
-                await asyncio.to_thread(cache_purge, tenant_id=tenant_a.pk)
-            return chunks[-1]
+            async def then_purge(chunk, since):  # the purge comes between the write's transactions
+                chunks.append(await write_chunk(chunk, since))
+                if len(chunks) == 1:
+                    await asyncio.to_thread(cache_purge, tenant_id=tenant_a.pk)
+                return chunks[-1]
 
-        worker._unsaved_write_chunk = then_purge
-        try:
+            worker._unsaved_write_chunk = then_purge
             for tenant, n in ((tenant_a, 0), (tenant_b, 1), (tenant_a, 2), (tenant_b, 3)):
                 await _save(worker, tenant, n)
             return await worker.unsaved_write()
-        finally:
-            await worker.close()
 
     assert asyncio.run(job()) == 3  # the first transaction's two, then tenant B's one
     assert _written(tenant_a) == []
@@ -152,9 +152,7 @@ def test_it_drops_only_the_purged_models_waiting_entries(tenant_a, tenant_b, mon
     monkeypatch.setattr(purges, "REFRESH_EVERY", 0.0)
 
     async def job():
-        worker = CacheStore(conninfo(), max_size=2, index_later=True)
-        await worker.open()
-        try:
+        async with _worker() as worker:
             await _save(worker, tenant_a, 0, model_name="sim-mini")
             await _save(worker, tenant_a, 1, model_name="sim-mini")
             await _save(worker, tenant_a, 2, model_name="sim-premium")
@@ -162,8 +160,6 @@ def test_it_drops_only_the_purged_models_waiting_entries(tenant_a, tenant_b, mon
             await asyncio.to_thread(cache_purge, tenant_id=tenant_a.pk, model_name="sim-mini")
             return [await _served(worker, tenant, n) for tenant, n in
                     ((tenant_a, 0), (tenant_a, 1), (tenant_a, 2), (tenant_b, 3))]
-        finally:
-            await worker.close()
 
     assert asyncio.run(job()) == [False, False, True, True]
     assert _written(tenant_a) == [2]
@@ -175,16 +171,12 @@ def test_it_keeps_entries_made_after_the_purge(tenant_a, monkeypatch):
     monkeypatch.setattr(purges, "REFRESH_EVERY", 0.0)
 
     async def job():
-        worker, web = await _stores()
-        try:
+        async with _worker_and_web() as (worker, web):
             await _save(worker, tenant_a, 0)
             await web.clear(tenant_a.pk)
             await _save(worker, tenant_a, 1)  # answered upstream after the purge
             await _save(worker, tenant_a, 0)  # and the purged request, asked again
             return await _served(worker, tenant_a, 0), await _served(worker, tenant_a, 1)
-        finally:
-            await worker.close()
-            await web.close()
 
     assert asyncio.run(job()) == (True, True)
     assert _written(tenant_a) == [0, 1]
@@ -207,9 +199,7 @@ def test_it_does_not_write_a_purged_tenants_entries_while_the_purge_commits(tena
     """A purge in progress (its rows deleted, its record not yet visible) holds the write back."""
 
     async def job():
-        worker = CacheStore(conninfo(), max_size=2, index_later=True)
-        await worker.open()
-        try:
+        async with _worker() as worker:
             await _save(worker, tenant_a, 0)
             await _save(worker, tenant_b, 1)
             with psycopg.connect(conninfo()) as purge:  # a purge of tenant A, as CacheStore.clear runs it
@@ -220,8 +210,6 @@ def test_it_does_not_write_a_purged_tenants_entries_while_the_purge_commits(tena
                 await asyncio.to_thread(_until_waiting)
                 purge.commit()
             return await write
-        finally:
-            await worker.close()
 
     assert asyncio.run(job()) == 1
     assert _written(tenant_a) == []
