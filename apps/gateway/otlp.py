@@ -97,8 +97,9 @@ _KEYS: dict[str, bytes] = {}
 # more than looking it up. Per field tag and key (a string, whose hash Python keeps): a table of
 # each kind, strings and lists of strings by value, small integers by value (their own table:
 # ``1 == True == 1.0`` as keys), and a double's pair head (a double's pair is always as long).
-# The keys of ``_UNIQUE`` never repeat their values: encoded each time, never kept.
-_TABLES: dict[bytes, tuple[dict, dict, dict]] = {}
+# The keys of ``_UNIQUE`` never repeat their values: those are encoded each time, and only a
+# string pair's head is kept, per length (the fourth table).
+_TABLES: dict[bytes, tuple[dict, dict, dict, dict]] = {}
 _PAIRS_MAX = 8192
 _KEYS_MAX = 1024
 _UNIQUE = frozenset({"switchyard.request_id", "switchyard.routing.reason", "switchyard.upstream_failures"})
