@@ -24,7 +24,14 @@ that no two wait on each other in a circle)::
     COMMIT                                      COMMIT
 
 A purge that comes during a write waits for it, and its DELETE then sees the written rows; a
-write that comes during a purge waits for it, and then reads its record. A write goes in
+write that comes during a purge waits for it, and then reads its record.
+
+A web process's save (``CacheStore.save``, after the upstream answered a miss) takes its tenant's
+lock the same way, shared, and inserts only if no record of its tenant, or of its model there,
+is as late as when the request asked: a purge that came while the upstream was answering keeps
+that answer out, as it keeps a worker's. The comparison crosses two clocks (the gateway's for
+the request, the database's for the record), as a worker's does; hosts kept in step by NTP
+differ by milliseconds. A write goes in
 transactions of ``apps.cache.store.UNSAVED_WRITE_CHUNK`` entries, so that a purge waits for one at
 most, not for a whole job's entries (tens of seconds for 20,000, most of it their HNSW inserts).
 """
@@ -41,6 +48,7 @@ PURGES_KEEP = timedelta(days=8)
 
 LOCK_CLASS = 0x5CA7  # the advisory locks' first key, "cache purge"; the second is the tenant's
 LOCK = "SELECT pg_advisory_xact_lock(%s, %s)"
+LOCK_ONE_SHARED = "SELECT pg_advisory_xact_lock_shared(%s, %s)"
 LOCK_SHARED = "SELECT pg_advisory_xact_lock_shared(%s, key) FROM unnest(%s::int[]) AS key"
 RECORD = "INSERT INTO cache_cachepurge (tenant_id, model_name, purged_at) VALUES (%s, %s, clock_timestamp())"
 # The latest purge per tenant and model name (NULL: the whole tenant), of these tenants, since then.

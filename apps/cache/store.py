@@ -61,14 +61,24 @@ class Lookup:
     context_has_entries: bool
 
 
-SAVE = ("INSERT INTO cache_cacheentry (tenant_id, namespace, request_hash, context_hash, prompt_text, "
-        "embedding, embedding_model, response, model_id, model_name, input_tokens, output_tokens, cost, "
-        "created_at, expires_at, hit_count) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, "
-        "%s, 0) ON CONFLICT (tenant_id, namespace, request_hash) DO UPDATE SET response = EXCLUDED.response, "
-        "embedding = EXCLUDED.embedding, embedding_model = EXCLUDED.embedding_model, cost = EXCLUDED.cost, "
-        "model_id = EXCLUDED.model_id, model_name = EXCLUDED.model_name, input_tokens = EXCLUDED.input_tokens, "
-        "output_tokens = EXCLUDED.output_tokens, created_at = EXCLUDED.created_at, "
-        "expires_at = EXCLUDED.expires_at")
+_INSERT = ("INSERT INTO cache_cacheentry (tenant_id, namespace, request_hash, context_hash, prompt_text, embedding, "
+           "embedding_model, response, model_id, model_name, input_tokens, output_tokens, cost, created_at, "
+           "expires_at, hit_count) ")
+_VALUES = "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, 0)"
+_UPSERT = (" ON CONFLICT (tenant_id, namespace, request_hash) DO UPDATE SET response = EXCLUDED.response, "
+           "embedding = EXCLUDED.embedding, embedding_model = EXCLUDED.embedding_model, cost = EXCLUDED.cost, "
+           "model_id = EXCLUDED.model_id, model_name = EXCLUDED.model_name, input_tokens = EXCLUDED.input_tokens, "
+           "output_tokens = EXCLUDED.output_tokens, created_at = EXCLUDED.created_at, "
+           "expires_at = EXCLUDED.expires_at")
+# A live save, unless a purge of its tenant, or of its model's entries there, was recorded since
+# the request asked (its answer may be one the purge meant to remove; apps.cache.purges). Typed
+# parameters: a SELECT list, unlike VALUES, does not take the columns' types.
+_UNLESS_PURGED = ("SELECT %s::bigint, %s::varchar, %s::varchar, %s::varchar, %s::text, %s::vector, %s::varchar, "
+                  "%s::jsonb, %s::bigint, %s::varchar, %s::integer, %s::integer, %s::numeric, %s::timestamptz, "
+                  "%s::timestamptz, 0 WHERE NOT EXISTS (SELECT 1 FROM cache_cachepurge WHERE tenant_id = %s "
+                  "AND purged_at >= %s AND (model_name IS NULL OR model_name = %s))")
+SAVE = _INSERT + _VALUES + _UPSERT
+SAVE_UNLESS_PURGED = _INSERT + _UNLESS_PURGED + _UPSERT
 
 # Only these constant clauses are formatted into the SQL below; every value is a parameter.
 EXACT_COLUMNS = "id, response, cost, model_name, created_at, prompt_text"
@@ -254,20 +264,26 @@ class CacheStore:
     async def save(self, *, tenant_id: int, namespace: str, request_hash: str, context_hash: str,
                    prompt_text: str, vector: np.ndarray | None, embedding_model: str, response: dict,
                    model_id: int | None, model_name: str, input_tokens: int, output_tokens: int, cost: Decimal,
-                   ttl_seconds: int) -> None:
+                   ttl_seconds: int, asked_at: datetime | None = None) -> None:
+        """Save an answer. ``asked_at``: when the request that got it asked (default: now); a purge
+        of its tenant or model recorded since then keeps it out (:mod:`apps.cache.purges`)."""
         now = datetime.now(UTC)
         params = [tenant_id, namespace, request_hash, context_hash, prompt_text, vector, embedding_model,
                   Jsonb(response), model_id, model_name, input_tokens, output_tokens, cost, now,
                   now + timedelta(seconds=ttl_seconds)]
         if self.index_later:
-            answer = CachedAnswer(id=0, response=response, cost=cost, model_name=model_name, created_at=now,
-                                  similarity=None, prompt_text=prompt_text)
+            answer = CachedAnswer(id=0, response=response, cost=cost, model_name=model_name,
+                                  created_at=min(asked_at or now, now), similarity=None, prompt_text=prompt_text)
             self.unsaved.add(params, answer, now.timestamp() + ttl_seconds)
             if len(self.unsaved) >= UNSAVED_LIMIT:
                 await self.unsaved_write()
             return
-        async with self.pool.connection() as conn:
-            await conn.execute(SAVE, params)
+        since = min(asked_at or now, now)
+        async with self.pool.connection() as conn, conn.transaction():
+            # The lock first, in a statement of its own: the INSERT's snapshot, taken when it
+            # starts, then holds a purge that committed while this waited for the lock.
+            await conn.execute(purges.LOCK_ONE_SHARED, [purges.LOCK_CLASS, purges.lock_key(tenant_id)])
+            await conn.execute(SAVE_UNLESS_PURGED, [*params, tenant_id, since, model_name])
 
     async def unsaved_write(self) -> int:
         """Write the entries waiting in memory (``index_later``) but those a purge covers

@@ -35,7 +35,7 @@ class WaitingEntries:
         return self.entries.get(key)
 
     def add(self, params: list, answer: CachedAnswer, expires: float) -> None:
-        if not self.entries:
+        if self.since is None or answer.created_at < self.since:
             self.since = answer.created_at
         self.entries[params[0], params[1], params[2]] = (params, answer, expires)
         self.tenants.add(params[0])

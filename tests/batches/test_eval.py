@@ -20,10 +20,18 @@ def test_a_batch_grades_its_answers_and_its_learned_routes_learn_from_them(world
     rule = RoutingRule.objects.create(tenant=world.tenant_a, name="learned smart", match_model="smart", priority=1,
                                       target=world.models["sim-premium"], learned=True, explore_share=0.0)
     RoutingFallback.objects.create(rule=rule, model=world.models["sim-mini"], position=0)
-    live = httpx.post(world.gateway.v1 + "/chat/completions",
-                      headers={"Authorization": f"Bearer {world.key_a}", "Cache-Control": "no-store"},
-                      json=_line("", "Name a prime number.")["body"], timeout=30)
-    assert live.status_code == 200, live.text
+
+    def asked() -> httpx.Response | None:
+        """The live answer, once the gateway has reloaded its config with the rule (model "smart"
+        is unknown to it until then: a 404, nothing sent upstream)."""
+        live = httpx.post(world.gateway.v1 + "/chat/completions",
+                          headers={"Authorization": f"Bearer {world.key_a}", "Cache-Control": "no-store"},
+                          json=_line("", "Name a prime number.")["body"], timeout=30)
+        assert live.status_code in (200, 404), live.text
+        return live if live.status_code == 200 else None
+
+    live = wait_until(asked)
+    assert live is not None, "the gateway never saw the rule"
     answer = live.json()["choices"][0]["message"]["content"]
 
     group = workers()

@@ -22,11 +22,11 @@ from apps.cache.store import CacheStore
 from apps.gateway.database import conninfo
 
 
-async def _save(store, tenant, n: int, *, model_name: str = "sim-mini") -> None:
+async def _save(store, tenant, n: int, *, model_name: str = "sim-mini", asked_at=None) -> None:
     await store.save(tenant_id=tenant.pk, namespace="", request_hash=f"{n:064d}", context_hash="ctx",
                      prompt_text=f"prompt {n}", vector=None, embedding_model=LOCAL_MODEL, response={"n": n},
                      model_id=None, model_name=model_name, input_tokens=0, output_tokens=0, cost=Decimal("0.1"),
-                     ttl_seconds=600)
+                     ttl_seconds=600, asked_at=asked_at)
 
 
 async def _served(store, tenant, n: int) -> bool:
@@ -182,6 +182,38 @@ def test_it_keeps_entries_made_after_the_purge(tenant_a, monkeypatch):
     assert _written(tenant_a) == [0, 1]
 
 
+@pytest.mark.django_db(transaction=True)
+def test_it_does_not_save_live_an_answer_asked_for_before_a_purge_of_its_tenant(tenant_a, tenant_b):
+    """A web process's save after the upstream answered: a purge that came meanwhile keeps it out."""
+    async def job():
+        async with _worker_and_web() as (worker, web):
+            before = timezone.now()
+            await web.clear(tenant_a.pk)
+            await _save(web, tenant_a, 0, asked_at=before)  # asked, then the purge, then the answer
+            await _save(web, tenant_b, 1, asked_at=before)  # another tenant's, not purged
+            await _save(web, tenant_a, 2)  # asked after the purge
+            await _save(worker, tenant_a, 4)  # a worker's, waiting in memory
+            await _save(worker, tenant_a, 3, asked_at=before)  # saved later, asked before the purge
+            await worker.unsaved_write()
+
+    asyncio.run(job())
+    assert _written(tenant_a) == [2, 4]
+    assert _written(tenant_b) == [1]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_purge_of_one_model_keeps_out_only_that_models_live_saves(tenant_a):
+    async def job():
+        async with _worker_and_web() as (_worker, web):
+            before = timezone.now()
+            await asyncio.to_thread(cache_purge, tenant_id=tenant_a.pk, model_name="sim-mini")
+            await _save(web, tenant_a, 0, asked_at=before)
+            await _save(web, tenant_a, 1, model_name="sim-premium", asked_at=before)
+
+    asyncio.run(job())
+    assert _written(tenant_a) == [1]
+
+
 def _advisory_waiters() -> int:
     with psycopg.connect(conninfo()) as conn:
         return conn.execute("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted").fetchone()[0]
@@ -263,3 +295,25 @@ def test_it_prunes_purge_records_no_worker_can_still_need(db, tenant_a):
     cache_evict_expired()
     assert list(CachePurge.objects.values_list("pk", flat=True)) == [recent.pk]
     assert not CachePurge.objects.filter(pk=old.pk).exists()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_purge_in_progress_holds_a_live_save_back_and_then_keeps_it_out(tenant_a, tenant_b):
+    """The save waits on the purge's lock (its record not yet visible), then reads the record."""
+    async def job():
+        async with _worker_and_web() as (_worker, web):
+            before = timezone.now()
+            with psycopg.connect(conninfo()) as purge:  # a purge of tenant A, as CacheStore.clear runs it
+                purge.execute(purges.LOCK, [purges.LOCK_CLASS, purges.lock_key(tenant_a.pk)])
+                purge.execute("DELETE FROM cache_cacheentry WHERE tenant_id = %s", [tenant_a.pk])
+                purge.execute(purges.RECORD, [tenant_a.pk, None])
+                save = asyncio.get_running_loop().create_task(_save(web, tenant_a, 0, asked_at=before))
+                await asyncio.to_thread(_until_waiting)
+                await _save(web, tenant_b, 1, asked_at=before)  # another tenant's lock: not held back
+                assert await asyncio.to_thread(_written, tenant_b) == [1]
+                assert not save.done()
+                purge.commit()
+            await save
+
+    asyncio.run(job())
+    assert _written(tenant_a) == []

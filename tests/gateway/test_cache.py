@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 from decimal import Decimal
 
@@ -271,6 +272,25 @@ def test_it_reports_and_clears_only_the_callers_cache(world):
     assert entries(world.tenant_b) == 1
     # Recorded for batch workers' waiting entries: tenant A's whole cache, nothing of B's.
     assert list(CachePurge.objects.values_list("tenant_id", "model_name")) == [(world.tenant_a.pk, None)]
+
+
+def test_it_does_not_cache_an_answer_a_purge_came_during(world):
+    """The upstream is still answering when the tenant's cache is cleared: that answer is not saved."""
+    world.simulator.fault(model="sim-mini", mode="slow", delay=1.0, count=1)
+    with ThreadPoolExecutor(1) as pool:
+        asking = pool.submit(ask, world, "What is a monad?")
+        assert wait_until(lambda: world.simulator.stats()["in_flight"] == 1)
+        cleared = httpx.post(world.gateway.v1 + "/cache/clear", headers={"Authorization": f"Bearer {world.key_a}"})
+        assert cleared.status_code == 200
+        headers, _ = asking.result(timeout=30)
+    assert headers["x-switchyard-cache"] == "miss"
+    ask(world, "What is a functor?")  # asked after the purge: saved
+    assert wait_until(lambda: entries(world.tenant_a) == 1)
+    from apps.cache.models import CacheEntry
+
+    assert list(CacheEntry.objects.filter(tenant=world.tenant_a).values_list("prompt_text", flat=True)) == [
+        "What is a functor?"]
+    assert ask(world, "What is a monad?")[0]["x-switchyard-cache"] == "miss"
 
 
 def test_it_answers_the_simple_complete_endpoint_from_the_cache(world):

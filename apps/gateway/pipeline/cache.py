@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import TYPE_CHECKING
@@ -46,6 +46,8 @@ class CachePlan:
     leader: asyncio.Future | None = None
     key: tuple | None = None
     settled: bool = False
+    # When the request asked: a purge recorded since keeps its answer out of the cache.
+    asked_at: datetime = field(default_factory=lambda: datetime.now(UTC))
 
 
 def cache_plan(call, body: dict, *, cache_control: str | None, namespace: str | None) -> CachePlan | None:
@@ -191,7 +193,7 @@ async def _save(runtime, call, plan: CachePlan, response: dict) -> None:
             model_id=call.model.id if call.model else None, model_name=call.model.name if call.model else "",
             input_tokens=usage.get("prompt_tokens") or call.input_tokens,
             output_tokens=usage.get("completion_tokens") or call.output_tokens, cost=call.cost,
-            ttl_seconds=call.key.cache_ttl,
+            ttl_seconds=call.key.cache_ttl, asked_at=plan.asked_at,
         )
     finally:
         _forget(runtime, plan)  # committed (an exact lookup finds it from now on) or failed
