@@ -49,7 +49,8 @@ def gateway_start(tmp_dir: Path, *, extra_env: dict | None = None, grace: int = 
         **os.environ,
         "DATABASE_URL": database_url_for_tests(),
         "CELERY_BROKER_URL": settings.CELERY_BROKER_URL,
-        "USAGE_FLUSH_INTERVAL": "0.2",
+        # Frequent flushes: each test waits for the last rows to be written (usage_quiet).
+        "USAGE_FLUSH_INTERVAL": "0.05",
         "GATEWAY_RETRY_BACKOFF": "0.01",
         # One gateway serves many tests, some of which make every upstream fail on purpose: its
         # breakers must not carry one test's outage into the next (tests/gateway/test_faults.py
@@ -161,12 +162,13 @@ def world(transactional_db, simulator, gateway_process):
     usage_quiet()
 
 
-def usage_quiet(*, settle: float = 0.5, timeout: float = 10.0) -> None:
+def usage_quiet(*, settle: float = 0.25, timeout: float = 10.0) -> None:
     """Wait until no gateway is still writing usage rows.
 
     The test database is truncated after each test; a gateway's flush (a COPY that takes locks
     on the referenced tables) racing that TRUNCATE can deadlock it. Rows stop arriving once
-    every answered request is flushed, a few flush intervals after the last request.
+    every answered request is flushed, a few flush intervals after the last request (``settle`` is
+    five of the test gateways' intervals).
     """
     from apps.usage.models import RequestLog
 
