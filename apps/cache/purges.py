@@ -28,7 +28,9 @@ write that comes during a purge waits for it, and then reads its record.
 
 A web process's save (``CacheStore.save``, after the upstream answered a miss) takes its tenant's
 lock the same way, shared, and inserts only if no record of its tenant, or of its model there,
-is as late as when the request asked: a purge that came while the upstream was answering keeps
+is as late as when the request asked, in one statement: the database function
+``cache_save_allowed`` (migration ``cache 0009``) takes the lock, then reads the records with a
+snapshot of its own, taken after the wait: a purge that came while the upstream was answering keeps
 that answer out, as it keeps a worker's. The comparison crosses two clocks (the gateway's for
 the request, the database's for the record), as a worker's does; hosts kept in step by NTP
 differ by milliseconds. A write goes in
@@ -47,8 +49,8 @@ REFRESH_EVERY = 1.0  # seconds between reads of the records by a store serving h
 PURGES_KEEP = timedelta(days=8)
 
 LOCK_CLASS = 0x5CA7  # the advisory locks' first key, "cache purge"; the second is the tenant's
+# (The function cache_save_allowed, migration cache 0009, takes the same lock: 23719 is 0x5CA7.)
 LOCK = "SELECT pg_advisory_xact_lock(%s, %s)"
-LOCK_ONE_SHARED = "SELECT pg_advisory_xact_lock_shared(%s, %s)"
 LOCK_SHARED = "SELECT pg_advisory_xact_lock_shared(%s, key) FROM unnest(%s::int[]) AS key"
 RECORD = "INSERT INTO cache_cachepurge (tenant_id, model_name, purged_at) VALUES (%s, %s, clock_timestamp())"
 # The latest purge per tenant and model name (NULL: the whole tenant), of these tenants, since then.

@@ -71,12 +71,12 @@ _UPSERT = (" ON CONFLICT (tenant_id, namespace, request_hash) DO UPDATE SET resp
            "output_tokens = EXCLUDED.output_tokens, created_at = EXCLUDED.created_at, "
            "expires_at = EXCLUDED.expires_at")
 # A live save, unless a purge of its tenant, or of its model's entries there, was recorded since
-# the request asked (its answer may be one the purge meant to remove; apps.cache.purges). Typed
+# the request asked (its answer may be one the purge meant to remove). The function (migration
+# cache 0009) first waits for a purge of the tenant in progress: apps.cache.purges. Typed
 # parameters: a SELECT list, unlike VALUES, does not take the columns' types.
 _UNLESS_PURGED = ("SELECT %s::bigint, %s::varchar, %s::varchar, %s::varchar, %s::text, %s::vector, %s::varchar, "
                   "%s::jsonb, %s::bigint, %s::varchar, %s::integer, %s::integer, %s::numeric, %s::timestamptz, "
-                  "%s::timestamptz, 0 WHERE NOT EXISTS (SELECT 1 FROM cache_cachepurge WHERE tenant_id = %s "
-                  "AND purged_at >= %s AND (model_name IS NULL OR model_name = %s))")
+                  "%s::timestamptz, 0 WHERE cache_save_allowed(%s, %s, %s)")
 SAVE = _INSERT + _VALUES + _UPSERT
 SAVE_UNLESS_PURGED = _INSERT + _UNLESS_PURGED + _UPSERT
 
@@ -279,10 +279,7 @@ class CacheStore:
                 await self.unsaved_write()
             return
         since = min(asked_at or now, now)
-        async with self.pool.connection() as conn, conn.transaction():
-            # The lock first, in a statement of its own: the INSERT's snapshot, taken when it
-            # starts, then holds a purge that committed while this waited for the lock.
-            await conn.execute(purges.LOCK_ONE_SHARED, [purges.LOCK_CLASS, purges.lock_key(tenant_id)])
+        async with self.pool.connection() as conn:
             await conn.execute(SAVE_UNLESS_PURGED, [*params, tenant_id, since, model_name])
 
     async def unsaved_write(self) -> int:
