@@ -293,6 +293,26 @@ def test_it_does_not_cache_an_answer_a_purge_came_during(world):
     assert ask(world, "What is a monad?")[0]["x-switchyard-cache"] == "miss"
 
 
+def test_it_shares_an_unsaved_answer_only_within_the_max_age_asked(world):
+    """An identical request's answer, not yet saved (its save waits on the tenant's purge lock,
+    held here as by a purge in progress), answers the same prompt, but not one asking max-age=0."""
+    import psycopg
+
+    from apps.cache import purges
+    from apps.gateway.database import conninfo
+
+    prompt = "Name the smallest planet"
+    with psycopg.connect(conninfo()) as purge:
+        purge.execute(purges.LOCK, [purges.LOCK_CLASS, purges.lock_key(world.tenant_a.pk)])
+        assert ask(world, prompt)[0]["x-switchyard-cache"] == "miss"
+        assert ask(world, prompt)[0]["x-switchyard-cache"] == "hit-exact"
+        assert ask(world, prompt, headers={"Cache-Control": "max-age=0"})[0]["x-switchyard-cache"] == "miss"
+        assert entries(world.tenant_a) == 0
+        purge.rollback()
+    assert wait_until(lambda: entries(world.tenant_a) == 1)
+    assert world.simulator.stats()["requests"] == 2
+
+
 def test_it_answers_the_simple_complete_endpoint_from_the_cache(world):
     def complete(**extra):
         return httpx.post(world.gateway.base + "/v1/complete", headers={"Authorization": f"Bearer {world.key_a}"},

@@ -96,7 +96,7 @@ async def cache_lookup(runtime, call, plan: CachePlan) -> CachedAnswer | None:
                 shared = await asyncio.wait_for(asyncio.shield(pending), COALESCE_TIMEOUT)
             except (TimeoutError, asyncio.CancelledError):
                 shared = None
-            if shared is not None:
+            if shared is not None and _fresh_enough(shared, plan):
                 return _hit(call, shared, "exact")
         _lead(runtime, plan)
         if fp.prompt_text and call.key.cache_semantic and runtime.semantic_ready(call.key, cache=True) and \
@@ -138,6 +138,16 @@ async def _prompt_vector(runtime, call, text: str):
 def _embedding_model(runtime, call) -> str:
     """The name entries record for the vectors this call's lookups compare."""
     return runtime.batcher_for(call.key, cache=True).embedder.name
+
+
+def _fresh_enough(shared: CachedAnswer, plan: CachePlan) -> bool:
+    """Whether an identical request's answer may answer this one: one the upstream gave after this
+    request asked always may; one given before it only within the request's max-age, as a saved
+    entry would (``Cache-Control: max-age=0`` asks for nothing given before it)."""
+    max_age = plan.control.max_age
+    if max_age is None or shared.created_at >= plan.asked_at:
+        return True
+    return (datetime.now(UTC) - shared.created_at).total_seconds() < max_age
 
 
 def _lead(runtime, plan: CachePlan) -> None:
