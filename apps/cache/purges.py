@@ -24,18 +24,18 @@ that no two wait on each other in a circle)::
     COMMIT                                      COMMIT
 
 A purge that comes during a write waits for it, and its DELETE then sees the written rows; a
-write that comes during a purge waits for it, and then reads its record.
+write that comes during a purge waits for it, and then reads its record. A write goes in
+transactions of ``apps.cache.store.UNSAVED_WRITE_CHUNK`` entries, so that a purge waits for one at
+most, not for a whole job's entries (tens of seconds for 20,000, most of it their HNSW inserts).
 
 A web process's save (``CacheStore.save``, after the upstream answered a miss) takes its tenant's
 lock the same way, shared, and inserts only if no record of its tenant, or of its model there,
 is as late as when the request asked, in one statement: the database function
 ``cache_save_allowed`` (migration ``cache 0009``) takes the lock, then reads the records with a
-snapshot of its own, taken after the wait: a purge that came while the upstream was answering keeps
-that answer out, as it keeps a worker's. The comparison crosses two clocks (the gateway's for
-the request, the database's for the record), as a worker's does; hosts kept in step by NTP
-differ by milliseconds. A write goes in
-transactions of ``apps.cache.store.UNSAVED_WRITE_CHUNK`` entries, so that a purge waits for one at
-most, not for a whole job's entries (tens of seconds for 20,000, most of it their HNSW inserts).
+snapshot of its own, taken after the wait. So a purge that came while the upstream was answering
+keeps that answer out, as it keeps a worker's. The comparison crosses two clocks (the gateway's
+for the request, the database's for the record), as a worker's does; hosts kept in step by NTP
+differ by milliseconds.
 """
 
 from __future__ import annotations
