@@ -53,6 +53,12 @@ class CachedAnswer:
 WRONG_HIT_MARGIN = 0.02
 
 
+def fresh_for(answer: CachedAnswer, max_age: int | None, now: float | None = None) -> bool:
+    """Whether ``answer`` is younger than ``max_age`` seconds (None: any age will do), as the
+    lookups' SQL has it for saved entries; ``now``: a ``time.time()`` already read."""
+    return max_age is None or answer.created_at.timestamp() > (time.time() if now is None else now) - max_age
+
+
 @dataclass(frozen=True, slots=True)
 class Lookup:
     """What :meth:`CacheStore.lookup` found: the exact entry, or whether the context has entries."""
@@ -216,7 +222,7 @@ class CacheStore:
                 return None
         _params, answer, expires = waiting
         now = time.time()
-        if now >= expires or (max_age is not None and answer.created_at.timestamp() <= now - max_age):
+        if now >= expires or not fresh_for(answer, max_age, now):
             return None
         return answer
 
@@ -268,19 +274,19 @@ class CacheStore:
         """Save an answer. ``asked_at``: when the request that got it asked (default: now); a purge
         of its tenant or model recorded since then keeps it out (:mod:`apps.cache.purges`)."""
         now = datetime.now(UTC)
+        asked = min(asked_at or now, now)
         params = [tenant_id, namespace, request_hash, context_hash, prompt_text, vector, embedding_model,
                   Jsonb(response), model_id, model_name, input_tokens, output_tokens, cost, now,
                   now + timedelta(seconds=ttl_seconds)]
         if self.index_later:
             answer = CachedAnswer(id=0, response=response, cost=cost, model_name=model_name,
-                                  created_at=min(asked_at or now, now), similarity=None, prompt_text=prompt_text)
+                                  created_at=asked, similarity=None, prompt_text=prompt_text)
             self.unsaved.add(params, answer, now.timestamp() + ttl_seconds)
             if len(self.unsaved) >= UNSAVED_LIMIT:
                 await self.unsaved_write()
             return
-        since = min(asked_at or now, now)
         async with self.pool.connection() as conn:
-            await conn.execute(SAVE_UNLESS_PURGED, [*params, tenant_id, since, model_name])
+            await conn.execute(SAVE_UNLESS_PURGED, [*params, tenant_id, asked, model_name])
 
     async def unsaved_write(self) -> int:
         """Write the entries waiting in memory (``index_later``) but those a purge covers

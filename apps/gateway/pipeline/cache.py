@@ -24,7 +24,7 @@ from decimal import Decimal
 from typing import TYPE_CHECKING
 
 from apps.cache.fingerprint import CacheControl, Fingerprint, cache_control_parse, cacheable, fingerprint
-from apps.cache.store import CachedAnswer
+from apps.cache.store import CachedAnswer, fresh_for
 from apps.cache.verify import Verdict, candidate_verify
 from apps.gateway.pipeline.call import Call
 from apps.gateway.pipeline.usage import call_log
@@ -144,10 +144,7 @@ def _fresh_enough(shared: CachedAnswer, plan: CachePlan) -> bool:
     """Whether an identical request's answer may answer this one: one the upstream gave after this
     request asked always may; one given before it only within the request's max-age, as a saved
     entry would (``Cache-Control: max-age=0`` asks for nothing given before it)."""
-    max_age = plan.control.max_age
-    if max_age is None or shared.created_at >= plan.asked_at:
-        return True
-    return (datetime.now(UTC) - shared.created_at).total_seconds() < max_age
+    return shared.created_at >= plan.asked_at or fresh_for(shared, plan.control.max_age)
 
 
 def _lead(runtime, plan: CachePlan) -> None:
