@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, contextmanager
 from datetime import timedelta
 from decimal import Decimal
 
@@ -214,6 +214,17 @@ def test_a_purge_of_one_model_keeps_out_only_that_models_live_saves(tenant_a):
     assert _written(tenant_a) == [1]
 
 
+@contextmanager
+def _purge_begun(tenant):
+    """A purge of ``tenant`` as ``CacheStore.clear`` runs it, up to its commit: lock held, rows
+    deleted, record written and not yet visible. The caller commits it (or it is rolled back)."""
+    with psycopg.connect(conninfo()) as purge:
+        purge.execute(purges.LOCK, [purges.LOCK_CLASS, purges.lock_key(tenant.pk)])
+        purge.execute("DELETE FROM cache_cacheentry WHERE tenant_id = %s", [tenant.pk])
+        purge.execute(purges.RECORD, [tenant.pk, None])
+        yield purge
+
+
 def _advisory_waiters() -> int:
     with psycopg.connect(conninfo()) as conn:
         return conn.execute("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted").fetchone()[0]
@@ -234,10 +245,7 @@ def test_it_does_not_write_a_purged_tenants_entries_while_the_purge_commits(tena
         async with _worker() as worker:
             await _save(worker, tenant_a, 0)
             await _save(worker, tenant_b, 1)
-            with psycopg.connect(conninfo()) as purge:  # a purge of tenant A, as CacheStore.clear runs it
-                purge.execute(purges.LOCK, [purges.LOCK_CLASS, purges.lock_key(tenant_a.pk)])
-                purge.execute("DELETE FROM cache_cacheentry WHERE tenant_id = %s", [tenant_a.pk])
-                purge.execute(purges.RECORD, [tenant_a.pk, None])
+            with _purge_begun(tenant_a) as purge:
                 write = asyncio.get_running_loop().create_task(worker.unsaved_write())
                 await asyncio.to_thread(_until_waiting)
                 purge.commit()
@@ -303,10 +311,7 @@ def test_a_purge_in_progress_holds_a_live_save_back_and_then_keeps_it_out(tenant
     async def job():
         async with _worker_and_web() as (_worker, web):
             before = timezone.now()
-            with psycopg.connect(conninfo()) as purge:  # a purge of tenant A, as CacheStore.clear runs it
-                purge.execute(purges.LOCK, [purges.LOCK_CLASS, purges.lock_key(tenant_a.pk)])
-                purge.execute("DELETE FROM cache_cacheentry WHERE tenant_id = %s", [tenant_a.pk])
-                purge.execute(purges.RECORD, [tenant_a.pk, None])
+            with _purge_begun(tenant_a) as purge:
                 save = asyncio.get_running_loop().create_task(_save(web, tenant_a, 0, asked_at=before))
                 await asyncio.to_thread(_until_waiting)
                 await _save(web, tenant_b, 1, asked_at=before)  # another tenant's lock: not held back
