@@ -2,13 +2,13 @@
 
     python bench/cache_workload.py [--requests 800] [--write docs/benchmarks.md] [--model static]
 
-``bench/data/workload_intents.tsv`` and ``workload_intents_b.tsv`` (written later, independently of
-the first and of the verifier's training data) each hold intents in several wordings; several
-intents differ from another by one slot. Each is run on its own. Requests draw an intent by Zipf
-popularity (exponent ``ZIPF``, fixed seed) and one of its wordings uniformly. Each request is
-looked up as the gateway does (``apps.gateway.caching``): the five nearest stored prompts by
-cosine (the local embedder), in order, down to the tenant's threshold; the first the verifier
-accepts is served. A miss stores the prompt. Reported:
+``bench/data/workload_intents.tsv``, ``workload_intents_b.tsv`` and ``workload_intents_c.tsv`` (b
+and c each written later, independently of the others and of the verifier's training data) each
+hold intents in several wordings; several intents differ from another by one slot. Each is run on
+its own. Requests draw an intent by Zipf popularity (exponent ``ZIPF``, fixed seed) and one of
+its wordings uniformly. Each request is looked up as the gateway does (``apps.gateway.caching``):
+the five nearest stored prompts by cosine (the local embedder), in order, down to the tenant's
+threshold; the first the verifier accepts is served. A miss stores the prompt. Reported:
 
     ideal hit rate   requests whose intent was asked before / requests
     hit rate         served hits / requests; right hits (served from the same intent) / ideal
@@ -35,7 +35,8 @@ from apps.cache.verify import candidate_verify  # noqa: E402
 from bench.report import section_write  # noqa: E402
 
 WORKLOADS = {"a": REPO / "bench" / "data" / "workload_intents.tsv",
-             "b": REPO / "bench" / "data" / "workload_intents_b.tsv"}
+             "b": REPO / "bench" / "data" / "workload_intents_b.tsv",
+             "c": REPO / "bench" / "data" / "workload_intents_c.tsv"}
 THRESHOLD = 0.80  # apps.tenants.models.Tenant.cache_similarity_threshold
 CANDIDATES = 5  # apps.cache.store's nearest(limit=5)
 ZIPF = 1.1
@@ -125,8 +126,8 @@ def main() -> None:
                       "<!-- bench/cache_workload.py:start -->\n## Semantic cache on a repeated-intent workload "
                       f"(`bench/cache_workload.py`)\n\nCommand: `python bench/cache_workload.py --write {args.write}`. "
                       f"Run {datetime.now(UTC):%Y-%m-%d %H:%M} UTC. Intents and wordings in "
-                      "`bench/data/workload_intents.tsv` and `workload_intents_b.tsv` (each written before it "
-                      "was first measured; neither used for training).\n\n"
+                      "`bench/data/workload_intents.tsv`, `workload_intents_b.tsv` and `workload_intents_c.tsv` "
+                      "(each written before it was first measured; none used for training).\n\n"
                       + body + "\n<!-- bench/cache_workload.py:end -->\n")
 
 
