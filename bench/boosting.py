@@ -14,9 +14,9 @@ from __future__ import annotations
 
 import numpy as np
 
-ROUNDS = 200
+ROUNDS = 300
 LEARNING_RATE = 0.05
-DEPTH = 3
+DEPTH = 4
 MIN_LEAF = 20
 L2 = 1.0
 
