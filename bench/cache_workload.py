@@ -2,8 +2,8 @@
 
     python bench/cache_workload.py [--requests 800] [--write docs/benchmarks.md] [--model static]
 
-``bench/data/workload_intents.tsv``, ``workload_intents_b.tsv`` and ``workload_intents_c.tsv`` (b
-and c each written later, independently of the others and of the verifier's training data) each
+``bench/data/workload_intents.tsv`` and ``workload_intents_b.tsv`` to ``workload_intents_d.tsv`` (b,
+c and d each written later, independently of the others and of the verifier's training data) each
 hold intents in several wordings; several intents differ from another by one slot. Each is run on
 its own. Requests draw an intent by Zipf popularity (exponent ``ZIPF``, fixed seed) and one of
 its wordings uniformly. Each request is looked up as the gateway does (``apps.gateway.caching``):
@@ -36,7 +36,8 @@ from bench.report import section_write  # noqa: E402
 
 WORKLOADS = {"a": REPO / "bench" / "data" / "workload_intents.tsv",
              "b": REPO / "bench" / "data" / "workload_intents_b.tsv",
-             "c": REPO / "bench" / "data" / "workload_intents_c.tsv"}
+             "c": REPO / "bench" / "data" / "workload_intents_c.tsv",
+             "d": REPO / "bench" / "data" / "workload_intents_d.tsv"}
 THRESHOLD = 0.80  # apps.tenants.models.Tenant.cache_similarity_threshold
 CANDIDATES = 5  # apps.cache.store's nearest(limit=5)
 ZIPF = 1.1
@@ -126,7 +127,7 @@ def main() -> None:
                       "<!-- bench/cache_workload.py:start -->\n## Semantic cache on a repeated-intent workload "
                       f"(`bench/cache_workload.py`)\n\nCommand: `python bench/cache_workload.py --write {args.write}`. "
                       f"Run {datetime.now(UTC):%Y-%m-%d %H:%M} UTC. Intents and wordings in "
-                      "`bench/data/workload_intents.tsv`, `workload_intents_b.tsv` and `workload_intents_c.tsv` "
+                      "`bench/data/workload_intents.tsv` and `workload_intents_b.tsv` to `workload_intents_d.tsv` "
                       "(each written before it was first measured; none used for training).\n\n"
                       + body + "\n<!-- bench/cache_workload.py:end -->\n")
 

@@ -1,6 +1,6 @@
 """How close the verifier's training-only prompts come to the prompts it is measured on.
 
-    python bench/verifier_pairs_check.py [--cosine 0.85]
+    python bench/verifier_pairs_check.py [--cosine 0.85] [--drop]
 
 For each training-only file (``bench/verifier_train.py``'s ``EXTRA_FILES``): how many of its
 triples have a prompt (the prompt, its rewording or its near miss) within ``--cosine`` of any
@@ -9,7 +9,8 @@ prompt of a reported file (the two prompt sets of ``bench/cache_quality.py`` and
 prompt with its closest reported one. A triple that close
 was meant to be left out when the file was written (each file's header says against which
 reported files it was checked); a file written before a reported file existed was not checked
-against it, and this shows what that leaves.
+against it, and this shows what that leaves. ``--drop`` rewrites each file without those triples
+(its comments kept), which is how a file is cleaned when a new reported file comes in.
 """
 
 from __future__ import annotations
@@ -30,6 +31,13 @@ from bench.cache_quality import own_pairs, question_pairs, split, triple_pairs  
 from bench.cache_workload import WORKLOADS, intents_load  # noqa: E402
 
 COSINE = 0.85
+
+
+def check_embedder() -> LocalEmbedder:
+    """The local model's fp32 graph: its vectors do not move with the other texts of a batch as the
+    int8 graph's do (whose activations are scaled per batch), so a check near ``COSINE`` reads the
+    same whatever else is checked."""
+    return LocalEmbedder(backend="onnx", precision="fp32")
 
 
 def reported_sources() -> dict[str, str]:
@@ -64,8 +72,9 @@ def main() -> None:
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--cosine", type=float, default=COSINE)
+    parser.add_argument("--drop", action="store_true", help="rewrite each file without its near triples")
     args = parser.parse_args()
-    embedder = LocalEmbedder()
+    embedder = check_embedder()
     source = reported_sources()
     for name in EXTRA_FILES:
         pairs = triple_pairs(name)
@@ -77,6 +86,22 @@ def main() -> None:
         for text in sorted((t for t in texts if closest[t][0] >= args.cosine), key=lambda t: -closest[t][0]):
             value, other = closest[text]
             print(f"  {value:.3f} {text!r} ~ {other!r} ({source[other]})")
+        if args.drop and near:
+            triples_drop(REPO / "bench" / "data" / name, near)
+
+
+def triples_drop(path: Path, groups: set[int]) -> None:
+    """Rewrite a triples file without the triples numbered ``groups`` (as ``triple_pairs`` numbers
+    them: data lines after the header, from 0)."""
+    kept, row = [], -1
+    for line in path.read_text(encoding="utf-8").splitlines(keepends=True):
+        if line.strip() and not line.startswith("#"):
+            row += 1
+            if row - 1 in groups:  # row 0 is the header
+                continue
+        kept.append(line)
+    path.write_text("".join(kept), encoding="utf-8")
+    print(f"  dropped {len(groups)} triples from {path.name}")
 
 
 if __name__ == "__main__":

@@ -145,13 +145,20 @@ def test_it_scores_as_the_trainer_predicts(tmp_path):
 
 
 def test_it_asks_more_of_a_candidate_for_a_higher_precision():
-    pair = ("Can you explain what machine learning is?", "What is machine learning?")
+    from apps.cache.verify import model_load
+
+    pair = ("Could Bernie Sanders still become president?", "Will bernie sanders ever become president?")
     verdict = candidate_verify(*pair)
     assert verdict.ok
     assert verdict.score is not None
-    stricter = candidate_verify(*pair, precision=0.99)
+    # The lowest precision whose operating point this pair's score does not reach rejects it.
+    stricter_points = [p for p, minimum in model_load().operating_points if minimum > verdict.score]
+    assert stricter_points, "the pair should fall short of the strictest operating point"
+    stricter = candidate_verify(*pair, precision=stricter_points[0])
     assert not stricter.ok
     assert stricter.reason
+    looser = candidate_verify(*pair, precision=0.90)
+    assert looser.ok
 
 
 @pytest.mark.parametrize(("query", "cached"), [
