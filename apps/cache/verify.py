@@ -165,6 +165,10 @@ _MODEL = model_load() if MODEL_FILE.exists() else None
 word_vectors() if _MODEL is not None else None  # load the word table now, not on the first request
 
 
+# Direction words that give their word the same role ("convert a PDF to Word" / "turn a PDF into Word").
+_SAME_ROLE = {"into": "to", "onto": "to", "toward": "to", "towards": "to", "vs": "versus"}
+
+
 def _roles(prompt: Prompt) -> dict[str, str]:
     """Each content word behind a direction word (up to two function words between): its role."""
     roles: dict[str, str] = {}
@@ -174,7 +178,7 @@ def _roles(prompt: Prompt) -> dict[str, str]:
             continue
         for follower in words[index + 1:index + 4]:
             if follower.kind == "content":
-                roles.setdefault(follower.stem, word.text)
+                roles.setdefault(follower.stem, _SAME_ROLE.get(word.text, word.text))
                 break
             if follower.kind != "function":
                 break

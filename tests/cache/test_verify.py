@@ -39,6 +39,18 @@ def test_it_rejects_near_misses_with_a_reason(query, cached, reason):
     assert verdict.reason == reason
 
 
+@pytest.mark.parametrize(("query", "cached"), [
+    ("How do I convert a PDF to Word?", "How can I turn a PDF into Word?"),
+    ("Convert this JSON to YAML", "Turn this JSON into YAML"),
+])
+def test_into_gives_a_word_the_same_role_as_to(query, cached):
+    from apps.cache.pair_features import prompt_parse
+    from apps.cache.verify import guards_check
+
+    assert guards_check(prompt_parse(query), prompt_parse(cached)) == ""
+    assert guards_check(prompt_parse("Convert this JSON to YAML"), prompt_parse("Convert this YAML into JSON"))
+
+
 def _body(*messages, **params) -> dict:
     return {"model": "auto", "messages": [{"role": r, "content": c} for r, c in messages], **params}
 
