@@ -154,6 +154,8 @@ async def hit_latency(n: int = 400, precision: str | None = None, model: str | N
         (f"exact hit p50 (one at a time) within 2 ms of a proxied request's overhead{graph}",
          pct(exact1_ms, 50) <= overhead + 2, f"{pct(exact1_ms, 50):.2f} ms vs {overhead:.2f} ms"),
         (f"semantic hit p50 under 20 ms at c=20{graph}", pct(semantic_ms, 50) < 20, f"{pct(semantic_ms, 50):.2f} ms"),
+        (f"semantic hit p50 under 60 ms at c=20 (the learned verifier's issue){graph}", pct(semantic_ms, 50) < 60,
+         f"{pct(semantic_ms, 50):.2f} ms"),
     ]
     return "\n".join(lines), checks
 
