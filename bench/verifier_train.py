@@ -20,8 +20,8 @@ model's file differed in 171 of its 2,676 split thresholds by about 3e-8, its op
    300 trees of depth 4, exact splits, no randomness), then their operating points
    (``operating_points``): for each target precision, the lowest score at which the precision
    expected on traffic reaches it. The out-of-fold scores of every prompt pair with cosine at
-   least the default threshold (training-only files included: 1,300 pairs, 300 of them near
-   misses) give the share of duplicates and of near misses served from each score; the share of
+   least the default threshold (training-only files included: about 1,300 pairs, 320 of them
+   near misses) give the share of duplicates and of near misses served from each score; the share of
    duplicates among a reported prompt set's candidates (the lower of the project's pairs and the
    support-queue pairs, tuning halves) weighs them. The training-only files' near misses are
    written to be hard, so this errs strict.
@@ -154,7 +154,7 @@ def operating_points(scores: np.ndarray, labels: np.ndarray, base_rate: float) -
     calibrated before on each reported set's own candidates (79 and 135 pairs, 7 and 22 near misses)
     had its 0.97 point move by 0.11 (standard deviation) over bootstrap resamples, and a retrain
     without 34 triples moved it from 0.79 to 0.998; this moves by 0.03-0.04
-    (docs/benchmarks.md, "A steadier calibration")."""
+    (docs/benchmarks.md, "Clean training files and a steadier calibration")."""
     positive, negative = np.sort(scores[labels == 1]), np.sort(scores[labels == 0])
     points = {}
     for target in TARGETS:
