@@ -60,10 +60,9 @@ def closest_reported(texts: list[str], embedder: LocalEmbedder) -> dict[str, tup
     return {text: (float(row.max()), reported[int(row.argmax())]) for text, row in zip(texts, cosines, strict=True)}
 
 
-def near_groups(pairs: list, embedder: LocalEmbedder, cosine: float = COSINE) -> set[int]:
-    """The groups (triples) of ``pairs`` with a prompt within ``cosine`` of a reported prompt."""
-    texts = sorted({text for pair in pairs for text in (pair.a, pair.b)})
-    closest = closest_reported(texts, embedder)
+def near_groups(pairs: list, closest: dict[str, tuple[float, str]], cosine: float = COSINE) -> set[int]:
+    """The groups (triples) of ``pairs`` with a prompt within ``cosine`` of a reported prompt
+    (``closest``: :func:`closest_reported` of their texts)."""
     return {pair.group for pair in pairs if max(closest[pair.a][0], closest[pair.b][0]) >= cosine}
 
 
@@ -74,15 +73,15 @@ def main() -> None:
     parser.add_argument("--cosine", type=float, default=COSINE)
     parser.add_argument("--drop", action="store_true", help="rewrite each file without its near triples")
     args = parser.parse_args()
-    embedder = check_embedder()
     source = reported_sources()
-    for name in EXTRA_FILES:
-        pairs = triple_pairs(name)
-        near = near_groups(pairs, embedder, args.cosine)
+    files = {name: triple_pairs(name) for name in EXTRA_FILES}
+    every_text = sorted({text for pairs in files.values() for pair in pairs for text in (pair.a, pair.b)})
+    closest = closest_reported(every_text, check_embedder())  # the reported prompts embedded once
+    for name, pairs in files.items():
+        near = near_groups(pairs, closest, args.cosine)
         print(f"{name}: {len({p.group for p in pairs})} triples, {len(near)} with a prompt within cosine "
               f"{args.cosine} of a reported prompt")
         texts = sorted({text for pair in pairs for text in (pair.a, pair.b)})
-        closest = closest_reported(texts, embedder)
         for text in sorted((t for t in texts if closest[t][0] >= args.cosine), key=lambda t: -closest[t][0]):
             value, other = closest[text]
             print(f"  {value:.3f} {text!r} ~ {other!r} ({source[other]})")

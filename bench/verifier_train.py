@@ -166,8 +166,9 @@ def operating_points(scores: np.ndarray, labels: np.ndarray, base_rate: float) -
             duplicates = wilson_lower(kept, len(positive))
             misses = 1 - wilson_lower(np.searchsorted(negative, score), len(negative))  # upper end of the share served
             precision = base_rate * duplicates / (base_rate * duplicates + (1 - base_rate) * misses)
-            if precision >= target:
-                best = min(best, float(score))
+            if precision >= target:  # scores ascend: the first to reach the target is the lowest
+                best = float(score)
+                break
         points[f"{target:.2f}"] = round(best, 6)
     return points
 

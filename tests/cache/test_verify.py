@@ -26,6 +26,7 @@ def test_it_accepts_the_same_question_reworded(query, cached):
 @pytest.mark.parametrize(("query", "cached", "reason"), [
     ("Train times from Paris to Rome", "train times from Rome to Paris", "order"),
     ("train times from paris to rome", "train times from rome to paris", "roles"),
+    ("convert from json to yaml", "convert from yaml into json", "roles"),
     ("What is the capital of France?", "What is the capital of Spain?", "entities"),
     ("Give me 3 tips for sleep", "Give me 5 tips for sleep", "numbers"),
     ("Is coffee bad for you?", "Is coffee not bad for you?", "negation"),
@@ -48,7 +49,6 @@ def test_into_gives_a_word_the_same_role_as_to(query, cached):
     from apps.cache.verify import guards_check
 
     assert guards_check(prompt_parse(query), prompt_parse(cached)) == ""
-    assert guards_check(prompt_parse("Convert this JSON to YAML"), prompt_parse("Convert this YAML into JSON"))
 
 
 def _body(*messages, **params) -> dict:
